@@ -1,0 +1,139 @@
+"""Process metrics in the Prometheus text format.
+
+Counters on the per-connection path are plain Python integers updated at connection boundaries;
+per-message counters and the statement-latency histogram live in the native engine (atomics) and
+are read only when ``/metrics`` is scraped, so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    if not names:
+        return ""
+    inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+    return "{" + inner + "}"
+
+
+@dataclass
+class _Metric:
+    name: str
+    help: str
+    kind: str
+    labelnames: tuple[str, ...] = ()
+    values: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name}: labels {sorted(labels)} != {list(self.labelnames)}")
+        return tuple(str(labels[n]) for n in self.labelnames)
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        if not self.labelnames and not self.values:
+            yield f"{self.name} 0"
+        for key, value in sorted(self.values.items()):
+            yield f"{self.name}{_labels(self.labelnames, key)} {value:g}"
+
+
+class Counter(_Metric):
+    def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()) -> None:
+        super().__init__(name, help, "counter", labelnames)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = self._key(labels)
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def get(self, **labels: str) -> float:
+        return self.values.get(self._key(labels), 0.0)
+
+
+class Gauge(_Metric):
+    def __init__(self, name: str, help: str, labelnames: tuple[str, ...] = ()) -> None:
+        super().__init__(name, help, "gauge", labelnames)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = self._key(labels)
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def dec(self, amount: float = 1.0, **labels: str) -> None:
+        self.inc(-amount, **labels)
+
+    def set(self, value: float, **labels: str) -> None:
+        self.values[self._key(labels)] = value
+
+    def get(self, **labels: str) -> float:
+        return self.values.get(self._key(labels), 0.0)
+
+
+connections_total = Counter(
+    "veilgate_client_connections_total", "Client TCP connections accepted."
+)
+connections_active = Gauge("veilgate_client_connections_active", "Client connections open now.")
+sessions_total = Counter(
+    "veilgate_sessions_total", "Authenticated sessions relayed to an upstream.", ("target",)
+)
+auth_failures_total = Counter(
+    "veilgate_auth_failures_total", "Client authentication failures by reason.", ("reason",)
+)
+errors_total = Counter(
+    "veilgate_errors_total",
+    "Connections ended by an error, by kind (protocol, tls, upstream, startup, internal...).",
+    ("kind",),
+)
+upstream_connections_active = Gauge(
+    "veilgate_upstream_connections_active", "Upstream connections open now."
+)
+cancel_requests_total = Counter(
+    "veilgate_cancel_requests_total",
+    "CancelRequests received, by outcome (forwarded, idle, unknown).",
+    ("outcome",),
+)
+
+REGISTRY: list[_Metric] = [
+    connections_total,
+    connections_active,
+    sessions_total,
+    auth_failures_total,
+    errors_total,
+    upstream_connections_active,
+    cancel_requests_total,
+]
+
+
+def _native_lines() -> Iterable[str]:
+    import veilgate_native
+
+    stats = veilgate_native.stats()
+    for metric, unit in (("bytes", "Bytes"), ("messages", "Protocol messages")):
+        name = f"veilgate_{metric}_received_total"
+        yield f"# HELP {name} {unit} received, by direction (client = from clients)."
+        yield f"# TYPE {name} counter"
+        for direction in ("client", "server"):
+            yield f'{name}{{direction="{direction}"}} {stats[f"{direction}_{metric}"]}'
+    bounds, cumulative, total, count = veilgate_native.latency_histogram()
+    name = "veilgate_statement_duration_seconds"
+    yield f"# HELP {name} Time from a request (Query, Sync, FunctionCall) to its ReadyForQuery."
+    yield f"# TYPE {name} histogram"
+    for le, c in zip(bounds, cumulative, strict=True):
+        yield f'{name}_bucket{{le="{le:g}"}} {c}'
+    yield f'{name}_bucket{{le="+Inf"}} {count}'
+    yield f"{name}_sum {total:g}"
+    yield f"{name}_count {count}"
+
+
+def render() -> str:
+    """The whole exposition, for ``GET /metrics``."""
+    lines: list[str] = []
+    for metric in REGISTRY:
+        lines.extend(metric.render())
+    lines.extend(_native_lines())
+    return "\n".join(lines) + "\n"
