@@ -1,5 +1,5 @@
-# The commands the README names.  `make demo` and `make test` work on a fresh machine once
-# `.ci/install` (or `make deps`) has installed the toolchain and PostgreSQL.
+# The commands the README names.  `make demo` and `make test` work on a fresh machine: `deps`
+# (scripts/bootstrap.sh) installs PostgreSQL, pgbouncer and the build tools when missing.
 PY ?= python3
 PIP = $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 all: build
 
 deps:
-	$(PIP) install -q -U "setuptools>=68" wheel "maturin>=1.7,<2" "Cython>=3.0"
+	bash scripts/bootstrap.sh
 
 # Release build of the Rust engine (maturin, --locked via pyproject), then the Cython glue.
 native:
