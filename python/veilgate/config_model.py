@@ -2,16 +2,27 @@
 
 ``veilgate.config`` loads and validates YAML into these (errors name the file, line and key).
 Everything here has a safe default: plaintext refused, server certificates verified.
+
+The loader derives the file's schema from these dataclasses: every field is a key, its type says
+what the key takes, a field without a default is required, and ``field(metadata=...)`` adds
+constraints the loader enforces (see :data:`veilgate.config.RULES` for the keys: ``min``, ``max``,
+``choices``, ``pattern``, ``secret``, ``config``).  Adding a field here adds it to the file format.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+# Metadata shorthands the loader understands (see veilgate.config).
+_PORT: dict[str, Any] = {"min": 1, "max": 65535}
+_PORT_OR_EPHEMERAL: dict[str, Any] = {"min": 0, "max": 65535, "what": "0 (ephemeral) to 65535"}
+_SECONDS: dict[str, Any] = {"min": 0.001, "max": 86400.0}
 
 
-class UpstreamTLSMode(str, Enum):
+class UpstreamTLSMode(StrEnum):
     DISABLE = "disable"
     """No TLS at all (loopback development only)."""
     REQUIRE = "require"
@@ -24,11 +35,11 @@ class UpstreamTLSMode(str, Enum):
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
     host: str = "127.0.0.1"
-    port: int = 6432
-    backlog: int = 1024
-    handshake_timeout_s: float = 15.0
+    port: int = field(default=6432, metadata=_PORT_OR_EPHEMERAL)
+    backlog: int = field(default=1024, metadata={"min": 1, "max": 65535})
+    handshake_timeout_s: float = field(default=15.0, metadata=_SECONDS)
     """Time allowed from accept to an authenticated session."""
-    max_connections: int = 10000
+    max_connections: int = field(default=10000, metadata={"min": 1, "max": 1_000_000})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +53,7 @@ class ClientTLSConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     host: str = "127.0.0.1"
-    port: int = 9187
+    port: int = field(default=9187, metadata=_PORT_OR_EPHEMERAL)
     enabled: bool = True
 
 
@@ -51,7 +62,14 @@ class StaticToken:
     """A token accepted by the static authenticator; stored only as its SHA-256 hex digest."""
 
     name: str
-    sha256: str
+    sha256: str = field(
+        metadata={
+            "pattern": r"[0-9a-fA-F]{64}",
+            "secret": True,
+            "raw": True,
+            "what": "64 hex characters (see `veilgate token hash`)",
+        }
+    )
     roles: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -74,14 +92,19 @@ class TargetConfig:
 
     name: str
     host: str
-    port: int = 5432
+    port: int = field(default=5432, metadata=_PORT)
     dbname: str = "postgres"
     user: str = "postgres"
     """Login role the gateway uses upstream."""
-    password_env: str | None = None
+    password_env: str | None = field(
+        default=None,
+        metadata={"pattern": r"[A-Za-z_][A-Za-z0-9_]*", "what": "an environment variable name"},
+    )
+    """Name of the environment variable holding the upstream password."""
     password_file: Path | None = None
+    """File holding the upstream password (one line)."""
     tls: UpstreamTLSConfig = field(default_factory=UpstreamTLSConfig)
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = field(default=10.0, metadata=_SECONDS)
 
     def password(self) -> str | None:
         """Read the upstream password from the environment or file, at use time."""
@@ -96,24 +119,27 @@ class TargetConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    max_message_bytes: int = 1 << 30
+    max_message_bytes: int = field(default=1 << 30, metadata={"min": 8192, "max": 1 << 30})
     """Largest client message accepted (PostgreSQL's own limit is 1 GiB)."""
-    max_password_bytes: int = 65535
+    max_password_bytes: int = field(default=65535, metadata={"min": 1, "max": 65535})
     """PG_MAX_AUTH_TOKEN_LENGTH: the cap on a password (token) message."""
-    read_buffer_bytes: int = 65536
-    write_high_water: int = 256 * 1024
-    write_low_water: int = 64 * 1024
+    read_buffer_bytes: int = field(default=65536, metadata={"min": 4096, "max": 16 << 20})
+    write_high_water: int = field(default=256 * 1024, metadata={"min": 1, "max": 1 << 30})
+    write_low_water: int = field(default=64 * 1024, metadata={"min": 0, "max": 1 << 30})
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownConfig:
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = field(default=30.0, metadata={"min": 0.0, "max": 86400.0})
+    """How long SIGTERM waits for running statements before closing every session."""
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    level: str = "info"
-    format: str = "json"
+    level: str = field(
+        default="info", metadata={"choices": ("debug", "info", "warning", "error", "critical")}
+    )
+    format: str = field(default="json", metadata={"choices": ("json", "text")})
     """``json`` (structured, one object per line) or ``text``."""
 
 
@@ -127,5 +153,5 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    source: Path | None = None
+    source: Path | None = field(default=None, metadata={"config": False})
     """File the configuration was loaded from, if any."""

@@ -74,9 +74,7 @@ class Gauge(_Metric):
         return self.values.get(self._key(labels), 0.0)
 
 
-connections_total = Counter(
-    "veilgate_client_connections_total", "Client TCP connections accepted."
-)
+connections_total = Counter("veilgate_client_connections_total", "Client TCP connections accepted.")
 connections_active = Gauge("veilgate_client_connections_active", "Client connections open now.")
 sessions_total = Counter(
     "veilgate_sessions_total", "Authenticated sessions relayed to an upstream.", ("target",)
@@ -97,6 +95,16 @@ cancel_requests_total = Counter(
     "CancelRequests received, by outcome (forwarded, idle, unknown).",
     ("outcome",),
 )
+jwks_fetches_total = Counter(
+    "veilgate_jwks_fetches_total",
+    "OIDC discovery and JWKS documents requested, by provider and document (discovery, jwks).",
+    ("provider", "document"),
+)
+jwks_refresh_failures_total = Counter(
+    "veilgate_jwks_refresh_failures_total",
+    "Failed JWKS refreshes (IdP unreachable, bad document, discovery issuer mismatch).",
+    ("provider",),
+)
 
 REGISTRY: list[_Metric] = [
     connections_total,
@@ -106,6 +114,8 @@ REGISTRY: list[_Metric] = [
     errors_total,
     upstream_connections_active,
     cancel_requests_total,
+    jwks_fetches_total,
+    jwks_refresh_failures_total,
 ]
 
 

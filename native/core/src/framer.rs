@@ -1,0 +1,496 @@
+//! The batch walk over received bytes.
+//!
+//! Given the unparsed bytes of a receive buffer, [`Framer::frame`] walks every message it can and
+//! appends an ordered list of [`Action`]s: byte ranges to forward as they are (adjacent forwarded
+//! messages coalesced into one range) and whole messages surfaced as events.  It never copies and
+//! never reads a forwarded body.
+//!
+//! - A pass-through message that has only partly arrived is streamed: its available prefix is
+//!   forwarded now and the framer remembers how many bytes of it are still to come, so a huge
+//!   DataRow never has to fit in the buffer.
+//! - An event message (and a pass-through message whose body an observer needs, see
+//!   [`Framer::set_whole`]) is only handed out whole; until then [`FrameOutcome::need`] says how
+//!   large the buffer must be, from the first unconsumed byte, to hold it.
+
+use std::ops::Range;
+
+use crate::error::FrameError;
+use crate::header::{Header, MAX_BODY};
+use crate::tagset::TagSet;
+
+/// Default limit on a message body (1 GiB, as PostgreSQL's `MaxAllocSize` roughly).
+pub const DEFAULT_MAX_MESSAGE: usize = 1 << 30;
+
+/// What to do with a range of the framed bytes (offsets into the slice given to `frame`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Forward these bytes unchanged (one or more messages, or a piece of one).
+    Forward(Range<usize>),
+    /// One whole message (tag, length, body) to surface as an event.
+    Event(Range<usize>),
+}
+
+/// The result of one [`Framer::frame`] call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameOutcome {
+    /// Bytes from the start of the slice that the actions cover; the caller drops them.
+    pub consumed: usize,
+    /// When non-zero: the size of the message at `consumed` that must arrive whole before
+    /// framing can go on; the buffer needs room for this many bytes from that offset.
+    pub need: usize,
+}
+
+/// Framing state of one direction of one connection.
+#[derive(Debug, Clone)]
+pub struct Framer {
+    /// Tags surfaced as events (`TagSet::ALL` while `all_events`).
+    events: TagSet,
+    /// The tags chosen with `set_events`, kept while `all_events` overrides them.
+    chosen: TagSet,
+    all_events: bool,
+    /// Pass-through tags that must still arrive whole (an observer reads their body).
+    whole_passthrough: TagSet,
+    /// `events ∪ whole_passthrough`.
+    whole: TagSet,
+    max_message: usize,
+    /// Bytes of a streamed pass-through message still to forward.
+    remaining: usize,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Framer {
+    /// A framer that forwards everything, with the default message size limit.
+    pub fn new() -> Self {
+        Framer {
+            events: TagSet::EMPTY,
+            chosen: TagSet::EMPTY,
+            all_events: false,
+            whole_passthrough: TagSet::EMPTY,
+            whole: TagSet::EMPTY,
+            max_message: DEFAULT_MAX_MESSAGE,
+            remaining: 0,
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Tags to surface as [`Action::Event`]s; every other message is forwarded.
+    pub fn set_events(&mut self, tags: TagSet) {
+        self.chosen = tags;
+        self.refresh_sets();
+    }
+
+    /// Surface every message as an event (overrides [`Framer::set_events`] while on).
+    pub fn set_all_events(&mut self, on: bool) {
+        self.all_events = on;
+        self.refresh_sets();
+    }
+
+    /// Pass-through tags that are still only forwarded whole, so an observer sees their body.
+    pub fn set_whole(&mut self, tags: TagSet) {
+        self.whole_passthrough = tags;
+        self.refresh_sets();
+    }
+
+    fn refresh_sets(&mut self) {
+        self.events = if self.all_events { TagSet::ALL } else { self.chosen };
+        self.whole = self.events.union(self.whole_passthrough);
+    }
+
+    /// The largest body accepted (clamped to what an Int32 length can describe).
+    pub fn set_max_message(&mut self, max_body: usize) {
+        self.max_message = max_body.min(MAX_BODY);
+    }
+
+    #[inline]
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    #[inline]
+    pub fn events(&self) -> TagSet {
+        self.chosen
+    }
+
+    #[inline]
+    pub fn all_events(&self) -> bool {
+        self.all_events
+    }
+
+    /// Bytes of a streamed pass-through message still to forward (0 between messages).
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Messages framed so far (a streamed message counts once, when it starts).
+    #[inline]
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Bytes consumed so far.
+    #[inline]
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether a message with this tag is only handed out whole.
+    #[inline]
+    pub fn is_whole(&self, tag: u8) -> bool {
+        self.whole.contains(tag)
+    }
+
+    /// The `need` that [`Framer::frame`] would report for unconsumed bytes `buf`, without
+    /// framing: the size of a must-be-whole message at its start that has not fully arrived.
+    /// Malformed headers report 0 (framing will raise the error).
+    #[inline]
+    pub fn need(&self, buf: &[u8]) -> usize {
+        if self.remaining > 0 {
+            return 0;
+        }
+        match Header::parse_limited(buf, self.max_message) {
+            Ok(Some(h)) if buf.len() < h.frame_len() && self.whole.contains(h.tag()) => {
+                h.frame_len()
+            }
+            _ => 0,
+        }
+    }
+
+    /// Frames `buf` (the unconsumed bytes, oldest first), appending actions to `actions`.
+    ///
+    /// `observe(tag, bytes)` is called once per message as it is consumed, in stream order,
+    /// with the message's bytes as far as they have arrived (always whole for the tags in
+    /// [`Framer::set_events`] and [`Framer::set_whole`]).
+    ///
+    /// On `Err` nothing is committed: the framer's state is as before the call, and the actions
+    /// appended by this call must be discarded.  The stream is then unusable.
+    #[inline]
+    pub fn frame<F>(
+        &mut self,
+        buf: &[u8],
+        actions: &mut Vec<Action>,
+        mut observe: F,
+    ) -> Result<FrameOutcome, FrameError>
+    where
+        F: FnMut(u8, &[u8]),
+    {
+        let len = buf.len();
+        let mut pos = 0;
+        let mut need = 0;
+        let mut remaining = self.remaining;
+        let mut messages = 0u64;
+        // Start of the current run of forwarded bytes, flushed at an event or at the end.
+        let mut run: Option<usize> = None;
+
+        if remaining > 0 {
+            pos = remaining.min(len);
+            remaining -= pos;
+            if pos > 0 {
+                run = Some(0);
+            }
+        }
+        if remaining == 0 {
+            loop {
+                let rest = &buf[pos..];
+                let Some(h) = Header::parse_limited(rest, self.max_message)? else {
+                    break;
+                };
+                let tag = h.tag();
+                let flen = h.frame_len();
+                if rest.len() >= flen {
+                    observe(tag, &rest[..flen]);
+                    messages += 1;
+                    if self.events.contains(tag) {
+                        if let Some(s) = run.take() {
+                            actions.push(Action::Forward(s..pos));
+                        }
+                        actions.push(Action::Event(pos..pos + flen));
+                    } else if run.is_none() {
+                        run = Some(pos);
+                    }
+                    pos += flen;
+                } else if self.whole.contains(tag) {
+                    need = flen;
+                    break;
+                } else {
+                    observe(tag, rest);
+                    messages += 1;
+                    if run.is_none() {
+                        run = Some(pos);
+                    }
+                    remaining = flen - rest.len();
+                    pos = len;
+                    break;
+                }
+            }
+        }
+        if let Some(s) = run {
+            actions.push(Action::Forward(s..pos));
+        }
+        self.remaining = remaining;
+        self.messages += messages;
+        self.bytes += pos as u64;
+        Ok(FrameOutcome { consumed: pos, need })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        let len = i32::try_from(body.len() + 4).unwrap();
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn frame_all(f: &mut Framer, buf: &[u8]) -> (Vec<Action>, FrameOutcome) {
+        let mut actions = Vec::new();
+        let out = f.frame(buf, &mut actions, |_, _| {}).unwrap();
+        (actions, out)
+    }
+
+    #[test]
+    fn coalesces_forwarded_messages_into_one_range() {
+        let mut stream = msg(b'D', b"row1");
+        stream.extend(msg(b'D', b"row2"));
+        stream.extend(msg(b'C', b"SELECT 2\0"));
+        let mut f = Framer::new();
+        let (actions, out) = frame_all(&mut f, &stream);
+        assert_eq!(actions, vec![Action::Forward(0..stream.len())]);
+        assert_eq!(out, FrameOutcome { consumed: stream.len(), need: 0 });
+        assert_eq!((f.messages(), f.bytes()), (3, stream.len() as u64));
+    }
+
+    #[test]
+    fn events_split_the_forwarded_runs() {
+        let a = msg(b'D', b"a");
+        let q = msg(b'Q', b"select 1\0");
+        let mut stream = a.clone();
+        stream.extend(&q);
+        stream.extend(&a);
+        let mut f = Framer::new();
+        f.set_events(TagSet::from_tags(b"Q"));
+        let (actions, _) = frame_all(&mut f, &stream);
+        let (x, y) = (a.len(), a.len() + q.len());
+        assert_eq!(
+            actions,
+            vec![Action::Forward(0..x), Action::Event(x..y), Action::Forward(y..stream.len())]
+        );
+        f.set_all_events(true);
+        let (actions, _) = frame_all(&mut f, &stream);
+        assert_eq!(
+            actions,
+            vec![Action::Event(0..x), Action::Event(x..y), Action::Event(y..stream.len())]
+        );
+        f.set_all_events(false);
+        assert_eq!(f.events(), TagSet::from_tags(b"Q"));
+        assert!(!f.all_events());
+    }
+
+    #[test]
+    fn partial_pass_through_streams_out() {
+        let big = msg(b'D', &[7u8; 100]);
+        let mut f = Framer::new();
+        let (actions, out) = frame_all(&mut f, &big[..30]);
+        assert_eq!(actions, vec![Action::Forward(0..30)]);
+        assert_eq!(out.consumed, 30);
+        assert_eq!(f.remaining(), 75);
+        // The rest of it, then a whole message.
+        let mut rest = big[30..].to_vec();
+        rest.extend(msg(b'Z', b"I"));
+        let (actions, out) = frame_all(&mut f, &rest);
+        assert_eq!(actions, vec![Action::Forward(0..rest.len())]);
+        assert_eq!(out.consumed, rest.len());
+        assert_eq!((f.remaining(), f.messages()), (0, 2));
+        // A header split across reads is left for later, not streamed.
+        let (actions, out) = frame_all(&mut f, &big[..3]);
+        assert_eq!((actions, out), (vec![], FrameOutcome::default()));
+    }
+
+    #[test]
+    fn partial_event_reports_need() {
+        let q = msg(b'Q', &[b'x'; 50]);
+        let mut f = Framer::new();
+        f.set_events(TagSet::from_tags(b"Q"));
+        let mut stream = msg(b'S', b"");
+        let s = stream.len();
+        stream.extend(&q[..20]);
+        let (actions, out) = frame_all(&mut f, &stream);
+        assert_eq!(actions, vec![Action::Forward(0..s)]);
+        assert_eq!(out, FrameOutcome { consumed: s, need: q.len() });
+        assert_eq!(f.need(&stream[s..]), q.len());
+        assert_eq!(f.need(&q), 0);
+    }
+
+    #[test]
+    fn whole_pass_through_waits_and_observes_the_body() {
+        let z = msg(b'Z', b"T");
+        let mut f = Framer::new();
+        f.set_whole(TagSet::from_tags(b"Z"));
+        assert!(f.is_whole(b'Z'));
+        let (actions, out) = frame_all(&mut f, &z[..5]);
+        assert_eq!((actions, out.need), (vec![], 6));
+        let mut seen = Vec::new();
+        let mut actions = Vec::new();
+        f.frame(&z, &mut actions, |t, b| seen.push((t, b.to_vec()))).unwrap();
+        assert_eq!(actions, vec![Action::Forward(0..6)]);
+        assert_eq!(seen, vec![(b'Z', z.clone())]);
+    }
+
+    #[test]
+    fn errors_commit_nothing() {
+        let mut stream = msg(b'D', b"ok");
+        stream.extend([b'D', 0, 0, 0, 3]);
+        let mut f = Framer::new();
+        let mut actions = Vec::new();
+        let err = f.frame(&stream, &mut actions, |_, _| {}).unwrap_err();
+        assert_eq!(err, FrameError::LengthTooSmall { tag: b'D', len: 3 });
+        assert_eq!((f.messages(), f.bytes(), f.remaining()), (0, 0, 0));
+        f.set_max_message(1);
+        let err = f.frame(&msg(b'D', b"ok"), &mut actions, |_, _| {}).unwrap_err();
+        assert!(matches!(err, FrameError::MessageTooLarge { max_body: 1, .. }));
+        assert_eq!(f.max_message(), 1);
+        f.set_max_message(usize::MAX);
+        assert_eq!(f.max_message(), MAX_BODY);
+    }
+
+    /// Output normalized for comparison: forwarded bytes merged, events whole.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Item {
+        Fwd(Vec<u8>),
+        Ev(Vec<u8>),
+    }
+
+    fn push_item(out: &mut Vec<Item>, item: Item) {
+        if let (Some(Item::Fwd(last)), Item::Fwd(b)) = (out.last_mut(), &item) {
+            last.extend_from_slice(b);
+            return;
+        }
+        out.push(item);
+    }
+
+    /// Feeds `chunks` like a receive buffer would: append, frame, drop what was consumed.
+    fn run_chunks(
+        events: &[u8],
+        chunks: &[&[u8]],
+    ) -> (Result<Vec<Item>, FrameError>, Vec<u8>, Vec<(u8, usize)>) {
+        let mut f = Framer::new();
+        f.set_events(TagSet::from_tags(events));
+        f.set_whole(TagSet::from_tags(b"Z"));
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let mut actions = Vec::new();
+        for chunk in chunks {
+            pending.extend_from_slice(chunk);
+            actions.clear();
+            let res = f.frame(&pending, &mut actions, |t, _| seen.push(t));
+            let o = match res {
+                Ok(o) => o,
+                Err(e) => return (Err(e), pending, vec![]),
+            };
+            for a in &actions {
+                match a {
+                    Action::Forward(r) => push_item(&mut out, Item::Fwd(pending[r.clone()].to_vec())),
+                    Action::Event(r) => out.push(Item::Ev(pending[r.clone()].to_vec())),
+                }
+            }
+            if o.need > 0 {
+                assert!(o.need > pending.len() - o.consumed);
+            }
+            pending.drain(..o.consumed);
+        }
+        let counts = seen.iter().fold(Vec::<(u8, usize)>::new(), |mut acc, &t| {
+            match acc.last_mut() {
+                Some((lt, n)) if *lt == t => *n += 1,
+                _ => acc.push((t, 1)),
+            }
+            acc
+        });
+        (Ok(out), pending, counts)
+    }
+
+    fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
+        let tag = prop::sample::select(b"QPBEDSZTCdHKR".to_vec());
+        prop::collection::vec((tag, prop::collection::vec(any::<u8>(), 0..300)), 0..40)
+            .prop_map(|msgs| msgs.iter().flat_map(|(t, b)| msg(*t, b)).collect())
+    }
+
+    fn split(stream: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut prev = 0;
+        for c in cuts.into_iter().chain([stream.len()]) {
+            chunks.push(stream[prev..c].to_vec());
+            prev = c;
+        }
+        chunks
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_frames_like_one_feed(
+            stream in arb_stream(),
+            cuts in prop::collection::vec(any::<usize>(), 0..30),
+            events in prop::collection::vec(prop::sample::select(b"QPDZTC".to_vec()), 0..4),
+        ) {
+            let (one, rest_one, seen_one) = run_chunks(&events, &[&stream]);
+            let chunks = split(&stream, &cuts);
+            let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            let (many, rest_many, seen_many) = run_chunks(&events, &refs);
+            prop_assert!(rest_one.is_empty());
+            prop_assert!(rest_many.is_empty());
+            prop_assert_eq!(one.as_ref().unwrap(), many.as_ref().unwrap());
+            prop_assert_eq!(seen_one, seen_many);
+            // Everything comes out, in order.
+            let flat: Vec<u8> = many.unwrap().into_iter().flat_map(|i| match i {
+                Item::Fwd(b) | Item::Ev(b) => b,
+            }).collect();
+            prop_assert_eq!(flat, stream);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2000),
+            cuts in prop::collection::vec(any::<usize>(), 0..10),
+            max in 0usize..5000,
+            all in any::<bool>(),
+        ) {
+            let chunks = split(&bytes, &cuts);
+            let mut f = Framer::new();
+            f.set_max_message(max);
+            f.set_all_events(all);
+            let mut pending = Vec::new();
+            let mut actions = Vec::new();
+            for c in &chunks {
+                pending.extend_from_slice(c);
+                actions.clear();
+                match f.frame(&pending, &mut actions, |_, _| {}) {
+                    Ok(o) => {
+                        prop_assert!(o.consumed <= pending.len());
+                        for a in &actions {
+                            let (Action::Forward(r) | Action::Event(r)) = a;
+                            prop_assert!(r.start < r.end && r.end <= o.consumed);
+                        }
+                        let _ = f.need(&pending[o.consumed..]);
+                        pending.drain(..o.consumed);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! veilgate's sans-IO engine: PostgreSQL message framing, request tracking and DataRow views.
+//!
+//! Nothing here knows about sockets or Python.  The binding crate (`veilgate-native`) owns the
+//! receive buffers and hands byte slices in; this crate answers with ranges and decisions.
+//!
+//! One file per concept:
+//! - [`direction`]: [`Direction`], client or server
+//! - [`tags`]: message type bytes (`*_TAG`), per direction
+//! - [`error`]: [`FrameError`], the one error type of malformed framing
+//! - [`header`]: [`Header::parse`], the tag + Int32 length of a tagged message
+//! - [`startup`]: untagged start-up packets (StartupMessage, SSLRequest, CancelRequest, ...)
+//! - [`tagset`]: [`TagSet`], a 256-bit set of message tags
+//! - [`framer`]: [`Framer`], the batch walk that turns bytes into forward ranges and events
+//! - [`session`]: [`SessionTracker`], requests in flight between a client and the server
+//! - [`stats`]: process-wide counters and the statement latency histogram
+//! - [`datarow`]: [`DataRowRanges`], per-column ranges over a DataRow body
+
+pub mod datarow;
+pub mod direction;
+pub mod error;
+pub mod framer;
+pub mod header;
+pub mod session;
+pub mod startup;
+pub mod stats;
+pub mod tags;
+pub mod tagset;
+
+pub use datarow::{DataRowError, DataRowRanges};
+pub use error::FrameError;
+pub use direction::Direction;
+pub use framer::{Action, FrameOutcome, Framer};
+pub use header::Header;
+pub use session::SessionTracker;
+pub use tagset::TagSet;

@@ -1,0 +1,219 @@
+"""The ``veilgate`` command line.
+
+Each command group registers itself through a function in :data:`COMMANDS` (``register(sub)``
+adds a subparser and sets ``func``: a callable taking the parsed namespace and returning the exit
+code).  A later group (``dev-idp``, ``policy``, ``mask``, ``sessions``...) adds one function.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from veilgate import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Subparsers = Any
+"""``argparse._SubParsersAction`` (private in typeshed)."""
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add(sub: Subparsers, name: str, handler: Handler, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def _group(sub: Subparsers, name: str, **kwargs: Any) -> Subparsers:
+    """A command with its own subcommands (``veilgate config check``)."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(func=lambda _args: _usage(parser))
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from veilgate import config, log
+    from veilgate.service import run
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    log.setup(args.log_level or cfg.logging.level, args.log_format or cfg.logging.format)
+    logger = log.get("config")
+    for warning in config.warnings(cfg):
+        log.event(logger, "config_warning", logging.WARNING, file=args.config, warning=warning)
+    return run(cfg)
+
+
+def _register_serve(sub: Subparsers) -> None:
+    p = _add(
+        sub,
+        "serve",
+        _cmd_serve,
+        help="run the gateway",
+        description="Run the gateway until SIGTERM/SIGINT (graceful drain; a second SIGINT "
+        "closes every session at once).",
+    )
+    p.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML configuration")
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="override logging.level",
+    )
+    p.add_argument("--log-format", choices=("json", "text"), help="override logging.format")
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from veilgate import config
+
+    try:
+        cfg = config.load(args.file)
+    except config.ConfigError as e:
+        print(e, file=sys.stderr)
+        n = len(e.issues)
+        print(f"{args.file}: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+        return EXIT_USAGE
+    for warning in config.warnings(cfg):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    targets = ", ".join(sorted(cfg.targets))
+    print(f"{args.file}: OK (listen {cfg.listen.host}:{cfg.listen.port}; targets: {targets})")
+    return EXIT_OK
+
+
+def _register_config(sub: Subparsers) -> None:
+    group = _group(sub, "config", help="configuration tools")
+    p = _add(group, "check", _cmd_config_check, help="validate a configuration file")
+    p.add_argument("file", metavar="FILE")
+
+
+# -- token ---------------------------------------------------------------------------------------
+
+
+def _read_token(stdin: TextIO) -> str:
+    if stdin.isatty():
+        return getpass.getpass("token (not echoed): ", stream=sys.stderr)
+    data = stdin.read(1 << 20)
+    return data.rstrip("\r\n")
+
+
+def _cmd_token_hash(args: argparse.Namespace) -> int:
+    from veilgate.identity.static import token_digest
+
+    token = _read_token(sys.stdin)
+    if not token:
+        print("veilgate: no token on standard input", file=sys.stderr)
+        return EXIT_USAGE
+    if token != token.strip() or "\n" in token:
+        print(
+            "veilgate: the token has leading/trailing spaces or several lines; "
+            "pass exactly one token",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(token_digest(token))
+    return EXIT_OK
+
+
+def _cmd_token_new(args: argparse.Namespace) -> int:
+    from veilgate.identity.static import token_digest
+
+    token = secrets.token_urlsafe(args.bytes)
+    print(f"token:  {token}")
+    print(f"sha256: {token_digest(token)}")
+    print(
+        "Give the token to the client (as its password) and put only the sha256 in "
+        "auth.static_tokens.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _register_token(sub: Subparsers) -> None:
+    group = _group(sub, "token", help="static token tools")
+    _add(
+        group,
+        "hash",
+        _cmd_token_hash,
+        help="print the sha256 of a token read from standard input",
+        description="Reads one token from standard input (or prompts without echo on a "
+        "terminal) and prints its SHA-256 hex digest, the value for auth.static_tokens[].sha256.",
+    )
+    p = _add(group, "new", _cmd_token_new, help="generate a random token and its sha256")
+    p.add_argument("--bytes", type=int, default=32, help="random bytes (default 32)")
+
+
+# -- version -------------------------------------------------------------------------------------
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    try:
+        import veilgate_native
+
+        native = getattr(veilgate_native, "__version__", "installed")
+    except ImportError:
+        native = "not installed"
+    print(f"veilgate {__version__} (native engine: {native}; python {sys.version.split()[0]})")
+    return EXIT_OK
+
+
+def _register_version(sub: Subparsers) -> None:
+    _add(sub, "version", _cmd_version, help="print the version")
+
+
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    _register_serve,
+    _register_config,
+    _register_token,
+    _register_version,
+]
+"""Command registrations, in help order; later command groups append theirs."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="veilgate",
+        description="Identity-aware PostgreSQL gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"veilgate {__version__}")
+    parser.set_defaults(func=lambda _args: _usage(parser))
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

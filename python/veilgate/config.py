@@ -1,0 +1,561 @@
+"""Load and validate the YAML configuration into :mod:`veilgate.config_model` dataclasses.
+
+The schema is derived from the dataclasses (field name = key, type hint = what the key takes, no
+default = required) plus the constraints in each field's ``metadata`` (see :data:`RULES`).  The
+walker works on the YAML node tree (``yaml.compose``), so every error names the file, the line and
+the key path::
+
+    veilgate.yaml:12: targets.app.port: expected an integer between 1 and 65535, got 'abc'
+
+All errors are collected and raised together as one :class:`ConfigError`.  Values of keys marked
+``secret`` (and anything that might be a credential) are never echoed in an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from veilgate.config_model import GatewayConfig, UpstreamTLSMode
+
+__all__ = ["RULES", "ConfigError", "Issue", "is_loopback", "load", "load_str", "warnings"]
+
+RULES: Mapping[str, str] = {
+    "min": "smallest number allowed (int and float fields)",
+    "max": "largest number allowed (int and float fields)",
+    "what": "how to describe the allowed values in an error message",
+    "choices": "tuple of allowed strings",
+    "pattern": "regular expression the whole string must match",
+    "max_len": "longest string allowed, in UTF-8 bytes",
+    "secret": "never echo the value in an error message",
+    "raw": "take a plain scalar's text as the string (no int/float/bool resolution)",
+    "config": "False: not a configuration key (set by the loader)",
+}
+"""The ``field(metadata=...)`` keys the loader understands."""
+
+_YAML_INT = "tag:yaml.org,2002:int"
+_YAML_FLOAT = "tag:yaml.org,2002:float"
+_YAML_NULL = "tag:yaml.org,2002:null"
+_YAML_MERGE = "tag:yaml.org,2002:merge"
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem in a configuration file."""
+
+    source: str
+    line: int
+    """1-based line, 0 when the problem is not tied to a line."""
+    path: str
+    """Key path such as ``targets.app.port``; empty for the whole file."""
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``issues`` lists every problem found, in file order."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = tuple(sorted(issues, key=lambda i: (i.line, i.path)))
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class _Invalid(Exception):
+    """Raised by the walker after recording an issue: the value cannot be used."""
+
+
+_MISSING: Any = object()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Walker:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.issues: list[Issue] = []
+        self.lines: dict[str, int] = {}
+        self.failed: set[str] = set()
+        self.ctor = SafeConstructor()
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def error(self, line: int, path: str, message: str) -> None:
+        self.issues.append(Issue(self.source, line, path, message))
+        self.failed.add(path)
+
+    def fail(self, node: Node, path: str, message: str) -> typing.NoReturn:
+        self.error(_line(node), path, message)
+        raise _Invalid
+
+    def path_failed(self, prefix: str) -> bool:
+        return any(p == prefix or p.startswith((prefix + ".", prefix + "[")) for p in self.failed)
+
+    def describe(self, node: Node, secret: bool = False) -> str:
+        if isinstance(node, MappingNode):
+            return "a mapping"
+        if isinstance(node, SequenceNode):
+            return "a list"
+        if secret:
+            return "a value (not shown)"
+        value = self.scalar(node)
+        if value is None:
+            return "nothing (null)"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return repr(_short(value))
+        return _short(str(value))
+
+    def scalar(self, node: Node) -> Any:
+        try:
+            return self.ctor.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            return node.value if isinstance(node, ScalarNode) else None
+
+    # -- the walk --------------------------------------------------------------------------------
+
+    def value(self, node: Node, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
+        self.lines.setdefault(path, _line(node))
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (types.UnionType, typing.Union):
+            inner = [a for a in args if a is not type(None)]
+            if len(inner) == len(args) - 1 and _is_null(node):
+                return None
+            assert len(inner) == 1, f"unsupported union {tp}"
+            return self.value(node, inner[0], path, meta)
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            return self.dataclass(node, tp, path)
+        if origin is dict:
+            return self.mapping_of(node, args[1], path)
+        if origin is tuple:
+            assert len(args) == 2 and args[1] is Ellipsis, f"unsupported tuple {tp}"
+            return tuple(self.list_of(node, args[0], path))
+        if origin is frozenset:
+            return frozenset(self.list_of(node, args[0], path))
+        if tp is bool:
+            value = self.scalar(node) if isinstance(node, ScalarNode) else _MISSING
+            if not isinstance(value, bool):
+                self.fail(node, path, f"expected true or false, got {self.describe(node)}")
+            return value
+        if tp is int:
+            return self.integer(node, path, meta)
+        if tp is float:
+            return self.number(node, path, meta)
+        if tp is str:
+            return self.string(node, path, meta)
+        if tp is Path:
+            return self.file(node, path, meta)
+        if isinstance(tp, type) and issubclass(tp, Enum):
+            choices = tuple(str(m.value) for m in tp)
+            text = self.string(node, path, {**meta, "choices": choices})
+            return tp(text)
+        raise AssertionError(f"{path}: unsupported type {tp!r} in the config model")
+
+    def integer(self, node: Node, path: str, meta: Mapping[str, Any]) -> int:
+        value = self.scalar(node) if _tag(node) == _YAML_INT else _MISSING
+        if type(value) is not int or not _in_range(value, meta):
+            self.fail(
+                node, path, f"expected {_what(meta, 'an integer')}, got {self.describe(node)}"
+            )
+        return value
+
+    def number(self, node: Node, path: str, meta: Mapping[str, Any]) -> float:
+        value = self.scalar(node) if _tag(node) in (_YAML_INT, _YAML_FLOAT) else _MISSING
+        if (
+            type(value) not in (int, float)
+            or not math.isfinite(value)
+            or not _in_range(value, meta)
+        ):
+            self.fail(node, path, f"expected {_what(meta, 'a number')}, got {self.describe(node)}")
+        return float(value)
+
+    def string(self, node: Node, path: str, meta: Mapping[str, Any]) -> str:
+        secret = bool(meta.get("secret"))
+        value = self.scalar(node) if isinstance(node, ScalarNode) else _MISSING
+        if meta.get("raw") and isinstance(node, ScalarNode) and value is not None:
+            value = str(node.value)  # e.g. a digest that happens to be all digits
+        choices: tuple[str, ...] | None = meta.get("choices")
+        if choices is not None:
+            if value not in choices:
+                allowed = ", ".join(repr(c) for c in choices)
+                self.fail(node, path, f"expected one of {allowed}, got {self.describe(node)}")
+            return str(value)
+        if not isinstance(value, str):
+            hint = " (quote it)" if isinstance(node, ScalarNode) and value is not None else ""
+            self.fail(node, path, f"expected a string, got {self.describe(node, secret)}{hint}")
+        if not value.strip():
+            self.fail(node, path, "expected a non-empty string")
+        pattern: str | None = meta.get("pattern")
+        if pattern is not None and re.fullmatch(pattern, value) is None:
+            what = meta.get("what", f"a string matching {pattern}")
+            got = f"{len(value)} characters" if secret else repr(_short(value))
+            self.fail(node, path, f"expected {what}, got {got}")
+        max_len: int | None = meta.get("max_len")
+        if max_len is not None and len(value.encode()) > max_len:
+            self.fail(node, path, f"expected at most {max_len} bytes, got {len(value.encode())}")
+        return value
+
+    def file(self, node: Node, path: str, meta: Mapping[str, Any]) -> Path:
+        text = self.string(node, path, meta)
+        resolved = (self.base_dir / Path(text).expanduser()).resolve()
+        if not resolved.exists():
+            self.fail(node, path, f"file not found: {resolved}")
+        if not resolved.is_file():
+            self.fail(node, path, f"not a regular file: {resolved}")
+        if not os.access(resolved, os.R_OK):
+            self.fail(node, path, f"file not readable: {resolved}")
+        return resolved
+
+    def list_of(self, node: Node, tp: Any, path: str) -> list[Any]:
+        if not isinstance(node, SequenceNode):
+            if _is_null(node):
+                return []
+            self.fail(node, path, f"expected a list, got {self.describe(node)}")
+        out = []
+        for i, item in enumerate(node.value):
+            try:
+                out.append(self.value(item, tp, f"{path}[{i}]", {}))
+            except _Invalid:
+                self.failed.add(path)
+        return out
+
+    def mapping_pairs(self, node: Node, path: str) -> list[tuple[str, Node, Node]]:
+        """The (key, key node, value node) pairs of a mapping; reports bad and duplicate keys."""
+        if not isinstance(node, MappingNode):
+            self.fail(node, path or "(top level)", f"expected a mapping, got {self.describe(node)}")
+        try:
+            self.ctor.flatten_mapping(node)  # resolves `<<: *anchor` merges
+        except yaml.YAMLError as e:
+            self.fail(node, path, f"invalid merge: {e}")
+        seen: dict[str, int] = {}
+        pairs = []
+        for knode, vnode in node.value:
+            key = self.scalar(knode) if isinstance(knode, ScalarNode) else None
+            if not isinstance(key, str) or not key:
+                self.error(_line(knode), path, f"keys must be strings, got {self.describe(knode)}")
+                continue
+            sub = _join(path, key)
+            if key in seen:
+                self.error(_line(knode), sub, f"duplicate key (first on line {seen[key]})")
+                continue
+            seen[key] = _line(knode)
+            self.lines[sub] = _line(knode)
+            pairs.append((key, knode, vnode))
+        return pairs
+
+    def mapping_of(self, node: Node, tp: Any, path: str) -> dict[str, Any]:
+        if _is_null(node):
+            return {}
+        out: dict[str, Any] = {}
+        for key, knode, vnode in self.mapping_pairs(node, path):
+            sub = _join(path, key)
+            fixed: dict[str, Any] = {}
+            if dataclasses.is_dataclass(tp) and "name" in _fields(tp):
+                meta = _fields(tp)["name"].metadata
+                try:
+                    fixed["name"] = self.string(knode, sub, meta)
+                except _Invalid:
+                    continue
+            try:
+                out[key] = (
+                    self.dataclass(vnode, tp, sub, fixed)
+                    if fixed
+                    else self.value(vnode, tp, sub, {})
+                )
+            except _Invalid:
+                self.failed.add(sub)
+        return out
+
+    def dataclass(
+        self, node: Node, cls: type[Any], path: str, fixed: Mapping[str, Any] | None = None
+    ) -> Any:
+        fixed = fixed or {}
+        fields = {
+            name: f
+            for name, f in _fields(cls).items()
+            if f.metadata.get("config", True) and name not in fixed
+        }
+        pairs = [] if _is_null(node) else self.mapping_pairs(node, path)
+        hints = _hints(cls)
+        kwargs: dict[str, Any] = dict(fixed)
+        unusable = False
+        given = set()
+        for key, knode, vnode in pairs:
+            sub = _join(path, key)
+            given.add(key)
+            if key not in fields:
+                self.error(_line(knode), sub, self.unknown_key_message(cls, key, list(fields)))
+                continue
+            try:
+                kwargs[key] = self.value(vnode, hints[key], sub, fields[key].metadata)
+            except _Invalid:
+                if _required(fields[key]):
+                    unusable = True
+        for name, f in fields.items():
+            if name not in given and _required(f):
+                self.error(_line(node), _join(path, name), "required key is missing")
+                unusable = True
+        if unusable:
+            raise _Invalid
+        return cls(**kwargs)
+
+    def unknown_key_message(self, cls: type[Any], key: str, allowed: list[str]) -> str:
+        if key == "password" and "password_env" in allowed:
+            return (
+                "a plaintext password is not accepted in the config file; put it in an "
+                "environment variable (password_env) or a file (password_file)"
+            )
+        message = f"unknown key {key!r}"
+        close = difflib.get_close_matches(key, allowed, n=1)
+        if close:
+            return f"{message} (did you mean {close[0]!r}?)"
+        return f"{message} (allowed: {', '.join(allowed)})"
+
+
+# -- cross-field rules ---------------------------------------------------------------------------
+
+
+def _check(cfg: GatewayConfig, w: _Walker) -> None:
+    def line(*paths: str) -> int:
+        for p in paths:
+            if p in w.lines:
+                return w.lines[p]
+        return 1
+
+    if not w.path_failed("tls") and not w.path_failed("listen.host"):
+        tls = cfg.tls
+        if (tls.cert_file is None) != (tls.key_file is None):
+            missing, given = (
+                ("key_file", "cert_file") if tls.key_file is None else ("cert_file", "key_file")
+            )
+            w.error(
+                line(f"tls.{given}", "tls"), f"tls.{missing}", f"required when tls.{given} is set"
+            )
+        elif tls.cert_file is None:
+            if not tls.allow_plaintext_loopback:
+                w.error(
+                    line("tls", "listen"),
+                    "tls",
+                    "cert_file and key_file are required (clients must use TLS); the "
+                    "development switch allow_plaintext_loopback works only on a loopback "
+                    "listen.host",
+                )
+            elif not is_loopback(cfg.listen.host):
+                w.error(
+                    line("tls.allow_plaintext_loopback", "tls"),
+                    "tls.allow_plaintext_loopback",
+                    f"only allowed when listen.host is a loopback address, not "
+                    f"{cfg.listen.host!r}; configure cert_file and key_file",
+                )
+        if tls.allow_plaintext_loopback and tls.cert_file and not is_loopback(cfg.listen.host):
+            w.error(
+                line("tls.allow_plaintext_loopback"),
+                "tls.allow_plaintext_loopback",
+                f"only allowed when listen.host is a loopback address, not {cfg.listen.host!r}",
+            )
+
+    if not cfg.targets and not w.path_failed("targets"):
+        w.error(line("targets"), "targets", "at least one target is required")
+    for name, target in cfg.targets.items():
+        path = f"targets.{name}"
+        if target.password_env is not None and target.password_file is not None:
+            w.error(
+                line(f"{path}.password_file", path),
+                path,
+                "password_env and password_file are mutually exclusive; use one",
+            )
+        tls_failed = w.path_failed(f"{path}.tls") or w.path_failed(f"{path}.host")
+        if (
+            not tls_failed
+            and target.tls.mode is UpstreamTLSMode.DISABLE
+            and not is_loopback(target.host)
+        ):
+            w.error(
+                line(f"{path}.tls.mode", path),
+                f"{path}.tls.mode",
+                f"'disable' is only allowed for a loopback host, not {target.host!r}",
+            )
+
+    if not cfg.auth.static_tokens and not w.path_failed("auth"):
+        w.error(
+            line("auth.static_tokens", "auth"),
+            "auth",
+            "at least one authentication source is required (auth.static_tokens)",
+        )
+    names: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for i, tok in enumerate(cfg.auth.static_tokens):
+        path = f"auth.static_tokens[{i}]"
+        if tok.name in names:
+            w.error(
+                line(f"{path}.name", path),
+                f"{path}.name",
+                f"duplicate token name {tok.name!r} (also auth.static_tokens[{names[tok.name]}])",
+            )
+        names.setdefault(tok.name, i)
+        digest = tok.sha256.lower()
+        if digest in digests:
+            w.error(
+                line(f"{path}.sha256", path),
+                f"{path}.sha256",
+                f"same digest as auth.static_tokens[{digests[digest]}]: each token must be unique",
+            )
+        digests.setdefault(digest, i)
+
+    limits = cfg.limits
+    if not w.path_failed("limits") and limits.write_low_water > limits.write_high_water:
+        w.error(
+            line("limits.write_low_water", "limits"),
+            "limits.write_low_water",
+            f"must not exceed limits.write_high_water ({limits.write_high_water})",
+        )
+
+
+# -- entry points --------------------------------------------------------------------------------
+
+
+def load_str(text: str, source: str = "<config>", base_dir: Path | None = None) -> GatewayConfig:
+    """Parse and validate ``text``; ``source`` names it in errors, relative paths resolve
+    against ``base_dir`` (default: the current directory)."""
+    w = _Walker(source, (base_dir or Path.cwd()).resolve())
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        what = " ".join(p for p in (e.context, e.problem) if p)
+        raise ConfigError([Issue(source, line, "", f"invalid YAML: {what}")]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([Issue(source, 0, "", f"invalid YAML: {e}")]) from None
+    cfg: GatewayConfig | None = None
+    try:
+        cfg = GatewayConfig() if root is None else w.dataclass(root, GatewayConfig, "")
+    except _Invalid:
+        cfg = None
+    if cfg is not None:
+        _check(cfg, w)
+    if w.issues or cfg is None:
+        raise ConfigError(w.issues)
+    return cfg
+
+
+def warnings(cfg: GatewayConfig) -> list[str]:
+    """Things that are valid but probably wrong where this runs (e.g. an unset password env var).
+
+    Never includes a secret value."""
+    out: list[str] = []
+    for name, target in cfg.targets.items():
+        if target.password_env is not None and not os.environ.get(target.password_env):
+            out.append(
+                f"targets.{name}.password_env: ${target.password_env} is not set in this "
+                "environment (the gateway reads it when it connects upstream)"
+            )
+    if cfg.tls.allow_plaintext_loopback:
+        out.append("tls.allow_plaintext_loopback: plaintext clients are accepted (development)")
+    return out
+
+
+def load(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Load ``path``; raises :class:`ConfigError` naming the file, line and key of every error."""
+    p = Path(path)
+    source = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Issue(source, 0, "", "file not found")]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([Issue(source, 0, "", f"not UTF-8 text: {e.reason}")]) from None
+    except OSError as e:
+        raise ConfigError([Issue(source, 0, "", f"cannot read: {e.strerror or e}")]) from None
+    cfg = load_str(text, source, p.resolve().parent)
+    return dataclasses.replace(cfg, source=p.resolve())
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _tag(node: Node) -> str | None:
+    return node.tag if isinstance(node, ScalarNode) else None
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _YAML_NULL
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
+    lo, hi = meta.get("min"), meta.get("max")
+    return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
+def _what(meta: Mapping[str, Any], kind: str) -> str:
+    if "what" in meta:
+        return f"{kind} from {meta['what']}"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f"{kind} between {_num(lo)} and {_num(hi)}"
+    if lo is not None:
+        return f"{kind} >= {_num(lo)}"
+    if hi is not None:
+        return f"{kind} <= {_num(hi)}"
+    return kind
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _fields(cls: Any) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -1,0 +1,411 @@
+"""The listener: accepts clients, negotiates TLS, and runs one :class:`Session` per client.
+
+:class:`Gateway` is the entry point for the CLI, the demo, the tests and the bench;
+:func:`run_in_thread` runs one on a uvloop loop in a background thread for blocking clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from veilgate import log, metrics
+from veilgate.config_model import GatewayConfig
+from veilgate.gateway import upstream, wire
+from veilgate.gateway.cancel import CancelRegistry
+from veilgate.gateway.negotiate import (
+    ClientGone,
+    NegotiationError,
+    Outcome,
+    negotiate,
+)
+from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
+from veilgate.identity.base import Authenticator
+
+logger = log.get("gateway")
+
+T = TypeVar("T")
+
+PLAINTEXT_REFUSED = wire.fatal(
+    "28000",
+    "connection without TLS is not allowed by the gateway",
+    hint="Connect with sslmode=verify-full (or require).",
+)
+NO_ALPN = wire.fatal(
+    "08P01",
+    "received direct SSL connection request without ALPN protocol negotiation extension",
+)
+CANCEL_FORWARD_TIMEOUT_S = 5.0
+
+
+def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The client-facing TLS context (ALPN ``postgresql``), or ``None`` without a certificate."""
+    tls = config.tls
+    if tls.cert_file is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    ctx.set_alpn_protocols([upstream.ALPN])
+    return ctx
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _send_and_close(sock: socket.socket, data: bytes) -> None:
+    try:
+        if data:
+            sock.send(data)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class Gateway:
+    """An identity-aware PostgreSQL gateway listening on ``config.listen``."""
+
+    def __init__(self, config: GatewayConfig, authenticator: Authenticator) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.cancel_registry: CancelRegistry[Session] = CancelRegistry()
+        self._ssl = server_ssl_context(config)
+        self._sessions: set[Session] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lsock: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._port = 0
+        self._accepting = False
+        self._all_closed: asyncio.Event | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind ``config.listen`` (port 0 picks an ephemeral port) and start accepting."""
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        infos = await loop.getaddrinfo(
+            listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, addr = infos[0]
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind(addr)
+            lsock.listen(listen.backlog)
+            lsock.setblocking(False)
+        except OSError:
+            lsock.close()
+            raise
+        self._lsock = lsock
+        self._port = lsock.getsockname()[1]
+        self._accepting = True
+        self._accept_task = loop.create_task(self._accept_loop(lsock))
+        log.event(
+            logger,
+            "listening",
+            host=listen.host,
+            port=self._port,
+            tls=self._ssl is not None,
+            targets=sorted(self.config.targets),
+        )
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def _stop_accepting(self) -> None:
+        self._accepting = False
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            self._accept_task = None
+        if self._lsock is not None:
+            self._lsock.close()
+            self._lsock = None
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the public API)
+        """Stop accepting; end idle sessions with 57P01 now and busy ones at their next
+        ReadyForQuery; at the deadline close whatever is left."""
+        self._stop_accepting()
+        log.event(logger, "draining", sessions=len(self._sessions), timeout_s=timeout)
+        for session in list(self._sessions):
+            session.drain()
+        if self._sessions:
+            self._all_closed = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                log.event(logger, "drain_deadline", logging.WARNING, sessions=len(self._sessions))
+            finally:
+                self._all_closed = None
+        for session in list(self._sessions):
+            session.abort()
+        await self._cancel_tasks()
+
+    async def close(self) -> None:
+        """Stop accepting and drop every session now."""
+        self._stop_accepting()
+        for session in list(self._sessions):
+            session.close(ADMIN_SHUTDOWN, "gateway_close")
+        await self._cancel_tasks()
+        await asyncio.sleep(0)
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def session_closed(self, session: Session) -> None:
+        if session in self._sessions:
+            self._sessions.discard(session)
+            metrics.connections_active.dec()
+            if not self._sessions and self._all_closed is not None:
+                self._all_closed.set()
+
+    # --- accepting -------------------------------------------------------------------------------
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while self._accepting:
+            try:
+                sock, addr = await loop.sock_accept(lsock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:
+                log.event(logger, "accept_failed", logging.ERROR, error=str(exc))
+                await asyncio.sleep(0.05)
+                continue
+            metrics.connections_total.inc()
+            if len(self._sessions) >= self.config.listen.max_connections:
+                metrics.errors_total.inc(kind="too_many_connections")
+                sock.close()
+                continue
+            self._spawn(self._handle(sock, addr))
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _handle(self, sock: socket.socket, addr: Any) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = str(addr[0]), int(addr[1])
+        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        sock.setblocking(False)
+        upstream.tune_socket(sock)
+        deadline = loop.time() + self.config.listen.handshake_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                neg = await negotiate(loop, sock, tls_available=self._ssl is not None)
+        except NegotiationError as exc:
+            metrics.errors_total.inc(kind="negotiation")
+            log.event(logger, "negotiation_failed", logging.INFO, peer=peer, reason=exc.reason)
+            _send_and_close(sock, exc.reply)
+            return
+        except (ClientGone, TimeoutError, OSError):
+            sock.close()
+            return
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+
+        if neg.outcome is Outcome.CANCEL:
+            assert neg.packet is not None
+            try:
+                await self.handle_cancel(neg.packet)
+            finally:
+                sock.close()
+            return
+        if neg.outcome is Outcome.PLAIN and not (
+            self.config.tls.allow_plaintext_loopback and _is_loopback(host)
+        ):
+            metrics.errors_total.inc(kind="tls")
+            log.event(logger, "plaintext_refused", logging.INFO, peer=peer)
+            _send_and_close(sock, PLAINTEXT_REFUSED)
+            return
+
+        session = Session(self, peer)
+        session.handshake_task = asyncio.current_task()
+        self._sessions.add(session)
+        metrics.connections_active.inc()
+        try:
+            if neg.outcome is Outcome.PLAIN:
+                await loop.connect_accepted_socket(lambda: session.client, sock)
+            else:
+                remaining = max(deadline - loop.time(), 0.001)
+                await loop.connect_accepted_socket(
+                    lambda: session.client, sock, ssl=self._ssl, ssl_handshake_timeout=remaining
+                )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            metrics.errors_total.inc(kind="tls")
+            log.event(logger, "tls_failed", logging.INFO, peer=peer, error=str(exc))
+            sock.close()
+            session.close(None, "tls_failed")
+            return
+        except asyncio.CancelledError:
+            sock.close()
+            session.close(None, "cancelled")
+            raise
+        if neg.outcome is Outcome.DIRECT_TLS:
+            ssl_object = session.client_transport.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != upstream.ALPN:
+                metrics.errors_total.inc(kind="tls")
+                log.event(logger, "direct_tls_without_alpn", logging.INFO, peer=peer)
+                session.close(NO_ALPN, "no_alpn")
+                return
+        if not self._accepting:
+            session.close(ADMIN_SHUTDOWN, "drain")
+            return
+        await session.run_handshake(neg.packet if neg.outcome is Outcome.PLAIN else None, deadline)
+
+    # --- cancel -----------------------------------------------------------------------------------
+
+    async def handle_cancel(self, packet: bytes) -> None:
+        """Forward a CancelRequest for a known, busy session; ignore everything else."""
+        try:
+            request = wire.parse_cancel_request(packet)
+        except wire.WireError:
+            metrics.cancel_requests_total.inc(outcome="invalid")
+            return
+        session = self.cancel_registry.lookup(request.pid, request.key)
+        if session is None:
+            metrics.cancel_requests_total.inc(outcome="unknown")
+            return
+        if not session.state.busy or session.target is None:
+            metrics.cancel_requests_total.inc(outcome="idle")
+            return
+        pid, key, target = session.upstream_pid, session.upstream_key, session.target
+        assert pid is not None and key is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CANCEL_FORWARD_TIMEOUT_S):
+                await upstream.send_cancel(loop, target, pid, key)
+        except (OSError, ssl.SSLError, TimeoutError, upstream.UpstreamError) as exc:
+            metrics.cancel_requests_total.inc(outcome="failed")
+            log.event(logger, "cancel_failed", logging.WARNING, target=target.name, error=str(exc))
+            return
+        metrics.cancel_requests_total.inc(outcome="forwarded")
+        log.event(
+            logger,
+            "cancel_forwarded",
+            principal=session.principal.label() if session.principal else None,
+            target=target.name,
+        )
+
+
+class GatewayThread:
+    """A :class:`Gateway` on a uvloop loop in a background thread (for blocking clients)."""
+
+    def __init__(self, config: GatewayConfig, authenticator: Authenticator) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.gateway: Gateway | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> GatewayThread:
+        self._thread = threading.Thread(target=self._run, name="veilgate-gateway", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise RuntimeError("gateway failed to start") from self._error
+        if self.gateway is None:
+            raise RuntimeError("gateway did not start in time")
+        return self
+
+    def _run(self) -> None:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            gateway = Gateway(self.config, self.authenticator)
+            loop.run_until_complete(gateway.start())
+            self.gateway = gateway
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    @property
+    def port(self) -> int:
+        assert self.gateway is not None
+        return self.gateway.port
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60) -> T:
+        """Run ``coro`` on the gateway's loop and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def session_count(self) -> int:
+        assert self.gateway is not None
+        gateway = self.gateway
+
+        async def count() -> int:
+            return gateway.session_count()
+
+        return self.call(count())
+
+    def drain(self, timeout: float) -> None:
+        assert self.gateway is not None
+        self.call(self.gateway.drain(timeout), timeout + 30)
+
+    def stop(self) -> None:
+        loop, thread = self.loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        if self.gateway is not None:
+            try:
+                self.call(self.gateway.close(), 30)
+            except Exception:
+                logger.exception("gateway close failed")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+
+    def __enter__(self) -> GatewayThread:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def run_in_thread(config: GatewayConfig, authenticator: Authenticator) -> GatewayThread:
+    """Start a gateway in a background thread; use as a context manager or call ``.stop()``."""
+    return GatewayThread(config, authenticator).start()

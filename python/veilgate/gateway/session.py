@@ -1,0 +1,517 @@
+"""One client session: the client-side handshake, the upstream handshake, then the relay.
+
+The session owns both connection sides (:class:`~veilgate.gateway._relay.RelayProtocol`) and is
+their callback target.  During the handshake it consumes whole messages (the native buffers are
+in startup / all-events mode); once both sides are authenticated it switches them to pure
+pass-through, after which it is called only at boundaries: errors, connection loss, and the rare
+event messages it asks for (ReadyForQuery while draining).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import veilgate_native as native
+
+from veilgate import log, metrics
+from veilgate.config_model import TargetConfig
+from veilgate.gateway import upstream, wire
+from veilgate.gateway._relay import RelayProtocol
+from veilgate.gateway.startup import StartupRefused, negotiate_startup, upstream_application_name
+from veilgate.identity.base import AuthContext, AuthError, Principal
+
+if TYPE_CHECKING:
+    from veilgate.gateway.server import Gateway
+
+logger = log.get("gateway.session")
+
+ADMIN_SHUTDOWN = wire.fatal("57P01", "terminating connection due to administrator command")
+_Z = ord("Z")
+
+
+def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).__module__.startswith("uvloop")
+
+
+class Phase(Enum):
+    HANDSHAKE = "handshake"
+    RELAY = "relay"
+    CLOSED = "closed"
+
+
+class _SideClosed(Exception):
+    """A side went away (or broke framing) while the handshake waited on it."""
+
+
+class _Refuse(Exception):
+    """End the handshake with this FATAL (already counted and logged by the raiser)."""
+
+    def __init__(self, frame: bytes) -> None:
+        super().__init__("refused")
+        self.frame = frame
+
+
+class _Inbox:
+    __slots__ = ("closed", "error", "items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[Any] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.error: BaseException | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self) -> None:
+        if self.closed or self.error is not None:
+            raise _SideClosed from self.error
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+        if self.error is not None:
+            raise _SideClosed from self.error
+
+
+class Session:
+    """One client connection and, once authenticated, its upstream connection."""
+
+    def __init__(self, gateway: Gateway, peer: str) -> None:
+        self.gateway = gateway
+        self.config = gateway.config
+        self.peer = peer
+        limits = self.config.limits
+        self.state = native.SessionState()
+        self.client_rb = native.RecvBuffer(
+            native.CLIENT,
+            self.state,
+            capacity=limits.read_buffer_bytes,
+            max_message=limits.max_password_bytes + 5,
+        )
+        self.client_rb.set_startup_mode(True)
+        self._wrap_view = not _is_uvloop(asyncio.get_running_loop())
+        self.client = RelayProtocol(self, self.client_rb, self._wrap_view)
+        self.client_transport: Any = None
+        self.upstream_rb: Any = None
+        self.upstream: RelayProtocol | None = None
+        self.upstream_transport: Any = None
+        self._client_in = _Inbox()
+        self._upstream_in = _Inbox()
+        self.phase = Phase.HANDSHAKE
+        self.principal: Principal | None = None
+        self.target: TargetConfig | None = None
+        self.user: str | None = None
+        self.cancel_pid: int | None = None
+        self.upstream_pid: int | None = None
+        self.upstream_key: bytes | None = None
+        self.draining = False
+        self.handshake_task: asyncio.Task[None] | None = None
+        self._started = asyncio.get_running_loop().time()
+
+    # --- callbacks from RelayProtocol ------------------------------------------------------------
+
+    def side_connected(self, side: RelayProtocol, transport: Any) -> None:
+        limits = self.config.limits
+        transport.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
+        if side is self.client:
+            self.client_transport = transport
+        else:
+            self.upstream_transport = transport
+            if self.phase is Phase.CLOSED:
+                # the session ended while the upstream connection was being opened
+                transport.close()
+
+    def handshake_data(self, side: RelayProtocol, result: Any) -> None:
+        inbox = self._client_in if side is self.client else self._upstream_in
+        if isinstance(result, list):
+            inbox.items.extend(result)
+        inbox.wake()
+
+    def relay_event(self, side: RelayProtocol, message: Any) -> None:
+        if side is self.client:
+            self.upstream_transport.write(message.frame())
+            return
+        self.client_transport.write(message.frame())
+        # ReadyForQuery is asked for while draining: a busy session ends at its last one
+        if message.tag == _Z and self.draining and not self.state.busy:
+            self.close(ADMIN_SHUTDOWN, "drain")
+
+    def framing_error(self, side: RelayProtocol, exc: BaseException) -> None:
+        from_client = side is self.client
+        metrics.errors_total.inc(kind="protocol")
+        log.event(
+            logger,
+            "protocol_violation",
+            logging.WARNING,
+            peer=self.peer,
+            side="client" if from_client else "upstream",
+            error=str(exc),
+            principal=self.principal.label() if self.principal else None,
+        )
+        if self.phase is Phase.HANDSHAKE:
+            inbox = self._client_in if from_client else self._upstream_in
+            inbox.error = exc
+            inbox.wake()
+            return
+        if from_client:
+            msg = wire.fatal("08P01", f"invalid frontend message: {exc}")
+        else:
+            msg = wire.fatal("08P01", "invalid message from the upstream server")
+        self.close(msg, "protocol")
+
+    def side_eof(self, side: RelayProtocol) -> None:
+        pass
+
+    def side_lost(self, side: RelayProtocol, exc: BaseException | None) -> None:
+        from_client = side is self.client
+        if self.phase is Phase.HANDSHAKE:
+            inbox = self._client_in if from_client else self._upstream_in
+            inbox.closed = True
+            inbox.wake()
+            return
+        if self.phase is Phase.RELAY:
+            self.close(None, "client_closed" if from_client else "upstream_closed")
+
+    # --- handshake -----------------------------------------------------------------------------
+
+    async def _startup_packet(self) -> bytes:
+        while True:
+            try:
+                packet = self.client_rb.take_startup()
+            except native.FramingError as exc:
+                raise self._refuse("08P01", "invalid length of startup packet", "startup") from exc
+            if packet is not None:
+                return bytes(packet)
+            await self._client_in.wait()
+
+    async def _client_message(self) -> Any:
+        while not self._client_in.items:
+            await self._client_in.wait()
+        return self._client_in.items.popleft()
+
+    async def _upstream_message(self) -> Any:
+        while not self._upstream_in.items:
+            await self._upstream_in.wait()
+        return self._upstream_in.items.popleft()
+
+    def _refuse(self, code: str, message: str, kind: str, **fields: Any) -> _Refuse:
+        metrics.errors_total.inc(kind=kind)
+        log.event(
+            logger, "session_refused", logging.INFO, peer=self.peer, code=code, kind=kind, **fields
+        )
+        return _Refuse(wire.fatal(code, message))
+
+    async def run_handshake(self, first_packet: bytes | None, deadline: float) -> None:
+        """Startup, client authentication, upstream connection; then relay (or close)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._handshake(first_packet)
+        except _Refuse as refusal:
+            self.close(refusal.frame, "refused")
+        except _SideClosed:
+            if self._client_in.error is not None:
+                # malformed or oversized client message during the handshake
+                self.close(wire.fatal("08P01", "invalid message length"), "protocol")
+            else:
+                self.close(None, "handshake_aborted")
+        except TimeoutError:
+            metrics.errors_total.inc(kind="timeout")
+            log.event(logger, "handshake_timeout", logging.INFO, peer=self.peer)
+            self.close(wire.fatal("08P01", "canceling authentication due to timeout"), "timeout")
+        except asyncio.CancelledError:
+            self.close(ADMIN_SHUTDOWN if self.draining else None, "cancelled")
+            raise
+        except Exception:
+            metrics.errors_total.inc(kind="internal")
+            logger.exception("handshake failed", extra={"fields": {"peer": self.peer}})
+            self.close(wire.fatal("XX000", "internal error in the gateway"), "internal")
+
+    async def _handshake(self, first_packet: bytes | None) -> None:
+        packet = first_packet if first_packet is not None else await self._startup_packet()
+        try:
+            code = wire.packet_code(packet)
+        except wire.WireError as exc:
+            raise self._refuse("08P01", str(exc), "startup") from exc
+        if code == wire.CANCEL_REQUEST_CODE:
+            await self.gateway.handle_cancel(packet)
+            self.close(None, "cancel_request")
+            return
+        if code in (wire.SSL_REQUEST_CODE, wire.GSSENC_REQUEST_CODE):
+            raise self._refuse(
+                "08P01", "encryption request received on an encrypted connection", "startup"
+            )
+        try:
+            startup = negotiate_startup(wire.parse_startup_message(packet))
+        except wire.WireError as exc:
+            raise self._refuse("08P01", str(exc), "startup") from exc
+        except StartupRefused as exc:
+            raise self._refuse(exc.code, exc.message, "startup", reason=exc.reason) from exc
+        self.user = startup.user
+        transport = self.client_transport
+        if startup.negotiate is not None:
+            transport.write(startup.negotiate)
+        transport.write(wire.AUTHENTICATION_CLEARTEXT_PASSWORD)
+
+        self.client_rb.set_startup_mode(False)
+        self.client_rb.set_all_events(True)
+        self.client.flush_buffered()
+        message = await self._client_message()
+        if message.tag != ord("p"):
+            raise self._refuse(
+                "08P01",
+                f"expected password response, got message type {message.tag}",
+                "protocol",
+            )
+        body = message.body
+        del message
+        if len(body) > self.config.limits.max_password_bytes:
+            raise self._refuse("08P01", "invalid password packet size", "protocol")
+        try:
+            token = wire.parse_password_message(body)
+        except wire.WireError as exc:
+            raise self._refuse("08P01", "invalid password packet", "protocol") from exc
+        del body
+        transport.pause_reading()
+
+        ctx = AuthContext(
+            peer=self.peer,
+            user=startup.user,
+            database=startup.database,
+            application_name=startup.application_name,
+        )
+        failed = wire.fatal("28P01", f'password authentication failed for user "{startup.user}"')
+        try:
+            principal = await self.gateway.authenticator.authenticate(token, ctx)
+        except AuthError as exc:
+            metrics.auth_failures_total.inc(reason=exc.reason)
+            log.event(
+                logger,
+                "auth_failed",
+                logging.WARNING,
+                peer=self.peer,
+                user=startup.user,
+                database=startup.database,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+            raise _Refuse(failed) from None
+        except Exception:
+            metrics.auth_failures_total.inc(reason="authenticator_error")
+            logger.exception(
+                "authenticator raised", extra={"fields": {"peer": self.peer, "user": startup.user}}
+            )
+            raise _Refuse(failed) from None
+        finally:
+            del token
+        self.principal = principal
+
+        target = self.config.targets.get(startup.database)
+        if target is None:
+            raise self._refuse(
+                "3D000",
+                f'database "{startup.database}" does not exist',
+                "startup",
+                principal=principal.label(),
+                reason="unknown_target",
+            )
+        self.target = target
+
+        params = [
+            ("user", target.user),
+            ("database", target.dbname),
+            ("application_name", upstream_application_name(principal.label())),
+            *startup.forwarded,
+        ]
+        try:
+            async with asyncio.timeout(target.connect_timeout_s):
+                hs = await self._connect_upstream(target, params)
+        except TimeoutError:
+            raise self._upstream_failed(
+                upstream.UpstreamError(
+                    "08001",
+                    f'timeout connecting to the upstream server for database "{target.name}"',
+                    "upstream_timeout",
+                )
+            ) from None
+        except upstream.UpstreamError as exc:
+            raise self._upstream_failed(exc) from None
+        except _SideClosed:
+            if self._client_in.closed:
+                raise
+            raise self._upstream_failed(
+                upstream.UpstreamError(
+                    "08006",
+                    f'the upstream server for database "{target.name}" closed the connection',
+                    "upstream_closed",
+                )
+            ) from None
+
+        self.upstream_pid, self.upstream_key = hs.backend_pid, hs.backend_key
+        pid, key = self.gateway.cancel_registry.register(self)
+        self.cancel_pid = pid
+        if self._client_in.closed:
+            raise _SideClosed
+        transport.write(
+            b"".join(
+                [
+                    wire.AUTHENTICATION_OK,
+                    *hs.parameters,
+                    wire.backend_key_data(pid, key),
+                    wire.ready_for_query(hs.tx_status),
+                ]
+            )
+        )
+        self._start_relay()
+        metrics.sessions_total.inc(target=target.name)
+        log.event(
+            logger,
+            "session_started",
+            peer=self.peer,
+            principal=principal.label(),
+            target=target.name,
+            upstream_pid=self.upstream_pid,
+            upstream_auth=hs.mechanism,
+            handshake_ms=round((asyncio.get_running_loop().time() - self._started) * 1000, 1),
+        )
+
+    async def _connect_upstream(
+        self, target: TargetConfig, params: list[tuple[str, str]]
+    ) -> upstream.UpstreamHandshake:
+        loop = asyncio.get_running_loop()
+        self.upstream_rb = native.RecvBuffer(
+            native.SERVER, self.state, capacity=self.config.limits.read_buffer_bytes
+        )
+        self.upstream_rb.set_all_events(True)
+        side = RelayProtocol(self, self.upstream_rb, self._wrap_view)
+        self.upstream = side
+        transport, _ = await upstream.connect(loop, target, lambda: side)
+        metrics.upstream_connections_active.inc()
+        hs = upstream.UpstreamHandshake(
+            target, target.password(), transport.get_extra_info("ssl_object")
+        )
+        transport.write(wire.startup_message(params))
+        while not hs.done:
+            message = await self._upstream_message()
+            for out in hs.feed(message.tag, message.body):
+                transport.write(out)
+        if hs.backend_pid is None or hs.backend_key is None:
+            raise upstream.UpstreamError(
+                "08006",
+                f'the upstream server for database "{target.name}" sent no cancel key',
+                "upstream_protocol",
+            )
+        return hs
+
+    def _upstream_failed(self, exc: upstream.UpstreamError) -> _Refuse:
+        metrics.errors_total.inc(kind="upstream")
+        log.event(
+            logger,
+            "upstream_failed",
+            logging.WARNING,
+            peer=self.peer,
+            principal=self.principal.label() if self.principal else None,
+            target=self.target.name if self.target else None,
+            reason=exc.reason,
+            detail=exc.detail,
+        )
+        return _Refuse(wire.fatal(exc.code, exc.message))
+
+    def _start_relay(self) -> None:
+        assert self.upstream is not None
+        client_rb, upstream_rb = self.client_rb, self.upstream_rb
+        client_rb.max_message = self.config.limits.max_message_bytes
+        client_rb.set_all_events(False)
+        client_rb.set_events(b"")
+        upstream_rb.set_all_events(False)
+        upstream_rb.set_events(b"")
+        self.phase = Phase.RELAY
+        self.client.start_relay(self.upstream_transport)
+        self.upstream.start_relay(self.client_transport)
+        # whatever arrived during the handshake beyond the messages it consumed
+        pending = [m.frame() for m in self._client_in.items]
+        if pending:
+            self.upstream_transport.write(b"".join(pending))
+        pending = [m.frame() for m in self._upstream_in.items]
+        if pending:
+            self.client_transport.write(b"".join(pending))
+        self._client_in.items.clear()
+        self._upstream_in.items.clear()
+        self.client.flush_buffered()
+        self.upstream.flush_buffered()
+        if self.phase is Phase.RELAY:
+            self.client_transport.resume_reading()
+        if self.draining:
+            self.drain()
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Graceful stop: idle sessions end now, busy ones after their next ReadyForQuery."""
+        self.draining = True
+        if self.phase is Phase.HANDSHAKE:
+            task = self.handshake_task
+            if task is not None and not task.done():
+                task.cancel()
+            else:
+                self.close(ADMIN_SHUTDOWN, "drain")
+        elif self.phase is Phase.RELAY:
+            if not self.state.busy:
+                self.close(ADMIN_SHUTDOWN, "drain")
+            else:
+                self.upstream_rb.set_events(b"Z")
+
+    def close(self, client_message: bytes | None, reason: str) -> None:
+        """End the session: optional last message to the client, Terminate upstream, close both."""
+        if self.phase is Phase.CLOSED:
+            return
+        was_relaying = self.phase is Phase.RELAY
+        was_handshaking = self.phase is Phase.HANDSHAKE
+        self.phase = Phase.CLOSED
+        task = self.handshake_task
+        if was_handshaking and task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.client.stop_relay()
+        if self.upstream is not None:
+            self.upstream.stop_relay()
+        ct = self.client_transport
+        if ct is not None and not ct.is_closing():
+            if client_message:
+                ct.write(client_message)
+            ct.close()
+        ut = self.upstream_transport
+        if ut is not None:
+            self.upstream_transport = None
+            if not ut.is_closing():
+                if reason != "upstream_closed":
+                    ut.write(wire.TERMINATE)
+                ut.close()
+            metrics.upstream_connections_active.dec()
+        if self.cancel_pid is not None:
+            self.gateway.cancel_registry.unregister(self.cancel_pid)
+        self.gateway.session_closed(self)
+        if was_relaying:
+            log.event(
+                logger,
+                "session_ended",
+                peer=self.peer,
+                principal=self.principal.label() if self.principal else None,
+                target=self.target.name if self.target else None,
+                reason=reason,
+                duration_s=round(asyncio.get_running_loop().time() - self._started, 3),
+            )
+
+    def abort(self) -> None:
+        """Hard stop (deadline passed): drop both connections without flushing."""
+        ct, ut = self.client_transport, self.upstream_transport
+        self.close(None, "abort")
+        for t in (ct, ut):
+            if t is not None:
+                t.abort()

@@ -1,0 +1,197 @@
+"""Gateway fixtures: a veilgate gateway in a background thread in front of the test cluster.
+
+* ``gateway`` (session scope): target ``app`` → the cluster's ``app`` database as role
+  ``veilgate_app``, one static token, a TLS certificate for ``localhost``/``127.0.0.1`` from a
+  private CA.  Clients connect as any user with the token as the password.
+* ``gateway_factory``: starts extra gateways with a modified configuration (drain tests,
+  plaintext-loopback, small limits...); each is stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from veilgate.config_model import (
+    AuthConfig,
+    ClientTLSConfig,
+    GatewayConfig,
+    ListenConfig,
+    StaticToken,
+    TargetConfig,
+    UpstreamTLSConfig,
+    UpstreamTLSMode,
+)
+from veilgate.gateway.server import GatewayThread, run_in_thread
+from veilgate.identity.static import StaticTokenAuthenticator, token_digest
+
+APP_ROLE = "veilgate_app"
+APP_DB = "app"
+PASSWORD_ENV = "VEILGATE_TEST_APP_PASSWORD"
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+@dataclass
+class GatewayHandle:
+    """A running gateway and what a client needs to reach it."""
+
+    thread: GatewayThread
+    config: GatewayConfig
+    token: str
+    ca_file: str
+    host: str = "127.0.0.1"
+    user: str = "agent"
+    dbname: str = APP_DB
+    server_hostname: str = "localhost"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.thread.port
+
+    @property
+    def password(self) -> str:
+        return self.token
+
+    def dsn(self, **params: str | int) -> str:
+        """A libpq keyword/value conninfo (verify-full against the gateway CA, token included)."""
+        kv: dict[str, str | int] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": self.dbname,
+            "password": self.token,
+            "sslmode": "verify-full",
+            "sslrootcert": self.ca_file,
+            "connect_timeout": 10,
+        }
+        kv.update(params)
+        return " ".join(f"{k}={_quote(str(v))}" for k, v in kv.items())
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def asyncpg_kwargs(self, **extra: Any) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.token,
+            "database": self.dbname,
+            "ssl": self.ssl_context(),
+            "timeout": 15,
+        }
+        kw.update(extra)
+        return kw
+
+    def session_count(self) -> int:
+        return self.thread.session_count()
+
+    def drain(self, timeout: float) -> None:
+        self.thread.drain(timeout)
+
+
+@pytest.fixture(scope="session")
+def gateway_certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from veilgate.certs import make_ca, make_cert
+
+    d = tmp_path_factory.mktemp("gateway-certs")
+    ca = make_ca(d, "gateway-ca")
+    return ca, make_cert(d, "gateway", ["localhost", "127.0.0.1"], ca)
+
+
+@pytest.fixture(scope="session")
+def gateway_base_config(pg_cluster: Any, gateway_certs: Any) -> tuple[GatewayConfig, str]:
+    """The base configuration and its token (the upstream role and database are created)."""
+    password = secrets.token_urlsafe(24)
+    pg_cluster.create_role(APP_ROLE, password)
+    exists = pg_cluster.execute(
+        "SELECT 1 FROM pg_database WHERE datname = 'app'", "postgres"
+    ).strip()
+    if not exists:
+        pg_cluster.create_database(APP_DB, owner=APP_ROLE)
+    os.environ[PASSWORD_ENV] = password
+    _, cert = gateway_certs
+    token = "vg-test-" + secrets.token_urlsafe(24)
+    config = GatewayConfig(
+        listen=ListenConfig(host="127.0.0.1", port=0, handshake_timeout_s=15.0),
+        tls=ClientTLSConfig(cert_file=Path(cert.cert_file), key_file=Path(cert.key_file)),
+        auth=AuthConfig(
+            static_tokens=(StaticToken("itest", token_digest(token), frozenset({"tester"})),)
+        ),
+        targets={
+            APP_DB: TargetConfig(
+                name=APP_DB,
+                host=str(pg_cluster.host),
+                port=int(pg_cluster.port),
+                dbname=APP_DB,
+                user=APP_ROLE,
+                password_env=PASSWORD_ENV,
+                tls=UpstreamTLSConfig(
+                    mode=UpstreamTLSMode.VERIFY_FULL,
+                    ca_file=Path(pg_cluster.ca_file),
+                    server_name=str(getattr(pg_cluster, "server_hostname", "localhost")),
+                ),
+            )
+        },
+    )
+    return config, token
+
+
+def _start(config: GatewayConfig, token: str, ca_file: str) -> GatewayHandle:
+    thread = run_in_thread(config, StaticTokenAuthenticator(config.auth.static_tokens))
+    return GatewayHandle(thread=thread, config=config, token=token, ca_file=ca_file)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    gateway_base_config: tuple[GatewayConfig, str], gateway_certs: Any
+) -> Iterator[GatewayHandle]:
+    config, token = gateway_base_config
+    ca, _ = gateway_certs
+    handle = _start(config, token, str(ca.cert_file))
+    try:
+        yield handle
+    finally:
+        handle.thread.stop()
+
+
+@pytest.fixture
+def gateway_factory(
+    gateway_base_config: tuple[GatewayConfig, str], gateway_certs: Any
+) -> Iterator[Callable[..., GatewayHandle]]:
+    """``gateway_factory(transform=None, **config_overrides)`` → a new running gateway.
+
+    ``config_overrides`` replace top-level :class:`GatewayConfig` fields (``limits=...``);
+    ``transform`` gets the config and returns a new one for anything deeper.
+    """
+    started: list[GatewayHandle] = []
+    base, token = gateway_base_config
+    ca, _ = gateway_certs
+
+    def make(
+        transform: Callable[[GatewayConfig], GatewayConfig] | None = None, **overrides: Any
+    ) -> GatewayHandle:
+        config = replace(base, **overrides) if overrides else base
+        if transform is not None:
+            config = transform(config)
+        handle = _start(config, token, str(ca.cert_file))
+        started.append(handle)
+        return handle
+
+    try:
+        yield make
+    finally:
+        for handle in started:
+            handle.thread.stop()

@@ -1,0 +1,310 @@
+"""Failures on either side and malformed input: clean errors, and the gateway keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.integration import pgwire as pw
+
+pytestmark = pytest.mark.pg
+
+BIG_QUERY = "select g, repeat('x', 1000) from generate_series(1, 3000000) g"
+
+
+@pytest.fixture
+def gw(gateway: object) -> pw.Target:
+    return pw.gateway_target(gateway)
+
+
+@pytest.fixture
+def admin(gateway: object, pg_cluster: object) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection straight to the cluster."""
+    with psycopg.connect(pw.superuser_target(pg_cluster).conninfo(), autocommit=True) as conn:
+        yield conn
+
+
+def _assert_gateway_serving(gw: pw.Target) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        assert c.scalar("select 'still serving'") == "still serving"
+
+
+def _backend_alive(admin: psycopg.Connection[Any], pid: int) -> bool:
+    row = admin.execute("select count(*) from pg_stat_activity where pid = %s", (pid,)).fetchone()
+    return bool(row and row[0])
+
+
+def _wait_gone(admin: psycopg.Connection[Any], pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _backend_alive(admin, pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _upstream_pid(c: pw.RawConn) -> int:
+    return int(c.scalar("select pg_backend_pid()") or 0)
+
+
+# --- upstream failures ---------------------------------------------------------------------------
+
+
+def test_upstream_terminated_mid_result(gw: pw.Target, admin: psycopg.Connection[Any]) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        pid = _upstream_pid(c)
+        c.send(pw.query(BIG_QUERY))
+        first = [c.recv() for _ in range(200)]
+        assert pw.frames(first) == "T" + "D" * 199
+        assert admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        t0 = time.monotonic()
+        rest = c.recv_all_until_close(timeout=30)
+        elapsed = time.monotonic() - t0
+    tags = pw.frames(rest)
+    assert elapsed < 20, "the client connection was not closed after the upstream died"
+    assert set(tags) <= {"D", "E", "N"}, f"unexpected messages after the kill: {set(tags)}"
+    assert "Z" not in tags and "C" not in tags  # the result must not look complete
+    errors = [pw.error_fields(m.body) for m in rest if m.tag == "E"]
+    for err in errors:
+        assert err["V"] == "FATAL"
+        assert err["C"] in ("57P01", "08006", "08000", "08003")
+    assert _wait_gone(admin, pid)
+    _assert_gateway_serving(gw)
+
+
+def test_upstream_terminated_while_idle(gw: pw.Target, admin: psycopg.Connection[Any]) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        pid = _upstream_pid(c)
+        admin.execute("select pg_terminate_backend(%s)", (pid,))
+        msgs = c.recv_all_until_close(timeout=15)
+        assert msgs, "the client was not told why its connection ended"
+        err = pw.error_fields(msgs[0].body)
+        assert msgs[0].tag == "E" and err["V"] == "FATAL"
+        assert err["C"] == "57P01"
+        assert err["M"] == "terminating connection due to administrator command"
+    _assert_gateway_serving(gw)
+
+
+def test_psycopg_upstream_terminated_mid_result(
+    gw: pw.Target, admin: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(gw.conninfo()) as conn:
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        with pytest.raises(psycopg.OperationalError), conn.cursor(name="big") as cur:
+            cur.itersize = 2000
+            cur.execute(BIG_QUERY)
+            for i, _row in enumerate(cur):
+                if i == 5000:
+                    admin.execute("select pg_terminate_backend(%s)", (pid,))
+        assert conn.closed or conn.broken
+    _assert_gateway_serving(gw)
+
+
+# --- client failures -----------------------------------------------------------------------------
+
+
+def _abort(c: pw.RawConn) -> None:
+    """Close with RST (SO_LINGER 0): a client killed mid-stream."""
+    raw = c.sock
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+
+
+@pytest.mark.parametrize("how", ["rst", "fin"])
+def test_client_killed_mid_result_closes_the_upstream(
+    gw: pw.Target, admin: psycopg.Connection[Any], how: str
+) -> None:
+    c = pw.connect(gw.endpoint())
+    pid = _upstream_pid(c)
+    c.send(pw.query(BIG_QUERY))
+    for _ in range(100):
+        assert c.recv().tag in "TD"
+    time.sleep(0.3)  # let the buffers on the way fill up: the upstream blocks on a full socket
+    assert _backend_alive(admin, pid)
+    if how == "rst":
+        _abort(c)
+    else:
+        c.close()
+    assert _wait_gone(admin, pid), "the upstream backend outlived its client"
+    _assert_gateway_serving(gw)
+
+
+def test_client_disconnect_during_long_query(gw: pw.Target, admin: psycopg.Connection[Any]) -> None:
+    c = pw.connect(gw.endpoint())
+    pid = _upstream_pid(c)
+    c.send(pw.query("select pg_sleep(60)"))
+    time.sleep(0.3)
+    c.close()
+    # The backend notices a closed socket only when it writes, or via the gateway closing the
+    # upstream connection; pg_sleep checks for interrupts, and the gateway must close upstream.
+    assert _wait_gone(admin, pid, timeout=15)
+    _assert_gateway_serving(gw)
+
+
+def test_client_terminate_closes_the_upstream(
+    gw: pw.Target, admin: psycopg.Connection[Any]
+) -> None:
+    c = pw.connect(gw.endpoint())
+    pid = _upstream_pid(c)
+    c.terminate()
+    assert _wait_gone(admin, pid)
+
+
+# --- malformed input -----------------------------------------------------------------------------
+
+
+def _expect_protocol_violation(c: pw.RawConn) -> None:
+    msgs = c.recv_all_until_close(timeout=15)
+    assert msgs, "closed without an error"
+    assert [m.tag for m in msgs] == ["E"], msgs
+    err = pw.error_fields(msgs[0].body)
+    assert err["V"] == "FATAL"
+    assert err["C"] == "08P01"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"Q" + struct.pack("!I", (1 << 30) + 5),  # above max_message_bytes (1 GiB)
+        b"Q" + struct.pack("!I", 0xFFFFFFF0),  # negative as Int32
+        b"Q" + struct.pack("!I", 3),  # length < 4
+        b"P" + struct.pack("!I", 0),
+        b"X" + struct.pack("!I", 1),
+    ],
+    ids=["over-max", "negative", "len-3", "len-0", "terminate-len-1"],
+)
+def test_bad_length_fatal_08p01(gw: pw.Target, frame: bytes) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        c.send(frame)
+        _expect_protocol_violation(c)
+    _assert_gateway_serving(gw)
+
+
+def test_message_over_configured_limit(gateway_factory: Any) -> None:
+    from veilgate.config_model import LimitsConfig
+
+    small = gateway_factory(limits=LimitsConfig(max_message_bytes=1 << 20))
+    t = pw.gateway_target(small)
+    with pw.connect(t.endpoint()) as c:
+        # Under the limit: fine.
+        assert c.scalar("select length('" + "a" * 500_000 + "')") == "500000"
+        # Over it: refused at the header, before the body arrives.
+        c.send(b"Q" + struct.pack("!I", (1 << 20) + 100) + b"select '")
+        _expect_protocol_violation(c)
+    _assert_gateway_serving(t)
+
+
+def test_unknown_message_type_fatal(gw: pw.Target) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        c.send(pw.tagged(b"z", b"\x00"))
+        msgs = c.recv_all_until_close(timeout=15)
+        err = pw.first_error(msgs)
+        assert err is not None and err["V"] == "FATAL" and err["C"] == "08P01", msgs
+    _assert_gateway_serving(gw)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        struct.pack("!I", 4),  # shorter than a code
+        struct.pack("!I", 20000) + struct.pack("!I", 3 << 16) + b"u" * 100,  # too long
+        struct.pack("!I", 0xFFFFFFFF),
+        pw.untagged(struct.pack("!I", 3 << 16) + b"user\0agent"),  # no terminator
+        pw.untagged(struct.pack("!I", 1234)),  # unknown request code
+    ],
+    ids=["len-4", "len-20000", "len-max", "unterminated", "bad-code"],
+)
+def test_malformed_startup_packet(gw: pw.Target, packet: bytes) -> None:
+    with pw.RawConn.open(gw.host, gw.port) as c:
+        c.send(packet)
+        received = bytearray()
+        try:
+            while True:
+                received += c.read_bytes(1, timeout=20)
+        except pw.ConnectionClosed:
+            pass
+        except TimeoutError:
+            pytest.fail(f"the gateway neither refused nor closed; received {bytes(received)!r}")
+    if received:
+        assert received[:1] == b"E"
+        (length,) = struct.unpack_from("!I", received, 1)
+        err = pw.error_fields(bytes(received[5 : 1 + length]))
+        assert err["V"] == "FATAL"
+        assert err["C"] in ("08P01", "28000")
+    _assert_gateway_serving(gw)
+
+
+def test_malformed_startup_inside_tls(gw: pw.Target) -> None:
+    with pw.open_tls(gw.endpoint()) as c:
+        c.send(pw.untagged(struct.pack("!I", 3 << 16) + b"user\0agent\0database"))
+        msgs = c.recv_all_until_close(timeout=15)
+        err = pw.first_error(msgs)
+        assert err is not None and err["V"] == "FATAL" and err["C"] == "08P01", msgs
+    _assert_gateway_serving(gw)
+
+
+def test_garbage_instead_of_password(gw: pw.Target) -> None:
+    with pw.open_tls(gw.endpoint()) as c:
+        c.send(pw.startup_message(gw.endpoint().params()))
+        assert pw.auth_code(c.recv().body) == 3
+        c.send(pw.query("select 1"))  # 'Q' where 'p' is expected
+        msgs = c.recv_all_until_close(timeout=15)
+        err = pw.first_error(msgs)
+        assert err is not None and err["V"] == "FATAL"
+        assert err["C"] in ("08P01", "28P01")
+        assert not any(m.tag == "Z" for m in msgs)
+    _assert_gateway_serving(gw)
+
+
+def test_silent_client_is_closed_after_the_handshake_timeout(gateway_factory: Any) -> None:
+    from dataclasses import replace
+
+    quick = gateway_factory(
+        transform=lambda cfg: replace(cfg, listen=replace(cfg.listen, handshake_timeout_s=1.0))
+    )
+    t = pw.gateway_target(quick)
+    with pw.open_tls(t.endpoint()) as c:
+        t0 = time.monotonic()
+        c.recv_all_until_close(timeout=10)
+        assert time.monotonic() - t0 < 5
+    _assert_gateway_serving(t)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=st.one_of(
+        st.binary(min_size=1, max_size=600),
+        st.builds(
+            lambda tag, body, delta: tag + struct.pack("!i", len(body) + 4 + delta) + body,
+            st.sampled_from([bytes([t]) for t in b"QPBEDCSHFdcfpXz\x00\xff"]),
+            st.binary(max_size=200),
+            st.integers(-8, 8),
+        ),
+    )
+)
+def test_random_bytes_after_auth_never_crash_the_gateway(gateway: Any, data: bytes) -> None:
+    t = pw.gateway_target(gateway)
+    with pw.connect(t.endpoint()) as c:
+        try:
+            c.send(data)
+            msgs = c.recv_all_until_close(timeout=0.5)
+        except (OSError, pw.ConnectionClosed):
+            msgs = []
+        for m in msgs:
+            assert m.tag in "123nstTDCEIZNASVvHGWcds", m
+    # The process and every other session go on.
+    thread = getattr(gateway, "thread", None)
+    if thread is not None and getattr(thread, "_thread", None) is not None:
+        assert thread._thread.is_alive()
+    _assert_gateway_serving(t)

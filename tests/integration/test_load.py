@@ -1,0 +1,281 @@
+"""Load: many concurrent clients through one gateway; a 1 GiB result with bounded gateway memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from tests.integration import pgwire as pw
+
+pytestmark = [pytest.mark.pg, pytest.mark.slow]
+
+CLIENTS = 200
+
+
+@pytest.fixture
+def gw(gateway: object) -> pw.Target:
+    return pw.gateway_target(gateway)
+
+
+# --- 200 concurrent clients ----------------------------------------------------------------------
+
+
+async def _client(t: pw.Target, i: int, barrier: asyncio.Barrier) -> list[Any]:
+    conn = await asyncpg.connect(**t.asyncpg_kwargs(timeout=90))
+    try:
+        await barrier.wait()  # all connected at the same time
+        out: list[Any] = []
+        out.append(await conn.fetchval("select $1::int8 * 2", i))
+        out.append(await conn.fetchval("select count(*) from customers"))
+        stmt = await conn.prepare("select g, md5(g::text) from generate_series(1, $1::int) g")
+        rows = await stmt.fetch(100 + i)
+        out.append((len(rows), rows[-1][0]))
+        async with conn.transaction():
+            await conn.execute("create temp table t (x int) on commit drop")
+            await conn.executemany("insert into t values ($1)", [(k,) for k in range(20)])
+            out.append(await conn.fetchval("select sum(x) from t"))
+        out.append(await conn.fetchval("select pg_backend_pid()"))
+        await barrier.wait()  # and still all connected here
+        return out
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(240)
+async def test_200_concurrent_asyncpg_clients(gw: pw.Target, pg_cluster: Any) -> None:
+    direct = pw.direct_target(pg_cluster)
+    ref_conn = await asyncpg.connect(**direct.asyncpg_kwargs())
+    try:
+        customers = await ref_conn.fetchval("select count(*) from customers")
+        max_conn = int(await ref_conn.fetchval("show max_connections"))
+    finally:
+        await ref_conn.close()
+    assert max_conn >= CLIENTS + 20, "the test cluster needs max_connections >= 220"
+    barrier = asyncio.Barrier(CLIENTS)
+    t0 = time.monotonic()
+    results = await asyncio.gather(
+        *(_client(gw, i, barrier) for i in range(CLIENTS)), return_exceptions=True
+    )
+    elapsed = time.monotonic() - t0
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, f"{len(errors)} clients failed, first: {errors[0]!r}"
+    for i, r in enumerate(results):
+        assert isinstance(r, list)
+        assert r[:4] == [i * 2, customers, (100 + i, 100 + i), sum(range(20))]
+    # 200 distinct upstream backends: one per client session.
+    assert len({r[4] for r in results if isinstance(r, list)}) == CLIENTS
+    assert elapsed < 180
+
+
+# --- 1 GiB through a gateway process -------------------------------------------------------------
+
+
+ROWS = 1_100_000
+WIDTH = 1000
+BIG_COPY = f"copy (select repeat('x', {WIDTH}) from generate_series(1, {ROWS})) to stdout"  # noqa: S608
+MIB = 1 << 20
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM of ``pid`` in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        m = re.match(r"(VmRSS|VmHWM):\s+(\d+) kB", line)
+        if m:
+            out[m.group(1)] = int(m.group(2)) * 1024
+    return out
+
+
+def _yaml_str(v: object) -> str:
+    return json.dumps(str(v))  # JSON strings are valid YAML scalars
+
+
+def _write_config(gateway: Any, path: Path) -> None:
+    cfg = gateway.config
+    target = cfg.targets[gateway.dbname]
+    tokens = "\n".join(
+        f"    - name: {_yaml_str(t.name)}\n      sha256: {_yaml_str(t.sha256)}"
+        for t in cfg.auth.static_tokens
+    )
+    tls_lines = [f"      mode: {target.tls.mode.value}"]
+    if target.tls.ca_file is not None:
+        tls_lines.append(f"      ca_file: {_yaml_str(target.tls.ca_file)}")
+    if target.tls.server_name is not None:
+        tls_lines.append(f"      server_name: {_yaml_str(target.tls.server_name)}")
+    tls_block = "\n".join(tls_lines)
+    path.write_text(
+        f"""listen:
+  host: 127.0.0.1
+  port: 0
+tls:
+  cert_file: {_yaml_str(cfg.tls.cert_file)}
+  key_file: {_yaml_str(cfg.tls.key_file)}
+admin:
+  enabled: false
+auth:
+  static_tokens:
+{tokens}
+targets:
+  {gateway.dbname}:
+    host: {_yaml_str(target.host)}
+    port: {target.port}
+    dbname: {_yaml_str(target.dbname)}
+    user: {_yaml_str(target.user)}
+    password_env: {_yaml_str(target.password_env)}
+    tls:
+{tls_block}
+logging:
+  level: info
+  format: json
+"""
+    )
+
+
+class GatewayProcess:
+    def __init__(self, proc: subprocess.Popen[str], port: int, log: list[str]) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+
+
+@pytest.fixture
+def gateway_process(gateway: Any, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """``python -m veilgate serve`` in its own process, configured like the ``gateway`` fixture."""
+    config = tmp_path / "veilgate.yaml"
+    _write_config(gateway, config)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "veilgate", "serve", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    port: list[int] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == "ready" and not ready.is_set():
+                port.append(int(ev["port"]))
+                ready.set()
+        ready.set()
+
+    pump_thread = threading.Thread(target=pump, daemon=True)
+    pump_thread.start()
+    ready.wait(60)
+    if not port:
+        proc.kill()
+        pytest.fail("the gateway process did not get ready:\n" + "".join(log[-30:]))
+    try:
+        yield GatewayProcess(proc, port[0], log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        pump_thread.join(5)
+
+
+def _psql_copy_count(t: pw.Target, sql: str) -> tuple[int, int]:
+    """Run a COPY TO STDOUT with psql, count the bytes it writes (read in chunks)."""
+    proc = subprocess.Popen(
+        ["psql", t.conninfo(with_password=False), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        env=t.psql_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    total = 0
+    newlines = 0
+    while True:
+        chunk = proc.stdout.read(4 * MIB)
+        if not chunk:
+            break
+        total += len(chunk)
+        newlines += chunk.count(b"\n")
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0, err
+    return total, newlines
+
+
+def _slow_partial_read(t: pw.Target, sql: str, read_bytes: int, seconds: float) -> None:
+    """A slow client: read ``read_bytes`` of a big result over ``seconds``, then hang up."""
+    with pw.connect(t.endpoint()) as c:
+        c.send(pw.query(sql))
+        got = 0
+        step = 256 * 1024
+        pause = seconds / max(1, read_bytes // step)
+        while got < read_bytes:
+            got += len(c.read_bytes(min(step, read_bytes - got), timeout=30))
+            time.sleep(pause)
+
+
+@pytest.mark.timeout(300)
+def test_1gib_result_streams_with_bounded_gateway_memory(
+    gateway: Any, gateway_process: GatewayProcess
+) -> None:
+    base = pw.gateway_target(gateway)
+    t = pw.Target(**{**base.__dict__, "port": gateway_process.port})
+    pid = gateway_process.proc.pid
+
+    # Warm up: connections, TLS, a medium result; then take the baseline.
+    for _ in range(3):
+        warm = f"copy (select repeat('w', {WIDTH}) from generate_series(1, 20000)) to stdout"  # noqa: S608
+        assert _psql_copy_count(t, warm) == (20000 * (WIDTH + 1), 20000)
+    with pw.connect(t.endpoint()) as c:
+        assert c.scalar("select 'warm'") == "warm"
+    before = _status(pid)
+
+    # A slow client: the gateway must stop reading from upstream instead of buffering.
+    _slow_partial_read(
+        t,
+        f"select repeat('s', {WIDTH}) from generate_series(1, 400000)",  # noqa: S608
+        48 * MIB,
+        3.0,
+    )
+    after_slow = _status(pid)
+
+    # The full 1 GiB, as fast as psql can take it.
+    t0 = time.monotonic()
+    total, lines = _psql_copy_count(t, BIG_COPY)
+    elapsed = time.monotonic() - t0
+    after = _status(pid)
+
+    assert (total, lines) == (ROWS * (WIDTH + 1), ROWS)
+    assert total >= 1 << 30
+    growth_slow = after_slow["VmHWM"] - before["VmHWM"]
+    growth = after["VmHWM"] - before["VmHWM"]
+    report = (
+        f"baseline HWM {before['VmHWM'] / MIB:.1f} MiB, after slow client +{growth_slow / MIB:.1f}"
+        f" MiB, after 1 GiB +{growth / MIB:.1f} MiB ({total / MIB / elapsed:.0f} MiB/s)"
+    )
+    print(report)
+    assert growth_slow < 32 * MIB, report
+    assert growth < 32 * MIB, report
+    # The gateway is still healthy and serving.
+    with pw.connect(t.endpoint()) as c:
+        assert c.scalar("select 'after 1 GiB'") == "after 1 GiB"
+    assert gateway_process.proc.poll() is None
