@@ -7,6 +7,18 @@ complete messages, returning what to forward and the messages the control plane 
 
 from typing import Final, final
 
+__all__ = [
+    "CLIENT",
+    "MAX_STARTUP_PACKET",
+    "SERVER",
+    "FramingError",
+    "Message",
+    "RecvBuffer",
+    "SessionState",
+    "latency_histogram",
+    "stats",
+]
+
 CLIENT: Final[int]
 """Direction of a buffer that receives from the client (frontend messages)."""
 SERVER: Final[int]
@@ -30,6 +42,8 @@ class Message:
         """Payload without the type byte and the Int32 length."""
     def frame(self) -> bytes:
         """The whole message as it arrived: tag, length, body."""
+    def __len__(self) -> int:
+        """Length of the whole message (``len(m.frame())``)."""
 
 @final
 class SessionState:
@@ -51,6 +65,13 @@ class SessionState:
     @property
     def tx_status(self) -> int:
         """Status byte of the last ReadyForQuery (``ord('I')``, ``'T'`` or ``'E'``); 0 before any."""
+    def discard_request(self) -> bool:
+        """Forget the oldest pending request without recording a latency.
+
+        For a request the gateway answered itself (e.g. a denied Query it never forwarded): the
+        client-side buffer counted it, and no ReadyForQuery from the server will pop it.
+        Returns False if nothing was pending.
+        """
 
 @final
 class RecvBuffer:
@@ -61,14 +82,19 @@ class RecvBuffer:
     :meth:`advance`.  Compaction and growth happen only in :meth:`prepare`, never while exported.
     """
 
-    def __init__(
-        self,
+    # A pyo3 constructor is ``__new__`` at runtime; declaring it so keeps stubtest exact.
+    def __new__(
+        cls,
         direction: int,
         session: SessionState | None = None,
         *,
         capacity: int = 65536,
         max_message: int = 1 << 30,
-    ) -> None: ...
+    ) -> RecvBuffer:
+        """``direction`` is :data:`CLIENT` or :data:`SERVER`.  With a ``session``, a client-side
+        buffer counts requests into it and a server-side one answers them (ReadyForQuery).
+        ``capacity`` is the initial size (the buffer grows to fit event messages and shrinks
+        back when empty); ``max_message`` is the largest message body accepted."""
     def prepare(self, sizehint: int) -> None:
         """Make room for the next read (compact, grow to fit a pending event message).
 
@@ -106,6 +132,9 @@ class RecvBuffer:
         """Bytes received and not yet returned."""
     @property
     def capacity(self) -> int: ...
+    @property
+    def direction(self) -> int:
+        """:data:`CLIENT` or :data:`SERVER`, as given to the constructor."""
     @property
     def exports(self) -> int:
         """Live buffer-protocol exports (1 while the loop is reading into it)."""

@@ -114,8 +114,10 @@ def gateway_certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="session")
 def gateway_base_config(pg_cluster: Any, gateway_certs: Any) -> tuple[GatewayConfig, str]:
     """The base configuration and its token (the upstream role and database are created)."""
-    password = secrets.token_urlsafe(24)
-    pg_cluster.create_role(APP_ROLE, password)
+    password = str(getattr(pg_cluster, "gw_password", "") or "")
+    if not password or getattr(pg_cluster, "gw_role", APP_ROLE) != APP_ROLE:
+        password = secrets.token_urlsafe(24)
+        pg_cluster.create_role(APP_ROLE, password)
     exists = pg_cluster.execute(
         "SELECT 1 FROM pg_database WHERE datname = 'app'", "postgres"
     ).strip()
@@ -149,8 +151,12 @@ def gateway_base_config(pg_cluster: Any, gateway_certs: Any) -> tuple[GatewayCon
     return config, token
 
 
-def _start(config: GatewayConfig, token: str, ca_file: str) -> GatewayHandle:
-    thread = run_in_thread(config, StaticTokenAuthenticator(config.auth.static_tokens))
+def _start(
+    config: GatewayConfig, token: str, ca_file: str, use_uvloop: bool = True
+) -> GatewayHandle:
+    thread = run_in_thread(
+        config, StaticTokenAuthenticator(config.auth.static_tokens), use_uvloop=use_uvloop
+    )
     return GatewayHandle(thread=thread, config=config, token=token, ca_file=ca_file)
 
 
@@ -171,22 +177,26 @@ def gateway(
 def gateway_factory(
     gateway_base_config: tuple[GatewayConfig, str], gateway_certs: Any
 ) -> Iterator[Callable[..., GatewayHandle]]:
-    """``gateway_factory(transform=None, **config_overrides)`` → a new running gateway.
+    """``gateway_factory(transform=None, use_uvloop=True, **config_overrides)`` → a new running
+    gateway.
 
     ``config_overrides`` replace top-level :class:`GatewayConfig` fields (``limits=...``);
-    ``transform`` gets the config and returns a new one for anything deeper.
+    ``transform`` gets the config and returns a new one for anything deeper; ``use_uvloop=False``
+    runs it on the stdlib asyncio loop.
     """
     started: list[GatewayHandle] = []
     base, token = gateway_base_config
     ca, _ = gateway_certs
 
     def make(
-        transform: Callable[[GatewayConfig], GatewayConfig] | None = None, **overrides: Any
+        transform: Callable[[GatewayConfig], GatewayConfig] | None = None,
+        use_uvloop: bool = True,
+        **overrides: Any,
     ) -> GatewayHandle:
         config = replace(base, **overrides) if overrides else base
         if transform is not None:
             config = transform(config)
-        handle = _start(config, token, str(ca.cert_file))
+        handle = _start(config, token, str(ca.cert_file), use_uvloop)
         started.append(handle)
         return handle
 

@@ -577,6 +577,22 @@ def connect(
     return c
 
 
+def assert_fatal_or_nothing(received: bytes, codes: Sequence[str] = ()) -> None:
+    """``received`` (raw bytes up to a close) is nothing, or one FATAL ErrorResponse with one of
+    ``codes`` (any code if empty); a protocol-2 style error (no length) only has to say FATAL."""
+    if not received:
+        return
+    assert received[:1] == b"E", f"expected an ErrorResponse or nothing, got {received[:40]!r}"
+    (length,) = struct.unpack_from("!I", received.ljust(5, b"\0"), 1)
+    if length + 1 == len(received):
+        err = error_fields(received[5:])
+        assert err.get("V") == "FATAL", err
+        if codes:
+            assert err.get("C") in codes, err
+    else:
+        assert b"FATAL" in received, received[:80]
+
+
 def frames(msgs: Iterable[Msg]) -> str:
     """The tags of ``msgs`` as a string, e.g. ``"1 2 T D C Z"`` -> ``"12TDCZ"``."""
     return "".join(m.tag for m in msgs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import asyncpg
 import psycopg
@@ -328,3 +329,57 @@ def test_psycopg_pipeline_error_then_recovery(gw: pw.Target) -> None:
             with conn.pipeline():
                 curs = [conn.execute("select %s::int", (i,)) for i in range(30)]
             assert [c.fetchone() for c in curs] == [(i,) for i in range(30)]
+
+
+# --- framing edge cases --------------------------------------------------------------------------
+
+
+def test_messages_split_at_every_byte(conn: pw.RawConn) -> None:
+    """Every message boundary (and the inside of every header) falls between two reads."""
+    batch = (
+        pw.parse("", "select $1::text || 'z'", [TEXT])
+        + pw.bind("", "", [b"a" * 70])
+        + pw.execute()
+        + pw.sync()
+        + pw.query("select 'q'")
+    )
+    for i in range(len(batch)):
+        conn.send(batch[i : i + 1])
+        if i % 16 == 0:
+            time.sleep(0.001)
+    first = conn.recv_until_ready()
+    assert pw.frames(first) == "12DCZ"
+    assert _data(first) == [[b"a" * 70 + b"z"]]
+    second = conn.recv_until_ready()
+    assert _data(second) == [[b"q"]]
+    assert conn.rows("select 'after'") == [[b"after"]]
+
+
+def test_large_event_messages_from_the_server(conn: pw.RawConn) -> None:
+    """RowDescription and ErrorResponse larger than a receive buffer (64 KiB) are relayed."""
+    cols = ", ".join(f'{i} as "{"c" * 50}{i:04d}"' for i in range(1500))
+    msgs = conn.simple(f"select {cols}")
+    assert pw.frames(msgs) == "TDCZ"
+    desc = pw.row_description(msgs[0].body)
+    assert len(msgs[0].body) > 65536
+    assert [c.name for c in desc] == [f"{'c' * 50}{i:04d}" for i in range(1500)]
+    assert pw.data_row(msgs[1].body) == [str(i).encode() for i in range(1500)]
+    msgs = conn.simple("do $$begin raise exception 'big: %', repeat('e', 200000); end$$")
+    assert pw.frames(msgs) == "EZ"
+    assert pw.error_fields(msgs[0].body)["M"] == "big: " + "e" * 200000
+    msgs = conn.simple("do $$begin raise notice 'big: %', repeat('n', 200000); end$$")
+    assert pw.frames(msgs) == "NCZ"
+    assert conn.scalar("select 'fine'") == "fine"
+
+
+def test_large_client_event_messages(conn: pw.RawConn) -> None:
+    """Query and Parse (surfaced to the control plane) larger than the receive buffer."""
+    literal = "q" * 300_000
+    assert conn.scalar(f"select length('{literal}')") == str(len(literal))
+    conn.send(
+        pw.parse("", f"select length('{literal}') + $1::int4", [INT4])
+        + pw.bind("", "", [b"1"])
+        + pw.execute()
+        + pw.sync()
+    )
+    assert _data(conn.recv_until_ready()) == [[str(len(literal) + 1).encode()]]

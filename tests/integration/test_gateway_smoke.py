@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 
 import asyncpg
 import psycopg
@@ -86,3 +89,39 @@ async def test_asyncpg_bad_token(gateway: GatewayHandle) -> None:
     with pytest.raises(asyncpg.InvalidPasswordError) as ei:
         await asyncpg.connect(**gateway.asyncpg_kwargs(password="wrong"))
     assert str(ei.value) == f'password authentication failed for user "{gateway.user}"'
+
+
+def test_drain_ends_idle_sessions_and_busy_ones_after_their_statement(
+    gateway_factory: Callable[..., GatewayHandle],
+) -> None:
+    gw = gateway_factory()
+    idle = psycopg.connect(gw.dsn(), autocommit=True)
+    busy = psycopg.connect(gw.dsn(), autocommit=True)
+    assert gw.session_count() == 2
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        result["row"] = busy.execute("select pg_sleep(0.5), 7").fetchone()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(0.2)
+    gw.drain(10)
+    worker.join()
+    assert result["row"] == ("", 7)
+    for conn in (idle, busy):
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            conn.execute("select 1")
+        conn.close()
+    assert gw.session_count() == 0
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(gw.dsn(connect_timeout=3))
+
+
+def test_stdlib_asyncio_loop_relays_too(gateway_factory: Callable[..., GatewayHandle]) -> None:
+    gw = gateway_factory(use_uvloop=False)
+    with psycopg.connect(gw.dsn()) as conn:
+        rows = conn.execute(
+            "select g, repeat('y', 300) from generate_series(1, 20000) g"
+        ).fetchall()
+        assert len(rows) == 20000 and rows[-1][0] == 20000

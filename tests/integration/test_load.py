@@ -153,15 +153,20 @@ class GatewayProcess:
 @pytest.fixture
 def gateway_process(gateway: Any, tmp_path: Path) -> Iterator[GatewayProcess]:
     """``python -m veilgate serve`` in its own process, configured like the ``gateway`` fixture."""
+    import veilgate
+
     config = tmp_path / "veilgate.yaml"
     _write_config(gateway, config)
+    env = dict(os.environ)  # holds the upstream password variable the gateway fixture set
+    src = str(Path(veilgate.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
         [sys.executable, "-m", "veilgate", "serve", "--config", str(config)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ),
+        env=env,
     )
     assert proc.stderr is not None
     log: list[str] = []

@@ -6,7 +6,6 @@ import contextlib
 import secrets
 import socket
 import ssl
-import struct
 
 import psycopg
 import pytest
@@ -91,11 +90,7 @@ def test_bytes_pipelined_after_sslrequest_abort_the_connection(
     # ServerHello (record type 0x16) and no authentication request.
     rest = bytes(received[1:]) if received[:1] == b"S" else bytes(received)
     assert b"\x16\x03" not in rest, f"the gateway started TLS on stuffed input: {rest[:40]!r}"
-    if rest:
-        assert rest[:1] == b"E", f"unexpected reply {rest[:40]!r}"
-        (length,) = struct.unpack_from("!I", rest, 1)
-        fields = pw.error_fields(rest[5 : 1 + length])
-        assert fields["V"] == "FATAL"
+    pw.assert_fatal_or_nothing(rest)
     _assert_gateway_serving(gw)
 
 
@@ -221,6 +216,7 @@ def test_libpq_max_protocol_version_3_2_accepts_the_downgrade(gw: pw.Target) -> 
     with psycopg.connect(gw.conninfo(max_protocol_version="3.2")) as conn:
         assert conn.execute("select 7").fetchone() == (7,)
         assert conn.info.pgconn.protocol_version == 3
+        assert conn.info.pgconn.full_protocol_version == 30000  # libpq: major * 10000 + minor
 
 
 @pytest.mark.parametrize("version", [(2, 0), (4, 0), (1234, 5678)])
@@ -234,10 +230,7 @@ def test_unsupported_major_version_is_refused(gw: pw.Target, version: tuple[int,
         except pw.ConnectionClosed:
             pass
     # An error (FATAL, as PostgreSQL sends it) or a plain close; never an auth request.
-    assert received[:1] in (b"", b"E"), bytes(received[:40])
-    if received:
-        (length,) = struct.unpack_from("!I", received, 1)
-        assert pw.error_fields(bytes(received[5 : 1 + length]))["V"] == "FATAL"
+    pw.assert_fatal_or_nothing(bytes(received))
     _assert_gateway_serving(gw)
 
 
@@ -401,3 +394,64 @@ def test_tcp_nodelay_small_query_roundtrip_is_fast(gw: pw.Target) -> None:
             assert pw.frames(c.recv_until_ready()) == "12DCZ"
         elapsed = time.perf_counter() - t0
     assert elapsed < 20 * 0.03, f"{elapsed * 1000 / 20:.1f} ms per round trip"
+
+
+# --- identity and parameters ---------------------------------------------------------------------
+
+
+def test_startup_user_does_not_select_the_upstream_role(gw: pw.Target, gateway: object) -> None:
+    with pw.connect(gw.endpoint(), params={"user": "postgres"}) as c:
+        role = c.scalar("select current_user")
+        assert role != "postgres"
+        assert c.scalar("select rolsuper::text from pg_roles where rolname = current_user") == (
+            "false"
+        )
+    with pw.connect(gw.endpoint(), params={"user": "someone-else"}) as c:
+        assert c.scalar("select current_user") == role
+
+
+def test_upstream_application_name_is_tagged_with_the_principal(
+    gw: pw.Target, gateway: object
+) -> None:
+    names = [t.name for t in gateway.config.auth.static_tokens]  # type: ignore[attr-defined]
+    with pw.connect(gw.endpoint(), params={"application_name": "my-agent"}) as c:
+        upstream_name = c.scalar("select current_setting('application_name')") or ""
+    assert upstream_name.startswith("veilgate(")
+    assert any(n in upstream_name for n in names), upstream_name
+
+
+def test_unlisted_startup_parameter_never_reaches_the_server(gw: pw.Target) -> None:
+    with pw.open_tls(gw.endpoint()) as c:
+        msgs = c.startup(
+            {**gw.endpoint().params(), "search_path": "evil, public"},
+            password=gw.password,
+            raise_on_error=False,
+        )
+        err = pw.first_error(msgs)
+        if err is not None:  # refused: must be an authorization-class FATAL
+            assert err["V"] == "FATAL" and err["C"] == "28000"
+        else:  # or dropped
+            assert c.scalar("show search_path") != "evil, public"
+
+
+def test_plaintext_garbage_after_s_instead_of_a_client_hello(gw: pw.Target) -> None:
+    with pw.RawConn.open(gw.host, gw.port) as c:
+        assert c.request_ssl() == b"S"
+        c.send(pw.startup_message(gw.endpoint().params()))
+        received = bytearray()
+        try:
+            while True:
+                received += c.read_bytes(1, timeout=10)
+        except pw.ConnectionClosed:
+            pass
+        # a TLS alert at most; never a PostgreSQL message in plaintext
+        assert received[:1] in (b"", b"\x15"), bytes(received[:20])
+    _assert_gateway_serving(gw)
+
+
+def test_direct_tls_then_sslrequest_is_refused(gw: pw.Target) -> None:
+    with pw.open_direct_tls(gw.endpoint()) as c:
+        c.send(pw.ssl_request())
+        msgs = c.recv_all_until_close(timeout=10)
+        assert not any(m.tag == "R" for m in msgs), msgs
+    _assert_gateway_serving(gw)

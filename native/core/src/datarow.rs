@@ -35,10 +35,16 @@ impl fmt::Display for DataRowError {
                 write!(f, "DataRow column {column} has invalid length {len}")
             }
             Self::ValueOverrun { column, len } => {
-                write!(f, "DataRow column {column} of length {len} overruns the message")
+                write!(
+                    f,
+                    "DataRow column {column} of length {len} overruns the message"
+                )
             }
             Self::Leftover { bytes } => {
-                write!(f, "DataRow has {bytes} bytes left over after the last column")
+                write!(
+                    f,
+                    "DataRow has {bytes} bytes left over after the last column"
+                )
             }
         }
     }
@@ -169,33 +175,53 @@ mod tests {
 
     #[test]
     fn malformed_bodies() {
-        assert_eq!(DataRowRanges::new(&[0]).unwrap_err(), DataRowError::MissingColumnCount);
+        assert_eq!(
+            DataRowRanges::new(&[0]).unwrap_err(),
+            DataRowError::MissingColumnCount
+        );
         // Count says 2, one column present.
         let mut body = row(&[Some(b"a")]);
         body[1] = 2;
         assert_eq!(
             collect(&body),
-            vec![Ok(Some(6..7)), Err(DataRowError::TruncatedLength { column: 1 })]
+            vec![
+                Ok(Some(6..7)),
+                Err(DataRowError::TruncatedLength { column: 1 })
+            ]
         );
         // Value longer than the body.
         let mut body = row(&[Some(b"abc")]);
         body.truncate(8);
-        assert_eq!(collect(&body), vec![Err(DataRowError::ValueOverrun { column: 0, len: 3 })]);
+        assert_eq!(
+            collect(&body),
+            vec![Err(DataRowError::ValueOverrun { column: 0, len: 3 })]
+        );
         // Length below -1.
         let mut body = row(&[None]);
         body[2..6].copy_from_slice(&(-2i32).to_be_bytes());
-        assert_eq!(collect(&body), vec![Err(DataRowError::InvalidLength { column: 0, len: -2 })]);
+        assert_eq!(
+            collect(&body),
+            vec![Err(DataRowError::InvalidLength { column: 0, len: -2 })]
+        );
         // Leftover bytes.
         let mut body = row(&[None]);
         body.extend_from_slice(b"zz");
-        assert_eq!(collect(&body), vec![Ok(None), Err(DataRowError::Leftover { bytes: 2 })]);
-        assert!(DataRowError::Leftover { bytes: 2 }.to_string().contains("left over"));
+        assert_eq!(
+            collect(&body),
+            vec![Ok(None), Err(DataRowError::Leftover { bytes: 2 })]
+        );
+        assert!(DataRowError::Leftover { bytes: 2 }
+            .to_string()
+            .contains("left over"));
     }
 
     #[test]
     fn masks_in_place_through_ranges() {
         let mut body = row(&[Some(b"123-45-6789"), None]);
-        let ranges: Vec<_> = DataRowRanges::new(&body).unwrap().map(Result::unwrap).collect();
+        let ranges: Vec<_> = DataRowRanges::new(&body)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         for r in ranges.into_iter().flatten() {
             body[r].fill(b'*');
         }

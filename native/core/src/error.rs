@@ -18,7 +18,11 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::LengthTooSmall { tag, len } => {
-                write!(f, "message {} has invalid length {len} (below 4)", TagDisplay(tag))
+                write!(
+                    f,
+                    "message {} has invalid length {len} (below 4)",
+                    TagDisplay(tag)
+                )
             }
             Self::MessageTooLarge { tag, len, max_body } => write!(
                 f,
@@ -55,7 +59,11 @@ mod tests {
     fn display_names_the_tag() {
         let e = FrameError::LengthTooSmall { tag: b'Q', len: 3 };
         assert_eq!(e.to_string(), "message 'Q' has invalid length 3 (below 4)");
-        let e = FrameError::MessageTooLarge { tag: 0, len: 99, max_body: 10 };
+        let e = FrameError::MessageTooLarge {
+            tag: 0,
+            len: 99,
+            max_body: 10,
+        };
         assert!(e.to_string().contains("0x00"));
         let e = FrameError::BadStartupLength { len: 7 };
         assert!(e.to_string().contains('7'));

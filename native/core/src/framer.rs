@@ -44,13 +44,13 @@ pub struct FrameOutcome {
 #[derive(Debug, Clone)]
 pub struct Framer {
     /// Tags surfaced as events (`TagSet::ALL` while `all_events`).
-    events: TagSet,
+    surfaced: TagSet,
     /// The tags chosen with `set_events`, kept while `all_events` overrides them.
-    chosen: TagSet,
+    events: TagSet,
     all_events: bool,
     /// Pass-through tags that must still arrive whole (an observer reads their body).
     whole_passthrough: TagSet,
-    /// `events ∪ whole_passthrough`.
+    /// `surfaced ∪ whole_passthrough`.
     whole: TagSet,
     max_message: usize,
     /// Bytes of a streamed pass-through message still to forward.
@@ -69,8 +69,8 @@ impl Framer {
     /// A framer that forwards everything, with the default message size limit.
     pub fn new() -> Self {
         Framer {
+            surfaced: TagSet::EMPTY,
             events: TagSet::EMPTY,
-            chosen: TagSet::EMPTY,
             all_events: false,
             whole_passthrough: TagSet::EMPTY,
             whole: TagSet::EMPTY,
@@ -83,7 +83,7 @@ impl Framer {
 
     /// Tags to surface as [`Action::Event`]s; every other message is forwarded.
     pub fn set_events(&mut self, tags: TagSet) {
-        self.chosen = tags;
+        self.events = tags;
         self.refresh_sets();
     }
 
@@ -100,8 +100,12 @@ impl Framer {
     }
 
     fn refresh_sets(&mut self) {
-        self.events = if self.all_events { TagSet::ALL } else { self.chosen };
-        self.whole = self.events.union(self.whole_passthrough);
+        self.surfaced = if self.all_events {
+            TagSet::ALL
+        } else {
+            self.events
+        };
+        self.whole = self.surfaced.union(self.whole_passthrough);
     }
 
     /// The largest body accepted (clamped to what an Int32 length can describe).
@@ -116,7 +120,7 @@ impl Framer {
 
     #[inline]
     pub fn events(&self) -> TagSet {
-        self.chosen
+        self.events
     }
 
     #[inline]
@@ -208,7 +212,7 @@ impl Framer {
                 if rest.len() >= flen {
                     observe(tag, &rest[..flen]);
                     messages += 1;
-                    if self.events.contains(tag) {
+                    if self.surfaced.contains(tag) {
                         if let Some(s) = run.take() {
                             actions.push(Action::Forward(s..pos));
                         }
@@ -238,7 +242,10 @@ impl Framer {
         self.remaining = remaining;
         self.messages += messages;
         self.bytes += pos as u64;
-        Ok(FrameOutcome { consumed: pos, need })
+        Ok(FrameOutcome {
+            consumed: pos,
+            need,
+        })
     }
 }
 
@@ -269,7 +276,13 @@ mod tests {
         let mut f = Framer::new();
         let (actions, out) = frame_all(&mut f, &stream);
         assert_eq!(actions, vec![Action::Forward(0..stream.len())]);
-        assert_eq!(out, FrameOutcome { consumed: stream.len(), need: 0 });
+        assert_eq!(
+            out,
+            FrameOutcome {
+                consumed: stream.len(),
+                need: 0
+            }
+        );
         assert_eq!((f.messages(), f.bytes()), (3, stream.len() as u64));
     }
 
@@ -286,13 +299,21 @@ mod tests {
         let (x, y) = (a.len(), a.len() + q.len());
         assert_eq!(
             actions,
-            vec![Action::Forward(0..x), Action::Event(x..y), Action::Forward(y..stream.len())]
+            vec![
+                Action::Forward(0..x),
+                Action::Event(x..y),
+                Action::Forward(y..stream.len())
+            ]
         );
         f.set_all_events(true);
         let (actions, _) = frame_all(&mut f, &stream);
         assert_eq!(
             actions,
-            vec![Action::Event(0..x), Action::Event(x..y), Action::Event(y..stream.len())]
+            vec![
+                Action::Event(0..x),
+                Action::Event(x..y),
+                Action::Event(y..stream.len())
+            ]
         );
         f.set_all_events(false);
         assert_eq!(f.events(), TagSet::from_tags(b"Q"));
@@ -329,7 +350,13 @@ mod tests {
         stream.extend(&q[..20]);
         let (actions, out) = frame_all(&mut f, &stream);
         assert_eq!(actions, vec![Action::Forward(0..s)]);
-        assert_eq!(out, FrameOutcome { consumed: s, need: q.len() });
+        assert_eq!(
+            out,
+            FrameOutcome {
+                consumed: s,
+                need: q.len()
+            }
+        );
         assert_eq!(f.need(&stream[s..]), q.len());
         assert_eq!(f.need(&q), 0);
     }
@@ -344,7 +371,8 @@ mod tests {
         assert_eq!((actions, out.need), (vec![], 6));
         let mut seen = Vec::new();
         let mut actions = Vec::new();
-        f.frame(&z, &mut actions, |t, b| seen.push((t, b.to_vec()))).unwrap();
+        f.frame(&z, &mut actions, |t, b| seen.push((t, b.to_vec())))
+            .unwrap();
         assert_eq!(actions, vec![Action::Forward(0..6)]);
         assert_eq!(seen, vec![(b'Z', z.clone())]);
     }
@@ -359,8 +387,13 @@ mod tests {
         assert_eq!(err, FrameError::LengthTooSmall { tag: b'D', len: 3 });
         assert_eq!((f.messages(), f.bytes(), f.remaining()), (0, 0, 0));
         f.set_max_message(1);
-        let err = f.frame(&msg(b'D', b"ok"), &mut actions, |_, _| {}).unwrap_err();
-        assert!(matches!(err, FrameError::MessageTooLarge { max_body: 1, .. }));
+        let err = f
+            .frame(&msg(b'D', b"ok"), &mut actions, |_, _| {})
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::MessageTooLarge { max_body: 1, .. }
+        ));
         assert_eq!(f.max_message(), 1);
         f.set_max_message(usize::MAX);
         assert_eq!(f.max_message(), MAX_BODY);
@@ -381,11 +414,11 @@ mod tests {
         out.push(item);
     }
 
+    /// Output, bytes left unconsumed, runs of observed tags.
+    type Run = (Result<Vec<Item>, FrameError>, Vec<u8>, Vec<(u8, usize)>);
+
     /// Feeds `chunks` like a receive buffer would: append, frame, drop what was consumed.
-    fn run_chunks(
-        events: &[u8],
-        chunks: &[&[u8]],
-    ) -> (Result<Vec<Item>, FrameError>, Vec<u8>, Vec<(u8, usize)>) {
+    fn run_chunks(events: &[u8], chunks: &[&[u8]]) -> Run {
         let mut f = Framer::new();
         f.set_events(TagSet::from_tags(events));
         f.set_whole(TagSet::from_tags(b"Z"));
@@ -403,7 +436,9 @@ mod tests {
             };
             for a in &actions {
                 match a {
-                    Action::Forward(r) => push_item(&mut out, Item::Fwd(pending[r.clone()].to_vec())),
+                    Action::Forward(r) => {
+                        push_item(&mut out, Item::Fwd(pending[r.clone()].to_vec()))
+                    }
                     Action::Event(r) => out.push(Item::Ev(pending[r.clone()].to_vec())),
                 }
             }

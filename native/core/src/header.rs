@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn parses_tag_and_length() {
         let h = Header::parse(&head(b'Z', 5)).unwrap().unwrap();
-        assert_eq!((h.tag(), h.len(), h.body_len(), h.frame_len()), (b'Z', 5, 1, 6));
+        assert_eq!(
+            (h.tag(), h.len(), h.body_len(), h.frame_len()),
+            (b'Z', 5, 1, 6)
+        );
         assert!(!h.is_empty());
         let h = Header::parse(&head(b'S', 4)).unwrap().unwrap();
         assert_eq!((h.body_len(), h.frame_len()), (0, 5));
@@ -119,10 +122,16 @@ mod tests {
 
     #[test]
     fn enforces_the_body_limit() {
-        assert!(Header::parse_limited(&head(b'D', 14), 10).unwrap().is_some());
+        assert!(Header::parse_limited(&head(b'D', 14), 10)
+            .unwrap()
+            .is_some());
         assert_eq!(
             Header::parse_limited(&head(b'D', 15), 10),
-            Err(FrameError::MessageTooLarge { tag: b'D', len: 15, max_body: 10 })
+            Err(FrameError::MessageTooLarge {
+                tag: b'D',
+                len: 15,
+                max_body: 10
+            })
         );
         let h = Header::parse(&head(b'D', i32::MAX)).unwrap().unwrap();
         assert_eq!(h.body_len(), MAX_BODY);

@@ -27,8 +27,8 @@ pub mod tags;
 pub mod tagset;
 
 pub use datarow::{DataRowError, DataRowRanges};
-pub use error::FrameError;
 pub use direction::Direction;
+pub use error::FrameError;
 pub use framer::{Action, FrameOutcome, Framer};
 pub use header::Header;
 pub use session::SessionTracker;

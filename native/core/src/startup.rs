@@ -60,9 +60,18 @@ mod tests {
 
     #[test]
     fn length_bounds() {
-        assert_eq!(parse(&packet(7, 7)), Err(FrameError::BadStartupLength { len: 7 }));
-        assert_eq!(parse(&packet(-8, 8)), Err(FrameError::BadStartupLength { len: -8 }));
-        assert_eq!(parse(&packet(10_001, 4)), Err(FrameError::BadStartupLength { len: 10_001 }));
+        assert_eq!(
+            parse(&packet(7, 7)),
+            Err(FrameError::BadStartupLength { len: 7 })
+        );
+        assert_eq!(
+            parse(&packet(-8, 8)),
+            Err(FrameError::BadStartupLength { len: -8 })
+        );
+        assert_eq!(
+            parse(&packet(10_001, 4)),
+            Err(FrameError::BadStartupLength { len: 10_001 })
+        );
         assert_eq!(parse(&packet(10_000, 9_999)), Ok(None));
         assert_eq!(parse(&packet(10_000, 10_000)), Ok(Some(10_000)));
         assert_eq!(packet_len(&packet(10_000, 4)), Ok(Some(10_000)));

@@ -40,7 +40,7 @@ const LATENCY_BUCKETS_NS: [u64; 18] = [
 const ZERO: AtomicU64 = AtomicU64::new(0);
 
 /// `[direction][0 = bytes, 1 = messages]`.
-static TRAFFIC: [[AtomicU64; 2]; 2] = [[ZERO; 2]; 2];
+static TRAFFIC: [[AtomicU64; 2]; 2] = [[ZERO, ZERO], [ZERO, ZERO]];
 /// Non-cumulative counts; the last slot is `+Inf` (above 60 s).
 static BUCKETS: [AtomicU64; LATENCY_BUCKETS.len() + 1] = [ZERO; LATENCY_BUCKETS.len() + 1];
 static LATENCY_SUM_NS: AtomicU64 = AtomicU64::new(0);
@@ -111,7 +111,11 @@ pub fn latency() -> LatencySnapshot {
     let count = LATENCY_COUNT.load(Relaxed).max(acc);
     #[allow(clippy::cast_precision_loss)]
     let sum_seconds = LATENCY_SUM_NS.load(Relaxed) as f64 / 1e9;
-    LatencySnapshot { cumulative, sum_seconds, count }
+    LatencySnapshot {
+        cumulative,
+        sum_seconds,
+        count,
+    }
 }
 
 #[cfg(test)]

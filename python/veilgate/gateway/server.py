@@ -256,7 +256,11 @@ class Gateway:
             else:
                 remaining = max(deadline - loop.time(), 0.001)
                 await loop.connect_accepted_socket(
-                    lambda: session.client, sock, ssl=self._ssl, ssl_handshake_timeout=remaining
+                    lambda: session.client,
+                    sock,
+                    ssl=self._ssl,
+                    ssl_handshake_timeout=remaining,
+                    ssl_shutdown_timeout=upstream.SSL_SHUTDOWN_TIMEOUT_S,
                 )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             metrics.errors_total.inc(kind="tls")
@@ -318,9 +322,12 @@ class Gateway:
 class GatewayThread:
     """A :class:`Gateway` on a uvloop loop in a background thread (for blocking clients)."""
 
-    def __init__(self, config: GatewayConfig, authenticator: Authenticator) -> None:
+    def __init__(
+        self, config: GatewayConfig, authenticator: Authenticator, *, use_uvloop: bool = True
+    ) -> None:
         self.config = config
         self.authenticator = authenticator
+        self.use_uvloop = use_uvloop
         self.loop: asyncio.AbstractEventLoop | None = None
         self.gateway: Gateway | None = None
         self._thread: threading.Thread | None = None
@@ -338,9 +345,12 @@ class GatewayThread:
         return self
 
     def _run(self) -> None:
-        import uvloop
+        if self.use_uvloop:
+            import uvloop
 
-        loop = uvloop.new_event_loop()
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
         self.loop = loop
         asyncio.set_event_loop(loop)
         try:
@@ -406,6 +416,9 @@ class GatewayThread:
         self.stop()
 
 
-def run_in_thread(config: GatewayConfig, authenticator: Authenticator) -> GatewayThread:
-    """Start a gateway in a background thread; use as a context manager or call ``.stop()``."""
-    return GatewayThread(config, authenticator).start()
+def run_in_thread(
+    config: GatewayConfig, authenticator: Authenticator, *, use_uvloop: bool = True
+) -> GatewayThread:
+    """Start a gateway in a background thread (on uvloop unless ``use_uvloop=False``); use as a
+    context manager or call ``.stop()``."""
+    return GatewayThread(config, authenticator, use_uvloop=use_uvloop).start()

@@ -31,6 +31,7 @@ logger = log.get("gateway.session")
 
 ADMIN_SHUTDOWN = wire.fatal("57P01", "terminating connection due to administrator command")
 _Z = ord("Z")
+_UPSTREAM_GONE = frozenset({"upstream_closed"})
 
 
 def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -490,9 +491,15 @@ class Session:
         if ut is not None:
             self.upstream_transport = None
             if not ut.is_closing():
-                if reason != "upstream_closed":
+                if reason in _UPSTREAM_GONE:
+                    ut.close()
+                elif self.state.busy:
+                    # the server would only read Terminate after the statement: drop the
+                    # connection so it notices now (client_connection_check_interval / next write)
+                    ut.abort()
+                else:
                     ut.write(wire.TERMINATE)
-                ut.close()
+                    ut.close()
             metrics.upstream_connections_active.dec()
         if self.cancel_pid is not None:
             self.gateway.cancel_registry.unregister(self.cancel_pid)

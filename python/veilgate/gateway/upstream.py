@@ -19,6 +19,8 @@ from veilgate.config_model import TargetConfig, UpstreamTLSMode
 from veilgate.gateway import wire
 
 ALPN = "postgresql"
+SSL_SHUTDOWN_TIMEOUT_S = 2.0
+"""How long closing a TLS connection waits for the peer's close_notify before dropping TCP."""
 
 
 class UpstreamError(Exception):
@@ -147,6 +149,7 @@ async def connect(
                 ssl=ctx,
                 server_hostname=server_hostname(target),
                 ssl_handshake_timeout=target.connect_timeout_s,
+                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT_S,
             )
     except (OSError, ssl.SSLError) as exc:
         sock.close()

@@ -64,7 +64,8 @@ def check_url(url: str, *, allow_insecure_http: bool = False) -> None:
 _default_ssl: ssl.SSLContext | None = None
 
 
-def _ssl_context() -> ssl.SSLContext:
+def default_ssl_context() -> ssl.SSLContext:
+    """The shared verifying client context (created on first use; loads the CA bundle)."""
     global _default_ssl
     if _default_ssl is None:
         _default_ssl = ssl.create_default_context()
@@ -131,7 +132,7 @@ async def _get(
     reader, writer = await asyncio.open_connection(
         host,
         port,
-        ssl=_ssl_context() if tls else None,
+        ssl=default_ssl_context() if tls else None,
         server_hostname=host if tls else None,
         limit=MAX_HEADER_BYTES,
     )

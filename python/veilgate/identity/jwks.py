@@ -18,7 +18,8 @@ One :class:`JWKSCache` per (provider, token version).  Behaviour:
   throttled by this).  A kid still unknown after a refresh is remembered for ``negative_ttl_s``.
 * **Outage**: a failed refresh keeps the previous set; it is served up to ``max_stale_s`` past its
   expiry, then the cache fails closed.  A cold cache with the IdP down fails closed.  After a
-  failure, request-driven retries wait ``error_backoff_s``.
+  failure, retries wait ``error_backoff_s`` and run in the background while a stale set is
+  served (requests do not queue behind a hanging IdP).
 * Time comes from the injectable ``clock`` (monotonic seconds).  All I/O is async.
 """
 
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from jwt.algorithms import RSAAlgorithm
 
 from veilgate import log, metrics
-from veilgate.identity.http import HTTPResponse, check_url, http_get
+from veilgate.identity.http import HTTPResponse, check_url, default_ssl_context, http_get
 
 _log = log.get("identity.jwks")
 
@@ -178,6 +179,8 @@ class JWKSCache:
         for url in (jwks_uri, discovery_url):
             if url:
                 check_url(url, allow_insecure_http=allow_insecure_http)
+                if url.startswith("https:"):
+                    default_ssl_context()  # load the CA bundle now, not on the event loop
         self.name = name
         self._static_jwks_uri = jwks_uri
         self._discovery_url = discovery_url
@@ -188,6 +191,7 @@ class JWKSCache:
         self._fetch = fetch
         self._keys: dict[str, SigningKey] | None = None
         self._expires_at = -math.inf
+        self._fetched_at = -math.inf
         self._last_failure_at = -math.inf
         self._last_unknown_kid_refresh = -math.inf
         self._negative: OrderedDict[str, float] = OrderedDict()
@@ -214,7 +218,13 @@ class JWKSCache:
         keys = self._keys
         now = self._clock()
         if keys is None or now >= self._expires_at:
-            if now - self._last_failure_at >= self._s.error_backoff_s or self._inflight:
+            may_retry = now - self._last_failure_at >= self._s.error_backoff_s
+            failing = self._last_failure_at > self._fetched_at
+            if failing and self._usable(now) is not None:
+                # the IdP is failing: serve the stale set at once, retry in the background
+                if may_retry and self._inflight is None:
+                    self._start_refresh()
+            elif may_retry or self._inflight:
                 await self._refresh()
                 now = self._clock()
             keys = self._usable(now)
@@ -260,6 +270,8 @@ class JWKSCache:
             await self._refresh()  # piggy-back on a refresh already under way
         elif now - self._last_unknown_kid_refresh < self._s.unknown_kid_cooldown_s:
             raise UnknownKid("refresh cooldown")
+        elif now - self._last_failure_at < self._s.error_backoff_s:
+            raise UnknownKid("key source unreachable")
         else:
             self._last_unknown_kid_refresh = now
             await self._refresh()
@@ -373,6 +385,7 @@ class JWKSCache:
         added = set(keys) - set(self._keys or {})
         removed = set(self._keys or {}) - set(keys)
         self._keys = keys
+        self._fetched_at = now
         self._expires_at = now + self._s.lifespan_s
         self.last_error = None
         log.event(

@@ -53,7 +53,7 @@ from veilgate.identity.providers import (
     is_guid,
     match_rule,
 )
-from veilgate.identity.ratelimit import AuthFailureLimiter, peer_host
+from veilgate.identity.ratelimit import AuthFailureLimiter, peer_key
 
 _log = log.get("identity.oidc")
 
@@ -136,7 +136,12 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _JSON: Final = json.JSONDecoder(object_pairs_hook=_reject_duplicates)
 
 
+_B64URL_STR_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _b64json(segment: str) -> dict[str, Any]:
+    if _B64URL_STR_RE.fullmatch(segment) is None or len(segment) % 4 == 1:
+        raise AuthError("malformed", "segment is not base64url")
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = _JSON.decode(raw.decode("utf-8"))
@@ -155,6 +160,13 @@ def _str_set(value: Any, what: str) -> frozenset[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return frozenset(value)
     raise AuthError("malformed", f"{what} is not a list of strings")
+
+
+def _expiry(claims: Mapping[str, Any]) -> float:
+    try:
+        return float(claims["exp"])
+    except (TypeError, ValueError, OverflowError):
+        raise AuthError("malformed", "exp is not a number") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +301,7 @@ class OIDCAuthenticator:
             await cache.aclose()
 
     async def authenticate(self, token: str, ctx: AuthContext) -> Principal:
-        peer = peer_host(ctx.peer)
+        peer = peer_key(ctx.peer)
         attempt = _Attempt()
         try:
             if not self.limiter.peer_allowed(peer):
@@ -300,17 +312,20 @@ class OIDCAuthenticator:
         except AuthError as exc:
             if exc.reason != "rate_limited":
                 client = attempt.client_app if attempt.signature_ok else None
-                self.limiter.record_failure(
+                newly_limited = self.limiter.record_failure(
                     peer, f"{attempt.provider}:{client}" if client else None
                 )
+                for key in newly_limited:
+                    log.event(_log, "auth_rate_limited", logging.WARNING, key=key)
+            # The gateway logs every refusal (reason, detail) at WARNING; this adds what only
+            # the authenticator knows.  Refusals by the limiter itself stay at DEBUG (floods).
             log.event(
                 _log,
-                "auth_failed",
-                logging.WARNING,
+                "oidc_rejected",
+                logging.DEBUG if exc.reason == "rate_limited" else logging.INFO,
                 reason=exc.reason,
                 detail=exc.detail,
                 peer=ctx.peer,
-                user=ctx.user,
                 provider=attempt.provider,
                 client_app=attempt.client_app,
                 client_app_verified=attempt.signature_ok,
@@ -358,7 +373,8 @@ class OIDCAuthenticator:
         attempt.kid = kid
         payload = _b64json(parts[1])
 
-        target = self._targets.get(payload.get("iss"))  # type: ignore[arg-type]
+        iss = payload.get("iss")
+        target = self._targets.get(iss) if isinstance(iss, str) else None
         if target is None:
             raise AuthError("wrong_issuer", "issuer not trusted")
         provider = target.provider
@@ -462,7 +478,7 @@ class OIDCAuthenticator:
             app_only=app_only,
             roles=roles,
             groups=groups,
-            expires_at=float(claims["exp"]),
+            expires_at=_expiry(claims),
             token_id=token_id if isinstance(token_id, str) else None,
         )
 
@@ -502,7 +518,7 @@ class OIDCAuthenticator:
             app_only=app_only,
             roles=roles,
             groups=groups,
-            expires_at=float(claims["exp"]),
+            expires_at=_expiry(claims),
             token_id=token_id if isinstance(token_id, str) else None,
         )
 

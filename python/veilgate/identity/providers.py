@@ -130,7 +130,7 @@ class EntraProvider:
             try:
                 check_url(url, allow_insecure_http=self.allow_insecure_http)
             except ValueError as exc:
-                raise ValueError(f"metadata_urls.{version}: {exc}") from None
+                raise ValueError(f'metadata_urls["{version}"]: {exc}') from None
         object.__setattr__(self, "metadata_urls", urls)
         _check_leeway(self.leeway_s)
         if self.allowed_client_apps is not None:

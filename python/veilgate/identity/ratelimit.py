@@ -8,6 +8,7 @@ bounded (least recently used evicted; full buckets are forgotten first).
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,7 +52,8 @@ class TokenBuckets:
             return True
         return level >= 1.0
 
-    def record_failure(self, key: str) -> None:
+    def record_failure(self, key: str) -> bool:
+        """Take a token; ``True`` when this failure exhausted the bucket (now limited)."""
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -59,10 +61,12 @@ class TokenBuckets:
             self._buckets[key] = bucket
         else:
             self._buckets.move_to_end(key)
-        bucket.tokens = max(0.0, self._level(bucket, now) - 1.0)
+        before = self._level(bucket, now)
+        bucket.tokens = max(0.0, before - 1.0)
         bucket.updated = now
         while len(self._buckets) > self.max_entries:
             self._buckets.popitem(last=False)
+        return before >= 1.0 > bucket.tokens
 
 
 def peer_host(peer: str) -> str:
@@ -73,6 +77,20 @@ def peer_host(peer: str) -> str:
     if peer.count(":") == 1:
         return peer.rsplit(":", 1)[0]
     return peer  # bare IPv4/IPv6 or a unix socket path
+
+
+def peer_key(peer: str) -> str:
+    """Rate-limit key of a peer: its host, or its /64 for IPv6 (one host holds a whole /64)."""
+    host = peer_host(peer)
+    if ":" not in host:
+        return host
+    try:
+        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 class AuthFailureLimiter:
@@ -94,10 +112,13 @@ class AuthFailureLimiter:
     def client_allowed(self, client: str) -> bool:
         return not self.settings.enabled or self.clients.allowed(client)
 
-    def record_failure(self, peer: str | None, client: str | None) -> None:
+    def record_failure(self, peer: str | None, client: str | None) -> list[str]:
+        """Count one failure; returns the keys (``peer:...``/``client:...``) it just limited."""
+        limited: list[str] = []
         if not self.settings.enabled:
-            return
-        if peer:
-            self.peers.record_failure(peer)
-        if client:
-            self.clients.record_failure(client)
+            return limited
+        if peer and self.peers.record_failure(peer):
+            limited.append(f"peer:{peer}")
+        if client and self.clients.record_failure(client):
+            limited.append(f"client:{client}")
+        return limited

@@ -22,6 +22,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -148,6 +149,7 @@ class TempCluster:
         self._started = False
         self._initialized = False
         self._as_postgres = os.geteuid() == 0
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
         """Wall time the last :meth:`start` took."""
 
@@ -216,11 +218,13 @@ class TempCluster:
             self.stop()
             raise
         self._started = True
+        self._start_watchdog()
         self.startup_seconds = time.monotonic() - t0
 
     def stop(self) -> None:
         """Fast shutdown, then remove the directory (unless ``keep``).  Safe to call twice."""
         atexit.unregister(self.stop)
+        self._stop_watchdog()
         base = self._base
         if base is None:
             return
@@ -240,6 +244,32 @@ class TempCluster:
                             p.unlink()
             self._base = None
             self._initialized = False
+
+    def _start_watchdog(self) -> None:
+        """A detached shell that stops the server (and removes the directory) if this process dies
+        without calling :meth:`stop` (SIGKILL, ``timeout``, a crash): no orphaned postmasters."""
+        pg_ctl = [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "immediate"]
+        if self._as_postgres:
+            pg_ctl = ["runuser", "-u", _OS_USER, "--", *pg_ctl]
+        cleanup = "" if self.keep or not self._own_base else 'rm -rf -- "$2"'
+        script = (
+            'while kill -0 "$1" 2>/dev/null; do sleep 1; done; '
+            f"{' '.join(shlex.quote(a) for a in pg_ctl)} >/dev/null 2>&1; {cleanup}"
+        )
+        self._watchdog = subprocess.Popen(
+            ["sh", "-c", script, "vg-pg-watchdog", str(os.getpid()), str(self.base_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _stop_watchdog(self) -> None:
+        wd, self._watchdog = self._watchdog, None
+        if wd is not None and wd.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(wd.pid, signal.SIGKILL)
+            wd.wait()
 
     def _stop_server(self) -> None:
         try:

@@ -1,0 +1,1017 @@
+#!/usr/bin/env python3
+"""veilgate end-to-end benchmarks: one set of pgbench workloads vs Postgres, veilgate, PgBouncer.
+
+    python bench/run.py relay [--quick] [--rounds N] [--duration S] [--targets direct,pgbouncer]
+
+Everything runs in this process's children on this machine: a throwaway PostgreSQL cluster
+(:class:`veilgate.testing.cluster.TempCluster`, TLS + SCRAM), PgBouncer (session pooling) and the
+gateway (``python -m veilgate serve``), each with its own files in a temporary directory.  Every
+client connection uses TLS (``PGSSLMODE=require``).  Targets are interleaved round-robin inside each
+round, so drift on a shared machine hits all of them alike; summaries are medians over rounds.
+
+The machinery (targets, pgbench runs, per-transaction-log percentiles, proxy CPU accounting, the
+round-robin matrix and the summary table) is shared by every subcommand: a new bench is a list of
+:class:`Workload` and a ``register`` function.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import pwd
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "bench"
+WORKLOADS_DIR = BENCH_DIR / "workloads"
+RESULTS_DIR = BENCH_DIR / "results"
+
+if importlib.util.find_spec("veilgate") is None:  # not installed: run from the source tree
+    sys.path.insert(0, str(REPO / "python"))
+
+from veilgate.certs import CertPair, make_ca, make_cert  # noqa: E402
+from veilgate.testing.cluster import (  # noqa: E402
+    ClusterError,
+    TempCluster,
+    free_port,
+    quote_literal,
+)
+
+BENCH_DB = "bench"
+BENCH_ROLE = "veilgate_bench"
+PASSWORD_ENV = "VEILGATE_BENCH_PASSWORD"
+ALL_TARGETS = ("direct", "veilgate", "pgbouncer")
+
+
+class BenchError(RuntimeError):
+    """A bench prerequisite is missing or a component failed; the message says what to do."""
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- process CPU -------------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[int, int, int, int, int] | None:
+    """(ppid, utime, stime, cutime, cstime) in clock ticks, or None if the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return int(rest[1]), int(rest[11]), int(rest[12]), int(rest[13]), int(rest[14])
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and all its descendants (live ones, plus reaped children)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, tuple[int, int, int, int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            st = _proc_stat(int(entry.name))
+            if st is not None:
+                stats[int(entry.name)] = st
+                children.setdefault(st[0], []).append(int(entry.name))
+    if pid not in stats:
+        raise BenchError(f"process {pid} is not running")
+    ticks = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        st = stats.get(p)
+        if st is None:
+            continue
+        ticks += st[1] + st[2] + st[3] + st[4]
+        todo.extend(children.get(p, ()))
+    return ticks / _CLK_TCK
+
+
+# --- percentiles and medians -------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, linear interpolation."""
+    if not sorted_values:
+        return math.nan
+    k = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def median_or_none(values: Sequence[float | None]) -> float | None:
+    xs = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+# --- endpoints and targets ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a client connects and as whom (the password goes through the environment only)."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    dbname: str
+    sslmode: str = "require"
+
+    def args(self) -> list[str]:
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(
+            PGPASSWORD=self.password,
+            PGSSLMODE=self.sslmode,
+            PGCONNECT_TIMEOUT="10",
+            PGAPPNAME="veilgate-bench",
+        )
+        return env
+
+
+class Target(ABC):
+    """Something pgbench can connect to: Postgres itself or a proxy in front of it."""
+
+    name: str
+
+    def start(self) -> None:  # noqa: B027 (optional hook)
+        """Launch the process, if any, and wait until it accepts connections."""
+
+    def stop(self) -> None:  # noqa: B027 (optional hook)
+        """Stop the process, if any (idempotent)."""
+
+    @abstractmethod
+    def endpoint(self) -> Endpoint: ...
+
+    def proxy_pid(self) -> int | None:
+        """The proxy's process id, for CPU accounting (None: nothing between client and server)."""
+        return None
+
+    def log_tail(self) -> str:
+        return ""
+
+
+class DirectTarget(Target):
+    name = "direct"
+
+    def __init__(self, env: BenchEnv) -> None:
+        self._env = env
+
+    def endpoint(self) -> Endpoint:
+        c = self._env.cluster
+        return Endpoint(c.host, c.port, BENCH_ROLE, self._env.role_password, BENCH_DB)
+
+
+class ProcessTarget(Target):
+    """A proxy run as a child process, listening on a loopback port."""
+
+    ok_exit_codes: tuple[int, ...] = (0,)
+    """Exit statuses after SIGTERM that are not worth a warning."""
+
+    def __init__(self, env: BenchEnv) -> None:
+        self._env = env
+        self.workdir = env.workdir / self.name
+        self.workdir.mkdir(mode=0o700, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = self.workdir / "output.log"
+
+    @abstractmethod
+    def command(self) -> list[str]: ...
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def start(self) -> None:
+        with self.output.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                **self.popen_kwargs(),
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited with status {self.proc.returncode} during startup\n"
+                    f"--- {self.name} log ---\n{self.log_tail()}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BenchError(
+                    f"{self.name} did not listen on 127.0.0.1:{self.port} within 30 s\n"
+                    f"--- {self.name} log ---\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, grace_s: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                say(f"  {self.name}: still running {grace_s:.0f} s after {sig.name}; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                return
+        if proc.returncode not in (*self.ok_exit_codes, -sig):
+            say(
+                f"  warning: {self.name} exited with status {proc.returncode}\n"
+                f"--- {self.name} log ---\n{self.log_tail()}"
+            )
+
+    def proxy_pid(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BenchError(f"{self.name} is not running\n--- log ---\n{self.log_tail()}")
+        return self.proc.pid
+
+    def log_tail(self) -> str:
+        return _tail(self.output)
+
+
+def _pg_os_user() -> tuple[int, int] | None:
+    """(uid, gid) of the ``postgres`` OS user if we are root (pgbouncer refuses to run as root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        raise BenchError(
+            "running as root and there is no 'postgres' user to run pgbouncer as"
+        ) from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def find_pgbouncer() -> str:
+    exe = os.environ.get("PGBOUNCER") or shutil.which("pgbouncer")
+    if exe is None and Path("/usr/sbin/pgbouncer").is_file():
+        exe = "/usr/sbin/pgbouncer"
+    if exe is None:
+        raise BenchError(
+            "pgbouncer not found: install it (apt-get install pgbouncer), set PGBOUNCER=/path, or "
+            "leave it out with --targets direct,veilgate"
+        )
+    return exe
+
+
+class PgBouncerTarget(ProcessTarget):
+    """PgBouncer in session mode, TLS on both sides, SCRAM for clients (plain auth_file)."""
+
+    name = "pgbouncer"
+    ok_exit_codes = (0, 1)  # SIGTERM is PgBouncer's "fast exit": status 1
+
+    def __init__(self, env: BenchEnv) -> None:
+        self.exe = find_pgbouncer()
+        super().__init__(env)
+        self._ids = _pg_os_user()
+        cert = make_cert(self.workdir, "pgbouncer", ["localhost", "127.0.0.1"], env.ca)
+        users = self.workdir / "users.txt"
+        fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'"{BENCH_ROLE}" "{env.role_password}"\n')
+        c = env.cluster
+        ini = self.workdir / "pgbouncer.ini"
+        ini.write_text(
+            f"""[databases]
+{BENCH_DB} = host={c.host} port={c.port} dbname={BENCH_DB}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {users}
+pool_mode = session
+max_client_conn = 1000
+default_pool_size = 64
+max_db_connections = 0
+pkt_buf = 65536
+client_tls_sslmode = require
+client_tls_cert_file = {cert.cert_file}
+client_tls_key_file = {cert.key_file}
+server_tls_sslmode = require
+server_tls_ca_file = {c.ca_file}
+ignore_startup_parameters = extra_float_digits,options
+logfile = {self.workdir / "pgbouncer.log"}
+pidfile = {self.workdir / "pgbouncer.pid"}
+log_connections = 0
+log_disconnections = 0
+log_pooler_errors = 1
+stats_period = 3600
+"""
+        )
+        if self._ids is not None:
+            uid, gid = self._ids
+            for p in (self.workdir, users, ini, cert.cert_file, cert.key_file):
+                os.chown(p, uid, gid)
+
+    def command(self) -> list[str]:
+        return [self.exe, str(self.workdir / "pgbouncer.ini")]
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if self._ids is None:
+            return {}
+        uid, gid = self._ids
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def start(self) -> None:
+        if self._ids is not None:
+            self.output.touch()
+            os.chown(self.output, *self._ids)
+        super().start()
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.port, BENCH_ROLE, self._env.role_password, BENCH_DB)
+
+
+class VeilgateTarget(ProcessTarget):
+    """The gateway (``python -m veilgate serve``), one static token, target ``bench``."""
+
+    name = "veilgate"
+
+    def __init__(self, env: BenchEnv, command: str | None = None) -> None:
+        super().__init__(env)
+        self._command = command
+        self.token = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(self.token.encode()).hexdigest()
+        cert = make_cert(self.workdir, "veilgate", ["localhost", "127.0.0.1"], env.ca)
+        c = env.cluster
+        self.config = self.workdir / "veilgate.yaml"
+
+        def q(v: object) -> str:
+            return json.dumps(str(v))  # JSON strings are valid YAML scalars
+
+        self.config.write_text(
+            f"""# written by bench/run.py
+listen: {{host: 127.0.0.1, port: {self.port}}}
+tls: {{cert_file: {q(cert.cert_file)}, key_file: {q(cert.key_file)}}}
+admin: {{host: 127.0.0.1, port: {free_port()}}}
+auth:
+  static_tokens:
+    - {{name: bench, sha256: {digest}, roles: [bench]}}
+targets:
+  {BENCH_DB}:
+    host: {c.host}
+    port: {c.port}
+    dbname: {BENCH_DB}
+    user: {BENCH_ROLE}
+    password_env: {PASSWORD_ENV}
+    tls: {{mode: verify-full, ca_file: {q(c.ca_file)}, server_name: {c.server_hostname}}}
+shutdown: {{drain_timeout_s: 2}}
+logging: {{level: warning, format: text}}
+"""
+        )
+
+    def command(self) -> list[str]:
+        if self._command:
+            return [*shlex.split(self._command), "serve", "--config", str(self.config)]
+        return [sys.executable, "-m", "veilgate", "serve", "--config", str(self.config)]
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env[PASSWORD_ENV] = self._env.role_password
+        src = str(REPO / "python")
+        if src in sys.path:  # we run from the source tree: so does the gateway
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        return {"env": env}
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.port, "bench", self.token, BENCH_DB)
+
+
+# --- the bench environment ---------------------------------------------------------------------
+
+
+@dataclass
+class BenchEnv:
+    """The cluster, the bench database and role, and a scratch directory for targets and logs."""
+
+    cluster: TempCluster
+    workdir: Path
+    role_password: str = field(repr=False)
+    ca: CertPair
+
+    @property
+    def bindir(self) -> Path:
+        return self.cluster.bindir
+
+    def pgbench(self) -> str:
+        exe = self.bindir / "pgbench"
+        if exe.is_file():
+            return str(exe)
+        found = shutil.which("pgbench")
+        if found is None:
+            raise BenchError(
+                "pgbench not found: apt-get install postgresql-contrib (or postgresql)"
+            )
+        return found
+
+
+@contextlib.contextmanager
+def bench_env(*, scale: int, keep: bool = False) -> Iterator[BenchEnv]:
+    """Start a cluster, create role ``veilgate_bench`` and database ``bench`` (pgbench -i + the
+    large-result table), and yield the environment; everything is removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="vg-bench-"))
+    workdir.chmod(0o755)
+    cluster = TempCluster(max_connections=300)
+    try:
+        t0 = time.monotonic()
+        cluster.start()
+        say(
+            f"cluster: PostgreSQL on {cluster.host}:{cluster.port} started in "
+            f"{cluster.startup_seconds:.2f} s"
+        )
+        password = secrets.token_urlsafe(24)
+        cluster.create_role(BENCH_ROLE, password)
+        cluster.create_database(BENCH_DB, owner=BENCH_ROLE)
+        env = BenchEnv(cluster, workdir, password, make_ca(workdir / "ca", "bench-ca"))
+        t1 = time.monotonic()
+        # pgbench -i as the owner over the unix socket (trust): the tables belong to the bench role.
+        proc = subprocess.run(
+            [
+                env.pgbench(),
+                "-i",
+                "-s",
+                str(scale),
+                "-q",
+                "-h",
+                str(cluster.socket_dir),
+                "-p",
+                str(cluster.port),
+                "-U",
+                BENCH_ROLE,
+                BENCH_DB,
+            ],
+            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BenchError(f"pgbench -i failed:\n{proc.stderr}")
+        setup = WORKLOADS_DIR / "large_setup.sql"
+        cluster.execute(
+            f"SET ROLE {BENCH_ROLE};\n\\i {quote_literal(str(setup))}\nRESET ROLE;\n", BENCH_DB
+        )
+        cluster.execute("CHECKPOINT;")
+        say(
+            f"cluster: pgbench -i -s {scale} + large-result table in {time.monotonic() - t1:.1f} s "
+            f"(setup total {time.monotonic() - t0:.1f} s)"
+        )
+        yield env
+    finally:
+        cluster.keep = keep
+        cluster.stop()
+        if keep:
+            say(f"kept: {workdir} and {cluster.base_dir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def versions(env: BenchEnv, targets: Sequence[str]) -> str:
+    """One line naming the versions under test (no secrets)."""
+    parts = [_first_line([str(env.bindir / "postgres"), "--version"])]
+    if "pgbouncer" in targets:
+        parts.append(_first_line([find_pgbouncer(), "--version"]))
+    if "veilgate" in targets:
+        rev = _first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+        parts.append(f"veilgate (git {rev})")
+    return "versions: " + "; ".join(parts)
+
+
+def make_target(name: str, env: BenchEnv, args: argparse.Namespace) -> Target:
+    if name == "direct":
+        return DirectTarget(env)
+    if name == "pgbouncer":
+        return PgBouncerTarget(env)
+    if name == "veilgate":
+        return VeilgateTarget(env, command=args.veilgate_cmd)
+    raise BenchError(f"unknown target {name!r} (choose from {', '.join(ALL_TARGETS)})")
+
+
+def smoke_check(env: BenchEnv, target: Target) -> None:
+    """One real query through the target with psql, so a broken setup fails with its message."""
+    ep = target.endpoint()
+    proc = subprocess.run(
+        [
+            str(env.bindir / "psql"),
+            "-X",
+            "-A",
+            "-t",
+            *ep.args(),
+            "-d",
+            ep.dbname,
+            "-c",
+            "SELECT (SELECT count(*) FROM pgbench_branches) || ' ' || "
+            "coalesce((SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()), 'none')",
+        ],
+        env=ep.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(
+            f"{target.name}: a test query failed: {proc.stderr.strip()}\n"
+            f"--- {target.name} log ---\n{target.log_tail()}"
+        )
+    # The server sees this session's connection: from the client (direct) or from the proxy.
+    if not proc.stdout.strip().endswith(" true"):
+        raise BenchError(
+            f"{target.name}: the connection to PostgreSQL is not TLS ({proc.stdout!r})"
+        )
+
+
+# --- workloads and pgbench ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    pgbench_args: tuple[str, ...]
+    """Script and mode, e.g. ("-S", "-M", "simple") or ("-f", "file", "-M", "prepared")."""
+    clients: int = 1
+    threads: int = 1
+
+    def argv(self) -> list[str]:
+        return [*self.pgbench_args, "-c", str(self.clients), "-j", str(self.threads)]
+
+
+@dataclass
+class PgbenchResult:
+    tps: float
+    transactions: int
+    failed: int
+    latency_avg_ms: float | None
+    p50_ms: float
+    p99_ms: float
+
+
+_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without|excluding)", re.M)
+_TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+_LAT = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
+
+
+def parse_pgbench_output(text: str) -> tuple[float, int, int, float | None]:
+    """(tps, transactions, failed, average latency ms) from pgbench's summary."""
+    tps = _TPS.search(text)
+    txns = _TXNS.search(text)
+    if tps is None or txns is None:
+        raise BenchError(f"could not parse pgbench output:\n{text}")
+    failed = _FAILED.search(text)
+    lat = _LAT.search(text)
+    return (
+        float(tps.group(1)),
+        int(txns.group(1)),
+        int(failed.group(1)) if failed else 0,
+        float(lat.group(1)) if lat else None,
+    )
+
+
+def read_latencies_us(prefix: Path) -> list[float]:
+    """Per-transaction latencies (µs, sorted) from pgbench ``-l`` logs ``<prefix>.<pid>[.<tid>]``.
+
+    Line format: ``client_id transaction_no time script_no time_epoch time_us [...]``; ``time`` is
+    the latency in µs (failed transactions log ``failed`` / ``skipped`` there and are left out).
+    """
+    values: list[float] = []
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        with path.open() as f:
+            for line in f:
+                parts = line.split(maxsplit=3)
+                if len(parts) >= 3 and parts[2].isdigit():
+                    values.append(float(parts[2]))
+        path.unlink()
+    values.sort()
+    return values
+
+
+def run_pgbench(
+    env: BenchEnv, ep: Endpoint, workload: Workload, duration_s: float, logdir: Path
+) -> PgbenchResult:
+    prefix = logdir / f"pgbench_{workload.name}"
+    argv = [
+        env.pgbench(),
+        *ep.args(),
+        "-n",
+        "-T",
+        str(max(1, round(duration_s))),
+        *workload.argv(),
+        "-l",
+        f"--log-prefix={prefix}",
+        ep.dbname,
+    ]
+    proc = subprocess.run(
+        argv,
+        env=ep.env(),
+        cwd=logdir,
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(
+            f"pgbench ({workload.name}) failed with exit {proc.returncode}:\n"
+            f"{proc.stderr.strip()[-3000:]}"
+        )
+    tps, txns, failed, lat = parse_pgbench_output(proc.stdout)
+    lats = read_latencies_us(prefix)
+    return PgbenchResult(
+        tps=tps,
+        transactions=txns,
+        failed=failed,
+        latency_avg_ms=lat,
+        p50_ms=percentile(lats, 50) / 1000.0,
+        p99_ms=percentile(lats, 99) / 1000.0,
+    )
+
+
+# --- the round-robin matrix --------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    workload: str
+    target: str
+    round: int
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    proxy_cpu_us_per_txn: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        def r(v: float | None, nd: int) -> float | None:
+            return None if v is None or math.isnan(v) else round(v, nd)
+
+        return {
+            "workload": self.workload,
+            "target": self.target,
+            "round": self.round,
+            "tps": r(self.tps, 2),
+            "p50_ms": r(self.p50_ms, 4),
+            "p99_ms": r(self.p99_ms, 4),
+            "proxy_cpu_us_per_txn": r(self.proxy_cpu_us_per_txn, 2),
+        }
+
+
+def measure(
+    env: BenchEnv, target: Target, workload: Workload, duration_s: float, round_no: int
+) -> Sample:
+    """One pgbench run against ``target``, with the proxy's CPU over the run."""
+    pid = target.proxy_pid()
+    cpu0 = process_tree_cpu_seconds(pid) if pid is not None else 0.0
+    res = run_pgbench(env, target.endpoint(), workload, duration_s, env.workdir)
+    cpu = None
+    if pid is not None:
+        used = process_tree_cpu_seconds(pid) - cpu0
+        cpu = used * 1e6 / res.transactions if res.transactions else None
+    if res.failed:
+        say(f"  warning: {res.failed} failed transactions ({target.name}, {workload.name})")
+    return Sample(workload.name, target.name, round_no, res.tps, res.p50_ms, res.p99_ms, cpu)
+
+
+def run_matrix(
+    env: BenchEnv,
+    targets: list[Target],
+    workloads: list[Workload],
+    *,
+    rounds: int,
+    duration_s: float,
+    warmup_s: float,
+    on_sample: Callable[[list[Sample]], None] | None = None,
+) -> list[Sample]:
+    """Every workload on every target, ``rounds`` times; targets round-robin inside each round
+    (the starting target rotates from round to round)."""
+    if warmup_s > 0:
+        warm = Workload("warmup", ("-S", "-M", "prepared"), clients=4, threads=2)
+        for t in targets:
+            run_pgbench(env, t.endpoint(), warm, warmup_s, env.workdir)
+    samples: list[Sample] = []
+    total = rounds * len(workloads) * len(targets)
+    n = 0
+    for rnd in range(1, rounds + 1):
+        shift = (rnd - 1) % len(targets)
+        order = targets[shift:] + targets[:shift]
+        for w in workloads:
+            for t in order:
+                n += 1
+                s = measure(env, t, w, duration_s, rnd)
+                samples.append(s)
+                cpu = (
+                    ""
+                    if s.proxy_cpu_us_per_txn is None
+                    else f"  proxy {s.proxy_cpu_us_per_txn:8.1f} µs/txn"
+                )
+                say(
+                    f"  [{n:3}/{total}] round {rnd} {w.name:<20} {t.name:<10} "
+                    f"{s.tps:10.1f} tps  p50 {s.p50_ms:7.3f} ms  p99 {s.p99_ms:7.3f} ms{cpu}"
+                )
+                if on_sample is not None:
+                    on_sample(samples)
+    return samples
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    if v is None or math.isnan(v):
+        width = re.match(r"\d*", spec)
+        return "-".rjust(int(width.group()) if width and width.group() else 1)
+    return format(v, spec)
+
+
+def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
+    """Medians of rounds per workload x target, then veilgate/pgbouncer and veilgate/direct."""
+    workloads = list(dict.fromkeys(s.workload for s in samples))
+    med: dict[tuple[str, str], dict[str, float | None]] = {}
+    for w in workloads:
+        for t in targets:
+            ss = [s for s in samples if s.workload == w and s.target == t]
+            if ss:
+                med[w, t] = {
+                    "tps": median_or_none([s.tps for s in ss]),
+                    "p50": median_or_none([s.p50_ms for s in ss]),
+                    "p99": median_or_none([s.p99_ms for s in ss]),
+                    "cpu": median_or_none([s.proxy_cpu_us_per_txn for s in ss]),
+                }
+    head = (
+        f"{'workload':<20} {'target':<10} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'cpu µs/txn':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for w in workloads:
+        for t in targets:
+            m = med.get((w, t))
+            if m is None:
+                continue
+            lines.append(
+                f"{w:<20} {t:<10} {_fmt(m['tps'], '10.1f')} {_fmt(m['p50'], '9.3f')} "
+                f"{_fmt(m['p99'], '9.3f')} {_fmt(m['cpu'], '11.1f')}"
+            )
+        vg = med.get((w, "veilgate"))
+        for other in ("pgbouncer", "direct"):
+            o = med.get((w, other))
+            if vg is None or o is None:
+                continue
+            parts = [
+                f"tps {_fmt(ratio(vg['tps'], o['tps']), '.2f')}",
+                f"p50 {_fmt(ratio(vg['p50'], o['p50']), '.2f')}",
+                f"p99 {_fmt(ratio(vg['p99'], o['p99']), '.2f')}",
+            ]
+            if other == "pgbouncer":
+                parts.append(f"cpu {_fmt(ratio(vg['cpu'], o['cpu']), '.2f')}")
+            lines.append(f"{'':<20} {'veilgate/' + other:<20} " + "  ".join(parts))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(path: Path, samples: list[Sample]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([s.as_json() for s in samples], indent=1) + "\n")
+    tmp.replace(path)
+
+
+# --- subcommand plumbing -----------------------------------------------------------------------
+
+
+def add_common_args(p: argparse.ArgumentParser, *, default_targets: Sequence[str]) -> None:
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs and a small dataset (whole bench in a few minutes)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="rounds per workload x target (3)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds per pgbench run (default 20, --quick 3)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        metavar="S",
+        help="warm-up seconds per target before round 1 (default 3, --quick 1)",
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(default_targets),
+        help=f"comma-separated, from {','.join(ALL_TARGETS)} (default: all)",
+    )
+    p.add_argument(
+        "--workloads",
+        default=None,
+        help="comma-separated workload names or prefixes (default: all)",
+    )
+    p.add_argument(
+        "--scale", type=int, default=None, help="pgbench -i scale (default 10, --quick 1)"
+    )
+    p.add_argument("--output", type=Path, default=None, help="results JSON path")
+    p.add_argument(
+        "--veilgate-cmd",
+        default=None,
+        metavar="CMD",
+        help="command that runs the gateway, e.g. 'veilgate' (default: this Python's -m veilgate)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temporary directories")
+
+
+def parse_targets(spec: str) -> list[str]:
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    bad = [t for t in names if t not in ALL_TARGETS]
+    if bad or not names:
+        raise BenchError(
+            f"--targets: unknown {', '.join(bad) or '(empty)'}; "
+            f"choose from {', '.join(ALL_TARGETS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def select_workloads(all_w: list[Workload], spec: str | None) -> list[Workload]:
+    if not spec:
+        return all_w
+    wanted = [w.strip() for w in spec.split(",") if w.strip()]
+    chosen = [w for w in all_w if any(w.name == x or w.name.startswith(x) for x in wanted)]
+    if not chosen:
+        raise BenchError(f"--workloads {spec}: none of {', '.join(w.name for w in all_w)}")
+    return chosen
+
+
+def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) -> int:
+    """Shared driver: environment, targets, matrix, table, JSON."""
+    targets_wanted = parse_targets(args.targets)
+    workloads = select_workloads(workloads, args.workloads)
+    if args.rounds < 1:
+        raise BenchError("--rounds must be at least 1")
+    duration = args.duration if args.duration is not None else (3.0 if args.quick else 20.0)
+    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    scale = args.scale if args.scale is not None else (1 if args.quick else 10)
+    output = args.output or RESULTS_DIR / f"{name}.json"
+    if "pgbouncer" in targets_wanted:
+        find_pgbouncer()  # fail before the cluster starts
+    est = args.rounds * len(workloads) * len(targets_wanted) * (duration + 0.5)
+    say(
+        f"{name}: {len(workloads)} workloads x {len(targets_wanted)} targets x "
+        f"{args.rounds} rounds, {duration:g} s each (~{est / 60:.1f} min), "
+        "TLS everywhere (sslmode=require), "
+        f"{os.cpu_count()} CPUs"
+    )
+    samples: list[Sample] = []
+    with bench_env(scale=scale, keep=args.keep) as env:
+        say(versions(env, targets_wanted))
+        targets: list[Target] = []
+        try:
+            for t in targets_wanted:
+                target = make_target(t, env, args)
+                targets.append(target)
+                t0 = time.monotonic()
+                target.start()
+                smoke_check(env, target)
+                ep = target.endpoint()
+                say(f"target {t}: {ep.host}:{ep.port} ready in {time.monotonic() - t0:.2f} s")
+            samples = run_matrix(
+                env,
+                targets,
+                workloads,
+                rounds=args.rounds,
+                duration_s=duration,
+                warmup_s=warmup,
+                on_sample=lambda done: write_results(output, done),
+            )
+        finally:
+            for target in reversed(targets):
+                target.stop()
+    write_results(output, samples)
+    say("")
+    say(
+        f"{name}: medians of {args.rounds} round(s), {duration:g} s runs; proxy CPU = proxy "
+        "process user+sys CPU / transactions"
+    )
+    say(summary_table(samples, targets_wanted))
+    say(f"results: {output}")
+    return 0
+
+
+# --- relay -------------------------------------------------------------------------------------
+
+
+def relay_workloads() -> list[Workload]:
+    large = str(WORKLOADS_DIR / "large.pgbench")
+    return [
+        Workload("select-simple-c1", ("-S", "-M", "simple"), 1, 1),
+        Workload("select-simple-c8", ("-S", "-M", "simple"), 8, 2),
+        Workload("select-prepared-c1", ("-S", "-M", "prepared"), 1, 1),
+        Workload("select-prepared-c8", ("-S", "-M", "prepared"), 8, 2),
+        Workload("large-c1", ("-f", large, "-M", "prepared"), 1, 1),
+        Workload("large-c8", ("-f", large, "-M", "prepared"), 8, 2),
+    ]
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    return run_bench(args, "relay", relay_workloads())
+
+
+def register_relay(sub: Any) -> None:
+    p = sub.add_parser(
+        "relay",
+        help="pass-through cost: pgbench select-only and a large-result workload",
+        description="pgbench -S (simple and prepared, 1 and 8 clients) and a 1,000-row x 6-column "
+        "result workload against direct Postgres, veilgate and PgBouncer (session mode).",
+    )
+    add_common_args(p, default_targets=ALL_TARGETS)
+    p.set_defaults(func=cmd_relay)
+
+
+# Later benches (connect, policy, mask) add a register_* function here.
+REGISTRY: list[Callable[[Any], None]] = [register_relay]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in REGISTRY:
+        register(sub)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        rc: int = args.func(args)
+        return rc
+    except (BenchError, ClusterError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+//! `RecvBuffer`: a receive buffer the event loop reads into directly (buffer protocol), framed
+//! by `veilgate_core::Framer`.
+//!
+//! Layout: `[0, start)` consumed, `[start, end)` received and not yet returned, `[end, cap)` the
+//! free tail, the only part ever exported.  `prepare` (called from `Protocol.get_buffer`) is the
+//! only place that moves or reallocates bytes, and it refuses while a view is exported; `advance`
+//! (from `Protocol.buffer_updated`, where uvloop still holds its export) only moves indices.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use veilgate_core::session::{CLIENT_TRACKED, SERVER_TRACKED};
+use veilgate_core::{startup, stats, Action, Direction, Framer, SessionTracker, TagSet};
+
+use crate::buffer::RawBuf;
+use crate::errors::framing_error;
+use crate::message::Message;
+use crate::session::{lock, SessionState};
+
+pub const CLIENT: u8 = 0;
+pub const SERVER: u8 = 1;
+
+/// The free tail `prepare` guarantees at least (when the capacity allows it).
+const MIN_FREE: usize = 16 * 1024;
+
+#[pyclass(module = "veilgate_native")]
+pub struct RecvBuffer {
+    buf: RawBuf,
+    /// First byte not yet returned.
+    start: usize,
+    /// First free byte.
+    end: usize,
+    /// The capacity asked for at construction; the buffer shrinks back to it when empty.
+    base_capacity: usize,
+    /// Live buffer-protocol exports.  Atomic (not behind the borrow flag) so that a release
+    /// never fails to borrow, and because a pyclass must be `Sync`.
+    exports: AtomicUsize,
+    direction: Direction,
+    framer: Framer,
+    startup_mode: bool,
+    session: Option<Arc<Mutex<SessionTracker>>>,
+    /// Reused across `advance` calls: no allocation per read in the steady state.
+    actions: Vec<Action>,
+}
+
+impl RecvBuffer {
+    /// The bytes received and not yet returned.
+    #[inline]
+    fn unparsed(&self) -> &[u8] {
+        // SAFETY: `[start, end)` lies before the free tail, the only region ever exported, and
+        // the loop has finished writing these bytes before `buffer_updated` moved `end` past them.
+        unsafe { self.buf.slice(self.start, self.end) }
+    }
+
+    /// Size of a message at `start` that must arrive whole and has not yet.
+    fn need(&self) -> usize {
+        let unparsed = self.unparsed();
+        if self.startup_mode {
+            match startup::packet_len(unparsed) {
+                Ok(Some(n)) if n > unparsed.len() => n,
+                _ => 0,
+            }
+        } else {
+            self.framer.need(unparsed)
+        }
+    }
+
+    /// Frames `[start, end)` into `self.actions`, feeding the session tracker.
+    fn frame(&mut self) -> Result<usize, veilgate_core::FrameError> {
+        self.actions.clear();
+        // SAFETY: as in `unparsed`; borrowed field by field so the framer can be `&mut`.
+        let unparsed = unsafe { self.buf.slice(self.start, self.end) };
+        let framer = &mut self.framer;
+        let actions = &mut self.actions;
+        let outcome = match (&self.session, self.direction) {
+            (None, _) => framer.frame(unparsed, actions, |_, _| {})?,
+            (Some(session), direction) => {
+                // Lock at most once per read, and only if a tracked message went by.
+                let mut guard: Option<MutexGuard<'_, SessionTracker>> = None;
+                let mut now: Option<Instant> = None;
+                match direction {
+                    Direction::Client => framer.frame(unparsed, actions, |tag, _| {
+                        if CLIENT_TRACKED.contains(tag) {
+                            let t = *now.get_or_insert_with(Instant::now);
+                            guard.get_or_insert_with(|| lock(session)).on_client(tag, t);
+                        }
+                    })?,
+                    Direction::Server => framer.frame(unparsed, actions, |tag, bytes| {
+                        if SERVER_TRACKED.contains(tag) {
+                            let t = *now.get_or_insert_with(Instant::now);
+                            guard
+                                .get_or_insert_with(|| lock(session))
+                                .on_server(tag, bytes, t);
+                        }
+                    })?,
+                }
+            }
+        };
+        Ok(outcome.consumed)
+    }
+
+    /// The Python value for the actions of the last `frame` (ranges relative to `start`).
+    fn build_result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let unparsed = self.unparsed();
+        match self.actions.as_slice() {
+            [] => Ok(py.None().into_bound(py)),
+            [Action::Forward(r)] => Ok(PyBytes::new(py, &unparsed[r.clone()]).into_any()),
+            actions => {
+                let list = PyList::empty(py);
+                for a in actions {
+                    match a {
+                        Action::Forward(r) => {
+                            list.append(PyBytes::new(py, &unparsed[r.clone()]))?
+                        }
+                        Action::Event(r) => {
+                            list.append(Message::from_frame(py, &unparsed[r.clone()]))?;
+                        }
+                    }
+                }
+                Ok(list.into_any())
+            }
+        }
+    }
+
+    fn check_not_exported(&self) -> PyResult<()> {
+        match self.exports.load(Ordering::Acquire) {
+            0 => Ok(()),
+            n => Err(PyBufferError::new_err(format!(
+                "receive buffer has {n} live export(s): release every view before prepare()"
+            ))),
+        }
+    }
+}
+
+#[pymethods]
+impl RecvBuffer {
+    #[new]
+    #[pyo3(signature = (direction, session=None, *, capacity=65536, max_message=1 << 30))]
+    fn new(
+        direction: u8,
+        session: Option<PyRef<'_, SessionState>>,
+        capacity: usize,
+        max_message: usize,
+    ) -> PyResult<Self> {
+        let direction = match direction {
+            CLIENT => Direction::Client,
+            SERVER => Direction::Server,
+            _ => return Err(PyValueError::new_err("direction must be CLIENT or SERVER")),
+        };
+        if capacity == 0 {
+            return Err(PyValueError::new_err("capacity must be positive"));
+        }
+        let mut framer = Framer::new();
+        framer.set_max_message(max_message);
+        if session.is_some() && direction == Direction::Server {
+            framer.set_whole(SERVER_TRACKED);
+        }
+        Ok(RecvBuffer {
+            buf: RawBuf::new(capacity),
+            start: 0,
+            end: 0,
+            base_capacity: capacity,
+            exports: AtomicUsize::new(0),
+            direction,
+            framer,
+            startup_mode: false,
+            session: session.map(|s| Arc::clone(&s.inner)),
+            actions: Vec::new(),
+        })
+    }
+
+    fn prepare(&mut self, sizehint: isize) -> PyResult<()> {
+        self.check_not_exported()?;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.capacity() > self.base_capacity {
+                // Shrink back after a large event message: memory per connection stays bounded.
+                // SAFETY: no export is alive (checked above); nothing to keep.
+                unsafe { self.buf.reallocate(self.base_capacity, 0, 0) };
+            }
+        }
+        // A message at `start` that must arrive whole: room for all of it is what counts.
+        let need = self.need();
+        let floor = MIN_FREE.min(self.base_capacity);
+        let hint = usize::try_from(sizehint)
+            .unwrap_or(0)
+            .min(self.base_capacity);
+        let want_free = floor.max(hint);
+        let cap = self.buf.capacity();
+        let roomy = |start: usize, end: usize, free_wanted: usize| {
+            if need > 0 {
+                start + need <= cap
+            } else {
+                cap - end >= free_wanted
+            }
+        };
+        if roomy(self.start, self.end, want_free) {
+            return Ok(());
+        }
+        let unparsed = self.end - self.start;
+        if self.start > 0 {
+            // Cheap in the steady state: what is left is a partial header or a partial
+            // must-be-whole message (pass-through messages stream out).
+            // SAFETY: no export is alive (checked above).
+            unsafe { self.buf.compact(self.start, self.end) };
+            self.start = 0;
+            self.end = unparsed;
+        }
+        if roomy(0, unparsed, floor) {
+            return Ok(());
+        }
+        let required = need.max(unparsed + want_free);
+        // Exactly the size of a pending message (shrunk back once it is consumed); otherwise
+        // doubling, so that a caller accumulating bytes does not reallocate on every read.
+        let new_cap = if need > 0 {
+            required
+        } else {
+            required.max(cap.saturating_mul(2))
+        };
+        // SAFETY: no export is alive (checked above); `[0, unparsed)` is kept.
+        unsafe { self.buf.reallocate(new_cap, 0, unparsed) };
+        Ok(())
+    }
+
+    fn __len__(&self) -> usize {
+        self.buf.capacity() - self.end
+    }
+
+    /// Exports the writable free tail `[end, cap)`.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let this = slf.try_borrow()?;
+        let len = this.buf.capacity() - this.end;
+        if len == 0 {
+            // Both loops treat an empty buffer as fatal; say why.
+            return Err(PyBufferError::new_err(
+                "receive buffer is full: call prepare() first",
+            ));
+        }
+        let ptr = this.buf.ptr_at(this.end).cast::<c_void>();
+        let len = isize::try_from(len).map_err(|_| PyBufferError::new_err("buffer too large"))?;
+        // SAFETY: `view` is the valid, writable `Py_buffer` CPython passes to bf_getbuffer;
+        // `ptr..ptr+len` is the free tail of our allocation, which stays allocated and unmoved
+        // until the matching release: `prepare` (the only place that moves or frees it) refuses
+        // while `exports > 0`, and FillInfo takes a strong reference to `slf` (`view.obj`), so
+        // the buffer outlives the view.  Rust never references the tail while it is exported.
+        let rc = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr, len, 0, flags) };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        this.exports.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// `&self` and an atomic: a release must never fail on a borrow conflict (it would leak the
+    /// export count and lock the buffer forever).
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        self.exports.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn advance<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+        let free = self.buf.capacity() - self.end;
+        if n > free {
+            return Err(PyValueError::new_err(format!(
+                "advance({n}) exceeds the {free} free bytes"
+            )));
+        }
+        self.end += n;
+        let before = self.framer.messages();
+        if self.startup_mode {
+            stats::add_traffic(self.direction, n as u64, 0);
+            return Ok(py.None().into_bound(py));
+        }
+        let consumed = match self.frame() {
+            Ok(c) => c,
+            Err(e) => {
+                stats::add_traffic(self.direction, n as u64, 0);
+                return Err(framing_error(&e));
+            }
+        };
+        stats::add_traffic(self.direction, n as u64, self.framer.messages() - before);
+        let out = self.build_result(py);
+        self.start += consumed;
+        out
+    }
+
+    fn take_startup<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let unparsed = self.unparsed();
+        match startup::parse(unparsed) {
+            Ok(Some(len)) => {
+                let packet = PyBytes::new(py, &unparsed[..len]);
+                self.start += len;
+                stats::add_traffic(self.direction, 0, 1);
+                Ok(Some(packet))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(framing_error(&e)),
+        }
+    }
+
+    fn set_startup_mode(&mut self, on: bool) {
+        self.startup_mode = on;
+    }
+
+    fn set_events(&mut self, tags: &[u8]) {
+        self.framer.set_events(TagSet::from_tags(tags));
+    }
+
+    fn set_all_events(&mut self, on: bool) {
+        self.framer.set_all_events(on);
+    }
+
+    #[getter]
+    fn get_max_message(&self) -> usize {
+        self.framer.max_message()
+    }
+
+    #[setter]
+    fn set_max_message(&mut self, value: usize) {
+        self.framer.set_max_message(value);
+    }
+
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    #[getter]
+    fn exports(&self) -> usize {
+        self.exports.load(Ordering::Acquire)
+    }
+
+    #[getter]
+    fn direction(&self) -> u8 {
+        match self.direction {
+            Direction::Client => CLIENT,
+            Direction::Server => SERVER,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<RecvBuffer {} buffered={} capacity={} exports={}>",
+            if self.direction == Direction::Client {
+                "CLIENT"
+            } else {
+                "SERVER"
+            },
+            self.end - self.start,
+            self.buf.capacity(),
+            self.exports.load(Ordering::Acquire),
+        )
+    }
+}

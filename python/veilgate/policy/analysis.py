@@ -1,0 +1,1132 @@
+"""SQL analysis with the real PostgreSQL parser (pglast / libpg_query, PostgreSQL 18 grammar).
+
+:func:`analyze` turns the text of one Query (or Parse) message into a :class:`MessageAnalysis`: one
+:class:`StatementAnalysis` per statement of a multi-statement string, each with
+
+* ``classes``: every statement class involved (see :data:`CLASSES`).  A statement can have several:
+  ``WITH d AS (DELETE ...) SELECT ...`` is ``{read, write}``; ``COPY (SELECT ...) TO STDOUT`` is
+  ``{copy_out, read}``.  ``statement_class`` is the most significant one (for logs and audit).
+* ``reads`` / ``writes``: relations as written in the SQL (``(schema or None, name)``), CTE names
+  excluded with proper scoping.  Resolution of unqualified names is the policy's job (tier
+  ``search_path``).
+* ``functions``: every function called anywhere in the tree (``(schema or None, name)``).
+* ``constructs``: named dangerous constructs (see :data:`CONSTRUCTS`), with human ``details``.
+
+Judging rules that live here (not in policy):
+
+* ``EXPLAIN ANALYZE X`` executes X: it is judged as X (plus ``explain_analyze``).  Plain
+  ``EXPLAIN X`` is ``utility``; the relations of X count as reads and function-derived constructs
+  are kept (the planner may evaluate functions), statement-shape constructs are dropped.
+* ``PREPARE p AS X`` is judged as X; ``EXECUTE p`` (also inside ``EXPLAIN`` or ``CREATE TABLE AS``)
+  is judged as what ``p`` was prepared as: earlier in the same message, else the session's map
+  passed as ``prepared`` (named statements from protocol-level Parse share that namespace).  An
+  ``EXECUTE`` of a name nobody knows carries ``unknown_prepared_statement``: policy must deny it.
+* Text the parser rejects gives ``MessageAnalysis.unparseable`` (policy denies: fail closed).  So
+  does a tree too deep to walk.
+
+``standard_conforming_strings = off``: libpg_query always lexes with the setting on.  With it off
+the server reads backslash escapes inside ordinary ``'...'`` literals, so ``'a\\' || ' ; DROP ...'``
+would hide a statement from an analyzer lexing the other way.  With
+``standard_conforming_strings=False`` the text is first re-lexed the way the server would
+(:func:`rewrite_nonstandard_strings`): every ordinary literal becomes the equivalent ``E'...'``
+literal, then parsed.  ``U&'...'`` literals are refused there (the server refuses them too).
+Limitations: the rewrite follows the PostgreSQL 18 lexer rules for comments (nested ``/* */``,
+``--``), quoted identifiers, dollar quoting, bit/hex strings and string continuation across
+newlines; it does not model ``backslash_quote`` or client-only multibyte encodings (SJIS, BIG5,
+GBK, ...): the gateway must refuse those client encodings.  Statement texts and fingerprints are
+then those of the rewritten text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pglast import parser as _pg
+
+__all__ = [
+    "CLASSES",
+    "CONSTRUCTS",
+    "MessageAnalysis",
+    "Name",
+    "StatementAnalysis",
+    "analyze",
+    "resolve_executes",
+    "rewrite_nonstandard_strings",
+]
+
+Name = tuple[str | None, str]
+"""A relation or function name as written: (schema or None, name)."""
+
+CLASSES: tuple[str, ...] = (
+    "read",
+    "write",
+    "ddl",
+    "dcl",
+    "session",
+    "role_change",
+    "copy_in",
+    "copy_out",
+    "transaction",
+    "utility",
+    "maintenance",
+    "prepare",
+    "call",
+    "do",
+    "other",
+)
+"""Statement classes, in the order ``statement_class`` prefers them (most significant first)."""
+
+_CLASS_PRIORITY = {
+    c: i
+    for i, c in enumerate(
+        (
+            "dcl",
+            "role_change",
+            "ddl",
+            "do",
+            "call",
+            "copy_in",
+            "write",
+            "copy_out",
+            "maintenance",
+            "session",
+            "other",
+            "read",
+            "utility",
+            "prepare",
+            "transaction",
+        )
+    )
+}
+
+CONSTRUCTS: dict[str, str] = {
+    "drop": "DROP of any object (also DROP OWNED, ALTER TABLE ... DROP COLUMN)",
+    "truncate": "TRUNCATE",
+    "delete_without_where": "DELETE with no WHERE clause (or one that references no column)",
+    "update_without_where": "UPDATE with no WHERE clause (or one that references no column)",
+    "alter_system": "ALTER SYSTEM",
+    "copy_program": "COPY ... TO/FROM PROGRAM",
+    "copy_server_file": "COPY ... TO/FROM a server-side file",
+    "file_functions": "server file access functions (pg_read_file, pg_ls_dir, lo_import, ...)",
+    "large_object": "large-object functions (lo_*, loread, lowrite)",
+    "dblink": "dblink* functions, postgres_fdw, CREATE SERVER / USER MAPPING / FOREIGN TABLE",
+    "set_role": "SET ROLE / RESET ROLE (also via set_config)",
+    "set_session_authorization": "SET/RESET SESSION AUTHORIZATION (also via set_config)",
+    "do_block": "DO block (anonymous code)",
+    "security_definer_function": "CREATE/ALTER FUNCTION ... SECURITY DEFINER",
+    "create_function": "CREATE FUNCTION / PROCEDURE",
+    "terminate_backend": "backend signalling and admin functions (pg_terminate_backend, ...)",
+    "data_modifying_cte": "INSERT/UPDATE/DELETE/MERGE inside WITH",
+    "explain_analyze": "EXPLAIN ANALYZE (executes the statement)",
+    "dangerous_guc": "SET of a dangerous setting (session_replication_role, read-only off, ...)",
+    "search_path_change": "change of search_path (SET or set_config)",
+    "set_config": "set_config() function",
+    "read_write_transaction": "BEGIN/START/SET TRANSACTION ... READ WRITE",
+    "locking_read": "SELECT ... FOR UPDATE/SHARE",
+    "lock_table": "LOCK TABLE",
+    "load_library": "LOAD of a shared library",
+    "create_extension": "CREATE EXTENSION",
+    "dynamic_sql": "functions that run SQL given as text (query_to_xml, table_to_xml, ...)",
+    "sequence_write": "nextval / setval",
+    "notify": "NOTIFY / pg_notify",
+    "prepared_transaction": "PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED",
+    "unknown_prepared_statement": "EXECUTE of a statement name this session never prepared",
+}
+"""Named dangerous constructs and what they flag."""
+
+_FILE_FUNCTIONS = frozenset(
+    {
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_stat_file",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+        "pg_ls_archive_statusdir",
+        "pg_ls_logicalsnapdir",
+        "pg_ls_logicalmapdir",
+        "pg_ls_replslotdir",
+        "pg_ls_summariesdir",
+        "pg_file_write",
+        "pg_file_rename",
+        "pg_file_unlink",
+        "pg_file_sync",
+        "pg_logdir_ls",
+        "lo_import",
+        "lo_export",
+    }
+)
+_TERMINATE_FUNCTIONS = frozenset(
+    {
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_rotate_logfile_old",
+        "pg_promote",
+        "pg_switch_wal",
+        "pg_switch_xlog",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_start_backup",
+        "pg_stop_backup",
+        "pg_wal_replay_pause",
+        "pg_wal_replay_resume",
+        "pg_log_backend_memory_contexts",
+        "pg_create_physical_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_drop_replication_slot",
+        "pg_copy_physical_replication_slot",
+        "pg_copy_logical_replication_slot",
+        "pg_replication_slot_advance",
+        "pg_sync_replication_slots",
+        "pg_logical_emit_message",
+        "pg_replication_origin_create",
+        "pg_replication_origin_drop",
+        "pg_stat_reset",
+        "pg_stat_reset_shared",
+        "pg_stat_reset_single_table_counters",
+        "pg_stat_reset_single_function_counters",
+        "pg_stat_reset_slru",
+        "pg_stat_reset_replication_slot",
+        "pg_stat_reset_subscription_stats",
+        "pg_stat_reset_backend_stats",
+    }
+)
+_DYNAMIC_SQL_FUNCTIONS = frozenset(
+    {
+        f"{what}_to_{kind}"
+        for what in ("query", "cursor", "table", "schema", "database")
+        for kind in ("xml", "xmlschema", "xml_and_xmlschema")
+    }
+    | {"ts_stat", "ts_rewrite"}
+)
+_DANGEROUS_GUCS = frozenset(
+    {
+        "session_replication_role",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "allow_system_table_mods",
+        "ignore_system_indexes",
+        "zero_damaged_pages",
+        "lo_compat_privileges",
+        "allow_in_place_tablespaces",
+        "jit_provider",
+    }
+)
+_READ_ONLY_GUCS = frozenset({"default_transaction_read_only", "transaction_read_only"})
+_FALSE_WORDS = frozenset({"off", "false", "no", "0", "f", "n", "of"})
+
+_WRITE_STMTS = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_DCL_STMTS = frozenset(
+    {
+        "GrantStmt",
+        "GrantRoleStmt",
+        "CreateRoleStmt",
+        "AlterRoleStmt",
+        "AlterRoleSetStmt",
+        "DropRoleStmt",
+        "AlterDefaultPrivilegesStmt",
+        "ReassignOwnedStmt",
+        "DropOwnedStmt",
+        "CreatePolicyStmt",
+        "AlterPolicyStmt",
+    }
+)
+_DDL_EXTRA = frozenset(
+    {
+        "DefineStmt",
+        "IndexStmt",
+        "ViewStmt",
+        "RuleStmt",
+        "RenameStmt",
+        "CommentStmt",
+        "SecLabelStmt",
+        "CompositeTypeStmt",
+        "CreatedbStmt",
+        "DropdbStmt",
+        "ImportForeignSchemaStmt",
+        "AlterSystemStmt",
+    }
+)
+_MAINTENANCE_STMTS = frozenset(
+    {"VacuumStmt", "ClusterStmt", "ReindexStmt", "CheckPointStmt", "RefreshMatViewStmt"}
+)
+_UTILITY_STMTS = frozenset(
+    {
+        "VariableShowStmt",
+        "ListenStmt",
+        "UnlistenStmt",
+        "NotifyStmt",
+        "ClosePortalStmt",
+        "LoadStmt",
+        "LockStmt",
+    }
+)
+_DROP_STMTS = frozenset(
+    {
+        "DropStmt",
+        "DropdbStmt",
+        "DropRoleStmt",
+        "DropTableSpaceStmt",
+        "DropOwnedStmt",
+        "DropUserMappingStmt",
+        "DropSubscriptionStmt",
+    }
+)
+_FDW_STMTS = frozenset(
+    {
+        "CreateForeignServerStmt",
+        "AlterForeignServerStmt",
+        "CreateUserMappingStmt",
+        "AlterUserMappingStmt",
+        "CreateForeignTableStmt",
+        "ImportForeignSchemaStmt",
+        "CreateFdwStmt",
+        "AlterFdwStmt",
+        "CreateSubscriptionStmt",
+        "AlterSubscriptionStmt",
+    }
+)
+_DROP_RELATION_TYPES = frozenset(
+    {
+        "OBJECT_TABLE",
+        "OBJECT_VIEW",
+        "OBJECT_MATVIEW",
+        "OBJECT_INDEX",
+        "OBJECT_SEQUENCE",
+        "OBJECT_FOREIGN_TABLE",
+    }
+)
+# Fields whose RangeVar is the *target* of a statement (a write), by owning node type.
+_TARGET_FIELDS = frozenset({"relation", "relations", "view", "rel", "objects"})
+_READ_OWNERS = frozenset({"SelectStmt", "RangeSubselect", "JoinExpr", "CopyStmt", "ExplainStmt"})
+# Constructs that come from the shape of a statement (dropped for plain EXPLAIN).
+_SHAPE_CONSTRUCTS = frozenset(
+    {"delete_without_where", "update_without_where", "data_modifying_cte", "truncate"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementAnalysis:
+    """What one statement does, independent of who sends it."""
+
+    text: str
+    """The statement's own text (a slice of the message)."""
+    kind: str
+    """The parse node type, e.g. ``SelectStmt``, ``PrepareStmt``, ``ExecuteStmt``."""
+    classes: frozenset[str]
+    reads: frozenset[Name] = frozenset()
+    writes: frozenset[Name] = frozenset()
+    functions: frozenset[Name] = frozenset()
+    constructs: frozenset[str] = frozenset()
+    details: tuple[str, ...] = ()
+    """Human explanations of the constructs and notable facts (language, GUC names...)."""
+    fingerprint: str = ""
+    """pglast fingerprint of this statement (normalized: constants and spacing do not matter)."""
+    prepares: str | None = None
+    """For ``PREPARE name AS ...``: the name (this analysis is what the name will run)."""
+    executes: tuple[str, ...] = ()
+    """Prepared statement names this statement runs (``EXECUTE``), resolved or not."""
+    unresolved: bool = False
+    """True while an ``EXECUTE`` has not been matched with its prepared statement."""
+    deallocates: str | None = None
+    """``DEALLOCATE name`` (``"*"`` for ``ALL``): the gateway drops it after success."""
+    search_path: tuple[str, ...] | None = None
+    """New search_path for ``SET search_path`` (for the gateway's session state)."""
+
+    @property
+    def statement_class(self) -> str:
+        """The most significant class, for logs and audit."""
+        if not self.classes:
+            return "other"
+        return min(self.classes, key=lambda c: _CLASS_PRIORITY.get(c, 99))
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAnalysis:
+    """All statements of one message (a simple Query text or a Parse text)."""
+
+    text: str
+    statements: tuple[StatementAnalysis, ...]
+    fingerprint: str
+    unparseable: bool = False
+    error: str | None = None
+    needs_session: bool = False
+    """True when some statement ``EXECUTE``s a name not prepared in the same message."""
+    standard_conforming_strings: bool = True
+
+
+def analyze(
+    sql: str,
+    *,
+    standard_conforming_strings: bool = True,
+    prepared: Mapping[str, StatementAnalysis] | None = None,
+) -> MessageAnalysis:
+    """Analyze every statement of ``sql``.  Never raises for bad SQL: returns ``unparseable``."""
+    text = sql
+    if not standard_conforming_strings:
+        try:
+            text = rewrite_nonstandard_strings(sql)
+        except ValueError as exc:
+            return _unparseable(sql, str(exc), standard_conforming_strings)
+    try:
+        tree = json.loads(_pg.parse_sql_json(text))
+    except _pg.ParseError as exc:
+        return _unparseable(sql, str(exc), standard_conforming_strings)
+    except (RecursionError, ValueError, MemoryError) as exc:  # pragma: no cover - defensive
+        return _unparseable(sql, f"cannot parse: {type(exc).__name__}", standard_conforming_strings)
+    raw_stmts: list[dict[str, Any]] = tree.get("stmts", [])
+    out: list[StatementAnalysis] = []
+    encoded = None
+    try:
+        for raw in raw_stmts:
+            stmt_text, encoded = _slice(text, encoded, raw)
+            out.append(_analyze_stmt(raw["stmt"], stmt_text))
+    except RecursionError:  # pragma: no cover - the walker is iterative; defensive
+        return _unparseable(sql, "statement too deeply nested", standard_conforming_strings)
+    msg = MessageAnalysis(
+        text=sql,
+        statements=tuple(out),
+        fingerprint=_fingerprint(text),
+        standard_conforming_strings=standard_conforming_strings,
+    )
+    return resolve_executes(msg, prepared or {})
+
+
+def resolve_executes(
+    msg: MessageAnalysis, prepared: Mapping[str, StatementAnalysis]
+) -> MessageAnalysis:
+    """Judge each ``EXECUTE name`` as what ``name`` runs: earlier in ``msg``, else ``prepared``.
+
+    A name still unknown leaves the statement with ``unknown_prepared_statement``; the message then
+    has ``needs_session`` (its decision depends on session state and must not be cached by text).
+    """
+    if msg.unparseable or not any(
+        s.executes or s.prepares or s.deallocates for s in msg.statements
+    ):
+        return msg
+    local: dict[str, StatementAnalysis | None] = {}
+    out: list[StatementAnalysis] = []
+    needs_session = False
+    for st in msg.statements:
+        if st.executes:
+            merged = st
+            unresolved = False
+            for name in st.executes:
+                target: StatementAnalysis | None
+                if name in local:
+                    target = local[name]
+                else:
+                    needs_session = True
+                    target = prepared.get(name)
+                if target is None or target.unresolved:
+                    unresolved = True
+                    continue
+                merged = _merge(merged, target)
+            constructs = set(merged.constructs) - {"unknown_prepared_statement"}
+            details = [d for d in merged.details if not d.startswith("EXECUTE of unknown")]
+            if unresolved:
+                constructs.add("unknown_prepared_statement")
+                names = ", ".join(st.executes)
+                details.append(f"EXECUTE of unknown prepared statement {names}")
+            st = replace(
+                merged,
+                constructs=frozenset(constructs),
+                details=tuple(details),
+                unresolved=unresolved,
+            )
+        out.append(st)
+        if st.prepares is not None:
+            local[st.prepares] = st
+        if st.deallocates is not None:
+            if st.deallocates == "*":
+                local.clear()
+                prepared = {}
+            else:
+                local[st.deallocates] = None
+    return replace(msg, statements=tuple(out), needs_session=needs_session)
+
+
+def _merge(st: StatementAnalysis, target: StatementAnalysis) -> StatementAnalysis:
+    classes = set(st.classes) | set(target.classes)
+    if st.kind == "ExecuteStmt":
+        classes.discard("prepare")
+    return replace(
+        st,
+        classes=frozenset(classes),
+        reads=st.reads | target.reads,
+        writes=st.writes | target.writes,
+        functions=st.functions | target.functions,
+        constructs=st.constructs | target.constructs,
+        details=st.details + target.details,
+    )
+
+
+def _unparseable(sql: str, error: str, scs: bool) -> MessageAnalysis:
+    return MessageAnalysis(
+        text=sql,
+        statements=(),
+        fingerprint="raw:" + hashlib.sha256(sql.encode("utf-8", "surrogatepass")).hexdigest()[:16],
+        unparseable=True,
+        error=error,
+        standard_conforming_strings=scs,
+    )
+
+
+def _fingerprint(text: str) -> str:
+    try:
+        return _pg.fingerprint(text)
+    except _pg.ParseError:  # pragma: no cover - text parsed already
+        return "raw:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _slice(text: str, encoded: bytes | None, raw: Mapping[str, Any]) -> tuple[str, bytes | None]:
+    """The statement's text.  libpg_query locations are byte offsets into the UTF-8 text."""
+    loc = int(raw.get("stmt_location", 0))
+    length = int(raw.get("stmt_len", 0))
+    if text.isascii():
+        piece = text[loc : loc + length] if length else text[loc:]
+        return piece.strip(), encoded
+    if encoded is None:
+        encoded = text.encode("utf-8", "surrogatepass")
+    chunk = encoded[loc : loc + length] if length else encoded[loc:]
+    return chunk.decode("utf-8", "surrogatepass").strip(), encoded
+
+
+# --------------------------------------------------------------------------------------------
+# The walker
+
+
+def _name_list(items: Iterable[Any]) -> list[str]:
+    out = []
+    for it in items:
+        if isinstance(it, dict) and "String" in it:
+            out.append(str(it["String"].get("sval", "")))
+    return out
+
+
+def _const_str(node: Any) -> str | None:
+    """The text of a string/number/bool constant node, else None."""
+    if not isinstance(node, dict):
+        return None
+    c = node.get("A_Const")
+    if c is None:
+        return None
+    if "sval" in c:
+        return str(c["sval"].get("sval", ""))
+    if "ival" in c:
+        return str(c["ival"].get("ival", 0))
+    if "boolval" in c:
+        return "true" if c["boolval"].get("boolval", False) else "false"
+    if "fval" in c:
+        return str(c["fval"].get("fval", ""))
+    return None
+
+
+def _defelem_value(arg: Any) -> str | None:
+    if not isinstance(arg, dict):
+        return None
+    if "String" in arg:
+        return str(arg["String"].get("sval", ""))
+    if "Boolean" in arg:
+        return "true" if arg["Boolean"].get("boolval", False) else "false"
+    if "Integer" in arg:
+        return str(arg["Integer"].get("ival", 0))
+    return _const_str(arg)
+
+
+def _has_column_ref(node: Any) -> bool:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            if "ColumnRef" in n or "CurrentOfExpr" in n or "SubLink" in n:
+                return True
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return False
+
+
+class _Walk:
+    __slots__ = ("classes", "constructs", "details", "executes", "functions", "reads", "writes")
+
+    def __init__(self) -> None:
+        self.classes: set[str] = set()
+        self.reads: set[Name] = set()
+        self.writes: set[Name] = set()
+        self.functions: set[Name] = set()
+        self.constructs: set[str] = set()
+        self.details: list[str] = []
+        self.executes: list[str] = []
+
+    def flag(self, construct: str, detail: str) -> None:
+        self.constructs.add(construct)
+        if detail not in self.details:
+            self.details.append(detail)
+
+    # Iterative walk: (node, owner node type, field name, visible CTE names).
+    def walk(self, root: Any, owner: str, key: str, ctes: frozenset[str]) -> None:
+        stack: list[tuple[Any, str, str, frozenset[str]]] = [(root, owner, key, ctes)]
+        while stack:
+            node, owner, key, ctes = stack.pop()
+            if isinstance(node, list):
+                for item in node:
+                    stack.append((item, owner, key, ctes))
+                continue
+            if not isinstance(node, dict):
+                continue
+            if "relname" in node:
+                self._range_var(node, owner, key, ctes)
+                continue
+            if len(node) == 1:
+                ((k, v),) = node.items()
+                if k[:1].isupper() and isinstance(v, dict):
+                    self._typed(k, v, owner, key, ctes, stack)
+                    continue
+            if "withClause" in node:
+                ctes = self._with(node["withClause"], owner, ctes, stack)
+            for k, v in node.items():
+                if k == "withClause" or not isinstance(v, (dict, list)):
+                    continue
+                stack.append((v, owner, k, ctes))
+
+    def _with(
+        self,
+        wc: Any,
+        owner: str,
+        ctes: frozenset[str],
+        stack: list[tuple[Any, str, str, frozenset[str]]],
+    ) -> frozenset[str]:
+        if not isinstance(wc, dict):
+            return ctes
+        items = [c.get("CommonTableExpr", {}) for c in wc.get("ctes", []) if isinstance(c, dict)]
+        names = [str(c.get("ctename", "")) for c in items]
+        everything = ctes | frozenset(names)
+        recursive = bool(wc.get("recursive", False))
+        for i, cte in enumerate(items):
+            visible = everything if recursive else ctes | frozenset(names[:i])
+            q = cte.get("ctequery")
+            if isinstance(q, dict) and len(q) == 1 and next(iter(q)) in _WRITE_STMTS:
+                self.flag(
+                    "data_modifying_cte",
+                    f"WITH {names[i]} AS ({next(iter(q))[:-4].upper()} ...) modifies data",
+                )
+            stack.append((cte, "CommonTableExpr", "ctequery", visible))
+        return everything
+
+    def _range_var(self, rv: Mapping[str, Any], owner: str, key: str, ctes: frozenset[str]) -> None:
+        name = str(rv.get("relname", ""))
+        schema = rv.get("schemaname")
+        ref: Name = (str(schema) if schema else None, name)
+        if schema is None and name in ctes:
+            return
+        if owner == "CopyStmt" and key == "relation":
+            return  # counted by _copy (read or write depends on the direction)
+        target = key in _TARGET_FIELDS and owner not in _READ_OWNERS
+        (self.writes if target else self.reads).add(ref)
+
+    def _typed(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        owner: str,
+        key: str,
+        ctes: frozenset[str],
+        stack: list[tuple[Any, str, str, frozenset[str]]],
+    ) -> None:
+        if kind == "RangeVar":
+            self._range_var(body, owner, key, ctes)
+            return
+        if kind == "FuncCall":
+            self._func_call(body)
+        elif kind in _WRITE_STMTS:
+            self.classes.add("write")
+            if kind in ("DeleteStmt", "UpdateStmt"):
+                self._check_where(kind, body)
+        elif kind == "SelectStmt":
+            if body.get("lockingClause"):
+                self.flag("locking_read", "SELECT ... FOR UPDATE/SHARE locks rows")
+        elif kind == "ExecuteStmt":
+            self.executes.append(str(body.get("name", "")))
+        if "withClause" in body:
+            ctes = self._with(body["withClause"], kind, ctes, stack)
+        for k, v in body.items():
+            if k == "withClause" or not isinstance(v, (dict, list)):
+                continue
+            stack.append((v, kind, k, ctes))
+
+    def _check_where(self, kind: str, body: Mapping[str, Any]) -> None:
+        where = body.get("whereClause")
+        if where is None or not _has_column_ref(where):
+            verb = "DELETE" if kind == "DeleteStmt" else "UPDATE"
+            construct = "delete_without_where" if kind == "DeleteStmt" else "update_without_where"
+            how = "no WHERE clause" if where is None else "a WHERE clause that references no column"
+            self.flag(construct, f"{verb} with {how} affects every row")
+
+    def _func_call(self, body: Mapping[str, Any]) -> None:
+        parts = _name_list(body.get("funcname", []))
+        if not parts:
+            return
+        name = parts[-1]
+        schema = parts[-2] if len(parts) > 1 else None
+        self.functions.add((schema, name))
+        self._function_constructs(name, body.get("args", []))
+
+    def _function_constructs(self, name: str, args: Any) -> None:
+        low = name.lower()
+        if low in _FILE_FUNCTIONS:
+            self.flag("file_functions", f"{low}() accesses server files")
+        if low.startswith("lo_") or low in ("loread", "lowrite"):
+            self.flag("large_object", f"{low}() is a large-object function")
+        if low.startswith("dblink") or low.startswith("postgres_fdw"):
+            self.flag("dblink", f"{low}() reaches another database")
+        if low in _TERMINATE_FUNCTIONS:
+            self.flag("terminate_backend", f"{low}() signals backends or changes server state")
+        if low in _DYNAMIC_SQL_FUNCTIONS:
+            self.flag("dynamic_sql", f"{low}() runs SQL or reads tables named in its arguments")
+        if low in ("nextval", "setval"):
+            self.flag("sequence_write", f"{low}() changes a sequence")
+        if low == "pg_notify":
+            self.flag("notify", "pg_notify() sends a notification")
+        if low == "set_config":
+            self.flag("set_config", "set_config() changes a setting")
+            first = _const_str(args[0]) if isinstance(args, list) and args else None
+            value = _const_str(args[1]) if isinstance(args, list) and len(args) > 1 else None
+            if first is None:
+                # Setting name not a literal: could be anything.
+                self.flag("set_role", "set_config() with a computed setting name")
+                self.flag("dangerous_guc", "set_config() with a computed setting name")
+                self.flag("search_path_change", "set_config() with a computed setting name")
+            else:
+                self._guc(first.lower(), [value] if value is not None else None, "set_config()")
+
+    def _guc(self, name: str, values: list[str] | None, how: str) -> None:
+        """Flag a setting change; ``values`` None means RESET / DEFAULT / unknown value."""
+        if name == "role":
+            self.flag("set_role", f"{how} changes the current role")
+        elif name == "session_authorization":
+            self.flag("set_session_authorization", f"{how} changes the session user")
+        elif name == "search_path":
+            self.flag("search_path_change", f"{how} changes search_path")
+        elif name in _DANGEROUS_GUCS:
+            self.flag("dangerous_guc", f"{how} sets {name}")
+        elif name in _READ_ONLY_GUCS and (
+            values is None or any(v.lower() in _FALSE_WORDS for v in values)
+        ):
+            self.flag("dangerous_guc", f"{how} turns {name} off")
+
+
+def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
+    ((kind, body),) = node.items()
+    w = _Walk()
+    deallocates: str | None = None
+    search_path: tuple[str, ...] | None = None
+    walk_body = True
+
+    if kind == "ExplainStmt":
+        analyze_opt = False
+        for opt in body.get("options", []) or []:
+            de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
+            if de.get("defname") == "analyze":
+                val = _defelem_value(de.get("arg"))
+                analyze_opt = val is None or val.lower() not in _FALSE_WORDS
+        inner = _analyze_stmt(body.get("query", {}), text)
+        if analyze_opt:
+            return replace(
+                inner,
+                kind=kind,
+                constructs=inner.constructs | {"explain_analyze"},
+                details=(*inner.details, "EXPLAIN ANALYZE executes the statement"),
+                fingerprint=_fingerprint(text),
+            )
+        return replace(
+            inner,
+            kind=kind,
+            classes=frozenset({"utility"}),
+            reads=inner.reads | inner.writes,
+            writes=frozenset(),
+            constructs=inner.constructs - _SHAPE_CONSTRUCTS,
+            details=tuple(
+                d
+                for d in inner.details
+                if not d.startswith(("DELETE with", "UPDATE with", "WITH ", "TRUNCATE"))
+            ),
+            fingerprint=_fingerprint(text),
+        )
+    if kind == "PrepareStmt":
+        inner = _analyze_stmt(body.get("query", {}), text)
+        return replace(
+            inner,
+            kind=kind,
+            prepares=str(body.get("name", "")),
+            fingerprint=_fingerprint(text),
+        )
+    if kind == "DeclareCursorStmt":
+        inner = _analyze_stmt(body.get("query", {}), text)
+        return replace(inner, kind=kind, fingerprint=_fingerprint(text))
+
+    if kind == "SelectStmt":
+        if body.get("intoClause"):
+            w.classes.add("ddl")
+            rel = body["intoClause"].get("rel", {})
+            w.writes.add((rel.get("schemaname"), str(rel.get("relname", ""))))
+            body = {k: v for k, v in body.items() if k != "intoClause"}
+        w.classes.add("read")
+    elif kind in _WRITE_STMTS:
+        w.classes.add("write")
+    elif kind == "TruncateStmt":
+        w.classes.add("write")
+        w.flag("truncate", "TRUNCATE removes every row")
+    elif kind == "CopyStmt":
+        _copy(w, body)
+    elif kind == "VariableSetStmt":
+        search_path = _variable_set(w, body, "SET")
+    elif kind == "AlterSystemStmt":
+        w.classes.add("ddl")
+        w.flag("alter_system", "ALTER SYSTEM changes the server configuration")
+        walk_body = False
+    elif kind == "DiscardStmt":
+        w.classes.add("session")
+    elif kind == "TransactionStmt":
+        w.classes.add("transaction")
+        tkind = str(body.get("kind", ""))
+        if tkind in (
+            "TRANS_STMT_PREPARE",
+            "TRANS_STMT_COMMIT_PREPARED",
+            "TRANS_STMT_ROLLBACK_PREPARED",
+        ):
+            w.flag("prepared_transaction", "two-phase commit statement")
+        _transaction_options(w, body.get("options", []))
+        walk_body = False
+    elif kind == "ConstraintsSetStmt":
+        w.classes.add("transaction")
+    elif kind == "DeallocateStmt":
+        w.classes.add("prepare")
+        deallocates = "*" if body.get("isall") else str(body.get("name", ""))
+    elif kind == "ExecuteStmt":
+        w.classes.add("prepare")
+    elif kind == "FetchStmt":
+        w.classes.add("read")
+    elif kind == "CallStmt":
+        w.classes.add("call")
+        fc = body.get("funccall")
+        if isinstance(fc, dict):
+            w._func_call(fc)
+            body = {k: v for k, v in body.items() if k != "funccall"}
+            body["args"] = fc.get("args", [])
+    elif kind == "DoStmt":
+        w.classes.add("do")
+        lang = "plpgsql"
+        for opt in body.get("args", []) or []:
+            de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
+            if de.get("defname") == "language":
+                lang = _defelem_value(de.get("arg")) or lang
+        w.flag("do_block", f"DO block runs anonymous {lang} code the gateway cannot inspect")
+        walk_body = False
+    elif kind in ("CreateFunctionStmt", "AlterFunctionStmt"):
+        w.classes.add("ddl")
+        _function_def(w, kind, body)
+        walk_body = kind == "AlterFunctionStmt"
+    elif kind in _MAINTENANCE_STMTS:
+        w.classes.add("maintenance")
+    elif kind in _UTILITY_STMTS:
+        w.classes.add("utility")
+        if kind == "LockStmt":
+            w.flag("lock_table", "LOCK TABLE")
+        elif kind == "LoadStmt":
+            w.flag("load_library", f"LOAD {body.get('filename', '')!r} loads a shared library")
+        elif kind == "NotifyStmt":
+            w.flag("notify", "NOTIFY sends a notification")
+    elif kind in _DCL_STMTS:
+        w.classes.add("dcl")
+    elif kind in _DDL_EXTRA or kind.startswith(("Create", "Alter", "Drop", "Import")):
+        w.classes.add("ddl")
+    else:
+        w.classes.add("other")
+
+    if kind in _DROP_STMTS:
+        w.flag("drop", f"{_drop_label(kind, body)} destroys objects")
+        if kind == "DropStmt" and body.get("removeType") in _DROP_RELATION_TYPES:
+            for obj in body.get("objects", []) or []:
+                items = obj.get("List", {}).get("items", []) if isinstance(obj, dict) else []
+                parts = _name_list(items)
+                if parts:
+                    w.writes.add((parts[-2] if len(parts) > 1 else None, parts[-1]))
+    if kind == "AlterTableStmt":
+        for cmd in body.get("cmds", []) or []:
+            sub = cmd.get("AlterTableCmd", {}).get("subtype") if isinstance(cmd, dict) else None
+            if sub == "AT_DropColumn":
+                w.flag("drop", "ALTER TABLE ... DROP COLUMN destroys data")
+    if kind in _FDW_STMTS:
+        w.flag("dblink", f"{kind[:-4]} sets up access to another server")
+    if kind == "CreateExtensionStmt":
+        ext = str(body.get("extname", ""))
+        w.flag("create_extension", f"CREATE EXTENSION {ext}")
+        if ext in ("dblink", "postgres_fdw"):
+            w.flag("dblink", f"extension {ext} reaches other databases")
+        if ext in ("file_fdw", "adminpack"):
+            w.flag("file_functions", f"extension {ext} accesses server files")
+
+    if walk_body:
+        w.walk({kind: body}, "", "", frozenset())
+    return StatementAnalysis(
+        text=text,
+        kind=kind,
+        classes=frozenset(w.classes),
+        reads=frozenset(w.reads - w.writes) if kind in _WRITE_STMTS else frozenset(w.reads),
+        writes=frozenset(w.writes),
+        functions=frozenset(w.functions),
+        constructs=frozenset(w.constructs),
+        details=tuple(w.details),
+        fingerprint=_fingerprint(text) if text else "",
+        executes=tuple(w.executes),
+        unresolved=bool(w.executes),
+        deallocates=deallocates,
+        search_path=search_path,
+    )
+
+
+def _drop_label(kind: str, body: Mapping[str, Any]) -> str:
+    if kind == "DropStmt":
+        t = str(body.get("removeType", "OBJECT_")).removeprefix("OBJECT_").replace("_", " ")
+        return f"DROP {t}"
+    return {
+        "DropdbStmt": "DROP DATABASE",
+        "DropRoleStmt": "DROP ROLE",
+        "DropTableSpaceStmt": "DROP TABLESPACE",
+        "DropOwnedStmt": "DROP OWNED",
+        "DropUserMappingStmt": "DROP USER MAPPING",
+        "DropSubscriptionStmt": "DROP SUBSCRIPTION",
+    }.get(kind, kind)
+
+
+def _copy(w: _Walk, body: Mapping[str, Any]) -> None:
+    is_from = bool(body.get("is_from", False))
+    w.classes.add("copy_in" if is_from else "copy_out")
+    rel = body.get("relation")
+    if isinstance(rel, dict):
+        ref: Name = (rel.get("schemaname"), str(rel.get("relname", "")))
+        (w.writes if is_from else w.reads).add(ref)
+    if body.get("query") is not None:
+        w.classes.add("read")
+    direction = "FROM" if is_from else "TO"
+    if body.get("is_program"):
+        w.flag("copy_program", f"COPY ... {direction} PROGRAM runs a shell command on the server")
+    elif body.get("filename") is not None:
+        w.flag("copy_server_file", f"COPY ... {direction} a server-side file")
+
+
+def _variable_set(w: _Walk, body: Mapping[str, Any], how: str) -> tuple[str, ...] | None:
+    vkind = str(body.get("kind", ""))
+    name = str(body.get("name", "")).lower()
+    args = body.get("args", []) or []
+    if vkind == "VAR_SET_MULTI":
+        if name == "transaction":
+            w.classes.add("transaction")
+        else:
+            w.classes.add("session")
+        _transaction_options(w, args)
+        return None
+    if vkind == "VAR_RESET_ALL":
+        w.classes.add("session")
+        return None
+    if name in ("role", "session_authorization"):
+        w.classes.add("role_change")
+    else:
+        w.classes.add("session")
+    verb = "RESET" if vkind == "VAR_RESET" else "SET"
+    values: list[str] | None = None
+    if vkind == "VAR_SET_VALUE":
+        values = [v for v in (_const_str(a) for a in args) if v is not None]
+    w._guc(name, values, f"{verb} {name}")
+    if name == "search_path" and values is not None:
+        return tuple(values)
+    return None
+
+
+def _transaction_options(w: _Walk, options: Any) -> None:
+    for opt in options or []:
+        de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
+        if de.get("defname") == "transaction_read_only":
+            val = _const_str(de.get("arg"))
+            if val is not None and val.lower() in _FALSE_WORDS:
+                w.flag("read_write_transaction", "transaction explicitly READ WRITE")
+
+
+def _function_def(w: _Walk, kind: str, body: Mapping[str, Any]) -> None:
+    opts = body.get("options" if kind == "CreateFunctionStmt" else "actions", []) or []
+    language = None
+    definer = False
+    for opt in opts:
+        de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
+        name = de.get("defname")
+        if name == "language":
+            language = _defelem_value(de.get("arg"))
+        elif name == "security":
+            definer = (_defelem_value(de.get("arg")) or "false") == "true"
+        elif name == "set" and isinstance(de.get("arg"), dict):
+            setstmt = de["arg"].get("VariableSetStmt")
+            if isinstance(setstmt, dict):
+                _variable_set(w, setstmt, "function SET")
+                w.classes.discard("session")
+                w.classes.discard("role_change")
+    if kind == "CreateFunctionStmt":
+        what = "PROCEDURE" if body.get("is_procedure") else "FUNCTION"
+        lang = f" LANGUAGE {language}" if language else ""
+        w.flag("create_function", f"CREATE {what}{lang}")
+    if definer:
+        w.flag("security_definer_function", "function runs with its owner's privileges")
+
+
+# --------------------------------------------------------------------------------------------
+# standard_conforming_strings = off
+
+
+_IDENT_START = re.compile(r"[A-Za-z_\u0080-\U0010ffff]")
+_IDENT_REST = re.compile(r"[A-Za-z0-9_$\u0080-\U0010ffff]*")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
+_NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
+_CONTINUE = re.compile(r"[ \t\f\r]*\n(?:[ \t\n\r\f\v]|--[^\n\r]*)*'")
+
+
+def rewrite_nonstandard_strings(sql: str) -> str:
+    """Re-lex ``sql`` as the server does with ``standard_conforming_strings = off``.
+
+    Every ordinary ``'...'`` literal (and ``N'...'``) is rewritten as the equivalent ``E'...'``
+    literal, so that a parser running with the setting on reads the same tokens the server will.
+    Raises ``ValueError`` for ``U&'...'`` literals, which the server refuses in that mode.
+    """
+    out: list[str] = []
+    i = 0
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if c == "-" and sql.startswith("--", i):
+            j = sql.find("\n", i)
+            j = n if j < 0 else j
+            out.append(sql[i:j])
+            i = j
+        elif c == "/" and sql.startswith("/*", i):
+            j = _skip_block_comment(sql, i)
+            out.append(sql[i:j])
+            i = j
+        elif c == '"':
+            j = _skip_quoted_ident(sql, i)
+            out.append(sql[i:j])
+            i = j
+        elif c == "'":
+            out.append("E")
+            j = _skip_string(sql, i, escapes=True)
+            out.append(sql[i:j])
+            i = j
+        elif c == "$":
+            m = _DOLLAR_TAG.match(sql, i)
+            if m is None:
+                out.append(c)
+                i += 1
+                continue
+            tag = m.group(0)
+            end = sql.find(tag, m.end())
+            j = n if end < 0 else end + len(tag)
+            out.append(sql[i:j])
+            i = j
+        elif c.isdigit():
+            m = _NUMBER.match(sql, i)
+            assert m is not None
+            out.append(m.group(0))
+            i = m.end()
+        elif _IDENT_START.match(c):
+            nxt = sql[i + 1 : i + 2]
+            low = c.lower()
+            if nxt == "'" and low == "e":
+                j = _skip_string(sql, i + 1, escapes=True)
+                out.append(sql[i:j])
+                i = j
+            elif nxt == "'" and low == "n":
+                out.append("nchar E")
+                j = _skip_string(sql, i + 1, escapes=True)
+                out.append(sql[i + 1 : j])
+                i = j
+            elif nxt == "'" and low in ("b", "x"):
+                j = _skip_string(sql, i + 1, escapes=False)
+                out.append(sql[i:j])
+                i = j
+            elif low == "u" and nxt == "&" and sql[i + 2 : i + 3] == "'":
+                raise ValueError(
+                    "unsafe use of string constant with Unicode escapes "
+                    "(standard_conforming_strings is off)"
+                )
+            elif low == "u" and nxt == "&" and sql[i + 2 : i + 3] == '"':
+                j = _skip_quoted_ident(sql, i + 2)
+                out.append(sql[i:j])
+                i = j
+            else:
+                m = _IDENT_REST.match(sql, i + 1)
+                assert m is not None
+                out.append(sql[i : m.end()])
+                i = m.end()
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _skip_block_comment(sql: str, i: int) -> int:
+    depth = 0
+    n = len(sql)
+    while i < n:
+        if sql.startswith("/*", i):
+            depth += 1
+            i += 2
+        elif sql.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return n
+
+
+def _skip_quoted_ident(sql: str, i: int) -> int:
+    n = len(sql)
+    j = i + 1
+    while j < n:
+        if sql[j] == '"':
+            if sql[j + 1 : j + 2] == '"':
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    return n
+
+
+def _skip_string(sql: str, i: int, *, escapes: bool) -> int:
+    """From the opening quote at ``i``, the index after the literal (continuations included)."""
+    n = len(sql)
+    j = i + 1
+    while j < n:
+        c = sql[j]
+        if escapes and c == "\\":
+            j += 2
+            continue
+        if c == "'":
+            if sql[j + 1 : j + 2] == "'":
+                j += 2
+                continue
+            m = _CONTINUE.match(sql, j + 1)
+            if m is not None:
+                j = m.end()
+                continue
+            return j + 1
+        j += 1
+    return n

@@ -1,0 +1,129 @@
+"""The one audit interface every policy decision goes through.
+
+The gateway builds a :class:`DecisionEvent` for every decision (``DecisionEvent.from_decision``) and
+hands it to the configured :class:`AuditSink`.  :class:`JsonLinesAuditSink` appends one JSON object
+per line; the recording issue builds hash-chained session records on the same interface.
+
+What an event never holds: the token, bind parameter values, result values.  The SQL text itself
+is recorded unless ``record_sql=False`` (then only the fingerprint identifies the statement).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+from ..identity.base import Principal
+from .engine import Decision
+
+__all__ = ["AuditSink", "DecisionEvent", "JsonLinesAuditSink", "MemoryAuditSink"]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEvent:
+    ts: float
+    """Seconds since the epoch."""
+    principal_key: tuple[str | None, str]
+    """(tenant, subject): the identity key."""
+    principal_label: str
+    session_id: str
+    fingerprint: str
+    statement_classes: tuple[str, ...]
+    action: str
+    rule_id: str
+    tier: str | None
+    decision_us: float
+    cached: bool = False
+    reason: str = ""
+    sql: str | None = None
+    """The statement text (never parameter values); None when the sink does not record SQL."""
+
+    @classmethod
+    def from_decision(
+        cls,
+        decision: Decision,
+        principal: Principal,
+        *,
+        session_id: str = "",
+        ts: float | None = None,
+    ) -> DecisionEvent:
+        return cls(
+            ts=time.time() if ts is None else ts,
+            principal_key=principal.key,
+            principal_label=principal.label(),
+            session_id=session_id,
+            fingerprint=decision.fingerprint,
+            statement_classes=decision.verdict.statement_classes,
+            action=decision.action,
+            rule_id=decision.rule_id,
+            tier=decision.tier,
+            decision_us=round(decision.elapsed_us, 3),
+            cached=decision.cached,
+            reason=decision.reason,
+            sql=decision.analysis.text,
+        )
+
+    def to_json(self, *, record_sql: bool = True) -> str:
+        d: dict[str, Any] = asdict(self)
+        d["principal_key"] = list(self.principal_key)
+        d["statement_classes"] = list(self.statement_classes)
+        if not record_sql:
+            d.pop("sql", None)
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+
+
+@runtime_checkable
+class AuditSink(Protocol):
+    """Receives every decision event.  ``emit`` must not block the event loop for long."""
+
+    def emit(self, event: DecisionEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesAuditSink:
+    """Append events as JSON lines to ``path`` (created 0600 if missing, line-buffered)."""
+
+    def __init__(self, path: str | Path, *, record_sql: bool = True) -> None:
+        self.path = Path(path)
+        self.record_sql = record_sql
+        self._lock = threading.Lock()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fh: IO[str] | None = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+
+    def emit(self, event: DecisionEvent) -> None:
+        line = event.to_json(record_sql=self.record_sql) + "\n"
+        with self._lock:
+            if self._fh is None:
+                raise ValueError("audit sink is closed")
+            self._fh.write(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+    def __enter__(self) -> JsonLinesAuditSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MemoryAuditSink:
+    """Keeps events in a list (tests, ``policy check``)."""
+
+    def __init__(self) -> None:
+        self.events: list[DecisionEvent] = []
+
+    def emit(self, event: DecisionEvent) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
