@@ -208,6 +208,8 @@ class ProcessTarget(Target):
 
     ok_exit_codes: tuple[int, ...] = (0,)
     """Exit statuses after SIGTERM that are not worth a warning."""
+    hint: str = ""
+    """Appended to startup errors: what to do about them."""
 
     def __init__(self, env: BenchEnv) -> None:
         self._env = env
@@ -225,7 +227,7 @@ class ProcessTarget(Target):
 
     def start(self) -> None:
         with self.output.open("wb") as out:
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -236,10 +238,11 @@ class ProcessTarget(Target):
             )
         deadline = time.monotonic() + 30
         while True:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
+                self.proc = None
                 raise BenchError(
-                    f"{self.name} exited with status {self.proc.returncode} during startup\n"
-                    f"--- {self.name} log ---\n{self.log_tail()}"
+                    f"{self.name} exited with status {proc.returncode} during startup"
+                    f"{self.hint}\n--- {self.name} log ---\n{self.log_tail()}"
                 )
             with (
                 contextlib.suppress(OSError),
@@ -249,8 +252,8 @@ class ProcessTarget(Target):
             if time.monotonic() > deadline:
                 self.stop()
                 raise BenchError(
-                    f"{self.name} did not listen on 127.0.0.1:{self.port} within 30 s\n"
-                    f"--- {self.name} log ---\n{self.log_tail()}"
+                    f"{self.name} did not listen on 127.0.0.1:{self.port} within 30 s"
+                    f"{self.hint}\n--- {self.name} log ---\n{self.log_tail()}"
                 )
             time.sleep(0.05)
 
@@ -298,7 +301,10 @@ def _pg_os_user() -> tuple[int, int] | None:
 
 
 def find_pgbouncer() -> str:
-    exe = os.environ.get("PGBOUNCER") or shutil.which("pgbouncer")
+    env = os.environ.get("PGBOUNCER")
+    if env and not os.access(env, os.X_OK):
+        raise BenchError(f"PGBOUNCER={env} is not an executable file")
+    exe = env or shutil.which("pgbouncer")
     if exe is None and Path("/usr/sbin/pgbouncer").is_file():
         exe = "/usr/sbin/pgbouncer"
     if exe is None:
@@ -383,6 +389,7 @@ class VeilgateTarget(ProcessTarget):
     """The gateway (``python -m veilgate serve``), one static token, target ``bench``."""
 
     name = "veilgate"
+    hint = " (build it with `make build`, or leave it out with --targets direct,pgbouncer)"
 
     def __init__(self, env: BenchEnv, command: str | None = None) -> None:
         super().__init__(env)

@@ -102,6 +102,9 @@ class RecvBuffer:
         """
     def __len__(self) -> int:
         """Length of the writable free tail (never 0 after :meth:`prepare`)."""
+    def __buffer__(self, flags: int, /) -> memoryview:
+        """The writable free tail, as ``memoryview(rb)`` (so a ``RecvBuffer`` is a
+        ``collections.abc.Buffer`` and can be returned from ``get_buffer``)."""
     def advance(self, n: int) -> None | bytes | list[bytes | Message]:
         """Account for ``n`` bytes just received and frame everything complete.
 

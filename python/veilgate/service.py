@@ -171,9 +171,11 @@ async def serve(
 ) -> int:
     """Run the gateway until a signal (or ``service.stop()`` from ``on_ready``'s holder)."""
     service = Service(config, authenticator)
+    service.install_signal_handlers()  # before binding: a signal during startup still drains
     try:
         await service.start()
     except OSError as e:
+        service.remove_signal_handlers()
         log.event(
             _log,
             "start_failed",
@@ -184,7 +186,6 @@ async def serve(
             admin_port=config.admin.port if config.admin.enabled else None,
         )
         return 1
-    service.install_signal_handlers()
     try:
         if on_ready is not None:
             on_ready(service)

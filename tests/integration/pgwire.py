@@ -361,6 +361,39 @@ class RawConn:
         del self._buf[: 1 + length]
         return Msg(tag, body)
 
+    def skim_until_ready(self, timeout: float = 120.0) -> tuple[str, int, list[Msg]]:
+        """Read to ReadyForQuery without keeping big bodies: (tags, total bytes, small messages).
+
+        DataRow / CopyData bodies are read in chunks and dropped, so a huge result costs the
+        test process no memory; other messages are kept (parsed as usual).
+        """
+        deadline = time.monotonic() + timeout
+        tags: list[str] = []
+        kept: list[Msg] = []
+        total = 0
+        while True:
+            header = self.read_bytes(5, timeout=max(0.001, deadline - time.monotonic()))
+            tag = chr(header[0])
+            (length,) = struct.unpack_from("!I", header, 1)
+            if length < 4:
+                raise AssertionError(f"server sent a message with length {length}")
+            total += 1 + length
+            remaining = length - 4
+            if tag in "Dd":
+                while remaining:
+                    n = min(remaining, 1 << 20)
+                    self.read_bytes(n, timeout=max(0.001, deadline - time.monotonic()))
+                    remaining -= n
+                tags.append(tag)
+                continue
+            body = self.read_bytes(remaining, timeout=max(0.001, deadline - time.monotonic()))
+            m = Msg(tag, body)
+            self._note(m)
+            kept.append(m)
+            tags.append(tag)
+            if tag == "Z":
+                return "".join(tags), total, kept
+
     def recv_until(self, tags: str, timeout: float | None = None) -> list[Msg]:
         """Messages up to and including the first whose tag is in ``tags``."""
         out: list[Msg] = []

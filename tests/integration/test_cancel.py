@@ -248,3 +248,100 @@ def test_cancel_after_client_disconnect_is_unknown(gw: pw.Target) -> None:
     unknown_before = _cancel_count("unknown")
     _send_cancel(gw, *key)
     assert _wait_for(lambda: _cancel_count("unknown") == unknown_before + 1)
+
+
+# --- "is a statement running?" must track the protocol exactly ------------------------------------
+
+
+def test_cancel_of_extended_execute_without_sync(gw: pw.Target) -> None:
+    """Parse/Bind/Execute + Flush, no Sync (pipelining drivers): the statement runs, so a cancel
+    must be forwarded."""
+    with pw.connect(gw.endpoint()) as c:
+        assert c.backend_key is not None
+        c.send(pw.parse("", "select pg_sleep(30)") + pw.bind("", "") + pw.flush())
+        assert pw.frames(c.recv_until("2", timeout=5)) == "12"
+        c.send(pw.execute() + pw.flush())
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        _send_cancel(gw, *c.backend_key)
+        msgs = c.recv_until("E", timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert pw.error_fields(msgs[-1].body)["C"] == "57014"
+        c.send(pw.sync())
+        assert pw.frames(c.recv_until_ready()) == "Z"
+        assert c.scalar("select 'ok'") == "ok"
+
+
+def test_session_is_idle_after_copy_in_with_sync_inside(gw: pw.Target) -> None:
+    """The server ignores Sync (and Flush) during COPY IN and sends no ReadyForQuery for it;
+    the gateway must not count it as a pending request (else the session looks busy forever)."""
+    with pw.connect(gw.endpoint()) as c:
+        assert c.backend_key is not None
+        c.rows("create temp table cs (x int)")
+        c.send(pw.query("copy cs from stdin"))
+        assert pw.frames(c.recv_until("G")) == "G"
+        c.send(pw.copy_data(b"1\n") + pw.sync() + pw.flush() + pw.sync() + pw.copy_done())
+        msgs = c.recv_until_ready()
+        assert pw.frames(msgs) == "CZ"
+        assert c.no_message_within(0.3)
+        assert c.scalar("select count(*) from cs") == "1"
+        idle_before = _cancel_count("idle")
+        forwarded_before = _cancel_count("forwarded")
+        _send_cancel(gw, *c.backend_key)
+        assert _wait_for(lambda: _cancel_count("idle") == idle_before + 1), (
+            "the idle session was considered busy: cancel outcome "
+            f"forwarded={_cancel_count('forwarded')}, idle={_cancel_count('idle')}"
+        )
+        assert _cancel_count("forwarded") == forwarded_before
+
+
+def test_session_is_idle_after_extended_copy_in_with_sync_inside(gw: pw.Target) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        assert c.backend_key is not None
+        c.rows("create temp table ce (x int)")
+        c.send(pw.parse("", "copy ce from stdin") + pw.bind("", "") + pw.execute() + pw.flush())
+        assert pw.frames(c.recv_until("G")) == "12G"
+        c.send(pw.copy_data(b"7\n") + pw.sync() + pw.copy_done() + pw.sync())
+        msgs = c.recv_until_ready()
+        assert pw.frames(msgs) == "CZ"
+        assert c.no_message_within(0.3)
+        idle_before = _cancel_count("idle")
+        _send_cancel(gw, *c.backend_key)
+        assert _wait_for(lambda: _cancel_count("idle") == idle_before + 1), (
+            "the idle session was considered busy: cancel outcome "
+            f"forwarded={_cancel_count('forwarded')}, idle={_cancel_count('idle')}"
+        )
+
+
+def test_session_is_idle_after_copy_fail(gw: pw.Target) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        assert c.backend_key is not None
+        c.rows("create temp table cf2 (x int)")
+        c.send(pw.query("copy cf2 from stdin"))
+        assert pw.frames(c.recv_until("G")) == "G"
+        c.send(pw.copy_data(b"1\n") + pw.sync() + pw.copy_fail("nope"))
+        assert pw.frames(c.recv_until_ready()) == "EZ"
+        assert c.no_message_within(0.3)
+        idle_before = _cancel_count("idle")
+        _send_cancel(gw, *c.backend_key)
+        assert _wait_for(lambda: _cancel_count("idle") == idle_before + 1), (
+            "the idle session was considered busy: cancel outcome "
+            f"forwarded={_cancel_count('forwarded')}, idle={_cancel_count('idle')}"
+        )
+
+
+def test_session_is_idle_after_extended_messages_ended_by_a_query(gw: pw.Target) -> None:
+    """Parse/Bind/Execute without Sync, then a simple Query: its ReadyForQuery means everything
+    before it was processed, so the session is idle afterwards."""
+    with pw.connect(gw.endpoint()) as c:
+        assert c.backend_key is not None
+        c.send(pw.parse("", "select 1") + pw.bind("", "") + pw.execute() + pw.query("select 2"))
+        msgs = c.recv_until_ready()
+        assert pw.frames(msgs) == "12DCTDCZ"
+        assert c.no_message_within(0.3)
+        idle_before = _cancel_count("idle")
+        _send_cancel(gw, *c.backend_key)
+        assert _wait_for(lambda: _cancel_count("idle") == idle_before + 1), (
+            "the idle session was considered busy: cancel outcome "
+            f"forwarded={_cancel_count('forwarded')}, idle={_cancel_count('idle')}"
+        )

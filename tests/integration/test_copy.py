@@ -201,3 +201,31 @@ def test_copy_extended_protocol(gw: pw.Target) -> None:
 def test_copy_out_large_rows(gw: pw.Target, direct: pw.Target) -> None:
     sql = "copy (select g, repeat(md5(g::text), 20000) from generate_series(1, 40) g) to stdout"
     assert _copy_out(gw, sql) == _copy_out(direct, sql)
+
+
+@pytest.mark.parametrize("before", ["nothing", "copy-with-sync-inside"])
+def test_drain_closes_an_idle_session_at_once(gateway_factory: Any, before: str) -> None:
+    """Graceful drain ends idle sessions at once (57P01); a COPY that carried a Sync (ignored by
+    the server) must not leave the session looking busy until the drain deadline."""
+    import threading
+    import time
+
+    handle = gateway_factory()
+    t = pw.gateway_target(handle)
+    with pw.connect(t.endpoint()) as c:
+        if before == "copy-with-sync-inside":
+            c.rows("create temp table ds (x int)")
+            c.send(pw.query("copy ds from stdin"))
+            assert pw.frames(c.recv_until("G")) == "G"
+            c.send(pw.copy_data(b"1\n") + pw.sync() + pw.copy_done())
+            assert pw.frames(c.recv_until_ready()) == "CZ"
+        assert c.no_message_within(0.3)
+        drainer = threading.Thread(target=handle.drain, args=(10.0,), daemon=True)
+        t0 = time.monotonic()
+        drainer.start()
+        msgs = c.recv_all_until_close(timeout=30)
+        closed_after = time.monotonic() - t0
+        drainer.join(30)
+    assert closed_after < 5, f"an idle session was closed only after {closed_after:.1f} s"
+    err = pw.first_error(msgs)
+    assert err is not None and err["C"] == "57P01", msgs

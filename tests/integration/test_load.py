@@ -284,3 +284,84 @@ def test_1gib_result_streams_with_bounded_gateway_memory(
     with pw.connect(t.endpoint()) as c:
         assert c.scalar("select 'after 1 GiB'") == "after 1 GiB"
     assert gateway_process.proc.poll() is None
+
+
+def _target_for(gateway: Any, proc: GatewayProcess) -> pw.Target:
+    base = pw.gateway_target(gateway)
+    return pw.Target(**{**base.__dict__, "port": proc.port})
+
+
+def _warm_up(t: pw.Target) -> None:
+    for _ in range(2):
+        with pw.connect(t.endpoint()) as c:
+            c.send(pw.query("select repeat('w', 100000) from generate_series(1, 100)"))
+            tags, size, _ = c.skim_until_ready()
+            assert tags == "T" + "D" * 100 + "CZ"
+            assert size > 100 * 100000
+
+
+@pytest.mark.timeout(180)
+def test_huge_single_values_stream_with_bounded_gateway_memory(
+    gateway: Any, gateway_process: GatewayProcess
+) -> None:
+    """One DataRow (and one CopyData) of 256 MiB: forwarded in pieces, never buffered whole."""
+    t = _target_for(gateway, gateway_process)
+    pid = gateway_process.proc.pid
+    _warm_up(t)
+    before = _status(pid)
+    size = 256 * MIB
+    with pw.connect(t.endpoint()) as c:
+        t0 = time.monotonic()
+        c.send(pw.query(f"select repeat('h', {size})"))
+        tags, total, kept = c.skim_until_ready()
+        assert tags == "TDCZ"
+        assert total > size
+        t1 = time.monotonic()
+        c.send(pw.query(f"copy (select repeat('c', {size})) to stdout"))
+        tags, total, kept = c.skim_until_ready()
+        assert tags == "HdcCZ"
+        assert total > size
+        assert pw.command_tag(kept[-2].body) == "COPY 1"
+        t2 = time.monotonic()
+    rates = (size / MIB / (t1 - t0), size / MIB / (t2 - t1))
+    print("256 MiB DataRow {:.0f} MiB/s, CopyData {:.0f} MiB/s".format(*rates))
+    after = _status(pid)
+    growth = after["VmHWM"] - before["VmHWM"]
+    assert growth < 32 * MIB, f"gateway peak RSS grew {growth / MIB:.1f} MiB"
+    assert gateway_process.proc.poll() is None
+
+
+@pytest.mark.timeout(180)
+def test_copy_in_to_a_slow_server_with_bounded_gateway_memory(
+    gateway: Any, gateway_process: GatewayProcess
+) -> None:
+    """The client sends COPY data far faster than the server takes it: the gateway must stop
+    reading from the client rather than buffer (backpressure in the client-to-server direction)."""
+    t = _target_for(gateway, gateway_process)
+    pid = gateway_process.proc.pid
+    _warm_up(t)
+    before = _status(pid)
+    row = b"r" * 1023 + b"\n"
+    chunk = row * 1024  # 1 MiB of rows
+    chunks = 96
+    with pw.connect(t.endpoint()) as c:
+        c.rows("create temp table sink (x text)")
+        # Every row costs the server a 20 KB md5: it ingests far slower than we send.
+        c.send(pw.query("copy sink from stdin where md5(repeat(x, 20)) = ''"))
+        assert pw.frames(c.recv_until("G")) == "G"
+        t0 = time.monotonic()
+        for _ in range(chunks):
+            c.send(pw.copy_data(chunk))
+        send_time = time.monotonic() - t0
+        mid = _status(pid)
+        print(f"sent {chunks} MiB of COPY data in {send_time:.1f} s")
+        c.send(pw.copy_done())
+        msgs = c.recv_until_ready(timeout=120)
+        assert pw.frames(msgs) == "CZ"
+        assert pw.command_tag(msgs[0].body) == "COPY 0"  # the WHERE kept none
+    after = _status(pid)
+    growth = max(mid["VmHWM"], after["VmHWM"]) - before["VmHWM"]
+    assert growth < 32 * MIB, (
+        f"gateway peak RSS grew {growth / MIB:.1f} MiB while the client sent "
+        f"{chunks} MiB in {send_time:.1f} s"
+    )

@@ -400,7 +400,7 @@ def test_serve_end_to_end_and_sigterm(
 
 @pytest.mark.pg
 def test_sigterm_waits_for_running_statement(
-    serve_setup: ServeSetup, served: tuple[ServeProcess, dict[str, Any]]
+    cluster: Any, serve_setup: ServeSetup, served: tuple[ServeProcess, dict[str, Any]]
 ) -> None:
     import psycopg
 
@@ -418,11 +418,14 @@ def test_sigterm_waits_for_running_statement(
 
     worker = threading.Thread(target=busy)
     worker.start()
-    deadline = time.monotonic() + 10
-    while json.loads(http_get(admin_port, "/healthz")[1]).get("sessions") != 1:
-        assert time.monotonic() < deadline
+    deadline = time.monotonic() + 20
+    running = (
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+        "AND query LIKE 'select pg_sleep(1.5)%'"
+    )
+    while cluster.execute(running).strip() != "1":  # the statement is running upstream
+        assert time.monotonic() < deadline, "the statement never started"
         time.sleep(0.05)
-    time.sleep(0.3)  # the statement is running
     proc.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with contextlib.suppress(OSError):  # 503 while draining (if the admin port still answers)

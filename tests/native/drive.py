@@ -21,6 +21,11 @@ def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     return chunks
 
 
+def events_of(out: object) -> list[vn.Message]:
+    """The Message events in one ``advance`` result."""
+    return [m for m in out if isinstance(m, vn.Message)] if isinstance(out, list) else []
+
+
 def read_cycle(
     rb: vn.RecvBuffer, payload: bytes, hint: int, *, hold_view: bool = False
 ) -> tuple[int, object]:

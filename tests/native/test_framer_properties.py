@@ -17,6 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 from reference_framer import (
+    Output,
     command_complete,
     data_row,
     frame_stream,
@@ -57,7 +58,7 @@ event_tags = st.sampled_from([b"", b"T", b"Z", b"TZE", b"DZ", b"H"])
 capacities = st.sampled_from([1, 7, 64, 256, 4096, 65536])
 
 
-def expected(stream: bytes, events: bytes, *, session: bool = False) -> bytes | None:
+def expected(stream: bytes, events: bytes, *, session: bool = False) -> Output:
     ref = frame_stream(stream, events=events, whole=b"Z" if session else b"")
     assert ref.error is None
     assert ref.consumed == len(stream)

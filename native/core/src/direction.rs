@@ -20,3 +20,14 @@ impl Direction {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_are_distinct() {
+        assert_eq!(Direction::Client.index(), 0);
+        assert_eq!(Direction::Server.index(), 1);
+    }
+}

@@ -187,6 +187,8 @@ impl Framer {
         F: FnMut(u8, &[u8]),
     {
         let len = buf.len();
+        #[cfg(any(test, feature = "debug-invariants"))]
+        let first_action = actions.len();
         let mut pos = 0;
         let mut need = 0;
         let mut remaining = self.remaining;
@@ -239,6 +241,8 @@ impl Framer {
         if let Some(s) = run {
             actions.push(Action::Forward(s..pos));
         }
+        #[cfg(any(test, feature = "debug-invariants"))]
+        check_actions(&actions[first_action..], pos);
         self.remaining = remaining;
         self.messages += messages;
         self.bytes += pos as u64;
@@ -247,6 +251,31 @@ impl Framer {
             need,
         })
     }
+}
+
+/// The `debug-invariants` check: the actions tile `[0, consumed)` in order, none is empty, and
+/// no two forwarded ranges are adjacent (they would have been coalesced).
+#[cfg(any(test, feature = "debug-invariants"))]
+fn check_actions(actions: &[Action], consumed: usize) {
+    let mut at = 0;
+    let mut last_forward = false;
+    for a in actions {
+        let (r, forward) = match a {
+            Action::Forward(r) => (r, true),
+            Action::Event(r) => (r, false),
+        };
+        assert!(
+            r.start == at && r.start < r.end,
+            "actions must tile the input: {actions:?}"
+        );
+        assert!(
+            !(forward && last_forward),
+            "adjacent forwards not coalesced: {actions:?}"
+        );
+        at = r.end;
+        last_forward = forward;
+    }
+    assert_eq!(at, consumed, "actions must cover what was consumed");
 }
 
 #[cfg(test)]

@@ -2,6 +2,12 @@
 //! and statistics live in `veilgate-core`; Python owns sockets, auth and policy.
 //!
 //! The stubs and docs are in `veilgate_native.pyi`, checked against this module by stubtest.
+//!
+//! Modules: `buffer` (the raw allocation behind a receive buffer), `recv` (`RecvBuffer`),
+//! `message` (`Message`), `session` (`SessionState`), `stats` (module functions), `errors`
+//! (`FramingError`).
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod buffer;
 mod errors;

@@ -53,8 +53,11 @@ impl RecvBuffer {
     /// The bytes received and not yet returned.
     #[inline]
     fn unparsed(&self) -> &[u8] {
-        // SAFETY: `[start, end)` lies before the free tail, the only region ever exported, and
-        // the loop has finished writing these bytes before `buffer_updated` moved `end` past them.
+        // SAFETY: in bounds (`start <= end <= cap`).  A view exported before the last `advance`
+        // may still cover these bytes (uvloop releases its view after `buffer_updated`), but
+        // the loop wrote them before calling `buffer_updated`, and nothing can write through a
+        // view while this borrow lives: we hold the GIL and never release it (an abi3 build has
+        // no free-threaded mode), so no Python code runs meanwhile.
         unsafe { self.buf.slice(self.start, self.end) }
     }
 
@@ -126,6 +129,19 @@ impl RecvBuffer {
                 Ok(list.into_any())
             }
         }
+    }
+
+    /// `start <= end <= cap` (with the `debug-invariants` feature).
+    #[inline]
+    fn check_invariants(&self) {
+        #[cfg(feature = "debug-invariants")]
+        assert!(
+            self.start <= self.end && self.end <= self.buf.capacity(),
+            "RecvBuffer indices out of order: {} {} {}",
+            self.start,
+            self.end,
+            self.buf.capacity()
+        );
     }
 
     fn check_not_exported(&self) -> PyResult<()> {
@@ -226,6 +242,7 @@ impl RecvBuffer {
         };
         // SAFETY: no export is alive (checked above); `[0, unparsed)` is kept.
         unsafe { self.buf.reallocate(new_cap, 0, unparsed) };
+        self.check_invariants();
         Ok(())
     }
 
@@ -291,6 +308,7 @@ impl RecvBuffer {
         stats::add_traffic(self.direction, n as u64, self.framer.messages() - before);
         let out = self.build_result(py);
         self.start += consumed;
+        self.check_invariants();
         out
     }
 

@@ -185,7 +185,7 @@ class DemoStack:
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
         cmd = [sys.executable, "-m", "veilgate", "serve", "--config", str(self.config_file)]
-        self.say("demo: starting veilgate: " + " ".join(cmd[1:]))
+        self.say(f"demo: starting veilgate: python -m veilgate serve --config {self.config_file}")
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,

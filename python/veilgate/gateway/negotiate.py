@@ -133,10 +133,13 @@ async def negotiate(
     gss_answered = False
     ssl_refused = False
     while True:
-        header = await _recv_exact(loop, sock, 8)
-        length, code = struct.unpack("!ii", header)
+        # the length first: a bad one is refused at once, without waiting for more bytes
+        length_bytes = await _recv_exact(loop, sock, 4)
+        (length,) = struct.unpack("!i", length_bytes)
         if length < 8 or length > MAX_STARTUP_PACKET:
             raise _protocol_violation("invalid length of startup packet")
+        header = length_bytes + await _recv_exact(loop, sock, 4)
+        (code,) = struct.unpack_from("!i", header, 4)
         if code in (wire.SSL_REQUEST_CODE, wire.GSSENC_REQUEST_CODE):
             if length != 8:
                 raise _protocol_violation("invalid length of startup packet")

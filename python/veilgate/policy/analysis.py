@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -305,6 +306,24 @@ _DROP_RELATION_TYPES = frozenset(
         "OBJECT_FOREIGN_TABLE",
     }
 )
+# Node types with nothing policy cares about below them (no relations, no function calls).
+_LEAF_NODES = frozenset(
+    {
+        "A_Const",
+        "String",
+        "Integer",
+        "Float",
+        "Boolean",
+        "BitString",
+        "ParamRef",
+        "A_Star",
+        "ColumnRef",
+        "SQLValueFunction",
+        "TypeName",
+        "SetToDefault",
+        "RoleSpec",
+    }
+)
 # Fields whose RangeVar is the *target* of a statement (a write), by owning node type.
 _TARGET_FIELDS = frozenset({"relation", "relations", "view", "rel", "objects"})
 _READ_OWNERS = frozenset({"SelectStmt", "RangeSubselect", "JoinExpr", "CopyStmt", "ExplainStmt"})
@@ -378,10 +397,12 @@ def analyze(
         except ValueError as exc:
             return _unparseable(sql, str(exc), standard_conforming_strings)
     try:
-        tree = json.loads(_pg.parse_sql_json(text))
+        tree = _load_tree(_pg.parse_sql_json(text))
     except _pg.ParseError as exc:
         return _unparseable(sql, str(exc), standard_conforming_strings)
-    except (RecursionError, ValueError, MemoryError) as exc:  # pragma: no cover - defensive
+    except RecursionError:
+        return _unparseable(sql, "statement too deeply nested", standard_conforming_strings)
+    except (ValueError, MemoryError) as exc:  # pragma: no cover - defensive
         return _unparseable(sql, f"cannot parse: {type(exc).__name__}", standard_conforming_strings)
     raw_stmts: list[dict[str, Any]] = tree.get("stmts", [])
     out: list[StatementAnalysis] = []
@@ -395,10 +416,32 @@ def analyze(
     msg = MessageAnalysis(
         text=sql,
         statements=tuple(out),
-        fingerprint=_fingerprint(text),
+        # One statement: its fingerprint is the message's (comments and ';' do not count).
+        fingerprint=out[0].fingerprint if len(out) == 1 else _fingerprint(text),
         standard_conforming_strings=standard_conforming_strings,
     )
     return resolve_executes(msg, prepared or {})
+
+
+_DEEP_JSON_LIMIT = 12000
+"""Recursion limit while decoding a deeply nested tree (long ``a + b + ...`` chains nest ~4 JSON
+levels per operator).  Deeper trees are refused as unparseable (fail closed)."""
+
+
+def _load_tree(js: str) -> dict[str, Any]:
+    try:
+        tree: dict[str, Any] = json.loads(js)
+        return tree
+    except RecursionError:
+        old = sys.getrecursionlimit()
+        if old >= _DEEP_JSON_LIMIT:
+            raise
+        sys.setrecursionlimit(_DEEP_JSON_LIMIT)
+        try:
+            deep: dict[str, Any] = json.loads(js)
+            return deep
+        finally:
+            sys.setrecursionlimit(old)
 
 
 def resolve_executes(
@@ -576,28 +619,31 @@ class _Walk:
     # Iterative walk: (node, owner node type, field name, visible CTE names).
     def walk(self, root: Any, owner: str, key: str, ctes: frozenset[str]) -> None:
         stack: list[tuple[Any, str, str, frozenset[str]]] = [(root, owner, key, ctes)]
+        pop = stack.pop
+        push = stack.append
+        leaves = _LEAF_NODES
         while stack:
-            node, owner, key, ctes = stack.pop()
-            if isinstance(node, list):
+            node, owner, key, ctes = pop()
+            if type(node) is list:
                 for item in node:
-                    stack.append((item, owner, key, ctes))
-                continue
-            if not isinstance(node, dict):
-                continue
-            if "relname" in node:
-                self._range_var(node, owner, key, ctes)
+                    if type(item) is dict or type(item) is list:
+                        push((item, owner, key, ctes))
                 continue
             if len(node) == 1:
                 ((k, v),) = node.items()
-                if k[:1].isupper() and isinstance(v, dict):
+                if k in leaves:
+                    continue
+                if k[:1].isupper() and type(v) is dict:
                     self._typed(k, v, owner, key, ctes, stack)
                     continue
+            if "relname" in node:
+                self._range_var(node, owner, key, ctes)
+                continue
             if "withClause" in node:
                 ctes = self._with(node["withClause"], owner, ctes, stack)
             for k, v in node.items():
-                if k == "withClause" or not isinstance(v, (dict, list)):
-                    continue
-                stack.append((v, owner, k, ctes))
+                if (type(v) is dict or type(v) is list) and k != "withClause":
+                    push((v, owner, k, ctes))
 
     def _with(
         self,
@@ -659,10 +705,10 @@ class _Walk:
             self.executes.append(str(body.get("name", "")))
         if "withClause" in body:
             ctes = self._with(body["withClause"], kind, ctes, stack)
+        push = stack.append
         for k, v in body.items():
-            if k == "withClause" or not isinstance(v, (dict, list)):
-                continue
-            stack.append((v, kind, k, ctes))
+            if (type(v) is dict or type(v) is list) and k != "withClause":
+                push((v, kind, k, ctes))
 
     def _check_where(self, kind: str, body: Mapping[str, Any]) -> None:
         where = body.get("whereClause")
@@ -994,8 +1040,9 @@ def _function_def(w: _Walk, kind: str, body: Mapping[str, Any]) -> None:
 _IDENT_START = re.compile(r"[A-Za-z_\u0080-\U0010ffff]")
 _IDENT_REST = re.compile(r"[A-Za-z0-9_$\u0080-\U0010ffff]*")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\u0080-\U0010ffff]")
 _NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
-_CONTINUE = re.compile(r"[ \t\f\r]*\n(?:[ \t\n\r\f\v]|--[^\n\r]*)*'")
+_CONTINUE = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f\v]|--[^\n\r]*[\n\r])*'")
 
 
 def rewrite_nonstandard_strings(sql: str) -> str:
@@ -1024,7 +1071,8 @@ def rewrite_nonstandard_strings(sql: str) -> str:
             out.append(sql[i:j])
             i = j
         elif c == "'":
-            out.append("E")
+            # An identifier right before the quote (``date'...'``) must stay apart from the E.
+            out.append(" E" if out and _IDENT_CHAR.match(out[-1][-1:]) else "E")
             j = _skip_string(sql, i, escapes=True)
             out.append(sql[i:j])
             i = j

@@ -145,9 +145,10 @@ class SessionContext:
     standard_conforming_strings: bool = True
     prepared: dict[str, StatementAnalysis] = field(default_factory=dict)
     """Prepared statement name → what it runs (SQL PREPARE and protocol Parse share names)."""
+    principal: Principal | None = None
     tier_generation: int = -1
     tier: Tier | None = None
-    """Tier cached for this session's principal, valid while ``tier_generation`` is current."""
+    """Tier cached for ``principal``, valid while ``tier_generation`` is the engine's."""
 
     def apply(self, decision: Decision) -> None:
         """Record the effects of a message the server has run: PREPARE, DEALLOCATE, DISCARD."""
@@ -231,9 +232,10 @@ class PolicyEngine:
         t0 = _perf_ns()
         state = self._state
         if session is not None:
-            if session.tier_generation != state.generation:
+            if session.tier_generation != state.generation or session.principal is not principal:
                 session.tier = state.policy.tier_for(principal)
                 session.tier_generation = state.generation
+                session.principal = principal
             tier = session.tier
             scs = session.standard_conforming_strings
         else:

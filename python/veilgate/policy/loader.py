@@ -203,7 +203,8 @@ class _Compiler:
             vnode = top["version"][1]
             v = self.scalar(vnode) if isinstance(vnode, ScalarNode) else None
             if v != 1 or isinstance(v, bool):
-                self.error(vnode, "version", f"unsupported version {_describe(vnode)} (expected 1)")
+                got = repr(v) if isinstance(vnode, ScalarNode) else _describe(vnode)
+                self.error(vnode, "version", f"unsupported version {got} (expected 1)")
             else:
                 version = 1
         tiers: list[Tier] = []
@@ -217,17 +218,9 @@ class _Compiler:
                 rule_ids: dict[str, int] = {}
                 names: dict[str, int] = {}
                 for i, n in enumerate(tnode.value):
-                    t = self.tier(n, f"tiers[{i}]", rule_ids)
-                    if t is None:
-                        continue
-                    if t.name in names:
-                        self.error(
-                            n,
-                            f"tiers[{i}].name",
-                            f"duplicate tier name {t.name!r} (first at line {names[t.name]})",
-                        )
-                    names.setdefault(t.name, t.line)
-                    tiers.append(t)
+                    t = self.tier(n, f"tiers[{i}]", rule_ids, names)
+                    if t is not None:
+                        tiers.append(t)
         masking: dict[str, Any] = {}
         if "masking" in top:
             mnode = top["masking"][1]
@@ -251,7 +244,9 @@ class _Compiler:
         )
         return policy, self.issues
 
-    def tier(self, node: Node, key: str, rule_ids: dict[str, int]) -> Tier | None:
+    def tier(
+        self, node: Node, key: str, rule_ids: dict[str, int], names: dict[str, int]
+    ) -> Tier | None:
         m = self.mapping(node, key, _TIER_KEYS)
         if m is None:
             return None
@@ -262,8 +257,18 @@ class _Compiler:
             self.error(node, f"{key}.name", "required key missing")
             ok = False
         else:
-            name = self.string(m["name"][1], f"{key}.name")
+            nnode = m["name"][1]
+            name = self.string(nnode, f"{key}.name")
             ok = ok and name is not None
+            if name is not None and name in names:
+                self.error(
+                    nnode,
+                    f"{key}.name",
+                    f"duplicate tier name {name!r} (first at line {names[name]})",
+                )
+                ok = False
+            elif name is not None:
+                names[name] = nnode.start_mark.line + 1
         match = None
         if "match" not in m:
             self.error(node, f"{key}.match", "required key missing (an empty match is refused)")
