@@ -19,9 +19,10 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -434,6 +435,8 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
             )
         digests.setdefault(digest, i)
 
+    _check_tls_files(cfg, w, line)
+
     limits = cfg.limits
     if not w.path_failed("limits") and limits.write_low_water > limits.write_high_water:
         w.error(
@@ -441,6 +444,52 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
             "limits.write_low_water",
             f"must not exceed limits.write_high_water ({limits.write_high_water})",
         )
+
+
+def _no_passphrase() -> str:
+    raise ValueError("encrypted private keys are not supported (no passphrase prompt)")
+
+
+def _check_tls_files(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
+    """Load the PEM files now, so a wrong or mismatched file is a config error with a line."""
+    tls = cfg.tls
+    if tls.cert_file is not None and tls.key_file is not None and not w.path_failed("tls"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_no_passphrase)
+        except (ssl.SSLError, ValueError, OSError) as e:
+            w.error(
+                line("tls.cert_file", "tls"),
+                "tls",
+                f"cannot use cert_file/key_file: {_ssl_reason(e)} (PEM certificate chain and "
+                "its unencrypted private key expected)",
+            )
+    for name, target in cfg.targets.items():
+        ca = target.tls.ca_file
+        path = f"targets.{name}.tls.ca_file"
+        if ca is None or w.path_failed(path):
+            continue
+        try:
+            ssl.create_default_context(cafile=str(ca))
+        except (ssl.SSLError, ValueError, OSError) as e:
+            w.error(line(path), path, f"not a PEM CA certificate file: {_ssl_reason(e)}")
+
+
+_SSL_REASONS = {
+    "KEY_VALUES_MISMATCH": "the private key does not belong to the certificate",
+    "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in the file",
+    "PEM lib": "not a PEM certificate or key",
+}
+
+
+def _ssl_reason(e: Exception) -> str:
+    if isinstance(e, ssl.SSLError):
+        text = str(e.reason or e.strerror or e)
+        for key, nicer in _SSL_REASONS.items():
+            if key in text:
+                return nicer
+        return text
+    return str(e)
 
 
 # -- entry points --------------------------------------------------------------------------------

@@ -58,8 +58,14 @@ def _start_sleep(c: pw.RawConn, seconds: float) -> None:
 # --- a running query is cancelled -----------------------------------------------------------------
 
 
-def test_psycopg_cancel_safe_during_pg_sleep(gw: pw.Target) -> None:
-    with psycopg.connect(gw.conninfo()) as conn:
+@pytest.mark.parametrize(
+    ("negotiation", "method"),
+    [("postgres", "cancel_safe"), ("direct", "cancel_safe"), ("postgres", "cancel")],
+)
+def test_psycopg_cancel_during_pg_sleep(gw: pw.Target, negotiation: str, method: str) -> None:
+    """libpq 17+ ``cancel_safe`` sends the cancel over TLS negotiated like the connection itself;
+    the legacy ``PQcancel`` (``cancel()``) sends it in plaintext."""
+    with psycopg.connect(gw.conninfo(sslnegotiation=negotiation)) as conn:
         before = _cancel_count("forwarded")
         result: dict[str, object] = {}
 
@@ -75,7 +81,10 @@ def test_psycopg_cancel_safe_during_pg_sleep(gw: pw.Target) -> None:
         th = threading.Thread(target=run)
         th.start()
         time.sleep(0.5)
-        conn.cancel_safe(timeout=10)
+        if method == "cancel_safe":
+            conn.cancel_safe(timeout=10)
+        else:
+            conn.cancel()
         th.join(15)
         assert not th.is_alive()
         assert isinstance(result["outcome"], psycopg.errors.QueryCanceled), result

@@ -393,9 +393,9 @@ def test_no_sessions_or_upstreams_leak_after_failures(
     base_upstreams = metrics.upstream_connections_active.get()
 
     # A mix of abuse: dropped handshakes, bad tokens, protocol errors, aborted results.
-    for i in range(12):
+    for i in range(15):
         c = pw.RawConn.open(gw.host, gw.port)
-        kind = i % 4
+        kind = i % 5
         try:
             if kind == 0:
                 c.request_ssl()
@@ -407,11 +407,18 @@ def test_no_sessions_or_upstreams_leak_after_failures(
                 c.close()
                 c = pw.connect(gw.endpoint())
                 c.send(b"Q" + struct.pack("!I", 2))
-            else:
+            elif kind == 3:
                 c.close()
                 c = pw.connect(gw.endpoint())
                 c.send(pw.query(BIG_QUERY))
                 c.recv()
+                _abort(c)
+            else:  # gone right after the password, while the gateway connects upstream
+                c.request_ssl()
+                c.start_tls(gw.ca_file, gw.server_hostname)
+                c.send(pw.startup_message(gw.endpoint().params()))
+                c.recv()
+                c.send(pw.password_message(gw.password))
                 _abort(c)
         finally:
             c.close()
@@ -430,3 +437,31 @@ def test_no_sessions_or_upstreams_leak_after_failures(
     assert metrics.upstream_connections_active.get() == base_upstreams
     assert upstream_backends() == base_backends
     _assert_gateway_serving(gw)
+
+
+def test_server_fatal_while_client_idle_is_propagated(gw: pw.Target) -> None:
+    """The server ends an idle-in-transaction session by itself: the client gets the FATAL."""
+    with pw.connect(gw.endpoint()) as c:
+        c.rows("set idle_in_transaction_session_timeout = '300ms'")
+        assert c.simple("begin")[-1].body == b"T"
+        msgs = c.recv_all_until_close(timeout=15)
+    assert msgs, "the connection closed without the server's error"
+    err = pw.error_fields(msgs[0].body)
+    assert msgs[0].tag == "E" and err["V"] == "FATAL"
+    assert err["C"] == "25P03"
+    _assert_gateway_serving(gw)
+
+
+def test_plaintext_allowed_only_with_the_loopback_switch(gateway_factory: Any) -> None:
+    from dataclasses import replace
+
+    dev = gateway_factory(
+        transform=lambda cfg: replace(cfg, tls=replace(cfg.tls, allow_plaintext_loopback=True))
+    )
+    t = pw.gateway_target(dev)
+    with psycopg.connect(t.conninfo(sslmode="disable")) as conn:
+        assert not conn.info.pgconn.ssl_in_use
+        assert conn.execute("select 'plain loopback'").fetchone() == ("plain loopback",)
+    # TLS still works on the same listener.
+    with psycopg.connect(t.conninfo()) as conn:
+        assert conn.info.pgconn.ssl_in_use

@@ -6,6 +6,9 @@ import contextlib
 import secrets
 import socket
 import ssl
+import subprocess
+import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -382,8 +385,6 @@ def test_startup_reports_parameters_and_own_backend_key(gw: pw.Target) -> None:
 def test_tcp_nodelay_small_query_roundtrip_is_fast(gw: pw.Target) -> None:
     """Nagle + delayed ACK would add ~40 ms per pipelined small message; 20 round trips of a
     two-message request must stay well below that."""
-    import time
-
     with pw.connect(gw.endpoint()) as c:
         c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.simple("select 1")
@@ -455,3 +456,63 @@ def test_direct_tls_then_sslrequest_is_refused(gw: pw.Target) -> None:
         msgs = c.recv_all_until_close(timeout=10)
         assert not any(m.tag == "R" for m in msgs), msgs
     _assert_gateway_serving(gw)
+
+
+def test_query_pipelined_with_the_password(gw: pw.Target) -> None:
+    """Messages that arrive with the password (before AuthenticationOk) run once the session
+    is up, as PostgreSQL does."""
+    with pw.open_tls(gw.endpoint()) as c:
+        c.send(pw.startup_message(gw.endpoint().params()))
+        assert pw.auth_code(c.recv().body) == 3
+        c.send(pw.password_message(gw.password) + pw.query("select 'pipelined'"))
+        first = c.recv_until_ready(timeout=15)  # the startup's ReadyForQuery
+        assert pw.first_error(first) is None, first
+        second = c.recv_until_ready(timeout=15)
+        assert pw.frames(second) == "TDCZ"
+        assert pw.data_row(second[1].body) == [b"pipelined"]
+
+
+def test_authenticated_idle_session_outlives_the_handshake_timeout(gateway_factory: Any) -> None:
+    from dataclasses import replace
+
+    quick = gateway_factory(
+        transform=lambda cfg: replace(cfg, listen=replace(cfg.listen, handshake_timeout_s=1.0))
+    )
+    t = pw.gateway_target(quick)
+    with pw.connect(t.endpoint()) as c:
+        assert c.no_message_within(2.0)
+        assert c.scalar("select 'alive'") == "alive"
+
+
+def _socket_timer(local_port: int, peer_port: int | None = None) -> str:
+    """The kernel timer of an established socket (``ss -o``); it shows ``keepalive`` once the
+    connection is quiet (an in-flight retransmission timer takes precedence)."""
+    flt = f"( sport = :{local_port} )"
+    if peer_port is not None:
+        flt = f"( sport = :{local_port} and dport = :{peer_port} )"
+    out = ""
+    for _ in range(40):
+        out = subprocess.run(
+            ["ss", "-tnoH", "state", "established", flt],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        if "keepalive" in out:
+            break
+        time.sleep(0.05)
+    assert out.strip(), f"no established socket for {flt}"
+    return out
+
+
+def test_keepalive_on_client_and_upstream_sockets(gw: pw.Target) -> None:
+    with pw.connect(gw.endpoint()) as c:
+        sql = "select client_port from pg_stat_activity where pid = pg_backend_pid()"
+        upstream_local = int(c.scalar(sql) or 0)
+        assert upstream_local > 0
+        # the gateway's accepted socket: local port = the gateway's, peer = our port
+        out = _socket_timer(gw.port, c.sock.getsockname()[1])
+        assert "keepalive" in out, f"client-side socket without SO_KEEPALIVE: {out!r}"
+        # the gateway's upstream socket: its local port is what the server sees as client_port
+        out = _socket_timer(upstream_local)
+        assert "keepalive" in out, f"upstream socket without SO_KEEPALIVE: {out!r}"

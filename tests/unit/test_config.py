@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from veilgate import config
+from veilgate.certs import make_ca, make_self_signed
 from veilgate.config import ConfigError
 from veilgate.config_model import (
     GatewayConfig,
@@ -58,14 +60,30 @@ logging:
 
 
 @pytest.fixture
-def confdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def confdir(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """A directory with the files VALID names; also the current directory (short file names)."""
     monkeypatch.chdir(tmp_path)
-    for rel in ("certs/server.crt", "certs/server.key", "certs/db-ca.crt", "secrets/pg.pass"):
-        p = tmp_path / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("x\n")
+    certs = _certs(tmp_path_factory)
+    shutil.copytree(certs, tmp_path / "certs")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/pg.pass").write_text("x\n")
     return tmp_path
+
+
+_CERTS: list[Path] = []
+
+
+def _certs(factory: pytest.TempPathFactory) -> Path:
+    """server.crt/.key (self-signed) and db-ca.crt, made once per session."""
+    if not _CERTS:
+        d = factory.mktemp("certs")
+        make_self_signed(d, ["localhost"], name="server")
+        make_ca(d, "db-ca")
+        (d / "db-ca.key").unlink()
+        _CERTS.append(d)
+    return _CERTS[0]
 
 
 def write(directory: Path, text: str, name: str = "veilgate.yaml") -> Path:
@@ -475,3 +493,19 @@ def test_is_loopback() -> None:
     assert config.is_loopback("127.0.0.1") and config.is_loopback("::1")
     assert config.is_loopback("localhost")
     assert not config.is_loopback("0.0.0.0") and not config.is_loopback("db.example")
+
+
+def test_tls_files_must_load(confdir: Path) -> None:
+    (confdir / "certs/garbage.pem").write_text("not a certificate\n")
+    text = replace(VALID, "cert_file: certs/server.crt", "cert_file: certs/garbage.pem")
+    (err,) = errors_of(write(confdir, text))
+    assert err.startswith("veilgate.yaml:6: tls: cannot use cert_file/key_file: ")
+    # a key that does not belong to the certificate
+    other = make_self_signed(confdir / "other", ["localhost"])
+    text = replace(VALID, "key_file: certs/server.key", f"key_file: {other.key_file}")
+    (err,) = errors_of(write(confdir, text))
+    assert err.startswith("veilgate.yaml:6: tls: cannot use cert_file/key_file: ")
+    # an upstream CA file that is not a certificate
+    text = replace(VALID, "ca_file: certs/db-ca.crt", "ca_file: certs/garbage.pem")
+    (err,) = errors_of(write(confdir, text))
+    assert err.startswith("veilgate.yaml:24: targets.app.tls.ca_file: not a PEM CA certificate")

@@ -218,3 +218,58 @@ def test_audit_events(tmp_path: Path, engine: PolicyEngine) -> None:
     mem = MemoryAuditSink()
     mem.emit(DecisionEvent.from_decision(d, RO))
     assert mem.events[0].rule_id == "ro-read"
+
+
+def test_error_fields_for_denial(engine: PolicyEngine) -> None:
+    d = engine.decide(RW, "drop table orders")
+    f = d.error_fields()
+    assert f["C"] == "42501" and f["S"] == f["V"] == "ERROR"
+    assert f["D"].startswith("rule rw-no-destruction (tier readwrite): rule rw-no-destruction")
+    assert "DROP" in f["M"]
+    assert "veilgate policy check" in f["H"]
+
+
+def test_nul_and_bad_unicode_fail_closed(engine: PolicyEngine) -> None:
+    assert engine.decide(RW, "select 1\x00; drop table orders").rule_id == "unparseable"
+    assert engine.decide(RW, "select '\udc80'").rule_id == "unparseable"
+
+
+def test_function_call_protocol_message(engine: PolicyEngine) -> None:
+    d = engine.decide_function_call(RW, 764)
+    assert (d.action, d.tier) == ("deny", "readwrite")
+    assert d.statements[0].analysis.constructs == {"fastpath_function_call"}
+    assert engine.decide_function_call(NOBODY, 764).rule_id == "no-tier"
+    allow_lo = load_policy_text(
+        "version: 1\ntiers:\n  - name: a\n    match: {roles: [agent]}\n    rules:\n"
+        "      - {id: lo, message: m, action: allow, classes: [call],\n"
+        "         constructs: [fastpath_function_call], functions: ['oid:764']}\n"
+    )
+    e2 = PolicyEngine(allow_lo)
+    assert e2.decide_function_call(AGENT, 764).action == "allow"
+    assert e2.decide_function_call(AGENT, 765).action == "deny"
+
+
+def test_file_watcher_keeps_old_policy_on_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from veilgate.policy.reload import PolicyFileWatcher
+
+    f = tmp_path / "policy.yaml"
+    f.write_text(POLICY_V1)
+    engine = PolicyEngine(load_policy(f))
+    w = PolicyFileWatcher(f, engine)
+    assert w.check() is None
+    gen = engine.generation
+    f.write_text(POLICY_V1.replace("action: allow", "action: permit") + "\n")
+    with caplog.at_level("ERROR", logger="veilgate.policy"):
+        assert w.check() is False
+    assert engine.generation == gen
+    assert w.failures == 1 and w.last_error and ":6: tiers[0].rules[0].action" in w.last_error
+    rec = [r for r in caplog.records if r.getMessage() == "policy_reload_failed"]
+    assert rec and rec[0].fields["line"] == 6  # type: ignore[attr-defined]
+    assert engine.decide(AGENT, "select 1").allowed
+    f.write_text(POLICY_V2)
+    assert w.check() is True
+    assert engine.generation == gen + 1
+    assert engine.decide(AGENT, "select * from orders").rule_id == "no-orders"
+    assert w.reload() is True and engine.generation == gen + 1  # same digest: no swap

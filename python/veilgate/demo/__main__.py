@@ -35,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(stack: DemoStack) -> int:
-    result = stack.psql(CHECK_SQL)
+    try:
+        result = stack.psql(CHECK_SQL)
+    except FileNotFoundError:
+        print("demo: psql not found (install postgresql-client)", file=sys.stderr)
+        return 1
     print(f"demo: psql {stack.conninfo()} -c {shlex.quote(CHECK_SQL)}")
     print(result.stdout.rstrip())
     if result.returncode != 0:
@@ -46,6 +50,11 @@ def _check(stack: DemoStack) -> int:
         print(f"demo: /healthz -> {status} {body.strip()}")
         if status != 200:
             return 1
+        status, body = stack.http_get("/metrics")
+        wanted = ("veilgate_client_connections_total ", "veilgate_bytes_received_total{")
+        for line in body.splitlines():
+            if line.startswith(wanted):
+                print(f"demo: /metrics: {line}")
     print("demo: check OK")
     return 0
 

@@ -3,6 +3,9 @@
 import asyncio
 from typing import Any
 
+from typing_extensions import disjoint_base
+
+@disjoint_base
 class RelaySide:
     @property
     def rb(self) -> Any: ...

@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, auto_pickle=False, autotestdict=False
 """The per-read hot path of a relayed session, compiled.
 
 One :class:`RelayProtocol` per connection side (client, upstream).  uvloop reads straight into the

@@ -49,6 +49,8 @@ from typing import Any
 
 from pglast import parser as _pg
 
+from ._builtins import BUILTIN_FUNCTIONS
+
 __all__ = [
     "CLASSES",
     "CONSTRUCTS",
@@ -56,6 +58,7 @@ __all__ = [
     "Name",
     "StatementAnalysis",
     "analyze",
+    "is_builtin",
     "resolve_executes",
     "rewrite_nonstandard_strings",
 ]
@@ -137,6 +140,8 @@ CONSTRUCTS: dict[str, str] = {
     "notify": "NOTIFY / pg_notify",
     "prepared_transaction": "PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED",
     "unknown_prepared_statement": "EXECUTE of a statement name this session never prepared",
+    "user_function": "call of a function or procedure that is not a PostgreSQL built-in",
+    "fastpath_function_call": "protocol-level FunctionCall message (function by OID, no SQL)",
 }
 """Named dangerous constructs and what they flag."""
 
@@ -199,6 +204,20 @@ _TERMINATE_FUNCTIONS = frozenset(
         "pg_stat_reset_replication_slot",
         "pg_stat_reset_subscription_stats",
         "pg_stat_reset_backend_stats",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_get_binary_changes",
+        "pg_replication_origin_advance",
+        "pg_replication_origin_session_setup",
+        "pg_replication_origin_session_reset",
+        "pg_replication_origin_xact_setup",
+        "pg_replication_origin_xact_reset",
+        "brin_summarize_new_values",
+        "brin_summarize_range",
+        "brin_desummarize_range",
+        "gin_clean_pending_list",
+        "pg_import_system_collations",
+        "pg_stop_making_pinned_objects",
+        "pg_extension_config_dump",
     }
 )
 _DYNAMIC_SQL_FUNCTIONS = frozenset(
@@ -391,6 +410,9 @@ def analyze(
 ) -> MessageAnalysis:
     """Analyze every statement of ``sql``.  Never raises for bad SQL: returns ``unparseable``."""
     text = sql
+    if "\x00" in sql:
+        # The parser reads C strings: it would stop at the NUL and miss the rest.
+        return _unparseable(sql, "NUL character in statement text", standard_conforming_strings)
     if not standard_conforming_strings:
         try:
             text = rewrite_nonstandard_strings(sql)
@@ -586,6 +608,18 @@ def _defelem_value(arg: Any) -> str | None:
     return _const_str(arg)
 
 
+def is_builtin(name: Name) -> bool:
+    """Whether a function name (as written) is a PostgreSQL built-in."""
+    schema, fn = name
+    if schema is None or schema == "pg_catalog":
+        return fn in BUILTIN_FUNCTIONS
+    return schema == "information_schema"
+
+
+def _show_name(schema: str | None, name: str) -> str:
+    return f"{schema}.{name}" if schema else name
+
+
 def _has_column_ref(node: Any) -> bool:
     stack = [node]
     while stack:
@@ -725,6 +759,8 @@ class _Walk:
         name = parts[-1]
         schema = parts[-2] if len(parts) > 1 else None
         self.functions.add((schema, name))
+        if not is_builtin((schema, name)):
+            self.flag("user_function", f"{_show_name(schema, name)}() is not a built-in function")
         self._function_constructs(name, body.get("args", []))
 
     def _function_constructs(self, name: str, args: Any) -> None:
@@ -842,6 +878,8 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
         walk_body = False
     elif kind == "DiscardStmt":
         w.classes.add("session")
+        if body.get("target") == "DISCARD_ALL":
+            deallocates = "*"  # DISCARD ALL includes DEALLOCATE ALL
     elif kind == "TransactionStmt":
         w.classes.add("transaction")
         tkind = str(body.get("kind", ""))

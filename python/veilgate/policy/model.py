@@ -48,8 +48,11 @@ How a statement is judged by its tier (every rule contributes; the most restrict
   ``allow`` needs all of them.  Deny ``search_path_change`` (or only allow qualified names) in a
   tier that relies on table scopes.
 * Functions: a pattern without a dot matches the function's own name in any schema; a dotted
-  pattern matches ``schema.name``, an unqualified call counting as ``pg_catalog.name`` (where
-  PostgreSQL looks first) and, for ``deny``, also as each ``search_path`` schema.
+  pattern matches ``schema.name``.  An unqualified call of a PostgreSQL built-in counts as
+  ``pg_catalog.name`` (where PostgreSQL looks first), any other unqualified call as each schema of
+  the tier's ``search_path`` (``allow`` needs all, ``deny`` any; ``deny`` also tries
+  ``pg_catalog``).  Calls of non-built-in functions also carry the ``user_function`` construct, so
+  an allow rule only lets them through when it lists ``user_function``: a user function can write.
 
 A message (several statements) gets the most restrictive of its statements' actions.
 """
@@ -63,7 +66,7 @@ from fnmatch import translate
 from typing import Any, Final
 
 from ..identity.base import Principal
-from .analysis import CLASSES, CONSTRUCTS, Name, StatementAnalysis
+from .analysis import CLASSES, CONSTRUCTS, Name, StatementAnalysis, is_builtin
 
 __all__ = [
     "ACTIONS",
@@ -219,6 +222,15 @@ class Rule:
         rx = self._tables_re
         return rx is not None and all(rx.fullmatch(c) for c in self._relation_candidates(name))
 
+    def _function_candidates(self, name: Name) -> list[str]:
+        """Where an unqualified call can resolve: built-ins in pg_catalog, else search_path."""
+        schema, fn = name
+        if schema is not None:
+            return [f"{schema}.{fn}"]
+        if is_builtin(name):
+            return [f"pg_catalog.{fn}"]
+        return [f"{s}.{fn}" for s in self.search_path]
+
     def _function_hit(self, name: Name) -> bool:
         schema, fn = name
         if self._func_bare_re is not None and self._func_bare_re.fullmatch(fn):
@@ -226,19 +238,16 @@ class Rule:
         rx = self._func_qual_re
         if rx is None:
             return False
-        if schema is not None:
-            return rx.fullmatch(f"{schema}.{fn}") is not None
-        cands = [f"pg_catalog.{fn}", *(f"{s}.{fn}" for s in self.search_path)]
+        cands = self._function_candidates(name)
+        if schema is None:
+            cands = [f"pg_catalog.{fn}", *(f"{s}.{fn}" for s in self.search_path)]
         return any(rx.fullmatch(c) for c in cands)
 
     def _function_covered(self, name: Name) -> bool:
-        schema, fn = name
-        if self._func_bare_re is not None and self._func_bare_re.fullmatch(fn):
+        if self._func_bare_re is not None and self._func_bare_re.fullmatch(name[1]):
             return True
         rx = self._func_qual_re
-        if rx is None:
-            return False
-        return rx.fullmatch(f"{schema or 'pg_catalog'}.{fn}") is not None
+        return rx is not None and all(rx.fullmatch(c) for c in self._function_candidates(name))
 
     def hit(self, st: StatementAnalysis) -> str | None:
         """For deny/approve: what in ``st`` this rule matches (None = no match)."""
