@@ -53,6 +53,9 @@ class SessionState:
     FunctionCall) and notes extended-protocol messages sent since the last Sync; the server-side
     buffer counts ReadyForQuery.  From that it knows whether a statement is running (cancel is only
     forwarded then) and records statement latency into the process-wide histogram.
+
+    COPY FROM STDIN is accounted for: a Sync the server ignores in copy-in mode (one pipelined
+    right behind the COPY's Execute, or one sent before CopyDone / CopyFail) is not counted.
     """
 
     def __init__(self) -> None: ...

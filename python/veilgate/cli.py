@@ -183,10 +183,51 @@ def _register_version(sub: Subparsers) -> None:
     _add(sub, "version", _cmd_version, help="print the version")
 
 
+# -- commands that parse their own arguments ----------------------------------------------------
+
+DELEGATED: dict[tuple[str, ...], tuple[str, str]] = {
+    ("policy", "lint"): ("veilgate.policy.cli:lint_main", "validate a policy file"),
+    ("policy", "check"): (
+        "veilgate.policy.cli:check_main",
+        "explain the decision for one identity and statement",
+    ),
+    ("dev-idp",): (
+        "veilgate.identity.devidp:dev_idp_main",
+        "run a development OIDC identity provider on 127.0.0.1",
+    ),
+    ("dev-token",): (
+        "veilgate.identity.devidp:dev_token_main",
+        "mint a token from the development identity provider",
+    ),
+}
+"""Commands whose module parses its own arguments: ``words -> (module:function, help)``."""
+
+
+def _run_delegated(target: str, argv: list[str]) -> int:
+    import importlib
+
+    module, func = target.split(":")
+    entry: Callable[[list[str]], int] = getattr(importlib.import_module(module), func)
+    return entry(argv)
+
+
+def _register_delegated(sub: Subparsers) -> None:
+    """List delegated commands in ``--help``; :func:`main` dispatches them before parsing."""
+    groups: dict[str, Subparsers] = {}
+    for words, (_target, help_text) in DELEGATED.items():
+        parent = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                groups[words[0]] = _group(sub, words[0], help=f"{words[0]} commands")
+            parent = groups[words[0]]
+        parent.add_parser(words[-1], help=help_text, add_help=False)
+
+
 COMMANDS: list[Callable[[Subparsers], None]] = [
     _register_serve,
     _register_config,
     _register_token,
+    _register_delegated,
     _register_version,
 ]
 """Command registrations, in help order; later command groups append theirs."""
@@ -206,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    for prefix, (target, _help) in DELEGATED.items():
+        if tuple(words[: len(prefix)]) == prefix:
+            return _run_delegated(target, words[len(prefix) :])
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Handler = args.func

@@ -97,3 +97,25 @@ def test_buffers_without_a_session_track_nothing() -> None:
     client = vn.RecvBuffer(vn.CLIENT)
     read_cycle(client, query("select 1"), -1)
     assert s.pending == 0
+
+
+def test_extended_copy_from_stdin_does_not_leak_a_request() -> None:
+    # libpq PQexecParams("COPY t FROM STDIN"): P B D E S pipelined; the server ignores that Sync
+    # in copy-in mode, and answers the Sync sent after CopyDone.
+    s, client, server = pair()
+    read_cycle(
+        client,
+        msg(b"P", b"\0copy t from stdin\0\0\0")
+        + msg(b"B", b"\0" * 8)
+        + msg(b"D", b"P\0")
+        + msg(b"E", b"\0" * 5)
+        + msg(b"S"),
+        -1,
+    )
+    assert (s.pending, s.busy) == (1, True)
+    read_cycle(server, msg(b"1") + msg(b"2") + msg(b"G", b"\0\0\1\0\0"), -1)
+    assert (s.pending, s.busy) == (0, True)  # copying
+    read_cycle(client, msg(b"d", b"1\tx\n") + msg(b"c") + msg(b"S"), -1)
+    assert s.pending == 1
+    read_cycle(server, msg(b"C", b"COPY 1\0") + ready_for_query(), -1)
+    assert (s.pending, s.busy) == (0, False)

@@ -9,6 +9,12 @@
 //!
 //! Tags are read per direction: from a client `'S'` is Sync, `'D'` Describe and `'C'` Close;
 //! from a server the same bytes are ParameterStatus, DataRow and CommandComplete.
+//!
+//! COPY FROM STDIN: the server ignores Sync (and Flush) while in copy-in mode.  So a Sync the
+//! client sent right behind the Execute that started the COPY (libpq pipelines `P B D E S`, then
+//! sends another Sync after CopyDone) gets no ReadyForQuery; nor does a Sync sent between
+//! CopyInResponse and CopyDone / CopyFail.  The tracker drops such Syncs, so `pending` does not
+//! leak and the session does not look busy forever.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -28,18 +34,37 @@ pub const CLIENT_TRACKED: TagSet = TagSet::from_tags(&[
     frontend::DESCRIBE_TAG,
     frontend::CLOSE_TAG,
     frontend::FLUSH_TAG,
+    frontend::COPY_DONE_TAG,
+    frontend::COPY_FAIL_TAG,
 ]);
 
-/// Backend tags the tracker looks at (it reads their body, so they must be framed whole).
-pub const SERVER_TRACKED: TagSet = TagSet::from_tags(&[backend::READY_FOR_QUERY_TAG]);
+/// Backend tags the tracker looks at.
+pub const SERVER_TRACKED: TagSet =
+    TagSet::from_tags(&[backend::READY_FOR_QUERY_TAG, backend::COPY_IN_RESPONSE_TAG]);
+
+/// Backend tags whose body the tracker reads: they must be framed whole.
+pub const SERVER_WHOLE: TagSet = TagSet::from_tags(&[backend::READY_FOR_QUERY_TAG]);
+
+/// One request the server answers with one ReadyForQuery.
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    sent: Instant,
+    /// A Sync that directly followed an Execute (Flushes aside): the server ignores it if that
+    /// Execute started a COPY FROM STDIN.
+    sync_after_execute: bool,
+}
 
 /// Request bookkeeping of one client session.
 #[derive(Debug, Clone, Default)]
 pub struct SessionTracker {
-    /// When each request not yet answered by ReadyForQuery was seen, oldest first.
-    pending: VecDeque<Instant>,
+    /// Requests not yet answered by ReadyForQuery, oldest first.
+    pending: VecDeque<Request>,
     /// Extended-protocol messages seen since the last Sync.
     unsynced: bool,
+    /// The last client message (Flushes aside) was an Execute.
+    after_execute: bool,
+    /// The server sent CopyInResponse and the client has not yet ended the copy.
+    copy_in: bool,
     /// Status byte of the last ReadyForQuery; 0 before any.
     tx_status: u8,
 }
@@ -52,35 +77,68 @@ impl SessionTracker {
     /// A message from the client (call for every frontend message, or only [`CLIENT_TRACKED`]).
     #[inline]
     pub fn on_client(&mut self, tag: u8, now: Instant) {
+        let request = |sync_after_execute| Request {
+            sent: now,
+            sync_after_execute,
+        };
         match tag {
-            frontend::QUERY_TAG | frontend::FUNCTION_CALL_TAG => self.pending.push_back(now),
-            frontend::SYNC_TAG => {
-                self.pending.push_back(now);
-                self.unsynced = false;
+            frontend::QUERY_TAG | frontend::FUNCTION_CALL_TAG => {
+                self.pending.push_back(request(false));
+                self.after_execute = false;
             }
+            frontend::SYNC_TAG => {
+                if !self.copy_in {
+                    self.pending.push_back(request(self.after_execute));
+                }
+                self.unsynced = false;
+                self.after_execute = false;
+            }
+            frontend::EXECUTE_TAG => {
+                self.unsynced = true;
+                self.after_execute = true;
+            }
+            frontend::FLUSH_TAG => self.unsynced = true,
             frontend::PARSE_TAG
             | frontend::BIND_TAG
-            | frontend::EXECUTE_TAG
             | frontend::DESCRIBE_TAG
-            | frontend::CLOSE_TAG
-            | frontend::FLUSH_TAG => self.unsynced = true,
+            | frontend::CLOSE_TAG => {
+                self.unsynced = true;
+                self.after_execute = false;
+            }
+            frontend::COPY_DONE_TAG | frontend::COPY_FAIL_TAG => {
+                self.copy_in = false;
+                self.after_execute = false;
+            }
             _ => {}
         }
     }
 
     /// A message from the server, `frame` being its bytes (tag and length included) as far as
-    /// they have arrived.  On ReadyForQuery: pops the oldest request (none is fine: the one that
-    /// ends start-up answers no request), records its latency, keeps the status byte.
+    /// they have arrived (whole for [`SERVER_WHOLE`]).  On ReadyForQuery: pops the oldest
+    /// request (none is fine: the one that ends start-up answers no request), records its
+    /// latency, keeps the status byte.  On CopyInResponse: enters copy-in.
     #[inline]
     pub fn on_server(&mut self, tag: u8, frame: &[u8], now: Instant) {
-        if tag != backend::READY_FOR_QUERY_TAG {
-            return;
-        }
-        if let Some(&status) = frame.get(5) {
-            self.tx_status = status;
-        }
-        if let Some(sent) = self.pending.pop_front() {
-            stats::record_latency(now.saturating_duration_since(sent));
+        match tag {
+            backend::READY_FOR_QUERY_TAG => {
+                if let Some(&status) = frame.get(5) {
+                    self.tx_status = status;
+                }
+                self.copy_in = false;
+                if let Some(r) = self.pending.pop_front() {
+                    stats::record_latency(now.saturating_duration_since(r.sent));
+                }
+            }
+            backend::COPY_IN_RESPONSE_TAG => {
+                self.copy_in = true;
+                // Everything before this request was answered; if it ends in a Sync right
+                // behind the COPY's Execute, the server reads that Sync in copy-in mode and
+                // ignores it.
+                if self.pending.front().is_some_and(|r| r.sync_after_execute) {
+                    self.pending.pop_front();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -99,7 +157,7 @@ impl SessionTracker {
     /// Whether the server may be executing something for this client.
     #[inline]
     pub fn busy(&self) -> bool {
-        !self.pending.is_empty() || self.unsynced
+        !self.pending.is_empty() || self.unsynced || self.copy_in
     }
 
     /// Status byte of the last ReadyForQuery (`b'I'`, `b'T'`, `b'E'`), 0 before any.
@@ -172,6 +230,61 @@ mod tests {
         assert!(!s.discard_request());
     }
 
+    const G: &[u8] = &[b'G', 0, 0, 0, 7, 0, 0, 0];
+
+    #[test]
+    fn extended_copy_in_with_pipelined_sync() {
+        // libpq PQexecParams("COPY t FROM STDIN"): P B D E S, then data, CopyDone, Sync.
+        let now = Instant::now();
+        let mut s = SessionTracker::new();
+        for t in *b"PBDES" {
+            s.on_client(t, now);
+        }
+        assert_eq!(s.pending(), 1);
+        s.on_server(b'1', &[], now);
+        s.on_server(b'G', G, now);
+        // The pipelined Sync is ignored by the server; copying is still "busy".
+        assert_eq!((s.pending(), s.busy()), (0, true));
+        s.on_client(b'd', now);
+        s.on_client(b'S', now); // ignored during copy-in too
+        s.on_client(b'c', now);
+        s.on_client(b'S', now);
+        assert_eq!((s.pending(), s.busy()), (1, true));
+        s.on_server(b'C', &[], now);
+        s.on_server(b'Z', Z_IDLE, now);
+        assert_eq!((s.pending(), s.busy()), (0, false));
+    }
+
+    #[test]
+    fn copy_in_without_a_pipelined_sync() {
+        let now = Instant::now();
+        let mut s = SessionTracker::new();
+        // Extended, flushed, Sync only after CopyDone.
+        for t in *b"PBEH" {
+            s.on_client(t, now);
+        }
+        s.on_server(b'G', G, now);
+        assert_eq!(s.pending(), 0);
+        s.on_client(b'f', now);
+        s.on_client(b'S', now);
+        s.on_server(b'Z', Z_IDLE, now);
+        assert_eq!((s.pending(), s.busy()), (0, false));
+        // Simple-query COPY: the Query itself is answered.
+        s.on_client(b'Q', now);
+        s.on_server(b'G', G, now);
+        assert_eq!(s.pending(), 1);
+        s.on_client(b'c', now);
+        s.on_server(b'Z', Z_IDLE, now);
+        assert_eq!((s.pending(), s.busy()), (0, false));
+        // A Sync after a non-Execute is not taken for a COPY's.
+        for t in *b"PBESPS" {
+            s.on_client(t, now);
+        }
+        s.on_server(b'Z', Z_IDLE, now);
+        s.on_server(b'G', G, now);
+        assert_eq!(s.pending(), 1);
+    }
+
     #[test]
     fn tracked_sets() {
         for t in *b"QSFPBEDCH" {
@@ -179,5 +292,6 @@ mod tests {
         }
         assert!(!CLIENT_TRACKED.contains(b'd'));
         assert!(SERVER_TRACKED.contains(b'Z') && !SERVER_TRACKED.contains(b'S'));
+        assert!(SERVER_TRACKED.contains(b'G') && !SERVER_WHOLE.contains(b'G'));
     }
 }

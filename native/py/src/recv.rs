@@ -15,7 +15,7 @@ use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
-use veilgate_core::session::{CLIENT_TRACKED, SERVER_TRACKED};
+use veilgate_core::session::{CLIENT_TRACKED, SERVER_TRACKED, SERVER_WHOLE};
 use veilgate_core::{startup, stats, Action, Direction, Framer, SessionTracker, TagSet};
 
 use crate::buffer::RawBuf;
@@ -175,7 +175,7 @@ impl RecvBuffer {
         let mut framer = Framer::new();
         framer.set_max_message(max_message);
         if session.is_some() && direction == Direction::Server {
-            framer.set_whole(SERVER_TRACKED);
+            framer.set_whole(SERVER_WHOLE);
         }
         Ok(RecvBuffer {
             buf: RawBuf::new(capacity),
