@@ -114,8 +114,10 @@ class RecvBuffer:
         Returns ``None`` when there is nothing to do yet, ``bytes`` when everything framed is to be
         forwarded as is (the fast path: one call, one write), or a list, in stream order, of byte
         chunks to forward and :class:`Message` events (the tags chosen with :meth:`set_events`).
-        Pass-through messages larger than the buffer stream out in pieces; event messages are
-        buffered whole (up to ``max_message``).  In startup mode nothing is framed: use
+        A pass-through message that has only partly arrived is forwarded as far as it has arrived
+        (so a huge row never has to fit in the buffer: it streams out in pieces); event messages
+        (and ReadyForQuery on a server-side buffer with a session) are buffered whole, up to
+        ``max_message``.  In startup mode nothing is framed: use
         :meth:`take_startup`.  ``advance(0)`` frames what is already buffered.
 
         Raises :class:`FramingError` on malformed input; the connection must then be closed.
@@ -130,7 +132,9 @@ class RecvBuffer:
     def set_all_events(self, on: bool) -> None:
         """Surface every message as an event (handshake phases), overriding :meth:`set_events`."""
     @property
-    def max_message(self) -> int: ...
+    def max_message(self) -> int:
+        """Largest message body accepted (bytes after the Int32 length); larger is a
+        :class:`FramingError`.  Lower it during handshakes."""
     @max_message.setter
     def max_message(self, value: int) -> None: ...
     @property
