@@ -58,13 +58,9 @@ def _start_sleep(c: pw.RawConn, seconds: float) -> None:
 # --- a running query is cancelled -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("negotiation", "method"),
-    [("postgres", "cancel_safe"), ("direct", "cancel_safe"), ("postgres", "cancel")],
-)
-def test_psycopg_cancel_during_pg_sleep(gw: pw.Target, negotiation: str, method: str) -> None:
-    """libpq 17+ ``cancel_safe`` sends the cancel over TLS negotiated like the connection itself;
-    the legacy ``PQcancel`` (``cancel()``) sends it in plaintext."""
+@pytest.mark.parametrize("negotiation", ["postgres", "direct"])
+def test_psycopg_cancel_safe_during_pg_sleep(gw: pw.Target, negotiation: str) -> None:
+    """libpq 17+ ``cancel_safe`` sends the cancel over TLS negotiated like the connection."""
     with psycopg.connect(gw.conninfo(sslnegotiation=negotiation)) as conn:
         before = _cancel_count("forwarded")
         result: dict[str, object] = {}
@@ -81,10 +77,7 @@ def test_psycopg_cancel_during_pg_sleep(gw: pw.Target, negotiation: str, method:
         th = threading.Thread(target=run)
         th.start()
         time.sleep(0.5)
-        if method == "cancel_safe":
-            conn.cancel_safe(timeout=10)
-        else:
-            conn.cancel()
+        conn.cancel_safe(timeout=10)
         th.join(15)
         assert not th.is_alive()
         assert isinstance(result["outcome"], psycopg.errors.QueryCanceled), result
@@ -93,6 +86,32 @@ def test_psycopg_cancel_during_pg_sleep(gw: pw.Target, negotiation: str, method:
         conn.rollback()
         assert conn.execute("select 'still usable'").fetchone() == ("still usable",)
     assert _wait_for(lambda: _cancel_count("forwarded") >= before + 1)
+
+
+def test_psql_ctrl_c_cancels_the_query(gw: pw.Target) -> None:
+    """psql 15 on SIGINT uses libpq's legacy PQcancel: a plaintext CancelRequest.  (psycopg's
+    ``cancel()`` does the same but holds the GIL while it waits, which would deadlock against
+    the in-process gateway thread; psql runs in its own process.)"""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        ["psql", gw.conninfo(with_password=False), "-X", "-c", "select pg_sleep(30)"],
+        env=gw.psql_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert time.monotonic() - t0 < 5
+    assert "canceling statement due to user request" in err
+    assert proc.returncode != 0
 
 
 @pytest.mark.asyncio

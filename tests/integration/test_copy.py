@@ -229,3 +229,69 @@ def test_drain_closes_an_idle_session_at_once(gateway_factory: Any, before: str)
     assert closed_after < 5, f"an idle session was closed only after {closed_after:.1f} s"
     err = pw.first_error(msgs)
     assert err is not None and err["C"] == "57P01", msgs
+
+
+def test_error_in_the_middle_of_copy_out(gw: pw.Target, direct: pw.Target) -> None:
+    sql = "copy (select 1000 / (g - 500) from generate_series(1, 1000) g) to stdout"
+    with pw.connect(gw.endpoint()) as c:
+        msgs = c.simple(sql)
+        assert pw.frames(msgs) == "H" + "d" * 499 + "EZ"
+        assert pw.error_fields(msgs[-2].body)["C"] == "22012"
+        assert c.scalar("select 'usable'") == "usable"
+
+    def via_psycopg(t: pw.Target) -> tuple[bytes, str | None]:
+        got = bytearray()
+        with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.DivisionByZero) as ei:  # noqa: SIM117
+                with conn.cursor() as cur, cur.copy(sql) as copy:
+                    for chunk in copy:
+                        got += chunk
+            assert conn.execute("select 1").fetchone() == (1,)
+        return bytes(got), ei.value.sqlstate
+
+    assert via_psycopg(gw) == via_psycopg(direct)
+
+
+async def _asyncpg_copy(t: pw.Target) -> tuple[bytes, list[str], str]:
+    import io
+
+    import asyncpg
+
+    conn = await asyncpg.connect(**t.asyncpg_kwargs())
+    try:
+        buf = io.BytesIO()
+        status = await conn.copy_from_query(
+            "select g, md5(g::text), g::numeric / 3 from generate_series(1, 3000) g",
+            output=buf,
+            format="binary",
+        )
+        await conn.execute("create temp table ar (id int, h text, n numeric, ts timestamptz)")
+        import datetime
+        import decimal
+
+        records = [
+            (
+                i,
+                f"h{i}" if i % 5 else None,
+                decimal.Decimal(i) / 7,
+                datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=i),
+            )
+            for i in range(3000)
+        ]
+        res = await conn.copy_records_to_table("ar", records=records)
+        assert res == "COPY 3000"
+        rows = await conn.fetch("select * from ar order by id")
+        assert [tuple(r) for r in rows] == records
+        out = io.BytesIO()
+        await conn.copy_from_table("ar", output=out, format="csv")
+        return buf.getvalue(), [repr(tuple(r)) for r in rows], status + out.getvalue().decode()
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_asyncpg_copy_identical(gw: pw.Target, direct: pw.Target) -> None:
+    via = await _asyncpg_copy(gw)
+    ref = await _asyncpg_copy(direct)
+    assert via == ref
+    assert via[0].startswith(b"PGCOPY\n\xff\r\n\x00")

@@ -331,7 +331,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("problem", ["unreachable", "bad-password", "untrusted-cert"])
+@pytest.mark.parametrize("problem", ["unreachable", "blackhole", "bad-password", "untrusted-cert"])
 def test_upstream_failure_is_a_clean_fatal(
     gateway_factory: Any, problem: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
@@ -339,6 +339,8 @@ def test_upstream_failure_is_a_clean_fatal(
 
     if problem == "unreachable":
         transform = _with_target(port=_free_port(), connect_timeout_s=3.0)
+    elif problem == "blackhole":  # nothing answers: the connect timeout must fire
+        transform = _with_target(host="10.255.255.1", connect_timeout_s=2.0)
     elif problem == "bad-password":
         monkeypatch.setenv("VG_ITEST_WRONG_PASSWORD", "definitely-wrong")
         transform = _with_target(password_env="VG_ITEST_WRONG_PASSWORD")

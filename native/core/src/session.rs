@@ -83,7 +83,10 @@ impl SessionTracker {
         };
         match tag {
             frontend::QUERY_TAG | frontend::FUNCTION_CALL_TAG => {
+                // Its ReadyForQuery also means every extended message sent before it was
+                // processed, so it ends "unsynced" activity just as a Sync does.
                 self.pending.push_back(request(false));
+                self.unsynced = false;
                 self.after_execute = false;
             }
             frontend::SYNC_TAG => {
@@ -173,6 +176,25 @@ mod tests {
 
     const Z_IDLE: &[u8] = &[b'Z', 0, 0, 0, 5, b'I'];
     const Z_IN_TX: &[u8] = &[b'Z', 0, 0, 0, 5, b'T'];
+
+    #[test]
+    fn query_after_unsynced_extended_messages_ends_busy_at_its_ready_for_query() {
+        let now = Instant::now();
+        let mut t = SessionTracker::new();
+        for tag in [
+            frontend::PARSE_TAG,
+            frontend::BIND_TAG,
+            frontend::EXECUTE_TAG,
+        ] {
+            t.on_client(tag, now);
+        }
+        assert!(t.busy());
+        t.on_client(frontend::QUERY_TAG, now);
+        assert!(t.busy());
+        t.on_server(backend::READY_FOR_QUERY_TAG, Z_IDLE, now);
+        assert!(!t.busy());
+        assert_eq!(t.pending(), 0);
+    }
 
     #[test]
     fn simple_query_round_trip() {
