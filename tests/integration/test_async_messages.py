@@ -201,3 +201,28 @@ def test_startup_timezone_and_encoding_forwarded(gw: pw.Target) -> None:
     with pw.connect(gw.endpoint(), params={"TimeZone": "Pacific/Auckland"}) as c:
         assert c.parameters["TimeZone"] == "Pacific/Auckland"
         assert c.scalar("show timezone") == "Pacific/Auckland"
+
+
+def test_startup_parameter_status_matches_a_direct_connection(
+    gw: pw.Target, direct: pw.Target
+) -> None:
+    names = (
+        "server_version",
+        "server_encoding",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "integer_datetimes",
+        "standard_conforming_strings",
+        "in_hot_standby",
+        "default_transaction_read_only",
+    )
+
+    def status(t: pw.Target) -> dict[str, str | None]:
+        with psycopg.connect(t.conninfo()) as conn:
+            return {n: conn.info.parameter_status(n) for n in names}
+
+    via, ref = status(gw), status(direct)
+    assert via == ref
+    assert all(v is not None for v in via.values()), via

@@ -110,6 +110,16 @@ def test_psql_results_identical(gw: pw.Target, direct: pw.Target, sql: str) -> N
     assert via.stdout.count("\n") >= 2
 
 
+@pytest.mark.parametrize("meta", ["\\d customers", "\\dt", "\\df+ lower", "\\l"])
+def test_psql_meta_commands_identical(gw: pw.Target, direct: pw.Target, meta: str) -> None:
+    """psql's catalog queries (regclass, array and oid-typed columns) come out the same."""
+    via, ref = _psql(gw, meta), _psql(direct, meta)
+    assert ref.returncode == 0, ref.stderr
+    assert via.returncode == 0, via.stderr
+    assert via.stdout == ref.stdout
+    assert via.stdout.strip()
+
+
 def test_psql_multi_statement_simple_query(gw: pw.Target, direct: pw.Target) -> None:
     sql = (
         "select 1 as a; select 'two' as b, null as c; values (3), (4); "
@@ -468,3 +478,63 @@ def test_psql_pgtz_and_pgdatestyle_environment(gw: pw.Target, direct: pw.Target)
     assert via.returncode == 0, via.stderr
     assert via.stdout == ref.stdout
     assert via.stdout.startswith("Asia/Tokyo|SQL, DMY|")
+
+
+def test_error_fields_identical(gw: pw.Target, direct: pw.Target) -> None:
+    """Every field of a server error reaches the client unchanged."""
+    names = (
+        "severity",
+        "severity_nonlocalized",
+        "sqlstate",
+        "message_primary",
+        "message_detail",
+        "message_hint",
+        "statement_position",
+        "context",
+        "schema_name",
+        "table_name",
+        "column_name",
+        "datatype_name",
+        "constraint_name",
+        "source_file",
+        "source_function",
+    )
+
+    import secrets
+
+    # A regular table (a temporary one's schema, pg_temp_N, differs between sessions), the
+    # same name for both runs.
+    table = "ef_" + secrets.token_hex(4)
+
+    from psycopg import sql
+
+    def q(template: str) -> sql.Composed:
+        return sql.SQL(template).format(t=sql.Identifier(table))
+
+    def errors(t: pw.Target) -> list[tuple[Any, ...]]:
+        out = []
+        with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+            conn.execute(q("create table {t} (id int primary key, v int check (v > 0))"))
+            conn.execute(q("insert into {t} values (1, 1)"))
+            for stmt in (
+                q("insert into {t} values (1, 2)"),
+                q("insert into {t} values (2, -1)"),
+                q("insert into {t} values (null, 1)"),
+                q("select nosuchcol from {t}"),
+                sql.SQL("select 1 +"),
+                sql.SQL(
+                    "do $$begin raise exception using errcode = '22023', message = 'm', "
+                    "detail = 'd', hint = 'h', column = 'c', constraint = 'k', datatype = 't', "
+                    "table = 'tb', schema = 's'; end$$"
+                ),
+            ):
+                with pytest.raises(psycopg.Error) as ei:
+                    conn.execute(stmt)
+                diag = ei.value.diag
+                out.append(tuple(getattr(diag, n) for n in names))
+            conn.execute(q("drop table {t}"))
+        return out
+
+    via, ref = errors(gw), errors(direct)
+    assert via == ref
+    assert via[0][2] == "23505" and via[0][12] == f"{table}_pkey"

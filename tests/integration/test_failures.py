@@ -467,3 +467,99 @@ def test_plaintext_allowed_only_with_the_loopback_switch(gateway_factory: Any) -
     # TLS still works on the same listener.
     with psycopg.connect(t.conninfo()) as conn:
         assert conn.info.pgconn.ssl_in_use
+
+
+def test_connection_limit(gateway_factory: Any) -> None:
+    """Over ``listen.max_connections``: refused with a clear error (PostgreSQL says FATAL 53300
+    "sorry, too many clients already"), and a slot freed is reusable."""
+    from dataclasses import replace
+
+    small = gateway_factory(
+        transform=lambda cfg: replace(cfg, listen=replace(cfg.listen, max_connections=2))
+    )
+    t = pw.gateway_target(small)
+    a = pw.connect(t.endpoint())
+    b = pw.connect(t.endpoint())
+    try:
+        with pytest.raises(psycopg.OperationalError) as ei:
+            psycopg.connect(t.conninfo())
+        assert "too many" in str(ei.value), str(ei.value)
+    finally:
+        a.terminate()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with psycopg.connect(t.conninfo()) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    b.terminate()
+
+
+def test_upstream_refusing_for_capacity_says_so(
+    gw: pw.Target, admin: psycopg.Connection[Any]
+) -> None:
+    """The server refuses the gateway's login for capacity (53300): the client must learn that
+    it is a capacity problem (retryable), not an authentication one."""
+    role = "veilgate_app"
+    with pw.connect(gw.endpoint()) as first:
+        used = int(
+            admin.execute(
+                "select count(*) from pg_stat_activity where usename = %s", (role,)
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        admin.execute(f"alter role {role} connection limit {used}")
+        try:
+            with pw.open_tls(gw.endpoint()) as c:
+                msgs = c.startup(gw.endpoint().params(), password=gw.password, raise_on_error=False)
+            err = pw.first_error(msgs)
+            assert err is not None and err["V"] == "FATAL", msgs
+            assert err["C"] == "53300" or "too many" in err["M"], err
+        finally:
+            admin.execute(f"alter role {role} connection limit -1")
+        assert first.scalar("select 'first still fine'") == "first still fine"
+    _assert_gateway_serving(gw)
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=st.one_of(
+        st.binary(min_size=1, max_size=300),
+        st.builds(
+            lambda code, body: struct.pack("!I", len(body) + 8) + struct.pack("!I", code) + body,
+            st.sampled_from(
+                [3 << 16, (3 << 16) | 2, pw.SSL_REQUEST_CODE, pw.CANCEL_REQUEST_CODE, 1234]
+            ),
+            st.binary(max_size=120),
+        ),
+    ),
+    tls=st.booleans(),
+)
+def test_random_first_packets_never_crash_the_gateway(gateway: Any, data: bytes, tls: bool) -> None:
+    t = pw.gateway_target(gateway)
+    c = pw.RawConn.open(t.host, t.port)
+    try:
+        if tls:
+            assert c.request_ssl() == b"S"
+            c.start_tls(t.ca_file, t.server_hostname)
+        c.send(data)
+        received = bytearray()
+        try:
+            while len(received) < 1 << 16:
+                received += c.read_bytes(1, timeout=0.5)
+        except (pw.ConnectionClosed, TimeoutError, OSError):
+            pass
+        # never a session: at most an auth request (a valid startup) or a refusal
+        assert b"Z\x00\x00\x00\x05" not in received
+    except OSError:  # includes ssl.SSLError: the gateway may refuse at any point
+        pass
+    finally:
+        c.close()
+    _assert_gateway_serving(t)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -365,3 +366,98 @@ def test_copy_in_to_a_slow_server_with_bounded_gateway_memory(
         f"gateway peak RSS grew {growth / MIB:.1f} MiB while the client sent "
         f"{chunks} MiB in {send_time:.1f} s"
     )
+
+
+# --- mixed chaos ---------------------------------------------------------------------------------
+
+
+async def _chaos_worker(t: pw.Target, seed: int, until: float) -> dict[str, int]:
+    import io
+    import random
+
+    rnd = random.Random(seed)
+    done: dict[str, int] = {}
+    while time.monotonic() < until:
+        action = rnd.choice(["query", "copy", "timeout", "terminate", "error", "pipeline"])
+        conn = await asyncpg.connect(**t.asyncpg_kwargs(timeout=60))
+        try:
+            if action == "query":
+                n = rnd.randint(1, 5000)
+                assert (
+                    await conn.fetchval("select count(*) from generate_series(1, $1::int)", n) == n
+                )
+            elif action == "copy":
+                buf = io.BytesIO()
+                await conn.copy_from_query(
+                    "select g, repeat('c', 200) from generate_series(1, 2000) g", output=buf
+                )
+                assert buf.getvalue().count(b"\n") == 2000
+            elif action == "timeout":
+                with pytest.raises(asyncio.TimeoutError):
+                    await conn.fetch("select pg_sleep(10)", timeout=rnd.uniform(0.05, 0.3))
+                assert await conn.fetchval("select 1") == 1
+            elif action == "terminate":
+                task = asyncio.ensure_future(
+                    conn.fetch("select repeat('t', 1000) from generate_series(1, 200000)")
+                )
+                await asyncio.sleep(rnd.uniform(0.0, 0.2))
+                conn.terminate()
+                with contextlib.suppress(Exception):
+                    await task
+            elif action == "error":
+                with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+                    await conn.fetch("select 1 / (g - 3) from generate_series(1, 10) g")
+                assert await conn.fetchval("select 2") == 2
+            else:
+                stmt = await conn.prepare("select $1::int * 3")
+                assert [await stmt.fetchval(i) for i in range(20)] == [i * 3 for i in range(20)]
+        finally:
+            if not conn.is_closed():
+                await conn.close()
+        done[action] = done.get(action, 0) + 1
+    return done
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_mixed_concurrent_chaos_leaves_no_leaks(gateway: Any, pg_cluster: Any) -> None:
+    from veilgate import metrics
+
+    t = pw.gateway_target(gateway)
+    admin = pw.superuser_target(pg_cluster)
+    aconn = await asyncpg.connect(**admin.asyncpg_kwargs())
+    count_upstreams = (
+        "select count(*) from pg_stat_activity where application_name like 'veilgate(%'"
+    )
+    try:
+        base = (
+            await asyncio.to_thread(gateway.session_count),
+            await aconn.fetchval(count_upstreams),
+            metrics.upstream_connections_active.get(),
+        )
+        until = time.monotonic() + 6
+        results = await asyncio.gather(
+            *(_chaos_worker(t, seed, until) for seed in range(30)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, f"{len(errors)} workers failed, first: {errors[0]!r}"
+        totals: dict[str, int] = {}
+        for r in results:
+            assert isinstance(r, dict)
+            for k, v in r.items():
+                totals[k] = totals.get(k, 0) + v
+        assert sum(totals.values()) >= 60, totals
+
+        deadline = time.monotonic() + 15
+        while True:
+            now = (
+                await asyncio.to_thread(gateway.session_count),
+                await aconn.fetchval(count_upstreams),
+                metrics.upstream_connections_active.get(),
+            )
+            if now == base or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert now == base, f"(sessions, upstream backends, upstream gauge) {now} != {base}"
+    finally:
+        await aconn.close()

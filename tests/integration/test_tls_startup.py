@@ -516,3 +516,23 @@ def test_keepalive_on_client_and_upstream_sockets(gw: pw.Target) -> None:
         # the gateway's upstream socket: its local port is what the server sees as client_port
         out = _socket_timer(upstream_local)
         assert "keepalive" in out, f"upstream socket without SO_KEEPALIVE: {out!r}"
+
+
+def test_upstream_connection_is_tls(gw: pw.Target) -> None:
+    """The gateway's own connection to the server is encrypted (verify-full in the fixture)."""
+    with pw.connect(gw.endpoint()) as c:
+        rows = c.rows("select ssl::text, version from pg_stat_ssl where pid = pg_backend_pid()")
+    assert rows and rows[0][0] == b"true", rows
+    assert rows[0][1] in (b"TLSv1.2", b"TLSv1.3")
+
+
+def test_tls12_client(gw: pw.Target) -> None:
+    c = pw.RawConn.open(gw.host, gw.port)
+    with c:
+        assert c.request_ssl() == b"S"
+        ctx = pw.client_tls_context(gw.ca_file)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        c.sock = ctx.wrap_socket(c.sock, server_hostname=gw.server_hostname)
+        assert c.sock.version() == "TLSv1.2"
+        c.startup(gw.endpoint().params(), password=gw.password)
+        _assert_session_works(c)
