@@ -45,6 +45,12 @@ NO_ALPN = wire.fatal(
 CANCEL_FORWARD_TIMEOUT_S = 5.0
 
 
+def _over_limit_margin(limit: int) -> int:
+    """Connections beyond ``listen.max_connections`` that still get PostgreSQL's polite
+    ``53300`` refusal (after TLS and the startup packet) instead of a bare close."""
+    return max(16, limit // 10)
+
+
 def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     """The client-facing TLS context (ALPN ``postgresql``), or ``None`` without a certificate."""
     tls = config.tls
@@ -197,11 +203,13 @@ class Gateway:
                 await asyncio.sleep(0.05)
                 continue
             metrics.connections_total.inc()
-            if len(self._sessions) >= self.config.listen.max_connections:
+            limit = self.config.listen.max_connections
+            if len(self._sessions) >= limit + _over_limit_margin(limit):
+                # far over the limit: not even a polite refusal (bounded work under a flood)
                 metrics.errors_total.inc(kind="too_many_connections")
                 sock.close()
                 continue
-            self._spawn(self._handle(sock, addr))
+            self._spawn(self._handle(sock, addr, over_limit=len(self._sessions) >= limit))
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -209,7 +217,7 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _handle(self, sock: socket.socket, addr: Any) -> None:
+    async def _handle(self, sock: socket.socket, addr: Any, *, over_limit: bool = False) -> None:
         loop = asyncio.get_running_loop()
         host, port = str(addr[0]), int(addr[1])
         peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -247,6 +255,7 @@ class Gateway:
             return
 
         session = Session(self, peer)
+        session.over_limit = over_limit
         session.handshake_task = asyncio.current_task()
         self._sessions.add(session)
         metrics.connections_active.inc()

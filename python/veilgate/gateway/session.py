@@ -114,6 +114,8 @@ class Session:
         self.upstream_pid: int | None = None
         self.upstream_key: bytes | None = None
         self.draining = False
+        self.over_limit = False
+        """Accepted over ``listen.max_connections``: refused with 53300 after the startup."""
         self.handshake_task: asyncio.Task[None] | None = None
         self._started = asyncio.get_running_loop().time()
 
@@ -255,6 +257,8 @@ class Session:
             raise self._refuse("08P01", str(exc), "startup") from exc
         except StartupRefused as exc:
             raise self._refuse(exc.code, exc.message, "startup", reason=exc.reason) from exc
+        if self.over_limit:
+            raise self._refuse("53300", "sorry, too many clients already", "too_many_connections")
         self.user = startup.user
         transport = self.client_transport
         if startup.negotiate is not None:

@@ -165,6 +165,15 @@ async def connect(
 # --- authentication -----------------------------------------------------------------------------
 
 
+_RETRYABLE_REFUSALS = {
+    "53300": "too many connections",
+    "53": "insufficient resources",
+    "57P03": "the server is starting up or shutting down",
+    "57P01": "the server is shutting down",
+}
+"""Upstream handshake errors passed to the client with their SQLSTATE (by code or class)."""
+
+
 @dataclass
 class UpstreamHandshake:
     """Sans-IO upstream authentication: feed it every backend message until :attr:`done`.
@@ -213,9 +222,20 @@ class UpstreamHandshake:
             return self._auth(wire.parse_auth_request(body))
         if tag == ord("E"):
             fields = wire.parse_error_fields(body)
-            raise self._fail(
-                "upstream_error", f"{fields.get('C', '')} {fields.get('M', '')}".strip()
-            )
+            code = fields.get("C", "")
+            detail = f"{code} {fields.get('M', '')}".strip()
+            refusal = _RETRYABLE_REFUSALS.get(code) or _RETRYABLE_REFUSALS.get(code[:2])
+            if refusal is not None:
+                # capacity / availability: the client must learn it is retryable, not an auth
+                # problem; our own text, so the upstream role name is not revealed
+                raise UpstreamError(
+                    code,
+                    f'the upstream server for database "{self.target.name}" refused the '
+                    f"connection: {refusal}",
+                    "upstream_unavailable",
+                    detail,
+                )
+            raise self._fail("upstream_error", detail)
         if not self._authenticated:
             raise self._fail("upstream_protocol", f"unexpected message {chr(tag)!r} before auth")
         if tag == ord("S"):
