@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -396,6 +397,15 @@ class VeilgateTarget(ProcessTarget):
         self._command = command
         self.token = secrets.token_urlsafe(32)
         digest = hashlib.sha256(self.token.encode()).hexdigest()
+        self.write_config(
+            f"""auth:
+  static_tokens:
+    - {{name: bench, sha256: {digest}, roles: [bench]}}
+"""
+        )
+
+    def write_config(self, auth_section: str) -> None:
+        env = self._env
         cert = make_cert(self.workdir, "veilgate", ["localhost", "127.0.0.1"], env.ca)
         c = env.cluster
         self.config = self.workdir / "veilgate.yaml"
@@ -408,9 +418,7 @@ class VeilgateTarget(ProcessTarget):
 listen: {{host: 127.0.0.1, port: {self.port}}}
 tls: {{cert_file: {q(cert.cert_file)}, key_file: {q(cert.key_file)}}}
 admin: {{host: 127.0.0.1, port: {free_port()}}}
-auth:
-  static_tokens:
-    - {{name: bench, sha256: {digest}, roles: [bench]}}
+{auth_section.rstrip()}
 targets:
   {BENCH_DB}:
     host: {c.host}
@@ -439,6 +447,26 @@ logging: {{level: warning, format: text}}
 
     def endpoint(self) -> Endpoint:
         return Endpoint("127.0.0.1", self.port, "bench", self.token, BENCH_DB)
+
+
+class VeilgateOIDCTarget(VeilgateTarget):
+    """The gateway trusting a development IdP (Entra-shaped, real HTTP on 127.0.0.1, served from
+    a thread of this process); clients present an RS256 access token it minted."""
+
+    def __init__(self, env: BenchEnv, command: str | None = None) -> None:
+        from veilgate.demo.identity import DevIdPIdentity
+
+        self._identity = DevIdPIdentity(role="Db.Read")
+        self._identity.start()
+        super().__init__(env, command)
+        # one token (valid 24 h), presented and fully validated on every connection
+        self.token = self._identity.idp.mint(roles=["Db.Read"], ttl=86400)
+        oidc = json.dumps(self._identity.auth_config()["oidc"])  # JSON is valid YAML
+        self.write_config(f"auth:\n  oidc: {oidc}\n")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, grace_s: float = 15.0) -> None:
+        super().stop(sig, grace_s)
+        self._identity.stop()
 
 
 # --- the bench environment ---------------------------------------------------------------------
@@ -555,6 +583,8 @@ def make_target(name: str, env: BenchEnv, args: argparse.Namespace) -> Target:
     if name == "pgbouncer":
         return PgBouncerTarget(env)
     if name == "veilgate":
+        if getattr(args, "veilgate_auth", "static") == "oidc":
+            return VeilgateOIDCTarget(env, command=args.veilgate_cmd)
         return VeilgateTarget(env, command=args.veilgate_cmd)
     raise BenchError(f"unknown target {name!r} (choose from {', '.join(ALL_TARGETS)})")
 
@@ -603,6 +633,10 @@ class Workload:
     """Script and mode, e.g. ("-S", "-M", "simple") or ("-f", "file", "-M", "prepared")."""
     clients: int = 1
     threads: int = 1
+    cycle_latency: bool = False
+    """Latency = time between a client's consecutive transaction ends (with ``-C``: connect +
+    transaction + disconnect), instead of pgbench's per-transaction time (which leaves out the
+    connection under ``-C``)."""
 
     def argv(self) -> list[str]:
         return [*self.pgbench_args, "-c", str(self.clients), "-j", str(self.threads)]
@@ -618,7 +652,7 @@ class PgbenchResult:
     p99_ms: float
 
 
-_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without|excluding)", re.M)
+_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without|excluding|including)", re.M)
 _TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
 _LAT = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
@@ -658,6 +692,27 @@ def read_latencies_us(prefix: Path) -> list[float]:
     return values
 
 
+def read_cycle_latencies_us(prefix: Path) -> list[float]:
+    """Per-client intervals between consecutive transaction ends (µs, sorted) from pgbench ``-l``
+    logs: under ``-C`` one interval is a whole connect + transaction + disconnect cycle.  Each
+    client's first transaction has no predecessor and is left out."""
+    ends: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        with path.open() as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[2].isdigit() and parts[1].isdigit():
+                    end_us = int(parts[4]) * 1_000_000 + int(parts[5])
+                    ends.setdefault((path.name, parts[0]), []).append((int(parts[1]), end_us))
+        path.unlink()
+    values: list[float] = []
+    for series in ends.values():
+        series.sort()
+        values.extend(float(b[1] - a[1]) for a, b in itertools.pairwise(series))
+    values.sort()
+    return values
+
+
 def run_pgbench(
     env: BenchEnv, ep: Endpoint, workload: Workload, duration_s: float, logdir: Path
 ) -> PgbenchResult:
@@ -688,7 +743,7 @@ def run_pgbench(
             f"{proc.stderr.strip()[-3000:]}"
         )
     tps, txns, failed, lat = parse_pgbench_output(proc.stdout)
-    lats = read_latencies_us(prefix)
+    lats = read_cycle_latencies_us(prefix) if workload.cycle_latency else read_latencies_us(prefix)
     return PgbenchResult(
         tps=tps,
         transactions=txns,
@@ -996,8 +1051,37 @@ def register_relay(sub: Any) -> None:
     p.set_defaults(func=cmd_relay)
 
 
-# Later benches (connect, policy, mask) add a register_* function here.
-REGISTRY: list[Callable[[Any], None]] = [register_relay]
+# --- connect -----------------------------------------------------------------------------------
+
+
+def connect_workloads() -> list[Workload]:
+    script = str(WORKLOADS_DIR / "connect.pgbench")
+    return [
+        Workload("connect-c1", ("-C", "-f", script, "-M", "simple"), 1, 1, cycle_latency=True),
+        Workload("connect-c8", ("-C", "-f", script, "-M", "simple"), 8, 2, cycle_latency=True),
+    ]
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    args.veilgate_auth = "oidc"
+    return run_bench(args, "connect", connect_workloads())
+
+
+def register_connect(sub: Any) -> None:
+    p = sub.add_parser(
+        "connect",
+        help="connection setup: new TLS connections per second, OIDC token vs SCRAM",
+        description="pgbench -C (a new TLS connection for every one-statement transaction), 1 and "
+        "8 clients: veilgate validating a dev-IdP RS256 access token (then SCRAM upstream) vs "
+        "direct PostgreSQL with SCRAM vs PgBouncer (session mode, SCRAM). tps = connections "
+        "per second; p50/p99 = connect + SELECT 1 + disconnect latency.",
+    )
+    add_common_args(p, default_targets=ALL_TARGETS)
+    p.set_defaults(func=cmd_connect)
+
+
+# Later benches (policy, mask) add a register_* function here.
+REGISTRY: list[Callable[[Any], None]] = [register_relay, register_connect]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -148,6 +148,8 @@ class _Walker:
 
     def value(self, node: Node, tp: Any, path: str, meta: Mapping[str, Any]) -> Any:
         self.lines.setdefault(path, _line(node))
+        if tp is Any:
+            return self.raw(node, path)
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin in (types.UnionType, typing.Union):
@@ -183,6 +185,18 @@ class _Walker:
             text = self.string(node, path, {**meta, "choices": choices})
             return tp(text)
         raise AssertionError(f"{path}: unsupported type {tp!r} in the config model")
+
+    def raw(self, node: Node, path: str) -> Any:
+        """Plain YAML data (validated later by its own parser); records each key's line."""
+        self.lines.setdefault(path, _line(node))
+        if isinstance(node, MappingNode):
+            return {
+                key: self.raw(vnode, _join(path, key))
+                for key, _, vnode in self.mapping_pairs(node, path)
+            }
+        if isinstance(node, SequenceNode):
+            return [self.raw(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        return self.scalar(node)
 
     def integer(self, node: Node, path: str, meta: Mapping[str, Any]) -> int:
         value = self.scalar(node) if _tag(node) == _YAML_INT else _MISSING
@@ -389,6 +403,7 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
 
     if not cfg.targets and not w.path_failed("targets"):
         w.error(line("targets"), "targets", "at least one target is required")
+    login_roles = _check_oidc(cfg, w, line)
     for name, target in cfg.targets.items():
         path = f"targets.{name}"
         if target.password_env is not None and target.password_file is not None:
@@ -397,6 +412,27 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
                 path,
                 "password_env and password_file are mutually exclusive; use one",
             )
+        for role, login in target.logins.items():
+            lpath = f"{path}.logins.{role}"
+            if login.password_env is not None and login.password_file is not None:
+                w.error(
+                    line(f"{lpath}.password_file", lpath),
+                    lpath,
+                    "password_env and password_file are mutually exclusive; use one",
+                )
+            elif (
+                login.password_env is None
+                and login.password_file is None
+                and not w.path_failed(lpath)
+            ):
+                w.error(line(lpath), lpath, "password_env or password_file is required")
+            if login_roles is not None and role not in login_roles:
+                known = ", ".join(sorted(login_roles)) or "none"
+                w.error(
+                    line(lpath),
+                    lpath,
+                    f"no tier uses login_role {role!r} (login roles of the tiers: {known})",
+                )
         tls_failed = w.path_failed(f"{path}.tls") or w.path_failed(f"{path}.host")
         if (
             not tls_failed
@@ -409,11 +445,11 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
                 f"'disable' is only allowed for a loopback host, not {target.host!r}",
             )
 
-    if not cfg.auth.static_tokens and not w.path_failed("auth"):
+    if not cfg.auth.static_tokens and cfg.auth.oidc is None and not w.path_failed("auth"):
         w.error(
             line("auth.static_tokens", "auth"),
             "auth",
-            "at least one authentication source is required (auth.static_tokens)",
+            "at least one authentication source is required (auth.static_tokens or auth.oidc)",
         )
     names: dict[str, int] = {}
     digests: dict[str, int] = {}
@@ -436,6 +472,7 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
         digests.setdefault(digest, i)
 
     _check_tls_files(cfg, w, line)
+    _check_policy(cfg, w, line)
 
     limits = cfg.limits
     if not w.path_failed("limits") and limits.write_low_water > limits.write_high_water:
@@ -444,6 +481,66 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
             "limits.write_low_water",
             f"must not exceed limits.write_high_water ({limits.write_high_water})",
         )
+
+
+def _check_oidc(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> set[str] | None:
+    """Validate ``auth.oidc``; returns the login roles tiers (and static tokens) can use, or
+    ``None`` when that is unknown (the section is invalid)."""
+    from veilgate.identity import providers
+
+    roles: set[str] = set()
+    tier_roles: dict[str, str] = {}
+    if cfg.auth.oidc is not None:
+        if w.path_failed("auth.oidc"):
+            return None
+        try:
+            settings = providers.identity_from_mapping(cfg.auth.oidc, "auth.oidc")
+        except providers.ConfigError as e:
+            w.error(_nearest_line(w, e.path), e.path, e.message)
+            return None
+        for rule in settings.rules:
+            if rule.login_role is not None:
+                roles.add(rule.login_role)
+                tier_roles.setdefault(rule.tier, rule.login_role)
+    for tok in cfg.auth.static_tokens:
+        if tok.tier is not None:
+            roles.add(tier_roles.get(tok.tier, tok.tier))
+    return roles
+
+
+def _check_policy(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
+    """The policy file must load (its own errors name its file, line and key); the audit log's
+    directory must exist."""
+    policy = cfg.policy
+    if policy is None or w.path_failed("policy"):
+        return
+    from veilgate.policy.loader import PolicyError, load_policy
+
+    try:
+        load_policy(policy.file)
+    except PolicyError as e:
+        for issue in e.issues:
+            w.error(line("policy.file", "policy"), "policy.file", f"invalid policy: {issue}")
+    except OSError as e:
+        w.error(line("policy.file", "policy"), "policy.file", f"cannot read: {e}")
+    if policy.audit_log is not None:
+        parent = (w.base_dir / Path(policy.audit_log).expanduser()).resolve().parent
+        if not parent.is_dir():
+            w.error(
+                line("policy.audit_log", "policy"),
+                "policy.audit_log",
+                f"directory does not exist: {parent}",
+            )
+
+
+def _nearest_line(w: _Walker, path: str) -> int:
+    """The line of ``path``, or of its closest parent the walker saw."""
+    while path:
+        if path in w.lines:
+            return w.lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return 0
 
 
 def _no_passphrase() -> str:
@@ -517,6 +614,10 @@ def load_str(text: str, source: str = "<config>", base_dir: Path | None = None) 
         _check(cfg, w)
     if w.issues or cfg is None:
         raise ConfigError(w.issues)
+    if cfg.policy is not None and cfg.policy.audit_log is not None:
+        # relative to the configuration file, like every other path
+        audit_log = str((w.base_dir / Path(cfg.policy.audit_log).expanduser()).resolve())
+        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, audit_log=audit_log))
     return cfg
 
 
@@ -531,6 +632,12 @@ def warnings(cfg: GatewayConfig) -> list[str]:
                 f"targets.{name}.password_env: ${target.password_env} is not set in this "
                 "environment (the gateway reads it when it connects upstream)"
             )
+        for role, login in target.logins.items():
+            if login.password_env is not None and not os.environ.get(login.password_env):
+                out.append(
+                    f"targets.{name}.logins.{role}.password_env: ${login.password_env} is not "
+                    "set in this environment (the gateway reads it when it connects upstream)"
+                )
     if cfg.tls.allow_plaintext_loopback:
         out.append("tls.allow_plaintext_loopback: plaintext clients are accepted (development)")
     return out

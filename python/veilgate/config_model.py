@@ -71,11 +71,24 @@ class StaticToken:
         }
     )
     roles: frozenset[str] = field(default_factory=frozenset)
+    tier: str | None = None
+    """Policy tier of this token: its upstream login role is the ``login_role`` of the first
+    ``auth.oidc.tiers`` rule with that tier name, else the tier name itself.  Without a tier the
+    token connects with each target's default login (``user``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     static_tokens: tuple[StaticToken, ...] = ()
+    oidc: dict[str, Any] | None = None
+    """OIDC / Entra providers, tier rules and auth-failure rate limits
+    (``veilgate.identity.providers.identity_from_mapping`` documents the shape)."""
+    max_session_age_s: float | None = field(
+        default=None, metadata={"min": 1.0, "max": 31_536_000.0}
+    )
+    """Close a session once it is this old, at its next idle point (never mid-transaction)."""
+    terminate_on_token_expiry: bool = False
+    """Close a session when its access token expires, at its next idle point."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,34 @@ class UpstreamTLSConfig:
     ca_file: Path | None = None
     server_name: str | None = None
     """Host name to verify; defaults to the target's host."""
+
+
+_ENV_NAME: dict[str, Any] = {
+    "pattern": r"[A-Za-z_][A-Za-z0-9_]*",
+    "what": "an environment variable name",
+}
+
+
+def _read_password(password_env: str | None, password_file: Path | None) -> str | None:
+    import os
+
+    if password_env is not None:
+        return os.environ.get(password_env)
+    if password_file is not None:
+        return password_file.read_text().rstrip("\r\n")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetLogin:
+    """An upstream login for one tier's ``login_role`` (``targets.<name>.logins.<login_role>``)."""
+
+    user: str
+    password_env: str | None = field(default=None, metadata=_ENV_NAME)
+    password_file: Path | None = None
+
+    def password(self) -> str | None:
+        return _read_password(self.password_env, self.password_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +146,12 @@ class TargetConfig:
     """File holding the upstream password (one line)."""
     tls: UpstreamTLSConfig = field(default_factory=UpstreamTLSConfig)
     connect_timeout_s: float = field(default=10.0, metadata=_SECONDS)
+    logins: dict[str, TargetLogin] = field(default_factory=dict)
+    """Upstream login per tier ``login_role``; ``user``/password above is the default login."""
 
     def password(self) -> str | None:
         """Read the upstream password from the environment or file, at use time."""
-        import os
-
-        if self.password_env is not None:
-            return os.environ.get(self.password_env)
-        if self.password_file is not None:
-            return self.password_file.read_text().rstrip("\r\n")
-        return None
+        return _read_password(self.password_env, self.password_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +181,16 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Statement policy (``veilgate.policy``): without this section every statement is relayed."""
+
+    file: Path
+    """Policy file (YAML, see ``veilgate.policy.model``); reloaded on SIGHUP and when it changes."""
+    audit_log: str | None = None
+    """File that every decision is appended to as one JSON line (created 0600); none by default."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
@@ -153,5 +200,6 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    policy: PolicyConfig | None = None
     source: Path | None = field(default=None, metadata={"config": False})
     """File the configuration was loaded from, if any."""

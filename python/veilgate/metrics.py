@@ -105,6 +105,11 @@ jwks_refresh_failures_total = Counter(
     "Failed JWKS refreshes (IdP unreachable, bad document, discovery issuer mismatch).",
     ("provider",),
 )
+policy_decisions_total = Counter(
+    "veilgate_policy_decisions_total",
+    "Statement policy decisions, by action (allow, deny, approve).",
+    ("action",),
+)
 
 REGISTRY: list[_Metric] = [
     connections_total,
@@ -116,6 +121,7 @@ REGISTRY: list[_Metric] = [
     cancel_requests_total,
     jwks_fetches_total,
     jwks_refresh_failures_total,
+    policy_decisions_total,
 ]
 
 

@@ -31,10 +31,10 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def build_authenticator(config: GatewayConfig) -> Authenticator:
-    """The authenticator the configuration describes (static tokens today; OIDC later)."""
-    from veilgate.identity.static import StaticTokenAuthenticator
+    """The authenticator the configuration describes (static tokens and/or OIDC)."""
+    from veilgate.identity.combined import GatewayAuthenticator
 
-    return StaticTokenAuthenticator(config.auth.static_tokens)
+    return GatewayAuthenticator.from_config(config)
 
 
 class Service:
@@ -74,9 +74,17 @@ class Service:
         from veilgate.gateway.server import Gateway
 
         cfg = self.config
+        prefetch = getattr(self._authenticator, "prefetch", None)
+        if prefetch is not None:
+            # warm the JWKS caches; failures are logged and retried on first use
+            warm = await prefetch()
+            if warm:
+                log.event(_log, "identity_prefetched", caches=warm)
         gateway = Gateway(cfg, self._authenticator)
         await gateway.start()
         self._gateway = gateway
+        if cfg.policy is not None:
+            self._install_sighup(gateway)
         self.health = HealthState(gateway.session_count)
         if cfg.admin.enabled:
             admin = AdminServer(cfg.admin.host, cfg.admin.port, gateway_routes(self.health))
@@ -101,6 +109,14 @@ class Service:
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 continue
             self._signals_installed.append(sig)
+
+    def _install_sighup(self, gateway: Gateway) -> None:
+        """SIGHUP reloads the policy file (a broken file is logged; the old policy stays)."""
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policy)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            return
+        self._signals_installed.append(signal.SIGHUP)
 
     def remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,6 +177,12 @@ class Service:
         if self._admin is not None:
             admin, self._admin = self._admin, None
             await admin.close()
+        aclose = getattr(self._authenticator, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception as e:
+                log.event(_log, "close_failed", logging.ERROR, error=repr(e))
 
 
 async def serve(

@@ -30,6 +30,7 @@ from veilgate.config_model import (
     UpstreamTLSMode,
 )
 from veilgate.gateway.server import GatewayThread, run_in_thread
+from veilgate.identity.base import Authenticator
 from veilgate.identity.static import StaticTokenAuthenticator, token_digest
 
 APP_ROLE = "veilgate_app"
@@ -152,11 +153,15 @@ def gateway_base_config(pg_cluster: Any, gateway_certs: Any) -> tuple[GatewayCon
 
 
 def _start(
-    config: GatewayConfig, token: str, ca_file: str, use_uvloop: bool = True
+    config: GatewayConfig,
+    token: str,
+    ca_file: str,
+    use_uvloop: bool = True,
+    authenticator: Authenticator | None = None,
 ) -> GatewayHandle:
-    thread = run_in_thread(
-        config, StaticTokenAuthenticator(config.auth.static_tokens), use_uvloop=use_uvloop
-    )
+    if authenticator is None:
+        authenticator = StaticTokenAuthenticator(config.auth.static_tokens)
+    thread = run_in_thread(config, authenticator, use_uvloop=use_uvloop)
     return GatewayHandle(thread=thread, config=config, token=token, ca_file=ca_file)
 
 
@@ -177,8 +182,8 @@ def gateway(
 def gateway_factory(
     gateway_base_config: tuple[GatewayConfig, str], gateway_certs: Any
 ) -> Iterator[Callable[..., GatewayHandle]]:
-    """``gateway_factory(transform=None, use_uvloop=True, **config_overrides)`` → a new running
-    gateway.
+    """``gateway_factory(transform=None, use_uvloop=True, authenticator=None,
+    **config_overrides)`` → a new running gateway (static tokens unless ``authenticator``).
 
     ``config_overrides`` replace top-level :class:`GatewayConfig` fields (``limits=...``);
     ``transform`` gets the config and returns a new one for anything deeper; ``use_uvloop=False``
@@ -191,12 +196,13 @@ def gateway_factory(
     def make(
         transform: Callable[[GatewayConfig], GatewayConfig] | None = None,
         use_uvloop: bool = True,
+        authenticator: Authenticator | None = None,
         **overrides: Any,
     ) -> GatewayHandle:
         config = replace(base, **overrides) if overrides else base
         if transform is not None:
             config = transform(config)
-        handle = _start(config, token, str(ca.cert_file), use_uvloop)
+        handle = _start(config, token, str(ca.cert_file), use_uvloop, authenticator)
         started.append(handle)
         return handle
 

@@ -468,7 +468,52 @@ def test_demo_check(tmp_path: Path) -> None:
     assert "demo: stopped" in proc.stdout
     assert (tmp_path / ".demo" / "veilgate.yaml").is_file()
     assert (tmp_path / ".demo" / "ca.crt").is_file()
-    token = (tmp_path / ".demo" / "token").read_text().strip()
-    assert (tmp_path / ".demo" / "token").stat().st_mode & 0o077 == 0
-    assert token not in proc.stdout + proc.stderr  # --check never prints the token
-    assert token not in (tmp_path / ".demo" / "veilgate.log").read_text()
+    # the dev IdP's state (keys) is private; no token is stored, printed or logged
+    state = tmp_path / ".demo" / "dev-idp" / "state.json"
+    assert state.stat().st_mode & 0o077 == 0
+    assert not (tmp_path / ".demo" / "token").exists()
+    log_text = (tmp_path / ".demo" / "veilgate.log").read_text()
+    assert "eyJ" not in proc.stdout + proc.stderr + log_text  # no JWT anywhere
+    assert '"event":"authenticated"' in log_text and "dev-entra" in log_text
+
+
+_SERVE_POLICY = """\
+version: 1
+tiers:
+  - name: serve
+    match: {subjects: [serve-test]}
+    rules:
+      - {id: serve-read, action: allow, message: "reads", classes: [read]}
+"""
+
+
+@pytest.mark.pg
+def test_serve_policy_reload_on_sighup(serve_setup: ServeSetup) -> None:
+    d = serve_setup.directory
+    policy = d / "sighup-policy.yaml"
+    policy.write_text(_SERVE_POLICY)
+    config_file = d / "veilgate-policy.yaml"
+    config_file.write_text(
+        serve_setup.config_file.read_text()
+        + "policy: {file: sighup-policy.yaml, audit_log: sighup-audit.jsonl}\n"
+    )
+    p = ServeProcess(config_file, serve_setup.env)
+    try:
+        port = int(p.wait_event("ready")["port"])
+        assert psql(serve_setup, port, "select 'ok'").stdout.strip() == "ok"
+        # a broken file on SIGHUP: logged, the old policy keeps serving
+        policy.write_text(_SERVE_POLICY.replace("action: allow", "action: permit"))
+        p.proc.send_signal(signal.SIGHUP)
+        failed = p.wait_event("policy_reload_failed")
+        assert failed["key"] == "tiers[0].rules[0].action"
+        assert psql(serve_setup, port, "select 'still ok'").stdout.strip() == "still ok"
+        # a good file on SIGHUP: reads are now denied too
+        policy.write_text(_SERVE_POLICY.replace("classes: [read]", "classes: [ddl]"))
+        p.proc.send_signal(signal.SIGHUP)
+        p.wait_event("policy_reloaded")
+        res = psql(serve_setup, port, "select 1")
+        assert "veilgate policy" in res.stderr and res.returncode != 0, res.stderr
+        lines = (d / "sighup-audit.jsonl").read_text().splitlines()
+        assert [json.loads(x)["action"] for x in lines] == ["allow", "allow", "deny"]
+    finally:
+        p.stop()

@@ -416,7 +416,7 @@ def test_at_least_one_target_and_auth_source(confdir: Path) -> None:
     assert errors == [
         "veilgate.yaml:3: targets: at least one target is required",
         "veilgate.yaml:5: auth: at least one authentication source is required "
-        "(auth.static_tokens)",
+        "(auth.static_tokens or auth.oidc)",
     ]
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from veilgate.demo.identity import StaticTokenIdentity
+from veilgate.demo.identity import DevIdPIdentity
 from veilgate.demo.stack import DemoError, DemoStack
 
 CHECK_SQL = "SELECT count(*) AS customers FROM customers"
@@ -59,16 +59,19 @@ def _check(stack: DemoStack) -> int:
     return 0
 
 
-def _banner(stack: DemoStack, password: str) -> None:
+def _banner(stack: DemoStack, identity: DevIdPIdentity) -> None:
     cwd = Path.cwd()
     conn = stack.conninfo(relative_to=cwd)
-    token_file = stack.directory / "token"
     print()
-    print("veilgate demo is running. Connect through the gateway with:")
+    print("veilgate demo is running, with a development identity provider at")
+    print(f"{identity.idp.base_url} (Entra-shaped tenant {identity.idp.tenant_id}).")
+    print("Mint an access token (valid 1 hour) and connect through the gateway with:")
     print()
-    print(f'  PGPASSWORD={shlex.quote(password)} psql "{conn}"')
+    print(f"  export PGPASSWORD=$({identity.token_command(relative_to=cwd)})")
+    print(f'  psql "{conn}"')
     print()
-    print(f"  (the token is also in {token_file}; it is a demo credential, valid until you stop)")
+    print(f"  (--role {identity.role} maps to the tier 'read'; a token without a mapped role,")
+    print("   expired or tampered is refused with 28P01 and the reason is in the gateway log)")
     print("  then try:  SELECT * FROM customers LIMIT 5;")
     url = stack.metrics_url()
     if url is not None:
@@ -81,12 +84,13 @@ def _banner(stack: DemoStack, password: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    identity = StaticTokenIdentity()
+    identity = DevIdPIdentity()
     stack = DemoStack(args.dir, identity, port=args.port, admin_port=args.admin_port)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     status = 0
     try:
         try:
+            identity.start()
             stack.start()
         except DemoError as e:
             print(f"demo: {e}", file=sys.stderr)
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             status = _check(stack)
         else:
-            _banner(stack, identity.client_password())
+            _banner(stack, identity)
             exited = stack.wait()
             print(f"demo: veilgate exited with status {exited}:\n{stack.log_tail()}")
             status = 1
@@ -104,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         code: int | None = None
         with contextlib.suppress(KeyboardInterrupt):  # cluster.stop also runs at exit
             code = stack.stop()
+        with contextlib.suppress(KeyboardInterrupt):
+            identity.stop()
         signal.signal(signal.SIGTERM, previous)
         if code not in (None, 0):
             print(f"demo: veilgate exited with status {code}", file=sys.stderr)

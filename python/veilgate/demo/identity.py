@@ -1,17 +1,30 @@
 """How the demo user proves who it is.
 
-Today: a random static token (its SHA-256 goes into the config).  A later issue replaces this
-with a development OIDC identity provider; the rest of the demo only uses :class:`DemoIdentity`.
+:class:`DevIdPIdentity` (the default): the development identity provider
+(:mod:`veilgate.identity.devidp`) serves discovery and JWKS on 127.0.0.1 from a thread of the demo
+process; the gateway trusts it as an Entra tenant and the demo client presents access tokens it
+mints (``veilgate dev-token --state-dir DIR --role Db.Read``).  No token is ever written to disk.
+:class:`StaticTokenIdentity`: a random static token (only its SHA-256 goes into the config).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
+from veilgate.identity.devidp import STATE_FILE, DevIdP
 from veilgate.identity.static import token_digest
+
+DEMO_ROLE = "Db.Read"
+DEMO_TIERS = [
+    {"tier": "read", "any_roles": [DEMO_ROLE]},
+    {"tier": "admin", "any_roles": ["Db.Admin"]},
+]
 
 
 class DemoIdentity(Protocol):
@@ -59,3 +72,55 @@ class StaticTokenIdentity:
         finally:
             os.close(fd)
         return path
+
+
+class DevIdPIdentity:
+    """Access tokens from an in-process development IdP (Entra-shaped, RS256, real HTTP)."""
+
+    def __init__(self, user: str = "demo", role: str = DEMO_ROLE) -> None:
+        self.user = user
+        self.role = role
+        self.idp = DevIdP()
+        self.state_dir: Path | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve discovery and JWKS on 127.0.0.1 (ephemeral port) from a daemon thread."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="dev-idp", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.idp.start(), loop).result(10)
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        asyncio.run_coroutine_threadsafe(self.idp.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+    def auth_config(self) -> dict[str, Any]:
+        return {
+            "oidc": {"providers": [self.idp.provider_mapping("dev-entra")], "tiers": DEMO_TIERS}
+        }
+
+    def client_password(self) -> str:
+        return self.idp.mint(roles=[self.role], ttl=3600)
+
+    def save(self, directory: Path) -> Path:
+        """The IdP's state (ids and private keys, 0600) for ``veilgate dev-token``."""
+        self.state_dir = directory / "dev-idp"
+        self.idp.save_state(self.state_dir)
+        return self.state_dir / STATE_FILE
+
+    def token_command(self, relative_to: Path | None = None) -> str:
+        """The shell command that mints a token for the demo user."""
+        state = self.state_dir or Path("dev-idp")
+        if relative_to is not None:
+            with contextlib.suppress(ValueError):
+                state = state.resolve().relative_to(relative_to.resolve())
+        return f"veilgate dev-token --state-dir {state} --role {self.role}"

@@ -28,6 +28,10 @@ from veilgate.gateway.negotiate import (
 )
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator
+from veilgate.policy.audit import AuditSink, JsonLinesAuditSink
+from veilgate.policy.engine import PolicyEngine
+from veilgate.policy.loader import load_policy
+from veilgate.policy.reload import PolicyFileWatcher
 
 logger = log.get("gateway")
 
@@ -43,6 +47,8 @@ NO_ALPN = wire.fatal(
     "received direct SSL connection request without ALPN protocol negotiation extension",
 )
 CANCEL_FORWARD_TIMEOUT_S = 5.0
+POLICY_CHECK_INTERVAL_S = 1.0
+"""How often the policy file's mtime/size/inode are looked at for a reload."""
 
 
 def _over_limit_margin(limit: int) -> int:
@@ -98,6 +104,16 @@ class Gateway:
         self._port = 0
         self._accepting = False
         self._all_closed: asyncio.Event | None = None
+        self.policy_engine: PolicyEngine | None = None
+        self.policy_watcher: PolicyFileWatcher | None = None
+        self.audit_sink: AuditSink | None = None
+        self._policy_timer: asyncio.TimerHandle | None = None
+        if config.policy is not None:
+            # raises PolicyError (file, line, key): `veilgate serve` validated it already
+            self.policy_engine = PolicyEngine(load_policy(config.policy.file))
+            self.policy_watcher = PolicyFileWatcher(config.policy.file, self.policy_engine)
+            if config.policy.audit_log is not None:
+                self.audit_sink = JsonLinesAuditSink(config.policy.audit_log)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -122,6 +138,8 @@ class Gateway:
         self._port = lsock.getsockname()[1]
         self._accepting = True
         self._accept_task = loop.create_task(self._accept_loop(lsock))
+        if self.policy_watcher is not None:
+            self._policy_timer = loop.call_later(POLICY_CHECK_INTERVAL_S, self._policy_tick)
         log.event(
             logger,
             "listening",
@@ -137,6 +155,41 @@ class Gateway:
 
     def session_count(self) -> int:
         return len(self._sessions)
+
+    # --- policy ----------------------------------------------------------------------------------
+
+    def reload_policy(self, force: bool = True) -> bool | None:
+        """Reload the policy file (SIGHUP; ``force=False``: only if it changed).  A broken file
+        is logged and the old policy keeps serving.  True/False = reloaded/refused, None =
+        unchanged or no policy."""
+        watcher, engine = self.policy_watcher, self.policy_engine
+        if watcher is None or engine is None:
+            return None
+        generation = engine.generation
+        try:
+            result = watcher.reload() if force else watcher.check()
+        except Exception:
+            logger.exception("policy reload failed")
+            return False
+        if engine.generation != generation:
+            for session in list(self._sessions):
+                session.policy_reloaded()
+        return result
+
+    def _policy_tick(self) -> None:
+        self._policy_timer = None
+        self.reload_policy(force=False)
+        if self._accepting or self._sessions:
+            loop = asyncio.get_running_loop()
+            self._policy_timer = loop.call_later(POLICY_CHECK_INTERVAL_S, self._policy_tick)
+
+    def _close_policy(self) -> None:
+        if self._policy_timer is not None:
+            self._policy_timer.cancel()
+            self._policy_timer = None
+        if self.audit_sink is not None:
+            self.audit_sink.close()
+            self.audit_sink = None
 
     def _stop_accepting(self) -> None:
         self._accepting = False
@@ -166,6 +219,7 @@ class Gateway:
         for session in list(self._sessions):
             session.abort()
         await self._cancel_tasks()
+        self._close_policy()
 
     async def close(self) -> None:
         """Stop accepting and drop every session now."""
@@ -173,6 +227,7 @@ class Gateway:
         for session in list(self._sessions):
             session.close(ADMIN_SHUTDOWN, "gateway_close")
         await self._cancel_tasks()
+        self._close_policy()
         await asyncio.sleep(0)
 
     async def _cancel_tasks(self) -> None:

@@ -4,13 +4,15 @@ The session owns both connection sides (:class:`~veilgate.gateway._relay.RelayPr
 their callback target.  During the handshake it consumes whole messages (the native buffers are
 in startup / all-events mode); once both sides are authenticated it switches them to pure
 pass-through, after which it is called only at boundaries: errors, connection loss, and the rare
-event messages it asks for (ReadyForQuery while draining).
+event messages it asks for (ReadyForQuery while draining).  With a statement policy configured,
+the messages the policy judges are events too (:mod:`veilgate.gateway.enforce`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -21,8 +23,10 @@ from veilgate import log, metrics
 from veilgate.config_model import TargetConfig
 from veilgate.gateway import upstream, wire
 from veilgate.gateway._relay import RelayProtocol
+from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.startup import StartupRefused, negotiate_startup, upstream_application_name
 from veilgate.identity.base import AuthContext, AuthError, Principal
+from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
 
 if TYPE_CHECKING:
     from veilgate.gateway.server import Gateway
@@ -30,7 +34,10 @@ if TYPE_CHECKING:
 logger = log.get("gateway.session")
 
 ADMIN_SHUTDOWN = wire.fatal("57P01", "terminating connection due to administrator command")
+TOKEN_EXPIRED = wire.fatal("28000", "access token expired; reconnect")
+SESSION_AGE_REACHED = wire.fatal("28000", "maximum session age reached; reconnect")
 _Z = ord("Z")
+_IDLE = ord("I")
 _UPSTREAM_GONE = frozenset({"upstream_closed"})
 
 
@@ -109,6 +116,10 @@ class Session:
         self.phase = Phase.HANDSHAKE
         self.principal: Principal | None = None
         self.target: TargetConfig | None = None
+        self.tier: str | None = None
+        self._lifetime_timer: asyncio.TimerHandle | None = None
+        self._lifetime_end: tuple[bytes, str] | None = None
+        """Set once the session outlived its token / max age: (FATAL to send, reason)."""
         self.user: str | None = None
         self.cancel_pid: int | None = None
         self.upstream_pid: int | None = None
@@ -117,6 +128,10 @@ class Session:
         self.over_limit = False
         """Accepted over ``listen.max_connections``: refused with 53300 after the startup."""
         self.handshake_task: asyncio.Task[None] | None = None
+        self.enforcer: PolicyEnforcer | None = None
+        """Statement policy of this session (only when the gateway has a policy)."""
+        self.upstream_parameters: list[bytes] = []
+        """The server's ParameterStatus messages of the handshake (whole frames)."""
         self._started = asyncio.get_running_loop().time()
 
     # --- callbacks from RelayProtocol ------------------------------------------------------------
@@ -139,13 +154,22 @@ class Session:
         inbox.wake()
 
     def relay_event(self, side: RelayProtocol, message: Any) -> None:
+        enforcer = self.enforcer
         if side is self.client:
-            self.upstream_transport.write(message.frame())
+            if enforcer is not None:
+                enforcer.client_message(message)
+            else:
+                self.upstream_transport.write(message.frame())
             return
-        self.client_transport.write(message.frame())
+        if enforcer is not None:
+            self.client_transport.write(enforcer.server_message(message))
+        else:
+            self.client_transport.write(message.frame())
         # ReadyForQuery is asked for while draining: a busy session ends at its last one
         if message.tag == _Z and self.draining and not self.state.busy:
             self.close(ADMIN_SHUTDOWN, "drain")
+        elif message.tag == _Z and self._lifetime_end is not None and self._idle():
+            self.close(*self._lifetime_end)
 
     def framing_error(self, side: RelayProtocol, exc: BaseException) -> None:
         from_client = side is self.client
@@ -328,16 +352,30 @@ class Session:
                 reason="unknown_target",
             )
         self.target = target
+        grant = grant_for(self.gateway.authenticator, principal)
+        try:
+            login = upstream_login(target, grant)
+        except LoginDenied as exc:
+            raise self._refuse(
+                "28000",
+                f'not allowed to connect to database "{startup.database}"',
+                "auth",
+                principal=principal.label(),
+                tier=grant.tier if grant else None,
+                reason=exc.reason,
+                detail=exc.detail,
+            ) from None
+        self.tier = grant.tier if grant else None
 
         params = [
-            ("user", target.user),
+            ("user", login.user),
             ("database", target.dbname),
             ("application_name", upstream_application_name(principal.label())),
             *startup.forwarded,
         ]
         try:
             async with asyncio.timeout(target.connect_timeout_s):
-                hs = await self._connect_upstream(target, params)
+                hs = await self._connect_upstream(login, params)
         except TimeoutError:
             raise self._upstream_failed(
                 upstream.UpstreamError(
@@ -360,6 +398,7 @@ class Session:
             ) from None
 
         self.upstream_pid, self.upstream_key = hs.backend_pid, hs.backend_key
+        self.upstream_parameters = hs.parameters
         pid, key = self.gateway.cancel_registry.register(self)
         self.cancel_pid = pid
         if self._client_in.closed:
@@ -375,6 +414,7 @@ class Session:
             )
         )
         self._start_relay()
+        self._arm_lifetime(principal)
         metrics.sessions_total.inc(target=target.name)
         log.event(
             logger,
@@ -382,10 +422,50 @@ class Session:
             peer=self.peer,
             principal=principal.label(),
             target=target.name,
+            tier=self.tier,
+            upstream_user=login.user,
             upstream_pid=self.upstream_pid,
             upstream_auth=hs.mechanism,
             handshake_ms=round((asyncio.get_running_loop().time() - self._started) * 1000, 1),
         )
+
+    def _arm_lifetime(self, principal: Principal) -> None:
+        """Schedule the end of the session at max age / token expiry (if configured)."""
+        auth = self.config.auth
+        loop = asyncio.get_running_loop()
+        ends: list[tuple[float, bytes, str]] = []
+        if auth.max_session_age_s is not None:
+            ends.append((self._started + auth.max_session_age_s, SESSION_AGE_REACHED, "max_age"))
+        if auth.terminate_on_token_expiry and principal.expires_at is not None:
+            at = loop.time() + (principal.expires_at - time.time())
+            ends.append((at, TOKEN_EXPIRED, "token_expired"))
+        if ends and self.phase is Phase.RELAY:
+            at, frame, reason = min(ends, key=lambda e: e[0])
+            self._lifetime_timer = loop.call_at(at, self._lifetime_reached, frame, reason)
+
+    def _idle(self) -> bool:
+        state = self.state
+        return not state.busy and state.tx_status in (0, _IDLE)
+
+    def _lifetime_reached(self, frame: bytes, reason: str) -> None:
+        """Idle: close now.  Busy or in a transaction: at the next ReadyForQuery 'I'."""
+        self._lifetime_timer = None
+        if self.phase is not Phase.RELAY:
+            return
+        log.event(
+            logger,
+            "session_lifetime_reached",
+            peer=self.peer,
+            principal=self.principal.label() if self.principal else None,
+            reason=reason,
+            idle=self._idle(),
+        )
+        if self._idle():
+            self.close(frame, reason)
+            return
+        self._lifetime_end = (frame, reason)
+        # only now does the server side report ReadyForQuery: the hot path paid nothing before
+        self.set_upstream_events()
 
     async def _connect_upstream(
         self, target: TargetConfig, params: list[tuple[str, str]]
@@ -433,17 +513,24 @@ class Session:
         assert self.upstream is not None
         client_rb, upstream_rb = self.client_rb, self.upstream_rb
         client_rb.max_message = self.config.limits.max_message_bytes
+        engine = self.gateway.policy_engine
+        if engine is not None and self.principal is not None:
+            self.enforcer = PolicyEnforcer(self, engine, self.principal, self.gateway.audit_sink)
         client_rb.set_all_events(False)
-        client_rb.set_events(b"")
         upstream_rb.set_all_events(False)
-        upstream_rb.set_events(b"")
+        self.set_client_events()
+        self.set_upstream_events()
         self.phase = Phase.RELAY
         self.client.start_relay(self.upstream_transport)
         self.upstream.start_relay(self.client_transport)
         # whatever arrived during the handshake beyond the messages it consumed
-        pending = [m.frame() for m in self._client_in.items]
-        if pending:
-            self.upstream_transport.write(b"".join(pending))
+        if self.enforcer is not None:
+            for m in self._client_in.items:
+                self.enforcer.client_message(m)
+        else:
+            pending = [m.frame() for m in self._client_in.items]
+            if pending:
+                self.upstream_transport.write(b"".join(pending))
         pending = [m.frame() for m in self._upstream_in.items]
         if pending:
             self.client_transport.write(b"".join(pending))
@@ -455,6 +542,22 @@ class Session:
             self.client_transport.resume_reading()
         if self.draining:
             self.drain()
+
+    def set_client_events(self) -> None:
+        """Client messages surfaced as events: none without a policy (pure pass-through)."""
+        self.client_rb.set_events(self.enforcer.client_tags() if self.enforcer else b"")
+
+    def set_upstream_events(self) -> None:
+        """Server messages surfaced as events: ReadyForQuery while draining or ending, plus what
+        the policy enforcer needs."""
+        tags = b"Z" if self.draining or self._lifetime_end is not None else b""
+        if self.enforcer is not None:
+            tags += self.enforcer.upstream_tags()
+        self.upstream_rb.set_events(tags)
+
+    def policy_reloaded(self) -> None:
+        if self.enforcer is not None and self.phase is Phase.RELAY:
+            self.enforcer.policy_reloaded()
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -471,12 +574,15 @@ class Session:
             if not self.state.busy:
                 self.close(ADMIN_SHUTDOWN, "drain")
             else:
-                self.upstream_rb.set_events(b"Z")
+                self.set_upstream_events()
 
     def close(self, client_message: bytes | None, reason: str) -> None:
         """End the session: optional last message to the client, Terminate upstream, close both."""
         if self.phase is Phase.CLOSED:
             return
+        if self._lifetime_timer is not None:
+            self._lifetime_timer.cancel()
+            self._lifetime_timer = None
         was_relaying = self.phase is Phase.RELAY
         was_handshaking = self.phase is Phase.HANDSHAKE
         self.phase = Phase.CLOSED
