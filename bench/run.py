@@ -1080,8 +1080,16 @@ def register_connect(sub: Any) -> None:
     p.set_defaults(func=cmd_connect)
 
 
-# Later benches (policy, mask) add a register_* function here.
-REGISTRY: list[Callable[[Any], None]] = [register_relay, register_connect]
+def register_policy(sub: Any) -> None:
+    if str(BENCH_DIR) not in sys.path:  # loaded by path (tests): policy_bench sits next to us
+        sys.path.insert(0, str(BENCH_DIR))
+    from policy_bench import register_policy as register  # bench/policy_bench.py
+
+    register(sub)
+
+
+# Later benches (mask) add a register_* function here.
+REGISTRY: list[Callable[[Any], None]] = [register_relay, register_connect, register_policy]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

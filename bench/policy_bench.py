@@ -1,0 +1,342 @@
+"""``python bench/run.py policy``: what statement policy costs on the data path.
+
+pgbench select-only (``-S``; simple and prepared protocol; 1 and 8 clients) through two gateways
+that differ only in their ``policy`` section:
+
+* ``veilgate``: the guardrail policy ``workloads/policy_guardrails.yaml`` (the token's app role
+  ``db.readonly`` selects its read-only tier; every statement is judged against all its rules);
+* ``veilgate-nopolicy``: no ``policy`` section, every statement is relayed undecided;
+* ``veilgate-audit`` (only with ``--targets``): the same policy plus ``audit_log``, one JSON line
+  per decision.
+
+Same machinery as every other bench (``run.py``: cluster, TLS, interleaved rounds, pgbench-log
+percentiles, proxy CPU); rows in the ``relay.json`` format in ``results/policy.json``.  See
+bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _run_module() -> Any:
+    """bench/run.py as already loaded (``__main__`` when run as ``python bench/run.py``), so its
+    classes (``BenchError``...) are the ones its ``main`` catches; imported otherwise."""
+    here = Path(__file__).resolve().with_name("run.py")
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if f and Path(f).resolve() == here and hasattr(mod, "VeilgateTarget"):
+            sys.modules.setdefault("run", mod)
+            return mod
+    if str(here.parent) not in sys.path:
+        sys.path.insert(0, str(here.parent))
+    import run
+
+    return run
+
+
+_run = _run_module()
+BENCH_DB = _run.BENCH_DB
+RESULTS_DIR = _run.RESULTS_DIR
+WORKLOADS_DIR = _run.WORKLOADS_DIR
+BenchError = _run.BenchError
+Sample = _run.Sample
+VeilgateTarget = _run.VeilgateTarget
+Workload = _run.Workload
+say = _run.say
+
+POLICY_FILE = WORKLOADS_DIR / "policy_guardrails.yaml"
+TOKEN_ROLES = ("db.readonly",)
+"""App roles of the bench's static token: they select the policy's ``readonly`` tier."""
+POLICY_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-audit")
+DEFAULT_TARGETS = ("veilgate", "veilgate-nopolicy")
+BASELINE = "veilgate-nopolicy"
+TPS_BAR = 0.90
+"""The issue's bar: policy on keeps at least 90% of the policy-off TPS."""
+
+PGBENCH_STATEMENTS = (
+    "SELECT abalance FROM pgbench_accounts WHERE aid = $1",  # -M prepared (Parse)
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",  # -M simple (Query)
+    "select count(*) from pgbench_branches",  # pgbench's scale probe at start-up
+)
+"""What pgbench -S sends; the bench's policy must allow all of it."""
+DENIED_PROBE = ("DELETE FROM pgbench_history", "ro-no-destruction")
+"""A statement the policy denies (harmless if it runs: ``-S`` never writes history)."""
+
+
+def policy_workloads() -> list[Any]:
+    return [
+        Workload("select-simple-c1", ("-S", "-M", "simple"), 1, 1),
+        Workload("select-simple-c8", ("-S", "-M", "simple"), 8, 2),
+        Workload("select-prepared-c1", ("-S", "-M", "prepared"), 1, 1),
+        Workload("select-prepared-c8", ("-S", "-M", "prepared"), 8, 2),
+    ]
+
+
+class VeilgatePolicyTarget(VeilgateTarget):  # type: ignore[misc,valid-type]
+    """The gateway with one static token (roles ``db.readonly``) and, optionally, a policy."""
+
+    def __init__(
+        self,
+        env: Any,
+        name: str,
+        *,
+        policy_file: Path | None,
+        audit: bool = False,
+        command: str | None = None,
+    ) -> None:
+        self.name = name
+        self.policy_file = policy_file
+        self.audit = audit
+        super().__init__(env, command)
+        digest = hashlib.sha256(self.token.encode()).hexdigest()
+        roles = ", ".join(TOKEN_ROLES)
+        self.write_config(
+            f"auth:\n  static_tokens:\n    - {{name: bench, sha256: {digest}, roles: [{roles}]}}\n"
+        )
+
+    def write_config(self, auth_section: str) -> None:
+        if self.policy_file is not None:
+            audit = json.dumps(str(self.workdir / "audit.jsonl")) if self.audit else "null"
+            auth_section = (
+                f"{auth_section.rstrip()}\n"
+                f"policy: {{file: {json.dumps(str(self.policy_file))}, audit_log: {audit}}}\n"
+            )
+        super().write_config(auth_section)
+
+    def admin_port(self) -> int:
+        m = re.search(r"^admin: \{host: [^,]+, port: (\d+)\}", self.config.read_text(), re.M)
+        if m is None:
+            raise BenchError(f"{self.name}: no admin port in {self.config}")
+        return int(m.group(1))
+
+    def policy_decisions(self) -> dict[str, float]:
+        """``veilgate_policy_decisions_total`` by action, from the admin endpoint."""
+        url = f"http://127.0.0.1:{self.admin_port()}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return parse_decision_metrics(resp.read().decode())
+
+
+def parse_decision_metrics(text: str) -> dict[str, float]:
+    """``{action: count}`` from a Prometheus exposition's ``veilgate_policy_decisions_total``."""
+    out: dict[str, float] = {}
+    for m in re.finditer(
+        r'^veilgate_policy_decisions_total\{[^}]*action="([^"]+)"[^}]*\} ([0-9.e+]+)$', text, re.M
+    ):
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+def make_policy_target(name: str, env: Any, args: argparse.Namespace) -> Any:
+    if name == "veilgate":
+        return VeilgatePolicyTarget(env, name, policy_file=POLICY_FILE, command=args.veilgate_cmd)
+    if name == "veilgate-nopolicy":
+        return VeilgatePolicyTarget(env, name, policy_file=None, command=args.veilgate_cmd)
+    if name == "veilgate-audit":
+        return VeilgatePolicyTarget(
+            env, name, policy_file=POLICY_FILE, audit=True, command=args.veilgate_cmd
+        )
+    raise BenchError(f"unknown target {name!r} (choose from {', '.join(POLICY_TARGETS)})")
+
+
+def parse_policy_targets(spec: str) -> list[str]:
+    names = list(dict.fromkeys(t.strip() for t in spec.split(",") if t.strip()))
+    bad = [t for t in names if t not in POLICY_TARGETS]
+    if bad or not names:
+        raise BenchError(
+            f"--targets: unknown {', '.join(bad) or '(empty)'}; "
+            f"choose from {', '.join(POLICY_TARGETS)}"
+        )
+    return names
+
+
+def denial_check(env: Any, target: Any) -> None:
+    """A guarded statement through psql: denied with 42501 and the rule id when the target has a
+    policy, run when it has none (so the two gateways really differ only in policy)."""
+    sql, rule = DENIED_PROBE
+    ep = target.endpoint()
+    proc = subprocess.run(
+        [
+            str(env.bindir / "psql"),
+            *("-X", "-v", "VERBOSITY=verbose"),
+            *ep.args(),
+            *("-d", ep.dbname, "-c", sql),
+        ],
+        env=ep.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if target.policy_file is None:
+        if proc.returncode != 0:
+            raise BenchError(f"{target.name}: {sql!r} failed without a policy: {proc.stderr}")
+    elif proc.returncode == 0 or "42501" not in proc.stderr or rule not in proc.stderr:
+        raise BenchError(
+            f"{target.name}: {sql!r} was not denied by rule {rule} (exit {proc.returncode}):\n"
+            f"{proc.stdout}{proc.stderr}\n--- {target.name} log ---\n{target.log_tail()}"
+        )
+
+
+def check_policy_allows(path: Path = POLICY_FILE) -> None:
+    """The bench policy must allow what pgbench sends (else the bench measures denials)."""
+    from veilgate.identity.base import Principal
+    from veilgate.policy.engine import PolicyEngine, SessionContext
+    from veilgate.policy.loader import load_policy
+
+    engine = PolicyEngine(load_policy(path))
+    who = Principal(provider="static", subject="bench", roles=frozenset(TOKEN_ROLES))
+    for sql in PGBENCH_STATEMENTS:
+        d = engine.decide(who, sql, session=SessionContext(session_id="bench-check"))
+        if d.action != "allow":
+            raise BenchError(f"{path}: {sql!r} is not allowed ({d.action}, rule {d.rule_id})")
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+
+def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
+    """Medians over rounds per workload x target, then each policy target against
+    ``veilgate-nopolicy``: TPS ratio (on/off), latency ratios and the extra proxy CPU."""
+    fmt, ratio, med = _run._fmt, _run.ratio, _run.median_or_none
+    workloads = list(dict.fromkeys(s.workload for s in samples))
+    m: dict[tuple[str, str], dict[str, float | None]] = {}
+    for w in workloads:
+        for t in targets:
+            ss = [s for s in samples if s.workload == w and s.target == t]
+            if ss:
+                m[w, t] = {
+                    "tps": med([s.tps for s in ss]),
+                    "p50": med([s.p50_ms for s in ss]),
+                    "p99": med([s.p99_ms for s in ss]),
+                    "cpu": med([s.proxy_cpu_us_per_txn for s in ss]),
+                }
+    head = (
+        f"{'workload':<20} {'target':<17} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'cpu µs/txn':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    worst: dict[str, float] = {}
+    for w in workloads:
+        for t in targets:
+            r = m.get((w, t))
+            if r is not None:
+                lines.append(
+                    f"{w:<20} {t:<17} {fmt(r['tps'], '10.1f')} {fmt(r['p50'], '9.3f')} "
+                    f"{fmt(r['p99'], '9.3f')} {fmt(r['cpu'], '11.1f')}"
+                )
+        off = m.get((w, BASELINE))
+        for t in targets:
+            on = m.get((w, t))
+            if t == BASELINE or on is None or off is None:
+                continue
+            tr = ratio(on["tps"], off["tps"])
+            if tr is not None:
+                worst[t] = min(worst.get(t, tr), tr)
+            extra = None if on["cpu"] is None or off["cpu"] is None else on["cpu"] - off["cpu"]
+            lines.append(
+                f"{'':<20} {t + '/off':<24} tps {fmt(tr, '.3f')}  "
+                f"p50 {fmt(ratio(on['p50'], off['p50']), '.2f')}  "
+                f"p99 {fmt(ratio(on['p99'], off['p99']), '.2f')}  "
+                f"cpu {fmt(ratio(on['cpu'], off['cpu']), '.2f')} ({fmt(extra, '+.1f')} µs/txn)"
+            )
+        lines.append("")
+    for t, tr in worst.items():
+        verdict = "within" if tr >= TPS_BAR else "OVER"
+        lines.append(
+            f"{t}: worst TPS ratio vs {BASELINE} {tr:.3f} ({(1 - tr) * 100:+.1f}% cost); "
+            f"bar: cost <= {(1 - TPS_BAR) * 100:.0f}% -> {verdict}"
+        )
+    return "\n".join(lines)
+
+
+# --- the subcommand ----------------------------------------------------------------------------
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    targets_wanted = parse_policy_targets(args.targets)
+    workloads = _run.select_workloads(policy_workloads(), args.workloads)
+    if args.rounds < 1:
+        raise BenchError("--rounds must be at least 1")
+    duration = args.duration if args.duration is not None else (3.0 if args.quick else 20.0)
+    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    scale = args.scale if args.scale is not None else (1 if args.quick else 10)
+    output = args.output or RESULTS_DIR / "policy.json"
+    check_policy_allows()
+    est = args.rounds * len(workloads) * len(targets_wanted) * (duration + 0.5)
+    say(
+        f"policy: {len(workloads)} workloads x {len(targets_wanted)} targets x {args.rounds} "
+        f"rounds, {duration:g} s each (~{est / 60:.1f} min), TLS everywhere, policy "
+        f"{POLICY_FILE.relative_to(_run.REPO)}, {os.cpu_count()} CPUs"
+    )
+    samples: list[Any] = []
+    decisions: dict[str, dict[str, float]] = {}
+    with _run.bench_env(scale=scale, keep=args.keep) as env:
+        say(_run.versions(env, ["veilgate"]))
+        targets: list[Any] = []
+        try:
+            for name in targets_wanted:
+                target = make_policy_target(name, env, args)
+                targets.append(target)
+                t0 = time.monotonic()
+                target.start()
+                _run.smoke_check(env, target)
+                denial_check(env, target)
+                ep = target.endpoint()
+                say(f"target {name}: {ep.host}:{ep.port} ready in {time.monotonic() - t0:.2f} s")
+            samples = _run.run_matrix(
+                env,
+                targets,
+                workloads,
+                rounds=args.rounds,
+                duration_s=duration,
+                warmup_s=warmup,
+                on_sample=lambda done: _run.write_results(output, done),
+            )
+            for target in targets:
+                decisions[target.name] = target.policy_decisions()
+        finally:
+            for target in reversed(targets):
+                target.stop()
+    _run.write_results(output, samples)
+    say("")
+    say(
+        f"policy: medians of {args.rounds} round(s), {duration:g} s runs; proxy CPU = gateway "
+        "process user+sys CPU / transactions; ratios = policy target / veilgate-nopolicy"
+    )
+    say(policy_table(samples, targets_wanted))
+    for name, d in decisions.items():
+        counts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(d.items())) or "none"
+        say(f"{name}: policy decisions (gateway metrics, incl. warm-up and checks): {counts}")
+    say(f"results: {output}")
+    return 0
+
+
+def register_policy(sub: Any) -> None:
+    p = sub.add_parser(
+        "policy",
+        help="statement policy cost: pgbench -S through veilgate, guardrail policy on vs off",
+        description="pgbench -S (simple and prepared, 1 and 8 clients) through veilgate with the "
+        "guardrail policy workloads/policy_guardrails.yaml (target veilgate) and through the "
+        "same gateway without a policy (target veilgate-nopolicy); optional target "
+        "veilgate-audit adds the JSON-lines audit log.",
+    )
+    _run.add_common_args(p, default_targets=DEFAULT_TARGETS)
+    for action in p._actions:  # the shared help names the relay targets
+        if action.dest == "targets":
+            action.help = (
+                f"comma-separated, from {','.join(POLICY_TARGETS)} "
+                f"(default: {','.join(DEFAULT_TARGETS)})"
+            )
+    p.set_defaults(func=cmd_policy)

@@ -1,0 +1,77 @@
+"""bench/policy_bench.py: the bench's guardrail policy is valid, allows what pgbench sends and
+denies the probe; the on/off summary table; the decision counter scrape."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def pb() -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import policy_bench
+
+    return policy_bench
+
+
+def test_policy_file_lints_clean(pb: ModuleType) -> None:
+    from veilgate.policy.cli import lint_main
+
+    out = io.StringIO()
+    assert lint_main([str(pb.POLICY_FILE), "--strict"], out=out) == 0, out.getvalue()
+
+
+def test_policy_allows_pgbench_and_denies_the_probe(pb: ModuleType) -> None:
+    from veilgate.identity.base import Principal
+    from veilgate.policy.engine import PolicyEngine, SessionContext
+    from veilgate.policy.loader import load_policy
+
+    pb.check_policy_allows()  # raises if any pgbench statement is not allowed
+    engine = PolicyEngine(load_policy(pb.POLICY_FILE))
+    who = Principal(provider="static", subject="bench", roles=frozenset(pb.TOKEN_ROLES))
+    session = SessionContext(session_id="t")
+    for sql in pb.PGBENCH_STATEMENTS:
+        d = engine.decide(who, sql, session=session)
+        assert (d.action, d.tier) == ("allow", "readonly"), sql
+    sql, rule = pb.DENIED_PROBE
+    d = engine.decide(who, sql, session=session)
+    assert (d.action, d.rule_id) == ("deny", rule)
+    for sql in ("DROP TABLE pgbench_accounts", "TRUNCATE pgbench_history", "SET ROLE postgres"):
+        assert engine.decide(who, sql, session=session).action == "deny", sql
+
+
+def test_policy_table_ratios_and_verdict(pb: ModuleType) -> None:
+    S = pb.Sample
+    samples = [
+        S("select-simple-c1", "veilgate", 1, 900.0, 0.2, 0.4, 60.0),
+        S("select-simple-c1", "veilgate-nopolicy", 1, 1000.0, 0.1, 0.4, 40.0),
+        S("select-prepared-c1", "veilgate", 1, 950.0, 0.2, 0.4, 41.0),
+        S("select-prepared-c1", "veilgate-nopolicy", 1, 1000.0, 0.2, 0.4, 40.0),
+    ]
+    table = pb.policy_table(samples, ["veilgate", "veilgate-nopolicy"])
+    assert "tps 0.900" in table and "(+20.0 µs/txn)" in table
+    assert "tps 0.950" in table and "(+1.0 µs/txn)" in table
+    assert "worst TPS ratio vs veilgate-nopolicy 0.900" in table
+    assert table.rstrip().endswith("-> within")
+    samples[0] = S("select-simple-c1", "veilgate", 1, 800.0, 0.2, 0.4, 60.0)
+    assert pb.policy_table(samples, ["veilgate", "veilgate-nopolicy"]).rstrip().endswith("OVER")
+
+
+def test_parse_decision_metrics(pb: ModuleType) -> None:
+    text = (
+        "# HELP veilgate_policy_decisions_total Statement policy decisions.\n"
+        "# TYPE veilgate_policy_decisions_total counter\n"
+        'veilgate_policy_decisions_total{action="allow"} 72639\n'
+        'veilgate_policy_decisions_total{action="deny"} 1\n'
+        'veilgate_other_total{action="allow"} 5\n'
+    )
+    assert pb.parse_decision_metrics(text) == {"allow": 72639.0, "deny": 1.0}
+    assert pb.parse_decision_metrics("") == {}
