@@ -209,19 +209,8 @@ def check_policy_allows(path: Path = POLICY_FILE) -> None:
 def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     """Medians over rounds per workload x target, then each policy target against
     ``veilgate-nopolicy``: TPS ratio (on/off), latency ratios and the extra proxy CPU."""
-    fmt, ratio, med = _run._fmt, _run.ratio, _run.median_or_none
-    workloads = list(dict.fromkeys(s.workload for s in samples))
-    m: dict[tuple[str, str], dict[str, float | None]] = {}
-    for w in workloads:
-        for t in targets:
-            ss = [s for s in samples if s.workload == w and s.target == t]
-            if ss:
-                m[w, t] = {
-                    "tps": med([s.tps for s in ss]),
-                    "p50": med([s.p50_ms for s in ss]),
-                    "p99": med([s.p99_ms for s in ss]),
-                    "cpu": med([s.proxy_cpu_us_per_txn for s in ss]),
-                }
+    fmt, ratio = _run._fmt, _run.ratio
+    workloads, m = _run.round_medians(samples, targets)
     head = (
         f"{'workload':<20} {'target':<17} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'cpu µs/txn':>11}"

@@ -846,8 +846,11 @@ def _fmt(v: float | None, spec: str) -> str:
     return format(v, spec)
 
 
-def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
-    """Medians of rounds per workload x target, then veilgate/pgbouncer and veilgate/direct."""
+def round_medians(
+    samples: Sequence[Sample], targets: Sequence[str]
+) -> tuple[list[str], dict[tuple[str, str], dict[str, float | None]]]:
+    """Workloads in run order, and per (workload, target) the medians over rounds of tps, p50,
+    p99 and proxy CPU per transaction (keys ``tps``, ``p50``, ``p99``, ``cpu``)."""
     workloads = list(dict.fromkeys(s.workload for s in samples))
     med: dict[tuple[str, str], dict[str, float | None]] = {}
     for w in workloads:
@@ -860,6 +863,12 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
                     "p99": median_or_none([s.p99_ms for s in ss]),
                     "cpu": median_or_none([s.proxy_cpu_us_per_txn for s in ss]),
                 }
+    return workloads, med
+
+
+def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
+    """Medians of rounds per workload x target, then veilgate/pgbouncer and veilgate/direct."""
+    workloads, med = round_medians(samples, targets)
     head = (
         f"{'workload':<20} {'target':<10} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'cpu µs/txn':>11}"
