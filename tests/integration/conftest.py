@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration import pgwire as pw
 
 from veilgate.config_model import (
     AuthConfig,
@@ -211,3 +212,18 @@ def gateway_factory(
     finally:
         for handle in started:
             handle.thread.stop()
+
+
+# -- wire-level targets shared by the protocol test files ----------------------------------------
+
+
+@pytest.fixture
+def gw(gateway: object) -> pw.Target:
+    """The shared gateway as a raw-protocol / DSN target."""
+    return pw.gateway_target(gateway)
+
+
+@pytest.fixture
+def direct(pg_cluster: object) -> pw.Target:
+    """The cluster itself (no gateway), for results compared against the gateway's."""
+    return pw.direct_target(pg_cluster)

@@ -16,16 +16,6 @@ pytestmark = pytest.mark.pg
 PAYLOAD = "päyload ✓ with 'quotes', \"dq\", tabs\tand\nnewlines " + "x" * 2000
 
 
-@pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
-@pytest.fixture
-def direct(pg_cluster: object) -> pw.Target:
-    return pw.direct_target(pg_cluster)
-
-
 def _channel() -> str:
     return "ch_" + secrets.token_hex(4)
 

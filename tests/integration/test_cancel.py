@@ -17,11 +17,6 @@ from tests.integration import pgwire as pw
 pytestmark = pytest.mark.pg
 
 
-@pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
 def _cancel_count(outcome: str) -> float:
     """The gateway's own cancel counter (the gateway runs in this process, in a thread)."""
     from veilgate import metrics

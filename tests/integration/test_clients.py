@@ -61,16 +61,6 @@ SERIES_QUERY = (
 )
 
 
-@pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
-@pytest.fixture
-def direct(pg_cluster: object) -> pw.Target:
-    return pw.direct_target(pg_cluster)
-
-
 def _norm(rows: Sequence[Any]) -> list[str]:
     """Comparable rendering (repr keeps NaN, types and tz offsets visible)."""
     return [repr(tuple(r)) for r in rows]

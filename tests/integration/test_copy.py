@@ -33,16 +33,6 @@ TABLE_DDL = (
 )
 
 
-@pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
-@pytest.fixture
-def direct(pg_cluster: object) -> pw.Target:
-    return pw.direct_target(pg_cluster)
-
-
 def _copy_out(t: pw.Target, sql: str) -> bytes:
     with psycopg.connect(t.conninfo(), autocommit=True) as conn:
         conn.execute("set timezone = 'UTC'")

@@ -16,11 +16,6 @@ INT4, INT8, TEXT = 23, 20, 25
 
 
 @pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
-@pytest.fixture
 def conn(gw: pw.Target):  # type: ignore[no-untyped-def]
     c = pw.connect(gw.endpoint())
     yield c

@@ -20,11 +20,6 @@ BIG_QUERY = "select g, repeat('x', 1000) from generate_series(1, 3000000) g"
 
 
 @pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
-@pytest.fixture
 def admin(gateway: object, pg_cluster: object) -> Iterator[psycopg.Connection[Any]]:
     """A superuser connection straight to the cluster."""
     with psycopg.connect(pw.superuser_target(pg_cluster).conninfo(), autocommit=True) as conn:

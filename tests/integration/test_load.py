@@ -24,11 +24,6 @@ pytestmark = [pytest.mark.pg, pytest.mark.slow]
 CLIENTS = 200
 
 
-@pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
 # --- 200 concurrent clients ----------------------------------------------------------------------
 
 

@@ -17,11 +17,6 @@ from tests.integration import pgwire as pw
 pytestmark = pytest.mark.pg
 
 
-@pytest.fixture
-def gw(gateway: object) -> pw.Target:
-    return pw.gateway_target(gateway)
-
-
 def _assert_session_works(c: pw.RawConn) -> None:
     assert c.scalar("select 40 + 2") == "42"
 
