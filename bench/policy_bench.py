@@ -23,7 +23,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -273,17 +272,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
     decisions: dict[str, dict[str, float]] = {}
     with _run.bench_env(scale=scale, keep=args.keep) as env:
         say(_run.versions(env, ["veilgate"]))
-        targets: list[Any] = []
-        try:
-            for name in targets_wanted:
-                target = make_policy_target(name, env, args)
-                targets.append(target)
-                t0 = time.monotonic()
-                target.start()
-                _run.smoke_check(env, target)
-                denial_check(env, target)
-                ep = target.endpoint()
-                say(f"target {name}: {ep.host}:{ep.port} ready in {time.monotonic() - t0:.2f} s")
+        with _run.started_targets(
+            env, targets_wanted, lambda n: make_policy_target(n, env, args), check=denial_check
+        ) as targets:
             samples = _run.run_matrix(
                 env,
                 targets,
@@ -295,9 +286,6 @@ def cmd_policy(args: argparse.Namespace) -> int:
             )
             for target in targets:
                 decisions[target.name] = target.policy_decisions()
-        finally:
-            for target in reversed(targets):
-                target.stop()
     _run.write_results(output, samples)
     say("")
     say(

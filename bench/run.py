@@ -975,6 +975,33 @@ def select_workloads(all_w: list[Workload], spec: str | None) -> list[Workload]:
     return chosen
 
 
+@contextlib.contextmanager
+def started_targets(
+    env: BenchEnv,
+    names: Sequence[str],
+    make: Callable[[str], Any],
+    check: Callable[[BenchEnv, Any], None] | None = None,
+) -> Iterator[list[Any]]:
+    """Start each named target, smoke-check it (plus ``check``), and stop them all, last first,
+    however the block ends."""
+    targets: list[Any] = []
+    try:
+        for name in names:
+            target = make(name)
+            targets.append(target)
+            t0 = time.monotonic()
+            target.start()
+            smoke_check(env, target)
+            if check is not None:
+                check(env, target)
+            ep = target.endpoint()
+            say(f"target {name}: {ep.host}:{ep.port} ready in {time.monotonic() - t0:.2f} s")
+        yield targets
+    finally:
+        for target in reversed(targets):
+            target.stop()
+
+
 def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) -> int:
     """Shared driver: environment, targets, matrix, table, JSON."""
     targets_wanted = parse_targets(args.targets)
@@ -997,16 +1024,7 @@ def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) ->
     samples: list[Sample] = []
     with bench_env(scale=scale, keep=args.keep) as env:
         say(versions(env, targets_wanted))
-        targets: list[Target] = []
-        try:
-            for t in targets_wanted:
-                target = make_target(t, env, args)
-                targets.append(target)
-                t0 = time.monotonic()
-                target.start()
-                smoke_check(env, target)
-                ep = target.endpoint()
-                say(f"target {t}: {ep.host}:{ep.port} ready in {time.monotonic() - t0:.2f} s")
+        with started_targets(env, targets_wanted, lambda t: make_target(t, env, args)) as targets:
             samples = run_matrix(
                 env,
                 targets,
@@ -1016,9 +1034,6 @@ def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) ->
                 warmup_s=warmup,
                 on_sample=lambda done: write_results(output, done),
             )
-        finally:
-            for target in reversed(targets):
-                target.stop()
     write_results(output, samples)
     say("")
     say(
