@@ -14,12 +14,16 @@
 //! - [`session`]: [`SessionTracker`], requests in flight between a client and the server
 //! - [`stats`]: process-wide counters and the statement latency histogram
 //! - [`datarow`]: [`DataRowRanges`], per-column ranges over a DataRow body
+//! - [`mask`]: PII/secret detectors and masking operators ([`mask::ValueMask`])
+//! - [`rewrite`]: DataRow / CopyData rewriting through a column plan
 
 pub mod datarow;
 pub mod direction;
 pub mod error;
 pub mod framer;
 pub mod header;
+pub mod mask;
+pub mod rewrite;
 pub mod session;
 pub mod startup;
 pub mod stats;

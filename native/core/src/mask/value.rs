@@ -1,0 +1,108 @@
+//! The contract between value maskers (detectors + operators, [`crate::mask`]) and the row
+//! rewriters ([`crate::rewrite`]): a rewriter hands each column value to a [`ValueMask`] and
+//! copies, replaces or NULLs it according to the [`Outcome`].
+
+use std::sync::{Mutex, OnceLock};
+
+/// Index of an entity name in the process-wide registry ([`entity_id`], [`entity_name`]).
+pub type EntityId = u16;
+
+/// What a [`ValueMask`] did with one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing sensitive: the caller forwards the original bytes (nothing was written).
+    Unchanged,
+    /// The replacement was appended to `out` (starting at `out.len()` at the call).
+    Written,
+    /// The value must become SQL NULL (nothing was written).
+    Null,
+}
+
+/// Counts of masked values per entity (indexed by [`EntityId`]); never the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    counts: Vec<u64>,
+}
+
+impl Tally {
+    pub fn new() -> Self {
+        Tally::default()
+    }
+
+    #[inline]
+    pub fn add(&mut self, entity: EntityId, n: u64) {
+        let i = usize::from(entity);
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += n;
+    }
+
+    /// Counts indexed by entity id (entities never seen may be missing or 0).
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.counts.clear();
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        for (i, &n) in other.counts.iter().enumerate() {
+            if n > 0 {
+                self.add(i as EntityId, n);
+            }
+        }
+    }
+
+    /// `(entity name, count)` for every non-zero count.
+    pub fn named(&self) -> Vec<(String, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| (entity_name(i as EntityId), n))
+            .collect()
+    }
+}
+
+/// Masks whole column values.  Implemented by detector maskers (scan the value, rewrite the
+/// spans found) and by column operators (rewrite the whole value).
+pub trait ValueMask: Send + Sync {
+    /// Masks one value: the raw bytes of one column (text format, or a text-like binary value),
+    /// in the session's client encoding (ASCII-compatible).  Counts what it masked in `tally`.
+    fn mask_value(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome;
+}
+
+fn registry() -> &'static Mutex<Vec<String>> {
+    static REGISTRY: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The id of an entity name (registered on first use; the same name always gets the same id).
+pub fn entity_id(name: &str) -> EntityId {
+    let mut names = registry().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = names.iter().position(|n| n == name) {
+        return i as EntityId;
+    }
+    assert!(names.len() < usize::from(EntityId::MAX), "too many entity names");
+    names.push(name.to_owned());
+    (names.len() - 1) as EntityId
+}
+
+/// The name registered for `id` (`"?"` for an id never registered).
+pub fn entity_name(id: EntityId) -> String {
+    let names = registry().lock().unwrap_or_else(|e| e.into_inner());
+    names
+        .get(usize::from(id))
+        .cloned()
+        .unwrap_or_else(|| "?".to_owned())
+}

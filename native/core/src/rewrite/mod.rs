@@ -1,0 +1,1 @@
+//! Rewriting result rows (DataRow, CopyData) through a column plan of [`crate::mask::ValueMask`]s.
