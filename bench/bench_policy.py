@@ -1,4 +1,9 @@
-"""Micro bench of policy decisions: cache hit and cache miss per statement.
+"""Micro bench of policy decisions: cache hit, literal-normalised hit and cache miss per statement.
+
+* **hit**: the same text again (the exact-text decision cache);
+* **normalised hit**: the same statement with another constant (pgbench -S -M simple sends
+  ``... WHERE aid = <random>``): scanner key + grammar check, the decision of an earlier text;
+* **miss**: full parse, analysis and judgement (normalisation off, so a new constant misses).
 
 ``pytest bench/bench_policy.py --benchmark-enable`` for pytest-benchmark statistics; under the
 default ``--benchmark-disable`` each bench runs once as a test and still records its own p50/p99
@@ -29,6 +34,7 @@ MISS_TEMPLATE = (
     "where o.created_at > now() - interval '{n} days' and c.country = 'SE' order by o.id limit 50"
 )
 HIT_LOOPS = 50_000
+NORMALIZED_LOOPS = 20_000
 MISS_LOOPS = 2_000
 
 
@@ -59,9 +65,24 @@ def measure_hit() -> tuple[PolicyEngine, SessionContext, dict[str, float]]:
     return engine, session, _percentiles(hit, HIT_LOOPS)
 
 
-def measure_miss() -> tuple[PolicyEngine, Callable[[], Any], dict[str, float]]:
+def measure_normalized() -> tuple[PolicyEngine, Callable[[], Any], dict[str, float]]:
     engine = PolicyEngine(load_policy(EXAMPLE))
     session = SessionContext(session_id="bench")
+    counter = itertools.count()
+    assert not engine.decide(RO, MISS_TEMPLATE.format(n=next(counter)), session=session).cached
+
+    def normalized() -> Any:
+        d = engine.decide(RO, MISS_TEMPLATE.format(n=next(counter)), session=session)
+        assert d.cached
+        return d
+
+    return engine, normalized, _percentiles(normalized, NORMALIZED_LOOPS)
+
+
+def measure_miss() -> tuple[PolicyEngine, Callable[[], Any], dict[str, float]]:
+    engine = PolicyEngine(load_policy(EXAMPLE))
+    # literal normalisation off: every new constant is a full analysis, as before that cache
+    session = SessionContext(session_id="bench", normalize_literals=False)
     counter = itertools.count()
 
     def miss() -> Any:
@@ -80,6 +101,13 @@ def test_decide_cache_hit(benchmark: Any) -> None:
     assert stats["p50_us"] < 50  # generous: the target (<= 5 us) is reported, not enforced here
 
 
+def test_decide_normalized_hit(benchmark: Any) -> None:
+    _engine, normalized, stats = measure_normalized()
+    benchmark.extra_info.update(stats)
+    d = benchmark(normalized)
+    assert d.action == "allow"
+
+
 def test_decide_cache_miss(benchmark: Any) -> None:
     _engine, miss, stats = measure_miss()
     benchmark.extra_info.update(stats)
@@ -88,5 +116,6 @@ def test_decide_cache_miss(benchmark: Any) -> None:
 
 
 if __name__ == "__main__":
-    print("cache hit :", measure_hit()[2])
-    print("cache miss:", measure_miss()[2])
+    print("cache hit      :", measure_hit()[2])
+    print("normalised hit :", measure_normalized()[2])
+    print("cache miss     :", measure_miss()[2])

@@ -1112,8 +1112,21 @@ def register_policy(sub: Any) -> None:
     register(sub)
 
 
-# Later benches (mask) add a register_* function here.
-REGISTRY: list[Callable[[Any], None]] = [register_relay, register_connect, register_policy]
+def register_mask(sub: Any) -> None:
+    if str(BENCH_DIR) not in sys.path:  # loaded by path (tests): mask_bench sits next to us
+        sys.path.insert(0, str(BENCH_DIR))
+    from mask_bench import register_mask as register  # bench/mask_bench.py
+
+    register(sub)
+
+
+# Later benches add a register_* function here.
+REGISTRY: list[Callable[[Any], None]] = [
+    register_relay,
+    register_connect,
+    register_policy,
+    register_mask,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

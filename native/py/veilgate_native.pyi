@@ -5,15 +5,26 @@ The engine sees bytes, never sockets, policy files or tokens.  A connection side
 complete messages, returning what to forward and the messages the control plane asked to see.
 """
 
+from collections.abc import Mapping, Sequence
 from typing import Final, final
 
 __all__ = [
+    "BUILTIN_ENTITIES",
     "CLIENT",
     "MAX_STARTUP_PACKET",
     "SERVER",
+    "JSONB",
+    "KEEP",
+    "NULL",
+    "TEXT",
+    "CopyPlan",
     "FramingError",
+    "MaskingError",
+    "Masker",
     "Message",
+    "Operator",
     "RecvBuffer",
+    "RowPlan",
     "SessionState",
     "latency_histogram",
     "stats",
@@ -29,6 +40,10 @@ MAX_STARTUP_PACKET: Final[int]
 
 class FramingError(ValueError):
     """Malformed input: a length below 4, a message over ``max_message``, a bad startup length."""
+
+class MaskingError(ValueError):
+    """A row could not be masked (no plan while masking is required, a column count other than
+    the plan's, a malformed row): nothing of it was forwarded; close the session."""
 
 @final
 class Message:
@@ -121,6 +136,12 @@ class RecvBuffer:
         :meth:`take_startup`.  ``advance(0)`` frames what is already buffered.
 
         Raises :class:`FramingError` on malformed input; the connection must then be closed.
+
+        With a row plan installed (:meth:`set_row_plan`) the plan's rows come out rewritten, in
+        place, inside the forwarded ``bytes`` (still one object per run between events).  Stops
+        after a barrier event (:meth:`set_barrier_events`).  Raises :class:`MaskingError` when a
+        row cannot be masked, or arrives with no plan while masking is required; nothing of that
+        read is returned and the connection must be closed.
         """
     def take_startup(self) -> bytes | None:
         """Remove and return one whole untagged startup packet (Int32 length included), or
@@ -131,6 +152,37 @@ class RecvBuffer:
         """Message tags to surface as :class:`Message` events; every other message is forwarded."""
     def set_all_events(self, on: bool) -> None:
         """Surface every message as an event (handshake phases), overriding :meth:`set_events`."""
+    def set_barrier_events(self, tags: bytes) -> None:
+        """Event tags after which :meth:`advance` stops: it returns the actions up to and
+        including such an event and leaves the rest unframed (:attr:`at_barrier` is then true).
+        Install a plan, then call ``advance(0)`` to go on.  A tag only acts as a barrier while it
+        is also an event (:meth:`set_events`)."""
+    @property
+    def at_barrier(self) -> bool:
+        """The last :meth:`advance` stopped at a barrier event (bytes may remain buffered)."""
+    def set_row_plan(self, plan: RowPlan | CopyPlan | None) -> None:
+        """Mask the rows of the current result set (server buffers only).
+
+        From the next unframed byte on, every DataRow (:class:`RowPlan`) or CopyData
+        (:class:`CopyPlan`) is rewritten through ``plan``, until a message that ends the result
+        set clears it, in stream order: CommandComplete, PortalSuspended, EmptyQueryResponse,
+        ErrorResponse, ReadyForQuery, NoData, RowDescription (a new result set needs a new plan)
+        and CopyDone.  Install it after the RowDescription / CopyOutResponse (a barrier event).
+        While a plan is active its rows, and the messages that end it, are buffered whole (up to
+        ``max_message``); rewritten rows and the messages around them still leave as one
+        ``bytes`` per run.  ``None`` removes the plan.  A plan that keeps every column
+        (``is_passthrough``) reads no row.  A row the plan cannot rewrite raises
+        :class:`MaskingError` from :meth:`advance` and fails the buffer for good.
+        ``ValueError`` on a client buffer, ``TypeError`` for another object."""
+    @property
+    def row_plan_active(self) -> bool:
+        """A plan is installed and its result set has not ended yet."""
+    def set_mask_required(self, on: bool) -> None:
+        """While on, a DataRow or CopyData with no active plan makes :meth:`advance` raise
+        :class:`MaskingError` (as soon as its header arrives; nothing of it is returned, and
+        asking again raises again).  Server buffers only."""
+    @property
+    def mask_required(self) -> bool: ...
     @property
     def max_message(self) -> int:
         """Largest message body accepted (bytes after the Int32 length); larger is a
@@ -148,6 +200,151 @@ class RecvBuffer:
     @property
     def exports(self) -> int:
         """Live buffer-protocol exports (1 while the loop is reading into it)."""
+
+# --- Masking: Masker / Operator (veilgate_core::mask) ---
+
+BUILTIN_ENTITIES: Final[tuple[str, ...]]
+"""Entities the built-in detectors find: ``EMAIL``, ``PHONE``, ``CREDIT_CARD``, ``US_SSN``,
+``IBAN``, ``IP_ADDRESS``, ``SECRET``."""
+
+@final
+class Operator:
+    """A masking operator.  Alone it masks whole values (a column rule, counted under
+    ``entity``); given to :class:`Masker` it masks the spans of one entity.
+
+    Kinds: ``replace`` (``value``, default the ``<ENTITY>`` tag), ``redact`` (empty string),
+    ``partial`` (keep ``keep_first`` / ``keep_last`` ASCII alphanumerics, the others become
+    ``mask_char``; other ASCII bytes stay when ``keep_separators``), ``hash`` (HMAC-SHA256 with
+    ``key``, deterministic, same length, digits stay digits and letters keep their case) and
+    ``null`` (the whole value becomes SQL NULL).  Non-ASCII characters are never split.
+    Raises ``ValueError`` on an unknown kind, a ``hash`` without a key, or an option that the
+    kind does not take."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        value: str | None = None,
+        keep_first: int = 0,
+        keep_last: int = 0,
+        mask_char: str = "*",
+        keep_separators: bool = True,
+        key: bytes | None = None,
+        entity: str = "COLUMN",
+    ) -> None: ...
+    @property
+    def kind(self) -> str:
+        """``replace``, ``redact``, ``partial``, ``hash`` or ``null``."""
+    @property
+    def entity(self) -> str:
+        """The entity whole-value masking counts under (and the ``replace`` tag's name)."""
+    def apply(self, text: str) -> str | None:
+        """``text`` masked as a whole; ``None`` means SQL NULL."""
+
+@final
+class Masker:
+    """Content detectors with an operator per entity.
+
+    ``entities`` picks built-in entities (``None``: all of :data:`BUILTIN_ENTITIES`);
+    ``operators`` maps entity names to operators, the others use ``default_operator``
+    (``replace`` with the ``<ENTITY>`` tag).  ``custom_patterns`` adds ``(entity, regex)``
+    detectors (Rust regex syntax) and ``dictionaries`` adds whole-word, ASCII case-insensitive
+    terms per entity.  Spans never overlap: the longest wins.  Raises ``ValueError`` on an
+    unknown entity name or a bad regex."""
+
+    def __init__(
+        self,
+        *,
+        entities: Sequence[str] | None = None,
+        operators: Mapping[str, Operator] | None = None,
+        default_operator: Operator | None = None,
+        custom_patterns: Sequence[tuple[str, str]] = (),
+        dictionaries: Mapping[str, Sequence[str]] | None = None,
+    ) -> None: ...
+    @property
+    def entities(self) -> list[str]:
+        """The entities detected: enabled built-ins, then custom ones."""
+    def mask(self, text: str) -> str | None:
+        """``text`` with every span masked (the same object when nothing was found);
+        ``None`` when an operator nulls the value."""
+    def mask_bytes(self, data: bytes) -> bytes | None:
+        """:meth:`mask` over bytes in any ASCII-compatible encoding."""
+    def scan(self, text: str) -> list[tuple[int, int, str]]:
+        """``(start, end, entity)`` per span, in character offsets into ``text``, in order."""
+    def mask_batch(self, texts: Sequence[str]) -> list[str | None]:
+        """:meth:`mask` over many values in one call (releases the GIL while masking)."""
+    def scan_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int, str]]]:
+        """:meth:`scan` over many values in one call (releases the GIL while scanning)."""
+
+# --- Row plans: rewriting DataRow / CopyData (veilgate_core::rewrite) ---
+
+KEEP: Final[int]
+"""Column action: forward the value unchanged."""
+NULL: Final[int]
+"""Column action: every non-NULL value becomes NULL (right for any type and format)."""
+TEXT: Final[int]
+"""Column action: the value is text (a text-format column, or a text-like binary one: text,
+varchar, bpchar, name, json); mask it with the column's :class:`Masker` or :class:`Operator`."""
+JSONB: Final[int]
+"""Column action: a binary-format jsonb value (version byte, then text): the text is masked, the
+version byte kept.  In text and CSV COPY jsonb is plain text (same as :data:`TEXT`)."""
+
+@final
+class RowPlan:
+    """What to do with each column of a result set (RowDescription order), for
+    :meth:`RecvBuffer.set_row_plan`.  Immutable; may be installed many times.
+
+    ``columns`` holds ``(action, mask)`` pairs: ``(KEEP, None)``, ``(NULL, None)``,
+    ``(TEXT, masker_or_operator)``, ``(JSONB, masker_or_operator)``.  A DataRow with another
+    column count, or one that does not parse, is a :class:`MaskingError`, never forwarded.
+    ``ValueError`` on an unknown action or a mask missing / given where it does not belong;
+    ``TypeError`` when a mask is not a :class:`Masker` or :class:`Operator`."""
+
+    def __new__(cls, columns: Sequence[tuple[int, Masker | Operator | None]]) -> RowPlan: ...
+    def __len__(self) -> int:
+        """The column count every row must have."""
+    @property
+    def is_passthrough(self) -> bool:
+        """Every column is KEEP: rows are forwarded without being read."""
+    def take_tally(self) -> list[dict[str, int]]:
+        """Per column, entity name to count of values masked (from every buffer the plan was
+        installed on) since the last call; resets.  Counts only, never values."""
+
+@final
+class CopyPlan:
+    """The plan of one ``COPY ... TO STDOUT``: its format and options as the statement gave
+    them, and one ``(action, mask)`` per column (as :class:`RowPlan`).
+
+    ``format``: ``text`` (``delimiter`` default tab, ``null`` default ``\\N``, backslash escapes:
+    values are de-escaped, masked and escaped again), ``csv`` (``delimiter`` default ``,``,
+    ``quote``, ``escape`` default ``quote``, ``null`` default empty; quoted fields may hold
+    delimiters, quotes and newlines; a masked value is quoted when it must be, or when the
+    original was) or ``binary`` (file header kept, tuples like DataRow, trailer kept).  With
+    ``header`` the first text / CSV row is kept as it is.  Any number of rows per CopyData is
+    accepted.  A row with another column count is a :class:`MaskingError`.  ``ValueError`` on an
+    unknown format or an option the server would refuse."""
+
+    def __new__(
+        cls,
+        format: str,
+        columns: Sequence[tuple[int, Masker | Operator | None]],
+        *,
+        delimiter: str | None = None,
+        null: str | None = None,
+        quote: str = '"',
+        escape: str | None = None,
+        header: bool = False,
+    ) -> CopyPlan: ...
+    def __len__(self) -> int:
+        """The column count every row must have."""
+    @property
+    def format(self) -> str:
+        """``text``, ``csv`` or ``binary``."""
+    @property
+    def is_passthrough(self) -> bool:
+        """Every column is KEEP: rows are forwarded without being read."""
+    def take_tally(self) -> list[dict[str, int]]:
+        """As :meth:`RowPlan.take_tally`."""
 
 def stats() -> dict[str, int]:
     """Process-wide counters: ``client_bytes``, ``client_messages``, ``server_bytes``,

@@ -191,6 +191,10 @@ DELEGATED: dict[tuple[str, ...], tuple[str, str]] = {
         "veilgate.policy.cli:check_main",
         "explain the decision for one identity and statement",
     ),
+    ("mask",): (
+        "veilgate.masking.cli:mask_main",
+        "mask CSV or JSON lines (stdin to stdout) with a policy's masking rules",
+    ),
     ("dev-idp",): (
         "veilgate.identity.devidp:dev_idp_main",
         "run a development OIDC identity provider on 127.0.0.1",

@@ -52,6 +52,14 @@ class Counter(_Metric):
         key = self._key(labels)
         self.values[key] = self.values.get(key, 0.0) + amount
 
+    def inc_one(self, *label_values: str) -> None:
+        """``inc()`` by one, label values given positionally in ``labelnames`` order: for
+        per-statement paths, where building and checking a keyword dict costs microseconds."""
+        if len(label_values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(label_values)} label values for {self.labelnames}")
+        values = self.values
+        values[label_values] = values.get(label_values, 0.0) + 1.0
+
     def get(self, **labels: str) -> float:
         return self.values.get(self._key(labels), 0.0)
 
@@ -110,6 +118,11 @@ policy_decisions_total = Counter(
     "Statement policy decisions, by action (allow, deny, approve).",
     ("action",),
 )
+masked_values_total = Counter(
+    "veilgate_masked_values_total",
+    "Result values masked in flight, by entity (COLUMN for column rules).",
+    ("entity",),
+)
 
 REGISTRY: list[_Metric] = [
     connections_total,
@@ -122,6 +135,7 @@ REGISTRY: list[_Metric] = [
     jwks_fetches_total,
     jwks_refresh_failures_total,
     policy_decisions_total,
+    masked_values_total,
 ]
 
 

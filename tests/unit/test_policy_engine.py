@@ -95,7 +95,9 @@ def test_decision_fields(engine: PolicyEngine) -> None:
 
 
 def test_cache_hit_and_bounds() -> None:
-    engine = PolicyEngine(load_policy(EXAMPLE), analysis_cache_size=4, decision_cache_size=3)
+    engine = PolicyEngine(
+        load_policy(EXAMPLE), analysis_cache_size=4, decision_cache_size=3, shape_cache_size=3
+    )
     d1 = engine.decide(RO, "select 1")
     d2 = engine.decide(RO, "select 1")
     assert not d1.cached and d2.cached
@@ -103,13 +105,14 @@ def test_cache_hit_and_bounds() -> None:
     # Same text, other tier: analysis shared, decision separate.
     d3 = engine.decide(RW, "select 1")
     assert not d3.cached and d3.analysis is d1.analysis
+    # (distinct column aliases: texts that differ only in constants would share a decision)
     for i in range(10):
-        engine.decide(RO, f"select {i} + 1")
+        engine.decide(RO, f"select {i} as c{i}")
     info = engine.cache_info()
     assert info["decisions"] == 3 and info["analyses"] == 4
     # LRU: the most recent entries are kept.
-    assert engine.decide(RO, "select 9 + 1").cached
-    assert not engine.decide(RO, "select 0 + 1").cached
+    assert engine.decide(RO, "select 9 as c9").cached
+    assert not engine.decide(RO, "select 0 as c0").cached
 
 
 def test_session_scs_is_part_of_the_key(engine: PolicyEngine) -> None:

@@ -43,7 +43,7 @@ def test_example_policy_loads() -> None:
     p = load_policy(EXAMPLE)
     assert [t.name for t in p.tiers] == ["readonly", "readwrite", "dba"]
     assert p.digest and p.source.endswith("example_policy.yaml")
-    assert p.masking == {}
+    assert p.masking is not None and p.masking.for_tier("dba") is None
 
 
 def test_good_policy() -> None:

@@ -12,6 +12,9 @@ pub enum FrameError {
     MessageTooLarge { tag: u8, len: i32, max_body: usize },
     /// An untagged start-up packet whose length is outside `8..=MAX_STARTUP_PACKET`.
     BadStartupLength { len: i32 },
+    /// A DataRow or CopyData with no masking plan while masking is required
+    /// ([`crate::Framer::set_mask_required`]).
+    UnmaskedRow { tag: u8 },
 }
 
 impl fmt::Display for FrameError {
@@ -32,6 +35,11 @@ impl fmt::Display for FrameError {
             Self::BadStartupLength { len } => {
                 write!(f, "invalid start-up packet length {len}")
             }
+            Self::UnmaskedRow { tag } => write!(
+                f,
+                "message {} arrived with no masking plan while masking is required",
+                TagDisplay(tag)
+            ),
         }
     }
 }

@@ -5,13 +5,15 @@
 //!
 //! Modules: `buffer` (the raw allocation behind a receive buffer), `recv` (`RecvBuffer`),
 //! `message` (`Message`), `session` (`SessionState`), `stats` (module functions), `errors`
-//! (`FramingError`).
+//! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod buffer;
 mod errors;
+mod masker;
 mod message;
+mod plan;
 mod recv;
 mod session;
 mod stats;
@@ -23,7 +25,11 @@ mod veilgate_native {
     use pyo3::prelude::*;
 
     #[pymodule_export]
+    use crate::masker::{PyMasker, PyOperator};
+    #[pymodule_export]
     use crate::message::Message;
+    #[pymodule_export]
+    use crate::plan::{CopyPlan, RowPlan};
     #[pymodule_export]
     use crate::recv::RecvBuffer;
     #[pymodule_export]
@@ -35,8 +41,17 @@ mod veilgate_native {
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
         m.add("FramingError", py.get_type::<crate::errors::FramingError>())?;
+        m.add("MaskingError", py.get_type::<crate::plan::MaskingError>())?;
+        m.add("KEEP", crate::plan::KEEP)?;
+        m.add("NULL", crate::plan::NULL)?;
+        m.add("TEXT", crate::plan::TEXT)?;
+        m.add("JSONB", crate::plan::JSONB)?;
         m.add("CLIENT", crate::recv::CLIENT)?;
         m.add("SERVER", crate::recv::SERVER)?;
+        m.add(
+            "BUILTIN_ENTITIES",
+            pyo3::types::PyTuple::new(py, veilgate_core::mask::BUILTIN_ENTITIES)?,
+        )?;
         m.add(
             "MAX_STARTUP_PACKET",
             veilgate_core::startup::MAX_STARTUP_PACKET,

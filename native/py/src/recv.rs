@@ -5,22 +5,32 @@
 //! free tail, the only part ever exported.  `prepare` (called from `Protocol.get_buffer`) is the
 //! only place that moves or reallocates bytes, and it refuses while a view is exported; `advance`
 //! (from `Protocol.buffer_updated`, where uvloop still holds its export) only moves indices.
+//!
+//! Masking (server side): `set_row_plan` installs a `RowPlan` / `CopyPlan`; the framer then
+//! hands the plan's rows out whole (`Action::Rewrite`) until a message that ends the result set,
+//! and `advance` rewrites them into `rewritten`, then builds one bytes object per run of
+//! forwarded and rewritten messages (one write per read when no event interrupts).  With no
+//! plan installed none of this runs: the pass-through path is the same as without masking.
 
 use std::ffi::{c_int, c_void};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use veilgate_core::session::{CLIENT_TRACKED, SERVER_TRACKED, SERVER_WHOLE};
-use veilgate_core::{startup, stats, Action, Direction, Framer, SessionTracker, TagSet};
+use veilgate_core::{
+    startup, stats, Action, Direction, FrameError, FrameOutcome, Framer, SessionTracker, TagSet,
+};
 
 use crate::buffer::RawBuf;
 use crate::errors::framing_error;
 use crate::message::Message;
+use crate::plan::{install, Installed, MaskingError};
 use crate::session::{lock, SessionState};
 
 pub const CLIENT: u8 = 0;
@@ -28,6 +38,20 @@ pub const SERVER: u8 = 1;
 
 /// The free tail `prepare` guarantees at least (when the capacity allows it).
 const MIN_FREE: usize = 16 * 1024;
+
+/// The rewrite buffer is dropped after a read that grew it past this (or the base capacity).
+const MAX_KEPT_REWRITE: usize = 1 << 20;
+
+/// What `advance` does with received bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Tagged messages (the normal case).
+    Framing,
+    /// Untagged start-up packets: nothing is framed (`take_startup`).
+    Startup,
+    /// A row could not be masked: the stream is unusable, every `advance` raises.
+    Failed,
+}
 
 #[pyclass(module = "veilgate_native")]
 pub struct RecvBuffer {
@@ -43,10 +67,17 @@ pub struct RecvBuffer {
     exports: AtomicUsize,
     direction: Direction,
     framer: Framer,
-    startup_mode: bool,
+    mode: Mode,
     session: Option<Arc<Mutex<SessionTracker>>>,
     /// Reused across `advance` calls: no allocation per read in the steady state.
     actions: Vec<Action>,
+    /// The row plan installed, while the framer says it is active.
+    plan: Option<Installed>,
+    /// The rows rewritten by the last `advance`, one range per `Action::Rewrite`, in order.
+    rewritten: Vec<u8>,
+    rewritten_at: Vec<Range<usize>>,
+    /// The last `advance` stopped at a barrier event.
+    at_barrier: bool,
 }
 
 impl RecvBuffer {
@@ -64,7 +95,7 @@ impl RecvBuffer {
     /// Size of a message at `start` that must arrive whole and has not yet.
     fn need(&self) -> usize {
         let unparsed = self.unparsed();
-        if self.startup_mode {
+        if self.mode == Mode::Startup {
             match startup::packet_len(unparsed) {
                 Ok(Some(n)) if n > unparsed.len() => n,
                 _ => 0,
@@ -75,7 +106,7 @@ impl RecvBuffer {
     }
 
     /// Frames `[start, end)` into `self.actions`, feeding the session tracker.
-    fn frame(&mut self) -> Result<usize, veilgate_core::FrameError> {
+    fn frame(&mut self) -> Result<FrameOutcome, FrameError> {
         self.actions.clear();
         // SAFETY: as in `unparsed`; borrowed field by field so the framer can be `&mut`.
         let unparsed = unsafe { self.buf.slice(self.start, self.end) };
@@ -105,10 +136,49 @@ impl RecvBuffer {
                 }
             }
         };
-        Ok(outcome.consumed)
+        self.at_barrier = outcome.barrier;
+        Ok(outcome)
     }
 
-    /// The Python value for the actions of the last `frame` (ranges relative to `start`).
+    /// Rewrites the plan's rows of the last `frame` into `rewritten`.
+    fn rewrite_rows(&mut self) -> Result<(), String> {
+        self.rewritten.clear();
+        self.rewritten_at.clear();
+        let Some(plan) = self.plan.as_mut() else {
+            return Ok(());
+        };
+        // SAFETY: as in `unparsed`; borrowed field by field so the rewriter can be `&mut`.
+        let unparsed = unsafe { self.buf.slice(self.start, self.end) };
+        for a in &self.actions {
+            if let Action::Rewrite(r) = a {
+                let at = self.rewritten.len();
+                plan.rewriter
+                    .rewrite(&unparsed[r.clone()], &mut self.rewritten)
+                    .map_err(|e| e.to_string())?;
+                self.rewritten_at.push(at..self.rewritten.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// After a rewrite: hands the counts to the plan object, and drops the plan once the
+    /// framer has seen the end of its result set.
+    fn settle_plan(&mut self) {
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        if plan.rewriter.tallies().iter().any(|t| !t.is_empty()) {
+            let mut sink = plan.tallies.lock().unwrap_or_else(|e| e.into_inner());
+            plan.rewriter.drain_tallies(&mut sink);
+        }
+        if !self.framer.row_plan_active() {
+            self.plan = None;
+        }
+    }
+
+    /// The Python value for the actions of the last `frame` (ranges relative to `start`):
+    /// `None`, one `bytes`, or a list in which every run of forwarded and rewritten messages
+    /// is one `bytes` and every event a `Message`.
     fn build_result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let unparsed = self.unparsed();
         match self.actions.as_slice() {
@@ -116,14 +186,30 @@ impl RecvBuffer {
             [Action::Forward(r)] => Ok(PyBytes::new(py, &unparsed[r.clone()]).into_any()),
             actions => {
                 let list = PyList::empty(py);
+                let mut rows = self.rewritten_at.iter();
+                let mut run: Vec<&[u8]> = Vec::new();
                 for a in actions {
                     match a {
-                        Action::Forward(r) => {
-                            list.append(PyBytes::new(py, &unparsed[r.clone()]))?
+                        Action::Forward(r) => run.push(&unparsed[r.clone()]),
+                        Action::Rewrite(_) => {
+                            let Some(r) = rows.next() else {
+                                return Err(PyRuntimeError::new_err(
+                                    "row to rewrite with no plan installed",
+                                ));
+                            };
+                            run.push(&self.rewritten[r.clone()]);
                         }
                         Action::Event(r) => {
+                            flush_run(py, &mut run, &list)?;
                             list.append(Message::from_frame(py, &unparsed[r.clone()]))?;
                         }
+                    }
+                }
+                flush_run(py, &mut run, &list)?;
+                if list.len() == 1 {
+                    let only = list.get_item(0)?;
+                    if only.is_instance_of::<PyBytes>() {
+                        return Ok(only);
                     }
                 }
                 Ok(list.into_any())
@@ -142,6 +228,15 @@ impl RecvBuffer {
             self.end,
             self.buf.capacity()
         );
+    }
+
+    fn check_server(&self, what: &str) -> PyResult<()> {
+        match self.direction {
+            Direction::Server => Ok(()),
+            Direction::Client => Err(PyValueError::new_err(format!(
+                "{what} is for a SERVER buffer (rows come from the server)"
+            ))),
+        }
     }
 
     fn check_not_exported(&self) -> PyResult<()> {
@@ -185,9 +280,13 @@ impl RecvBuffer {
             exports: AtomicUsize::new(0),
             direction,
             framer,
-            startup_mode: false,
+            mode: Mode::Framing,
             session: session.map(|s| Arc::clone(&s.inner)),
             actions: Vec::new(),
+            plan: None,
+            rewritten: Vec::new(),
+            rewritten_at: Vec::new(),
+            at_barrier: false,
         })
     }
 
@@ -294,18 +393,45 @@ impl RecvBuffer {
         }
         self.end += n;
         let before = self.framer.messages();
-        if self.startup_mode {
+        if self.mode != Mode::Framing {
             stats::add_traffic(self.direction, n as u64, 0);
+            if self.mode == Mode::Failed {
+                return Err(MaskingError::new_err(
+                    "the stream was closed by an earlier masking error",
+                ));
+            }
             return Ok(py.None().into_bound(py));
         }
         let consumed = match self.frame() {
-            Ok(c) => c,
+            Ok(o) => o.consumed,
             Err(e) => {
                 stats::add_traffic(self.direction, n as u64, 0);
-                return Err(framing_error(&e));
+                return Err(match e {
+                    FrameError::UnmaskedRow { .. } => MaskingError::new_err(e.to_string()),
+                    _ => framing_error(&e),
+                });
             }
         };
         stats::add_traffic(self.direction, n as u64, self.framer.messages() - before);
+        if self.plan.is_some() {
+            if let Err(e) = self.rewrite_rows() {
+                // Some rows of this read may have been counted, the plan may have ended: the
+                // stream cannot go on consistently.  Nothing of this read is returned.
+                self.mode = Mode::Failed;
+                self.plan = None;
+                return Err(MaskingError::new_err(e));
+            }
+            let out = self.build_result(py);
+            self.rewritten_at.clear();
+            if self.rewritten.capacity() > MAX_KEPT_REWRITE.max(self.base_capacity) {
+                // After a huge row: memory per connection stays bounded.
+                self.rewritten = Vec::new();
+            }
+            self.start += consumed;
+            self.settle_plan();
+            self.check_invariants();
+            return out;
+        }
         let out = self.build_result(py);
         self.start += consumed;
         self.check_invariants();
@@ -327,7 +453,9 @@ impl RecvBuffer {
     }
 
     fn set_startup_mode(&mut self, on: bool) {
-        self.startup_mode = on;
+        if self.mode != Mode::Failed {
+            self.mode = if on { Mode::Startup } else { Mode::Framing };
+        }
     }
 
     fn set_events(&mut self, tags: &[u8]) {
@@ -336,6 +464,49 @@ impl RecvBuffer {
 
     fn set_all_events(&mut self, on: bool) {
         self.framer.set_all_events(on);
+    }
+
+    fn set_barrier_events(&mut self, tags: &[u8]) {
+        self.framer.set_barrier(TagSet::from_tags(tags));
+    }
+
+    #[getter]
+    fn at_barrier(&self) -> bool {
+        self.at_barrier
+    }
+
+    fn set_row_plan(&mut self, plan: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.check_server("set_row_plan")?;
+        let installed = plan.map(install).transpose()?;
+        // The old plan's counts go to its object before it is dropped.
+        if let Some(old) = self.plan.as_mut() {
+            let mut sink = old.tallies.lock().unwrap_or_else(|e| e.into_inner());
+            old.rewriter.drain_tallies(&mut sink);
+        }
+        match &installed {
+            None => self.framer.set_row_plan(None, false),
+            Some(p) => self
+                .framer
+                .set_row_plan(Some(p.rewriter.tag()), !p.rewriter.is_passthrough()),
+        }
+        self.plan = installed;
+        Ok(())
+    }
+
+    #[getter]
+    fn row_plan_active(&self) -> bool {
+        self.framer.row_plan_active()
+    }
+
+    fn set_mask_required(&mut self, on: bool) -> PyResult<()> {
+        self.check_server("set_mask_required")?;
+        self.framer.set_mask_required(on);
+        Ok(())
+    }
+
+    #[getter]
+    fn mask_required(&self) -> bool {
+        self.framer.mask_required()
     }
 
     #[getter]
@@ -384,4 +555,30 @@ impl RecvBuffer {
             self.exports.load(Ordering::Acquire),
         )
     }
+}
+
+/// Appends the pieces of `run` to `list` as one bytes object (one copy, no intermediate buffer).
+fn flush_run<'py>(
+    py: Python<'py>,
+    run: &mut Vec<&[u8]>,
+    list: &Bound<'py, PyList>,
+) -> PyResult<()> {
+    match run.as_slice() {
+        [] => return Ok(()),
+        [one] => list.append(PyBytes::new(py, one))?,
+        pieces => {
+            let total = pieces.iter().map(|p| p.len()).sum();
+            let bytes = PyBytes::new_with(py, total, |buf| {
+                let mut at = 0;
+                for p in pieces {
+                    buf[at..at + p.len()].copy_from_slice(p);
+                    at += p.len();
+                }
+                Ok(())
+            })?;
+            list.append(bytes)?;
+        }
+    }
+    run.clear();
+    Ok(())
 }

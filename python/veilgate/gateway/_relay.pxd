@@ -6,11 +6,21 @@ cdef class RelaySide:
     cdef readonly object transport
     cdef readonly object peer
     """The other side's transport, once relaying."""
+    cdef readonly object peer_side
+    """The other RelaySide, when the session gave it (backpressure composes with holds)."""
     cdef object owner
     cdef object _peer_write
     cdef bint _relaying
     cdef bint _closed
     cdef bint _paused_peer
     cdef bint _wrap_view
+    cdef bint _barriers
+    cdef bint _held
+    cdef int _pauses
+    cdef list _backlog
 
     cdef _dispatch(self, object r)
+    cdef _keep(self, list items, Py_ssize_t start)
+    cdef _pause(self, int reason)
+    cdef _unpause(self, int reason)
+    cdef _past_barriers(self)

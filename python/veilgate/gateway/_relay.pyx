@@ -13,34 +13,61 @@ Owner callbacks (all called with the side as first argument):
 * ``handshake_data(side, result)`` -- the result of ``advance`` (may be ``None``) while not relaying
 * ``relay_event(side, message)`` -- a ``Message`` event while relaying (tags set by the owner)
 * ``framing_error(side, exc)``
+* ``masking_error(side, exc)`` -- the engine refused to forward a row it has no plan for
 * ``side_eof(side)`` -- the peer half-closed; the side is then closed
 * ``side_lost(side, exc)``
 """
 
 import asyncio
 
-from veilgate_native import FramingError
+import veilgate_native
 
-_FramingError = FramingError
+_FramingError = veilgate_native.FramingError
+# the masking engine's fail-closed error (a DataRow / CopyData with no plan on a masked session);
+# caught before FramingError in case it is a subclass
+_MaskingError = getattr(veilgate_native, "MaskingError", None) or type("_Never", (Exception,), {})
+
+# why a side's transport is paused; it reads again only when no reason is left
+cdef int _PAUSE_HELD = 1
+cdef int _PAUSE_PEER_FULL = 2
 
 
 cdef class RelaySide:
+    """One connection side.
+
+    Masked sessions also use *barriers* and *holds*.  With ``set_barriers(True)`` the buffer
+    stops framing after a barrier event (a RowDescription: the rows behind it must wait for their
+    plan), so after each batch the side frames again (``advance(0)``) until no barrier is pending.
+    While handling an event the owner may ``hold()`` the side: it stops reading, events not yet
+    handled wait in a backlog, and nothing more is framed until ``release()`` (an asynchronous
+    plan is ready).
+    """
+
     def __init__(self, owner, rb, bint wrap_view=False):
         self.owner = owner
         self.rb = rb
         self._wrap_view = wrap_view
         self.transport = None
         self.peer = None
+        self.peer_side = None
         self._peer_write = None
         self._relaying = False
         self._closed = False
         self._paused_peer = False
+        self._barriers = False
+        self._held = False
+        self._pauses = 0
+        self._backlog = None
 
     # --- control, called by the session ---------------------------------------------------
 
-    def start_relay(self, peer):
-        """Forward everything framed from now on to ``peer`` (a transport)."""
+    def start_relay(self, peer, peer_side=None):
+        """Forward everything framed from now on to ``peer`` (a transport).  ``peer_side`` (the
+        other RelaySide) makes backpressure compose with holds: a pause of the peer for a full
+        write buffer and a hold of the peer are separate reasons, and it reads again only when
+        neither remains."""
         self.peer = peer
+        self.peer_side = peer_side
         self._peer_write = peer.write
         self._relaying = True
 
@@ -58,7 +85,89 @@ cdef class RelaySide:
 
     def flush_buffered(self):
         """Frame and forward what is already buffered (after switching modes)."""
-        self._dispatch(self.rb.advance(0))
+        if self._held:
+            return
+        try:
+            r = self.rb.advance(0)
+        except _MaskingError as exc:
+            self.owner.masking_error(self, exc)
+            return
+        except _FramingError as exc:
+            self.owner.framing_error(self, exc)
+            return
+        self._dispatch(r)
+        if self._barriers:
+            self._past_barriers()
+
+    def dispatch(self, items):
+        """Handle ``items`` (events, bytes) as if just framed (messages read during the
+        handshake); what a hold stops waits in the backlog."""
+        self._dispatch(list(items))
+
+    def set_barriers(self, bint on):
+        """The buffer stops at barrier events (masked sessions): frame again after each."""
+        self._barriers = on
+
+    @property
+    def held(self):
+        return self._held
+
+    def hold(self):
+        """Stop reading and dispatching until :meth:`release` (called from an event handler,
+        or between reads)."""
+        if self._held:
+            return
+        self._held = True
+        self._pause(_PAUSE_HELD)
+
+    def release(self):
+        """Handle what waited in the backlog, frame what is buffered, then read again."""
+        if not self._held:
+            return
+        self._held = False
+        backlog = self._backlog
+        if backlog:
+            self._backlog = None
+            self._dispatch(backlog)
+        if self._held or not self._relaying:
+            return
+        self.flush_buffered()
+        if not self._held:
+            self._unpause(_PAUSE_HELD)
+
+    cdef _pause(self, int reason):
+        cdef int was = self._pauses
+        self._pauses = was | reason
+        if was == 0 and self.transport is not None and not self._closed:
+            try:
+                self.transport.pause_reading()
+            except RuntimeError:
+                pass
+
+    cdef _unpause(self, int reason):
+        if not (self._pauses & reason):
+            return
+        self._pauses &= ~reason
+        if self._pauses == 0 and self.transport is not None and not self._closed:
+            try:
+                self.transport.resume_reading()
+            except RuntimeError:
+                pass
+
+    cdef _past_barriers(self):
+        """After a batch that ended at a barrier event: frame the rest, batch by batch."""
+        cdef object r
+        rb = self.rb
+        while self._relaying and not self._held and rb.at_barrier:
+            try:
+                r = rb.advance(0)
+            except _MaskingError as exc:
+                self.owner.masking_error(self, exc)
+                return
+            except _FramingError as exc:
+                self.owner.framing_error(self, exc)
+                return
+            self._dispatch(r)
 
     # --- asyncio protocol -----------------------------------------------------------------
 
@@ -78,35 +187,59 @@ cdef class RelaySide:
         cdef object r
         try:
             r = self.rb.advance(nbytes)
+        except _MaskingError as exc:
+            self.owner.masking_error(self, exc)
+            return
         except _FramingError as exc:
             self.owner.framing_error(self, exc)
             return
         if self._relaying:
             if r is None:
                 return
-            if type(r) is bytes:
+            if type(r) is bytes and not self._held:
                 self._peer_write(r)
                 return
         self._dispatch(r)
+        if self._barriers:
+            self._past_barriers()
 
     cdef _dispatch(self, object r):
         cdef object item
+        cdef Py_ssize_t i, n
         if not self._relaying:
             self.owner.handshake_data(self, r)
             return
         if r is None:
             return
+        if self._held:
+            # a read that raced the hold: it waits behind what is already waiting, in order
+            self._keep(r if type(r) is list else [r], 0)
+            return
         if type(r) is bytes:
             self._peer_write(r)
             return
-        for item in r:
+        n = len(r)
+        for i in range(n):
             if not self._relaying:
                 # the owner stopped relaying while handling an event (e.g. closing)
                 return
+            item = r[i]
             if type(item) is bytes:
                 self._peer_write(item)
             else:
                 self.owner.relay_event(self, item)
+                if self._held:
+                    # the owner needs time (an asynchronous plan): the rest waits, in order
+                    self._keep(r, i + 1)
+                    return
+
+    cdef _keep(self, list items, Py_ssize_t start):
+        if start >= len(items):
+            return
+        if self._backlog is None:
+            self._backlog = items[start:]
+        else:
+            self._backlog.extend(items[start:])
 
     def eof_received(self):
         self.owner.side_eof(self)
@@ -120,18 +253,28 @@ cdef class RelaySide:
 
     def pause_writing(self):
         # our transport's write buffer is full: stop reading what fills it
+        cdef RelaySide side
         peer = self.peer
         if peer is not None and not self._paused_peer:
             self._paused_peer = True
+            if self.peer_side is not None:
+                side = self.peer_side
+                side._pause(_PAUSE_PEER_FULL)
+                return
             try:
                 peer.pause_reading()
             except RuntimeError:
                 pass
 
     def resume_writing(self):
+        cdef RelaySide side
         peer = self.peer
         if peer is not None and self._paused_peer:
             self._paused_peer = False
+            if self.peer_side is not None:
+                side = self.peer_side
+                side._unpause(_PAUSE_PEER_FULL)
+                return
             try:
                 peer.resume_reading()
             except RuntimeError:

@@ -48,6 +48,7 @@ _APPROVAL_HINT: Final = (
 )
 
 _Q, _P, _F, _B = ord("Q"), ord("P"), ord("F"), ord("B")
+_count_decision: Final = metrics.policy_decisions_total.inc_one
 _E, _Z, _S = ord("E"), ord("Z"), ord("S")
 
 
@@ -152,14 +153,15 @@ class PolicyEnforcer:
             t.write(data)
 
     def _query(self, m: Any) -> None:
-        body = m.body
-        end = body.find(b"\0")
+        # one copy of the message (frame), not two (body and frame): this runs per Query
+        frame = m.frame()
+        end = frame.find(b"\0", 5)
         d = self.engine.decide(
-            self.principal, self._text(body if end < 0 else body[:end]), session=self.ctx
+            self.principal, self._text(frame[5:] if end < 0 else frame[5:end]), session=self.ctx
         )
         self._record(d)
         if d.allowed:
-            self._write(m.frame())
+            self._write(frame)
             self.ctx.apply(d)
             return
         self._write(wire.frame(b"Q", wire.cstr(f'SELECT "{self._marker(d)}"')))
@@ -294,11 +296,13 @@ class PolicyEnforcer:
             self.ctx.standard_conforming_strings = value.lower() == "on"
         elif name == "client_encoding":
             self._codec = _CLIENT_ONLY_CODECS.get(value.upper())
+            # texts in these encodings are not lexed by the literal-normalised decision cache
+            self.ctx.normalize_literals = self._codec is None
 
     # --- decisions -----------------------------------------------------------------------------
 
     def _record(self, d: Decision) -> None:
-        metrics.policy_decisions_total.inc(action=d.action)
+        _count_decision(d.action)
         if self.audit is not None:
             try:
                 self.audit.emit(

@@ -14,10 +14,10 @@ import ssl
 import threading
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from veilgate import log, metrics
-from veilgate.config_model import GatewayConfig
+from veilgate.config_model import GatewayConfig, TargetConfig
 from veilgate.gateway import upstream, wire
 from veilgate.gateway.cancel import CancelRegistry
 from veilgate.gateway.negotiate import (
@@ -27,11 +27,15 @@ from veilgate.gateway.negotiate import (
     negotiate,
 )
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
-from veilgate.identity.base import Authenticator
+from veilgate.identity.base import Authenticator, Principal
+from veilgate.masking.catalog import Catalog
 from veilgate.policy.audit import AuditSink, JsonLinesAuditSink
 from veilgate.policy.engine import PolicyEngine
 from veilgate.policy.loader import load_policy
 from veilgate.policy.reload import PolicyFileWatcher
+
+if TYPE_CHECKING:
+    from veilgate.masking.planner import SessionMasking
 
 logger = log.get("gateway")
 
@@ -108,6 +112,8 @@ class Gateway:
         self.policy_watcher: PolicyFileWatcher | None = None
         self.audit_sink: AuditSink | None = None
         self._policy_timer: asyncio.TimerHandle | None = None
+        self._catalogs: dict[tuple[str, str, int, str, str], Catalog] = {}
+        """Masking catalogs, one per upstream login (shared by that login's sessions)."""
         if config.policy is not None:
             # raises PolicyError (file, line, key): `veilgate serve` validated it already
             self.policy_engine = PolicyEngine(load_policy(config.policy.file))
@@ -176,12 +182,40 @@ class Gateway:
                 session.policy_reloaded()
         return result
 
+    def masking_planner(self, principal: Principal, login: TargetConfig) -> SessionMasking | None:
+        """A masking planner for a session of ``principal`` upstream as ``login``, or None when
+        its policy tier is not masked.  Raises ``MaskingUnavailable`` when the tier is masked
+        but the masking cannot be built (the session is then refused)."""
+        engine = self.policy_engine
+        if engine is None:
+            return None
+        masking = engine.policy.masking
+        tier = engine.tier_for(principal)
+        if masking is None or tier is None:
+            return None
+        tier_masking = masking.for_tier(tier.name)
+        if tier_masking is None:
+            return None
+        from veilgate.masking.planner import SessionMasking
+
+        key = (login.name, login.host, login.port, login.dbname, login.user)
+        catalog = self._catalogs.get(key)
+        if catalog is None:
+            catalog = self._catalogs[key] = Catalog.for_target(login)
+        return SessionMasking(tier_masking, catalog)
+
     def _policy_tick(self) -> None:
         self._policy_timer = None
         self.reload_policy(force=False)
         if self._accepting or self._sessions:
             loop = asyncio.get_running_loop()
             self._policy_timer = loop.call_later(POLICY_CHECK_INTERVAL_S, self._policy_tick)
+
+    async def _close_catalogs(self) -> None:
+        catalogs = list(self._catalogs.values())
+        self._catalogs.clear()
+        for c in catalogs:
+            await c.close()
 
     def _close_policy(self) -> None:
         if self._policy_timer is not None:
@@ -220,6 +254,7 @@ class Gateway:
             session.abort()
         await self._cancel_tasks()
         self._close_policy()
+        await self._close_catalogs()
 
     async def close(self) -> None:
         """Stop accepting and drop every session now."""
@@ -228,6 +263,7 @@ class Gateway:
             session.close(ADMIN_SHUTDOWN, "gateway_close")
         await self._cancel_tasks()
         self._close_policy()
+        await self._close_catalogs()
         await asyncio.sleep(0)
 
     async def _cancel_tasks(self) -> None:

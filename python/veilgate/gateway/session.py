@@ -5,7 +5,8 @@ their callback target.  During the handshake it consumes whole messages (the nat
 in startup / all-events mode); once both sides are authenticated it switches them to pure
 pass-through, after which it is called only at boundaries: errors, connection loss, and the rare
 event messages it asks for (ReadyForQuery while draining).  With a statement policy configured,
-the messages the policy judges are events too (:mod:`veilgate.gateway.enforce`).
+the messages the policy judges are events too (:mod:`veilgate.gateway.enforce`); a session whose
+tier is masked also surfaces what places results and plans them (:mod:`veilgate.gateway.masking`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from veilgate.config_model import TargetConfig
 from veilgate.gateway import upstream, wire
 from veilgate.gateway._relay import RelayProtocol
 from veilgate.gateway.enforce import PolicyEnforcer
+from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
 from veilgate.gateway.startup import StartupRefused, negotiate_startup, upstream_application_name
 from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
+from veilgate.masking.policy import MaskingUnavailable
 
 if TYPE_CHECKING:
     from veilgate.gateway.server import Gateway
+    from veilgate.masking.planner import SessionMasking
 
 logger = log.get("gateway.session")
 
@@ -130,6 +134,11 @@ class Session:
         self.handshake_task: asyncio.Task[None] | None = None
         self.enforcer: PolicyEnforcer | None = None
         """Statement policy of this session (only when the gateway has a policy)."""
+        self.masking: MaskingRelay | None = None
+        """Result masking of this session (only when its policy tier is masked)."""
+        self._planner: SessionMasking | None = None
+        """The masking planner, when the session's tier is masked (made during the handshake)."""
+        self._login: TargetConfig | None = None
         self.upstream_parameters: list[bytes] = []
         """The server's ParameterStatus messages of the handshake (whole frames)."""
         self._started = asyncio.get_running_loop().time()
@@ -155,13 +164,20 @@ class Session:
 
     def relay_event(self, side: RelayProtocol, message: Any) -> None:
         enforcer = self.enforcer
+        masking = self.masking
         if side is self.client:
-            if enforcer is not None:
+            if masking is not None:
+                masking.client_message(message)
+            elif enforcer is not None:
                 enforcer.client_message(message)
             else:
                 self.upstream_transport.write(message.frame())
             return
-        if enforcer is not None:
+        if masking is not None:
+            out = masking.server_message(message)
+            if out is not None and self.phase is Phase.RELAY:
+                self.client_transport.write(out)
+        elif enforcer is not None:
             self.client_transport.write(enforcer.server_message(message))
         else:
             self.client_transport.write(message.frame())
@@ -194,8 +210,50 @@ class Session:
             msg = wire.fatal("08P01", "invalid message from the upstream server")
         self.close(msg, "protocol")
 
+    def masking_error(self, side: RelayProtocol, exc: BaseException) -> None:
+        """The engine met a row it has no plan for (or could not mask): fail closed."""
+        metrics.errors_total.inc(kind="masking")
+        log.event(
+            logger,
+            "masking_error",
+            logging.ERROR,
+            peer=self.peer,
+            principal=self.principal.label() if self.principal else None,
+            error=str(exc),
+        )
+        self.close(wire.fatal("XX000", "result masking failed; the session is closed"), "masking")
+
     def side_eof(self, side: RelayProtocol) -> None:
         pass
+
+    # --- used by the policy enforcer and the masking relay -------------------------------------
+
+    def forward_client(self, message: Any) -> None:
+        """A client message on its way upstream (through the policy, when there is one)."""
+        if self.enforcer is not None:
+            self.enforcer.client_message(message)
+        else:
+            self.write_upstream(message.frame())
+
+    def server_frame(self, message: Any) -> bytes:
+        """What the client gets for a server event message (the policy's rewrite, if any)."""
+        if self.enforcer is not None:
+            return self.enforcer.server_message(message)
+        return bytes(message.frame())
+
+    def write_upstream(self, data: bytes) -> None:
+        t = self.upstream_transport
+        if t is not None and self.phase is Phase.RELAY:
+            t.write(data)
+
+    def write_client(self, data: bytes) -> None:
+        t = self.client_transport
+        if t is not None and self.phase is Phase.RELAY:
+            t.write(data)
+
+    def upstream_side(self) -> RelayProtocol:
+        assert self.upstream is not None
+        return self.upstream
 
     def side_lost(self, side: RelayProtocol, exc: BaseException | None) -> None:
         from_client = side is self.client
@@ -366,6 +424,8 @@ class Session:
                 detail=exc.detail,
             ) from None
         self.tier = grant.tier if grant else None
+        self._login = login
+        self._planner = self._masking_planner(principal, login)
 
         params = [
             ("user", login.user),
@@ -516,17 +576,22 @@ class Session:
         engine = self.gateway.policy_engine
         if engine is not None and self.principal is not None:
             self.enforcer = PolicyEnforcer(self, engine, self.principal, self.gateway.audit_sink)
+        self.masking = self._masking()
         client_rb.set_all_events(False)
         upstream_rb.set_all_events(False)
+        if self.masking is not None:
+            # rows wait at RowDescription / CopyOutResponse for their plan; none is a refusal
+            upstream_rb.set_barrier_events(BARRIER_TAGS)
+            upstream_rb.set_mask_required(True)
+            self.upstream.set_barriers(True)
         self.set_client_events()
         self.set_upstream_events()
         self.phase = Phase.RELAY
-        self.client.start_relay(self.upstream_transport)
-        self.upstream.start_relay(self.client_transport)
+        self.client.start_relay(self.upstream_transport, self.upstream)
+        self.upstream.start_relay(self.client_transport, self.client)
         # whatever arrived during the handshake beyond the messages it consumed
-        if self.enforcer is not None:
-            for m in self._client_in.items:
-                self.enforcer.client_message(m)
+        if self.masking is not None or self.enforcer is not None:
+            self.client.dispatch(self._client_in.items)
         else:
             pending = [m.frame() for m in self._client_in.items]
             if pending:
@@ -545,19 +610,68 @@ class Session:
 
     def set_client_events(self) -> None:
         """Client messages surfaced as events: none without a policy (pure pass-through)."""
-        self.client_rb.set_events(self.enforcer.client_tags() if self.enforcer else b"")
+        tags = self.enforcer.client_tags() if self.enforcer else b""
+        if self.masking is not None:
+            tags += CLIENT_TAGS
+        self.client_rb.set_events(tags)
 
     def set_upstream_events(self) -> None:
         """Server messages surfaced as events: ReadyForQuery while draining or ending, plus what
-        the policy enforcer needs."""
+        the policy enforcer and the masking need."""
         tags = b"Z" if self.draining or self._lifetime_end is not None else b""
         if self.enforcer is not None:
             tags += self.enforcer.upstream_tags()
+        if self.masking is not None:
+            tags += UPSTREAM_TAGS
         self.upstream_rb.set_events(tags)
+
+    def _masking_planner(self, principal: Principal, login: TargetConfig) -> SessionMasking | None:
+        """The masking planner for this session's policy tier (None: not masked).  A tier that
+        is masked but whose masking cannot be built refuses the session (fail closed)."""
+        try:
+            return self.gateway.masking_planner(principal, login)
+        except MaskingUnavailable as exc:
+            raise self._refuse(
+                "XX000",
+                "result masking is unavailable; the gateway refuses the session",
+                "masking",
+                principal=principal.label(),
+                detail=str(exc),
+            ) from None
+
+    def _masking(self) -> MaskingRelay | None:
+        """The masking of this session, when its policy tier is masked."""
+        planner, principal = self._planner, self.principal
+        if planner is None or principal is None:
+            return None
+        return MaskingRelay(
+            self,
+            planner,
+            principal,
+            planner.tier.tier,
+            self.gateway.audit_sink,
+            self.forward_client,
+            self.server_frame,
+        )
 
     def policy_reloaded(self) -> None:
         if self.enforcer is not None and self.phase is Phase.RELAY:
             self.enforcer.policy_reloaded()
+        if self.masking is not None and self.phase is Phase.RELAY:
+            self._masking_reloaded()
+
+    def _masking_reloaded(self) -> None:
+        """New masking rules apply to this session's next results.  A session stays masked even
+        if its tier no longer is (masking is chosen when a session starts: fail closed); a
+        session that started unmasked stays so until it reconnects."""
+        assert self.masking is not None and self.principal is not None and self._login
+        try:
+            planner = self.gateway.masking_planner(self.principal, self._login)
+        except MaskingUnavailable as exc:
+            log.event(logger, "masking_reload_failed", logging.ERROR, error=str(exc))
+            return
+        if planner is not None:
+            self.masking.replace_planner(planner)
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -592,6 +706,8 @@ class Session:
         self.client.stop_relay()
         if self.upstream is not None:
             self.upstream.stop_relay()
+        if self.masking is not None:
+            self.masking.close()
         ct = self.client_transport
         if ct is not None and not ct.is_closing():
             if client_message:

@@ -379,6 +379,37 @@ class StatementAnalysis:
     """``DEALLOCATE name`` (``"*"`` for ``ALL``): the gateway drops it after success."""
     search_path: tuple[str, ...] | None = None
     """New search_path for ``SET search_path`` (for the gateway's session state)."""
+    reads_literals: bool = False
+    """True when this analysis looked at the value of a constant (SET values, ``set_config``
+    arguments, DO / function / EXPLAIN options, COPY and LOAD file names...): two texts that
+    differ only in constants may then differ in analysis, so the engine caches it by exact text
+    only (see :mod:`veilgate.policy.literals`)."""
+    const_locations: frozenset[int] = frozenset()
+    """Parser locations (byte offsets into the message) of the ``A_Const`` nodes the analysis
+    met: constants whose value the parse tree holds as a plain value, nothing else."""
+
+    def with_text(self, text: str) -> StatementAnalysis:
+        """This analysis for another text that differs only in constant values (a decision the
+        engine shares between such texts; see :mod:`veilgate.policy.literals`).  Positional and
+        field by field: ``dataclasses.replace`` costs microseconds on that hot path."""
+        return StatementAnalysis(
+            text,
+            self.kind,
+            self.classes,
+            self.reads,
+            self.writes,
+            self.functions,
+            self.constructs,
+            self.details,
+            self.fingerprint,
+            self.prepares,
+            self.executes,
+            self.unresolved,
+            self.deallocates,
+            self.search_path,
+            self.reads_literals,
+            self.const_locations,
+        )
 
     @property
     def statement_class(self) -> str:
@@ -400,6 +431,31 @@ class MessageAnalysis:
     needs_session: bool = False
     """True when some statement ``EXECUTE``s a name not prepared in the same message."""
     standard_conforming_strings: bool = True
+
+    def with_text(self, text: str, statements: tuple[StatementAnalysis, ...]) -> MessageAnalysis:
+        """This analysis for another text that differs only in constant values (see
+        :meth:`StatementAnalysis.with_text`)."""
+        return MessageAnalysis(
+            text,
+            statements,
+            self.fingerprint,
+            self.unparseable,
+            self.error,
+            self.needs_session,
+            self.standard_conforming_strings,
+        )
+
+    @property
+    def reads_literals(self) -> bool:
+        """Some statement's analysis looked at a constant's value."""
+        return any(s.reads_literals for s in self.statements)
+
+    @property
+    def const_locations(self) -> frozenset[int]:
+        """Locations of every ``A_Const`` the analysis met, over all statements."""
+        if len(self.statements) == 1:
+            return self.statements[0].const_locations
+        return frozenset().union(*(s.const_locations for s in self.statements))
 
 
 def analyze(
@@ -532,6 +588,7 @@ def _merge(st: StatementAnalysis, target: StatementAnalysis) -> StatementAnalysi
         functions=st.functions | target.functions,
         constructs=st.constructs | target.constructs,
         details=st.details + target.details,
+        reads_literals=st.reads_literals or target.reads_literals,
     )
 
 
@@ -578,13 +635,15 @@ def _name_list(items: Iterable[Any]) -> list[str]:
     return out
 
 
-def _const_str(node: Any) -> str | None:
-    """The text of a string/number/bool constant node, else None."""
+def _const_str(w: _Walk, node: Any) -> str | None:
+    """The text of a string/number/bool constant node, else None.  Reading one marks the
+    analysis as depending on constant values (``reads_literals``)."""
     if not isinstance(node, dict):
         return None
     c = node.get("A_Const")
     if c is None:
         return None
+    w.reads_literals = True
     if "sval" in c:
         return str(c["sval"].get("sval", ""))
     if "ival" in c:
@@ -596,16 +655,18 @@ def _const_str(node: Any) -> str | None:
     return None
 
 
-def _defelem_value(arg: Any) -> str | None:
+def _defelem_value(w: _Walk, arg: Any) -> str | None:
     if not isinstance(arg, dict):
         return None
+    # option values can be string or number literals (LANGUAGE 'plpgsql', ANALYZE 'off')
+    w.reads_literals = True
     if "String" in arg:
         return str(arg["String"].get("sval", ""))
     if "Boolean" in arg:
         return "true" if arg["Boolean"].get("boolval", False) else "false"
     if "Integer" in arg:
         return str(arg["Integer"].get("ival", 0))
-    return _const_str(arg)
+    return _const_str(w, arg)
 
 
 def is_builtin(name: Name) -> bool:
@@ -634,9 +695,22 @@ def _has_column_ref(node: Any) -> bool:
 
 
 class _Walk:
-    __slots__ = ("classes", "constructs", "details", "executes", "functions", "reads", "writes")
+    __slots__ = (
+        "classes",
+        "constructs",
+        "consts",
+        "details",
+        "executes",
+        "functions",
+        "reads",
+        "reads_literals",
+        "writes",
+    )
 
     def __init__(self) -> None:
+        self.reads_literals = False
+        self.consts: list[int] = []
+        """Locations of the A_Const nodes met (see StatementAnalysis.const_locations)."""
         self.classes: set[str] = set()
         self.reads: set[Name] = set()
         self.writes: set[Name] = set()
@@ -666,6 +740,10 @@ class _Walk:
             if len(node) == 1:
                 ((k, v),) = node.items()
                 if k in leaves:
+                    if k == "A_Const":
+                        self.consts.append(v.get("location", -1))
+                    elif k == "TypeName":
+                        self._typmods(v)
                     continue
                 if k[:1].isupper() and type(v) is dict:
                     self._typed(k, v, owner, key, ctes, stack)
@@ -678,6 +756,13 @@ class _Walk:
             for k, v in node.items():
                 if (type(v) is dict or type(v) is list) and k != "withClause":
                     push((v, owner, k, ctes))
+
+    def _typmods(self, tn: Any) -> None:
+        # varchar(10): the typmods are plain constants (float(p) is not: the parser turns p into
+        # the type name, so its token stays uncovered)
+        for m in tn.get("typmods", ()) if type(tn) is dict else ():
+            if type(m) is dict and "A_Const" in m:
+                self.consts.append(m["A_Const"].get("location", -1))
 
     def _with(
         self,
@@ -781,8 +866,8 @@ class _Walk:
             self.flag("notify", "pg_notify() sends a notification")
         if low == "set_config":
             self.flag("set_config", "set_config() changes a setting")
-            first = _const_str(args[0]) if isinstance(args, list) and args else None
-            value = _const_str(args[1]) if isinstance(args, list) and len(args) > 1 else None
+            first = _const_str(self, args[0]) if isinstance(args, list) and args else None
+            value = _const_str(self, args[1]) if isinstance(args, list) and len(args) > 1 else None
             if first is None:
                 # Setting name not a literal: could be anything.
                 self.flag("set_role", "set_config() with a computed setting name")
@@ -819,9 +904,11 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
         for opt in body.get("options", []) or []:
             de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
             if de.get("defname") == "analyze":
-                val = _defelem_value(de.get("arg"))
+                val = _defelem_value(w, de.get("arg"))
                 analyze_opt = val is None or val.lower() not in _FALSE_WORDS
         inner = _analyze_stmt(body.get("query", {}), text)
+        if w.reads_literals:
+            inner = replace(inner, reads_literals=True)
         if analyze_opt:
             return replace(
                 inner,
@@ -913,8 +1000,9 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
         for opt in body.get("args", []) or []:
             de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
             if de.get("defname") == "language":
-                lang = _defelem_value(de.get("arg")) or lang
+                lang = _defelem_value(w, de.get("arg")) or lang
         w.flag("do_block", f"DO block runs anonymous {lang} code the gateway cannot inspect")
+        w.reads_literals = True  # the body is a literal
         walk_body = False
     elif kind in ("CreateFunctionStmt", "AlterFunctionStmt"):
         w.classes.add("ddl")
@@ -927,6 +1015,7 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
         if kind == "LockStmt":
             w.flag("lock_table", "LOCK TABLE")
         elif kind == "LoadStmt":
+            w.reads_literals = True  # the file name is a literal, and in the detail
             w.flag("load_library", f"LOAD {body.get('filename', '')!r} loads a shared library")
         elif kind == "NotifyStmt":
             w.flag("notify", "NOTIFY sends a notification")
@@ -976,6 +1065,8 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
         unresolved=bool(w.executes),
         deallocates=deallocates,
         search_path=search_path,
+        reads_literals=w.reads_literals,
+        const_locations=frozenset(w.consts),
     )
 
 
@@ -1003,6 +1094,8 @@ def _copy(w: _Walk, body: Mapping[str, Any]) -> None:
     if body.get("query") is not None:
         w.classes.add("read")
     direction = "FROM" if is_from else "TO"
+    if body.get("is_program") or body.get("filename") is not None:
+        w.reads_literals = True  # the command or file name is a literal
     if body.get("is_program"):
         w.flag("copy_program", f"COPY ... {direction} PROGRAM runs a shell command on the server")
     elif body.get("filename") is not None:
@@ -1030,7 +1123,7 @@ def _variable_set(w: _Walk, body: Mapping[str, Any], how: str) -> tuple[str, ...
     verb = "RESET" if vkind == "VAR_RESET" else "SET"
     values: list[str] | None = None
     if vkind == "VAR_SET_VALUE":
-        values = [v for v in (_const_str(a) for a in args) if v is not None]
+        values = [v for v in (_const_str(w, a) for a in args) if v is not None]
     w._guc(name, values, f"{verb} {name}")
     if name == "search_path" and values is not None:
         return tuple(values)
@@ -1041,7 +1134,7 @@ def _transaction_options(w: _Walk, options: Any) -> None:
     for opt in options or []:
         de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
         if de.get("defname") == "transaction_read_only":
-            val = _const_str(de.get("arg"))
+            val = _const_str(w, de.get("arg"))
             if val is not None and val.lower() in _FALSE_WORDS:
                 w.flag("read_write_transaction", "transaction explicitly READ WRITE")
 
@@ -1054,9 +1147,9 @@ def _function_def(w: _Walk, kind: str, body: Mapping[str, Any]) -> None:
         de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
         name = de.get("defname")
         if name == "language":
-            language = _defelem_value(de.get("arg"))
+            language = _defelem_value(w, de.get("arg"))
         elif name == "security":
-            definer = (_defelem_value(de.get("arg")) or "false") == "true"
+            definer = (_defelem_value(w, de.get("arg")) or "false") == "true"
         elif name == "set" and isinstance(de.get("arg"), dict):
             setstmt = de["arg"].get("VariableSetStmt")
             if isinstance(setstmt, dict):

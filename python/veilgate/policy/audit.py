@@ -21,7 +21,14 @@ from typing import IO, Any, Protocol, runtime_checkable
 from ..identity.base import Principal
 from .engine import Decision
 
-__all__ = ["AuditSink", "DecisionEvent", "JsonLinesAuditSink", "MemoryAuditSink"]
+__all__ = [
+    "AuditEvent",
+    "AuditSink",
+    "DecisionEvent",
+    "JsonLinesAuditSink",
+    "MaskEvent",
+    "MemoryAuditSink",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +84,60 @@ class DecisionEvent:
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
 
+@dataclass(frozen=True, slots=True)
+class MaskEvent:
+    """Values masked in one result set of a masked session: counts only, never values."""
+
+    ts: float
+    principal_key: tuple[str | None, str]
+    principal_label: str
+    session_id: str
+    tier: str
+    fingerprint: str
+    """Fingerprint of the statement whose result was masked (not its text)."""
+    entities: dict[str, int]
+    """Values masked per entity (``US_SSN``, ``EMAIL``...; ``COLUMN`` for column rules)."""
+    columns: dict[str, dict[str, int]]
+    """The same per result column (name as the client saw it)."""
+    kind: str = "mask"
+
+    @classmethod
+    def create(
+        cls,
+        principal: Principal,
+        *,
+        session_id: str,
+        tier: str,
+        fingerprint: str,
+        entities: dict[str, int],
+        columns: dict[str, dict[str, int]],
+        ts: float | None = None,
+    ) -> MaskEvent:
+        return cls(
+            ts=time.time() if ts is None else ts,
+            principal_key=principal.key,
+            principal_label=principal.label(),
+            session_id=session_id,
+            tier=tier,
+            fingerprint=fingerprint,
+            entities=entities,
+            columns=columns,
+        )
+
+    def to_json(self, *, record_sql: bool = True) -> str:
+        d: dict[str, Any] = asdict(self)
+        d["principal_key"] = list(self.principal_key)
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+
+
+AuditEvent = DecisionEvent | MaskEvent
+
+
 @runtime_checkable
 class AuditSink(Protocol):
     """Receives every decision event.  ``emit`` must not block the event loop for long."""
 
-    def emit(self, event: DecisionEvent) -> None: ...
+    def emit(self, event: AuditEvent) -> None: ...
 
     def close(self) -> None: ...
 
@@ -96,7 +152,7 @@ class JsonLinesAuditSink:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._fh: IO[str] | None = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
 
-    def emit(self, event: DecisionEvent) -> None:
+    def emit(self, event: AuditEvent) -> None:
         line = event.to_json(record_sql=self.record_sql) + "\n"
         with self._lock:
             if self._fh is None:
@@ -120,9 +176,9 @@ class MemoryAuditSink:
     """Keeps events in a list (tests, ``policy check``)."""
 
     def __init__(self) -> None:
-        self.events: list[DecisionEvent] = []
+        self.events: list[AuditEvent] = []
 
-    def emit(self, event: DecisionEvent) -> None:
+    def emit(self, event: AuditEvent) -> None:
         self.events.append(event)
 
     def close(self) -> None:

@@ -23,7 +23,14 @@ The gateway's calls (all synchronous, no I/O, safe to call from the event loop):
 Caches: analysis by ``(text, standard_conforming_strings)`` (principal-independent), decision by
 ``(tier, text, standard_conforming_strings)``; both bounded LRU.  Messages whose decision depends
 on session state (``EXECUTE`` of a name prepared earlier) are never cached by text.  ``reload``
-swaps the policy and the decision cache in one assignment.
+swaps the policy and the decision caches in one assignment.
+
+A second decision cache is keyed by ``(tier, literal-normalised text)``
+(:mod:`veilgate.policy.literals`): ``... WHERE aid = 4711`` reuses the decision made for
+``... WHERE aid = 17`` when that decision did not depend on a constant's value and every constant
+was a plain value of the parse tree.  It is used only with ``standard_conforming_strings`` on and
+``session.normalize_literals`` (the gateway clears it for client-only encodings); a reused
+decision carries the new text (audit) and is returned with ``cached=True``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Final
 
 from ..identity.base import Principal
 from .analysis import MessageAnalysis, StatementAnalysis, analyze, resolve_executes
+from .literals import LiteralTemplate, literal_template, statement_texts
 from .model import SEVERITY, Policy, Tier
 
 __all__ = [
@@ -81,60 +89,87 @@ class Verdict:
 
 
 class Decision:
-    """The answer to one ``decide`` call: a (shared, cached) :class:`Verdict` plus its timing."""
+    """The answer to one ``decide`` call: a (shared, cached) :class:`Verdict` plus its timing.
 
-    __slots__ = ("cached", "elapsed_us", "verdict")
+    A decision reused from a text that differs only in constants (the literal-normalised cache)
+    holds that text's verdict plus this text and its statement texts; :attr:`verdict` (and
+    everything with a text in it: :attr:`analysis`, :attr:`statements`) is rebound to this text
+    on first access, so a hot path that only needs the action never pays for the copy."""
 
-    def __init__(self, verdict: Verdict, elapsed_us: float, cached: bool) -> None:
-        self.verdict = verdict
+    __slots__ = ("_sql", "_texts", "_verdict", "cached", "elapsed_us")
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        elapsed_us: float,
+        cached: bool,
+        *,
+        sql: str | None = None,
+        texts: tuple[str, ...] = (),
+    ) -> None:
+        self._verdict = verdict
+        self._sql = sql
+        """Set while ``_verdict`` is another text's (same literal-normalised key)."""
+        self._texts = texts
         self.elapsed_us = elapsed_us
         self.cached = cached
 
     @property
+    def verdict(self) -> Verdict:
+        if self._sql is not None:
+            self._verdict = _rebind(self._verdict, self._sql, self._texts)
+            self._sql = None
+        return self._verdict
+
+    # text-independent: straight from the (possibly shared) verdict
+
+    @property
     def action(self) -> str:
-        return self.verdict.action
+        return self._verdict.action
 
     @property
     def allowed(self) -> bool:
-        return self.verdict.action == "allow"
+        return self._verdict.action == "allow"
 
     @property
     def tier(self) -> str | None:
-        return self.verdict.tier
+        return self._verdict.tier
 
     @property
     def rule_id(self) -> str:
-        return self.verdict.rule_id
+        return self._verdict.rule_id
 
     @property
     def message(self) -> str:
-        return self.verdict.message
+        return self._verdict.message
 
     @property
     def reason(self) -> str:
-        return self.verdict.reason
+        return self._verdict.reason
+
+    @property
+    def fingerprint(self) -> str:
+        return self._verdict.fingerprint
+
+    @property
+    def generation(self) -> int:
+        return self._verdict.generation
+
+    # with texts: this decision's own
 
     @property
     def statements(self) -> tuple[StatementDecision, ...]:
         return self.verdict.statements
 
     @property
-    def fingerprint(self) -> str:
-        return self.verdict.fingerprint
-
-    @property
     def analysis(self) -> MessageAnalysis:
         return self.verdict.analysis
-
-    @property
-    def generation(self) -> int:
-        return self.verdict.generation
 
     def error_fields(self) -> dict[str, str]:
         """ErrorResponse fields for a denial (PROTOCOL.md section 9): SQLSTATE 42501, the rule id
         in DETAIL, what to do in HINT.  The approval code for ``approve`` is the approvals
         module's business; this gives the denial form."""
-        v = self.verdict
+        v = self._verdict
         tier = f" (tier {v.tier})" if v.tier else ""
         return {
             "S": "ERROR",
@@ -165,13 +200,18 @@ class SessionContext:
     tier_generation: int = -1
     tier: Tier | None = None
     """Tier cached for ``principal``, valid while ``tier_generation`` is the engine's."""
+    normalize_literals: bool = True
+    """Whether decisions may be shared by texts that differ only in constants.  The gateway
+    clears it for client-only encodings (SJIS, BIG5, GBK...), whose texts it will not lex;
+    ``standard_conforming_strings = off`` disables it too."""
 
     def apply(self, decision: Decision) -> None:
         """Record the effects of a message the server has run: PREPARE, DEALLOCATE, DISCARD."""
-        for st in decision.statements:
+        # names only: the shared verdict will do (no rebinding) unless something is prepared
+        for i, st in enumerate(decision._verdict.statements):
             a = st.analysis
             if a.prepares is not None:
-                self.prepared[a.prepares] = a
+                self.prepared[a.prepares] = decision.statements[i].analysis
             if a.deallocates is not None:
                 if a.deallocates == "*":
                     self.prepared.clear()
@@ -191,12 +231,16 @@ class SessionContext:
 class _State:
     """Everything ``reload`` replaces at once."""
 
-    __slots__ = ("decisions", "generation", "policy", "tiers_by_principal")
+    __slots__ = ("decisions", "generation", "policy", "shapes", "tiers_by_principal")
 
     def __init__(self, policy: Policy, generation: int) -> None:
         self.policy = policy
         self.generation = generation
         self.decisions: OrderedDict[tuple[str | None, str, bool], Verdict] = OrderedDict()
+        self.shapes: OrderedDict[tuple[str | None, tuple[str, tuple[str, ...]]], Verdict] = (
+            OrderedDict()
+        )
+        """Literal-normalised decisions: (tier, template key) -> a verdict for some text."""
         self.tiers_by_principal: dict[Principal, Tier | None] = {}
 
 
@@ -209,11 +253,13 @@ class PolicyEngine:
         *,
         analysis_cache_size: int = 8192,
         decision_cache_size: int = 16384,
+        shape_cache_size: int = 4096,
     ) -> None:
         self._state = _State(policy, 1)
         self._analyses: OrderedDict[tuple[str, bool], MessageAnalysis] = OrderedDict()
         self._analysis_max = max(1, analysis_cache_size)
         self._decision_max = max(1, decision_cache_size)
+        self._shape_max = max(1, shape_cache_size)
 
     @property
     def policy(self) -> Policy:
@@ -235,6 +281,7 @@ class PolicyEngine:
         return {
             "analyses": len(self._analyses),
             "decisions": len(self._state.decisions),
+            "shapes": len(self._state.shapes),
             "generation": self._state.generation,
         }
 
@@ -252,6 +299,7 @@ class PolicyEngine:
                 session.principal = principal
             tier = session.tier
             scs = session.standard_conforming_strings
+            normalize = scs and session.normalize_literals
         else:
             try:
                 tier = state.tiers_by_principal[principal]
@@ -260,8 +308,9 @@ class PolicyEngine:
                 if len(state.tiers_by_principal) > 4096:
                     state.tiers_by_principal.clear()
                 state.tiers_by_principal[principal] = tier
-            scs = True
-        key = (tier.name if tier is not None else None, sql, scs)
+            scs = normalize = True
+        tier_name = tier.name if tier is not None else None
+        key = (tier_name, sql, scs)
         decisions = state.decisions
         hit = decisions.get(key)
         if hit is not None:
@@ -270,12 +319,46 @@ class PolicyEngine:
             except KeyError:  # evicted by a concurrent caller: the verdict is still valid
                 pass
             return Decision(hit, (_perf_ns() - t0) / 1000.0, True)
+        template = literal_template(sql) if normalize else None
+        if template is not None:
+            shape_key = (tier_name, template.key)
+            shaped = self._from_shape(state, shape_key, sql)
+            if shaped is not None:
+                verdict, texts = shaped
+                return Decision(verdict, (_perf_ns() - t0) / 1000.0, True, sql=sql, texts=texts)
         verdict = self._judge(state, tier, sql, scs, session)
         if verdict.cacheable:
             decisions[key] = verdict
             if len(decisions) > self._decision_max:
                 decisions.popitem(last=False)
+            if template is not None and _shareable(verdict, template):
+                shapes = state.shapes
+                shapes[shape_key] = verdict
+                if len(shapes) > self._shape_max:
+                    shapes.popitem(last=False)
         return Decision(verdict, (_perf_ns() - t0) / 1000.0, False)
+
+    def _from_shape(
+        self,
+        state: _State,
+        shape_key: tuple[str | None, tuple[str, tuple[str, ...]]],
+        sql: str,
+    ) -> tuple[Verdict, tuple[str, ...]] | None:
+        """The verdict of a text with the same literal-normalised key, and the statement texts of
+        ``sql`` to rebind it to."""
+        shapes = state.shapes
+        shaped = shapes.get(shape_key)
+        if shaped is None:
+            return None
+        # the full grammar must accept this text too (a few rules reject particular values)
+        texts = statement_texts(sql)
+        if texts is None or len(texts) != len(shaped.statements):
+            return None
+        try:  # noqa: SIM105 - see decide
+            shapes.move_to_end(shape_key)
+        except KeyError:
+            pass
+        return shaped, texts
 
     def analyze(self, sql: str, *, standard_conforming_strings: bool = True) -> MessageAnalysis:
         """The (cached) analysis of ``sql``, ``EXECUTE``s not yet resolved."""
@@ -420,3 +503,42 @@ class PolicyEngine:
             generation=state.generation,
             cacheable=cacheable,
         )
+
+
+def _shareable(verdict: Verdict, template: LiteralTemplate) -> bool:
+    """Whether texts with ``template``'s key may reuse ``verdict`` (see module docstring)."""
+    msg = verdict.analysis
+    return (
+        not msg.unparseable
+        and msg.standard_conforming_strings
+        and not msg.needs_session
+        and not msg.reads_literals
+        and template.covered_by(msg.const_locations)
+    )
+
+
+def _rebind(v: Verdict, sql: str, texts: tuple[str, ...]) -> Verdict:
+    """``v`` for another text with the same literal-normalised key: only the texts change
+    (fingerprints ignore constant values; nothing else in an analysis that did not read a
+    constant can depend on one)."""
+    stmts = tuple(
+        [
+            StatementDecision(
+                sd.analysis.with_text(text), sd.action, sd.rule_id, sd.message, sd.reason
+            )
+            for sd, text in zip(v.statements, texts, strict=True)
+        ]
+    )
+    msg = v.analysis.with_text(sql, tuple([sd.analysis for sd in stmts]))
+    return Verdict(
+        v.action,
+        v.tier,
+        v.rule_id,
+        v.message,
+        v.reason,
+        stmts,
+        v.fingerprint,
+        msg,
+        v.generation,
+        v.cacheable,
+    )

@@ -22,6 +22,8 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ..masking.policy import MaskingPolicy
+from ..masking.section import compile_masking
 from .analysis import CLASSES, CONSTRUCTS
 from .model import ACTIONS, MATCH_KEYS, SEVERITY, Policy, Rule, Tier, TierMatch
 
@@ -221,16 +223,10 @@ class _Compiler:
                     t = self.tier(n, f"tiers[{i}]", rule_ids, names)
                     if t is not None:
                         tiers.append(t)
-        masking: dict[str, Any] = {}
+        masking: MaskingPolicy | None = None
         if "masking" in top:
-            mnode = top["masking"][1]
-            if isinstance(mnode, ScalarNode) and mnode.tag.endswith(":null"):
-                masking = {}
-            elif not isinstance(mnode, MappingNode):
-                self.error(mnode, "masking", f"expected a mapping, got {_describe(mnode)}")
-            else:
-                value = self.scalar(mnode)
-                masking = value if isinstance(value, dict) else {}
+            # present (even empty) = masking on for every tier unless apply_to narrows it
+            masking = compile_masking(self, top["masking"][1], {t.name for t in tiers})
         self.lint_tiers(tiers)
         if any(i.severity == "error" for i in self.issues):
             return None, self.issues

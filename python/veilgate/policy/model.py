@@ -23,7 +23,8 @@ Policy file shape (YAML; loaded and validated by :mod:`veilgate.policy.loader`):
             constructs: [drop]
             tables: ["audit.*"]
             functions: ["pg_sleep"]
-    masking: {}                     # reserved for masking rules (accepted, validated as a mapping)
+    masking: {...}                  # optional: what result values are masked for which tiers;
+                                    # see veilgate.masking.policy (present = every tier masked)
 
 Statement classes: ``read write ddl dcl session role_change copy_in copy_out transaction utility
 maintenance prepare call do other``; constructs: see
@@ -60,12 +61,13 @@ A message (several statements) gets the most restrictive of its statements' acti
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import translate
-from typing import Any, Final
+from typing import Final
 
 from ..identity.base import Principal
+from ..masking.policy import MaskingPolicy
 from .analysis import CLASSES, CONSTRUCTS, Name, StatementAnalysis, is_builtin
 
 __all__ = [
@@ -365,7 +367,8 @@ class Tier:
 class Policy:
     version: int
     tiers: tuple[Tier, ...]
-    masking: Mapping[str, Any] = field(default_factory=dict)
+    masking: MaskingPolicy | None = None
+    """The ``masking:`` section (None: no masking anywhere); see :mod:`veilgate.masking.policy`."""
     source: str = "<memory>"
     digest: str = ""
 

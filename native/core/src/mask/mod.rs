@@ -1,7 +1,30 @@
 //! Masking: PII/secret detectors and masking operators over byte values.
 //!
 //! - [`value`]: the [`ValueMask`] contract the row rewriters use, [`Tally`], entity ids
+//! - [`entity`]: the built-in entities ([`Builtin`], [`BUILTIN_ENTITIES`])
+//! - [`candidates`]: the combined candidate automaton of the built-in detectors
+//! - [`validate`]: checksums, ranges and boundaries that candidates must pass
+//! - [`boundary`]: token and word boundary checks (the regex has no look-around)
+//! - [`scan`]: [`Span`] finders (built-ins, custom regexes, dictionaries) and overlap resolution
+//! - [`operator`]: [`Operator`] (replace, redact, partial, hash, null); [`hash`]: the keyed hash
+//! - [`masker`]: [`Masker`] and [`ColumnOperator`], the two [`ValueMask`] implementations
 
+pub mod boundary;
+pub mod candidates;
+pub mod entity;
+pub mod hash;
+pub mod masker;
+pub mod operator;
+pub mod scan;
+pub mod validate;
 pub mod value;
 
+pub use entity::{Builtin, BUILTIN_ENTITIES};
+pub use hash::HashKey;
+pub use masker::{ColumnOperator, Masker, MaskerConfig, MaskerError};
+pub use operator::Operator;
+pub use scan::Span;
 pub use value::{entity_id, entity_name, EntityId, Outcome, Tally, ValueMask};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! The combined candidate automaton for the built-in detectors.
+//!
+//! All candidate patterns are compiled into ONE multi-pattern regex (`regex-automata`'s meta
+//! engine, the engine behind `regex::bytes`): one lazy-DFA pass over the value finds the leftmost
+//! candidate, and the pattern id that comes with the match tells which alternative matched, so
+//! the hot path needs no capture groups.  The same automaton answers anchored per-pattern
+//! searches when a candidate fails validation and another alternative may start at the same
+//! byte.  Patterns are ASCII and byte-oriented (Unicode off); validation lives in [`validate`].
+
+use regex_automata::meta::Regex;
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::util::syntax;
+
+use super::entity::Builtin;
+use super::validate::{card, email, iban, ip, phone, secret, ssn, Range};
+
+/// Memory the lazy DFA may use per search cache (per thread).  The combined automaton needs
+/// well under 1 MiB on real text; the cap keeps adversarial input from growing it further
+/// (the cache is cleared and rebuilt instead).
+pub const LAZY_DFA_CACHE: usize = 4 << 20;
+
+/// Size limit for an ahead-of-time DFA: the combined pattern is far too large for one, so the
+/// meta engine uses the lazy DFA (plus a one-pass/backtracking engine for short haystacks).
+pub const FULL_DFA_LIMIT: usize = 64 << 10;
+
+/// One alternative of the combined automaton.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    PemBlock,
+    Token,
+    KeywordSecret,
+    Email,
+    Iban,
+    Card,
+    PhoneNanp,
+    PhoneE164,
+    Ssn,
+    Ipv6,
+    Ipv4,
+}
+
+impl Kind {
+    /// Priority order: when two alternatives match at the same start the earlier one wins.
+    /// EMAIL comes last on purpose: its local part (`[A-Za-z0-9._%+-]*`) stays alive across
+    /// long runs of digits and dots, and in a leftmost-first automaton a live higher-priority
+    /// alternative makes every search scan to the end of the run.  For the same reason the
+    /// local part must start with a letter or digit: a thread started at a `.` would outrank
+    /// (leftmost) every candidate after it until the run ends.  [`super::scan`] still lets
+    /// an email that starts where another candidate starts win when it is longer.
+    pub const ALL: [Kind; 11] = [
+        Kind::PemBlock,
+        Kind::Token,
+        Kind::KeywordSecret,
+        Kind::Iban,
+        Kind::Card,
+        Kind::PhoneNanp,
+        Kind::PhoneE164,
+        Kind::Ssn,
+        Kind::Ipv6,
+        Kind::Ipv4,
+        Kind::Email,
+    ];
+
+    pub fn entity(self) -> Builtin {
+        match self {
+            Kind::PemBlock | Kind::Token | Kind::KeywordSecret => Builtin::Secret,
+            Kind::Email => Builtin::Email,
+            Kind::Iban => Builtin::Iban,
+            Kind::Card => Builtin::CreditCard,
+            Kind::PhoneNanp | Kind::PhoneE164 => Builtin::Phone,
+            Kind::Ssn => Builtin::UsSsn,
+            Kind::Ipv6 | Kind::Ipv4 => Builtin::IpAddress,
+        }
+    }
+
+    pub fn pattern(self) -> &'static str {
+        match self {
+            Kind::PemBlock => concat!(
+                r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----(?s:.)*?",
+                r"(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\z)"
+            ),
+            Kind::Token => concat!(
+                r"(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}",
+                r"|eyJ[A-Za-z0-9_\-]{7,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+                r"|gh[opsur]_[A-Za-z0-9]{36}",
+                r"|github_pat_[A-Za-z0-9_]{22,}",
+                r"|xox[bpars]-[A-Za-z0-9\-]{10,}",
+                r"|[rs]k_live_[A-Za-z0-9]{16,}",
+                r"|AIza[0-9A-Za-z_\-]{35}"
+            ),
+            Kind::KeywordSecret => concat!(
+                r"(?i:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key|token)",
+                r#"["']?[ \t]*(?::=|:|=)[ \t]*["']?[A-Za-z0-9+/=_\-.~!@#$%^*]{20,}"#
+            ),
+            Kind::Email => {
+                concat!(r"[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+            }
+            Kind::Iban => r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?",
+            Kind::Card => r"[0-9](?:[ \-]?[0-9]){11,18}",
+            Kind::PhoneNanp => concat!(
+                r"(?:\+1[ .\-]?|001[ .\-]?)?",
+                r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}",
+                r"(?: ?(?:x|ext\.?) ?[0-9]{1,6})?"
+            ),
+            Kind::PhoneE164 => r"\+[1-9](?:[ .\-]?[0-9]){6,14}",
+            Kind::Ssn => r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}",
+            // Eight full groups, or groups around one `::` (times like 09:45:00 never match),
+            // optionally ending in a dotted IPv4 part (`::ffff:192.0.2.1`).
+            Kind::Ipv6 => concat!(
+                r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+                r"|(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?::",
+                r"(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})?(?:\.[0-9]{1,3}){0,3}"
+            ),
+            Kind::Ipv4 => r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}",
+        }
+    }
+
+    /// True if a match of this alternative can start with `b` (prunes the anchored retries).
+    pub fn may_start(self, b: u8) -> bool {
+        match self {
+            Kind::PemBlock => b == b'-',
+            Kind::Token => matches!(b, b'A' | b'e' | b'g' | b'x' | b'r' | b's'),
+            Kind::KeywordSecret => matches!(b.to_ascii_lowercase(), b'p' | b's' | b'a' | b't'),
+            Kind::Email => {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+            }
+            Kind::Iban => b.is_ascii_uppercase(),
+            Kind::Card | Kind::Ssn | Kind::Ipv4 => b.is_ascii_digit(),
+            Kind::PhoneNanp => b.is_ascii_digit() || b == b'+' || b == b'(',
+            Kind::PhoneE164 => b == b'+',
+            Kind::Ipv6 => b.is_ascii_hexdigit() || b == b':',
+        }
+    }
+
+    /// Validates a candidate of this alternative: the span to mask, or `None`.
+    pub fn validate(self, text: &[u8], r: Range) -> Option<Range> {
+        match self {
+            Kind::PemBlock | Kind::Token => secret::validate_token(text, r),
+            Kind::KeywordSecret => secret::validate_keyword(text, r),
+            Kind::Email => email::validate(text, r),
+            Kind::Iban => iban::validate(text, r),
+            Kind::Card => card::validate(text, r),
+            Kind::PhoneNanp => phone::validate_nanp(text, r),
+            Kind::PhoneE164 => phone::validate_e164(text, r),
+            Kind::Ssn => ssn::validate(text, r),
+            Kind::Ipv6 => ip::validate_v6(text, r),
+            Kind::Ipv4 => ip::validate_v4(text, r),
+        }
+    }
+}
+
+/// Bytes of an email's local part (the candidate's class).
+pub fn is_local_part_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+/// Builds the combined automaton over `kinds` (pattern id i is `kinds[i]`).
+pub fn build(kinds: &[Kind]) -> Regex {
+    let patterns: Vec<&str> = kinds.iter().map(|k| k.pattern()).collect();
+    Regex::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .configure(
+            Regex::config()
+                .which_captures(WhichCaptures::Implicit)
+                .hybrid_cache_capacity(LAZY_DFA_CACHE)
+                .dfa_size_limit(Some(FULL_DFA_LIMIT)),
+        )
+        .build_many(&patterns)
+        .expect("built-in candidate patterns compile")
+}

@@ -1,0 +1,296 @@
+//! Span finders: the built-in detectors ([`BuiltinScanner`]), custom regexes ([`RegexScanner`])
+//! and dictionaries ([`DictionaryScanner`]), and the overlap resolution between them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex_automata::meta::Regex;
+use regex_automata::{Anchored, Input, PatternID};
+
+use super::boundary::word_bounded;
+use super::candidates::{self, Kind, LAZY_DFA_CACHE};
+use super::entity::Builtin;
+use super::value::EntityId;
+
+/// A sensitive span `[start, end)` of a value (byte offsets) and the entity found there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub entity: EntityId,
+}
+
+impl Span {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// The built-in detectors for a set of entities: one combined automaton plus validation.
+#[derive(Debug)]
+pub struct BuiltinScanner {
+    regex: Regex,
+    kinds: Vec<Kind>,
+    ids: Vec<EntityId>,
+}
+
+impl BuiltinScanner {
+    /// The scanner for `entities`, compiled once per distinct set and shared.
+    pub fn shared(entities: &[Builtin]) -> Arc<BuiltinScanner> {
+        static CACHE: OnceLock<Mutex<HashMap<u8, Arc<BuiltinScanner>>>> = OnceLock::new();
+        let key = Builtin::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| entities.contains(b))
+            .fold(0u8, |k, (i, _)| k | (1 << i));
+        let cache = CACHE.get_or_init(Default::default);
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            cache
+                .entry(key)
+                .or_insert_with(|| Arc::new(BuiltinScanner::new(entities))),
+        )
+    }
+
+    fn new(entities: &[Builtin]) -> BuiltinScanner {
+        let kinds: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| entities.contains(&k.entity()))
+            .collect();
+        BuiltinScanner {
+            regex: candidates::build(&kinds),
+            ids: kinds.iter().map(|k| k.entity().id()).collect(),
+            kinds,
+        }
+    }
+
+    /// Calls `emit` for every validated span, in order; spans never overlap.
+    ///
+    /// After a rejected candidate the scan resumes one byte after its start (a valid value may
+    /// start inside it).  Each search is charged the bytes it matched over; once a value has
+    /// cost [`RESCAN_BUDGET_FACTOR`] times its length, rejected candidates are skipped whole, so
+    /// adversarial input (long runs of near-candidates) stays linear.
+    pub fn scan(&self, text: &[u8], mut emit: impl FnMut(Span)) {
+        if self.kinds.is_empty() {
+            return;
+        }
+        let mut budget = text.len().saturating_mul(RESCAN_BUDGET_FACTOR) + RESCAN_BUDGET_MIN;
+        let mut at = 0;
+        let mut local_run = LocalRun::default();
+        while at < text.len() {
+            let Some(m) = self.regex.search(&Input::new(text).range(at..)) else {
+                return;
+            };
+            let (start, end) = (m.start(), m.end());
+            budget = budget.saturating_sub(SEARCH_COST + end - at);
+            let pid = m.pattern().as_usize();
+            let found = match self.kinds[pid].validate(text, (start, end)) {
+                Some(r) => Some(self.longer_email(text, start, (r, pid))),
+                None if budget > 0 => self.retry_at(text, start, pid, &mut budget, &mut local_run),
+                None => None,
+            };
+            match found {
+                Some(((s, e), pid)) if e > s => {
+                    emit(Span {
+                        start: s,
+                        end: e,
+                        entity: self.ids[pid],
+                    });
+                    at = e;
+                }
+                _ if budget > 0 => at = start + 1,
+                _ => at = end.max(start + 1),
+            }
+        }
+    }
+
+    /// EMAIL has the lowest priority (see [`Kind::ALL`]): when a valid candidate is followed by
+    /// an address character, an email starting at the same byte may be the longer value
+    /// (`4111111111111111@example.com`).
+    fn longer_email(&self, text: &[u8], start: usize, found: Found) -> Found {
+        let ((_, e), pid) = found;
+        let email = self.kinds.len() - 1;
+        let next = text.get(e).copied().unwrap_or(b' ');
+        if self.kinds[pid] == Kind::Email
+            || self.kinds[email] != Kind::Email
+            || !(next == b'@' || candidates::is_local_part_byte(next))
+        {
+            return found;
+        }
+        match self.anchored(text, start, email) {
+            Some(r) if r.1 > e => (r, email),
+            _ => found,
+        }
+    }
+
+    /// A valid match of alternative `pid` anchored at `start`.
+    fn anchored(&self, text: &[u8], start: usize, pid: usize) -> Option<(usize, usize)> {
+        let input = Input::new(text)
+            .range(start..)
+            .anchored(Anchored::Pattern(PatternID::new_unchecked(pid)));
+        let m = self.regex.search(&input)?;
+        self.kinds[pid].validate(text, (m.start(), m.end()))
+    }
+
+    /// The first alternative failed validation at `start`: the longest valid match of any other
+    /// alternative anchored at the same byte.
+    fn retry_at(
+        &self,
+        text: &[u8],
+        start: usize,
+        failed: usize,
+        budget: &mut usize,
+        local_run: &mut LocalRun,
+    ) -> Option<Found> {
+        let mut best: Option<Found> = None;
+        for (pid, kind) in self.kinds.iter().enumerate() {
+            if pid == failed || !kind.may_start(text[start]) {
+                continue;
+            }
+            // An anchored email search runs to the end of the local-part run: only worth it
+            // when that run ends at an `@`.
+            if *kind == Kind::Email && !local_run.ends_at_at(text, start) {
+                continue;
+            }
+            *budget = budget.saturating_sub(SEARCH_COST);
+            if let Some(r) = self.anchored(text, start, pid) {
+                *budget = budget.saturating_sub(r.1 - start);
+                if best.map_or(true, |((s, e), _)| r.1 - r.0 > e - s) {
+                    best = Some((r, pid));
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Where the run of email local-part bytes containing a position ends (cached: the scan only
+/// moves forward, so finding run ends costs one pass over the value in total).
+#[derive(Default)]
+struct LocalRun {
+    end: usize,
+}
+
+impl LocalRun {
+    /// True if the local-part run from `start` is followed by `@`.
+    fn ends_at_at(&mut self, text: &[u8], start: usize) -> bool {
+        if start >= self.end {
+            self.end = start
+                + text[start..]
+                    .iter()
+                    .position(|&b| !candidates::is_local_part_byte(b))
+                    .unwrap_or(text.len() - start);
+        }
+        text.get(self.end) == Some(&b'@')
+    }
+}
+
+/// A validated span and the alternative (pattern id) that found it.
+type Found = ((usize, usize), usize);
+
+/// Bytes a value may be rescanned over, as a multiple of its length (plus a floor), before
+/// rejected candidates are skipped whole instead of retried one byte later.
+pub const RESCAN_BUDGET_FACTOR: usize = 8;
+pub const RESCAN_BUDGET_MIN: usize = 4096;
+/// What one search costs against the budget, beyond the bytes it matched over.
+const SEARCH_COST: usize = 32;
+
+/// User regexes, each under an entity name, as one multi-pattern automaton.
+#[derive(Debug)]
+pub struct RegexScanner {
+    regex: Regex,
+    ids: Vec<EntityId>,
+}
+
+impl RegexScanner {
+    /// Compiles `(entity id, pattern)` pairs; the error names the first pattern that failed.
+    pub fn new(patterns: &[(EntityId, String)]) -> Result<RegexScanner, (usize, String)> {
+        let texts: Vec<&str> = patterns.iter().map(|(_, p)| p.as_str()).collect();
+        // Compile one by one first so a syntax error points at its pattern.
+        for (i, p) in texts.iter().enumerate() {
+            Regex::new(p).map_err(|e| (i, e.to_string()))?;
+        }
+        let regex = Regex::builder()
+            .configure(
+                Regex::config()
+                    .hybrid_cache_capacity(LAZY_DFA_CACHE)
+                    .nfa_size_limit(Some(16 << 20)),
+            )
+            .build_many(&texts)
+            .map_err(|e| (0, e.to_string()))?;
+        Ok(RegexScanner {
+            regex,
+            ids: patterns.iter().map(|&(id, _)| id).collect(),
+        })
+    }
+
+    pub fn scan(&self, text: &[u8], mut emit: impl FnMut(Span)) {
+        for m in self.regex.find_iter(text) {
+            if m.start() < m.end() {
+                emit(Span {
+                    start: m.start(),
+                    end: m.end(),
+                    entity: self.ids[m.pattern().as_usize()],
+                });
+            }
+        }
+    }
+}
+
+/// Dictionary terms: whole words, ASCII case-insensitive, one Aho-Corasick automaton.
+#[derive(Debug)]
+pub struct DictionaryScanner {
+    automaton: AhoCorasick,
+    ids: Vec<EntityId>,
+}
+
+impl DictionaryScanner {
+    /// `(entity id, term)` pairs; empty terms are ignored.
+    pub fn new(terms: &[(EntityId, String)]) -> Result<DictionaryScanner, String> {
+        let terms: Vec<&(EntityId, String)> = terms.iter().filter(|(_, t)| !t.is_empty()).collect();
+        let automaton = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(terms.iter().map(|(_, t)| t.as_bytes()))
+            .map_err(|e| e.to_string())?;
+        Ok(DictionaryScanner {
+            automaton,
+            ids: terms.iter().map(|&&(id, _)| id).collect(),
+        })
+    }
+
+    /// Every whole-word occurrence (they may overlap; [`resolve_overlaps`] picks among them).
+    pub fn scan(&self, text: &[u8], mut emit: impl FnMut(Span)) {
+        for m in self.automaton.find_overlapping_iter(text) {
+            if word_bounded(text, m.start(), m.end()) {
+                emit(Span {
+                    start: m.start(),
+                    end: m.end(),
+                    entity: self.ids[m.pattern().as_usize()],
+                });
+            }
+        }
+    }
+}
+
+/// Keeps a set of non-overlapping spans: longer spans win, then earlier ones, then the earlier
+/// source (built-in spans are pushed first).  Sorts the result by start.
+pub fn resolve_overlaps(spans: &mut Vec<Span>) {
+    // Stable sort: among equal (length, start), the earlier source stays first.
+    spans.sort_by(|a, b| b.len().cmp(&a.len()).then(a.start.cmp(&b.start)));
+    let mut kept: Vec<Span> = Vec::with_capacity(spans.len());
+    for &s in spans.iter() {
+        let i = kept.partition_point(|k| k.start < s.start);
+        let clashes_before = i > 0 && kept[i - 1].end > s.start;
+        let clashes_after = kept.get(i).is_some_and(|k| k.start < s.end);
+        if !clashes_before && !clashes_after {
+            kept.insert(i, s);
+        }
+    }
+    *spans = kept;
+}

@@ -1,0 +1,338 @@
+//! Detector tests through the whole [`Masker`]: positives in context, adversarial negatives,
+//! overlaps, custom entities, and properties over arbitrary bytes.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn found(m: &Masker, text: &str) -> Vec<(String, String)> {
+    m.scan(text.as_bytes())
+        .into_iter()
+        .map(|s| (m.name(s.entity).to_owned(), text[s.start..s.end].to_owned()))
+        .collect()
+}
+
+fn only(text: &str) -> Vec<(String, String)> {
+    found(&Masker::builtin(), text)
+}
+
+fn one(entity: &str, text: &str, value: &str) {
+    assert_eq!(
+        only(text),
+        vec![(entity.to_owned(), value.to_owned())],
+        "in {text:?}"
+    );
+}
+
+fn none(text: &str) {
+    assert_eq!(only(text), vec![], "in {text:?}");
+}
+
+#[test]
+fn emails_in_context() {
+    one(
+        "EMAIL",
+        "contact: john.doe+x@mail.example.co.uk.",
+        "john.doe+x@mail.example.co.uk",
+    );
+    one(
+        "EMAIL",
+        "<a href=\"mailto:ann@example.org\">",
+        "ann@example.org",
+    );
+    none("user@localhost and @handle and a@b.c");
+}
+
+#[test]
+fn phones_in_context() {
+    one("PHONE", "call (415) 555-2671 now", "(415) 555-2671");
+    one("PHONE", "tel 415-555-2671.", "415-555-2671");
+    one("PHONE", "tel +1 415.555.2671 x123", "+1 415.555.2671 x123");
+    one("PHONE", "uk +44 20 7946 0958", "+44 20 7946 0958");
+    one("PHONE", "e164 +14155552671", "+14155552671");
+    none("SKU-415-555-2671");
+    none("part 415-555-2671-XL");
+    none("order 4155552671");
+    none("mixed 415-555.2671");
+}
+
+#[test]
+fn cards_in_context() {
+    one(
+        "CREDIT_CARD",
+        "visa 4111 1111 1111 1111 exp 12/29",
+        "4111 1111 1111 1111",
+    );
+    one(
+        "CREDIT_CARD",
+        "mc 2223-0031-2200-3222",
+        "2223-0031-2200-3222",
+    );
+    one("CREDIT_CARD", "amex 378282246310005", "378282246310005");
+    one(
+        "CREDIT_CARD",
+        "maestro 6759649826438453",
+        "6759649826438453",
+    );
+    one("CREDIT_CARD", "jcb 3530111333300000;", "3530111333300000");
+    one("CREDIT_CARD", "diners 30569309025904", "30569309025904");
+    one(
+        "CREDIT_CARD",
+        "discover 6011111111111117",
+        "6011111111111117",
+    );
+    none("not luhn 4111111111111112");
+    none("order 1234567890123456");
+    none("ts 20261129094500123");
+}
+
+#[test]
+fn ssns_in_context() {
+    one("US_SSN", "ssn 123-45-6789", "123-45-6789");
+    one("US_SSN", "ssn: 536 22 1234;", "536 22 1234");
+    none("ssn 000-12-3456 666-12-3456 912-12-3456 123-00-4567 123-45-0000");
+    none("ssn 111-11-1111 and 123-45 6789");
+    none("ref 2026-123-45-6789");
+}
+
+#[test]
+fn ibans_in_context() {
+    one(
+        "IBAN",
+        "iban GB82 WEST 1234 5698 7654 32 ok",
+        "GB82 WEST 1234 5698 7654 32",
+    );
+    one(
+        "IBAN",
+        "iban DE89370400440532013000.",
+        "DE89370400440532013000",
+    );
+    none("iban GB82WEST12345698765433");
+}
+
+#[test]
+fn ips_in_context() {
+    one("IP_ADDRESS", "from 192.168.10.1:5432", "192.168.10.1");
+    one(
+        "IP_ADDRESS",
+        "host [2001:db8::8a2e:370:7334]:443",
+        "2001:db8::8a2e:370:7334",
+    );
+    one("IP_ADDRESS", "lo ::1", "::1");
+    // A four-part dotted number is a valid address: masked on purpose (see validate::ip).
+    one("IP_ADDRESS", "1.2.3.4", "1.2.3.4");
+    none("v1.2.3.4 and version 1.2.3 and 1.2.3.4.5 and 999.1.1.1");
+}
+
+#[test]
+fn secrets_in_context() {
+    one("SECRET", "aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE");
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    one("SECRET", &format!("Authorization: Bearer {jwt}"), jwt);
+    let gh = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    one("SECRET", &format!("token {gh}"), gh);
+    one(
+        "SECRET",
+        "xoxb-123456789012-abcdefABCDEF",
+        "xoxb-123456789012-abcdefABCDEF",
+    );
+    one(
+        "SECRET",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    );
+    one(
+        "SECRET",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+    );
+    one(
+        "SECRET",
+        "DB_PASSWORD=Zx8vQ2mN4pL7sK1wE9rT&x=1",
+        "Zx8vQ2mN4pL7sK1wE9rT",
+    );
+    one(
+        "SECRET",
+        r#"{"api_key": "q8Z2mN4pL7sK1wE9rT5yU3"}"#,
+        "q8Z2mN4pL7sK1wE9rT5yU3",
+    );
+    let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nIBAAK\n-----END RSA PRIVATE KEY-----";
+    one("SECRET", &format!("key:\n{pem}\ntrailer"), pem);
+    let cut = "-----BEGIN PRIVATE KEY-----\nMIIEow";
+    one("SECRET", cut, cut);
+    none("password=aaaaaaaaaaaaaaaaaaaaaaaaaa and token: short");
+}
+
+#[test]
+fn adversarial_negatives() {
+    none("order #A-20261129-00042 shipped 2026-11-29 09:45:00.123+01");
+    none("uuid 550e8400-e29b-41d4-a716-446655440000");
+    none("build v1.2.3 / 1.2.3 / release-2.10.0");
+    none("sku 12-3456-7890 and 555-1234 and ISBN 978-3-16-148410-0");
+    none("mac 00:1a:2b:3c:4d:5e time 23:59:59 std::vector add::bed");
+    none("ids 4111111111111112 9999999999999999 1234567812345670");
+}
+
+#[test]
+fn spans_never_overlap_and_longest_wins() {
+    let m = Masker::new(MaskerConfig {
+        custom_patterns: vec![("EMPLOYEE_ID".into(), r"EMP-\d{6}".into())],
+        dictionaries: vec![(
+            "CODENAME".into(),
+            vec!["blue falcon".into(), "falcon".into()],
+        )],
+        ..MaskerConfig::default()
+    })
+    .unwrap();
+    let t = "EMP-123456 flies Blue Falcon; falconry ok; mail x@EMP-123456.com";
+    assert_eq!(
+        found(&m, t),
+        vec![
+            ("EMPLOYEE_ID".to_owned(), "EMP-123456".to_owned()),
+            ("CODENAME".to_owned(), "Blue Falcon".to_owned()),
+            ("EMAIL".to_owned(), "x@EMP-123456.com".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn masker_operators_and_tally() {
+    let key = HashKey::new(b"k");
+    let m = Masker::new(MaskerConfig {
+        operators: vec![
+            ("EMAIL".into(), Operator::Hash(key)),
+            (
+                "CREDIT_CARD".into(),
+                Operator::Partial {
+                    keep_first: 0,
+                    keep_last: 4,
+                    mask_char: '*',
+                    keep_separators: true,
+                },
+            ),
+            ("US_SSN".into(), Operator::Null),
+        ],
+        ..MaskerConfig::default()
+    })
+    .unwrap();
+    let mut out = b"prefix|".to_vec();
+    let mut tally = Tally::new();
+    let v = b"card 4111 1111 1111 1111 ip 10.0.0.1 mail ann@example.org";
+    assert_eq!(m.mask_value(v, &mut out, &mut tally), Outcome::Written);
+    let s = String::from_utf8(out).unwrap();
+    assert!(
+        s.starts_with("prefix|card **** **** **** 1111 ip <IP_ADDRESS> mail "),
+        "{s}"
+    );
+    assert!(!s.contains("ann@example.org") && s.contains('@'), "{s}");
+    assert_eq!(tally.total(), 3);
+
+    let mut out = b"keep".to_vec();
+    assert_eq!(
+        m.mask_value(b"ssn 123-45-6789", &mut out, &mut tally),
+        Outcome::Null
+    );
+    assert_eq!(out, b"keep");
+    assert_eq!(
+        m.mask_value(b"nothing here", &mut out, &mut tally),
+        Outcome::Unchanged
+    );
+    assert_eq!(out, b"keep");
+
+    let col = ColumnOperator::new(Operator::default(), "COLUMN");
+    let mut out = Vec::new();
+    assert_eq!(col.mask_value(b"x", &mut out, &mut tally), Outcome::Written);
+    assert_eq!(out, b"<COLUMN>");
+}
+
+#[test]
+fn config_errors() {
+    let bad = |c: MaskerConfig| Masker::new(c).unwrap_err();
+    assert!(matches!(
+        bad(MaskerConfig {
+            entities: Some(vec!["NOPE".into()]),
+            ..Default::default()
+        }),
+        MaskerError::UnknownEntity(_)
+    ));
+    assert!(matches!(
+        bad(MaskerConfig {
+            custom_patterns: vec![("X".into(), "(".into())],
+            ..Default::default()
+        }),
+        MaskerError::BadPattern { .. }
+    ));
+    assert!(matches!(
+        bad(MaskerConfig {
+            operators: vec![("X".into(), Operator::Redact)],
+            ..Default::default()
+        }),
+        MaskerError::UnknownEntity(_)
+    ));
+    let m = Masker::new(MaskerConfig {
+        entities: Some(vec!["EMAIL".into()]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(m.entities(), vec!["EMAIL"]);
+    assert!(m.scan(b"ssn 123-45-6789").is_empty());
+}
+
+/// Text made of fragments that look like PII (or nearly), separated by spaces (a value glued
+/// to a word is not detected, and masking its neighbour would change that context).
+fn piiish() -> impl Strategy<Value = Vec<u8>> {
+    let frag = prop_oneof![
+        Just(b"john@example.com".to_vec()),
+        Just(b"4111 1111 1111 1111".to_vec()),
+        Just(b"123-45-6789".to_vec()),
+        Just(b"(415) 555-2671".to_vec()),
+        Just(b"GB82WEST12345698765432".to_vec()),
+        Just(b"10.0.0.1".to_vec()),
+        Just(b"2001:db8::1".to_vec()),
+        Just(b"AKIAIOSFODNN7EXAMPLE".to_vec()),
+        Just(b"password=Zx8vQ2mN4pL7sK1wE9rT".to_vec()),
+        Just(b"-----BEGIN PRIVATE KEY-----".to_vec()),
+        "[0-9 .:@+()-]{0,20}".prop_map(String::into_bytes),
+        proptest::collection::vec(any::<u8>(), 0..12),
+    ];
+    proptest::collection::vec(frag, 0..8).prop_map(|v| v.join(&b' '))
+}
+
+proptest! {
+    #[test]
+    fn mask_value_never_panics(v in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let m = Masker::builtin();
+        let mut out = Vec::new();
+        let mut tally = Tally::new();
+        let outcome = m.mask_value(&v, &mut out, &mut tally);
+        prop_assert_eq!(outcome == Outcome::Unchanged, m.scan(&v).is_empty());
+        if outcome == Outcome::Unchanged {
+            prop_assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn spans_sorted_disjoint_and_masked(v in piiish()) {
+        let m = Masker::builtin();
+        let spans = m.scan(&v);
+        for w in spans.windows(2) {
+            prop_assert!(w[0].end <= w[1].start);
+        }
+        for s in &spans {
+            prop_assert!(s.start < s.end && s.end <= v.len());
+        }
+        let mut out = Vec::new();
+        let outcome = m.mask_value(&v, &mut out, &mut Tally::new());
+        prop_assert_eq!(outcome == Outcome::Unchanged, spans.is_empty());
+        // Re-scanning the masked output finds none of the original values.
+        if outcome == Outcome::Written {
+            let again = m.scan(&out);
+            for s in &spans {
+                let original = &v[s.start..s.end];
+                for a in &again {
+                    prop_assert_ne!(&out[a.start..a.end], original);
+                }
+            }
+        }
+    }
+}

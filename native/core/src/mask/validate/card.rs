@@ -1,0 +1,156 @@
+//! CREDIT_CARD: 12-19 digits, optionally grouped by one kind of separator, Luhn-valid, with a
+//! known issuer prefix (IIN) for its length.
+
+use super::Range;
+use crate::mask::boundary::{token_left_ok, token_right_ok};
+
+/// Luhn checksum over ASCII digits.
+pub fn luhn_ok(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, &d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum % 10 == 0
+}
+
+/// The leading `n` digits as a number.
+fn prefix(digits: &[u8], n: usize) -> u32 {
+    digits[..n]
+        .iter()
+        .fold(0, |acc, &d| acc * 10 + u32::from(d - b'0'))
+}
+
+/// True if the issuer prefix is a known scheme for a number of this length.
+pub fn iin_ok(digits: &[u8]) -> bool {
+    let len = digits.len();
+    if len < 6 {
+        return false;
+    }
+    let p2 = prefix(digits, 2);
+    let p3 = prefix(digits, 3);
+    let p4 = prefix(digits, 4);
+    let visa = digits[0] == b'4' && matches!(len, 13 | 16 | 19);
+    let mastercard = len == 16 && ((51..=55).contains(&p2) || (2221..=2720).contains(&p4));
+    let amex = len == 15 && (p2 == 34 || p2 == 37);
+    let discover =
+        (16..=19).contains(&len) && (p4 == 6011 || p2 == 65 || (644..=649).contains(&p3));
+    let jcb = (16..=19).contains(&len) && (3528..=3589).contains(&p4);
+    let diners =
+        (14..=19).contains(&len) && (p2 == 36 || p2 == 38 || p2 == 39 || (300..=305).contains(&p3));
+    let maestro = (12..=19).contains(&len) && (p2 == 50 || (56..=69).contains(&p2));
+    visa || mastercard || amex || discover || jcb || diners || maestro
+}
+
+/// Digits and separator layout of `s` (digits, spaces and dashes only).  `None` if two kinds of
+/// separator are mixed or the groups do not look like a card's (first group of 4, none over 6).
+fn digits_of(s: &[u8], buf: &mut [u8; 19]) -> Option<usize> {
+    let mut n = 0;
+    let mut sep = None;
+    let mut group = 0;
+    let mut first_group = None;
+    for &b in s {
+        if b.is_ascii_digit() {
+            if n == buf.len() {
+                return None;
+            }
+            buf[n] = b;
+            n += 1;
+            group += 1;
+            if group > 6 && sep.is_some() {
+                return None;
+            }
+        } else {
+            if *sep.get_or_insert(b) != b {
+                return None;
+            }
+            first_group.get_or_insert(group);
+            group = 0;
+        }
+    }
+    if sep.is_some() && (first_group != Some(4) || group > 6) {
+        return None;
+    }
+    Some(n)
+}
+
+fn valid(s: &[u8]) -> bool {
+    let mut buf = [0u8; 19];
+    let Some(n) = digits_of(s, &mut buf) else {
+        return false;
+    };
+    let d = &buf[..n];
+    (12..=19).contains(&n) && d.iter().any(|&x| x != d[0]) && luhn_ok(d) && iin_ok(d)
+}
+
+/// Validates a card candidate; if the whole run fails (a card followed by more digit groups),
+/// the longest prefix ending at a separator that is a valid card wins.
+pub fn validate(text: &[u8], (start, end): Range) -> Option<Range> {
+    if !token_left_ok(text, start) {
+        return None;
+    }
+    let cand = &text[start..end];
+    if valid(cand) && token_right_ok(text, end) {
+        return Some((start, end));
+    }
+    (start + 12..end)
+        .rev()
+        .filter(|&e| text[e] == b' ')
+        .find(|&e| valid(&text[start..e]))
+        .map(|e| (start, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(s: &str) -> Option<&str> {
+        validate(s.as_bytes(), (0, s.len())).map(|(a, b)| &s[a..b])
+    }
+
+    #[test]
+    fn schemes() {
+        for ok in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "5555555555554444",
+            "2223003122003222",
+            "378282246310005",
+            "3782 822463 10005",
+            "6011111111111117",
+            "3530111333300000",
+            "30569309025904",
+            "6759649826438453",
+            "4222222222222",
+        ] {
+            assert_eq!(found(ok), Some(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn negatives() {
+        for bad in [
+            "4111111111111112",    // Luhn
+            "1234567812345678",    // Luhn-valid? no IIN
+            "4111 1111-1111 1111", // mixed separators
+            "0000000000000000",
+            "9111111111111111",
+            "41 11111111111111",
+        ] {
+            assert_eq!(found(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn trailing_group_is_trimmed() {
+        let s = "4111 1111 1111 1111 1234";
+        assert_eq!(found(s), Some("4111 1111 1111 1111"));
+    }
+}

@@ -1,0 +1,712 @@
+"""Result masking on a relayed session: the per-session state machine (PROTOCOL.md 3-7).
+
+Only sessions whose policy tier is masked have a :class:`MaskingRelay`; every other session stays
+pure pass-through.  The native engine rewrites the rows (DataRow ``D``, CopyData ``d``) with the
+plan installed on the server-side buffer; this module decides, once per result set, which plan,
+and keeps the protocol in step:
+
+* **Which statement a result belongs to.**  A FIFO of requests mirrors what the server answers,
+  in order: a simple Query (its statements, split with the real parser; a cursor moves on at each
+  CommandComplete / EmptyQueryResponse) or an extended-protocol segment (the Describes and
+  Executes sent up to a Sync).  ReadyForQuery ends the head request; after an ErrorResponse the
+  server skips to Sync, so the segment's pending entries are dropped.
+* **Plans at barriers.**  RowDescription ``T`` and CopyOutResponse ``H`` are barrier events: the
+  buffer frames nothing after them until the plan is installed.  A plan the catalog already
+  knows is installed at once; otherwise the upstream side is *held* (no reading, nothing framed)
+  while the planner asks the catalog, then released.
+* **Execute without Describe.**  Clients (asyncpg, psycopg prepared statements) execute portals
+  they never described, so before each Execute a Describe of the portal is injected and its reply
+  swallowed: it is the portal's real RowDescription, result formats included.
+* **COPY TO STDOUT** is planned before the statement is forwarded (the client side is held):
+  when masking cannot be guaranteed the client gets ``0A000`` and the server never runs it.
+* **Fail closed.**  The buffer refuses rows when no plan is installed (``mask_required``); a
+  planning failure or a response the FIFO did not expect ends the session with a FATAL.
+
+What leaves this module for the audit log are counts per entity and column, never values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from pglast import parser as _pg
+
+from veilgate import log, metrics
+from veilgate.gateway import wire
+from veilgate.identity.base import Principal
+from veilgate.masking.lineage import StatementInfo
+from veilgate.masking.planner import MaskRefusal, parse_row_description
+from veilgate.policy.audit import AuditSink, MaskEvent
+
+if TYPE_CHECKING:
+    from veilgate.gateway.session import Session
+    from veilgate.masking.planner import Field, SessionMasking
+
+__all__ = ["BARRIER_TAGS", "CLIENT_TAGS", "UPSTREAM_TAGS", "MaskingRelay"]
+
+logger = log.get("gateway.masking")
+
+CLIENT_TAGS: Final = b"QPBDESCHF"
+"""Client messages a masked session surfaces: statements (Query, Parse), the extended-protocol
+messages that place results (Bind, Describe, Execute, Sync, Close, Flush), and FunctionCall."""
+UPSTREAM_TAGS: Final = b"THCsIEZn"
+"""Server messages a masked session surfaces: result starts, result ends, errors, NoData."""
+BARRIER_TAGS: Final = b"TH"
+"""Server events after which the buffer waits for a plan."""
+
+MARKER_PREFIX: Final = "veilgate-masking-"
+_MARKER_PREFIX_B: Final = MARKER_PREFIX.encode()
+_SPLIT_CACHE: Final = 1024
+
+_Q, _P, _B, _D, _E, _S, _C, _H, _F = (ord(c) for c in "QPBDESCHF")
+_T, _s, _I, _Z, _n = (ord(c) for c in "TsIZn")
+_IDLE: Final = ord("I")
+
+REFUSED_FUNCTION_CALL: Final = (
+    "the FunctionCall protocol message is not available on a masked session: "
+    "its results cannot be masked"
+)
+
+
+class _Result:
+    """The plan installed now, and what its tallies are reported against."""
+
+    __slots__ = ("fields", "info", "plan")
+
+    def __init__(self, plan: Any, fields: list[Field], info: StatementInfo) -> None:
+        self.plan = plan
+        self.fields = fields
+        self.info = info
+
+
+class _Query:
+    """A simple Query in flight: its statements, and the one the server is answering."""
+
+    __slots__ = ("copy_plans", "index", "infos", "whole")
+
+    def __init__(self, whole: StatementInfo, infos: list[StatementInfo]) -> None:
+        self.whole = whole
+        self.infos = infos
+        self.index = 0
+        self.copy_plans: dict[int, tuple[Any, int]] = {}
+        """Statement index -> (CopyPlan, overall format) computed before forwarding."""
+
+    def current(self) -> StatementInfo:
+        if self.index < len(self.infos):
+            return self.infos[self.index]
+        # the server saw more statements than the parser split: lineage of the whole text
+        return self.whole
+
+
+class _Describe:
+    __slots__ = ("info", "injected")
+
+    def __init__(self, injected: bool, info: StatementInfo | None) -> None:
+        self.injected = injected
+        self.info = info
+
+
+class _Execute:
+    __slots__ = ("copy_plan", "info")
+
+    def __init__(self, info: StatementInfo | None, copy_plan: tuple[Any, int] | None) -> None:
+        self.info = info
+        self.copy_plan = copy_plan
+
+
+class _Segment:
+    """Extended-protocol messages up to a Sync: the replies the server still owes that matter."""
+
+    __slots__ = ("expects", "synced")
+
+    def __init__(self) -> None:
+        self.expects: deque[_Describe | _Execute] = deque()
+        self.synced = False
+
+
+class _Mismatch(Exception):
+    """The server answered something the request FIFO did not expect."""
+
+
+def _cstring(body: bytes, pos: int) -> tuple[bytes, int]:
+    end = body.index(b"\0", pos)
+    return body[pos:end], end + 1
+
+
+def _copy_out_formats(body: bytes) -> tuple[int, list[int]]:
+    """CopyOutResponse body: Int8 overall format, Int16 count, Int16 formats."""
+    overall = body[0]
+    (count,) = struct.unpack_from("!h", body, 1)
+    return overall, list(struct.unpack_from(f"!{count}h", body, 3))
+
+
+_SQL_OBJECT_WORDS: Final = ("declare", "fetch", "move", "prepare", "execute")
+
+
+def _sql_object(text: str) -> tuple[str, str] | None:
+    """(kind, name) when ``text`` is one statement that declares or reads a SQL-level cursor or
+    prepared statement: ``("declare", c)``, ``("fetch", c)``, ``("prepare", p)``,
+    ``("execute", p)``.  Their results come from the declared query, not from their own text."""
+    low = text.lower()
+    if not any(w in low for w in _SQL_OBJECT_WORDS):
+        return None
+    try:
+        stmts = json.loads(_pg.parse_sql_json(text)).get("stmts", [])
+    except Exception:
+        return None
+    if len(stmts) != 1:
+        return None
+    stmt = stmts[0].get("stmt", {})
+    for node, kind, key in (
+        ("DeclareCursorStmt", "declare", "portalname"),
+        ("FetchStmt", "fetch", "portalname"),
+        ("PrepareStmt", "prepare", "name"),
+        ("ExecuteStmt", "execute", "name"),
+    ):
+        body = stmt.get(node)
+        if isinstance(body, dict) and body.get(key):
+            return kind, str(body[key])
+    return None
+
+
+def _is_copy_out(info: StatementInfo | None) -> bool:
+    c = info.copy if info is not None else None
+    return c is not None and not c.is_from and c.to_stdout
+
+
+def _copy_format(info: StatementInfo) -> int:
+    c = info.copy
+    return 1 if c is not None and c.format == "binary" else 0
+
+
+class MaskingRelay:
+    """Per-session masking state; called by :class:`Session` for the masking events."""
+
+    def __init__(
+        self,
+        session: Session,
+        planner: SessionMasking,
+        principal: Principal,
+        tier: str,
+        audit: AuditSink | None,
+        forward_client: Callable[[Any], None],
+        server_frame: Callable[[Any], bytes],
+    ) -> None:
+        self.session = session
+        self.planner = planner
+        self.principal = principal
+        self.tier = tier
+        self.audit = audit
+        self._forward_client = forward_client
+        """Sends a client message on (through the policy enforcer when there is one)."""
+        self._server_frame = server_frame
+        """What the client gets for a server event (the enforcer's rewrite when there is one)."""
+        self._requests: deque[_Query | _Segment] = deque()
+        self._statements: dict[bytes, StatementInfo] = {}
+        """Prepared statements by name (b"" = the unnamed one)."""
+        self._portals: dict[bytes, StatementInfo | None] = {}
+        self._result: _Result | None = None
+        self._markers: OrderedDict[bytes, bytes] = OrderedDict()
+        """Refusal markers sent upstream: nonce -> the ErrorResponse the client gets instead."""
+        self._splits: OrderedDict[str, list[StatementInfo]] = OrderedDict()
+        self._sql_objects: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+        self._cursors: dict[str, StatementInfo] = {}
+        """SQL-level cursors (DECLARE) and prepared statements (PREPARE) by name: a FETCH or an
+        EXECUTE returns the columns of the statement they were declared with."""
+        self._prepared: dict[str, StatementInfo] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def replace_planner(self, planner: SessionMasking) -> None:
+        """A policy reload: results planned from now on follow the new masking rules."""
+        self.planner = planner
+        self._splits.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        for t in list(self._tasks):
+            t.cancel()
+        self._tasks.clear()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail(self, reason: str, detail: str) -> None:
+        """Fail closed: the session ends with a FATAL; nothing more reaches the client."""
+        metrics.errors_total.inc(kind="masking")
+        log.event(
+            logger,
+            "masking_failed",
+            logging.ERROR,
+            peer=self.session.peer,
+            principal=self.principal.label(),
+            tier=self.tier,
+            reason=reason,
+            detail=detail,
+        )
+        self.session.close(
+            wire.fatal("XX000", f"result masking failed ({reason}); the session is closed"),
+            "masking",
+        )
+
+    # --- client side ---------------------------------------------------------------------------
+
+    def client_message(self, m: Any) -> None:
+        tag = m.tag
+        try:
+            if tag == _Q:
+                self._query(m)
+            elif tag == _P:
+                self._parse(m)
+                self._forward_client(m)
+            elif tag == _B:
+                self._bind(m)
+                self._forward_client(m)
+            elif tag == _D:
+                self._segment().expects.append(_Describe(False, None))
+                self._forward_client(m)
+            elif tag == _E:
+                self._execute(m)
+            elif tag == _S:
+                self._segment().synced = True
+                self._forward_client(m)
+            elif tag == _C:
+                self._close(m)
+                self._forward_client(m)
+            elif tag == _F:
+                self._refuse_request(REFUSED_FUNCTION_CALL)
+            else:  # Flush, and anything the enforcer added
+                self._forward_client(m)
+        except (ValueError, IndexError, struct.error):
+            # malformed: the server answers it with a protocol error
+            self._forward_client(m)
+        except Exception as exc:
+            self._fail("internal", f"{type(exc).__name__}: {exc}")
+
+    def _segment(self) -> _Segment:
+        tail = self._requests[-1] if self._requests else None
+        if isinstance(tail, _Segment) and not tail.synced:
+            return tail
+        seg = _Segment()
+        self._requests.append(seg)
+        return seg
+
+    def _split(self, text: str) -> list[StatementInfo]:
+        hit = self._splits.get(text)
+        if hit is not None:
+            self._splits.move_to_end(text)
+            return hit
+        try:
+            parts = list(_pg.split(text, with_parser=True))
+        except Exception:  # unparsable: the server refuses it too; lineage of the whole text
+            parts = [text]
+        infos = [self.planner.statement(p) for p in parts] or [self.planner.statement(text)]
+        self._splits[text] = infos
+        if len(self._splits) > _SPLIT_CACHE:
+            self._splits.popitem(last=False)
+        return infos
+
+    def _lineage(self, info: StatementInfo) -> StatementInfo:
+        """The statement whose columns ``info``'s result has (FETCH → its DECLARE, ...)."""
+        text = info.text
+        if text in self._sql_objects:
+            obj = self._sql_objects[text]
+        else:
+            obj = _sql_object(text) if info.parsed else None
+            self._sql_objects[text] = obj
+            if len(self._sql_objects) > _SPLIT_CACHE:
+                self._sql_objects.popitem(last=False)
+        if obj is None:
+            return info
+        kind, name = obj
+        if kind == "declare":
+            self._cursors[name] = info
+        elif kind == "prepare":
+            self._prepared[name] = info
+        elif kind == "fetch":
+            return self._cursors.get(name, info)
+        elif kind == "execute":
+            return self._prepared.get(name, info)
+        return info
+
+    def _query(self, m: Any) -> None:
+        body = m.body
+        end = body.find(b"\0")
+        text = (body if end < 0 else body[:end]).decode("utf-8", "replace")
+        whole = self.planner.statement(text)
+        infos = [self._lineage(i) for i in self._split(text)] if whole.parsed else [whole]
+        # the unnamed statement does not survive a simple Query
+        self._statements.pop(b"", None)
+        copies = [i for i, info in enumerate(infos) if _is_copy_out(info)]
+        if not copies:
+            self._requests.append(_Query(whole, infos))
+            self._forward_client(m)
+            return
+        # plan the COPY before the server runs it: on refusal it never does
+        self.session.client.hold()
+        self._spawn(self._query_with_copy(m, whole, infos, copies))
+
+    async def _query_with_copy(
+        self, m: Any, whole: StatementInfo, infos: list[StatementInfo], copies: list[int]
+    ) -> None:
+        q = _Query(whole, infos)
+        try:
+            for i in copies:
+                fmt = _copy_format(infos[i])
+                q.copy_plans[i] = (await self.planner.copy_plan(infos[i], fmt, []), fmt)
+        except MaskRefusal as exc:
+            self._refuse_request(exc.message, exc.sqlstate)
+            self._release_client()
+            return
+        except Exception as exc:
+            self._fail("copy_plan", f"{type(exc).__name__}: {exc}")
+            return
+        if self._closed:
+            return
+        self._requests.append(q)
+        self._forward_client(m)
+        self._release_client()
+
+    def _release_client(self) -> None:
+        if not self._closed:
+            self.session.client.release()
+
+    def _refuse_request(self, message: str, sqlstate: str = "0A000") -> None:
+        """Answer a request (Query, FunctionCall) with an error instead of running it.
+
+        Idle and outside a transaction block the gateway answers itself; otherwise a marker
+        statement fails on the server, so the server's transaction state and response order
+        stay authoritative (see :mod:`veilgate.gateway.enforce`)."""
+        log.event(
+            logger,
+            "masking_refused",
+            logging.INFO,
+            peer=self.session.peer,
+            principal=self.principal.label(),
+            sqlstate=sqlstate,
+            reason=message,
+        )
+        error = wire.error_response("ERROR", sqlstate, message)
+        state = self.session.state
+        if not self._requests and state.pending <= 1 and state.tx_status in (0, _IDLE):
+            state.discard_request()
+            self.session.write_client(error + wire.ready_for_query(b"I"))
+            return
+        nonce = self._marker(error)
+        self._requests.append(_Query(self.planner.statement(""), []))
+        self.session.write_upstream(wire.frame(b"Q", wire.cstr(f'SELECT "{nonce}"')))
+
+    def _marker(self, error: bytes) -> str:
+        nonce = MARKER_PREFIX + secrets.token_hex(12)
+        self._markers[nonce.encode()] = error
+        return nonce
+
+    def _parse(self, m: Any) -> None:
+        body = m.body
+        name, pos = _cstring(body, 0)
+        text, _ = _cstring(body, pos)
+        info = self.planner.statement(text.decode("utf-8", "replace"))
+        self._statements[name] = self._lineage(info)
+
+    def _bind(self, m: Any) -> None:
+        body = m.body
+        portal, pos = _cstring(body, 0)
+        stmt, _ = _cstring(body, pos)
+        self._portals[portal] = self._statements.get(stmt)
+
+    def _close(self, m: Any) -> None:
+        body = m.body
+        name, _ = _cstring(body, 1)
+        if body[:1] == b"S":
+            self._statements.pop(name, None)
+        else:
+            self._portals.pop(name, None)
+
+    def _execute(self, m: Any) -> None:
+        body = m.body
+        portal, _ = _cstring(body, 0)
+        info = self._portals.get(portal)
+        if _is_copy_out(info):
+            assert info is not None
+            self.session.client.hold()
+            self._spawn(self._execute_copy(m, portal, info))
+            return
+        self._send_execute(m, portal, info, None)
+
+    def _send_execute(
+        self, m: Any, portal: bytes, info: StatementInfo | None, copy: tuple[Any, int] | None
+    ) -> None:
+        seg = self._segment()
+        # the portal's own RowDescription, with the result formats its Bind chose
+        seg.expects.append(_Describe(True, info))
+        seg.expects.append(_Execute(info, copy))
+        self.session.write_upstream(wire.frame(b"D", b"P" + portal + b"\0"))
+        self._forward_client(m)
+
+    async def _execute_copy(self, m: Any, portal: bytes, info: StatementInfo) -> None:
+        fmt = _copy_format(info)
+        try:
+            plan = await self.planner.copy_plan(info, fmt, [])
+        except MaskRefusal as exc:
+            # in place of the Execute, a Parse that fails: the server skips to Sync as for any
+            # error, and the client gets the refusal in its place
+            nonce = self._marker(wire.error_response("ERROR", exc.sqlstate, exc.message))
+            marker = wire.cstr(nonce) + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
+            self._segment()
+            self.session.write_upstream(wire.frame(b"P", marker))
+            self._release_client()
+            return
+        except Exception as exc:
+            self._fail("copy_plan", f"{type(exc).__name__}: {exc}")
+            return
+        if self._closed:
+            return
+        self._send_execute(m, portal, info, (plan, fmt))
+        self._release_client()
+
+    # --- server side ---------------------------------------------------------------------------
+
+    def server_message(self, m: Any) -> bytes | None:
+        """A server event: the bytes for the client, or None (swallowed, or sent later)."""
+        tag = m.tag
+        try:
+            if tag == _T:
+                return self._row_description(m)
+            if tag == _H:
+                return self._copy_out(m)
+            if tag == _n:
+                return self._no_data(m)
+            if tag == _C:
+                self._result_done()
+                self._command_complete(m.body)
+                self._statement_done()
+            elif tag == _s:
+                self._result_done()
+                self._statement_done()
+            elif tag == _I:
+                self._statement_done()
+            elif tag == _E:
+                self._result_done()
+                replaced = self._error(m.body)
+                if replaced is not None:
+                    return replaced
+            elif tag == _Z:
+                self._result_done()
+                if self._requests:
+                    head = self._requests.popleft()
+                    if isinstance(head, _Segment) and not head.synced and self._requests:
+                        # a Query sent inside an unsynced segment: one ReadyForQuery ends both
+                        self._requests.popleft()
+                if self._markers and not self._requests:
+                    self._markers.clear()
+        except _Mismatch as exc:
+            self._fail("protocol", str(exc))
+            return None
+        except Exception as exc:  # never forward rows a failed plan was meant for
+            self._fail("internal", f"{type(exc).__name__}: {exc}")
+            return None
+        return self._server_frame(m)
+
+    def _head(self) -> _Query | _Segment:
+        if not self._requests:
+            raise _Mismatch("a result arrived with no request in flight")
+        return self._requests[0]
+
+    def _expect(self, kind: type[_Describe] | type[_Execute]) -> _Describe | _Execute:
+        head = self._head()
+        if not isinstance(head, _Segment) or not head.expects:
+            raise _Mismatch(f"unexpected reply ({kind.__name__[1:]})")
+        item = head.expects[0]
+        if not isinstance(item, kind):
+            raise _Mismatch(f"reply out of order ({kind.__name__[1:]})")
+        return item
+
+    def _row_description(self, m: Any) -> bytes | None:
+        head = self._head()
+        swallow = False
+        if isinstance(head, _Query):
+            info = head.current()
+        else:
+            d = self._expect(_Describe)
+            head.expects.popleft()
+            assert isinstance(d, _Describe)
+            if not d.injected:
+                # the client's own Describe: no rows follow it; the Execute's injected
+                # Describe installs the plan
+                return self._server_frame(m)
+            swallow = True
+            info = d.info if d.info is not None else self.planner.statement("")
+        fields = parse_row_description(m.body)
+        plan = self.planner.row_plan_cached(fields, info)
+        if plan is not None:
+            self._install(plan, fields, info)
+            return None if swallow else self._server_frame(m)
+        frame = None if swallow else self._server_frame(m)
+        self.session.upstream_side().hold()
+        self._spawn(self._plan_rows(fields, info, frame))
+        return None
+
+    async def _plan_rows(
+        self, fields: list[Field], info: StatementInfo, frame: bytes | None
+    ) -> None:
+        try:
+            plan = await self.planner.row_plan(fields, info)
+        except Exception as exc:
+            self._fail("row_plan", f"{type(exc).__name__}: {exc}")
+            return
+        if self._closed:
+            return
+        self._install(plan, fields, info)
+        if frame is not None:
+            self.session.write_client(frame)
+        self.session.upstream_side().release()
+
+    def _install(self, plan: Any, fields: list[Field], info: StatementInfo) -> None:
+        self.session.upstream_rb.set_row_plan(plan)
+        self._result = _Result(plan, fields, info)
+
+    def _no_data(self, m: Any) -> bytes | None:
+        head = self._head()
+        if isinstance(head, _Segment):
+            d = self._expect(_Describe)
+            head.expects.popleft()
+            assert isinstance(d, _Describe)
+            if d.injected:
+                return None
+        return self._server_frame(m)
+
+    def _copy_out(self, m: Any) -> bytes | None:
+        head = self._head()
+        if isinstance(head, _Query):
+            info = head.current()
+            planned = head.copy_plans.get(head.index)
+        else:
+            e = self._expect(_Execute)
+            assert isinstance(e, _Execute)
+            info = e.info if e.info is not None else self.planner.statement("")
+            planned = e.copy_plan
+        overall, formats = _copy_out_formats(m.body)
+        frame = self._server_frame(m)
+        fields = [_copy_field(i, f) for i, f in enumerate(formats)]
+        if planned is not None and planned[1] == overall:
+            self._install(planned[0], fields, info)
+            return frame
+        # not planned ahead (COPY reached through a function, a rule...) or another format
+        self.session.upstream_side().hold()
+        self._spawn(self._plan_copy(info, overall, formats, fields, frame))
+        return None
+
+    async def _plan_copy(
+        self,
+        info: StatementInfo,
+        overall: int,
+        formats: list[int],
+        fields: list[Field],
+        frame: bytes,
+    ) -> None:
+        try:
+            plan = await self.planner.copy_plan(info, overall, formats)
+        except MaskRefusal as exc:
+            # the server is already streaming: the session cannot continue unmasked
+            self._fail("copy_refused", exc.message)
+            return
+        except Exception as exc:
+            self._fail("copy_plan", f"{type(exc).__name__}: {exc}")
+            return
+        if self._closed:
+            return
+        self._install(plan, fields, info)
+        self.session.write_client(frame)
+        self.session.upstream_side().release()
+
+    def _statement_done(self) -> None:
+        """CommandComplete / PortalSuspended / EmptyQueryResponse: the head moves on."""
+        if not self._requests:
+            return
+        head = self._requests[0]
+        if isinstance(head, _Query):
+            head.index += 1
+        elif head.expects and isinstance(head.expects[0], _Execute):
+            head.expects.popleft()
+
+    def _error(self, body: bytes) -> bytes | None:
+        if self._requests:
+            head = self._requests[0]
+            if isinstance(head, _Segment):
+                # the server skips to Sync: nothing else of this segment is answered
+                head.expects.clear()
+        if self._markers and _MARKER_PREFIX_B in body:
+            for nonce in self._markers:
+                if nonce in body:
+                    return self._markers.pop(nonce)
+        return None
+
+    def _command_complete(self, body: bytes) -> None:
+        # DDL (CREATE / ALTER / DROP ...) may change what a column is: the catalog forgets
+        self.planner.note_command_tag(body)
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    def _result_done(self) -> None:
+        """A result ended: report what its plan masked (counts only)."""
+        r = self._result
+        if r is None:
+            return
+        self._result = None
+        try:
+            tallies = self.planner.take_tallies(r.plan, r.fields)
+        except Exception as exc:  # counting must never break the data path
+            log.event(logger, "mask_tally_failed", logging.WARNING, error=str(exc))
+            return
+        entities: dict[str, int] = {}
+        columns: dict[str, dict[str, int]] = {}
+        for column, counts in tallies.items():
+            kept = {e: n for e, n in counts.items() if n > 0}
+            if kept:
+                columns[column] = kept
+                for e, n in kept.items():
+                    entities[e] = entities.get(e, 0) + n
+        if not entities:
+            return
+        for e, n in entities.items():
+            metrics.masked_values_total.inc(n, entity=e)
+        if self.audit is None:
+            return
+        event = MaskEvent.create(
+            self.principal,
+            session_id=self.session.peer,
+            tier=self.tier,
+            fingerprint=_fingerprint(r.info.text),
+            entities=entities,
+            columns=columns,
+        )
+        try:
+            self.audit.emit(event)
+        except (OSError, ValueError) as exc:
+            log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
+
+
+def _copy_field(index: int, fmt: int) -> Field:
+    from veilgate.masking.planner import Field
+
+    return Field(f"column{index + 1}", 0, 0, 0, fmt)
+
+
+def _fingerprint(text: str) -> str:
+    try:
+        return str(_pg.fingerprint(text))
+    except Exception:
+        import hashlib
+
+        return "raw:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -1,0 +1,332 @@
+"""The compiled ``masking:`` section of a policy file.
+
+Shape (validated by :mod:`veilgate.masking.section`, which names file:line:key on errors)::
+
+    masking:
+      apply_to: [readonly]              # tiers whose sessions are masked (default: every tier)
+      hash_key_env: VEILGATE_MASK_KEY   # or hash_key_file: path; required if any op is hash
+      detectors: [EMAIL, PHONE]         # built-in detectors used by content scans (default: all)
+      custom:                           # extra entities: a regex or a word list
+        - {entity: EMPLOYEE_ID, regex: "EMP-[0-9]{6}"}
+        - {entity: CODENAME, words: [bluebird, nightjar]}
+      operators:                        # what a span found by scanning becomes, per entity
+        default: {op: replace}
+        CREDIT_CARD: {op: partial, keep_last: 4}
+      columns:                          # first match wins
+        - {column: "public.customers.ssn", op: partial, keep_last: 4}
+        - {name: "*password*", op: redact}
+        - {column: "public.notes.body", scan: true}
+        - {column: "public.customers.id", op: keep}
+      scan_unknown: true                # content-scan columns of unknown lineage
+      unknown_lineage: redact           # redact | null | scan (see the planner)
+
+A section that is present (even ``masking: {}``) masks every tier unless ``apply_to`` narrows
+it: forgetting a tier name must not leak data (fail closed).
+
+The native objects (``veilgate_native.Operator`` / ``Masker``) are built lazily, once per policy
+and tier, by :class:`TierMasking`; the hash key is read then (never at lint time), and a missing
+key raises :class:`MaskingUnavailable` so the gateway refuses the session instead of passing data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import translate
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "BUILTIN_ENTITIES",
+    "OPERATOR_KINDS",
+    "UNKNOWN_LINEAGE_ACTIONS",
+    "ColumnRule",
+    "CustomEntity",
+    "MaskingPolicy",
+    "MaskingUnavailable",
+    "OperatorSpec",
+    "TierMasking",
+]
+
+BUILTIN_ENTITIES: Final = (
+    "EMAIL",
+    "PHONE",
+    "CREDIT_CARD",
+    "US_SSN",
+    "IBAN",
+    "IP_ADDRESS",
+    "SECRET",
+)
+"""Detectors the native engine ships (kept in step with ``veilgate_native.BUILTIN_ENTITIES``)."""
+
+OPERATOR_KINDS: Final = ("replace", "redact", "partial", "hash", "null")
+"""Operators for scanned spans; column rules also accept ``keep``."""
+
+UNKNOWN_LINEAGE_ACTIONS: Final = ("redact", "null", "scan")
+
+REDACTED: Final = "<MASKED>"
+"""What ``unknown_lineage: redact`` turns a whole value into."""
+
+
+class MaskingUnavailable(Exception):
+    """The masking engine cannot be built (hash key missing, native engine absent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSpec:
+    """One operator as written in the policy (pure data; :meth:`build` makes the native one)."""
+
+    kind: str  # replace | redact | partial | hash | null | keep
+    value: str | None = None
+    keep_first: int = 0
+    keep_last: int = 0
+    mask_char: str = "*"
+    keep_separators: bool = True
+
+    def build(self, entity: str, key: bytes | None) -> Any:
+        """The ``veilgate_native.Operator`` for this spec (``keep`` has none)."""
+        import veilgate_native as native
+
+        return native.Operator(
+            self.kind,
+            value=self.value,
+            keep_first=self.keep_first,
+            keep_last=self.keep_last,
+            mask_char=self.mask_char,
+            keep_separators=self.keep_separators,
+            key=key if self.kind == "hash" else None,
+            entity=entity,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CustomEntity:
+    entity: str
+    regex: str | None = None
+    words: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """A ``columns:`` entry: ``column`` globs ``schema.table.column``, ``name`` globs the result
+    column name.  ``op`` None with ``scan`` True means content scanning."""
+
+    pattern: str
+    by: str  # "column" | "name"
+    op: OperatorSpec | None = None
+    scan: bool = False
+    line: int = 0
+    _rx: re.Pattern[str] = field(default=re.compile(""), compare=False, repr=False)
+
+    @staticmethod
+    def build(pattern: str, by: str, op: OperatorSpec | None, scan: bool, line: int) -> ColumnRule:
+        return ColumnRule(pattern, by, op, scan, line, re.compile(translate(pattern)))
+
+    @property
+    def keeps(self) -> bool:
+        return self.op is not None and self.op.kind == "keep"
+
+    @property
+    def masks(self) -> bool:
+        """True when the rule changes values (anything but an explicit keep)."""
+        return not self.keeps
+
+    def matches(self, text: str) -> bool:
+        return self._rx.fullmatch(text) is not None
+
+    @property
+    def table_pattern(self) -> str:
+        """``schema.table`` part of a column rule (``*`` pieces stay globs)."""
+        return self.pattern.rsplit(".", 1)[0]
+
+    @property
+    def column_pattern(self) -> str:
+        return self.pattern.rsplit(".", 1)[-1]
+
+    def label(self) -> str:
+        what = "scan" if self.op is None else self.op.kind
+        return f"{self.by} {self.pattern} ({what}, line {self.line})"
+
+
+@dataclass(frozen=True)
+class MaskingPolicy:
+    """The whole ``masking:`` section, compiled."""
+
+    apply_to: frozenset[str] | None = None
+    hash_key_env: str | None = None
+    hash_key_file: Path | None = None
+    detectors: tuple[str, ...] = BUILTIN_ENTITIES
+    custom: tuple[CustomEntity, ...] = ()
+    operators: Mapping[str, OperatorSpec] = field(default_factory=dict)
+    default_operator: OperatorSpec = OperatorSpec("replace")
+    columns: tuple[ColumnRule, ...] = ()
+    scan_unknown: bool = True
+    unknown_lineage: str = "redact"
+    source: str = "<policy>"
+
+    def __post_init__(self) -> None:
+        # per-tier native objects, built on first use (frozen: set through object)
+        object.__setattr__(self, "_tiers", {})
+
+    @property
+    def uses_hash(self) -> bool:
+        ops = [self.default_operator, *self.operators.values()]
+        ops += [r.op for r in self.columns if r.op is not None]
+        return any(o.kind == "hash" for o in ops)
+
+    @property
+    def entities(self) -> tuple[str, ...]:
+        """Every entity a content scan can report (detectors, then custom ones)."""
+        return self.detectors + tuple(c.entity for c in self.custom)
+
+    def applies_to(self, tier: str) -> bool:
+        return self.apply_to is None or tier in self.apply_to
+
+    def for_tier(self, name: str) -> TierMasking | None:
+        """The masking of sessions in tier ``name``; ``None`` when the tier is not masked."""
+        if not self.applies_to(name):
+            return None
+        tiers: dict[str, TierMasking] = self._tiers  # type: ignore[attr-defined]
+        tm = tiers.get(name)
+        if tm is None:
+            tm = tiers[name] = TierMasking(self, name)
+        return tm
+
+    def hash_key(self) -> bytes | None:
+        """The HMAC key, read now from the environment or file (None when unused)."""
+        if not self.uses_hash:
+            return None
+        raw: str | bytes | None = None
+        if self.hash_key_env is not None:
+            raw = os.environ.get(self.hash_key_env)
+            where = f"environment variable {self.hash_key_env}"
+        elif self.hash_key_file is not None:
+            where = f"file {self.hash_key_file}"
+            try:
+                raw = self.hash_key_file.read_bytes().strip()
+            except OSError as exc:
+                raise MaskingUnavailable(
+                    f"cannot read the masking hash key {where}: {exc}"
+                ) from None
+        else:  # the loader refuses this; defensive
+            where = "(none configured)"
+        if not raw:
+            raise MaskingUnavailable(f"masking hash key missing: {where} is empty or unset")
+        return raw.encode("utf-8") if isinstance(raw, str) else raw
+
+
+class TierMasking:
+    """The masking of one tier: rule lookups plus the native objects, built once."""
+
+    def __init__(self, policy: MaskingPolicy, tier: str) -> None:
+        self.policy = policy
+        self.tier = tier
+        self.column_rules = tuple(r for r in policy.columns if r.by == "column")
+        self.name_rules = tuple(r for r in policy.columns if r.by == "name")
+        self._col_cache: dict[str, ColumnRule | None] = {}
+
+    # -- rules -------------------------------------------------------------------------------
+
+    @property
+    def scan_unknown(self) -> bool:
+        return self.policy.scan_unknown
+
+    @property
+    def unknown_lineage(self) -> str:
+        return self.policy.unknown_lineage
+
+    def column_rule(self, schema: str, table: str, column: str) -> ColumnRule | None:
+        """The first column rule for ``schema.table.column`` (as PostgreSQL stores the names)."""
+        key = f"{schema}.{table}.{column}"
+        if key in self._col_cache:
+            return self._col_cache[key]
+        hit = next((r for r in self.column_rules if r.matches(key)), None)
+        if len(self._col_cache) < 65536:
+            self._col_cache[key] = hit
+        return hit
+
+    def name_rule(self, name: str) -> ColumnRule | None:
+        """The first ``name`` rule for a result column name."""
+        return next((r for r in self.name_rules if r.matches(name)), None)
+
+    def masks_column(self, schema: str, table: str, column: str) -> bool:
+        r = self.column_rule(schema, table, column)
+        if r is None:
+            r = self.name_rule(column)
+        return r is not None and r.masks
+
+    def table_may_mask(self, schema: str | None, table: str) -> bool:
+        """Whether some column rule could mask a column of this table (``schema`` None: any)."""
+        for r in self.column_rules:
+            if not r.masks:
+                continue
+            tp = r.table_pattern
+            if schema is None:
+                if re.fullmatch(translate(tp.rsplit(".", 1)[-1]), table):
+                    return True
+            elif re.fullmatch(translate(tp), f"{schema}.{table}"):
+                return True
+        return False
+
+    def name_masked(self, column: str) -> bool:
+        """Whether a column of this name is masked by some rule (by name or by any column rule
+        whose column part matches): used to judge references in statement text."""
+        r = self.name_rule(column)
+        if r is not None and r.masks:
+            return True
+        return any(
+            r.masks and re.fullmatch(translate(r.column_pattern), column) for r in self.column_rules
+        )
+
+    # -- native objects ----------------------------------------------------------------------
+
+    @cached_property
+    def key(self) -> bytes | None:
+        return self.policy.hash_key()
+
+    @cached_property
+    def scanner(self) -> Any:
+        """The content-scanning ``veilgate_native.Masker`` (detectors + custom entities)."""
+        try:
+            import veilgate_native as native
+
+            masker_cls = native.Masker
+        except (ImportError, AttributeError) as exc:
+            raise MaskingUnavailable(f"native masking engine unavailable: {exc}") from None
+        p = self.policy
+        key = self.key
+        return masker_cls(
+            entities=list(p.detectors),
+            operators={e: spec.build(e, key) for e, spec in p.operators.items()},
+            default_operator=p.default_operator.build("DEFAULT", key),
+            custom_patterns=[(c.entity, c.regex) for c in p.custom if c.regex is not None],
+            dictionaries={c.entity: list(c.words) for c in p.custom if c.words},
+        )
+
+    def operator_for(self, rule: ColumnRule) -> Any:
+        """The native object a column rule applies: an Operator, the scanner, or None (keep)."""
+        if rule.op is None:
+            return self.scanner
+        if rule.op.kind == "keep":
+            return None
+        cached = self._ops.get(rule.line)
+        if cached is None:
+            cached = self._ops[rule.line] = rule.op.build("COLUMN", self.key)
+        return cached
+
+    @cached_property
+    def _ops(self) -> dict[int, Any]:
+        return {}
+
+    @cached_property
+    def redactor(self) -> Any:
+        """What ``unknown_lineage: redact`` applies: the whole value becomes ``<MASKED>``."""
+        return OperatorSpec("replace", value=REDACTED).build("MASKED", None)
+
+    @cached_property
+    def json_redactor(self) -> Any:
+        """``unknown_lineage: redact`` for json / jsonb: the JSON string ``"<MASKED>"``."""
+        return OperatorSpec("replace", value=f'"{REDACTED}"').build("MASKED", None)

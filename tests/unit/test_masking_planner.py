@@ -1,0 +1,571 @@
+"""The masking planner's column rules, with a fake catalog (no database).
+
+Decisions are checked through :meth:`SessionMasking.decide` (pure) and through the plan objects
+it builds.  The native objects are stood in for by a fake module where the planner is asked for
+plans, so these tests pin the control plane's decisions, not the engine's output (the engine has
+its own tests, and the gateway integration tests run both together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, cast
+
+import pytest
+
+from veilgate.masking import planner as planner_mod
+from veilgate.masking.catalog import (
+    _MISSING,
+    Catalog,
+    CatalogError,
+    ColumnInfo,
+    RelationInfo,
+    TypeInfo,
+    ViewDeps,
+)
+from veilgate.masking.fields import Field, parse_row_description
+from veilgate.masking.planner import MaskRefusal, SessionMasking
+from veilgate.masking.policy import OperatorSpec, TierMasking
+from veilgate.policy.loader import load_policy_text
+
+POLICY = """\
+version: 1
+tiers:
+  - name: ro
+    match: {roles: [r]}
+    rules:
+      - {id: a, message: m, action: allow, classes: [read]}
+masking:
+  columns:
+    - {column: "public.customers.ssn", op: partial, keep_last: 4}
+    - {column: "public.customers.email", op: replace, value: "<EMAIL>"}
+    - {column: "public.customers.id", op: keep}
+    - {column: "public.customers.born", op: null}
+    - {column: "public.notes.body", scan: true}
+    - {column: "public.events.payload", op: redact}
+    - {name: "*password*", op: redact}
+  scan_unknown: true
+  unknown_lineage: redact
+"""
+
+# type OIDs as PostgreSQL assigns them
+INT4, TEXT, VARCHAR, JSONB, DATE, TEXT_ARR, CITEXT = 23, 25, 1043, 3802, 1082, 1009, 90001
+
+TYPES = {
+    INT4: TypeInfo(INT4, "int4", "int4", "N", INT4, 0),
+    TEXT: TypeInfo(TEXT, "text", "text", "S", TEXT, 0),
+    VARCHAR: TypeInfo(VARCHAR, "varchar", "varchar", "S", VARCHAR, 0),
+    JSONB: TypeInfo(JSONB, "jsonb", "jsonb", "U", JSONB, 0),
+    DATE: TypeInfo(DATE, "date", "date", "D", DATE, 0),
+    TEXT_ARR: TypeInfo(TEXT_ARR, "_text", "_text", "A", TEXT_ARR, TEXT),
+    CITEXT: TypeInfo(CITEXT, "citext", "citext", "S", CITEXT, 0),
+}
+
+CUSTOMERS, NOTES, CONTACTS, TOTALS, EVENTS_1, USERS, DROPPED = 100, 200, 300, 400, 500, 600, 700
+COLUMNS = {
+    (CUSTOMERS, 1): ColumnInfo("public", "customers", "id", "r"),
+    (CUSTOMERS, 2): ColumnInfo("public", "customers", "email", "r"),
+    (CUSTOMERS, 3): ColumnInfo("public", "customers", "ssn", "r"),
+    (CUSTOMERS, 4): ColumnInfo("public", "customers", "full_name", "r"),
+    (CUSTOMERS, 5): ColumnInfo("public", "customers", "born", "r"),
+    (CUSTOMERS, 6): ColumnInfo("public", "customers", "tags", "r"),
+    (CUSTOMERS, 7): ColumnInfo("public", "customers", "profile", "r"),
+    (NOTES, 1): ColumnInfo("public", "notes", "body", "r"),
+    (CONTACTS, 1): ColumnInfo("public", "contacts", "contact", "v"),
+    (CONTACTS, 2): ColumnInfo("public", "contacts", "id", "v"),
+    (TOTALS, 1): ColumnInfo("public", "order_totals", "total", "v"),
+    (EVENTS_1, 1): ColumnInfo("public", "events_1", "payload", "r", (("public", "events"),)),
+    (USERS, 1): ColumnInfo("public", "users", "password_hash", "r"),
+    (DROPPED, 1): _MISSING,
+}
+VIEWS = {
+    CONTACTS: ViewDeps(
+        frozenset({("public", "customers", "email"), ("public", "customers", "id")})
+    ),
+    TOTALS: ViewDeps(frozenset({("public", "orders", "total"), ("public", "orders", "cid")})),
+}
+_CUSTOMERS = RelationInfo(
+    CUSTOMERS, "public", "customers", "r", ("id", "email", "ssn", "full_name", "born", "tags")
+)
+_ORDERS = RelationInfo(800, "public", "orders", "r", ("id", "cid", "total"))
+_USERS = RelationInfo(USERS, "public", "users", "r", ("id", "password_hash"))
+_CONTACTS = RelationInfo(CONTACTS, "public", "contacts", "v", ("contact", "id"))
+_TOTALS = RelationInfo(TOTALS, "public", "order_totals", "v", ("total",))
+RELATIONS = {r.table: r for r in (_CUSTOMERS, _ORDERS, _USERS, _CONTACTS, _TOTALS)}
+
+
+class FakeCatalog:
+    """The parts of :class:`Catalog` the planner uses; facts move to the cache on resolve()."""
+
+    def __init__(self, *, warm: bool = True) -> None:
+        self.generation = 0
+        self.resolves = 0
+        self.described: list[str] = []
+        self.describe_result: list[Field] | Exception = []
+        self._cache: dict[str, Any] = {}
+        if warm:
+            self._fill()
+
+    def _fill(self) -> None:
+        self._cache = {"columns": dict(COLUMNS), "types": dict(TYPES), "views": dict(VIEWS)}
+
+    def column(self, table_oid: int, attnum: int) -> ColumnInfo | None:
+        return self._cache.get("columns", {}).get((table_oid, attnum))
+
+    def type(self, oid: int) -> TypeInfo | None:
+        return self._cache.get("types", {}).get(oid)
+
+    def view_deps(self, oid: int) -> ViewDeps | None:
+        return self._cache.get("views", {}).get(oid)
+
+    def relations_named(self, name: tuple[str | None, str]) -> tuple[RelationInfo, ...] | None:
+        if "views" not in self._cache:
+            return None
+        r = RELATIONS.get(name[1])
+        return (r,) if r is not None and name[0] in (None, r.schema) else ()
+
+    def views_named(self, name: tuple[str | None, str]) -> list[ViewDeps] | None:
+        rels = self.relations_named(name)
+        if rels is None:
+            return None
+        return [VIEWS[r.oid] for r in rels if r.is_view]
+
+    async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> None:
+        self.resolves += 1
+        self._fill()
+
+    async def describe(self, sql: str) -> list[Field]:
+        self.described.append(sql)
+        if isinstance(self.describe_result, Exception):
+            raise self.describe_result
+        return self.describe_result
+
+    def invalidate(self) -> None:
+        self.generation += 1
+        self._cache = {}
+
+    def expire_if_stale(self) -> None:
+        pass
+
+    shadowed: frozenset[str] = frozenset()
+
+    def shadowed_builtins(self) -> frozenset[str] | None:
+        return self.shadowed if "views" in self._cache else None
+
+
+class FakeNative:
+    """Stands in for veilgate_native's plan classes: records what the planner asked for."""
+
+    KEEP, NULL, TEXT, JSONB = "KEEP", "NULL", "TEXT", "JSONB"
+
+    class RowPlan:
+        def __init__(self, columns: list[tuple[str, Any]]) -> None:
+            self.columns = columns
+            self.counts: list[dict[str, int]] = [{} for _ in columns]
+
+        def take_tally(self) -> list[dict[str, int]]:
+            out, self.counts = self.counts, [{} for _ in self.columns]
+            return out
+
+    class CopyPlan:
+        def __init__(self, format: str, columns: list[tuple[str, Any]], **kw: Any) -> None:
+            self.format = format
+            self.columns = columns
+            self.options = kw
+
+
+@pytest.fixture
+def tier(monkeypatch: pytest.MonkeyPatch) -> TierMasking:
+    monkeypatch.setattr(planner_mod, "_native", lambda: FakeNative)
+    monkeypatch.setattr(OperatorSpec, "build", lambda self, entity, key: f"OP:{self.kind}")
+    policy = load_policy_text(POLICY, "policy.yaml")
+    assert policy.masking is not None
+    tm = policy.masking.for_tier("ro")
+    assert tm is not None
+    tm.__dict__["scanner"] = "SCANNER"  # cached_property slots
+    return tm
+
+
+def _planner(tier: TierMasking, catalog: FakeCatalog | None = None) -> SessionMasking:
+    return SessionMasking(tier, cast(Catalog, catalog or FakeCatalog()))
+
+
+def _f(name: str, table: int, att: int, typ: int, fmt: int = 0) -> Field:
+    return Field(name, table, att, typ, fmt)
+
+
+def _how(p: SessionMasking, fields: list[Field], sql: str) -> list[tuple[str, str]]:
+    return [(d.action, d.how) for d in p.decide(fields, p.statement(sql))]
+
+
+def test_column_rules_by_lineage(tier: TierMasking) -> None:
+    p = _planner(tier)
+    fields = [
+        _f("id", CUSTOMERS, 1, INT4),
+        _f("e", CUSTOMERS, 2, TEXT),  # renamed in the query: lineage still finds the rule
+        _f("ssn", CUSTOMERS, 3, TEXT),
+        _f("full_name", CUSTOMERS, 4, TEXT),
+        _f("born", CUSTOMERS, 5, DATE),
+        _f("body", NOTES, 1, TEXT),
+    ]
+    sql = "SELECT id, email AS e, ssn, full_name, born, body FROM customers, notes"
+    assert _how(p, fields, sql) == [
+        ("keep", "keep"),
+        ("text", "rule"),
+        ("text", "rule"),
+        ("keep", "keep"),  # known lineage, no rule
+        ("null", "null"),
+        ("text", "scan"),
+    ]
+    d = p.decide(fields, p.statement(sql))
+    assert d[2].rule is not None and d[2].rule.pattern == "public.customers.ssn"
+
+
+def test_name_rules_apply_without_lineage(tier: TierMasking) -> None:
+    p = _planner(tier)
+    fields = [_f("password_hash", USERS, 1, TEXT), _f("old_password", 0, 0, TEXT)]
+    assert _how(p, fields, "SELECT password_hash, 'x' AS old_password FROM users") == [
+        ("text", "rule"),
+        ("text", "rule"),
+    ]
+
+
+def test_partition_is_masked_by_its_parents_rule(tier: TierMasking) -> None:
+    p = _planner(tier)
+    assert _how(p, [_f("payload", EVENTS_1, 1, TEXT)], "SELECT payload FROM events_1") == [
+        ("text", "rule")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT upper(ssn) FROM customers", "redact"),  # reads a masked column
+        ("SELECT lower(c.email) FROM public.customers c", "redact"),
+        ("SELECT row_to_json(c) FROM customers c", "redact"),  # whole row
+        ("SELECT json_agg(c.*) FROM customers AS c", "redact"),  # star of the table
+        ("SELECT concat(password_hash) FROM users", "redact"),  # name rule column
+        ("SELECT upper(contact) FROM contacts", "redact"),  # a view over a masked column
+        # nothing masked referenced, computed by pure built-ins: kept
+        ("SELECT now()::text", "keep"),
+        ("SELECT upper(full_name) FROM customers", "keep"),  # unmasked column
+        ("SELECT upper(ssn) FROM other.customers", "keep"),  # a different schema's table
+        ("SELECT sum(total)::text FROM order_totals", "keep"),  # a view over unmasked ones
+        ("SELECT upper(id::text) FROM customers", "keep"),  # keep is not masked
+        ("SELECT count(*) FROM customers", "keep"),
+        # values from somewhere the statement does not show: content scan
+        ("SELECT app.fmt(full_name) FROM customers", "scan"),  # a user function
+        ("SELECT public.upper(full_name) FROM customers", "scan"),  # not pg_catalog's
+        ("SELECT x FROM report() x", "scan"),  # a function in FROM
+        ("FETCH ALL FROM c", "scan"),  # a cursor opened elsewhere
+        ("SELECT query_to_xml('select 1', true, true, '')", "scan"),
+        ("SELECT ((( FROM", "redact"),  # unparseable: fail closed
+    ],
+)
+def test_unknown_lineage(tier: TierMasking, sql: str, expected: str) -> None:
+    p = _planner(tier)
+    action = "keep" if expected == "keep" else "text"
+    assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [(action, expected)]
+
+
+def test_a_shadowed_builtin_is_not_pure(tier: TierMasking) -> None:
+    # public.upper(varchar) would be picked over pg_catalog.upper(text) for a varchar argument
+    cat = FakeCatalog()
+    cat.shadowed = frozenset({"f:upper", "o:||", "t:text"})
+    p = _planner(tier, cat)
+    sql = "SELECT upper(full_name) FROM customers"
+    assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "scan")]
+    # qualified with pg_catalog: it is the built-in
+    sql = "SELECT pg_catalog.upper(full_name) FROM customers"
+    assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("keep", "keep")]
+    # operators and cast types too
+    for sql in (
+        "SELECT full_name || 'x' FROM customers",
+        "SELECT full_name::text FROM customers",
+        "SELECT full_name::app.secret_type FROM customers",
+        "SELECT OPERATOR(app.+)(1, 2)",
+    ):
+        assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "scan")], sql
+    assert _how(p, [_f("x", 0, 0, INT4, 1)], "SELECT length(full_name) + 1 FROM customers") == [
+        ("keep", "keep")
+    ]
+
+
+def test_whole_rows_are_judged_by_the_tables_columns(tier: TierMasking) -> None:
+    p = _planner(tier)
+    # users.password_hash is masked by a name rule: its whole row is a masked reference
+    assert _how(p, [_f("j", 0, 0, TEXT)], "SELECT row_to_json(u) FROM users u") == [
+        ("text", "redact")
+    ]
+    assert _how(p, [_f("j", 0, 0, TEXT)], "SELECT u FROM public.users u") == [("text", "redact")]
+    # orders has nothing masked: kept (row_to_json is a pure built-in)
+    assert _how(p, [_f("j", 0, 0, TEXT)], "SELECT row_to_json(o) FROM orders o") == [
+        ("keep", "keep")
+    ]
+    # a CTE's star: judged by what the CTE reads
+    sql = "WITH c AS (SELECT ssn FROM customers) SELECT row_to_json(c) FROM c"
+    assert _how(p, [_f("j", 0, 0, TEXT)], sql) == [("text", "redact")]
+
+
+def test_redaction_keeps_values_parseable(tier: TierMasking) -> None:
+    p = _planner(tier)
+    sql = "SELECT upper(ssn), length(ssn), row_to_json(c), array_agg(ssn) FROM customers c"
+    fields = [
+        _f("upper", 0, 0, TEXT),
+        _f("length", 0, 0, INT4),
+        _f("row_to_json", 0, 0, JSONB, 1),
+        _f("array_agg", 0, 0, TEXT_ARR),
+    ]
+    assert _how(p, fields, sql) == [
+        ("text", "redact"),  # "<MASKED>"
+        ("null", "null"),  # an int4 cannot say "<MASKED>"
+        ("jsonb", "redact_json"),  # the JSON string "<MASKED>"
+        ("null", "null"),  # nor can an array
+    ]
+
+
+def test_unknown_lineage_settings(tier: TierMasking) -> None:
+    for setting, expected in (("null", ("null", "null")), ("scan", ("text", "scan"))):
+        text = POLICY.replace("unknown_lineage: redact", f"unknown_lineage: {setting}")
+        policy = load_policy_text(text, "policy.yaml")
+        assert policy.masking is not None
+        tm = policy.masking.for_tier("ro")
+        assert tm is not None
+        p = _planner(tm)
+        assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT upper(ssn) FROM customers") == [expected]
+    policy = load_policy_text(POLICY.replace("scan_unknown: true", "scan_unknown: false"))
+    assert policy.masking is not None
+    tm = policy.masking.for_tier("ro")
+    assert tm is not None
+    p = _planner(tm)
+    assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT app.f()") == [("keep", "keep")]
+    assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT upper(ssn) FROM customers") == [
+        ("text", "redact")
+    ]
+
+
+def test_view_columns(tier: TierMasking) -> None:
+    p = _planner(tier)
+    # a view over a masked column: its columns without their own rule are unknown lineage
+    assert _how(p, [_f("id", CONTACTS, 2, INT4, 0)], "SELECT id FROM contacts") == [
+        ("null", "null")  # redacted: an int4 becomes NULL
+    ]
+    assert _how(p, [_f("contact", CONTACTS, 1, TEXT, 0)], "SELECT contact FROM contacts") == [
+        ("text", "redact")
+    ]
+    # a view over unmasked columns: kept
+    assert _how(p, [_f("total", TOTALS, 1, INT4)], "SELECT total FROM order_totals") == [
+        ("keep", "keep")
+    ]
+
+
+def test_dropped_column_is_unknown_lineage(tier: TierMasking) -> None:
+    p = _planner(tier)
+    assert _how(p, [_f("x", DROPPED, 1, TEXT)], "SELECT app.f(x) FROM gone") == [("text", "scan")]
+
+
+def test_binary_formats(tier: TierMasking) -> None:
+    p = _planner(tier)
+    fields = [
+        _f("ssn", CUSTOMERS, 3, VARCHAR, 1),  # text-like binary: masked in place
+        _f("email", CUSTOMERS, 2, CITEXT, 1),
+        _f("profile", 0, 0, JSONB, 1),  # jsonb binary: scanned past its version byte
+        _f("x", 0, 0, INT4, 1),  # would be scanned; binary int4 cannot be: NULL
+        _f("tags", 0, 0, TEXT_ARR, 1),  # binary array that needs masking: NULL
+        _f("tags", 0, 0, TEXT_ARR, 0),  # the same in text format: scanned as text
+        _f("id", CUSTOMERS, 1, INT4, 1),  # kept: binary passes through untouched
+        _f("j", 0, 0, JSONB, 0),  # jsonb in text format is text
+    ]
+    got = [(d.action, d.how) for d in p.decide(fields, p.statement("SELECT * FROM app.f()"))]
+    assert got == [
+        ("text", "rule"),
+        ("text", "rule"),
+        ("jsonb", "scan"),
+        ("null", "null"),
+        ("null", "null"),
+        ("text", "scan"),
+        ("keep", "keep"),
+        ("text", "scan"),
+    ]
+
+
+def test_profile_column_scanned_as_jsonb_binary(tier: TierMasking) -> None:
+    p = _planner(tier)
+    d = p.decide([_f("profile", 0, 0, JSONB, 1)], p.statement("SELECT app.profile()"))
+    assert (d[0].action, d[0].how) == ("jsonb", "scan")
+
+
+def test_row_plan_cached_then_async(tier: TierMasking) -> None:
+    cat = FakeCatalog(warm=False)
+    p = _planner(tier, cat)
+    fields = [_f("ssn", CUSTOMERS, 3, TEXT), _f("x", 0, 0, TEXT), _f("id", CUSTOMERS, 1, INT4)]
+    stmt = p.statement("SELECT ssn, now()::text AS x, id FROM customers")
+    assert p.row_plan_cached(fields, stmt) is None
+    plan = asyncio.run(p.row_plan(fields, stmt))
+    assert cat.resolves == 1
+    # x has no lineage and the statement reads ssn: redacted (the redactor is a replace)
+    assert plan.columns == [("TEXT", "OP:partial"), ("TEXT", "OP:replace"), ("KEEP", None)]
+    # the same result shape again: the same plan object, no catalog call
+    assert p.row_plan_cached(fields, stmt) is plan
+    # DDL drops facts and plans
+    p.note_command_tag(b"ALTER TABLE\x00")
+    assert p.row_plan_cached(fields, stmt) is None
+    p.note_command_tag(b"SELECT 3")  # not DDL: nothing happens
+    assert cat.generation == 1
+
+
+def test_row_plan_unknown_lineage_uses_the_redactor(tier: TierMasking) -> None:
+    tier.__dict__["redactor"] = "REDACTOR"
+    p = _planner(tier)
+    plan = asyncio.run(
+        p.row_plan([_f("x", 0, 0, TEXT)], p.statement("SELECT upper(ssn) FROM customers"))
+    )
+    assert plan.columns == [("TEXT", "REDACTOR")]
+
+
+def test_catalog_failure_propagates(tier: TierMasking) -> None:
+    class Broken(FakeCatalog):
+        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> None:
+            raise CatalogError("catalog connection failed: refused")
+
+    p = _planner(tier, Broken(warm=False))
+    with pytest.raises(CatalogError):
+        asyncio.run(p.row_plan([_f("ssn", CUSTOMERS, 3, TEXT)], p.statement("SELECT 1")))
+
+
+def test_take_tallies_counts_only(tier: TierMasking) -> None:
+    p = _planner(tier)
+    fields = [_f("ssn", CUSTOMERS, 3, TEXT), _f("body", NOTES, 1, TEXT), _f("body", NOTES, 1, TEXT)]
+    plan = p.row_plan_cached(fields, p.statement("SELECT ssn, body, body FROM customers, notes"))
+    assert plan is not None
+    plan.counts = [{"COLUMN": 3}, {"EMAIL": 2, "PHONE": 0}, {"US_SSN": 1}]
+    assert p.take_tallies(plan, fields) == {
+        "ssn": {"COLUMN": 3},
+        "body": {"EMAIL": 2},
+        "body#2": {"US_SSN": 1},
+    }
+    assert p.take_tallies(plan, fields) == {}
+
+
+def test_copy_table_plan(tier: TierMasking) -> None:
+    cat = FakeCatalog()
+    cat.describe_result = [_f("id", CUSTOMERS, 1, INT4), _f("ssn", CUSTOMERS, 3, TEXT)]
+    p = _planner(tier, cat)
+    stmt = p.statement("COPY public.customers (id, ssn) TO STDOUT WITH (FORMAT csv, HEADER)")
+    plan = asyncio.run(p.copy_plan(stmt, 0, [0, 0]))
+    assert cat.described == ['SELECT "id", "ssn" FROM "public"."customers"']
+    assert plan.format == "csv"
+    assert plan.columns == [("KEEP", None), ("TEXT", "OP:partial")]
+    assert plan.options["header"] is True
+
+
+def test_copy_binary_old_spelling(tier: TierMasking) -> None:
+    cat = FakeCatalog()
+    cat.describe_result = [_f("id", CUSTOMERS, 1, INT4), _f("born", CUSTOMERS, 5, DATE)]
+    p = _planner(tier, cat)
+    plan = asyncio.run(p.copy_plan(p.statement("COPY BINARY customers TO STDOUT"), 1, []))
+    assert plan.format == "binary"
+    assert plan.columns == [("KEEP", None), ("NULL", None)]
+    assert cat.described == ['SELECT * FROM "customers"']
+
+
+def test_copy_query_plan(tier: TierMasking) -> None:
+    cat = FakeCatalog()
+    cat.describe_result = [_f("ssn", CUSTOMERS, 3, TEXT), _f("upper", 0, 0, TEXT)]
+    p = _planner(tier, cat)
+    tier.__dict__["redactor"] = "REDACTOR"
+    stmt = p.statement("COPY (SELECT ssn, upper(email) FROM customers) TO STDOUT (DELIMITER '|')")
+    plan = asyncio.run(p.copy_plan(stmt, 0, []))
+    assert cat.described == ["SELECT ssn, upper(email) FROM customers"]
+    assert plan.format == "text" and plan.options["delimiter"] == "|"
+    assert plan.columns == [("TEXT", "OP:partial"), ("TEXT", "REDACTOR")]
+
+
+def test_copy_unqualified_table_matches_rules_in_any_schema(tier: TierMasking) -> None:
+    # the side connection may resolve an unqualified name in another schema than the session
+    cat = FakeCatalog()
+    cat._cache["columns"][(999, 1)] = ColumnInfo("app2", "customers", "ssn", "r")
+    cat.describe_result = [_f("ssn", 999, 1, TEXT)]
+    p = _planner(tier, cat)
+    plan = asyncio.run(p.copy_plan(p.statement("COPY customers (ssn) TO STDOUT"), 0, []))
+    assert plan.columns == [("TEXT", "OP:partial")]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY customers TO '/tmp/x'",
+        "COPY customers FROM STDIN",
+        "SELECT 1",
+        "COPY (SELECT 1 FROM",
+    ],
+)
+def test_copy_refusals(tier: TierMasking, sql: str) -> None:
+    p = _planner(tier)
+    with pytest.raises(MaskRefusal) as err:
+        asyncio.run(p.copy_plan(p.statement(sql), 0, []))
+    assert err.value.sqlstate == "0A000"
+
+
+def test_copy_refused_when_the_query_cannot_be_described(tier: TierMasking) -> None:
+    cat = FakeCatalog()
+    cat.describe_result = CatalogError("cannot describe the query: 42P01 relation does not exist")
+    p = _planner(tier, cat)
+    with pytest.raises(MaskRefusal, match="columns cannot be determined"):
+        asyncio.run(p.copy_plan(p.statement("COPY (SELECT * FROM tmp_t) TO STDOUT"), 0, []))
+
+
+def test_parse_row_description() -> None:
+    import struct
+
+    body = struct.pack("!h", 2)
+    for name, table, att, typ, fmt in (("id", 100, 1, 23, 0), ("ssn", 100, 3, 25, 1)):
+        body += name.encode() + b"\0" + struct.pack("!IhIhih", table, att, typ, 4, -1, fmt)
+    assert parse_row_description(body) == [
+        Field("id", 100, 1, 23, 0),
+        Field("ssn", 100, 3, 25, 1),
+    ]
+    with pytest.raises(ValueError):
+        parse_row_description(body[:-3])
+
+
+def test_real_engine_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decisions build real veilgate_native plans (kinds, maskers and options accepted)."""
+    native = pytest.importorskip("veilgate_native")
+    if not hasattr(native, "RowPlan"):  # pragma: no cover - only while the engine is built
+        pytest.skip("veilgate_native has no RowPlan yet")
+    monkeypatch.setenv("VG_TEST_PLANNER_KEY", "k" * 32)
+    text = POLICY.replace("masking:\n", "masking:\n  hash_key_env: VG_TEST_PLANNER_KEY\n").replace(
+        'op: replace, value: "<EMAIL>"', "op: hash"
+    )
+    policy = load_policy_text(text, "policy.yaml")
+    assert policy.masking is not None
+    tier = policy.masking.for_tier("ro")
+    assert tier is not None
+    p = _planner(tier)
+    fields = [
+        _f("id", CUSTOMERS, 1, INT4, 1),
+        _f("email", CUSTOMERS, 2, TEXT),
+        _f("ssn", CUSTOMERS, 3, VARCHAR, 1),
+        _f("born", CUSTOMERS, 5, DATE, 1),
+        _f("x", 0, 0, JSONB, 1),
+        _f("y", 0, 0, TEXT),
+    ]
+    plan = p.row_plan_cached(fields, p.statement("SELECT upper(ssn) AS y FROM customers"))
+    assert isinstance(plan, native.RowPlan)
+    assert len(plan) == len(fields) and not plan.is_passthrough
+    assert p.take_tallies(plan, fields) == {}
+    keep_only = p.row_plan_cached([fields[0]], p.statement("SELECT id FROM customers"))
+    assert keep_only is not None and keep_only.is_passthrough
+
+    cat = FakeCatalog()
+    cat.describe_result = [_f("ssn", CUSTOMERS, 3, TEXT), _f("id", CUSTOMERS, 1, INT4)]
+    p = _planner(tier, cat)
+    for sql, fmt in (
+        ("COPY customers (ssn, id) TO STDOUT (FORMAT csv, HEADER, DELIMITER ';')", "csv"),
+        ("COPY customers (ssn, id) TO STDOUT", "text"),
+        ("COPY customers (ssn, id) TO STDOUT WITH BINARY", "binary"),
+    ):
+        cplan = asyncio.run(p.copy_plan(p.statement(sql), 0, []))
+        assert isinstance(cplan, native.CopyPlan) and cplan.format == fmt
