@@ -220,8 +220,8 @@ class Operator:
     Raises ``ValueError`` on an unknown kind, a ``hash`` without a key, or an option that the
     kind does not take."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         kind: str,
         *,
         value: str | None = None,
@@ -231,7 +231,7 @@ class Operator:
         keep_separators: bool = True,
         key: bytes | None = None,
         entity: str = "COLUMN",
-    ) -> None: ...
+    ) -> Operator: ...
     @property
     def kind(self) -> str:
         """``replace``, ``redact``, ``partial``, ``hash`` or ``null``."""
@@ -252,15 +252,15 @@ class Masker:
     terms per entity.  Spans never overlap: the longest wins.  Raises ``ValueError`` on an
     unknown entity name or a bad regex."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         entities: Sequence[str] | None = None,
         operators: Mapping[str, Operator] | None = None,
         default_operator: Operator | None = None,
         custom_patterns: Sequence[tuple[str, str]] = (),
         dictionaries: Mapping[str, Sequence[str]] | None = None,
-    ) -> None: ...
+    ) -> Masker: ...
     @property
     def entities(self) -> list[str]:
         """The entities detected: enabled built-ins, then custom ones."""

@@ -367,3 +367,44 @@ def test_stdlib_asyncio_loop(gateway_factory: Factory, tmp_path: Path, table: st
     assert _tags(msgs) == "12DDCZ"
     assert _masked_ssn(_values(msgs)[0][0])
     assert not leaked(_all_bytes(msgs + copy))
+
+
+# --- requests the server answers unusually --------------------------------------------------------
+
+
+def test_extended_messages_ended_by_a_query(conn: pw.RawConn, table: str) -> None:
+    """Parse/Bind/Execute with no Sync, then a Query: one ReadyForQuery ends both."""
+    conn.send(
+        pw.parse("", f"select ssn from {table} where id = 1")
+        + pw.bind("", "")
+        + pw.execute()
+        + pw.query(f"select email, ssn from {table} where id = 1")
+    )
+    msgs = conn.recv_until_ready()
+    assert _tags(msgs) == "12DCTDCZ", msgs
+    rows = _values(msgs)
+    assert _masked_ssn(rows[0][0]) and rows[1][0] == b"<EMAIL>" and _masked_ssn(rows[1][1])
+    assert conn.no_message_within(0.2)
+    assert _values(conn.simple(f"select ssn from {table} where id = 1"))[0][0] != SSN.encode()
+
+
+def test_copy_in_with_sync_inside(conn: pw.RawConn, table: str) -> None:
+    """The server ignores Sync during COPY FROM STDIN (libpq pipelines one behind the Execute):
+    the gateway's request bookkeeping must ignore it too, or the next results go astray."""
+    conn.send(
+        pw.parse("", f"copy {table} (id, ssn) from stdin")
+        + pw.bind("", "")
+        + pw.describe("P")
+        + pw.execute()
+        + pw.sync()
+    )
+    assert _tags(conn.recv_until("G")) == "12nG"
+    conn.send(pw.copy_data(b"31\t111-22-3333\n") + pw.flush() + pw.sync())
+    conn.send(pw.copy_data(b"32\t111-22-4444\n") + pw.copy_done() + pw.sync())
+    assert _tags(conn.recv_until_ready()) == "CZ"
+    conn.send(pw.query(f"copy {table} (id, ssn) from stdin"))
+    assert _tags(conn.recv_until("G")) == "G"
+    conn.send(pw.copy_data(b"33\t111-22-5555\n") + pw.sync() + pw.copy_done())
+    assert _tags(conn.recv_until_ready()) == "CZ"
+    rows = conn.rows(f"select ssn from {table} where id between 31 and 33 order by id")
+    assert [r[0] for r in rows] == [b"***-**-3333", b"***-**-4444", b"***-**-5555"]

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from pglast import parser as pg
 
+from veilgate.gateway import wire
+from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.identity.base import Principal
 from veilgate.policy.analysis import analyze
-from veilgate.policy.audit import DecisionEvent
+from veilgate.policy.audit import DecisionEvent, MemoryAuditSink
 from veilgate.policy.engine import Decision, PolicyEngine, SessionContext
 from veilgate.policy.literals import literal_template
 from veilgate.policy.loader import load_policy
@@ -298,7 +301,8 @@ def test_shape_cache_is_bounded_lru(policy: Any) -> None:
 def test_with_text_copies_every_field() -> None:
     msg = analyze("prepare p as select * from orders where id = 1; set search_path = 'x'")
     for st in msg.statements:
-        assert st.with_text("t") == dataclasses.replace(st, text="t")
+        assert st.const_locations
+        assert st.with_text("t") == dataclasses.replace(st, text="t", const_locations=frozenset())
     assert msg.with_text("t", msg.statements) == dataclasses.replace(msg, text="t")
 
 
@@ -328,13 +332,111 @@ def _variant(sql: str) -> str | None:
     return "".join(out) + sql[pos:] if changed else None
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{i}:{c['sql'][:40]}" for i, c in enumerate(CASES)])
-def test_table_with_other_constants(policy: Any, case: dict[str, Any]) -> None:
-    if case.get("prepared") or case.get("scs") in ("off", False):
-        pytest.skip("session-dependent case")
-    variant = _variant(case["sql"])
-    if variant is None:
-        pytest.skip("no constant to change")
+def _variant_cases() -> list[tuple[str, str]]:
+    out = []
+    for case in CASES:
+        if case.get("prepared") or case.get("scs") in ("off", False):
+            continue  # session-dependent: covered above
+        variant = _variant(case["sql"])
+        if variant is not None:
+            out.append((case["sql"], variant))
+    return out
+
+
+VARIANT_CASES = _variant_cases()
+
+
+def test_the_table_has_constants_to_change() -> None:
+    assert len(VARIANT_CASES) >= 80
+
+
+@pytest.mark.parametrize(
+    ("sql", "variant"),
+    VARIANT_CASES,
+    ids=[f"{i}:{s[:40]}" for i, (s, _) in enumerate(VARIANT_CASES)],
+)
+def test_table_with_other_constants(policy: Any, sql: str, variant: str) -> None:
     for who in (RO, RW):
-        d = _second(policy, who, case["sql"], variant)
+        d = _second(policy, who, sql, variant)
         _same_decision(d, _fresh(policy, who, variant))
+
+
+# --- the gateway's side: what reaches the server, what the audit says --------------------------
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+
+class _Message:
+    """A surfaced client message, as the native buffer hands it over."""
+
+    def __init__(self, frame: bytes) -> None:
+        self._frame = frame
+        self.tag = frame[0]
+        self.body = frame[5:]
+
+    def frame(self) -> bytes:
+        return self._frame
+
+
+def _enforcer(
+    policy: Any, *parameters: tuple[str, str]
+) -> tuple[PolicyEnforcer, _Transport, MemoryAuditSink]:
+    upstream = _Transport()
+    session = SimpleNamespace(
+        peer="127.0.0.1:1",
+        upstream_parameters=[wire.parameter_status(n, v) for n, v in parameters],
+        upstream_transport=upstream,
+        set_upstream_events=lambda: None,
+        set_client_events=lambda: None,
+    )
+    audit = MemoryAuditSink()
+    return PolicyEnforcer(session, PolicyEngine(policy), RO, audit), upstream, audit  # type: ignore[arg-type]
+
+
+def _decisions(audit: MemoryAuditSink) -> list[DecisionEvent]:
+    return [e for e in audit.events if isinstance(e, DecisionEvent)]
+
+
+def _query(sql: str) -> _Message:
+    return _Message(wire.frame(b"Q", wire.cstr(sql)))
+
+
+def test_enforcer_forwards_shared_allows_and_audits_each_text(policy: Any) -> None:
+    enforcer, upstream, audit = _enforcer(policy)
+    texts = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 2;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 3;",
+    ]
+    for sql in texts:
+        enforcer.client_message(_query(sql))
+    # forwarded unchanged, in order
+    assert upstream.sent == [_query(sql).frame() for sql in texts]
+    assert [e.sql for e in _decisions(audit)] == texts
+    assert [e.cached for e in _decisions(audit)] == [False, True, True]
+    assert {e.action for e in _decisions(audit)} == {"allow"}
+    assert len({e.fingerprint for e in _decisions(audit)}) == 1
+
+
+def test_enforcer_denies_a_shape_that_differs_in_a_value_it_reads(policy: Any) -> None:
+    enforcer, upstream, audit = _enforcer(policy)
+    enforcer.client_message(_query("select set_config('work_mem', '1MB', false)"))
+    enforcer.client_message(_query("select set_config('role', 'postgres', false)"))
+    assert _decisions(audit)[1].action == "deny"
+    assert b"veilgate-denied-" in upstream.sent[1]  # the marker, not the statement
+
+
+def test_enforcer_client_only_encoding_turns_normalisation_off(policy: Any) -> None:
+    enforcer, _upstream, audit = _enforcer(policy, ("client_encoding", "SJIS"))
+    assert enforcer.ctx.normalize_literals is False
+    for sql in ("select * from orders where id = 1", "select * from orders where id = 2"):
+        enforcer.client_message(_query(sql))
+    assert [e.cached for e in _decisions(audit)] == [False, False]
+    utf8, _upstream, _audit = _enforcer(policy, ("client_encoding", "UTF8"))
+    assert utf8.ctx.normalize_literals is True

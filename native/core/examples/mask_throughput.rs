@@ -1,5 +1,7 @@
-//! Throughput of the built-in masker on one core: PII-dense rows (about 5 values per ~200 B row)
-//! and clean rows (order-like text with dates, amounts and ids, no PII).
+//! Throughput of the built-in masker on one core: PII-dense rows (5 values per ~130 B row),
+//! the same padded to ~210 B (MASKING.md's reference density), and clean rows (order-like text
+//! with dates, times, amounts and ids, no PII); then adversarial values (long runs of
+//! near-candidates), which must stay linear.
 //!
 //! `cargo run --release -p veilgate-core --example mask_throughput`
 
@@ -24,21 +26,43 @@ impl Rng {
     }
 
     fn digits(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from(b'0' + (self.below(10) as u8))).collect()
+        (0..n)
+            .map(|_| char::from(b"0123456789"[self.index(10)]))
+            .collect()
+    }
+
+    fn index(&mut self, n: usize) -> usize {
+        usize::try_from(self.below(n as u64)).expect("below n")
     }
 
     fn word<'a>(&mut self, words: &[&'a str]) -> &'a str {
-        words[self.below(words.len() as u64) as usize]
+        words[self.index(words.len())]
     }
 }
 
 const WORDS: &[&str] = &[
-    "alpha", "order", "shipped", "customer", "gift", "receipt", "delivered", "warehouse", "note",
-    "status", "pending", "invoice", "refund", "blue", "large", "express", "returned", "account",
+    "alpha",
+    "order",
+    "shipped",
+    "customer",
+    "gift",
+    "receipt",
+    "delivered",
+    "warehouse",
+    "note",
+    "status",
+    "pending",
+    "invoice",
+    "refund",
+    "blue",
+    "large",
+    "express",
+    "returned",
+    "account",
 ];
 
 fn card(rng: &mut Rng) -> String {
-    let mut d: Vec<u8> = b"4".iter().copied().collect();
+    let mut d: Vec<u8> = b"4".to_vec();
     d.extend(rng.digits(14).bytes());
     // Luhn check digit.
     let sum: u32 = d
@@ -49,13 +73,17 @@ fn card(rng: &mut Rng) -> String {
             let v = u32::from(c - b'0');
             if i % 2 == 0 {
                 let w = v * 2;
-                if w > 9 { w - 9 } else { w }
+                if w > 9 {
+                    w - 9
+                } else {
+                    w
+                }
             } else {
                 v
             }
         })
         .sum();
-    d.push(b'0' + ((10 - sum % 10) % 10) as u8);
+    d.push(b"0123456789"[usize::try_from((10 - sum % 10) % 10).expect("a digit")]);
     let s = String::from_utf8(d).unwrap();
     format!("{} {} {} {}", &s[..4], &s[4..8], &s[8..12], &s[12..])
 }
@@ -77,6 +105,16 @@ fn dense_row(rng: &mut Rng) -> String {
         rng.word(WORDS),
         rng.word(WORDS),
     )
+}
+
+/// A dense row padded to about 210 B: MASKING.md's reference density (5 values per ~211 B).
+fn reference_row(rng: &mut Rng) -> String {
+    let mut row = dense_row(rng);
+    while row.len() < 205 {
+        row.push(' ');
+        row.push_str(rng.word(WORDS));
+    }
+    row
 }
 
 fn clean_row(rng: &mut Rng) -> String {
@@ -131,19 +169,41 @@ fn measure(name: &str, masker: &Masker, rows: &[String]) {
 fn main() {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let dense: Vec<String> = (0..20_000).map(|_| dense_row(&mut rng)).collect();
+    let reference: Vec<String> = (0..20_000).map(|_| reference_row(&mut rng)).collect();
     let clean: Vec<String> = (0..20_000).map(|_| clean_row(&mut rng)).collect();
     println!("e.g. dense: {}\n     clean: {}", dense[0], clean[0]);
     let masker = Masker::builtin();
     measure("dense", &masker, &dense);
+    measure("ref", &masker, &reference);
     measure("clean", &masker, &clean);
     // Adversarial 256 KiB values: runs of near-candidates must stay linear.
     for unit in [
-        "a", "1.", "1-", "1 ", "1", "1:", "::", "a@", "a.", "eyJ", "+1", "(415) 555-", "4111 ",
-        "GB82 ", "password=", "12-", "123-45-", "-----BEGIN PRIVATE KEY-----",
+        "a",
+        "1.",
+        "1-",
+        "1 ",
+        "1",
+        "1:",
+        "::",
+        "a@",
+        "a.",
+        "eyJ",
+        "+1",
+        "(415) 555-",
+        "4111 ",
+        "GB82 ",
+        "password=",
+        "12-",
+        "123-45-",
+        "-----BEGIN PRIVATE KEY-----",
     ] {
         let v = unit.repeat((256 << 10) / unit.len());
         let t = Instant::now();
         let n = masker.scan(v.as_bytes()).len();
-        println!("{unit:>12?} x {}: {n} spans, {:.1} MB/s", v.len() / unit.len(), v.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+        println!(
+            "{unit:>12?} x {}: {n} spans, {:.1} MB/s",
+            v.len() / unit.len(),
+            v.len() as f64 / t.elapsed().as_secs_f64() / 1e6
+        );
     }
 }

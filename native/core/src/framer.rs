@@ -227,27 +227,40 @@ impl Framer {
         self.whole = self.special.union(self.whole_passthrough);
     }
 
-    /// What to do with a whole message whose tag is in `special`.  Ends the row plan at a
-    /// [`ROW_ENDS`] message.
-    #[inline]
-    fn classify(&mut self, tag: u8) -> Result<Special, FrameError> {
+    /// The walk's handling of a whole message (`whole`) whose tag is in `special`: an event, a
+    /// row to rewrite, a row refused, or a message that ends the row plan (then forwarded).
+    /// Returns whether the walk stops here (a barrier event).
+    // Out of line: the walk's per-message loop stays as small as it was without plans.
+    #[inline(never)]
+    fn special_message(
+        &mut self,
+        tag: u8,
+        whole: Range<usize>,
+        run: &mut Option<usize>,
+        actions: &mut Vec<Action>,
+    ) -> Result<bool, FrameError> {
         if self.forbidden.contains(tag) {
             return Err(FrameError::UnmaskedRow { tag });
         }
-        if self.rewrite.contains(tag) {
-            return Ok(Special::Rewrite);
-        }
-        if self.ends.contains(tag) {
-            self.rows = TagSet::EMPTY;
-            self.refresh_sets();
-        }
-        Ok(if self.surfaced.contains(tag) {
-            Special::Event {
-                barrier: self.barrier.contains(tag),
-            }
+        let action = if self.rewrite.contains(tag) {
+            Action::Rewrite(whole)
         } else {
-            Special::Forward
-        })
+            if self.ends.contains(tag) {
+                self.rows = TagSet::EMPTY;
+                self.refresh_sets();
+            }
+            if !self.surfaced.contains(tag) {
+                run.get_or_insert(whole.start);
+                return Ok(false);
+            }
+            Action::Event(whole)
+        };
+        if let Some(s) = run.take() {
+            actions.push(Action::Forward(s..action_start(&action)));
+        }
+        let stop = matches!(action, Action::Event(_)) && self.barrier.contains(tag);
+        actions.push(action);
+        Ok(stop)
     }
 
     /// The largest body accepted (clamped to what an Int32 length can describe).
@@ -367,9 +380,13 @@ impl Framer {
             }
         }
         if remaining == 0 {
+            // In locals: the loop only reloads them after `special_message`, which may change
+            // them (a plan that ends).
+            let max_message = self.max_message;
+            let mut special = self.special;
             loop {
                 let rest = &buf[pos..];
-                let Some(h) = Header::parse_limited(rest, self.max_message)? else {
+                let Some(h) = Header::parse_limited(rest, max_message)? else {
                     break;
                 };
                 let tag = h.tag();
@@ -377,26 +394,11 @@ impl Framer {
                 if rest.len() >= flen {
                     observe(tag, &rest[..flen]);
                     messages += 1;
-                    if self.special.contains(tag) {
-                        let special = self.classify(tag)?;
-                        let whole = pos..pos + flen;
-                        match special {
-                            Special::Forward => {
-                                run.get_or_insert(pos);
-                            }
-                            Special::Rewrite | Special::Event { .. } => {
-                                if let Some(s) = run.take() {
-                                    actions.push(Action::Forward(s..pos));
-                                }
-                                actions.push(if special == Special::Rewrite {
-                                    Action::Rewrite(whole)
-                                } else {
-                                    Action::Event(whole)
-                                });
-                            }
-                        }
+                    if special.contains(tag) {
+                        let stop = self.special_message(tag, pos..pos + flen, &mut run, actions)?;
+                        special = self.special;
                         pos += flen;
-                        if special == (Special::Event { barrier: true }) {
+                        if stop {
                             barrier = true;
                             break;
                         }
@@ -440,12 +442,10 @@ impl Framer {
     }
 }
 
-/// How the walk treats a whole message whose tag is in the framer's `special` set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Special {
-    Forward,
-    Rewrite,
-    Event { barrier: bool },
+fn action_start(a: &Action) -> usize {
+    match a {
+        Action::Forward(r) | Action::Event(r) | Action::Rewrite(r) => r.start,
+    }
 }
 
 /// The `debug-invariants` check: the actions tile `[0, consumed)` in order, none is empty, and

@@ -10,7 +10,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use veilgate_core::mask::{
-    ColumnOperator, HashKey, Masker, MaskerConfig, Operator, Outcome, Span, Tally, ValueMask,
+    ColumnOperator, EntityId, HashKey, Masker, MaskerConfig, Operator, Outcome, Span, Tally,
+    ValueMask,
 };
 
 /// A masking operator: whole-value (a column rule, [`ColumnOperator`]) or per entity in a
@@ -31,7 +32,6 @@ impl PyOperator {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // the Python keyword arguments, one per option
 fn build_operator(
     kind: &str,
     value: Option<String>,
@@ -165,20 +165,26 @@ fn mapping_items<'py, V: for<'a> FromPyObjectOwned<'py>>(
 ) -> PyResult<Vec<(String, V)>> {
     m.call_method0("items")?
         .try_iter()?
-        .map(|item| item?.extract::<(String, V)>().map_err(Into::into))
+        .map(|item| item?.extract::<(String, V)>())
         .collect()
 }
 
 /// Byte offsets of sorted, disjoint spans to character offsets of `text`.
-fn char_offsets(text: &str, spans: &[Span]) -> Vec<(usize, usize, EntityIdx)> {
+fn char_offsets(text: &str, spans: &[Span]) -> Vec<(usize, usize, EntityId)> {
     let mut out = Vec::with_capacity(spans.len());
     if text.is_ascii() {
         out.extend(spans.iter().map(|s| (s.start, s.end, s.entity)));
         return out;
     }
     let (mut byte, mut chars) = (0, 0);
+    // Count UTF-8 lead bytes (not `str` slicing: no char-boundary panic whatever a custom
+    // pattern matched).
+    let bytes = text.as_bytes();
     let mut advance = |to: usize| {
-        chars += text[byte..to].chars().count();
+        chars += bytes[byte..to]
+            .iter()
+            .filter(|&&b| b & 0xC0 != 0x80)
+            .count();
         byte = to;
         chars
     };
@@ -189,8 +195,6 @@ fn char_offsets(text: &str, spans: &[Span]) -> Vec<(usize, usize, EntityIdx)> {
     }
     out
 }
-
-type EntityIdx = veilgate_core::mask::EntityId;
 
 /// One masked value of a batch: unchanged, a range of the shared output buffer, or NULL.
 enum Masked {
@@ -213,6 +217,10 @@ impl PyMasker {
     #[new]
     #[pyo3(signature = (*, entities=None, operators=None, default_operator=None,
                         custom_patterns=Vec::new(), dictionaries=None))]
+    #[pyo3(
+        text_signature = "(*, entities=None, operators=None, default_operator=None, \
+                             custom_patterns=(), dictionaries=None)"
+    )]
     fn new(
         entities: Option<Vec<String>>,
         operators: Option<&Bound<'_, PyAny>>,
@@ -334,7 +342,7 @@ impl PyMasker {
 }
 
 impl PyMasker {
-    fn named(&self, spans: Vec<(usize, usize, EntityIdx)>) -> Vec<(usize, usize, String)> {
+    fn named(&self, spans: Vec<(usize, usize, EntityId)>) -> Vec<(usize, usize, String)> {
         spans
             .into_iter()
             .map(|(a, b, id)| (a, b, self.inner.name(id).to_owned()))

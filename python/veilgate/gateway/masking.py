@@ -53,11 +53,13 @@ __all__ = ["BARRIER_TAGS", "CLIENT_TAGS", "UPSTREAM_TAGS", "MaskingRelay"]
 
 logger = log.get("gateway.masking")
 
-CLIENT_TAGS: Final = b"QPBDESCHF"
+CLIENT_TAGS: Final = b"QPBDESCHFcf"
 """Client messages a masked session surfaces: statements (Query, Parse), the extended-protocol
-messages that place results (Bind, Describe, Execute, Sync, Close, Flush), and FunctionCall."""
-UPSTREAM_TAGS: Final = b"THCsIEZn"
-"""Server messages a masked session surfaces: result starts, result ends, errors, NoData."""
+messages that place results (Bind, Describe, Execute, Sync, Close, Flush), FunctionCall, and the
+end of a COPY FROM STDIN (CopyDone, CopyFail: the server ignores Sync until then)."""
+UPSTREAM_TAGS: Final = b"THCsIEZnG"
+"""Server messages a masked session surfaces: result starts, result ends, errors, NoData, and
+CopyInResponse (from then on until CopyDone / CopyFail the server ignores Sync)."""
 BARRIER_TAGS: Final = b"TH"
 """Server events after which the buffer waits for a plan."""
 
@@ -66,7 +68,8 @@ _MARKER_PREFIX_B: Final = MARKER_PREFIX.encode()
 _SPLIT_CACHE: Final = 1024
 
 _Q, _P, _B, _D, _E, _S, _C, _H, _F = (ord(c) for c in "QPBDESCHF")
-_T, _s, _I, _Z, _n = (ord(c) for c in "TsIZn")
+_T, _s, _I, _Z, _n, _G = (ord(c) for c in "TsIZnG")
+_c, _f = ord("c"), ord("f")
 _IDLE: Final = ord("I")
 
 REFUSED_FUNCTION_CALL: Final = (
@@ -124,11 +127,14 @@ class _Execute:
 class _Segment:
     """Extended-protocol messages up to a Sync: the replies the server still owes that matter."""
 
-    __slots__ = ("expects", "synced")
+    __slots__ = ("expects", "sync_after_execute", "synced")
 
     def __init__(self) -> None:
         self.expects: deque[_Describe | _Execute] = deque()
         self.synced = False
+        self.sync_after_execute = False
+        """The Sync came right behind an Execute: if that Execute starts a COPY FROM STDIN, the
+        server reads the Sync in copy-in mode and ignores it."""
 
 
 class _Mismatch(Exception):
@@ -223,6 +229,11 @@ class MaskingRelay:
         self._prepared: dict[str, StatementInfo] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._after_execute = False
+        self._sync_after_execute = False
+        self._copy_in = False
+        """The server is in COPY FROM STDIN mode (it ignores Sync and Flush until the client's
+        CopyDone / CopyFail)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -264,6 +275,9 @@ class MaskingRelay:
 
     def client_message(self, m: Any) -> None:
         tag = m.tag
+        if tag != _H:  # (Flush aside) did an Execute come last, for a Sync behind it
+            self._sync_after_execute = tag == _S and self._after_execute
+            self._after_execute = tag == _E
         try:
             if tag == _Q:
                 self._query(m)
@@ -279,10 +293,13 @@ class MaskingRelay:
             elif tag == _E:
                 self._execute(m)
             elif tag == _S:
-                self._segment().synced = True
+                self._sync()
                 self._forward_client(m)
             elif tag == _C:
                 self._close(m)
+                self._forward_client(m)
+            elif tag in (_c, _f):
+                self._copy_in = False
                 self._forward_client(m)
             elif tag == _F:
                 self._refuse_request(REFUSED_FUNCTION_CALL)
@@ -293,6 +310,15 @@ class MaskingRelay:
             self._forward_client(m)
         except Exception as exc:
             self._fail("internal", f"{type(exc).__name__}: {exc}")
+
+    def _sync(self) -> None:
+        # client_message has already reset _after_execute: the Sync's own tag is not E
+        after_execute = self._sync_after_execute
+        if self._copy_in:
+            return  # ignored by the server: no ReadyForQuery answers it
+        seg = self._segment()
+        seg.synced = True
+        seg.sync_after_execute = after_execute
 
     def _segment(self) -> _Segment:
         tail = self._requests[-1] if self._requests else None
@@ -501,13 +527,13 @@ class MaskingRelay:
                 replaced = self._error(m.body)
                 if replaced is not None:
                     return replaced
+            elif tag == _G:
+                self._copy_in_started()
             elif tag == _Z:
+                self._copy_in = False
                 self._result_done()
-                if self._requests:
-                    head = self._requests.popleft()
-                    if isinstance(head, _Segment) and not head.synced and self._requests:
-                        # a Query sent inside an unsynced segment: one ReadyForQuery ends both
-                        self._requests.popleft()
+                if self._settled():
+                    self._requests.popleft()
                 if self._markers and not self._requests:
                     self._markers.clear()
         except _Mismatch as exc:
@@ -518,8 +544,19 @@ class MaskingRelay:
             return None
         return self._server_frame(m)
 
+    def _settled(self) -> bool:
+        """Drop the head segment when a Query ended it (extended messages, no Sync, then a
+        Query: the Query's replies follow the segment's, and one ReadyForQuery ends both).
+        True when a request is in flight."""
+        reqs = self._requests
+        while len(reqs) > 1 and isinstance(reqs[0], _Segment) and not reqs[0].synced:
+            if reqs[0].expects:
+                break
+            reqs.popleft()
+        return bool(reqs)
+
     def _head(self) -> _Query | _Segment:
-        if not self._requests:
+        if not self._settled():
             raise _Mismatch("a result arrived with no request in flight")
         return self._requests[0]
 
@@ -630,9 +667,25 @@ class MaskingRelay:
         self.session.write_client(frame)
         self.session.upstream_side().release()
 
+    def _copy_in_started(self) -> None:
+        """CopyInResponse: the server ignores Sync until the copy ends.  A Sync the client sent
+        right behind the COPY's Execute (libpq does) was read in copy-in mode: it ends nothing,
+        so the head segment goes on into the next one."""
+        self._copy_in = True
+        head = self._requests[0] if self._settled() else None
+        if isinstance(head, _Segment) and head.synced and head.sync_after_execute:
+            head.synced = False
+            head.sync_after_execute = False
+            nxt = self._requests[1] if len(self._requests) > 1 else None
+            if isinstance(nxt, _Segment):
+                head.expects.extend(nxt.expects)
+                head.synced = nxt.synced
+                head.sync_after_execute = nxt.sync_after_execute
+                del self._requests[1]
+
     def _statement_done(self) -> None:
         """CommandComplete / PortalSuspended / EmptyQueryResponse: the head moves on."""
-        if not self._requests:
+        if not self._settled():
             return
         head = self._requests[0]
         if isinstance(head, _Query):
@@ -641,7 +694,7 @@ class MaskingRelay:
             head.expects.popleft()
 
     def _error(self, body: bytes) -> bytes | None:
-        if self._requests:
+        if self._settled():
             head = self._requests[0]
             if isinstance(head, _Segment):
                 # the server skips to Sync: nothing else of this segment is answered

@@ -51,6 +51,8 @@ PURE_FUNCTIONS: Final = frozenset(
         *("to_json", "to_jsonb", "row_to_json", "json_build_object", "jsonb_build_object"),
         *("json_build_array", "jsonb_build_array", "json_agg", "jsonb_agg", "json_object_agg"),
         *("jsonb_object_agg", "array_length", "cardinality", "array_to_string"),
+        # set-returning (also in FROM)
+        *("unnest", "generate_series", "generate_subscripts"),
     }
 )
 """Built-ins whose result depends only on their arguments (they run no SQL and read no files or
@@ -61,6 +63,9 @@ PURE_TYPES: Final = frozenset(
         *("int2", "int4", "int8", "numeric", "float4", "float8", "text", "varchar", "bpchar"),
         *("char", "name", "bool", "date", "time", "timetz", "timestamp", "timestamptz"),
         *("interval", "json", "jsonb", "uuid", "oid", "bytea", "inet", "cidr", "money"),
+        # object identifier types: catalog names, never table data
+        *("regtype", "regclass", "regproc", "regprocedure", "regoper", "regoperator"),
+        *("regnamespace", "regrole", "regconfig", "regdictionary", "regcollation"),
     }
 )
 """Built-in types a cast may name in a pure statement (a cast to another type may run a user
@@ -250,7 +255,9 @@ class _Collector:
             if isinstance(tc, dict):
                 tn = tc.get("typeName")
                 self._builtin("t", tn.get("names") if isinstance(tn, dict) else None, PURE_TYPES)
-            if "RangeFunction" in node or "RangeTableFunc" in node or "JsonTable" in node:
+            # functions in FROM are FuncCall nodes below (judged like any call); XMLTABLE and
+            # JSON_TABLE evaluate paths over documents: not tracked, so not pure
+            if "RangeTableFunc" in node or "JsonTable" in node:
                 self.impure = True
             stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
 

@@ -386,12 +386,14 @@ class StatementAnalysis:
     only (see :mod:`veilgate.policy.literals`)."""
     const_locations: frozenset[int] = frozenset()
     """Parser locations (byte offsets into the message) of the ``A_Const`` nodes the analysis
-    met: constants whose value the parse tree holds as a plain value, nothing else."""
+    met: constants whose value the parse tree holds as a plain value, nothing else.  Empty in an
+    analysis rebound to another text (:meth:`with_text`)."""
 
     def with_text(self, text: str) -> StatementAnalysis:
         """This analysis for another text that differs only in constant values (a decision the
         engine shares between such texts; see :mod:`veilgate.policy.literals`).  Positional and
-        field by field: ``dataclasses.replace`` costs microseconds on that hot path."""
+        field by field: ``dataclasses.replace`` costs microseconds on that hot path.  The
+        constants' locations are not known for the other text: ``const_locations`` is empty."""
         return StatementAnalysis(
             text,
             self.kind,
@@ -408,7 +410,7 @@ class StatementAnalysis:
             self.deallocates,
             self.search_path,
             self.reads_literals,
-            self.const_locations,
+            frozenset(),
         )
 
     @property

@@ -30,6 +30,10 @@ Soundness rests on four facts, each checked rather than assumed:
 A text that reuses a decision this way must also parse (``pglast.parser.split``, which runs the
 full grammar, also gives the statement texts): a few grammar rules reject particular values, and
 such a text gets the full analysis (and its denial) instead.
+
+``pglast.parser.normalize`` (libpg_query's ``pg_query_normalize``) is not used for the key: it
+writes every constant as ``$n``, which loses the token kinds and cannot tell a text's own ``$1``
+parameters from replaced constants.
 """
 
 from __future__ import annotations

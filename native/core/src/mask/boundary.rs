@@ -42,7 +42,7 @@ pub fn token_right_ok(text: &[u8], end: usize) -> bool {
 #[inline]
 pub fn word_bounded(text: &[u8], start: usize, end: usize) -> bool {
     let left = start == 0 || !is_word_byte(text[start - 1]);
-    let right = text.get(end).map_or(true, |&b| !is_word_byte(b));
+    let right = text.get(end).is_none_or(|&b| !is_word_byte(b));
     left && right
 }
 

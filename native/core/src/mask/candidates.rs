@@ -92,9 +92,10 @@ impl Kind {
                 r"(?i:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key|token)",
                 r#"["']?[ \t]*(?::=|:|=)[ \t]*["']?[A-Za-z0-9+/=_\-.~!@#$%^*]{20,}"#
             ),
-            Kind::Email => {
-                concat!(r"[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
-            }
+            Kind::Email => concat!(
+                r"[A-Za-z0-9][A-Za-z0-9._%+\-]*@",
+                r"[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+            ),
             Kind::Iban => r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?",
             Kind::Card => r"[0-9](?:[ \-]?[0-9]){11,18}",
             Kind::PhoneNanp => concat!(

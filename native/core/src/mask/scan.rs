@@ -90,14 +90,16 @@ impl BuiltinScanner {
             budget = budget.saturating_sub(SEARCH_COST + end - at);
             let pid = m.pattern().as_usize();
             let found = match self.kinds[pid].validate(text, (start, end)) {
-                Some(r) => Some(self.longer_email(text, start, (r, pid))),
+                Some(r) => Some(self.longer_email(text, start, (r, pid), &mut local_run)),
                 None if budget > 0 => self.retry_at(text, start, pid, &mut budget, &mut local_run),
                 None => None,
             };
             match found {
-                Some(((s, e), pid)) if e > s => {
+                // A validator may widen a span to the left (an email's non-ASCII local part),
+                // never over a span already emitted.
+                Some(((s, e), pid)) if e > s.max(at) => {
                     emit(Span {
-                        start: s,
+                        start: s.max(at),
                         end: e,
                         entity: self.ids[pid],
                     });
@@ -112,13 +114,20 @@ impl BuiltinScanner {
     /// EMAIL has the lowest priority (see [`Kind::ALL`]): when a valid candidate is followed by
     /// an address character, an email starting at the same byte may be the longer value
     /// (`4111111111111111@example.com`).
-    fn longer_email(&self, text: &[u8], start: usize, found: Found) -> Found {
+    fn longer_email(
+        &self,
+        text: &[u8],
+        start: usize,
+        found: Found,
+        local_run: &mut LocalRun,
+    ) -> Found {
         let ((_, e), pid) = found;
         let email = self.kinds.len() - 1;
         let next = text.get(e).copied().unwrap_or(b' ');
         if self.kinds[pid] == Kind::Email
             || self.kinds[email] != Kind::Email
             || !(next == b'@' || candidates::is_local_part_byte(next))
+            || !local_run.ends_at_at(text, start)
         {
             return found;
         }
@@ -160,7 +169,7 @@ impl BuiltinScanner {
             *budget = budget.saturating_sub(SEARCH_COST);
             if let Some(r) = self.anchored(text, start, pid) {
                 *budget = budget.saturating_sub(r.1 - start);
-                if best.map_or(true, |((s, e), _)| r.1 - r.0 > e - s) {
+                if best.is_none_or(|((s, e), _)| r.1 - r.0 > e - s) {
                     best = Some((r, pid));
                 }
             }
@@ -213,7 +222,12 @@ impl RegexScanner {
         let texts: Vec<&str> = patterns.iter().map(|(_, p)| p.as_str()).collect();
         // Compile one by one first so a syntax error points at its pattern.
         for (i, p) in texts.iter().enumerate() {
-            Regex::new(p).map_err(|e| (i, e.to_string()))?;
+            Regex::new(p).map_err(|e| {
+                let detail = e
+                    .syntax_error()
+                    .map_or_else(|| e.to_string(), ToString::to_string);
+                (i, detail)
+            })?;
         }
         let regex = Regex::builder()
             .configure(

@@ -336,3 +336,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_email_starting_like_another_value_wins_when_longer() {
+    one(
+        "EMAIL",
+        "to 4111111111111111@example.com",
+        "4111111111111111@example.com",
+    );
+    one(
+        "EMAIL",
+        "to 10.0.0.1.x@example.com",
+        "10.0.0.1.x@example.com",
+    );
+}
+
+#[test]
+fn long_adversarial_runs_finish() {
+    // Runs of near-candidates: the scan must stay linear (no time is asserted; a quadratic
+    // scan of these 64 KiB values would take minutes).
+    let m = Masker::builtin();
+    for unit in [
+        "1.",
+        "1-",
+        "1 ",
+        "1",
+        "12-",
+        "123-45-",
+        "4111 ",
+        "GB82 ",
+        "password=",
+        "::",
+        "1.1.1.1+",
+    ] {
+        let v = unit.repeat((64 << 10) / unit.len());
+        let spans = m.scan(v.as_bytes());
+        assert!(spans.windows(2).all(|w| w[0].end <= w[1].start));
+    }
+}

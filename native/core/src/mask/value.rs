@@ -58,7 +58,7 @@ impl Tally {
     pub fn merge(&mut self, other: &Tally) {
         for (i, &n) in other.counts.iter().enumerate() {
             if n > 0 {
-                self.add(i as EntityId, n);
+                self.add(id_of(i), n);
             }
         }
     }
@@ -69,7 +69,7 @@ impl Tally {
             .iter()
             .enumerate()
             .filter(|(_, &n)| n > 0)
-            .map(|(i, &n)| (entity_name(i as EntityId), n))
+            .map(|(i, &n)| (entity_name(id_of(i)), n))
             .collect()
     }
 }
@@ -82,6 +82,12 @@ pub trait ValueMask: Send + Sync {
     fn mask_value(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome;
 }
 
+/// A registry or tally index as an id: indices come from the registry, which never grows past
+/// `EntityId::MAX` entries (see [`entity_id`]).
+fn id_of(i: usize) -> EntityId {
+    EntityId::try_from(i).expect("entity ids fit in EntityId")
+}
+
 fn registry() -> &'static Mutex<Vec<String>> {
     static REGISTRY: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
@@ -91,11 +97,14 @@ fn registry() -> &'static Mutex<Vec<String>> {
 pub fn entity_id(name: &str) -> EntityId {
     let mut names = registry().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = names.iter().position(|n| n == name) {
-        return i as EntityId;
+        return id_of(i);
     }
-    assert!(names.len() < usize::from(EntityId::MAX), "too many entity names");
+    assert!(
+        names.len() < usize::from(EntityId::MAX),
+        "too many entity names"
+    );
     names.push(name.to_owned());
-    (names.len() - 1) as EntityId
+    id_of(names.len() - 1)
 }
 
 /// The name registered for `id` (`"?"` for an id never registered).

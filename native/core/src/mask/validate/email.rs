@@ -1,13 +1,19 @@
 //! EMAIL: ASCII addresses; the candidate regex already requires an alphabetic TLD of two or more
 //! letters.  Domain labels must not start or end with `-`; leading punctuation is trimmed off
-//! the local part.
+//! the local part, and a local part with non-ASCII letters is taken whole.
 
 use super::Range;
 use crate::mask::boundary::is_word_byte;
+use crate::mask::candidates::is_local_part_byte;
 
 pub fn validate(text: &[u8], (mut start, end): Range) -> Option<Range> {
+    // UTF-8 local parts (`józef@...`): the candidate starts after the last non-ASCII byte;
+    // take the whole local part so no part of the name is left visible.
+    while start > 0 && (text[start - 1] >= 0x80 || is_local_part_byte(text[start - 1])) {
+        start -= 1;
+    }
     // The candidate class lets punctuation lead the local part (`...john@x.io`): drop it.
-    while start < end && !text[start].is_ascii_alphanumeric() {
+    while start < end && text[start] < 0x80 && !text[start].is_ascii_alphanumeric() {
         start += 1;
     }
     let c = &text[start..end];
@@ -19,7 +25,7 @@ pub fn validate(text: &[u8], (mut start, end): Range) -> Option<Range> {
     let domain_ok = domain
         .split(|&b| b == b'.')
         .all(|l| !l.is_empty() && !l.starts_with(b"-") && !l.ends_with(b"-"));
-    let right_ok = text.get(end).map_or(true, |&b| !is_word_byte(b));
+    let right_ok = text.get(end).is_none_or(|&b| !is_word_byte(b));
     (local_ok && domain_ok && right_ok).then_some((start, end))
 }
 
@@ -40,5 +46,11 @@ mod tests {
         );
         assert_eq!(found("a..b@example.com"), Some("a..b@example.com"));
         assert_eq!(found("a@-bad.com"), None);
+        let t = "mail józef.x@example.com";
+        let r = validate(t.as_bytes(), (9, t.len())).unwrap();
+        assert_eq!(&t[r.0..r.1], "józef.x@example.com");
+        let t = "mail éric@example.com";
+        let r = validate(t.as_bytes(), (7, t.len())).unwrap();
+        assert_eq!(&t[r.0..r.1], "éric@example.com");
     }
 }

@@ -39,7 +39,7 @@ pub fn validate_token(text: &[u8], (start, end): Range) -> Option<Range> {
     }
     let joined = |b: u8| is_word_byte(b) || b == b'-' || (text[start] == b'e' && b == b'.');
     let left = start == 0 || !joined(text[start - 1]);
-    let right = text.get(end).map_or(true, |&b| !joined(b));
+    let right = text.get(end).is_none_or(|&b| !joined(b));
     (left && right).then_some((start, end))
 }
 
