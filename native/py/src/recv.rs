@@ -406,6 +406,7 @@ impl RecvBuffer {
             Ok(o) => o.consumed,
             Err(e) => {
                 stats::add_traffic(self.direction, n as u64, 0);
+                self.at_barrier = false;
                 return Err(match e {
                     FrameError::UnmaskedRow { .. } => MaskingError::new_err(e.to_string()),
                     _ => framing_error(&e),
@@ -419,6 +420,7 @@ impl RecvBuffer {
                 // stream cannot go on consistently.  Nothing of this read is returned.
                 self.mode = Mode::Failed;
                 self.plan = None;
+                self.at_barrier = false;
                 return Err(MaskingError::new_err(e));
             }
             let out = self.build_result(py);

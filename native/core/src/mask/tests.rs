@@ -60,6 +60,19 @@ fn phones_in_context() {
 fn cards_in_context() {
     one(
         "CREDIT_CARD",
+        "tier 2 5525 0204 7300 2387 ok",
+        "5525 0204 7300 2387",
+    );
+    none("batch ref 3579 6285 1428 1417 and 6993 7505 9325 3007");
+    assert_eq!(
+        only("ssn 123-45-6789 4111 1111 1111 1111"),
+        vec![
+            ("US_SSN".to_owned(), "123-45-6789".to_owned()),
+            ("CREDIT_CARD".to_owned(), "4111 1111 1111 1111".to_owned())
+        ]
+    );
+    one(
+        "CREDIT_CARD",
         "visa 4111 1111 1111 1111 exp 12/29",
         "4111 1111 1111 1111",
     );
@@ -129,8 +142,10 @@ fn secrets_in_context() {
     one("SECRET", "aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE");
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
     one("SECRET", &format!("Authorization: Bearer {jwt}"), jwt);
+    one("SECRET", &format!("jwt={jwt}. next"), jwt);
     let gh = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
     one("SECRET", &format!("token {gh}"), gh);
+    one("SECRET", &format!("token: {gh}."), gh);
     one(
         "SECRET",
         "xoxb-123456789012-abcdefABCDEF",

@@ -98,20 +98,55 @@ fn valid(s: &[u8]) -> bool {
         && iin_ok(d)
 }
 
-/// Validates a card candidate; if the whole run fails (a card followed by more digit groups),
-/// the longest prefix ending at a separator that is a valid card wins.
+/// Digits in `s`.
+fn digit_count(s: &[u8]) -> usize {
+    s.iter().filter(|b| b.is_ascii_digit()).count()
+}
+
+/// True if a space-grouped candidate continues a run of card-sized digit groups on its left
+/// (`ref 3579 6285 1428 1417` must not yield `6285 1428 1417...`; `tier 2 4111 ...` may).
+fn inside_group_run(text: &[u8], start: usize, end: usize) -> bool {
+    if start < 2 || text[start - 1] != b' ' || !text[start..end].contains(&b' ') {
+        return false;
+    }
+    let group = text[..start - 1]
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    // Only a bare group counts (`3579 6285...`), not the tail of another value (`123-45-6789`).
+    let before = (start - 1 - group).checked_sub(1).map(|i| text[i]);
+    (3..=6).contains(&group) && matches!(before, None | Some(b' '))
+}
+
+/// Validates a card candidate.  If the whole run fails because a short group follows the card
+/// (a CVV or an expiry: `4111 1111 1111 1111 123`), the longest prefix of 13+ digits ending at
+/// a space that is a valid card wins.
 pub fn validate(text: &[u8], (start, end): Range) -> Option<Range> {
-    if !token_left_ok(text, start) {
+    if !token_left_ok(text, start) || inside_group_run(text, start, end) {
         return None;
     }
     let cand = &text[start..end];
     if valid(cand) && token_right_ok(text, end) {
         return Some((start, end));
     }
-    (start + 12..end)
+    // The digit group after `e` (a space), up to the next non-digit.
+    let tail = |e: usize| {
+        let rest = &text[e + 1..];
+        rest.iter().take_while(|b| b.is_ascii_digit()).count()
+    };
+    (start + 13..end)
         .rev()
         .filter(|&e| text[e] == b' ')
-        .find(|&e| valid(&text[start..e]))
+        .find(|&e| {
+            let t = tail(e);
+            let after = e + 1 + t;
+            (1..=4).contains(&t)
+                && !(text.get(after) == Some(&b' ')
+                    && text.get(after + 1).is_some_and(u8::is_ascii_digit))
+                && digit_count(&text[start..e]) >= 13
+                && valid(&text[start..e])
+        })
         .map(|e| (start, e))
 }
 
@@ -165,5 +200,13 @@ mod tests {
     fn trailing_group_is_trimmed() {
         let s = "4111 1111 1111 1111 1234";
         assert_eq!(found(s), Some("4111 1111 1111 1111"));
+        let s = "4111 1111 1111 1111 123";
+        assert_eq!(found(s), Some("4111 1111 1111 1111"));
+        // A 12-digit prefix of a non-Luhn run of groups is not a card.
+        assert_eq!(found("6993 7505 9325 3007"), None);
+        let t = b"ref 3579 6285 1428 1417";
+        assert_eq!(validate(t, (9, t.len())), None);
+        let t = b"tier 2 5525 0204 7300 2387";
+        assert_eq!(validate(t, (7, t.len())), Some((7, t.len())));
     }
 }

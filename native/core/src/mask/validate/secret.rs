@@ -37,9 +37,14 @@ pub fn validate_token(text: &[u8], (start, end): Range) -> Option<Range> {
     if text[start] == b'-' {
         return Some((start, end)); // -----BEGIN ... PRIVATE KEY----- .. -----END ...-----
     }
-    let joined = |b: u8| is_word_byte(b) || b == b'-' || (text[start] == b'e' && b == b'.');
-    let left = start == 0 || !joined(text[start - 1]);
-    let right = text.get(end).is_none_or(|&b| !joined(b));
+    let left = start == 0 || !(is_word_byte(text[start - 1]) || text[start - 1] == b'-');
+    // A full stop after a token ends the sentence; `.`, `-` followed by more token continue it.
+    let right = match text.get(end) {
+        None => true,
+        Some(&b) if is_word_byte(b) => false,
+        Some(b'.' | b'-') => !text.get(end + 1).is_some_and(|&b| is_word_byte(b)),
+        Some(_) => true,
+    };
     (left && right).then_some((start, end))
 }
 
@@ -50,9 +55,11 @@ pub fn validate_keyword(text: &[u8], (start, end): Range) -> Option<Range> {
     let skip = c[sep..]
         .iter()
         .position(|&b| !matches!(b, b':' | b'=' | b' ' | b'\t' | b'"' | b'\''))?;
-    let value = &c[sep + skip..];
+    // A value at the end of a sentence: the full stop is not part of it.
+    let trailing = c.iter().rev().take_while(|&&b| b == b'.').count();
+    let value = &c[sep + skip..c.len() - trailing];
     (value.len() >= MIN_KEYWORD_VALUE && entropy(value) >= MIN_KEYWORD_ENTROPY)
-        .then_some((start + sep + skip, end))
+        .then_some((start + sep + skip, end - trailing))
 }
 
 #[cfg(test)]
@@ -63,6 +70,8 @@ mod tests {
     fn keyword_values() {
         let t = b"password=Zx8vQ2mN4pL7sK1wE9rT";
         assert_eq!(validate_keyword(t, (0, t.len())), Some((9, t.len())));
+        let t = b"token: Zx8vQ2mN4pL7sK1wE9rT.";
+        assert_eq!(validate_keyword(t, (0, t.len())), Some((7, t.len() - 1)));
         let t = b"password=aaaaaaaaaaaaaaaaaaaaaaaa";
         assert_eq!(validate_keyword(t, (0, t.len())), None);
         let t = br#""api_key": "Zx8vQ2mN4pL7sK1wE9rT5y""#;
