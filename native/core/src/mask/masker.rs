@@ -14,7 +14,8 @@ use super::value::{entity_id, EntityId, Outcome, Tally, ValueMask};
 pub struct MaskerConfig {
     /// Built-in entities to detect (names from [`super::BUILTIN_ENTITIES`]); `None` = all.
     pub entities: Option<Vec<String>>,
-    /// Operator per entity name (built-in or custom); others use `default_operator`.
+    /// Operator per entity name (built-in or custom; a built-in that is not detected is
+    /// ignored); others use `default_operator`.
     pub operators: Vec<(String, Operator)>,
     /// The operator for entities without their own (default: replace with `<ENTITY>`).
     pub default_operator: Operator,
@@ -92,8 +93,10 @@ impl Masker {
                 names.push(name.clone());
             }
         }
+        // An operator for a built-in left out of `entities` is accepted (one policy may pair a
+        // full operator table with a subset of detectors); any other unknown name is a typo.
         for (name, _) in &config.operators {
-            if !names.contains(name) {
+            if !names.contains(name) && Builtin::from_name(name).is_none() {
                 return Err(MaskerError::UnknownEntity(name.clone()));
             }
         }

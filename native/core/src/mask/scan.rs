@@ -8,7 +8,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_automata::meta::Regex;
 use regex_automata::{Anchored, Input, PatternID};
 
-use super::boundary::word_bounded;
+use super::boundary::{is_word_byte, word_bounded};
 use super::candidates::{self, Kind, LAZY_DFA_CACHE};
 use super::entity::Builtin;
 use super::value::EntityId;
@@ -71,8 +71,8 @@ impl BuiltinScanner {
 
     /// Calls `emit` for every validated span, in order; spans never overlap.
     ///
-    /// After a rejected candidate the scan resumes one byte after its start (a valid value may
-    /// start inside it).  Each search is charged the bytes it matched over; once a value has
+    /// After a rejected candidate the scan resumes one byte after its start, or after the digit
+    /// run it starts with (a valid value may start inside the candidate).  Each search is charged the bytes it matched over; once a value has
     /// cost [`RESCAN_BUDGET_FACTOR`] times its length, rejected candidates are skipped whole, so
     /// adversarial input (long runs of near-candidates) stays linear.
     pub fn scan(&self, text: &[u8], mut emit: impl FnMut(Span)) {
@@ -105,7 +105,7 @@ impl BuiltinScanner {
                     });
                     at = e;
                 }
-                _ if budget > 0 => at = start + 1,
+                _ if budget > 0 => at = resume_after_rejection(text, start),
                 _ => at = end.max(start + 1),
             }
         }
@@ -157,8 +157,14 @@ impl BuiltinScanner {
         local_run: &mut LocalRun,
     ) -> Option<Found> {
         let mut best: Option<Found> = None;
+        // Only a keyword (`DB_PASSWORD=`) may start right after a letter or digit; every other
+        // alternative needs a boundary there (an email is widened to its word start anyway).
+        let mid_word = start > 0 && is_word_byte(text[start - 1]);
         for (pid, kind) in self.kinds.iter().enumerate() {
             if pid == failed || !kind.may_start(text[start]) {
+                continue;
+            }
+            if mid_word && *kind != Kind::KeywordSecret {
                 continue;
             }
             // An anchored email search runs to the end of the local-part run: only worth it
@@ -176,6 +182,18 @@ impl BuiltinScanner {
         }
         best
     }
+}
+
+/// Where to search next after a candidate at `start` was rejected (with no other alternative
+/// valid there): one byte on, or past the whole digit run `start` begins.  Nothing valid starts
+/// inside a digit run: every alternative that can start with a digit needs a non-word byte
+/// before it.
+fn resume_after_rejection(text: &[u8], start: usize) -> usize {
+    let digits = text[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    start + digits.max(1)
 }
 
 /// Where the run of email local-part bytes containing a position ends (cached: the scan only
