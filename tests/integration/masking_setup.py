@@ -75,7 +75,12 @@ class MaskedGateway:
 
 
 def start_gateway(
-    factory: Factory, audit_log: Path, role: str, *, use_uvloop: bool = True
+    factory: Factory,
+    audit_log: Path,
+    role: str,
+    *,
+    use_uvloop: bool = True,
+    policy_file: Path = POLICY_FILE,
 ) -> MaskedGateway:
     """A gateway with the masking policy; its token carries ``role`` (db.masked / db.raw)."""
 
@@ -84,7 +89,7 @@ def start_gateway(
         return replace(
             cfg,
             auth=replace(cfg.auth, static_tokens=(tok,)),
-            policy=PolicyConfig(file=POLICY_FILE, audit_log=str(audit_log)),
+            policy=PolicyConfig(file=policy_file, audit_log=str(audit_log)),
         )
 
     handle = factory(transform, use_uvloop=use_uvloop)

@@ -339,3 +339,80 @@ def test_every_raw_value_is_covered(raw: MaskedGateway, table: str) -> None:
     out = _psycopg_rows(raw.target, f"select * from {table}")
     out += _psycopg_rows(raw.target, f"select replace(ssn, '-', '') from {table}")
     assert not [v for v in RAW_VALUES if v not in out]
+
+
+def test_concurrent_sessions_with_ddl(masked: MaskedGateway, table: str) -> None:
+    """Sessions share their login's catalog; one session's DDL (a temp table) invalidates it
+    while the others plan: every session must still get its results, masked."""
+
+    async def client(i: int, barrier: asyncio.Barrier) -> list[str]:
+        conn = await asyncpg.connect(**masked.target.asyncpg_kwargs(timeout=60))
+        out = []
+        try:
+            await barrier.wait()
+            for k in range(3):
+                async with conn.transaction():
+                    await conn.execute(f"create temp table tt{k} (x int) on commit drop")
+                    await conn.execute(f"insert into tt{k} values ({i})")
+                    out.append(repr(await conn.fetchval(f"select sum(x) from tt{k}")))
+                out.append(
+                    repr(await conn.fetchrow(f"select ssn, email from {table} where id = 1"))
+                )
+        finally:
+            await conn.close()
+        return out
+
+    async def run() -> list[Any]:
+        barrier = asyncio.Barrier(12)
+        return await asyncio.gather(
+            *(client(i, barrier) for i in range(12)), return_exceptions=True
+        )
+
+    results = asyncio.run(run())
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, errors[:3]
+    for i, r in enumerate(results):
+        assert r[0] == repr(i)
+        assert not leaked(" ".join(r)), r
+
+
+def test_policy_reload_applies_to_open_sessions(
+    gateway_factory: Factory, tmp_path: Path, table: str
+) -> None:
+    """New masking rules apply to the next results of sessions already open."""
+    from tests.integration.masking_setup import POLICY_FILE
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY_FILE.read_text())
+    g = start_gateway(gateway_factory, tmp_path / "a.jsonl", "db.masked", policy_file=policy)
+    gw = g.handle.thread.gateway
+    assert gw is not None
+
+    async def reload() -> bool | None:
+        return gw.reload_policy()
+
+    with psycopg.connect(g.target.conninfo(), autocommit=True) as conn:
+        sql = f"select email from {table} where id = 1"
+        assert conn.execute(sql).fetchone() == ("<EMAIL>",)
+        policy.write_text(POLICY_FILE.read_text().replace('value: "<EMAIL>"', 'value: "<MAIL>"'))
+        assert g.handle.thread.call(reload()) is True
+        assert conn.execute(sql).fetchone() == ("<MAIL>",)
+
+
+def test_masking_unavailable_refuses_the_session(
+    gateway_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A masked tier whose masking cannot be built (hash key missing) gets no session at all."""
+    from tests.integration.masking_setup import POLICY_FILE
+
+    monkeypatch.delenv("VG_TEST_MISSING_MASK_KEY", raising=False)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        POLICY_FILE.read_text()
+        .replace("masking:\n", "masking:\n  hash_key_env: VG_TEST_MISSING_MASK_KEY\n")
+        .replace('{name: "email", op: replace, value: "<EMAIL>"}', '{name: "email", op: hash}')
+    )
+    g = start_gateway(gateway_factory, tmp_path / "a.jsonl", "db.masked", policy_file=policy)
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(g.target.conninfo(), autocommit=True)
+    assert "masking is unavailable" in str(err.value)

@@ -25,7 +25,7 @@ import veilgate_native
 _FramingError = veilgate_native.FramingError
 # the masking engine's fail-closed error (a DataRow / CopyData with no plan on a masked session);
 # caught before FramingError in case it is a subclass
-_MaskingError = getattr(veilgate_native, "MaskingError", None) or type("_Never", (Exception,), {})
+_MaskingError = veilgate_native.MaskingError
 
 # why a side's transport is paused; it reads again only when no reason is left
 cdef int _PAUSE_HELD = 1

@@ -17,6 +17,26 @@ error arrives (earlier markers whose error never came were skipped by the server
 ReadyForQuery has left nothing in flight (checked after the whole read is handled: the native
 buffer counts a read's ReadyForQuery messages before it returns their events).  ParameterStatus
 ``S`` is always surfaced (rare) to follow ``standard_conforming_strings``.
+
+Portals bound before a policy reload.  A statement is judged again at its next Bind, but a portal
+bound before the reload (a protocol-level cursor inside a transaction block, the unnamed portal of
+a pipeline segment in flight) lives until its transaction ends and could otherwise be Executed
+under the old decision.  So a reload that finds the session not idle opens a *stale window*: until
+the server answers a request sent after the reload with ReadyForQuery 'I' (no transaction block
+means no portal survives), Bind ``B`` and Execute ``E`` are surfaced and ReadyForQuery ``Z`` too.
+During the window every Bind records which statement the portal came from; an Execute of such a
+portal is judged by the current policy (again if the policy changed since).  A portal bound before
+the window was never seen being bound: it came from one of the statements the session may have
+bound since it was last known to hold no portal (its named statements, its unnamed statement, and
+the texts those replaced -- at most ``_RETIRED_MAX``, beyond which the gateway stops remembering
+and such portals are refused).  If the new policy allows all of them the Execute runs; if it denies
+all of them under one rule that rule's 42501 is sent; otherwise the gateway cannot tell and refuses
+it (rule ``stale-portal``, HINT: bind the portal again).  A denied Execute becomes, upstream, a
+marker Parse under a statement name of its own: it fails at parse analysis before creating
+anything, so the client's unnamed statement and portals are untouched, and the server fails the
+transaction and skips to Sync as for the Execute's own error.  A reload that finds the session idle
+(nothing in flight, no transaction block) costs nothing: no portal can exist.  Portals of SQL
+``DECLARE`` cursors are judged at DECLARE (a ``FETCH`` is a statement of its own).
 """
 
 from __future__ import annotations
@@ -30,13 +50,20 @@ from typing import TYPE_CHECKING, Any, Final
 from veilgate import log, metrics
 from veilgate.gateway import wire
 from veilgate.identity.base import Principal
+from veilgate.policy.analysis import MessageAnalysis
 from veilgate.policy.audit import AuditSink, DecisionEvent
-from veilgate.policy.engine import Decision, PolicyEngine, SessionContext
+from veilgate.policy.engine import Decision, PolicyEngine, SessionContext, Verdict
 
 if TYPE_CHECKING:
     from veilgate.gateway.session import Session
 
-__all__ = ["MARKER_PREFIX", "PolicyEnforcer", "denial_frame"]
+__all__ = [
+    "MARKER_PREFIX",
+    "STALE_PORTAL_RULE",
+    "PolicyEnforcer",
+    "denial_frame",
+    "stale_portal_denial",
+]
 
 logger = log.get("gateway.policy")
 
@@ -50,13 +77,45 @@ _APPROVAL_HINT: Final = (
 _Q, _P, _F, _B = ord("Q"), ord("P"), ord("F"), ord("B")
 _count_decision: Final = metrics.policy_decisions_total.inc_one
 _E, _Z, _S = ord("E"), ord("Z"), ord("S")
+"""``_E`` is Execute from a client and ErrorResponse from the server."""
+_IDLE: Final = ord("I")
+_RETIRED_MAX: Final = 64
+"""Replaced statement texts remembered as possible sources of portals bound before a reload;
+beyond this the gateway refuses such portals rather than grow per session."""
+STALE_PORTAL_RULE: Final = "stale-portal"
+_STALE_PORTAL_HINT: Final = (
+    "the policy was reloaded after this portal was bound; bind it again (or run the statement "
+    "again) so that it is judged by the current policy"
+)
 
 
 def denial_frame(d: Decision) -> bytes:
     """The ErrorResponse a client gets for a denied (or approval-needing) message."""
     f = d.error_fields()
-    hint = _APPROVAL_HINT if d.action == "approve" else f["H"]
+    if d.action == "approve":
+        hint = _APPROVAL_HINT
+    elif d.rule_id == STALE_PORTAL_RULE:
+        hint = _STALE_PORTAL_HINT
+    else:
+        hint = f["H"]
     return wire.error_response("ERROR", f["C"], f["M"], f["D"], hint)
+
+
+def stale_portal_denial(generation: int, why: str) -> Decision:
+    """The gateway's own denial of a portal whose statement it cannot judge after a reload."""
+    verdict = Verdict(
+        action="deny",
+        tier=None,
+        rule_id=STALE_PORTAL_RULE,
+        message="a portal bound before a policy reload cannot be executed",
+        reason=why,
+        statements=(),
+        fingerprint="",
+        analysis=MessageAnalysis("", (), ""),
+        generation=generation,
+        cacheable=False,
+    )
+    return Decision(verdict, 0.0, False)
 
 
 # Client-only encodings whose second byte can be ASCII (a backslash, say): the statement text
@@ -77,7 +136,8 @@ denied (the server would refuse the bytes too)."""
 
 
 class _Stmt:
-    """A named protocol-level statement the client prepared (text and under which policy)."""
+    """A protocol-level statement the client prepared (text and under which policy); also what
+    a portal bound during a stale window came from."""
 
     __slots__ = ("denied", "generation", "text")
 
@@ -107,16 +167,40 @@ class PolicyEnforcer:
             self._parameter_status(frame[5:])
         self._markers: OrderedDict[bytes, Decision] = OrderedDict()
         self._stmts: dict[bytes, _Stmt] = {}
+        self._unnamed: _Stmt | None = None
+        """The unnamed statement (dies at the next Parse of it and at any simple Query)."""
+        self._retired: set[str] | None = set()
+        """Texts of statements replaced since the session was last known to hold no portal (a
+        portal outlives its statement); None once more than ``_RETIRED_MAX``."""
         self._binds = False
         self._check_scheduled = False
+        self._window = False
+        """Portals bound before the last reload may exist (see the module docstring)."""
+        self._z_before = 0
+        """ReadyForQuery still due for requests sent before the last reload."""
+        self._portals: dict[bytes, _Stmt | None] = {}
+        """Portals bound in the window: their statement (None: one the gateway does not know)."""
+        self._untracked: Decision | None = None
+        """The decision for portals bound before the window (None: allowed)."""
+        self.stale_executes = 0
+        """Execute messages judged in stale windows (observable: none outside a window)."""
 
     # --- which messages the buffers surface -----------------------------------------------------
 
     def client_tags(self) -> bytes:
+        if self._window:
+            return b"QPFBE"
         return b"QPFB" if self._binds else b"QPF"
 
     def upstream_tags(self) -> bytes:
-        return b"SEZ" if self._markers else b"S"
+        if self._markers:
+            return b"SEZ"
+        return b"SZ" if self._window else b"S"
+
+    @property
+    def stale_window(self) -> bool:
+        """Whether portals bound before the last policy reload may still exist."""
+        return self._window
 
     @property
     def outstanding(self) -> int:
@@ -133,6 +217,8 @@ class PolicyEnforcer:
             self._parse(m)
         elif tag == _B:
             self._bind(m)
+        elif tag == _E:
+            self._execute(m)
         elif tag == _F:
             self._function_call(m)
         else:
@@ -153,6 +239,8 @@ class PolicyEnforcer:
             t.write(data)
 
     def _query(self, m: Any) -> None:
+        if self._unnamed is not None:  # a simple Query drops the unnamed statement
+            self._drop_unnamed()
         # one copy of the message (frame), not two (body and frame): this runs per Query
         frame = m.frame()
         end = frame.find(b"\0", 5)
@@ -178,15 +266,23 @@ class PolicyEnforcer:
         self._record(d)
         if d.allowed:
             self._write(m.frame())
+            stmt = _Stmt(text, d.generation)
             if name:
-                sname = self._text(name)
-                self.ctx.remember_parse(sname, d)
-                self._stmts[name] = _Stmt(text, d.generation)
-                if self._binds:
-                    self._update_binds()
+                self.ctx.remember_parse(self._text(name), d)
+                old = self._stmts.get(name)
+                self._stmts[name] = stmt
+            else:
+                old = self._unnamed
+                self._unnamed = stmt
+            if old is not None:  # its portals outlive it
+                self._retire(old.text)
+            if self._binds:
+                self._update_binds()
             return
-        if name:
-            self._stmts.pop(name, None)
+        # a failed Parse leaves a named statement of that name as it was; the unnamed one is
+        # dropped before the server parses
+        if not name and self._unnamed is not None:
+            self._drop_unnamed()
         marker = wire.cstr(f'SELECT "{self._marker(d)}"')
         self._write(wire.frame(b"P", name + b"\0" + marker + b"\0\0"))
 
@@ -194,31 +290,102 @@ class PolicyEnforcer:
         body = m.body
         i = body.find(b"\0")
         j = body.find(b"\0", i + 1) if i >= 0 else -1
-        stmt = self._stmts.get(body[i + 1 : j]) if j > i else None
+        if j < 0:  # malformed: the server answers it with a protocol error
+            self._write(m.frame())
+            return
+        sname = body[i + 1 : j]
+        stmt = self._stmts.get(sname) if sname else self._unnamed
         if stmt is None:
+            if self._window:
+                # a statement the gateway never saw prepared (SQL PREPARE): fail closed
+                self._portals[body[:i]] = None
             self._write(m.frame())
             return
         if stmt.generation != self.engine.generation:
-            name = self._text(body[i + 1 : j])
-            d = self.engine.decide(self.principal, stmt.text, session=self.ctx)
-            self._record(d)
-            stmt.generation = d.generation
-            if d.allowed:
-                stmt.denied = None
-                self.ctx.remember_parse(name, d)
-            else:
-                stmt.denied = d
-                self.ctx.forget(name)
+            d = self._judge_again(stmt)
+            if sname:
+                name = self._text(sname)
+                if d.allowed:
+                    self.ctx.remember_parse(name, d)
+                else:
+                    self.ctx.forget(name)
             self._update_binds()
         elif stmt.denied is not None:
             self._record(stmt.denied)
         if stmt.denied is None:
+            if self._window:
+                self._portals[body[:i]] = stmt
             self._write(m.frame())
             return
-        # a marker Parse under a name of its own: the client's unnamed statement survives
+        # a marker Parse under a name of its own: the client's unnamed statement survives, and
+        # the server keeps whatever portal of that name it had (so does the tracking of it)
         nonce = self._marker(stmt.denied)
         marker = wire.cstr(nonce) + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
         self._write(wire.frame(b"P", marker))
+
+    def _judge_again(self, stmt: _Stmt) -> Decision:
+        """Judge a statement prepared under an older policy by the current one."""
+        d = self.engine.decide(self.principal, stmt.text, session=self.ctx)
+        self._record(d)
+        stmt.generation = d.generation
+        stmt.denied = None if d.allowed else d
+        return d
+
+    def _execute(self, m: Any) -> None:
+        if not self._window:  # surfaced for the masking relay only
+            self._write(m.frame())
+            return
+        self.stale_executes += 1
+        body = m.body
+        i = body.find(b"\0")
+        if i < 0:  # malformed: the server answers it with a protocol error
+            self._write(m.frame())
+            return
+        portal = body[:i]
+        d: Decision | None
+        if portal in self._portals:
+            stmt = self._portals[portal]
+            if stmt is None:
+                d = stale_portal_denial(
+                    self.engine.generation,
+                    "the portal was bound from a statement the gateway did not see prepared",
+                )
+                self._record(d)
+            else:
+                if stmt.generation != self.engine.generation:
+                    self._judge_again(stmt)
+                elif stmt.denied is not None:
+                    self._record(stmt.denied)
+                d = stmt.denied
+        else:
+            d = self._untracked
+            if d is not None:
+                self._record(d)
+        if d is None:
+            self._write(m.frame())
+            return
+        # a marker Parse under a name of its own fails before creating anything: the client's
+        # unnamed statement and portals stay as they were; the transaction fails as it would
+        # for the Execute's own error
+        nonce = self._marker(d)
+        marker = wire.cstr(nonce) + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
+        self._write(wire.frame(b"P", marker))
+
+    def _drop_unnamed(self) -> None:
+        assert self._unnamed is not None
+        self._retire(self._unnamed.text)
+        self._unnamed = None
+        if self._binds:
+            self._update_binds()
+
+    def _retire(self, text: str) -> None:
+        """A statement was replaced: portals bound from it may outlive it."""
+        retired = self._retired
+        if retired is not None and text not in retired:
+            if len(retired) >= _RETIRED_MAX:
+                self._retired = None
+            else:
+                retired.add(text)
 
     def _function_call(self, m: Any) -> None:
         body = m.body
@@ -241,12 +408,70 @@ class PolicyEnforcer:
     # --- policy reload -------------------------------------------------------------------------
 
     def policy_reloaded(self) -> None:
-        """The engine has a new generation: judge named statements again at their next Bind."""
+        """The engine has a new generation: judge statements again at their next Bind, and
+        portals bound before now at their next Execute."""
         self._update_binds()
+        state = self.session.state
+        if not state.busy and state.tx_status in (0, _IDLE):
+            # nothing in flight and no transaction block: no portal exists
+            if self._window:
+                self._close_window()
+            self._retired = set()
+            return
+        # ReadyForQuery 'I' for a request sent after this reload ends the window
+        self._z_before = state.pending
+        self._untracked = self._judge_untracked()
+        if not self._window:
+            self._window = True
+            self.session.set_client_events()
+            self.session.set_upstream_events()
+
+    def _judge_untracked(self) -> Decision | None:
+        """What an Execute of a portal bound before the window gets (None: it runs)."""
+        gen = self.engine.generation
+        if self._retired is None:
+            return stale_portal_denial(
+                gen, "the gateway does not know which statement the portal was bound from"
+            )
+        texts = {s.text for s in self._stmts.values()} | self._retired
+        if self._unnamed is not None:
+            texts.add(self._unnamed.text)
+        denied = [
+            d
+            for d in (self.engine.decide(self.principal, t, session=self.ctx) for t in texts)
+            if not d.allowed
+        ]
+        if not denied:
+            return None
+        first = denied[0]
+        if len(denied) == len(texts) and all(
+            d.rule_id == first.rule_id and d.action == first.action for d in denied
+        ):
+            return first  # whichever statement it came from, this rule denies it
+        return stale_portal_denial(
+            gen,
+            "the portal may have been bound from a statement the current policy denies",
+        )
+
+    def _close_window(self) -> None:
+        """No portal bound before the reload survives.  Portals bound since are possible sources
+        for the next reload's untracked portals: their texts are kept as replaced texts."""
+        self._window = False
+        self._untracked = None
+        retired: set[str] | None = {s.text for s in self._portals.values() if s is not None}
+        if any(s is None for s in self._portals.values()) or len(retired or ()) > _RETIRED_MAX:
+            retired = None
+        self._retired = retired
+        self._portals.clear()
+        self.session.set_client_events()
+        self.session.set_upstream_events()
 
     def _update_binds(self) -> None:
         gen = self.engine.generation
         want = any(s.generation != gen or s.denied is not None for s in self._stmts.values())
+        u = self._unnamed
+        if u is not None and (u.generation != gen or u.denied is not None):
+            want = True
         if want != self._binds:
             self._binds = want
             self.session.set_client_events()
@@ -271,6 +496,11 @@ class PolicyEnforcer:
                             self.session.set_upstream_events()
                         return denial_frame(d)
         elif tag == _Z:
+            if self._window:
+                if self._z_before > 0:
+                    self._z_before -= 1
+                elif m.body[:1] == b"I":
+                    self._close_window()
             if self._markers and not self._check_scheduled:
                 # the buffer has framed (and counted) the whole read already: judge "nothing in
                 # flight" once every event of this read has been handled

@@ -196,6 +196,9 @@ class Gateway:
         tier_masking = masking.for_tier(tier.name)
         if tier_masking is None:
             return None
+        # build the native maskers now (hash key included): a tier that cannot be masked
+        # refuses its sessions at startup, not at their first result
+        tier_masking.scanner  # noqa: B018
         from veilgate.masking.planner import SessionMasking
 
         key = (login.name, login.host, login.port, login.dbname, login.user)

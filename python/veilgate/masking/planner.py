@@ -62,6 +62,8 @@ TEXT: Final = "text"
 JSONB: Final = "jsonb"
 
 PLAN_CACHE: Final = 512
+PLAN_ATTEMPTS: Final = 50
+"""Catalog round trips a plan may take while concurrent DDL keeps invalidating the catalog."""
 
 _DDL_TAGS: Final = (
     b"CREATE",
@@ -161,7 +163,9 @@ class SessionMasking:
 
         Raises :class:`~veilgate.masking.catalog.CatalogError` (fail closed) or
         :class:`~veilgate.masking.policy.MaskingUnavailable`."""
-        for _ in range(3):
+        # sessions of the same login share the catalog: their DDL (temp tables too) invalidates
+        # it while this lookup is in flight; each attempt is one round trip
+        for _ in range(PLAN_ATTEMPTS):
             plan = self.row_plan_cached(fields, stmt)
             if plan is not None:
                 return plan
