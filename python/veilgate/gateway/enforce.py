@@ -517,6 +517,13 @@ class PolicyEnforcer:
             self._markers.clear()
             self.session.set_upstream_events()
 
+    @property
+    def client_only_encoding(self) -> bool:
+        """The client encoding is one whose multi-byte characters can hold ASCII bytes (SJIS,
+        BIG5, ...): result masking refuses it (its detectors and COPY parsing assume ASCII
+        bytes are ASCII characters)."""
+        return self._codec is not None
+
     def _parameter_status(self, body: bytes) -> None:
         try:
             name, value = wire.parse_parameter_status(body)

@@ -40,7 +40,17 @@ logger = log.get("gateway.session")
 ADMIN_SHUTDOWN = wire.fatal("57P01", "terminating connection due to administrator command")
 TOKEN_EXPIRED = wire.fatal("28000", "access token expired; reconnect")
 SESSION_AGE_REACHED = wire.fatal("28000", "maximum session age reached; reconnect")
+MASKING_ENCODING_REFUSED = wire.fatal(
+    "0A000",
+    "this client_encoding is not supported on a masked session",
+    hint="use UTF8 (or another ASCII-safe encoding) as client_encoding",
+)
+MASKING_NOW_REQUIRED = wire.fatal(
+    "57P01",
+    "terminating connection: the policy now masks this session's results; reconnect",
+)
 _Z = ord("Z")
+_S = ord("S")
 _IDLE = ord("I")
 _UPSTREAM_GONE = frozenset({"upstream_closed"})
 
@@ -181,6 +191,8 @@ class Session:
             self.client_transport.write(enforcer.server_message(message))
         else:
             self.client_transport.write(message.frame())
+        if message.tag == _S and masking is not None:
+            self._check_masked_encoding()
         # ReadyForQuery is asked for while draining: a busy session ends at its last one
         if message.tag == _Z and self.draining and not self.state.busy:
             self.close(ADMIN_SHUTDOWN, "drain")
@@ -603,6 +615,8 @@ class Session:
         self._upstream_in.items.clear()
         self.client.flush_buffered()
         self.upstream.flush_buffered()
+        if self.masking is not None:
+            self._check_masked_encoding()
         if self.phase is Phase.RELAY:
             self.client_transport.resume_reading()
         if self.draining:
@@ -655,10 +669,44 @@ class Session:
         )
 
     def policy_reloaded(self) -> None:
-        if self.enforcer is not None and self.phase is Phase.RELAY:
+        if self.phase is not Phase.RELAY:
+            return
+        if self.enforcer is not None:
             self.enforcer.policy_reloaded()
-        if self.masking is not None and self.phase is Phase.RELAY:
+        if self.masking is not None:
             self._masking_reloaded()
+        else:
+            self._unmasked_reloaded()
+
+    def _check_masked_encoding(self) -> None:
+        """A masked session in a client-only encoding (SJIS, BIG5, ...) ends: the detectors and
+        the COPY parsers read ASCII bytes as ASCII characters, which those encodings break, so
+        masking could not be guaranteed (fail closed)."""
+        if self.enforcer is None or not self.enforcer.client_only_encoding:
+            return
+        log.event(logger, "masking_encoding_refused", logging.WARNING, peer=self.peer)
+        self.close(MASKING_ENCODING_REFUSED, "masking_encoding")
+
+    def _unmasked_reloaded(self) -> None:
+        """A session that started unmasked cannot be switched to masking mid-stream (the request
+        and portal state masking follows was never tracked), so if the new policy masks its tier
+        it ends now, and its client reconnects into a masked session: fail closed."""
+        if self.principal is None or self._login is None:
+            return
+        try:
+            masked = self.gateway.masking_planner(self.principal, self._login) is not None
+        except MaskingUnavailable:
+            masked = True
+        if not masked:
+            return
+        log.event(
+            logger,
+            "session_closed_for_masking",
+            logging.WARNING,
+            peer=self.peer,
+            principal=self.principal.label(),
+        )
+        self.close(MASKING_NOW_REQUIRED, "policy_masking")
 
     def _masking_reloaded(self) -> None:
         """New masking rules apply to this session's next results.  A session stays masked even
