@@ -1,24 +1,38 @@
 """``python -m veilgate.demo`` (``make demo``): PostgreSQL with sample PII data + veilgate in
-front of it, and the psql command to try it.
+front of it with the demo policy (tiers by role, result masking), and the psql command to try it.
 
-``--check`` starts everything, runs one query through the gateway with psql, prints the result
-and exits (0 when it worked).
+``--check`` starts everything and shows what the gateway is for: a SELECT through it comes back
+masked (no raw SSN, card number or e-mail of the sample rows, compared with the same query
+straight to PostgreSQL), a DROP is denied (42501, with the rule id), the unmasked role sees the
+raw values; exits 0 only if all of that holds.  Raw values are compared, never printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shlex
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
 
-from veilgate.demo.identity import DevIdPIdentity
+from veilgate.demo.identity import ADMIN_ROLE, DevIdPIdentity
 from veilgate.demo.stack import DemoError, DemoStack
 
-CHECK_SQL = "SELECT count(*) AS customers FROM customers"
+TRY_SQL = "SELECT * FROM customers LIMIT 5;"
+"""What the banner suggests first (masked for the default role)."""
+MASKED_SQL = "SELECT * FROM customers ORDER BY id LIMIT 5"
+RAW_SQL = "SELECT ssn, card_number, email FROM customers ORDER BY id LIMIT 5"
+"""The sensitive values of the rows :data:`MASKED_SQL` returns (straight from PostgreSQL)."""
+TABLE_SQL = "SELECT * FROM customers"
+TABLE_RAW_SQL = "SELECT ssn, card_number, email, phone, iban, host(ip_address) FROM customers"
+"""Every value of the customers columns the demo policy masks (notes aside: free text)."""
+DENIED_SQL = "DROP TABLE customers"
+VERBOSE_PSQL = "\\set VERBOSITY verbose"
+DENY_RULE = "read-no-destruction"
+"""The demo policy's rule that denies :data:`DENIED_SQL` for the read tier."""
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -34,16 +48,120 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(stack: DemoStack) -> int:
-    try:
-        result = stack.psql(CHECK_SQL)
-    except FileNotFoundError:
-        print("demo: psql not found (install postgresql-client)", file=sys.stderr)
-        return 1
-    print(f"demo: psql {stack.conninfo()} -c {shlex.quote(CHECK_SQL)}")
+def partial_mask(value: str, keep_last: int = 4) -> str:
+    """What the ``partial`` operator makes of ``value``: digits and letters masked except the
+    last ``keep_last`` of them, separators kept."""
+    out: list[str] = []
+    kept = 0
+    for ch in reversed(value):
+        if ch.isalnum():
+            out.append(ch if kept < keep_last else "*")
+            kept += 1
+        else:
+            out.append(ch)
+    return "".join(reversed(out))
+
+
+def _fail(what: str) -> int:
+    print(f"demo: check FAILED: {what}", file=sys.stderr)
+    return 1
+
+
+def _check_masked(stack: DemoStack) -> int:
+    """A SELECT through the gateway as Db.Read: raw SSNs, cards and e-mails must not appear."""
+    print(f"demo: [Db.Read] psql {stack.conninfo()} -c {shlex.quote(MASKED_SQL)}")
+    result = stack.psql(MASKED_SQL)
     print(result.stdout.rstrip())
     if result.returncode != 0:
-        print(f"demo: psql failed ({result.returncode}): {result.stderr.strip()}", file=sys.stderr)
+        return _fail(f"psql exited {result.returncode}: {result.stderr.strip()}")
+    raw = stack.query_direct(RAW_SQL)
+    if len(raw) != 5:
+        return _fail(f"PostgreSQL returned {len(raw)} rows for {RAW_SQL!r}")
+    values = [v for row in raw for v in row]
+    leaked = sum(1 for v in values if v in result.stdout)
+    print(
+        f"demo: same rows straight from PostgreSQL: {len(values)} raw SSN/card/e-mail values, "
+        f"{leaked} of them in the gateway's result (values not printed)"
+    )
+    if leaked:
+        return _fail(f"{leaked} raw value(s) came through the gateway unmasked")
+    partial = [partial_mask(ssn) for ssn, card, _ in raw] + [partial_mask(c) for _, c, _ in raw]
+    missing = sum(1 for v in partial if v not in result.stdout)
+    if missing:
+        return _fail(f"{missing} SSN/card value(s) not masked as partial keep_last 4")
+    # the whole table, not printed: no raw value of any masked column comes through
+    result = stack.psql(TABLE_SQL)
+    if result.returncode != 0:
+        return _fail(f"psql exited {result.returncode}: {result.stderr.strip()}")
+    values = [v for row in stack.query_direct(TABLE_RAW_SQL) for v in row]
+    leaked = sum(1 for v in values if v in result.stdout)
+    print(
+        f"demo: whole table ({TABLE_SQL}): {len(values)} raw ssn/card/email/phone/iban/ip "
+        f"values, {leaked} of them in the gateway's result (output not printed)"
+    )
+    if leaked:
+        return _fail(f"{leaked} raw value(s) came through the gateway unmasked")
+    print("demo: masked OK (ssn, card_number, iban keep their last 4; email is a keyed hash)")
+    return 0
+
+
+def _check_denied(stack: DemoStack) -> int:
+    """A DROP through the gateway as Db.Read: denied with 42501 and the rule id; nothing ran."""
+    print(f"demo: [Db.Read] psql ... -c {shlex.quote(DENIED_SQL)}")
+    result = stack.psql(DENIED_SQL)
+    print(result.stderr.rstrip())
+    if result.returncode == 0:
+        return _fail("the DROP was not refused")
+    if "42501" not in result.stderr or DENY_RULE not in result.stderr:
+        return _fail(f"expected 42501 and rule {DENY_RULE}, got: {result.stderr.strip()}")
+    if stack.query_direct("SELECT to_regclass('public.customers') IS NOT NULL") != [["t"]]:
+        return _fail("the customers table is gone")
+    print(f"demo: denied OK (42501, rule {DENY_RULE}; the table is still there)")
+    return 0
+
+
+def _check_unmasked(stack: DemoStack, identity: DevIdPIdentity) -> int:
+    """The same sensitive columns as Db.Admin (the unmasked tier): the raw values."""
+    print(f"demo: [{ADMIN_ROLE}] psql ... -c {shlex.quote(RAW_SQL)}  (output not printed)")
+    result = stack.psql(RAW_SQL, password=identity.mint(ADMIN_ROLE))
+    if result.returncode != 0:
+        return _fail(f"psql exited {result.returncode}: {result.stderr.strip()}")
+    values = [v for row in stack.query_direct(RAW_SQL) for v in row]
+    seen = sum(1 for v in values if v in result.stdout)
+    if seen != len(values):
+        return _fail(f"{ADMIN_ROLE} saw {seen}/{len(values)} raw values (the tier is unmasked)")
+    print(f"demo: unmasked OK ({seen}/{len(values)} raw values, as PostgreSQL has them)")
+    return 0
+
+
+def _check_audit(stack: DemoStack) -> int:
+    """The audit log names the denial's rule and records the masked result."""
+    try:
+        events = [json.loads(line) for line in stack.audit_log.read_text().splitlines()]
+    except (OSError, ValueError) as e:
+        return _fail(f"cannot read the audit log {stack.audit_log}: {e}")
+    denials = [e for e in events if e.get("action") == "deny" and e.get("rule_id") == DENY_RULE]
+    masks = [e for e in events if e.get("kind") == "mask" and e.get("tier") == "read"]
+    if not denials or not masks:
+        return _fail(f"the audit log lacks the denial ({DENY_RULE}) or the masked results")
+    print(
+        f"demo: audit log {stack.audit_log}: {len(events)} events, "
+        f"{len(denials)} denial by {DENY_RULE}, {len(masks)} masked results"
+    )
+    return 0
+
+
+def _check(stack: DemoStack, identity: DevIdPIdentity) -> int:
+    try:
+        if (
+            _check_masked(stack)
+            or _check_denied(stack)
+            or _check_unmasked(stack, identity)
+            or _check_audit(stack)
+        ):
+            return 1
+    except FileNotFoundError:
+        print("demo: psql not found (install postgresql-client)", file=sys.stderr)
         return 1
     if stack.metrics_url() is not None:
         status, body = stack.http_get("/healthz")
@@ -59,6 +177,12 @@ def _check(stack: DemoStack) -> int:
     return 0
 
 
+def _relative(path: Path, cwd: Path) -> Path:
+    with contextlib.suppress(ValueError):
+        return path.resolve().relative_to(cwd.resolve())
+    return path
+
+
 def _banner(stack: DemoStack, identity: DevIdPIdentity) -> None:
     cwd = Path.cwd()
     conn = stack.conninfo(relative_to=cwd)
@@ -70,14 +194,30 @@ def _banner(stack: DemoStack, identity: DevIdPIdentity) -> None:
     print(f"  export PGPASSWORD=$({identity.token_command(relative_to=cwd)})")
     print(f'  psql "{conn}"')
     print()
-    print(f"  (--role {identity.role} maps to the tier 'read'; a token without a mapped role,")
-    print("   expired or tampered is refused with 28P01 and the reason is in the gateway log)")
-    print("  then try:  SELECT * FROM customers LIMIT 5;")
+    print(
+        f"  (--role {identity.role} is the policy tier 'read': read-only, results masked; a token"
+    )
+    print("   without a mapped role, expired or tampered is refused with 28P01 and the reason is")
+    print("   in the gateway log)")
+    print()
+    print("Then try, in psql:")
+    print(f"  {TRY_SQL:<34} -- masked: ssn, card_number and iban keep their last 4,")
+    print(f"  {'':<34} -- email is a keyed hash, phone/ip_address/notes are scanned")
+    print(f"  {DENIED_SQL + ';':<34} -- denied: ERROR 42501, rule {DENY_RULE} in DETAIL")
+    print(f"  {VERBOSE_PSQL:<34} -- to see the SQLSTATE (42501) of the denial")
+    print()
+    print("A token for the unmasked tier 'admin' (destructive statements need an approval,")
+    print("which is not available yet, so they are refused):")
+    print()
+    print(f"  export PGPASSWORD=$({identity.token_command(relative_to=cwd, role=ADMIN_ROLE)})")
+    print()
+    print(f"  policy:      {_relative(stack.policy_file, cwd)} (edit it: the gateway reloads it)")
+    print(f"  audit log:   {_relative(stack.audit_log, cwd)} (every decision and masked result)")
     url = stack.metrics_url()
     if url is not None:
-        print(f"  metrics:    {url}")
-        print(f"  health:     {url.removesuffix('/metrics')}/healthz")
-    print(f"  gateway log: {stack.log_file}")
+        print(f"  metrics:     {url}")
+        print(f"  health:      {url.removesuffix('/metrics')}/healthz")
+    print(f"  gateway log: {_relative(stack.log_file, cwd)}")
     print()
     print("Ctrl-C to stop.", flush=True)
 
@@ -96,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: {e}", file=sys.stderr)
             return 1
         if args.check:
-            status = _check(stack)
+            status = _check(stack, identity)
         else:
             _banner(stack, identity)
             exited = stack.wait()

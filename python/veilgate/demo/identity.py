@@ -21,9 +21,12 @@ from veilgate.identity.devidp import STATE_FILE, DevIdP
 from veilgate.identity.static import token_digest
 
 DEMO_ROLE = "Db.Read"
+"""The role the demo user gets by default: the masked, read-only tier of the demo policy."""
+ADMIN_ROLE = "Db.Admin"
+"""The role of the demo policy's unmasked tier."""
 DEMO_TIERS = [
     {"tier": "read", "any_roles": [DEMO_ROLE]},
-    {"tier": "admin", "any_roles": ["Db.Admin"]},
+    {"tier": "admin", "any_roles": [ADMIN_ROLE]},
 ]
 
 
@@ -109,7 +112,11 @@ class DevIdPIdentity:
         }
 
     def client_password(self) -> str:
-        return self.idp.mint(roles=[self.role], ttl=3600)
+        return self.mint(self.role)
+
+    def mint(self, role: str, ttl: int = 3600) -> str:
+        """An access token carrying ``role`` (a credential: never print or log it)."""
+        return self.idp.mint(roles=[role], ttl=ttl)
 
     def save(self, directory: Path) -> Path:
         """The IdP's state (ids and private keys, 0600) for ``veilgate dev-token``."""
@@ -117,10 +124,10 @@ class DevIdPIdentity:
         self.idp.save_state(self.state_dir)
         return self.state_dir / STATE_FILE
 
-    def token_command(self, relative_to: Path | None = None) -> str:
-        """The shell command that mints a token for the demo user."""
+    def token_command(self, relative_to: Path | None = None, role: str | None = None) -> str:
+        """The shell command that mints a token for the demo user (``role``: default its own)."""
         state = self.state_dir or Path("dev-idp")
         if relative_to is not None:
             with contextlib.suppress(ValueError):
                 state = state.resolve().relative_to(relative_to.resolve())
-        return f"veilgate dev-token --state-dir {state} --role {self.role}"
+        return f"veilgate dev-token --state-dir {state} --role {role or self.role}"
