@@ -19,6 +19,7 @@ import pytest
 from veilgate.config_model import TargetConfig, UpstreamTLSConfig, UpstreamTLSMode
 from veilgate.masking.catalog import Catalog, CatalogError
 from veilgate.masking.fields import Field
+from veilgate.masking.invalidation import invalidation_scope
 from veilgate.masking.sideconn import SideConnection, SideQueryError
 
 pytestmark = pytest.mark.pg
@@ -425,6 +426,82 @@ def test_shadowed_builtins(catalog_db: tuple[Any, TargetConfig]) -> None:
             shadowed = cat.shadowed_builtins()
             assert shadowed is not None and "f:upper" in shadowed and "f:count" not in shadowed
             assert "o:+" not in shadowed
+        finally:
+            await cat.close()
+
+    _run(go())
+
+
+def test_concurrent_lookups_share_one_round_trip(catalog_db: tuple[Any, TargetConfig]) -> None:
+    """150 sessions planning the same result at once: one catalog query answers them all."""
+    _, target = catalog_db
+
+    async def go() -> None:
+        cat = Catalog.for_target(target)
+        try:
+            fields = await cat.describe("SELECT id, ssn, email FROM crm.customers")
+            names = [(None, "customers"), ("crm", "customer_contacts")]
+            answers = await asyncio.gather(*(cat.resolve(fields, names) for _ in range(150)))
+            assert cat.round_trips == 1
+            for facts in answers:
+                col = facts.column(fields[1].table_oid, fields[1].attnum)
+                assert col is not None and (col.table, col.column) == ("customers", "ssn")
+                assert facts.views_named(("crm", "customer_contacts"))
+        finally:
+            await cat.close()
+
+    _run(go())
+
+
+def test_lookups_racing_real_ddl_see_the_new_shape(catalog_db: tuple[Any, TargetConfig]) -> None:
+    """A rename lands (and its tag invalidates the catalog) while lookups are in flight: every
+    lookup asked after the rename sees the new name, and what is cached is the new name."""
+    cluster, target = catalog_db
+
+    async def go() -> None:
+        cat = Catalog.for_target(target)
+        try:
+            (f,) = await cat.describe("SELECT note FROM crm.customers")
+            before = [asyncio.ensure_future(cat.resolve([f])) for _ in range(20)]
+            await asyncio.to_thread(
+                cluster.execute,
+                "ALTER TABLE crm.customers RENAME COLUMN note TO secret_note",
+                target.dbname,
+            )
+            cat.invalidate(invalidation_scope(b"ALTER TABLE"))
+            after = [asyncio.ensure_future(cat.resolve([f])) for _ in range(20)]
+            for facts in await asyncio.gather(*before):
+                col = facts.column(f.table_oid, f.attnum)
+                assert col is not None and col.column in ("note", "secret_note")
+            for facts in await asyncio.gather(*after):
+                col = facts.column(f.table_oid, f.attnum)
+                assert col is not None and col.column == "secret_note"
+            cached = cat.column(f.table_oid, f.attnum)
+            assert cached is not None and cached.column == "secret_note"
+        finally:
+            await cat.close()
+
+    _run(go())
+
+
+def test_create_table_keeps_column_facts(catalog_db: tuple[Any, TargetConfig]) -> None:
+    """A new (temp) table forgets only name facts: cached columns need no new lookup, and a
+    name now denoting the new table is looked up again."""
+    _, target = catalog_db
+
+    async def go() -> None:
+        cat = Catalog.for_target(target)
+        try:
+            fields = await cat.describe("SELECT ssn FROM crm.customers")
+            await cat.resolve(fields, [(None, "customers")])
+            trips = cat.round_trips
+            cat.invalidate(invalidation_scope(b"CREATE TABLE"))
+            assert not cat.missing(fields)
+            assert cat.missing([], [(None, "customers")])
+            facts = await cat.resolve(fields, [(None, "customers")])
+            assert cat.round_trips == trips + 1
+            found = facts.relations_named((None, "customers"))
+            assert found is not None and [r.schema for r in found] == ["crm"]
         finally:
             await cat.close()
 

@@ -25,6 +25,7 @@ from veilgate.masking.catalog import (
     ViewDeps,
 )
 from veilgate.masking.fields import Field, parse_row_description
+from veilgate.masking.invalidation import Scope
 from veilgate.masking.planner import MaskRefusal, SessionMasking
 from veilgate.masking.policy import OperatorSpec, TierMasking
 from veilgate.policy.loader import load_policy_text
@@ -101,6 +102,7 @@ class FakeCatalog:
     def __init__(self, *, warm: bool = True) -> None:
         self.generation = 0
         self.resolves = 0
+        self.invalidated: list[Scope] = []
         self.described: list[str] = []
         self.describe_result: list[Field] | Exception = []
         self._cache: dict[str, Any] = {}
@@ -111,13 +113,13 @@ class FakeCatalog:
         self._cache = {"columns": dict(COLUMNS), "types": dict(TYPES), "views": dict(VIEWS)}
 
     def column(self, table_oid: int, attnum: int) -> ColumnInfo | None:
-        return self._cache.get("columns", {}).get((table_oid, attnum))
+        return cast(ColumnInfo | None, self._cache.get("columns", {}).get((table_oid, attnum)))
 
     def type(self, oid: int) -> TypeInfo | None:
-        return self._cache.get("types", {}).get(oid)
+        return cast(TypeInfo | None, self._cache.get("types", {}).get(oid))
 
     def view_deps(self, oid: int) -> ViewDeps | None:
-        return self._cache.get("views", {}).get(oid)
+        return cast(ViewDeps | None, self._cache.get("views", {}).get(oid))
 
     def relations_named(self, name: tuple[str | None, str]) -> tuple[RelationInfo, ...] | None:
         if "views" not in self._cache:
@@ -131,9 +133,11 @@ class FakeCatalog:
             return None
         return [VIEWS[r.oid] for r in rels if r.is_view]
 
-    async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> None:
+    async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
         self.resolves += 1
-        self._fill()
+        if "views" not in self._cache:  # facts already cached stay (a test may add some)
+            self._fill()
+        return self
 
     async def describe(self, sql: str) -> list[Field]:
         self.described.append(sql)
@@ -141,7 +145,8 @@ class FakeCatalog:
             raise self.describe_result
         return self.describe_result
 
-    def invalidate(self) -> None:
+    def invalidate(self, scope: Scope = Scope.ALL) -> None:
+        self.invalidated.append(scope)
         self.generation += 1
         self._cache = {}
 
@@ -426,12 +431,78 @@ def test_row_plan_unknown_lineage_uses_the_redactor(tier: TierMasking) -> None:
 
 def test_catalog_failure_propagates(tier: TierMasking) -> None:
     class Broken(FakeCatalog):
-        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> None:
+        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
             raise CatalogError("catalog connection failed: refused")
 
     p = _planner(tier, Broken(warm=False))
     with pytest.raises(CatalogError):
         asyncio.run(p.row_plan([_f("ssn", CUSTOMERS, 3, TEXT)], p.statement("SELECT 1")))
+
+
+def test_row_plan_uses_its_lookup_even_when_ddl_invalidates_meanwhile(tier: TierMasking) -> None:
+    """Another session's DDL invalidates the shared catalog while this plan's lookup is in
+    flight: the lookup's facts still make the plan (one lookup, no retry), but the plan is not
+    cached under the new generation."""
+
+    class Racing(FakeCatalog):
+        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
+            self.resolves += 1
+            answer = FakeCatalog()  # what the lookup read
+            self.invalidate()  # a concurrent CREATE TEMP TABLE / ALTER elsewhere
+            return answer
+
+    cat = Racing(warm=False)
+    p = _planner(tier, cat)
+    fields = [_f("ssn", CUSTOMERS, 3, TEXT), _f("x", 0, 0, TEXT), _f("id", CUSTOMERS, 1, INT4)]
+    stmt = p.statement("SELECT ssn, now()::text AS x, id FROM customers")
+    plan = asyncio.run(p.row_plan(fields, stmt))
+    assert cat.resolves == 1
+    assert plan.columns == [("TEXT", "OP:partial"), ("TEXT", "OP:replace"), ("KEEP", None)]
+    assert p.row_plan_cached(fields, stmt) is None  # not cached: the facts may be stale now
+    # the next plan asks again (and is served again)
+    again = asyncio.run(p.row_plan(fields, stmt))
+    assert cat.resolves == 2 and again.columns == plan.columns
+
+
+def test_row_plan_fails_closed_when_a_lookup_comes_back_incomplete(tier: TierMasking) -> None:
+    class Incomplete(FakeCatalog):
+        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
+            self.resolves += 1
+            return FakeCatalog(warm=False)
+
+    cat = Incomplete(warm=False)
+    p = _planner(tier, cat)
+    with pytest.raises(CatalogError, match="incomplete"):
+        asyncio.run(p.row_plan([_f("ssn", CUSTOMERS, 3, TEXT)], p.statement("SELECT ssn FROM c")))
+    assert cat.resolves == 1  # no retry loop
+
+
+@pytest.mark.parametrize(
+    ("tag", "scope"),
+    [
+        (b"CREATE TABLE\x00", Scope.NAMES),
+        (b"ALTER TABLE\x00", Scope.ALL),
+        (b"CREATE INDEX\x00", None),
+        (b"ANALYZE\x00", None),
+        (b"SELECT 1\x00", None),
+    ],
+)
+def test_note_command_tag_invalidates_by_scope(
+    tier: TierMasking, tag: bytes, scope: Scope | None
+) -> None:
+    cat = FakeCatalog()
+    p = _planner(tier, cat)
+    fields = [_f("ssn", CUSTOMERS, 3, TEXT)]
+    stmt = p.statement("SELECT ssn FROM customers")
+    plan = p.row_plan_cached(fields, stmt)
+    assert plan is not None
+    p.note_command_tag(tag)
+    if scope is None:
+        assert cat.invalidated == []
+        assert p.row_plan_cached(fields, stmt) is plan  # this session's plan kept
+    else:
+        assert cat.invalidated == [scope]
+        assert not p._plans
 
 
 def test_take_tallies_counts_only(tier: TierMasking) -> None:

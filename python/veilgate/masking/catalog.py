@@ -12,9 +12,12 @@ login, in one round trip per RowDescription for everything not yet cached.
   ``refobjsubid``; through nested views), so a view column without its own rule can be treated as
   unknown lineage when the view depends on masked columns.
 
-:meth:`Catalog.invalidate` forgets everything (the gateway calls it after DDL command tags).  A
-lookup failure raises :class:`CatalogError`: callers fail closed (they never pass data through
-because the catalog was unreachable).
+:meth:`Catalog.invalidate` forgets a scope of facts (the planner calls it after DDL command tags,
+with the scope :func:`~veilgate.masking.invalidation.invalidation_scope` gives).  Sessions of one
+login share the catalog: concurrent lookups are batched into one round trip, and a lookup's
+answer serves the decision that asked for it even when DDL invalidated the cache meanwhile (it
+is just not cached then).  A lookup failure raises :class:`CatalogError`: callers fail closed
+(they never pass data through because the catalog was unreachable).
 """
 
 from __future__ import annotations
@@ -30,10 +33,19 @@ from veilgate.config_model import TargetConfig
 from veilgate.gateway.upstream import UpstreamError
 
 from .fields import Field, parse_row_description
+from .invalidation import Scope
 from .lineage import PURE_FUNCTIONS, PURE_TYPES
 from .sideconn import SideConnection, SideConnectionError, SideQueryError
 
-__all__ = ["Catalog", "CatalogError", "ColumnInfo", "RelationInfo", "TypeInfo", "ViewDeps"]
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "CatalogFacts",
+    "ColumnInfo",
+    "RelationInfo",
+    "TypeInfo",
+    "ViewDeps",
+]
 
 TEXT_LIKE: Final = frozenset({"text", "varchar", "bpchar", "name", "json", "citext", "unknown"})
 """Base types whose binary format is the text itself: maskable in place."""
@@ -219,8 +231,185 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = ANY({_names_array(names)}) AND c.relkind IN ('r', 'p', 'v', 'm', 'f');"""  # noqa: S608
 
 
+Name = tuple[str | None, str]
+"""A relation name as a statement writes it: ``(schema or None, relname)``."""
+
+
+class _NameFacts:
+    """Name-keyed facts (:attr:`Scope.NAMES`): mutable, replaced as a whole when forgotten."""
+
+    __slots__ = ("rels", "shadowed")
+
+    def __init__(self) -> None:
+        self.rels: dict[Name, tuple[RelationInfo, ...]] = {}
+        self.shadowed: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """One layer of facts: the shared cache, or what one batched lookup fetched.
+
+    Invalidating a scope *replaces* its containers in the catalog's cache (never clears them):
+    a lookup in flight stores into the containers current when it was sent, so what it read
+    is cached only if that scope was not forgotten meanwhile, and a plan holding an older
+    layer keeps a consistent view."""
+
+    columns: dict[tuple[int, int], ColumnInfo]
+    views: dict[int, ViewDeps]
+    types: dict[int, TypeInfo]
+    names: _NameFacts
+
+    @classmethod
+    def empty(cls) -> _Facts:
+        return cls({}, {}, {}, _NameFacts())
+
+    def forget(self, scope: Scope) -> _Facts:
+        """This layer with the containers of ``scope`` replaced by empty ones."""
+        rel = Scope.RELATIONS in scope
+        return _Facts(
+            {} if rel else self.columns,
+            {} if rel else self.views,
+            {} if Scope.TYPES in scope else self.types,
+            _NameFacts() if Scope.NAMES in scope else self.names,
+        )
+
+    def size(self) -> int:
+        return max(len(self.columns), len(self.types), len(self.views) + len(self.names.rels))
+
+    def absorb(self, other: _Facts) -> None:
+        self.columns.update(other.columns)
+        self.views.update(other.views)
+        self.types.update(other.types)
+        self.names.rels.update(other.names.rels)
+        if other.names.shadowed is not None:
+            self.names.shadowed = other.names.shadowed
+
+
+class CatalogFacts:
+    """Read-only catalog facts for one decision: layers looked up in order (freshly fetched
+    first, then the cache as it was when the lookup was asked for)."""
+
+    __slots__ = ("_layers",)
+
+    def __init__(self, layers: tuple[_Facts, ...]) -> None:
+        self._layers = layers
+
+    def column(self, table_oid: int, attnum: int) -> ColumnInfo | None:
+        """Column facts; ``None`` when not known.  A column that no longer exists is returned
+        as a :class:`ColumnInfo` with empty names (check :meth:`Catalog.column_known`)."""
+        key = (table_oid, attnum)
+        for layer in self._layers:
+            col = layer.columns.get(key)
+            if col is not None:
+                return col
+        return None
+
+    def type(self, oid: int) -> TypeInfo | None:
+        for layer in self._layers:
+            t = layer.types.get(oid)
+            if t is not None:
+                return t
+        return None
+
+    def view_deps(self, view_oid: int) -> ViewDeps | None:
+        for layer in self._layers:
+            d = layer.views.get(view_oid)
+            if d is not None:
+                return d
+        return None
+
+    def relations_named(self, name: Name) -> tuple[RelationInfo, ...] | None:
+        """Tables and views a name can denote (every schema for an unqualified name);
+        ``None`` when not known; empty when none (a CTE or subquery alias)."""
+        for layer in self._layers:
+            r = layer.names.rels.get(name)
+            if r is not None:
+                return r
+        return None
+
+    def shadowed_builtins(self) -> frozenset[str] | None:
+        """Built-ins a pure statement may name (``f:`` functions, ``o:`` operators, ``t:``
+        types; see :class:`~veilgate.masking.lineage.StatementInfo.calls`) that an object
+        outside ``pg_catalog`` shares a name with; ``None`` when not fetched yet."""
+        for layer in self._layers:
+            if layer.names.shadowed is not None:
+                return layer.names.shadowed
+        return None
+
+    def views_named(self, name: Name) -> list[ViewDeps] | None:
+        """Dependencies of the views / materialized views a name can denote (every schema for
+        an unqualified name); ``None`` when not known; ``[]`` when no view has that name."""
+        rels = self.relations_named(name)
+        if rels is None:
+            return None
+        out = []
+        for r in rels:
+            if not r.is_view:
+                continue
+            d = self.view_deps(r.oid)
+            if d is None:
+                return None
+            out.append(d)
+        return out
+
+
+@dataclass(slots=True)
+class _Wants:
+    """What a lookup must fetch."""
+
+    pairs: set[tuple[int, int]]
+    types: set[int]
+    views: set[int]
+    """Relation OIDs whose view dependencies are wanted (those that are not views get none)."""
+    names: set[Name]
+    shadowed: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs or self.types or self.views or self.names or self.shadowed)
+
+    def overlaps(self, other: _Wants) -> bool:
+        return bool(
+            self.pairs & other.pairs
+            or self.types & other.types
+            or self.views & other.views
+            or self.names & other.names
+            or (self.shadowed and other.shadowed)
+        )
+
+    def without(self, other: _Wants) -> _Wants:
+        return _Wants(
+            self.pairs - other.pairs,
+            self.types - other.types,
+            self.views - other.views,
+            self.names - other.names,
+            self.shadowed and not other.shadowed,
+        )
+
+    def add(self, other: _Wants) -> None:
+        self.pairs |= other.pairs
+        self.types |= other.types
+        self.views |= other.views
+        self.names |= other.names
+        self.shadowed = self.shadowed or other.shadowed
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """Lookups asked for while another one was in flight: sent together as one round trip."""
+
+    wants: _Wants
+    done: asyncio.Future[_Facts]
+    generation: int = -1
+    """The catalog's generation when the batch was sent."""
+
+
 class Catalog:
-    """Cached catalog lookups over one side connection (reconnected on failure)."""
+    """Cached catalog lookups over one side connection (reconnected on failure), shared by the
+    sessions of one upstream login.
+
+    Concurrent lookups are batched: while one round trip is in flight, every lookup asked for
+    meanwhile waits for it (when it fetches what they want and nothing was invalidated since it
+    was sent) or joins the next batch, sent as one round trip when the first returns."""
 
     def __init__(
         self,
@@ -235,13 +424,14 @@ class Catalog:
         self._since = time.monotonic()
         self._conn: SideConnection | None = None
         self._conn_lock = asyncio.Lock()
-        self._columns: dict[tuple[int, int], ColumnInfo] = {}
-        self._types: dict[int, TypeInfo] = {}
-        self._views: dict[int, ViewDeps] = {}
-        self._rels: dict[tuple[str | None, str], tuple[RelationInfo, ...]] = {}
-        self._shadowed: frozenset[str] | None = None
+        self._cache = _Facts.empty()
+        self._pending: _Batch | None = None
+        self._running: _Batch | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.round_trips = 0
+        """Catalog queries sent (for tests and metrics)."""
         self.generation = 0
-        """Bumped by :meth:`invalidate` (plan caches keyed on it become stale)."""
+        """Bumped by every :meth:`invalidate` (plan caches keyed on it become stale)."""
 
     @classmethod
     def for_target(cls, target: TargetConfig) -> Catalog:
@@ -250,109 +440,78 @@ class Catalog:
 
     # -- cached (sync) -----------------------------------------------------------------------
 
+    def facts(self) -> CatalogFacts:
+        """The cached facts as they are now."""
+        return CatalogFacts((self._cache,))
+
     def column(self, table_oid: int, attnum: int) -> ColumnInfo | None:
         """Cached column facts; ``None`` when not cached.  A column that no longer exists is
         returned as a :class:`ColumnInfo` with empty names (check :meth:`column_known`)."""
-        return self._columns.get((table_oid, attnum))
+        return self._cache.columns.get((table_oid, attnum))
 
     @staticmethod
     def column_known(info: ColumnInfo) -> bool:
         return info is not _MISSING
 
     def type(self, oid: int) -> TypeInfo | None:
-        return self._types.get(oid)
+        return self._cache.types.get(oid)
 
     def view_deps(self, view_oid: int) -> ViewDeps | None:
-        return self._views.get(view_oid)
+        return self._cache.views.get(view_oid)
 
-    def relations_named(self, name: tuple[str | None, str]) -> tuple[RelationInfo, ...] | None:
-        """Tables and views a name can denote (every schema for an unqualified name);
-        ``None`` when not cached; empty when none (a CTE or subquery alias)."""
-        return self._rels.get(name)
+    def relations_named(self, name: Name) -> tuple[RelationInfo, ...] | None:
+        """See :meth:`CatalogFacts.relations_named` (cached facts only)."""
+        return self._cache.names.rels.get(name)
 
     def shadowed_builtins(self) -> frozenset[str] | None:
-        """Built-ins a pure statement may name (``f:`` functions, ``o:`` operators, ``t:``
-        types; see :class:`~veilgate.masking.lineage.StatementInfo.calls`) that an object
-        outside ``pg_catalog`` shares a name with; ``None`` when not fetched yet."""
-        return self._shadowed
+        """See :meth:`CatalogFacts.shadowed_builtins` (cached facts only)."""
+        return self._cache.names.shadowed
 
-    def views_named(self, name: tuple[str | None, str]) -> list[ViewDeps] | None:
-        """Dependencies of the views / materialized views a name can denote (every schema for
-        an unqualified name); ``None`` when not cached; ``[]`` when no view has that name."""
-        rels = self._rels.get(name)
-        if rels is None:
-            return None
-        out = []
-        for r in rels:
-            if not r.is_view:
-                continue
-            d = self._views.get(r.oid)
-            if d is None:
-                return None
-            out.append(d)
-        return out
+    def views_named(self, name: Name) -> list[ViewDeps] | None:
+        """See :meth:`CatalogFacts.views_named` (cached facts only)."""
+        return self.facts().views_named(name)
 
-    def missing(
-        self, fields: Iterable[Field], names: Iterable[tuple[str | None, str]] = ()
-    ) -> bool:
+    def missing(self, fields: Iterable[Field], names: Iterable[Name] = ()) -> bool:
         """Whether :meth:`resolve` has anything to fetch for these fields / relation names."""
-        for f in fields:
-            if f.type_oid and f.type_oid not in self._types:
-                return True
-            if f.table_oid:
-                col = self._columns.get((f.table_oid, f.attnum))
-                if col is None:
-                    return True
-                if col.is_view and f.table_oid not in self._views:
-                    return True
-        return any(n not in self._rels for n in names)
+        wants = _wants(self._cache, list(fields), names)
+        return bool(wants.pairs or wants.types or wants.views or wants.names)
 
     # -- lookups -----------------------------------------------------------------------------
 
-    async def resolve(
-        self, fields: Iterable[Field], names: Iterable[tuple[str | None, str]] = ()
-    ) -> None:
-        """Fetch everything about ``fields`` (and views named ``names``) not cached yet, in
-        one round trip.  Raises :class:`CatalogError` when the catalog cannot be reached."""
-        fields = list(fields)
-        gen = self.generation
-        pairs = sorted(
-            {(f.table_oid, f.attnum) for f in fields if f.table_oid} - set(self._columns)
-        )
-        types = sorted({f.type_oid for f in fields if f.type_oid} - set(self._types))
-        want_names = sorted({n for n in names if n not in self._rels}, key=str)
-        # every table OID not known yet: those that turn out to be views get their deps
-        rels = sorted({p[0] for p in pairs} - set(self._views))
-        sql = []
-        if pairs:
-            sql.append(_columns_sql(pairs))
-        if types:
-            sql.append(_types_sql(types))
-        if want_names:
-            sql.append(_relations_sql({n[1] for n in want_names}))
-        if rels or want_names:
-            sql.append(_view_deps_sql(rels, {n[1] for n in want_names}))
-        want_shadowed = self._shadowed is None
-        if want_shadowed:
-            sql.append(_shadowed_sql())
-        if not sql:
-            return
-        results = iter(await self._query("".join(sql)))
-        if gen != self.generation:
-            return  # invalidated meanwhile: the caller looks again and misses
-        if pairs:
-            self._store_columns(pairs, next(results))
-        if types:
-            self._store_types(next(results))
-        name_rows = next(results) if want_names else []
-        if rels or want_names:
-            dep_rows = next(results)
-            view_oids = set(rels) | {int(r[0] or 0) for r in name_rows if r[3] in ("v", "m")}
-            self._store_views(sorted(view_oids), dep_rows)
-        if want_names:
-            self._store_relations(want_names, name_rows)
-        if want_shadowed:
-            self._shadowed = frozenset(str(r[0]) for r in next(results))
+    async def resolve(self, fields: Iterable[Field], names: Iterable[Name] = ()) -> CatalogFacts:
+        """Everything about ``fields`` (and the relations named ``names``): what is cached now
+        plus what is fetched (in one round trip shared with concurrent lookups).
+
+        The facts returned are good for the decision that asked for them even when DDL
+        invalidates the cache while the lookup is in flight: cached facts were valid when the
+        lookup was asked for, fetched ones were read after that.  Only their caching respects
+        the invalidation.  Raises :class:`CatalogError` when the catalog cannot be reached."""
+        snapshot = self._cache
+        wants = _wants(snapshot, list(fields), names)
+        if not wants:
+            return CatalogFacts((snapshot,))
+        waits: list[asyncio.Future[_Facts]] = []
+        running = self._running
+        # a round trip already in flight serves this lookup only if nothing was invalidated
+        # since it was sent (it read the catalog before this lookup was asked for)
+        if (
+            running is not None
+            and running.generation == self.generation
+            and wants.overlaps(running.wants)
+        ):
+            waits.append(running.done)
+            wants = wants.without(running.wants)
+        if wants:
+            batch = self._pending
+            if batch is None:
+                batch = self._pending = _Batch(_Wants(set(), set(), set(), set(), False), _future())
+            batch.wants.add(wants)
+            waits.append(batch.done)
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.get_running_loop().create_task(self._drain())
+        # shield: a session cancelled while waiting must not cancel the others' lookup
+        fresh = [await asyncio.shield(w) for w in waits]
+        return CatalogFacts((*fresh, snapshot))
 
     async def describe(self, sql: str) -> list[Field]:
         """The result columns of ``sql`` (Parse + Describe on the side connection, never run).
@@ -382,22 +541,103 @@ class Catalog:
         if time.monotonic() - self._since > self._max_age:
             self.invalidate()
 
-    def invalidate(self) -> None:
-        """Forget every cached fact (after DDL).  In-flight lookups do not repopulate."""
-        self._since = time.monotonic()
+    def invalidate(self, scope: Scope = Scope.ALL) -> None:
+        """Forget the cached facts of ``scope`` (after DDL; see
+        :func:`~veilgate.masking.invalidation.invalidation_scope`).  Lookups in flight do not
+        cache what they read into the forgotten scope."""
+        if not scope:
+            return
+        if scope == Scope.ALL:
+            self._since = time.monotonic()
         self.generation += 1
-        self._columns.clear()
-        self._types.clear()
-        self._views.clear()
-        self._rels.clear()
-        self._shadowed = None
+        self._cache = self._cache.forget(scope)
 
     async def close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done():
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        self._fail_pending(CatalogError("catalog closed"))
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
     # -- internals ---------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Send the pending batch, then the one collected meanwhile, until none is left."""
+        while (batch := self._pending) is not None:
+            self._pending = None
+            batch.generation = self.generation
+            into = self._cache
+            self._running = batch
+            try:
+                fresh = await self._fetch(batch.wants)
+            except CatalogError as exc:
+                _fail(batch.done, exc)
+                continue
+            except asyncio.CancelledError:
+                _fail(batch.done, CatalogError("catalog lookup cancelled"))
+                self._fail_pending(CatalogError("catalog lookup cancelled"))
+                raise
+            except Exception as exc:  # a malformed answer: waiters fail closed, never hang
+                _fail(batch.done, CatalogError(f"catalog lookup failed: {type(exc).__name__}"))
+                continue
+            finally:
+                self._running = None
+            self._store(into, fresh)
+            if not batch.done.done():
+                batch.done.set_result(fresh)
+
+    def _fail_pending(self, exc: CatalogError) -> None:
+        batch, self._pending = self._pending, None
+        if batch is not None:
+            _fail(batch.done, exc)
+
+    def _store(self, into: _Facts, fresh: _Facts) -> None:
+        # ``into`` is the cache as it was when the lookup was sent: a scope forgotten since
+        # has new containers, so what was read for it is not cached
+        if self._cache.size() > MAX_CACHE:
+            self.invalidate()
+            return
+        into.absorb(fresh)
+
+    async def _fetch(self, wants: _Wants) -> _Facts:
+        """One round trip for everything ``wants`` names."""
+        pairs = sorted(wants.pairs)
+        rels = sorted(wants.views)
+        want_names = sorted(wants.names, key=lambda n: (n[0] or "", n[1]))
+        relnames = {n[1] for n in want_names}
+        sql = []
+        if pairs:
+            sql.append(_columns_sql(pairs))
+        if wants.types:
+            sql.append(_types_sql(sorted(wants.types)))
+        if want_names:
+            sql.append(_relations_sql(relnames))
+        if rels or want_names:
+            sql.append(_view_deps_sql(rels, relnames))
+        if wants.shadowed:
+            sql.append(_shadowed_sql())
+        out = _Facts.empty()
+        if not sql:
+            return out
+        self.round_trips += 1
+        results = iter(await self._query("".join(sql)))
+        if pairs:
+            out.columns.update(_parse_columns(pairs, next(results)))
+        if wants.types:
+            out.types.update(_parse_types(next(results)))
+        name_rows = next(results) if want_names else []
+        if rels or want_names:
+            view_oids = set(rels) | {int(r[0] or 0) for r in name_rows if r[3] in ("v", "m")}
+            out.views.update(_parse_views(sorted(view_oids), next(results)))
+        if want_names:
+            out.names.rels.update(_parse_relations(want_names, name_rows))
+        if wants.shadowed:
+            out.names.shadowed = frozenset(str(r[0]) for r in next(results))
+        return out
 
     async def _connection(self) -> SideConnection:
         async with self._conn_lock:
@@ -435,68 +675,100 @@ class Catalog:
                     raise CatalogError(f"catalog connection failed: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _trim(self) -> None:
-        if (
-            len(self._columns) > MAX_CACHE
-            or len(self._types) > MAX_CACHE
-            or len(self._views) + len(self._rels) > MAX_CACHE
-        ):
-            self.invalidate()
 
-    def _store_columns(
-        self, pairs: list[tuple[int, int]], rows: list[tuple[str | None, ...]]
-    ) -> None:
-        self._trim()
-        for oid, att, schema, table, column, relkind, generated, anc in rows:
-            # "schema RS table" items separated by US (control characters: not in names)
-            ancestors = tuple(
-                tuple(a.split("\x1e", 1)) for a in (anc or "").split("\x1f") if "\x1e" in a
-            )
-            self._columns[(int(oid or 0), int(att or 0))] = ColumnInfo(
-                schema or "",
-                table or "",
-                column or "",
-                relkind or "",
-                ancestors,  # type: ignore[arg-type]
-                generated == "t",
-            )
-        for p in pairs:
-            self._columns.setdefault(p, _MISSING)
+def _future() -> asyncio.Future[_Facts]:
+    fut: asyncio.Future[_Facts] = asyncio.get_running_loop().create_future()
+    # every waiter may have been cancelled: a failure nobody reads must not be logged as lost
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut
 
-    def _store_types(self, rows: list[tuple[str | None, ...]]) -> None:
-        self._trim()
-        for oid, name, base, category, base_oid, elem in rows:
-            self._types[int(oid or 0)] = TypeInfo(
-                int(oid or 0),
-                name or "",
-                base or "",
-                category or "",
-                int(base_oid or 0),
-                int(elem or 0),
-            )
 
-    def _store_views(self, views: list[int], rows: list[tuple[str | None, ...]]) -> None:
-        deps: dict[int, set[tuple[str, str, str | None]]] = {v: set() for v in views}
-        for view, schema, table, _relkind, column in rows:
-            deps.setdefault(int(view or 0), set()).add((schema or "", table or "", column))
-        for v, cols in deps.items():
-            self._views[v] = ViewDeps(frozenset(cols))
+def _fail(fut: asyncio.Future[_Facts], exc: CatalogError) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
-    def _store_relations(
-        self, names: list[tuple[str | None, str]], rows: list[tuple[str | None, ...]]
-    ) -> None:
-        infos = [
-            RelationInfo(
-                int(oid or 0),
-                nsp or "",
-                rel or "",
-                kind or "",
-                tuple((cols or "").split("\x1f")) if cols else (),
-            )
-            for oid, nsp, rel, kind, cols in rows
-        ]
-        for n in names:
-            schema, rel = n
-            self._rels[n] = tuple(
-                i for i in infos if i.table == rel and (schema is None or i.schema == schema)
-            )
+
+def _wants(cache: _Facts, fields: list[Field], names: Iterable[Name]) -> _Wants:
+    """What ``cache`` lacks for ``fields`` and ``names``."""
+    pairs: set[tuple[int, int]] = set()
+    views: set[int] = set()
+    types: set[int] = set()
+    for f in fields:
+        if f.type_oid and f.type_oid not in cache.types:
+            types.add(f.type_oid)
+        if not f.table_oid:
+            continue
+        col = cache.columns.get((f.table_oid, f.attnum))
+        if col is None:
+            pairs.add((f.table_oid, f.attnum))
+        # every relation not known yet: those that turn out to be views get their deps
+        if (col is None or col.is_view) and f.table_oid not in cache.views:
+            views.add(f.table_oid)
+    want_names = set()
+    for n in names:
+        rels = cache.names.rels.get(n)
+        if rels is None or any(r.is_view and r.oid not in cache.views for r in rels):
+            want_names.add(n)
+    return _Wants(pairs, types, views, want_names, cache.names.shadowed is None)
+
+
+def _parse_columns(
+    pairs: list[tuple[int, int]], rows: list[tuple[str | None, ...]]
+) -> dict[tuple[int, int], ColumnInfo]:
+    out: dict[tuple[int, int], ColumnInfo] = {}
+    for oid, att, schema, table, column, relkind, generated, anc in rows:
+        # "schema RS table" items separated by US (control characters: not in names)
+        ancestors = tuple(
+            tuple(a.split("\x1e", 1)) for a in (anc or "").split("\x1f") if "\x1e" in a
+        )
+        out[(int(oid or 0), int(att or 0))] = ColumnInfo(
+            schema or "",
+            table or "",
+            column or "",
+            relkind or "",
+            ancestors,  # type: ignore[arg-type]
+            generated == "t",
+        )
+    for p in pairs:
+        out.setdefault(p, _MISSING)
+    return out
+
+
+def _parse_types(rows: list[tuple[str | None, ...]]) -> dict[int, TypeInfo]:
+    out: dict[int, TypeInfo] = {}
+    for oid, name, base, category, base_oid, elem in rows:
+        out[int(oid or 0)] = TypeInfo(
+            int(oid or 0),
+            name or "",
+            base or "",
+            category or "",
+            int(base_oid or 0),
+            int(elem or 0),
+        )
+    return out
+
+
+def _parse_views(views: list[int], rows: list[tuple[str | None, ...]]) -> dict[int, ViewDeps]:
+    deps: dict[int, set[tuple[str, str, str | None]]] = {v: set() for v in views}
+    for view, schema, table, _relkind, column in rows:
+        deps.setdefault(int(view or 0), set()).add((schema or "", table or "", column))
+    return {v: ViewDeps(frozenset(cols)) for v, cols in deps.items()}
+
+
+def _parse_relations(
+    names: list[Name], rows: list[tuple[str | None, ...]]
+) -> dict[Name, tuple[RelationInfo, ...]]:
+    infos = [
+        RelationInfo(
+            int(oid or 0),
+            nsp or "",
+            rel or "",
+            kind or "",
+            tuple((cols or "").split("\x1f")) if cols else (),
+        )
+        for oid, nsp, rel, kind, cols in rows
+    ]
+    return {
+        n: tuple(i for i in infos if i.table == n[1] and (n[0] is None or i.schema == n[0]))
+        for n in names
+    }

@@ -38,12 +38,13 @@ that would be masked becomes NULL: never passed through unmasked.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
-from .catalog import Catalog, CatalogError, ColumnInfo, TypeInfo
+from .catalog import Catalog, CatalogError, ColumnInfo, RelationInfo, TypeInfo, ViewDeps
 from .fields import Field, parse_row_description
+from .invalidation import invalidation_scope
 from .lineage import CopyInfo, Name, StatementInfo, statement_info
 from .policy import ColumnRule, MaskingUnavailable, TierMasking
 
@@ -62,23 +63,20 @@ TEXT: Final = "text"
 JSONB: Final = "jsonb"
 
 PLAN_CACHE: Final = 512
-PLAN_ATTEMPTS: Final = 50
-"""Catalog round trips a plan may take while concurrent DDL keeps invalidating the catalog."""
 
-_DDL_TAGS: Final = (
-    b"CREATE",
-    b"ALTER",
-    b"DROP",
-    b"COMMENT",
-    b"GRANT",
-    b"REVOKE",
-    b"SECURITY LABEL",
-    b"REFRESH",
-    b"IMPORT FOREIGN SCHEMA",
-    b"TRUNCATE",
-)
-"""CommandComplete tags after which catalog facts may have changed (schema shape, views, types).
-``TRUNCATE`` is not DDL, but cheap to include; ``SELECT``/``INSERT`` tags never invalidate."""
+_T = TypeVar("_T")
+
+
+class Facts(Protocol):
+    """Catalog facts a decision reads: the catalog's cache (:class:`Catalog`) or what one
+    lookup returned (:class:`~veilgate.masking.catalog.CatalogFacts`)."""
+
+    def column(self, table_oid: int, attnum: int) -> ColumnInfo | None: ...
+    def type(self, oid: int) -> TypeInfo | None: ...
+    def view_deps(self, view_oid: int) -> ViewDeps | None: ...
+    def relations_named(self, name: Name) -> tuple[RelationInfo, ...] | None: ...
+    def views_named(self, name: Name) -> list[ViewDeps] | None: ...
+    def shadowed_builtins(self) -> frozenset[str] | None: ...
 
 
 class MaskRefusal(Exception):
@@ -133,10 +131,12 @@ class SessionMasking:
         return statement_info(sql)
 
     def note_command_tag(self, tag: bytes) -> None:
-        """A CommandComplete tag: after DDL, every cached catalog fact is dropped."""
-        t = tag.rstrip(b"\0").upper()
-        if t.startswith(_DDL_TAGS):
-            self.catalog.invalidate()
+        """A CommandComplete tag: after DDL, the catalog facts it may have changed are dropped
+        (:func:`~veilgate.masking.invalidation.invalidation_scope`), with this session's plans
+        (other sessions' plans are keyed on the catalog generation)."""
+        scope = invalidation_scope(tag)
+        if scope:
+            self.catalog.invalidate(scope)
             self._plans.clear()
             self._plan_labels.clear()
 
@@ -163,41 +163,51 @@ class SessionMasking:
 
         Raises :class:`~veilgate.masking.catalog.CatalogError` (fail closed) or
         :class:`~veilgate.masking.policy.MaskingUnavailable`."""
-        # sessions of the same login share the catalog: their DDL (temp tables too) invalidates
-        # it while this lookup is in flight; each attempt is one round trip
-        for _ in range(PLAN_ATTEMPTS):
-            plan = self.row_plan_cached(fields, stmt)
-            if plan is not None:
-                return plan
-            await self.catalog.resolve(fields, self._names(stmt))
-        raise CatalogError("catalog facts keep changing (DDL while planning); try again")
+        plan = self.row_plan_cached(fields, stmt)
+        if plan is not None:
+            return plan
+        # Sessions of the same login share the catalog, and their DDL (temp tables too) may
+        # invalidate it while this lookup is in flight: the facts it returns still serve this
+        # plan (read after it was asked for), but the plan is cached only if nothing was
+        # invalidated meanwhile.  No retry: one lookup, shared with concurrent sessions.
+        generation = self.catalog.generation
+        facts = await self.catalog.resolve(fields, self._names(stmt))
+        decisions = _complete(lambda: self.decide(fields, stmt, facts))
+        plan = self._build_row_plan(decisions, fields)
+        if self.catalog.generation == generation:
+            self._remember((generation, stmt.text, tuple(fields)), plan, fields)
+        return plan
 
-    def decide(self, fields: Iterable[Field], stmt: StatementInfo) -> list[ColumnDecision]:
-        """Per-column decisions from cached catalog facts; raises :class:`NeedCatalog`."""
+    def decide(
+        self, fields: Iterable[Field], stmt: StatementInfo, facts: Facts | None = None
+    ) -> list[ColumnDecision]:
+        """Per-column decisions from ``facts`` (default: the cached catalog facts); raises
+        :class:`NeedCatalog` when some are missing."""
+        facts = self.catalog if facts is None else facts
         refs: list[bool] = []  # computed once, on the first unknown-lineage column
         out = []
         for f in fields:
-            t = self._treatment(f, stmt, refs)
-            out.append(self._decision(t, f.format, self._type_for(t, f)))
+            t = self._treatment(f, stmt, refs, facts)
+            out.append(self._decision(t, f.format, self._type_for(t, f, facts)))
         return out
 
-    def _type_for(self, t: _Treatment, f: Field) -> TypeInfo | None:
+    def _type_for(self, t: _Treatment, f: Field, facts: Facts) -> TypeInfo | None:
         # keep and null never look at the value: no need to know its type
-        return None if t.how in ("keep", "null") else self._type(f.type_oid)
+        return None if t.how in ("keep", "null") else self._type(f.type_oid, facts)
 
-    def _type(self, oid: int) -> TypeInfo | None:
+    def _type(self, oid: int, facts: Facts) -> TypeInfo | None:
         if oid == 0:
             return None
-        t = self.catalog.type(oid)
+        t = facts.type(oid)
         if t is None:
             raise NeedCatalog(f"type {oid}")
         return t
 
-    def _column(self, f: Field) -> ColumnInfo | None:
+    def _column(self, f: Field, facts: Facts) -> ColumnInfo | None:
         """Known column facts, ``None`` for unknown lineage (OID 0 or dropped)."""
         if f.table_oid == 0:
             return None
-        col = self.catalog.column(f.table_oid, f.attnum)
+        col = facts.column(f.table_oid, f.attnum)
         if col is None:
             raise NeedCatalog(f"column {f.table_oid}.{f.attnum}")
         return col if Catalog.column_known(col) else None
@@ -212,9 +222,11 @@ class SessionMasking:
                     break
         return rule
 
-    def _treatment(self, f: Field, stmt: StatementInfo, refs: list[bool]) -> _Treatment:
+    def _treatment(
+        self, f: Field, stmt: StatementInfo, refs: list[bool], facts: Facts
+    ) -> _Treatment:
         tier = self.tier
-        col = self._column(f)
+        col = self._column(f, facts)
         if col is not None:
             rule = self._column_rule(col)
             if rule is None:
@@ -223,7 +235,7 @@ class SessionMasking:
             if rule is not None:
                 return _rule_treatment(rule)
             if col.is_view:
-                deps = self.catalog.view_deps(f.table_oid)
+                deps = facts.view_deps(f.table_oid)
                 if deps is None:
                     raise NeedCatalog(f"view {f.table_oid}")
                 if any(self._dep_masked(d) for d in deps.columns):
@@ -235,19 +247,19 @@ class SessionMasking:
         if rule is not None:
             return _rule_treatment(rule)
         if not refs:
-            refs.append(self.references_masked(stmt))
-        if not refs[0] and stmt.pure and not self._shadowed(stmt):
+            refs.append(self.references_masked(stmt, facts))
+        if not refs[0] and stmt.pure and not self._shadowed(stmt, facts):
             # computed by the statement from unmasked columns with pure built-ins: nothing a
             # scan could find that a plain select of those columns would not show anyway
             return _Treatment("keep", None, "computed from unmasked columns")
         return self._unknown(refs[0], "unknown lineage")
 
-    def _shadowed(self, stmt: StatementInfo) -> bool:
+    def _shadowed(self, stmt: StatementInfo, facts: Facts) -> bool:
         """Whether a pure built-in the statement calls unqualified has a namesake outside
         pg_catalog (which PostgreSQL may pick instead: then it is not pure)."""
         if not stmt.calls:
             return False
-        shadowed = self.catalog.shadowed_builtins()
+        shadowed = facts.shadowed_builtins()
         if shadowed is None:
             raise NeedCatalog("shadowed built-ins")
         return not shadowed.isdisjoint(stmt.calls)
@@ -272,10 +284,11 @@ class SessionMasking:
         names = stmt.relations | stmt.star_relations
         return sorted(names, key=lambda n: (n[0] or "", n[1]))
 
-    def references_masked(self, stmt: StatementInfo) -> bool:
+    def references_masked(self, stmt: StatementInfo, facts: Facts | None = None) -> bool:
         """Whether ``stmt`` reads a masked column by name, a star / whole row of a table with
         masked columns, or a view over masked columns.  Raises :class:`NeedCatalog` when the
-        views among its relations are not known yet."""
+        views among its relations are not known yet (in ``facts``, default: the cache)."""
+        facts = self.catalog if facts is None else facts
         if not stmt.parsed:
             return True
         tier = self.tier
@@ -293,8 +306,8 @@ class SessionMasking:
                     return True
         stars = rels if stmt.star_all else stmt.star_relations
         for rel in rels | stars:
-            found = self.catalog.relations_named(rel)
-            views = self.catalog.views_named(rel)
+            found = facts.relations_named(rel)
+            views = facts.views_named(rel)
             if found is None or views is None:
                 raise NeedCatalog(f"relation {rel}")
             if any(self._dep_masked(d) for v in views for d in v.columns):
@@ -368,37 +381,33 @@ class SessionMasking:
             for i, f in enumerate(fields)
         ]
         unqualified = {rel[1] for rel in stmt.relations if rel[0] is None}
-        for _ in range(3):
-            try:
-                if copy.relation is not None and not copy.columns:
-                    fields = self._without_generated(fields)
-                decisions = self._decide_copy(fields, stmt, unqualified)
-                break
-            except NeedCatalog:
-                await self.catalog.resolve(fields, self._names(stmt))
-        else:
-            raise CatalogError("catalog facts keep changing (DDL while planning); try again")
+        # one lookup (usually nothing to fetch); its facts serve this plan even if DDL
+        # invalidates the catalog meanwhile (see row_plan)
+        facts = await self.catalog.resolve(fields, self._names(stmt))
+        if copy.relation is not None and not copy.columns:
+            fields = _complete(lambda: self._without_generated(fields, facts))
+        decisions = _complete(lambda: self._decide_copy(fields, stmt, unqualified, facts))
         return self._build_copy_plan(decisions, fields, copy, binary)
 
-    def _without_generated(self, fields: list[Field]) -> list[Field]:
+    def _without_generated(self, fields: list[Field], facts: Facts) -> list[Field]:
         """``COPY table TO`` without a column list leaves generated columns out (``SELECT *``,
         which was described, has them)."""
         out = []
         for f in fields:
-            col = self._column(f)
+            col = self._column(f, facts)
             if col is None or not col.generated:
                 out.append(f)
         return out
 
     def _decide_copy(
-        self, fields: list[Field], stmt: StatementInfo, unqualified: set[str]
+        self, fields: list[Field], stmt: StatementInfo, unqualified: set[str], facts: Facts
     ) -> list[ColumnDecision]:
         # The side connection resolves unqualified names with its own search_path, which may not
         # be the session's: a column rule then also matches the same table.column in any schema.
         out = []
         refs: list[bool] = []
         for f in fields:
-            col = self._column(f)
+            col = self._column(f, facts)
             t: _Treatment | None = None
             if col is not None and col.table in unqualified and self._column_rule(col) is None:
                 rule = next(
@@ -413,8 +422,8 @@ class SessionMasking:
                 if rule is not None:
                     t = _rule_treatment(rule)
             if t is None:
-                t = self._treatment(f, stmt, refs)
-            out.append(self._decision(t, f.format, self._type_for(t, f)))
+                t = self._treatment(f, stmt, refs, facts)
+            out.append(self._decision(t, f.format, self._type_for(t, f, facts)))
         return out
 
     # -- audit -------------------------------------------------------------------------------
@@ -486,6 +495,15 @@ class SessionMasking:
         if len(self._plan_labels) > 4 * PLAN_CACHE:
             self._plan_labels.clear()
         return plan
+
+
+def _complete(decide: Callable[[], _T]) -> _T:
+    """``decide()`` with the facts a lookup returned: they cover everything a decision reads,
+    so a gap is a bug; it fails closed like an unreachable catalog."""
+    try:
+        return decide()
+    except NeedCatalog as exc:
+        raise CatalogError(f"catalog lookup incomplete: {exc}") from None
 
 
 def _labels(fields: list[Field]) -> list[str]:
