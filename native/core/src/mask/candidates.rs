@@ -6,10 +6,15 @@
 //! the hot path needs no capture groups.  The same automaton answers anchored per-pattern
 //! searches when a candidate fails validation and another alternative may start at the same
 //! byte.  Patterns are ASCII and byte-oriented (Unicode off); validation lives in [`validate`].
+//!
+//! The scan runs the automaton anchored, only where [`super::prefilter`] finds a possible start;
+//! EMAIL is searched on its own there ([`build_forward`] builds the rest as a bare forward DFA).
 
+use regex_automata::hybrid;
 use regex_automata::meta::Regex;
-use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::syntax;
+use regex_automata::MatchKind;
 
 use super::entity::Builtin;
 use super::validate::{card, email, iban, ip, phone, secret, ssn, Range};
@@ -165,6 +170,28 @@ pub fn build(kinds: &[Kind]) -> Regex {
                 .which_captures(WhichCaptures::Implicit)
                 .hybrid_cache_capacity(LAZY_DFA_CACHE)
                 .dfa_size_limit(Some(FULL_DFA_LIMIT)),
+        )
+        .build_many(&patterns)
+        .expect("built-in candidate patterns compile")
+}
+
+/// The forward lazy DFA alone over `kinds`, for anchored searches at prefilter positions: an
+/// anchored leftmost-first match needs only its end (the start is the anchor), so the meta
+/// engine's strategy layers, reverse searches and capture engines are pure overhead there.
+pub fn build_forward(kinds: &[Kind]) -> hybrid::dfa::DFA {
+    let patterns: Vec<&str> = kinds.iter().map(|k| k.pattern()).collect();
+    hybrid::dfa::DFA::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .thompson(
+            thompson::Config::new()
+                .utf8(false)
+                .which_captures(WhichCaptures::None),
+        )
+        .configure(
+            hybrid::dfa::DFA::config()
+                .match_kind(MatchKind::LeftmostFirst)
+                .cache_capacity(LAZY_DFA_CACHE)
+                .skip_cache_capacity_check(true),
         )
         .build_many(&patterns)
         .expect("built-in candidate patterns compile")

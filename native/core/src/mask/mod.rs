@@ -4,6 +4,8 @@
 //! - [`entity`]: the built-in entities ([`Builtin`], [`BUILTIN_ENTITIES`])
 //! - [`candidates`]: the combined candidate automaton of the built-in detectors
 //! - [`validate`]: checksums, ranges and boundaries that candidates must pass
+//! - [`classify`]: byte-class bit masks of 64-byte blocks (SIMD) for the prefilter
+//! - [`prefilter`]: where a candidate may start (the automaton runs anchored only there)
 //! - [`boundary`]: token and word boundary checks (the regex has no look-around)
 //! - [`scan`]: [`Span`] finders (built-ins, custom regexes, dictionaries) and overlap resolution
 //! - [`operator`]: [`Operator`] (replace, redact, partial, hash, null); [`hash`]: the keyed hash
@@ -11,10 +13,12 @@
 
 pub mod boundary;
 pub mod candidates;
+pub mod classify;
 pub mod entity;
 pub mod hash;
 pub mod masker;
 pub mod operator;
+pub mod prefilter;
 pub mod scan;
 pub mod validate;
 pub mod value;

@@ -5,12 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex_automata::hybrid;
 use regex_automata::meta::Regex;
-use regex_automata::{Anchored, Input, PatternID};
+use regex_automata::util::pool::Pool;
+use regex_automata::{Anchored, Input, Match, PatternID};
 
 use super::boundary::{is_word_byte, word_bounded};
 use super::candidates::{self, Kind, LAZY_DFA_CACHE};
 use super::entity::Builtin;
+use super::prefilter::{shape_ok, Families, Starts};
 use super::value::EntityId;
 
 /// A sensitive span `[start, end)` of a value (byte offsets) and the entity found there.
@@ -31,10 +34,19 @@ impl Span {
     }
 }
 
-/// The built-in detectors for a set of entities: one combined automaton plus validation.
+/// The built-in detectors for a set of entities: one combined automaton plus validation, run
+/// only where [`super::prefilter`] says a candidate may start.
 #[derive(Debug)]
 pub struct BuiltinScanner {
     regex: Regex,
+    /// The same alternatives without EMAIL (the last one, so pattern ids agree with `regex`):
+    /// an email's local part stays alive over long runs of digits, dots and dashes, so
+    /// anchored searches at the openings the prefilter finds would each run to the end of the
+    /// run.  Emails are searched on their own, once per `@` (see [`Starts::email_at`]).
+    openers: hybrid::dfa::DFA,
+    /// Search caches for `openers`, one per thread (taken once per value).
+    opener_caches: CachePool,
+    families: Families,
     kinds: Vec<Kind>,
     ids: Vec<EntityId>,
 }
@@ -62,8 +74,13 @@ impl BuiltinScanner {
             .into_iter()
             .filter(|k| entities.contains(&k.entity()))
             .collect();
+        let openers =
+            candidates::build_forward(kinds.strip_suffix(&[Kind::Email]).unwrap_or(&kinds));
         BuiltinScanner {
             regex: candidates::build(&kinds),
+            openers: openers.clone(),
+            opener_caches: Pool::new(Box::new(move || openers.create_cache())),
+            families: Families::new(&kinds),
             ids: kinds.iter().map(|k| k.entity().id()).collect(),
             kinds,
         }
@@ -75,15 +92,95 @@ impl BuiltinScanner {
     /// run it starts with (a valid value may start inside the candidate).  Each search is charged the bytes it matched over; once a value has
     /// cost [`RESCAN_BUDGET_FACTOR`] times its length, rejected candidates are skipped whole, so
     /// adversarial input (long runs of near-candidates) stays linear.
-    pub fn scan(&self, text: &[u8], mut emit: impl FnMut(Span)) {
+    pub fn scan(&self, text: &[u8], emit: impl FnMut(Span)) {
+        self.scan_prefiltered(text, rescan_budget(text), emit);
+    }
+
+    fn scan_prefiltered(&self, text: &[u8], budget: usize, emit: impl FnMut(Span)) {
+        let mut starts = Starts::new(&self.families, text);
+        let mut cache = self.opener_caches.get();
+        self.scan_with(text, budget, emit, |at| {
+            self.find_from(text, at, &mut starts, &mut cache)
+        });
+    }
+
+    /// [`BuiltinScanner::scan`] with an unlimited rescan budget (for tests comparing it with
+    /// [`BuiltinScanner::scan_unfiltered`]: they propose different rejected candidates, so
+    /// their budgets would run out at different places).
+    #[cfg(test)]
+    pub fn scan_unbudgeted(&self, text: &[u8], emit: impl FnMut(Span)) {
+        self.scan_prefiltered(text, usize::MAX, emit);
+    }
+
+    /// The leftmost candidate at or after `at`: the anchored match at the first prefilter
+    /// position that has one.  Equal to an unanchored leftmost-first search from `at` (no match
+    /// starts at a position the prefilter skips, or at one whose anchored search failed), except
+    /// that candidates glued to a word on their left, which every validator but email's and
+    /// keyword's rejects, are never proposed.
+    fn find_from(
+        &self,
+        text: &[u8],
+        mut at: usize,
+        starts: &mut Starts<'_>,
+        cache: &mut hybrid::dfa::Cache,
+    ) -> Option<Match> {
+        loop {
+            let p = starts.next(at)?;
+            // Leftmost-first: at one start, EMAIL (the last alternative) only wins when no
+            // other alternative matches there.
+            let input = Input::new(text).range(p..).anchored(Anchored::Yes);
+            match self.openers.try_search_fwd(cache, &input) {
+                Ok(Some(h)) => return Some(Match::new(h.pattern(), p..h.offset())),
+                Ok(None) => {}
+                // The lazy DFA gave up (its cache thrashed): the meta engine falls back to an
+                // NFA engine.  Openers' pattern ids are the combined automaton's.
+                Err(_) => {
+                    let input = input.anchored(Anchored::Yes);
+                    if let Some(m) = self.regex.search(&input) {
+                        if self.kinds[m.pattern().as_usize()] != Kind::Email {
+                            return Some(m);
+                        }
+                    }
+                }
+            }
+            if starts.email_at(p) {
+                let email = PatternID::new_unchecked(self.kinds.len() - 1);
+                let input = Input::new(text)
+                    .range(p..)
+                    .anchored(Anchored::Pattern(email));
+                if let Some(m) = self.regex.search(&input) {
+                    return Some(m);
+                }
+                starts.missed(p);
+            }
+            at = p + 1;
+        }
+    }
+
+    /// [`BuiltinScanner::scan`] without the prefilter: one unanchored search per candidate (the
+    /// reference the prefiltered scan is tested against), with an unlimited rescan budget.
+    #[cfg(test)]
+    pub fn scan_unfiltered(&self, text: &[u8], emit: impl FnMut(Span)) {
+        self.scan_with(text, usize::MAX, emit, |at| {
+            self.regex.search(&Input::new(text).range(at..))
+        });
+    }
+
+    /// The scan loop over candidates from `find` (the leftmost candidate at or after a position).
+    fn scan_with(
+        &self,
+        text: &[u8],
+        mut budget: usize,
+        mut emit: impl FnMut(Span),
+        mut find: impl FnMut(usize) -> Option<Match>,
+    ) {
         if self.kinds.is_empty() {
             return;
         }
-        let mut budget = text.len().saturating_mul(RESCAN_BUDGET_FACTOR) + RESCAN_BUDGET_MIN;
         let mut at = 0;
         let mut local_run = LocalRun::default();
         while at < text.len() {
-            let Some(m) = self.regex.search(&Input::new(text).range(at..)) else {
+            let Some(m) = find(at) else {
                 return;
             };
             let (start, end) = (m.start(), m.end());
@@ -161,7 +258,7 @@ impl BuiltinScanner {
         // alternative needs a boundary there (an email is widened to its word start anyway).
         let mid_word = start > 0 && is_word_byte(text[start - 1]);
         for (pid, kind) in self.kinds.iter().enumerate() {
-            if pid == failed || !kind.may_start(text[start]) {
+            if pid == failed || !kind.may_start(text[start]) || !shape_ok(*kind, text, start) {
                 continue;
             }
             if mid_word && *kind != Kind::KeywordSecret {
@@ -183,6 +280,14 @@ impl BuiltinScanner {
         best
     }
 }
+
+/// The rescan budget of a value (see [`BuiltinScanner::scan`]).
+fn rescan_budget(text: &[u8]) -> usize {
+    text.len().saturating_mul(RESCAN_BUDGET_FACTOR) + RESCAN_BUDGET_MIN
+}
+
+/// Per-thread caches of a lazy DFA.
+type CachePool = Pool<hybrid::dfa::Cache, Box<dyn Fn() -> hybrid::dfa::Cache + Send + Sync>>;
 
 /// Where to search next after a candidate at `start` was rejected (with no other alternative
 /// valid there): one byte on, or past the whole digit run `start` begins.  Nothing valid starts
