@@ -1,7 +1,8 @@
 //! The keyed, deterministic, format-shaped hash behind the `hash` operator.
 //!
-//! HMAC-SHA256(key, value) is expanded into a keystream (SHA-256 of the MAC and a block
-//! counter) that rewrites each ASCII digit to a digit, lowercase letter to a lowercase letter
+//! HMAC-SHA256(key, value) is expanded into a keystream (the MAC itself, then SHA-256 of the
+//! MAC and a block counter: a value with at most 32 letters and digits costs one HMAC) that
+//! rewrites each ASCII digit to a digit, lowercase letter to a lowercase letter
 //! and uppercase letter to an uppercase letter; every other byte (separators, `@`, non-ASCII)
 //! is kept.  Equal values under one key give equal outputs (joins and GROUP BY still work) and
 //! the output has the value's shape and length.
@@ -30,7 +31,7 @@ impl HashKey {
     pub fn shape(&self, value: &[u8], out: &mut Vec<u8>) {
         let mut mac = self.mac.clone();
         mac.update(value);
-        let seed = mac.finalize().into_bytes();
+        let seed: [u8; 32] = mac.finalize().into_bytes().into();
         let mut stream = KeyStream::new(&seed);
         out.reserve(value.len());
         for &b in value {
@@ -51,7 +52,8 @@ impl fmt::Debug for HashKey {
     }
 }
 
-/// SHA-256(seed || counter) blocks, consumed a byte at a time.
+/// The seed (a MAC, uniformly random for an unknown key) and then SHA-256(seed || counter)
+/// blocks, consumed a byte at a time.
 struct KeyStream<'a> {
     seed: &'a [u8],
     counter: u64,
@@ -60,12 +62,12 @@ struct KeyStream<'a> {
 }
 
 impl<'a> KeyStream<'a> {
-    fn new(seed: &'a [u8]) -> Self {
+    fn new(seed: &'a [u8; 32]) -> Self {
         KeyStream {
             seed,
             counter: 0,
-            block: [0; 32],
-            pos: 32,
+            block: *seed,
+            pos: 0,
         }
     }
 
