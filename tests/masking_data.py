@@ -271,6 +271,36 @@ _CONTEXT: dict[str, tuple[str, ...]] = {
     "PHONE": ("call ", "tel. ", "mobile ", "phone: ", "cell ", ""),
 }
 _CLOSE = {"<": ">", "[": "]"}
+_KEYS: dict[str, tuple[str, ...]] = {
+    "CREDIT_CARD": ("card_number", "pan"),
+    "US_SSN": ("ssn", "tax_id"),
+    "EMAIL": ("email", "user_email"),
+    "IBAN": ("iban", "payout_account"),
+    "IP_ADDRESS": ("client_ip", "remote_addr"),
+    "PHONE": ("phone", "msisdn"),
+}
+"""Field names for values written as log fields or JSON members (``"email": "..."``)."""
+
+
+def _wrapping(r: random.Random, entity: str, value: str) -> tuple[str, str]:
+    """(before, after) a value: a context word, a log field or a JSON member; IP addresses now
+    and then with a port (``10.1.2.3:5432``, ``[2001:db8::1]:443``)."""
+    style = r.random()
+    if style < 0.8:
+        before = r.choice(_CONTEXT[entity])
+        after = _CLOSE.get(before, "")
+    else:
+        key = r.choice(_KEYS[entity])
+        before, after = r.choice(((f'"{key}": "', '"'), (f"{key}=", ""), (f"{key}='", "'")))
+    if entity == "IP_ADDRESS" and r.random() < 0.25 and not before.endswith("["):
+        port = r.choice(("5432", "443", "8080", "22"))
+        if ":" in value:
+            before, after = before + "[", f"]:{port}{after}"
+        else:
+            after = f":{port}{after}"
+    return before, after
+
+
 _JOINERS = (", ", "; ", " and ", ". ", " - ", " / ", " ")
 
 
@@ -311,8 +341,8 @@ def _dense_row(r: random.Random, fake: Faker) -> LabelledRow:
             parts.append((joiner, None))
         if entity == "SECRET":
             context, value = secret(r)
+            close = ""
         else:
-            context = r.choice(_CONTEXT[entity])
             if entity == "CREDIT_CARD":
                 scheme, digits = card_number(r)
                 value = format_card(r, scheme, digits)
@@ -326,14 +356,14 @@ def _dense_row(r: random.Random, fake: Faker) -> LabelledRow:
                 value = ip_address(r, fake)
             else:
                 value = phone(r)
+            context, close = _wrapping(r, entity, value)
         if not context and parts[-1][0] == " ":
             # Two bare values one space apart ("4111... 123 45 6789") are ambiguous even to a
             # reader: real text puts a comma or a word between them.
             parts[-1] = (", ", None)
         parts.append((context, None))
         parts.append((value, entity))
-        if context in _CLOSE:
-            parts.append((_CLOSE[context], None))
+        parts.append((close, None))
     parts.append((r.choice((".", "", " (verified).", "; " + _filler(r, fake) + ".")), None))
     text, spans = "", []
     for piece, label in parts:
