@@ -683,39 +683,13 @@ def mask_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     """Medians over rounds, then each masking target against ``veilgate-nomask``: TPS, p50 and
     p99 ratios, CPU ratio and the extra gateway CPU per transaction; the worst TPS ratio of
     ``veilgate`` (the whole policy) against the bar."""
-    fmt, ratio = _run._fmt, _run.ratio
-    workloads, m = _run.round_medians(samples, targets)
-    head = (
-        f"{'workload':<12} {'target':<16} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
-        f"{'cpu µs/txn':>11}"
+    lines, worst = _run.on_off_table(
+        samples,
+        targets,
+        BASELINE,
+        workload_width=12,
+        label=lambda t: "on/off" if t == "veilgate" else f"{t.removeprefix('veilgate-')}/off",
     )
-    lines = [head, "-" * len(head)]
-    worst: dict[str, float] = {}
-    for w in workloads:
-        for t in targets:
-            r = m.get((w, t))
-            if r is not None:
-                lines.append(
-                    f"{w:<12} {t:<16} {fmt(r['tps'], '10.1f')} {fmt(r['p50'], '9.3f')} "
-                    f"{fmt(r['p99'], '9.3f')} {fmt(r['cpu'], '11.1f')}"
-                )
-        off = m.get((w, BASELINE))
-        for t in targets:
-            on = m.get((w, t))
-            if t == BASELINE or on is None or off is None:
-                continue
-            tr = ratio(on["tps"], off["tps"])
-            if tr is not None:
-                worst[t] = min(worst.get(t, tr), tr)
-            extra = None if on["cpu"] is None or off["cpu"] is None else on["cpu"] - off["cpu"]
-            label = "on/off" if t == "veilgate" else f"{t.removeprefix('veilgate-')}/off"
-            lines.append(
-                f"{'':<12} {label:<16} tps {fmt(tr, '.3f')}  "
-                f"p50 {fmt(ratio(on['p50'], off['p50']), '.2f')}  "
-                f"p99 {fmt(ratio(on['p99'], off['p99']), '.2f')}  "
-                f"cpu {fmt(ratio(on['cpu'], off['cpu']), '.2f')} ({fmt(extra, '+.1f')} µs/txn)"
-            )
-        lines.append("")
     for t, tr in worst.items():
         if t == "veilgate":
             verdict = "meets" if tr >= TPS_BAR else "BELOW"

@@ -208,38 +208,9 @@ def check_policy_allows(path: Path = POLICY_FILE) -> None:
 def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     """Medians over rounds per workload x target, then each policy target against
     ``veilgate-nopolicy``: TPS ratio (on/off), latency ratios and the extra proxy CPU."""
-    fmt, ratio = _run._fmt, _run.ratio
-    workloads, m = _run.round_medians(samples, targets)
-    head = (
-        f"{'workload':<20} {'target':<17} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
-        f"{'cpu µs/txn':>11}"
+    lines, worst = _run.on_off_table(
+        samples, targets, BASELINE, workload_width=20, label=lambda t: t + "/off"
     )
-    lines = [head, "-" * len(head)]
-    worst: dict[str, float] = {}
-    for w in workloads:
-        for t in targets:
-            r = m.get((w, t))
-            if r is not None:
-                lines.append(
-                    f"{w:<20} {t:<17} {fmt(r['tps'], '10.1f')} {fmt(r['p50'], '9.3f')} "
-                    f"{fmt(r['p99'], '9.3f')} {fmt(r['cpu'], '11.1f')}"
-                )
-        off = m.get((w, BASELINE))
-        for t in targets:
-            on = m.get((w, t))
-            if t == BASELINE or on is None or off is None:
-                continue
-            tr = ratio(on["tps"], off["tps"])
-            if tr is not None:
-                worst[t] = min(worst.get(t, tr), tr)
-            extra = None if on["cpu"] is None or off["cpu"] is None else on["cpu"] - off["cpu"]
-            lines.append(
-                f"{'':<20} {t + '/off':<24} tps {fmt(tr, '.3f')}  "
-                f"p50 {fmt(ratio(on['p50'], off['p50']), '.2f')}  "
-                f"p99 {fmt(ratio(on['p99'], off['p99']), '.2f')}  "
-                f"cpu {fmt(ratio(on['cpu'], off['cpu']), '.2f')} ({fmt(extra, '+.1f')} µs/txn)"
-            )
-        lines.append("")
     for t, tr in worst.items():
         verdict = "within" if tr >= TPS_BAR else "OVER"
         lines.append(

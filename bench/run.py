@@ -866,6 +866,52 @@ def round_medians(
     return workloads, med
 
 
+def on_off_table(
+    samples: Sequence[Sample],
+    targets: Sequence[str],
+    baseline: str,
+    *,
+    workload_width: int,
+    label: Callable[[str], str],
+) -> tuple[list[str], dict[str, float]]:
+    """Medians over rounds per workload x target, then each target against ``baseline``: TPS,
+    p50 and p99 ratios, CPU ratio and the extra proxy CPU per transaction.  Returns the table
+    lines and each target's worst TPS ratio (the caller adds its verdict)."""
+    workloads, m = round_medians(samples, targets)
+    ww = workload_width
+    head = (
+        f"{'workload':<{ww}} {'target':<17} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'cpu µs/txn':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    worst: dict[str, float] = {}
+    for w in workloads:
+        for t in targets:
+            r = m.get((w, t))
+            if r is not None:
+                lines.append(
+                    f"{w:<{ww}} {t:<17} {_fmt(r['tps'], '10.1f')} {_fmt(r['p50'], '9.3f')} "
+                    f"{_fmt(r['p99'], '9.3f')} {_fmt(r['cpu'], '11.1f')}"
+                )
+        off = m.get((w, baseline))
+        for t in targets:
+            on = m.get((w, t))
+            if t == baseline or on is None or off is None:
+                continue
+            tr = ratio(on["tps"], off["tps"])
+            if tr is not None:
+                worst[t] = min(worst.get(t, tr), tr)
+            extra = None if on["cpu"] is None or off["cpu"] is None else on["cpu"] - off["cpu"]
+            lines.append(
+                f"{'':<{ww}} {label(t):<24} tps {_fmt(tr, '.3f')}  "
+                f"p50 {_fmt(ratio(on['p50'], off['p50']), '.2f')}  "
+                f"p99 {_fmt(ratio(on['p99'], off['p99']), '.2f')}  "
+                f"cpu {_fmt(ratio(on['cpu'], off['cpu']), '.2f')} ({_fmt(extra, '+.1f')} µs/txn)"
+            )
+        lines.append("")
+    return lines, worst
+
+
 def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
     """Medians of rounds per workload x target, then veilgate/pgbouncer and veilgate/direct."""
     workloads, med = round_medians(samples, targets)
