@@ -807,13 +807,7 @@ def register_mask(sub: Any) -> None:
         "workloads/mask_policy.yaml (target veilgate) vs the same policy without its masking "
         "section (target veilgate-nomask).",
     )
-    _run.add_common_args(p, default_targets=DEFAULT_TARGETS)
-    for action in p._actions:  # the shared help names the relay targets
-        if action.dest == "targets":
-            action.help = (
-                f"comma-separated, from {','.join(MASK_TARGETS)} "
-                f"(default: {','.join(DEFAULT_TARGETS)})"
-            )
+    _run.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=MASK_TARGETS)
     p.add_argument(
         "--part",
         choices=("engine", "e2e", "all"),

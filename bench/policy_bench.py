@@ -280,11 +280,5 @@ def register_policy(sub: Any) -> None:
         "same gateway without a policy (target veilgate-nopolicy); optional target "
         "veilgate-audit adds the JSON-lines audit log.",
     )
-    _run.add_common_args(p, default_targets=DEFAULT_TARGETS)
-    for action in p._actions:  # the shared help names the relay targets
-        if action.dest == "targets":
-            action.help = (
-                f"comma-separated, from {','.join(POLICY_TARGETS)} "
-                f"(default: {','.join(DEFAULT_TARGETS)})"
-            )
+    _run.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=POLICY_TARGETS)
     p.set_defaults(func=cmd_policy)

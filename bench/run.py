@@ -956,7 +956,12 @@ def write_results(path: Path, samples: list[Sample]) -> None:
 # --- subcommand plumbing -----------------------------------------------------------------------
 
 
-def add_common_args(p: argparse.ArgumentParser, *, default_targets: Sequence[str]) -> None:
+def add_common_args(
+    p: argparse.ArgumentParser,
+    *,
+    default_targets: Sequence[str],
+    known_targets: Sequence[str] = ALL_TARGETS,
+) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
@@ -980,7 +985,14 @@ def add_common_args(p: argparse.ArgumentParser, *, default_targets: Sequence[str
     p.add_argument(
         "--targets",
         default=",".join(default_targets),
-        help=f"comma-separated, from {','.join(ALL_TARGETS)} (default: all)",
+        help=(
+            f"comma-separated, from {','.join(known_targets)}"
+            + (
+                " (default: all)"
+                if list(default_targets) == list(known_targets)
+                else f" (default: {','.join(default_targets)})"
+            )
+        ),
     )
     p.add_argument(
         "--workloads",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from veilgate.config_model import (
     ClientTLSConfig,
     GatewayConfig,
     ListenConfig,
+    PolicyConfig,
     StaticToken,
     TargetConfig,
     UpstreamTLSConfig,
@@ -212,6 +214,34 @@ def gateway_factory(
     finally:
         for handle in started:
             handle.thread.stop()
+
+
+def with_policy(
+    policy_file: Path, audit_log: Path, *roles: str
+) -> Callable[[GatewayConfig], GatewayConfig]:
+    """A ``gateway_factory`` transform: the policy file and audit log, and the static token's
+    roles (which pick the policy tier)."""
+
+    def transform(cfg: GatewayConfig) -> GatewayConfig:
+        tok = replace(cfg.auth.static_tokens[0], roles=frozenset(roles))
+        return replace(
+            cfg,
+            auth=replace(cfg.auth, static_tokens=(tok,)),
+            policy=PolicyConfig(file=policy_file, audit_log=str(audit_log)),
+        )
+
+    return transform
+
+
+def wait_policy_generation(handle: GatewayHandle, generation: int, timeout: float = 10.0) -> None:
+    """Wait until the gateway's policy engine has loaded ``generation`` (a reload happened)."""
+    assert handle.thread.gateway is not None
+    engine = handle.thread.gateway.policy_engine
+    assert engine is not None
+    deadline = time.monotonic() + timeout
+    while engine.generation < generation:
+        assert time.monotonic() < deadline, "the policy was not reloaded"
+        time.sleep(0.05)
 
 
 # -- wire-level targets shared by the protocol test files ----------------------------------------

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from tests.integration import pgwire as pw
-from tests.integration.conftest import GatewayHandle
-
-from veilgate.config_model import GatewayConfig, PolicyConfig
+from tests.integration.conftest import GatewayHandle, with_policy
 
 POLICY_FILE = Path(__file__).with_name("masking_policy.yaml")
 
@@ -84,15 +82,7 @@ def start_gateway(
 ) -> MaskedGateway:
     """A gateway with the masking policy; its token carries ``role`` (db.masked / db.raw)."""
 
-    def transform(cfg: GatewayConfig) -> GatewayConfig:
-        tok = replace(cfg.auth.static_tokens[0], roles=frozenset({role}))
-        return replace(
-            cfg,
-            auth=replace(cfg.auth, static_tokens=(tok,)),
-            policy=PolicyConfig(file=policy_file, audit_log=str(audit_log)),
-        )
-
-    handle = factory(transform, use_uvloop=use_uvloop)
+    handle = factory(with_policy(policy_file, audit_log, role), use_uvloop=use_uvloop)
     return MaskedGateway(pw.gateway_target(handle), handle, audit_log)
 
 

@@ -5,12 +5,12 @@ once the new policy masks its tier (it is closed and reconnects masked)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from tests.integration.conftest import wait_policy_generation
 from tests.integration.masking_setup import (
     POLICY_FILE,
     SSN,
@@ -19,14 +19,6 @@ from tests.integration.masking_setup import (
     make_table,
     start_gateway,
 )
-
-
-def _wait_generation(gw: Any, generation: int, timeout: float = 10.0) -> None:
-    engine = gw.handle.thread.gateway.policy_engine
-    deadline = time.monotonic() + timeout
-    while engine.generation < generation:
-        assert time.monotonic() < deadline, "the policy was not reloaded"
-        time.sleep(0.05)
 
 
 def test_unmasked_session_closed_when_reload_masks_its_tier(
@@ -42,7 +34,7 @@ def test_unmasked_session_closed_when_reload_masks_its_tier(
         assert first == (SSN,)  # the raw tier sees raw values
         # the new policy masks the raw tier too
         policy.write_text(text.replace("apply_to: [masked]", "apply_to: [masked, raw]"))
-        _wait_generation(gw, 2)
+        wait_policy_generation(gw.handle, 2)
         with pytest.raises(psycopg.OperationalError) as ei:
             conn.execute(f"select ssn from {table} where id = 1").fetchone()
         assert "the policy now masks this session" in str(ei.value)
@@ -64,7 +56,7 @@ def test_unmasked_session_survives_reload_that_keeps_it_unmasked(
     with psycopg.connect(gw.target.conninfo(), autocommit=True) as conn:
         assert conn.execute(f"select ssn from {table} where id = 1").fetchone() == (SSN,)
         policy.write_text(text.replace("unknown_lineage: redact", "unknown_lineage: null"))
-        _wait_generation(gw, 2)
+        wait_policy_generation(gw.handle, 2)
         assert conn.execute(f"select ssn from {table} where id = 1").fetchone() == (SSN,)
 
 

@@ -11,7 +11,6 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,9 @@ import asyncpg
 import psycopg
 import pytest
 from tests.integration import pgwire as pw
-from tests.integration.conftest import GatewayHandle
+from tests.integration.conftest import GatewayHandle, wait_policy_generation, with_policy
 
 from veilgate import metrics
-from veilgate.config_model import GatewayConfig, PolicyConfig
 
 pytestmark = pytest.mark.pg
 
@@ -87,15 +85,7 @@ def audit_log(tmp_path: Path) -> Path:
 def _gateway(
     factory: Factory, policy: Path, audit: Path, *roles: str, use_uvloop: bool = True
 ) -> pw.Target:
-    def transform(cfg: GatewayConfig) -> GatewayConfig:
-        tok = replace(cfg.auth.static_tokens[0], roles=frozenset(roles))
-        return replace(
-            cfg,
-            auth=replace(cfg.auth, static_tokens=(tok,)),
-            policy=PolicyConfig(file=policy, audit_log=str(audit)),
-        )
-
-    handle = factory(transform, use_uvloop=use_uvloop)
+    handle = factory(with_policy(policy, audit, *roles), use_uvloop=use_uvloop)
     target = pw.gateway_target(handle)
     target_handles[id(target)] = handle
     return target
@@ -352,16 +342,6 @@ def test_function_call_denied(rw: pw.Target) -> None:
 # --- reload -------------------------------------------------------------------------------------
 
 
-def _wait_generation(handle: GatewayHandle, generation: int, timeout: float = 10.0) -> None:
-    assert handle.thread.gateway is not None
-    engine = handle.thread.gateway.policy_engine
-    assert engine is not None
-    deadline = time.monotonic() + timeout
-    while engine.generation < generation:
-        assert time.monotonic() < deadline, "the policy was not reloaded"
-        time.sleep(0.05)
-
-
 def test_statement_prepared_before_reload_judged_by_new_policy(
     rw: pw.Target, policy_file: Path
 ) -> None:
@@ -379,7 +359,7 @@ def test_statement_prepared_before_reload_judged_by_new_policy(
             assert await stmt.fetchval(0) == 1
             # picked up by the file watcher
             await asyncio.to_thread(policy_file.write_text, POLICY_V2)
-            await asyncio.to_thread(_wait_generation, handle, 2)
+            await asyncio.to_thread(wait_policy_generation, handle, 2)
             with pytest.raises(asyncpg.InsufficientPrivilegeError) as ei:
                 await stmt.fetchval(0)
             assert (ei.value.detail or "").startswith("rule rw-no-secrets")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import asyncpg
 import psycopg
 import pytest
 from tests.integration import pgwire as pw
-from tests.integration.conftest import GatewayHandle
+from tests.integration.conftest import GatewayHandle, with_policy
 from tests.integration.masking_setup import (
     POLICY_FILE,
     SECOND_SSN,
@@ -27,8 +26,6 @@ from tests.integration.masking_setup import (
     make_table,
     start_gateway,
 )
-
-from veilgate.config_model import GatewayConfig, PolicyConfig
 
 pytestmark = pytest.mark.pg
 
@@ -66,15 +63,7 @@ def policy_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def gw(gateway_factory: Factory, policy_file: Path, tmp_path: Path) -> GatewayHandle:
-    def transform(cfg: GatewayConfig) -> GatewayConfig:
-        tok = replace(cfg.auth.static_tokens[0], roles=frozenset({"db.readwrite"}))
-        return replace(
-            cfg,
-            auth=replace(cfg.auth, static_tokens=(tok,)),
-            policy=PolicyConfig(file=policy_file, audit_log=str(tmp_path / "audit.jsonl")),
-        )
-
-    return gateway_factory(transform)
+    return gateway_factory(with_policy(policy_file, tmp_path / "audit.jsonl", "db.readwrite"))
 
 
 @pytest.fixture
