@@ -253,8 +253,11 @@ class MaskingRelay:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _fail(self, reason: str, detail: str) -> None:
-        """Fail closed: the session ends with a FATAL; nothing more reaches the client."""
+    def fail(self, reason: str, detail: str | BaseException) -> None:
+        """Fail closed: the session ends with a FATAL; nothing more reaches the client.  The
+        detail (an error's type and text: never row values) goes to the log only."""
+        if isinstance(detail, BaseException):
+            detail = f"{type(detail).__name__}: {detail}"
         metrics.errors_total.inc(kind="masking")
         log.event(
             logger,
@@ -309,7 +312,7 @@ class MaskingRelay:
             # malformed: the server answers it with a protocol error
             self._forward_client(m)
         except Exception as exc:
-            self._fail("internal", f"{type(exc).__name__}: {exc}")
+            self.fail("internal", exc)
 
     def _sync(self) -> None:
         # client_message has already reset _after_execute: the Sync's own tag is not E
@@ -396,7 +399,7 @@ class MaskingRelay:
             self._release_client()
             return
         except Exception as exc:
-            self._fail("copy_plan", f"{type(exc).__name__}: {exc}")
+            self.fail("copy_plan", exc)
             return
         if self._closed:
             return
@@ -494,7 +497,7 @@ class MaskingRelay:
             self._release_client()
             return
         except Exception as exc:
-            self._fail("copy_plan", f"{type(exc).__name__}: {exc}")
+            self.fail("copy_plan", exc)
             return
         if self._closed:
             return
@@ -537,10 +540,10 @@ class MaskingRelay:
                 if self._markers and not self._requests:
                     self._markers.clear()
         except _Mismatch as exc:
-            self._fail("protocol", str(exc))
+            self.fail("protocol", str(exc))
             return None
         except Exception as exc:  # never forward rows a failed plan was meant for
-            self._fail("internal", f"{type(exc).__name__}: {exc}")
+            self.fail("internal", exc)
             return None
         return self._server_frame(m)
 
@@ -600,7 +603,7 @@ class MaskingRelay:
         try:
             plan = await self.planner.row_plan(fields, info)
         except Exception as exc:
-            self._fail("row_plan", f"{type(exc).__name__}: {exc}")
+            self.fail("row_plan", exc)
             return
         if self._closed:
             return
@@ -656,10 +659,10 @@ class MaskingRelay:
             plan = await self.planner.copy_plan(info, overall, formats)
         except MaskRefusal as exc:
             # the server is already streaming: the session cannot continue unmasked
-            self._fail("copy_refused", exc.message)
+            self.fail("copy_refused", exc.message)
             return
         except Exception as exc:
-            self._fail("copy_plan", f"{type(exc).__name__}: {exc}")
+            self.fail("copy_plan", exc)
             return
         if self._closed:
             return

@@ -224,6 +224,9 @@ class Session:
 
     def masking_error(self, side: RelayProtocol, exc: BaseException) -> None:
         """The engine met a row it has no plan for (or could not mask): fail closed."""
+        if self.masking is not None:
+            self.masking.fail("engine", exc)
+            return
         metrics.errors_total.inc(kind="masking")
         log.event(
             logger,
