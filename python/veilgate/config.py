@@ -473,6 +473,7 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
 
     _check_tls_files(cfg, w, line)
     _check_policy(cfg, w, line)
+    _check_state(cfg, w, line)
 
     limits = cfg.limits
     if not w.path_failed("limits") and limits.write_low_water > limits.write_high_water:
@@ -531,6 +532,33 @@ def _check_policy(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> N
                 "policy.audit_log",
                 f"directory does not exist: {parent}",
             )
+
+
+def _check_state(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
+    """``state``: a PostgreSQL backend needs its DSN from exactly one place; an SQLite file's
+    directory must exist (the file itself is created on first use)."""
+    from veilgate.config_model import StateBackend
+
+    state = cfg.state
+    if w.path_failed("state"):
+        return
+    if state.backend is StateBackend.POSTGRES:
+        if (state.dsn_env is None) == (state.dsn_file is None):
+            w.error(
+                line("state.dsn_env", "state.dsn_file", "state"),
+                "state",
+                "backend postgres needs exactly one of dsn_env or dsn_file",
+            )
+        return
+    if state.dsn_env is not None or state.dsn_file is not None:
+        w.error(
+            line("state.dsn_env", "state.dsn_file", "state"),
+            "state",
+            "dsn_env / dsn_file apply to backend postgres only",
+        )
+    parent = (w.base_dir / Path(state.path).expanduser()).resolve().parent
+    if not parent.is_dir():
+        w.error(line("state.path", "state"), "state.path", f"directory does not exist: {parent}")
 
 
 def _nearest_line(w: _Walker, path: str) -> int:
@@ -618,6 +646,8 @@ def load_str(text: str, source: str = "<config>", base_dir: Path | None = None) 
         # relative to the configuration file, like every other path
         audit_log = str((w.base_dir / Path(cfg.policy.audit_log).expanduser()).resolve())
         cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, audit_log=audit_log))
+    state_path = str((w.base_dir / Path(cfg.state.path).expanduser()).resolve())
+    cfg = dataclasses.replace(cfg, state=dataclasses.replace(cfg.state, path=state_path))
     return cfg
 
 

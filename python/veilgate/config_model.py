@@ -190,6 +190,36 @@ class PolicyConfig:
     """File that every decision is appended to as one JSON line (created 0600); none by default."""
 
 
+class StateBackend(StrEnum):
+    SQLITE = "sqlite"
+    """One local file (the default): a single gateway process."""
+    POSTGRES = "postgres"
+    """A PostgreSQL database shared by several gateways (LISTEN/NOTIFY wakes waiting sessions)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Shared state (``veilgate.state``): approval requests and grants, the session index.
+
+    ``sqlite`` keeps it in one file (created 0600 on first use, WAL mode); ``postgres`` in a
+    database several gateways share, its DSN read from an environment variable or a file (never
+    from this file: it holds a password)."""
+
+    backend: StateBackend = StateBackend.SQLITE
+    path: str = "veilgate-state.db"
+    """SQLite file, relative to the configuration file (its directory must exist)."""
+    dsn_env: str | None = field(default=None, metadata=_ENV_NAME)
+    """Environment variable holding the PostgreSQL DSN (``postgresql://...``)."""
+    dsn_file: Path | None = None
+    """File holding the PostgreSQL DSN (one line)."""
+    timeout_s: float = field(default=5.0, metadata={"min": 0.1, "max": 300.0})
+    """Longest a state operation may take before it counts as failed (the store is down)."""
+
+    def dsn(self) -> str | None:
+        """The PostgreSQL DSN, read at use time (never logged)."""
+        return _read_password(self.dsn_env, self.dsn_file)
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -201,5 +231,6 @@ class GatewayConfig:
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     policy: PolicyConfig | None = None
+    state: StateConfig = field(default_factory=StateConfig)
     source: Path | None = field(default=None, metadata={"config": False})
     """File the configuration was loaded from, if any."""
