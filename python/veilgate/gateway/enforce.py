@@ -18,6 +18,12 @@ ReadyForQuery has left nothing in flight (checked after the whole read is handle
 buffer counts a read's ReadyForQuery messages before it returns their events).  ParameterStatus
 ``S`` is always surfaced (rare) to follow ``standard_conforming_strings``.
 
+Text the policy cannot parse is not a policy decision: the client gets the server's own parse
+error.  In its place a *parse probe* goes upstream (:func:`parse_probe`, a Parse of the same
+text that cannot succeed; a Query becomes that Parse and a Sync).  The server's raw-parser error
+is forwarded unchanged; the probe's own refusal (the server parsed the text) is replaced by the
+policy's denial.
+
 Portals bound before a policy reload.  A statement is judged again at its next Bind, but a portal
 bound before the reload (a protocol-level cursor inside a transaction block, the unnamed portal of
 a pipeline segment in flight) lives until its transaction ends and could otherwise be Executed
@@ -43,8 +49,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
-from collections import OrderedDict
+import struct
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final
 
 from veilgate import log, metrics
@@ -75,6 +83,7 @@ _APPROVAL_HINT: Final = (
 )
 
 _Q, _P, _F, _B = ord("Q"), ord("P"), ord("F"), ord("B")
+_SYNC: Final = wire.frame(b"S", b"")
 _count_decision: Final = metrics.policy_decisions_total.inc_one
 _E, _Z, _S = ord("E"), ord("Z"), ord("S")
 """``_E`` is Execute from a client and ErrorResponse from the server."""
@@ -82,6 +91,12 @@ _IDLE: Final = ord("I")
 _RETIRED_MAX: Final = 64
 """Replaced statement texts remembered as possible sources of portals bound before a reload;
 beyond this the gateway refuses such portals rather than grow per session."""
+UNPARSEABLE_RULE: Final = "unparseable"
+_RAW_PARSER_FILES: Final = frozenset({"scan.l", "gram.y", "parser.c", "scansup.c"})
+"""Source files of the server's raw parser: an error raised there is what the server answers
+for text it cannot parse, whatever sends it."""
+_PARAM_REF: Final = re.compile(rb"\$([0-9]{1,5})")
+_MAX_PARAMS: Final = 65535
 STALE_PORTAL_RULE: Final = "stale-portal"
 _STALE_PORTAL_HINT: Final = (
     "the policy was reloaded after this portal was bound; bind it again (or run the statement "
@@ -116,6 +131,41 @@ def stale_portal_denial(generation: int, why: str) -> Decision:
         cacheable=False,
     )
     return Decision(verdict, 0.0, False)
+
+
+def parse_probe(name: bytes, text: bytes) -> bytes | None:
+    """A Parse of ``text`` that the server always refuses, and refuses exactly as it refuses the
+    text itself when its parser cannot parse it (None if no such Parse can be built).
+
+    For a statement the policy cannot parse, the client must get the server's own syntax error
+    (SQLSTATE, message, cursor position), not a policy decision.  The server's raw parser runs
+    first on a Parse, so its error is the one the client would get directly; should the server
+    parse what our parser could not (a newer grammar), the Parse still fails right after parse
+    analysis, before anything is stored: it declares one parameter more than the text refers to
+    (type unspecified), and "could not determine data type of parameter" (42P18) follows.
+    Nothing in the text runs either way.  ``name`` is the statement name the client used (b""
+    for a simple Query, which drops the unnamed statement as this Parse does)."""
+    used = {int(n) for n in _PARAM_REF.findall(text)}
+    k = 1
+    while k in used:
+        k += 1
+    if k > _MAX_PARAMS:
+        return None
+    types = struct.pack(f"!H{k}I", k, *([0] * k))
+    return wire.frame(b"P", name + b"\0" + text + b"\0" + types)
+
+
+def _raw_parser_error(fields: dict[str, str]) -> bool:
+    return fields.get("F") in _RAW_PARSER_FILES
+
+
+def _probe_passed_parser(fields: dict[str, str]) -> bool:
+    """The probe's own refusal: the server parsed what the policy could not."""
+    routine = fields.get("R")
+    code = fields.get("C")
+    return (code == "42P18" and routine == "pg_analyze_and_rewrite_varparams") or (
+        code == "42601" and routine == "exec_parse_message"
+    )
 
 
 # Client-only encodings whose second byte can be ASCII (a backslash, say): the statement text
@@ -166,6 +216,8 @@ class PolicyEnforcer:
         for frame in session.upstream_parameters:
             self._parameter_status(frame[5:])
         self._markers: OrderedDict[bytes, Decision] = OrderedDict()
+        self._probes: deque[bytes] = deque()
+        """Keys in ``_markers`` of parse probes, oldest first."""
         self._stmts: dict[bytes, _Stmt] = {}
         self._unnamed: _Stmt | None = None
         """The unnamed statement (dies at the next Parse of it and at any simple Query)."""
@@ -252,6 +304,12 @@ class PolicyEnforcer:
             self._write(frame)
             self.ctx.apply(d)
             return
+        if d.rule_id == UNPARSEABLE_RULE:
+            probe = parse_probe(b"", frame[5:] if end < 0 else frame[5:end])
+            if probe is not None:
+                self._probe(d)
+                self._write(probe + _SYNC)
+                return
         self._write(wire.frame(b"Q", wire.cstr(f'SELECT "{self._marker(d)}"')))
 
     def _parse(self, m: Any) -> None:
@@ -283,6 +341,12 @@ class PolicyEnforcer:
         # dropped before the server parses
         if not name and self._unnamed is not None:
             self._drop_unnamed()
+        if d.rule_id == UNPARSEABLE_RULE:
+            probe = parse_probe(name, body[i + 1 : j])
+            if probe is not None:
+                self._probe(d)
+                self._write(probe)
+                return
         marker = wire.cstr(f'SELECT "{self._marker(d)}"')
         self._write(wire.frame(b"P", name + b"\0" + marker + b"\0\0"))
 
@@ -397,6 +461,39 @@ class PolicyEnforcer:
             return
         self._write(wire.frame(b"Q", wire.cstr(f'SELECT "{self._marker(d)}"')))
 
+    def _probe(self, d: Decision) -> None:
+        """A parse probe (see :func:`parse_probe`) goes upstream for ``d``: its error is the
+        server's own, unless the server parsed the text (then ``d``'s denial replaces it)."""
+        key = b"probe-" + secrets.token_bytes(12)
+        first = not self._markers
+        self._markers[key] = d
+        self._probes.append(key)
+        if first:
+            self.session.set_upstream_events()
+
+    def _probe_error(self, body: bytes) -> bytes | None:
+        """An ErrorResponse while parse probes are outstanding: the denial to send instead, or
+        None (forward it: the server's own parse error, or any other error)."""
+        probes, markers = self._probes, self._markers
+        while probes and probes[0] not in markers:  # skipped by an earlier error
+            probes.popleft()
+        if not probes:
+            return None
+        try:
+            fields = wire.parse_error_fields(body)
+        except wire.WireError:
+            return None
+        if _raw_parser_error(fields):
+            markers.pop(probes.popleft(), None)
+            replaced = None
+        elif _probe_passed_parser(fields):
+            replaced = denial_frame(markers.pop(probes.popleft()))
+        else:
+            return None
+        if not markers:
+            self.session.set_upstream_events()
+        return replaced
+
     def _marker(self, d: Decision) -> str:
         nonce = MARKER_PREFIX + secrets.token_hex(12)
         first = not self._markers
@@ -484,6 +581,10 @@ class PolicyEnforcer:
         if tag == _E:
             markers = self._markers
             body = m.body
+            if self._probes:
+                replaced = self._probe_error(body)
+                if replaced is not None:
+                    return replaced
             if markers and _MARKER_PREFIX_B in body:
                 for nonce in markers:
                     if nonce in body:
@@ -515,6 +616,7 @@ class PolicyEnforcer:
         if self._markers and not self.session.state.busy:
             # every request has been answered: markers whose error never came were skipped
             self._markers.clear()
+            self._probes.clear()
             self.session.set_upstream_events()
 
     @property
