@@ -235,31 +235,54 @@ def test_malformed_cancel_requests_are_ignored(gw: pw.Target) -> None:
 # --- keys ----------------------------------------------------------------------------------------
 
 
-def test_backend_key_is_the_gateways_own(gw: pw.Target) -> None:
+def test_backend_key_has_the_servers_pid_and_the_gateways_secret(gw: pw.Target) -> None:
+    """BackendKeyData carries the server's real backend pid (so pg_backend_pid() and the
+    client's idea of its pid agree) and a secret of the gateway's: a cancel needs that secret,
+    the pid alone (or with another session's secret) cancels nothing."""
     with pw.connect(gw.endpoint()) as a, pw.connect(gw.endpoint()) as b:
         assert a.backend_key is not None and b.backend_key is not None
-        upstream_a = int(a.scalar("select pg_backend_pid()") or 0)
-        upstream_b = int(b.scalar("select pg_backend_pid()") or 0)
-        assert upstream_a != upstream_b
-        assert a.backend_key[0] != upstream_a
-        assert b.backend_key[0] != upstream_b
+        assert a.backend_key[0] == int(a.scalar("select pg_backend_pid()") or 0)
+        assert b.backend_key[0] == int(b.scalar("select pg_backend_pid()") or 0)
         assert a.backend_key != b.backend_key
-        assert a.backend_key[0] >= 0 and b.backend_key[0] >= 0  # sign bit clear
         assert len(a.backend_key[1]) == 4
-        # The upstream pid is not a valid cancel target through the gateway.
         unknown_before = _cancel_count("unknown")
         _start_sleep(a, 1.0)
         time.sleep(0.2)
-        _send_cancel(gw, upstream_a, a.backend_key[1])
+        _send_cancel(gw, a.backend_key[0], b.backend_key[1])  # a's pid, b's secret
         assert pw.first_error(a.recv_until_ready(timeout=10)) is None
         assert _wait_for(lambda: _cancel_count("unknown") >= unknown_before + 1)
+        # and with its own secret it is cancelled
+        _start_sleep(a, 30)
+        time.sleep(0.2)
+        _send_cancel(gw, *a.backend_key)
+        err = pw.first_error(a.recv_until_ready(timeout=10))
+        assert err is not None and err["C"] == "57014", err
 
 
-def test_psycopg_backend_pid_is_the_gateways(gw: pw.Target) -> None:
+def test_client_libraries_report_the_servers_pid(gw: pw.Target) -> None:
     with psycopg.connect(gw.conninfo()) as conn:
-        upstream = conn.execute("select pg_backend_pid()").fetchone()
-        assert upstream is not None
-        assert conn.info.backend_pid != upstream[0]
+        row = conn.execute("select pg_backend_pid()").fetchone()
+        assert row is not None and conn.info.backend_pid == row[0]
+
+    async def via_asyncpg() -> None:
+        conn = await asyncpg.connect(**gw.asyncpg_kwargs())
+        try:
+            assert conn.get_server_pid() == await conn.fetchval("select pg_backend_pid()")
+        finally:
+            await conn.close()
+
+    asyncio.run(via_asyncpg())
+
+
+def test_notification_pid_is_the_listeners_own_pid(gw: pw.Target) -> None:
+    """NOTIFY from the same session: the NotificationResponse pid is the one in its
+    BackendKeyData (libpq uses this to tell its own notifications apart)."""
+    with psycopg.connect(gw.conninfo(), autocommit=True) as conn:
+        conn.execute("listen vg_pid_chan")
+        conn.execute("notify vg_pid_chan, 'hello'")
+        note = next(conn.notifies(timeout=5, stop_after=1))
+        assert note.pid == conn.info.backend_pid
+        assert note.payload == "hello"
 
 
 def test_cancel_after_client_disconnect_is_unknown(gw: pw.Target) -> None:

@@ -43,7 +43,8 @@ def test_psql_multi_row_and_identity(gateway: GatewayHandle) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "50000|1250025000"
     out = _psql(gateway, "select current_user, current_setting('application_name')")
-    assert out.stdout.strip() == "veilgate_app|veilgate(static:itest)"
+    # upstream: the principal's tag, then psql's own application_name
+    assert out.stdout.strip() == "veilgate_app|veilgate(static:itest) psql"
 
 
 def test_psql_bad_token(gateway: GatewayHandle) -> None:

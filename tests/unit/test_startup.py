@@ -9,6 +9,7 @@ import pytest
 from veilgate.gateway import wire
 from veilgate.gateway.startup import (
     FORWARDED_PARAMS,
+    ApplicationName,
     StartupRefused,
     negotiate_startup,
     upstream_application_name,
@@ -110,3 +111,30 @@ def test_upstream_application_name_truncated_to_63_bytes() -> None:
     long = upstream_application_name("entra:" + "é" * 60)
     assert len(long.encode()) <= 63
     assert long.startswith("veilgate(entra:é")
+
+
+def test_upstream_application_name_keeps_the_clients_after_the_tag() -> None:
+    assert upstream_application_name("static:ci", "psql") == "veilgate(static:ci) psql"
+    assert upstream_application_name("static:ci", "") == "veilgate(static:ci)"
+
+
+def _status(name: str, value: str) -> bytes:
+    return wire.parameter_status(name, value)
+
+
+def test_application_name_reported_to_the_client_as_its_own() -> None:
+    frames = [_status("server_version", "15"), _status("application_name", "veilgate(s:x) ??-app")]
+    app = ApplicationName.from_parameters(frames, "s:x", "é-app")
+    # the server cleaned the non-ASCII bytes: the client is told what it would be told directly
+    assert app.client == "??-app"
+    assert app.client_frame(frames[1]) == _status("application_name", "??-app")
+    assert app.client_frame(frames[0]) == frames[0]
+    # a value the client set itself passes unchanged
+    own = _status("application_name", "renamed")
+    assert app.client_frame(own) == own
+    none = ApplicationName.from_parameters(
+        [_status("application_name", "veilgate(s:x)")], "s:x", None
+    )
+    assert none.client_frame(_status("application_name", "veilgate(s:x)")) == _status(
+        "application_name", ""
+    )

@@ -26,7 +26,12 @@ from veilgate.gateway import upstream, wire
 from veilgate.gateway._relay import RelayProtocol
 from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
-from veilgate.gateway.startup import StartupRefused, negotiate_startup, upstream_application_name
+from veilgate.gateway.startup import (
+    ApplicationName,
+    StartupRefused,
+    negotiate_startup,
+    upstream_application_name,
+)
 from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
 from veilgate.masking.policy import MaskingUnavailable
@@ -135,7 +140,10 @@ class Session:
         self._lifetime_end: tuple[bytes, str] | None = None
         """Set once the session outlived its token / max age: (FATAL to send, reason)."""
         self.user: str | None = None
-        self.cancel_pid: int | None = None
+        self.application_name = ApplicationName("", "")
+        """The upstream application_name (the principal's tag) and the client's own."""
+        self.cancel_key: tuple[int, bytes] | None = None
+        """(pid, secret) of the BackendKeyData the client got."""
         self.upstream_pid: int | None = None
         self.upstream_key: bytes | None = None
         self.draining = False
@@ -183,14 +191,17 @@ class Session:
             else:
                 self.upstream_transport.write(message.frame())
             return
+        out: bytes | None
         if masking is not None:
             out = masking.server_message(message)
-            if out is not None and self.phase is Phase.RELAY:
-                self.client_transport.write(out)
         elif enforcer is not None:
-            self.client_transport.write(enforcer.server_message(message))
+            out = enforcer.server_message(message)
         else:
-            self.client_transport.write(message.frame())
+            out = message.frame()
+        if message.tag == _S and out is not None:
+            out = self.application_name.client_frame(bytes(out))
+        if out is not None and self.phase is Phase.RELAY:
+            self.client_transport.write(out)
         if message.tag == _S and masking is not None:
             self._check_masked_encoding()
         # ReadyForQuery is asked for while draining: a busy session ends at its last one
@@ -445,7 +456,10 @@ class Session:
         params = [
             ("user", login.user),
             ("database", target.dbname),
-            ("application_name", upstream_application_name(principal.label())),
+            (
+                "application_name",
+                upstream_application_name(principal.label(), startup.application_name),
+            ),
             *startup.forwarded,
         ]
         try:
@@ -474,15 +488,21 @@ class Session:
 
         self.upstream_pid, self.upstream_key = hs.backend_pid, hs.backend_key
         self.upstream_parameters = hs.parameters
-        pid, key = self.gateway.cancel_registry.register(self)
-        self.cancel_pid = pid
+        # the server's own pid (pg_backend_pid(), NOTIFY pids agree), the gateway's own secret
+        pid = hs.backend_pid
+        assert pid is not None
+        key = self.gateway.cancel_registry.register(self, pid)
+        self.cancel_key = (pid, key)
+        self.application_name = ApplicationName.from_parameters(
+            hs.parameters, principal.label(), startup.application_name
+        )
         if self._client_in.closed:
             raise _SideClosed
         transport.write(
             b"".join(
                 [
                     wire.AUTHENTICATION_OK,
-                    *hs.parameters,
+                    *map(self.application_name.client_frame, hs.parameters),
                     wire.backend_key_data(pid, key),
                     wire.ready_for_query(hs.tx_status),
                 ]
@@ -635,7 +655,8 @@ class Session:
     def set_upstream_events(self) -> None:
         """Server messages surfaced as events: ReadyForQuery while draining or ending, plus what
         the policy enforcer and the masking need."""
-        tags = b"Z" if self.draining or self._lifetime_end is not None else b""
+        # ParameterStatus (rare): application_name is reported to the client as its own
+        tags = b"SZ" if self.draining or self._lifetime_end is not None else b"S"
         if self.enforcer is not None:
             tags += self.enforcer.upstream_tags()
         if self.masking is not None:
@@ -778,8 +799,8 @@ class Session:
                     ut.write(wire.TERMINATE)
                     ut.close()
             metrics.upstream_connections_active.dec()
-        if self.cancel_pid is not None:
-            self.gateway.cancel_registry.unregister(self.cancel_pid)
+        if self.cancel_key is not None:
+            self.gateway.cancel_registry.unregister(*self.cancel_key)
         self.gateway.session_closed(self)
         if was_relaying:
             log.event(

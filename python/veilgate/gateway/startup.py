@@ -121,10 +121,70 @@ def negotiate_startup(packet: wire.StartupPacket) -> ClientStartup:
     )
 
 
-def upstream_application_name(label: str) -> str:
-    """``veilgate(<label>)`` truncated to 63 bytes (NAMEDATALEN - 1) on a character boundary."""
+def _principal_tag(label: str) -> str:
+    """``veilgate(<label>)`` cut to 63 bytes (NAMEDATALEN - 1) on a character boundary."""
     name = f"veilgate({label})"
     raw = name.encode()
     if len(raw) <= 63:
         return name
     return raw[:63].decode("utf-8", "ignore")
+
+
+def upstream_application_name(label: str, client_app: str | None = None) -> str:
+    """What DBAs see in ``pg_stat_activity``: ``veilgate(<label>)``, then the client's own
+    ``application_name`` after a space if it gave one (pg_stat_activity shows 63 bytes)."""
+    tag = _principal_tag(label)
+    return f"{tag} {client_app}" if client_app else tag
+
+
+class ApplicationName:
+    """The upstream ``application_name`` names the principal; the client is told its own.
+
+    The server reports ``application_name`` in ParameterStatus at startup and whenever it
+    changes (``SET``, ``RESET``, a rolled-back ``SET``).  A report of the gateway's upstream
+    value reaches the client as the client's own part of it (the server cleans what it is given,
+    e.g. non-ASCII bytes, so the client sees what a direct connection would report); any other
+    value is one the client set itself and passes unchanged."""
+
+    __slots__ = ("client", "upstream")
+
+    def __init__(self, upstream: str, client: str) -> None:
+        self.upstream = upstream
+        """The value the server reported for the gateway's upstream name."""
+        self.client = client
+        """What the client is told instead."""
+
+    @classmethod
+    def from_parameters(
+        cls, frames: list[bytes], label: str, client: str | None
+    ) -> ApplicationName:
+        """From the server's startup ParameterStatus messages, for the principal ``label`` and
+        the client's startup ``application_name``."""
+        reported: str | None = None
+        for f in frames:
+            try:
+                name, value = wire.parse_parameter_status(f[5:])
+            except wire.WireError:
+                continue
+            if name == "application_name":
+                reported = value
+        if reported is None:
+            return cls("", client or "")
+        tag = _principal_tag(label)
+        if not client:
+            return cls(reported, "")
+        prefix = f"{tag} "
+        own = reported[len(prefix) :] if reported.startswith(prefix) else client
+        return cls(reported, own)
+
+    def client_frame(self, frame: bytes) -> bytes:
+        """``frame`` (a ParameterStatus) as the client should see it."""
+        if not frame.startswith(b"S", 0) or b"application_name\0" not in frame[:23]:
+            return frame
+        try:
+            name, value = wire.parse_parameter_status(frame[5:])
+        except wire.WireError:
+            return frame
+        if name != "application_name" or value != self.upstream:
+            return frame
+        return wire.parameter_status("application_name", self.client)
