@@ -68,6 +68,7 @@ class _Session:
     def __init__(self) -> None:
         self.peer = "test"
         self.upstream_parameters: list[bytes] = []
+        self.pinned_search_path: tuple[str, ...] | None = None
         self.state = _State()
         self.upstream_transport = _Transport()
 

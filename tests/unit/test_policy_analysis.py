@@ -156,7 +156,13 @@ def test_classes_and_constructs(sql: str, cls: str, constructs: set[str]) -> Non
 def test_where_detection() -> None:
     assert one("delete from t where id = 1").constructs == frozenset()
     assert one("delete from t where current of c").constructs == frozenset()
-    assert one("delete from t where exists (select 1 from u)").constructs == frozenset()
+    # an uncorrelated subquery does not depend on the row: all rows or none
+    assert one("delete from t where exists (select 1 from u)").constructs == {
+        "delete_without_where"
+    }
+    assert one("delete from t where exists (select 1 from u where u.a = t.a)").constructs == (
+        frozenset()
+    )
     assert one("delete from t where 1 = 1").constructs == {"delete_without_where"}
     assert one("update t set a = 1 where now() > '2020-01-01'").constructs == {
         "update_without_where"

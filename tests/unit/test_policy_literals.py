@@ -391,6 +391,7 @@ def _enforcer(
     session = SimpleNamespace(
         peer="127.0.0.1:1",
         upstream_parameters=[wire.parameter_status(n, v) for n, v in parameters],
+        pinned_search_path=None,
         upstream_transport=upstream,
         set_upstream_events=lambda: None,
         set_client_events=lambda: None,

@@ -211,7 +211,9 @@ class PolicyEnforcer:
         self.engine = engine
         self.principal = principal
         self.audit = audit
-        self.ctx = SessionContext(session_id=session.peer)
+        self.ctx = SessionContext(
+            session_id=session.peer, started_search_path=session.pinned_search_path
+        )
         self._codec: str | None = None
         for frame in session.upstream_parameters:
             self._parameter_status(frame[5:])
@@ -324,6 +326,7 @@ class PolicyEnforcer:
         self._record(d)
         if d.allowed:
             self._write(m.frame())
+            self.ctx.note_search_path(d)
             stmt = _Stmt(text, d.generation)
             if name:
                 self.ctx.remember_parse(self._text(name), d)

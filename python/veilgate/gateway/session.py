@@ -35,6 +35,7 @@ from veilgate.gateway.startup import (
 from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
 from veilgate.masking.policy import MaskingUnavailable
+from veilgate.policy.names import quote_search_path
 
 if TYPE_CHECKING:
     from veilgate.gateway.server import Gateway
@@ -159,6 +160,8 @@ class Session:
         self._login: TargetConfig | None = None
         self.upstream_parameters: list[bytes] = []
         """The server's ParameterStatus messages of the handshake (whole frames)."""
+        self.pinned_search_path: tuple[str, ...] | None = None
+        """The search_path set upstream at startup for a tier that pins it."""
         self._started = asyncio.get_running_loop().time()
 
     # --- callbacks from RelayProtocol ------------------------------------------------------------
@@ -461,6 +464,7 @@ class Session:
                 upstream_application_name(principal.label(), startup.application_name),
             ),
             *startup.forwarded,
+            *self._pinned_parameters(principal),
         ]
         try:
             async with asyncio.timeout(target.connect_timeout_s):
@@ -523,6 +527,16 @@ class Session:
             upstream_auth=hs.mechanism,
             handshake_ms=round((asyncio.get_running_loop().time() - self._started) * 1000, 1),
         )
+
+    def _pinned_parameters(self, principal: Principal) -> list[tuple[str, str]]:
+        """The ``search_path`` startup parameter of a tier that pins it (policy option
+        ``pin_search_path``): the server then resolves names the way the policy judges them."""
+        engine = self.gateway.policy_engine
+        tier = engine.tier_for(principal) if engine is not None else None
+        if tier is None or not tier.pin_search_path:
+            return []
+        self.pinned_search_path = tier.search_path
+        return [("search_path", quote_search_path(tier.search_path))]
 
     def _arm_lifetime(self, principal: Principal) -> None:
         """Schedule the end of the session at max age / token expiry (if configured)."""

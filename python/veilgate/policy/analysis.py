@@ -50,17 +50,23 @@ from typing import Any
 from pglast import parser as _pg
 
 from ._builtins import BUILTIN_FUNCTIONS
+from .embedded import Embedded, function_sql, plpgsql_sql, table_argument, tries_every_argument
+from .filters import ALL, TRUE, FilterScope, coarse, conjoin, evaluate, negate
 
 __all__ = [
     "CLASSES",
     "CONSTRUCTS",
+    "SENSITIVE_FUNCTIONS",
+    "SENSITIVE_RELATIONS",
     "MessageAnalysis",
     "Name",
+    "SettingChange",
     "StatementAnalysis",
     "analyze",
     "is_builtin",
     "resolve_executes",
     "rewrite_nonstandard_strings",
+    "split_identifiers",
 ]
 
 Name = tuple[str | None, str]
@@ -69,6 +75,7 @@ Name = tuple[str | None, str]
 CLASSES: tuple[str, ...] = (
     "read",
     "write",
+    "merge",
     "ddl",
     "dcl",
     "session",
@@ -95,6 +102,7 @@ _CLASS_PRIORITY = {
             "do",
             "call",
             "copy_in",
+            "merge",
             "write",
             "copy_out",
             "maintenance",
@@ -111,8 +119,9 @@ _CLASS_PRIORITY = {
 CONSTRUCTS: dict[str, str] = {
     "drop": "DROP of any object (also DROP OWNED, ALTER TABLE ... DROP COLUMN)",
     "truncate": "TRUNCATE",
-    "delete_without_where": "DELETE with no WHERE clause (or one that references no column)",
-    "update_without_where": "UPDATE with no WHERE clause (or one that references no column)",
+    "delete_without_where": "DELETE (or MERGE ... DELETE) of every row: no WHERE clause, or one "
+    "true for every row (1 = 1, x = x, OR true, NOT false...) or independent of the row",
+    "update_without_where": "UPDATE (or MERGE ... UPDATE) of every row: as delete_without_where",
     "alter_system": "ALTER SYSTEM",
     "copy_program": "COPY ... TO/FROM PROGRAM",
     "copy_server_file": "COPY ... TO/FROM a server-side file",
@@ -135,7 +144,11 @@ CONSTRUCTS: dict[str, str] = {
     "lock_table": "LOCK TABLE",
     "load_library": "LOAD of a shared library",
     "create_extension": "CREATE EXTENSION",
-    "dynamic_sql": "functions that run SQL given as text (query_to_xml, table_to_xml, ...)",
+    "dynamic_sql": "SQL computed at run time (EXECUTE of a computed string, query_to_xml / dblink "
+    "of a non-constant, schema_to_xml...) or code the gateway cannot inspect",
+    "sensitive_catalog": "catalog and statistics views or functions that expose data values or "
+    "other sessions' statement text (pg_stats, pg_statistic, pg_stat_activity, "
+    "pg_stat_statements, pg_stat_get_activity(), ...)",
     "sequence_write": "nextval / setval",
     "notify": "NOTIFY / pg_notify",
     "prepared_transaction": "PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED",
@@ -228,6 +241,78 @@ _DYNAMIC_SQL_FUNCTIONS = frozenset(
     }
     | {"ts_stat", "ts_rewrite"}
 )
+SENSITIVE_RELATIONS: frozenset[str] = frozenset(
+    {
+        # column statistics: most common values, histogram bounds (data values)
+        "pg_stats",
+        "pg_stats_ext",
+        "pg_stats_ext_exprs",
+        "pg_statistic",
+        "pg_statistic_ext_data",
+        # other sessions' statement text (with the constants they ran)
+        "pg_stat_activity",
+        "pg_stat_statements",
+        "pg_stat_monitor",
+        "pg_qualstats",
+        "pg_qualstats_all",
+        "pg_qualstats_by_query",
+        "pg_qualstats_pretty",
+        "pg_store_plans",
+        # stored values and secrets (privileged, but never through a masked tier)
+        "pg_largeobject",
+        "pg_user_mappings",
+        "pg_user_mapping",
+        "pg_authid",
+        "pg_shadow",
+        "pg_file_settings",
+        "pg_hba_file_rules",
+        "pg_ident_file_mappings",
+        "pg_stat_wal_receiver",
+    }
+)
+"""Relations (any schema: extensions install where they are told) whose rows hold data values or
+other sessions' statement text.  Read access needs the ``sensitive_catalog`` construct."""
+
+SENSITIVE_FUNCTIONS: frozenset[str] = frozenset(
+    {
+        "pg_stat_get_activity",
+        "pg_stat_get_backend_activity",
+        "pg_stat_statements",
+        "pg_stat_monitor_internal",
+        "pg_qualstats",
+        "pg_qualstats_example_query",
+        "pg_qualstats_example_queries",
+        "pg_store_plans",
+        "pg_mcv_list_items",
+        "pg_show_all_file_settings",
+        "pg_hba_file_rules",
+        "pg_ident_file_mappings",
+        "pg_logical_slot_peek_changes",
+        "pg_logical_slot_peek_binary_changes",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_get_binary_changes",
+        # pageinspect / pg_walinspect: raw tuples and WAL records
+        "get_raw_page",
+        "heap_page_items",
+        "heap_page_item_attrs",
+        "tuple_data_split",
+        "bt_page_items",
+        "brin_page_items",
+        "gin_leafpage_items",
+        "hash_page_items",
+        "gist_page_items",
+        "pg_get_wal_record_info",
+        "pg_get_wal_records_info",
+        "pg_get_wal_block_info",
+        "pg_get_wal_records_info_till_end_of_wal",
+    }
+)
+"""Functions whose results hold data values or other sessions' statement text."""
+
+_MAX_NESTING = 8
+"""SQL inside SQL (query_to_xml text inside a DO block inside...) deeper than this is not
+inspected: ``dynamic_sql``."""
+
 _DANGEROUS_GUCS = frozenset(
     {
         "session_replication_role",
@@ -353,6 +438,30 @@ _SHAPE_CONSTRUCTS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class SettingChange:
+    """One change of a run-time setting a statement makes (``SET``, ``SET LOCAL``, ``RESET``,
+    ``set_config()``, a function's ``SET`` clause, ``ALTER ROLE / DATABASE ... SET``)."""
+
+    name: str
+    """Lower-case setting name; ``*`` when ``set_config`` computes it."""
+    values: tuple[str, ...] | None
+    """The literal value(s) as written (``SET search_path = a, b``: two); None for ``RESET``,
+    ``DEFAULT`` or a computed value."""
+    how: str
+    """``SET``, ``SET LOCAL``, ``RESET``, ``set_config()``, ``function SET``, ``ALTER ROLE ...
+    SET``, ``ALTER DATABASE ... SET``."""
+    computed: bool = False
+    """The value is not a literal (``set_config('work_mem', f(x), false)``)."""
+    local: bool = False
+    """Until the end of the transaction only (``SET LOCAL``, ``set_config(..., true)``)."""
+
+    @property
+    def resets(self) -> bool:
+        """Back to the session default (``RESET x``, ``SET x TO DEFAULT``)."""
+        return self.values is None and not self.computed
+
+
+@dataclass(frozen=True, slots=True)
 class StatementAnalysis:
     """What one statement does, independent of who sends it."""
 
@@ -388,6 +497,8 @@ class StatementAnalysis:
     """Parser locations (byte offsets into the message) of the ``A_Const`` nodes the analysis
     met: constants whose value the parse tree holds as a plain value, nothing else.  Empty in an
     analysis rebound to another text (:meth:`with_text`)."""
+    settings: tuple[SettingChange, ...] = ()
+    """Every setting the statement changes (tiers with a ``settings:`` allowance check them)."""
 
     def with_text(self, text: str) -> StatementAnalysis:
         """This analysis for another text that differs only in constant values (a decision the
@@ -411,6 +522,7 @@ class StatementAnalysis:
             self.search_path,
             self.reads_literals,
             frozenset(),
+            self.settings,
         )
 
     @property
@@ -467,6 +579,11 @@ def analyze(
     prepared: Mapping[str, StatementAnalysis] | None = None,
 ) -> MessageAnalysis:
     """Analyze every statement of ``sql``.  Never raises for bad SQL: returns ``unparseable``."""
+    msg = _analyze_text(sql, 0, standard_conforming_strings)
+    return resolve_executes(msg, prepared or {})
+
+
+def _analyze_text(sql: str, depth: int, standard_conforming_strings: bool) -> MessageAnalysis:
     text = sql
     if "\x00" in sql:
         # The parser reads C strings: it would stop at the NUL and miss the rest.
@@ -490,17 +607,16 @@ def analyze(
     try:
         for raw in raw_stmts:
             stmt_text, encoded = _slice(text, encoded, raw)
-            out.append(_analyze_stmt(raw["stmt"], stmt_text))
+            out.append(_analyze_stmt(raw["stmt"], stmt_text, depth, standard_conforming_strings))
     except RecursionError:  # pragma: no cover - the walker is iterative; defensive
         return _unparseable(sql, "statement too deeply nested", standard_conforming_strings)
-    msg = MessageAnalysis(
+    return MessageAnalysis(
         text=sql,
         statements=tuple(out),
         # One statement: its fingerprint is the message's (comments and ';' do not count).
         fingerprint=out[0].fingerprint if len(out) == 1 else _fingerprint(text),
         standard_conforming_strings=standard_conforming_strings,
     )
-    return resolve_executes(msg, prepared or {})
 
 
 _DEEP_JSON_LIMIT = 12000
@@ -591,6 +707,7 @@ def _merge(st: StatementAnalysis, target: StatementAnalysis) -> StatementAnalysi
         constructs=st.constructs | target.constructs,
         details=st.details + target.details,
         reads_literals=st.reads_literals or target.reads_literals,
+        settings=st.settings + target.settings,
     )
 
 
@@ -683,17 +800,67 @@ def _show_name(schema: str | None, name: str) -> str:
     return f"{schema}.{name}" if schema else name
 
 
-def _has_column_ref(node: Any) -> bool:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, dict):
-            if "ColumnRef" in n or "CurrentOfExpr" in n or "SubLink" in n:
-                return True
-            stack.extend(n.values())
-        elif isinstance(n, list):
-            stack.extend(n)
-    return False
+def _target_scope(relation: Any, others: bool) -> FilterScope:
+    """The names that denote the target row of a DELETE / UPDATE / MERGE (see
+    :mod:`veilgate.policy.filters`); unqualified columns count only without other relations."""
+    names: set[str] = set()
+    if isinstance(relation, dict):
+        rv = relation.get("RangeVar", relation)
+        alias = rv.get("alias") if isinstance(rv, dict) else None
+        if isinstance(alias, dict) and alias.get("aliasname"):
+            names.add(str(alias["aliasname"]))
+        elif isinstance(rv, dict):
+            names.add(str(rv.get("relname", "")))
+    return FilterScope(names, unqualified=not others)
+
+
+def split_identifiers(text: str, sep: str = ",") -> list[str] | None:
+    """A ``sep``-separated list of (possibly double-quoted) identifiers, as the server splits a
+    list setting (``search_path``: commas) or a qualified name (dots): unquoted names are folded
+    to lower case.  None when the text is not such a list."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == '"':
+            j = i + 1
+            name = []
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    return None
+                name.append(text[j:k])
+                if text[k + 1 : k + 2] == '"':
+                    name.append('"')
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+            out.append("".join(name))
+        else:
+            j = i
+            while j < n and text[j] != sep and text[j] != '"' and not text[j].isspace():
+                j += 1
+            if j == i:
+                return None if out or text.strip() else []
+            out.append(text[i:j].lower())
+            i = j
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        if text[i] != sep:
+            return None
+        i += 1
+
+
+def _regclass_name(text: str) -> Name | None:
+    """A table named by a ``regclass`` literal (``'public.t'``, ``'"My T"'``)."""
+    parts = split_identifiers(text, ".")
+    if parts is None or not 1 <= len(parts) <= 2 or not all(parts):
+        return None
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
 class _Walk:
@@ -701,15 +868,23 @@ class _Walk:
         "classes",
         "constructs",
         "consts",
+        "depth",
         "details",
         "executes",
         "functions",
         "reads",
         "reads_literals",
+        "scs",
+        "settings",
         "writes",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 0, scs: bool = True) -> None:
+        self.depth = depth
+        self.scs = scs
+        """standard_conforming_strings of the session: embedded SQL is lexed the same way."""
+        """How deep in embedded SQL (query_to_xml text, DO blocks...) this statement is."""
+        self.settings: list[SettingChange] = []
         self.reads_literals = False
         self.consts: list[int] = []
         """Locations of the A_Const nodes met (see StatementAnalysis.const_locations)."""
@@ -800,6 +975,11 @@ class _Walk:
             return  # counted by _copy (read or write depends on the direction)
         target = key in _TARGET_FIELDS and owner not in _READ_OWNERS
         (self.writes if target else self.reads).add(ref)
+        if name in SENSITIVE_RELATIONS:
+            self.flag(
+                "sensitive_catalog",
+                f"{_show_name(ref[0], name)} exposes data values or other sessions' statement text",
+            )
 
     def _typed(
         self,
@@ -815,6 +995,9 @@ class _Walk:
             return
         if kind == "FuncCall":
             self._func_call(body)
+        elif kind == "MergeStmt":
+            self.classes.add("merge")
+            self._check_merge(body)
         elif kind in _WRITE_STMTS:
             self.classes.add("write")
             if kind in ("DeleteStmt", "UpdateStmt"):
@@ -833,11 +1016,100 @@ class _Walk:
 
     def _check_where(self, kind: str, body: Mapping[str, Any]) -> None:
         where = body.get("whereClause")
-        if where is None or not _has_column_ref(where):
-            verb = "DELETE" if kind == "DeleteStmt" else "UPDATE"
-            construct = "delete_without_where" if kind == "DeleteStmt" else "update_without_where"
-            how = "no WHERE clause" if where is None else "a WHERE clause that references no column"
-            self.flag(construct, f"{verb} with {how} affects every row")
+        others = body.get("usingClause") if kind == "DeleteStmt" else body.get("fromClause")
+        scope = _target_scope(body.get("relation"), bool(others))
+        truth, read = evaluate(where, scope)
+        if read:
+            self.reads_literals = True  # WHERE 1 = 1 and WHERE 1 = 0 differ only in constants
+        if coarse(truth) != ALL:
+            return
+        verb = "DELETE" if kind == "DeleteStmt" else "UPDATE"
+        construct = "delete_without_where" if kind == "DeleteStmt" else "update_without_where"
+        if where is None:
+            how = "no WHERE clause"
+        elif truth == TRUE:
+            how = "a WHERE clause that is true for every row"
+        else:
+            how = "a WHERE clause that does not depend on the row (all rows or none)"
+        self.flag(construct, f"{verb} with {how} affects every row")
+
+    def _check_merge(self, body: Mapping[str, Any]) -> None:
+        """MERGE's join condition is judged like a WHERE: a WHEN MATCHED ... DELETE / UPDATE
+        under an ON that is true for every row (or a WHEN NOT MATCHED BY SOURCE under one that
+        is false) touches every row of the target."""
+        scope = _target_scope(body.get("relation"), True)
+        on, read = evaluate(body.get("joinCondition"), scope)
+        for clause in body.get("mergeWhenClauses", []) or []:
+            c = clause.get("MergeWhenClause", {}) if isinstance(clause, dict) else {}
+            cmd = c.get("commandType")
+            if cmd not in ("CMD_DELETE", "CMD_UPDATE"):
+                continue
+            cond, read_cond = evaluate(c.get("condition"), scope)
+            read = read or read_cond
+            match = str(c.get("matchKind", ""))
+            rows = conjoin(negate(on) if match.endswith("BY_SOURCE") else on, cond)
+            if coarse(rows) != ALL:
+                continue
+            verb = "DELETE" if cmd == "CMD_DELETE" else "UPDATE"
+            construct = "delete_without_where" if cmd == "CMD_DELETE" else "update_without_where"
+            when = "NOT MATCHED BY SOURCE" if match.endswith("BY_SOURCE") else "MATCHED"
+            self.flag(
+                construct,
+                f"MERGE ... WHEN {when} THEN {verb} with a join condition that selects every "
+                "row of the target",
+            )
+        if read:
+            self.reads_literals = True
+
+    def nested(self, pieces: Iterable[Embedded], what: str) -> None:
+        """Judge SQL another statement runs (see :mod:`veilgate.policy.embedded`) as part of
+        this statement: its classes, relations, functions and constructs become this one's."""
+        for piece in pieces:
+            if piece.text is None:
+                self.flag("dynamic_sql", f"{piece.where}: SQL computed at run time")
+                continue
+            if self.depth >= _MAX_NESTING:
+                self.flag("dynamic_sql", f"{piece.where}: SQL nested too deeply to inspect")
+                continue
+            inner = _analyze_text(piece.text, self.depth + 1, self.scs)
+            if inner.unparseable:
+                self.flag("dynamic_sql", f"{piece.where}: SQL text that does not parse")
+                continue
+            self._absorb(inner, piece.where)
+
+    def nested_optional(self, pieces: Iterable[Embedded]) -> None:
+        """Like :meth:`nested` for arguments that may or may not be SQL (dblink connection
+        strings, cursor names): strings that do not parse are not SQL."""
+        for piece in pieces:
+            if piece.text is not None:
+                inner = _analyze_text(piece.text, self.depth + 1, self.scs)
+                if inner.unparseable or not inner.statements:
+                    continue
+                if self.depth >= _MAX_NESTING:
+                    self.flag("dynamic_sql", f"{piece.where}: SQL nested too deeply to inspect")
+                    continue
+                self._absorb(inner, piece.where)
+            else:
+                self.flag("dynamic_sql", f"{piece.where}: SQL computed at run time")
+
+    def _absorb(self, inner: MessageAnalysis, where: str) -> None:
+        self.reads_literals = True  # the SQL is a constant: another constant is another SQL
+        for st in inner.statements:
+            self.classes |= st.classes
+            self.reads |= st.reads
+            self.writes |= st.writes
+            self.functions |= st.functions
+            self.constructs |= st.constructs
+            self.settings.extend(st.settings)
+            self.executes.extend(st.executes)
+            for d in st.details:
+                self.flag_detail(f"{where}: {d}")
+            if not st.details:
+                self.flag_detail(f"{where}: runs {st.statement_class} SQL")
+
+    def flag_detail(self, detail: str) -> None:
+        if detail not in self.details:
+            self.details.append(detail)
 
     def _func_call(self, body: Mapping[str, Any]) -> None:
         parts = _name_list(body.get("funcname", []))
@@ -860,7 +1132,27 @@ class _Walk:
             self.flag("dblink", f"{low}() reaches another database")
         if low in _TERMINATE_FUNCTIONS:
             self.flag("terminate_backend", f"{low}() signals backends or changes server state")
-        if low in _DYNAMIC_SQL_FUNCTIONS:
+        if low in SENSITIVE_FUNCTIONS:
+            self.flag(
+                "sensitive_catalog",
+                f"{low}() exposes data values or other sessions' statement text",
+            )
+        arglist = args if isinstance(args, list) else []
+        pieces = function_sql(low, arglist, lambda n: _const_str(self, n))
+        if pieces is not None:
+            if tries_every_argument(low):
+                self.nested_optional(pieces)
+            else:
+                self.nested(pieces, f"{low}()")
+        elif table_argument(low):
+            table = _const_str(self, arglist[0]) if arglist else None
+            ref = _regclass_name(table) if table is not None else None
+            if ref is None:
+                self.flag("dynamic_sql", f"{low}() reads a table named at run time")
+            else:
+                self.reads.add(ref)
+                self.classes.add("read")
+        elif low in _DYNAMIC_SQL_FUNCTIONS:
             self.flag("dynamic_sql", f"{low}() runs SQL or reads tables named in its arguments")
         if low in ("nextval", "setval"):
             self.flag("sequence_write", f"{low}() changes a sequence")
@@ -870,13 +1162,26 @@ class _Walk:
             self.flag("set_config", "set_config() changes a setting")
             first = _const_str(self, args[0]) if isinstance(args, list) and args else None
             value = _const_str(self, args[1]) if isinstance(args, list) and len(args) > 1 else None
+            local = _const_str(self, args[2]) if isinstance(args, list) and len(args) > 2 else None
+            is_local = local is not None and local.lower() not in _FALSE_WORDS
             if first is None:
                 # Setting name not a literal: could be anything.
                 self.flag("set_role", "set_config() with a computed setting name")
                 self.flag("dangerous_guc", "set_config() with a computed setting name")
                 self.flag("search_path_change", "set_config() with a computed setting name")
+                self.settings.append(SettingChange("*", None, "set_config()", True, is_local))
             else:
-                self._guc(first.lower(), [value] if value is not None else None, "set_config()")
+                name = first.lower()
+                self.settings.append(
+                    SettingChange(
+                        name,
+                        (value,) if value is not None else None,
+                        "set_config()",
+                        value is None,
+                        is_local,
+                    )
+                )
+                self._guc(name, [value] if value is not None else None, "set_config()")
 
     def _guc(self, name: str, values: list[str] | None, how: str) -> None:
         """Flag a setting change; ``values`` None means RESET / DEFAULT / unknown value."""
@@ -894,9 +1199,11 @@ class _Walk:
             self.flag("dangerous_guc", f"{how} turns {name} off")
 
 
-def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
+def _analyze_stmt(
+    node: Mapping[str, Any], text: str, depth: int = 0, scs: bool = True
+) -> StatementAnalysis:
     ((kind, body),) = node.items()
-    w = _Walk()
+    w = _Walk(depth, scs)
     deallocates: str | None = None
     search_path: tuple[str, ...] | None = None
     walk_body = True
@@ -908,7 +1215,7 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
             if de.get("defname") == "analyze":
                 val = _defelem_value(w, de.get("arg"))
                 analyze_opt = val is None or val.lower() not in _FALSE_WORDS
-        inner = _analyze_stmt(body.get("query", {}), text)
+        inner = _analyze_stmt(body.get("query", {}), text, depth, scs)
         if w.reads_literals:
             inner = replace(inner, reads_literals=True)
         if analyze_opt:
@@ -929,12 +1236,12 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
             details=tuple(
                 d
                 for d in inner.details
-                if not d.startswith(("DELETE with", "UPDATE with", "WITH ", "TRUNCATE"))
+                if not d.startswith(("DELETE with", "UPDATE with", "WITH ", "TRUNCATE", "MERGE"))
             ),
             fingerprint=_fingerprint(text),
         )
     if kind == "PrepareStmt":
-        inner = _analyze_stmt(body.get("query", {}), text)
+        inner = _analyze_stmt(body.get("query", {}), text, depth, scs)
         return replace(
             inner,
             kind=kind,
@@ -942,7 +1249,7 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
             fingerprint=_fingerprint(text),
         )
     if kind == "DeclareCursorStmt":
-        inner = _analyze_stmt(body.get("query", {}), text)
+        inner = _analyze_stmt(body.get("query", {}), text, depth, scs)
         return replace(inner, kind=kind, fingerprint=_fingerprint(text))
 
     if kind == "SelectStmt":
@@ -952,6 +1259,8 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
             w.writes.add((rel.get("schemaname"), str(rel.get("relname", ""))))
             body = {k: v for k, v in body.items() if k != "intoClause"}
         w.classes.add("read")
+    elif kind == "MergeStmt":
+        w.classes.add("merge")
     elif kind in _WRITE_STMTS:
         w.classes.add("write")
     elif kind == "TruncateStmt":
@@ -998,18 +1307,19 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
             body["args"] = fc.get("args", [])
     elif kind == "DoStmt":
         w.classes.add("do")
-        lang = "plpgsql"
-        for opt in body.get("args", []) or []:
-            de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
-            if de.get("defname") == "language":
-                lang = _defelem_value(w, de.get("arg")) or lang
-        w.flag("do_block", f"DO block runs anonymous {lang} code the gateway cannot inspect")
-        w.reads_literals = True  # the body is a literal
+        _do_block(w, body)
         walk_body = False
     elif kind in ("CreateFunctionStmt", "AlterFunctionStmt"):
         w.classes.add("ddl")
-        _function_def(w, kind, body)
+        _function_def(w, kind, body, text)
         walk_body = kind == "AlterFunctionStmt"
+    elif kind in ("AlterRoleSetStmt", "AlterDatabaseSetStmt"):
+        w.classes.add("dcl" if kind == "AlterRoleSetStmt" else "ddl")
+        setstmt = body.get("setstmt")
+        if isinstance(setstmt, dict):
+            what = "ROLE" if kind == "AlterRoleSetStmt" else "DATABASE"
+            _setting(w, setstmt, f"ALTER {what} ... SET")
+        walk_body = False
     elif kind in _MAINTENANCE_STMTS:
         w.classes.add("maintenance")
     elif kind in _UTILITY_STMTS:
@@ -1069,6 +1379,7 @@ def _analyze_stmt(node: Mapping[str, Any], text: str) -> StatementAnalysis:
         search_path=search_path,
         reads_literals=w.reads_literals,
         const_locations=frozenset(w.consts),
+        settings=tuple(w.settings),
     )
 
 
@@ -1122,14 +1433,36 @@ def _variable_set(w: _Walk, body: Mapping[str, Any], how: str) -> tuple[str, ...
         w.classes.add("role_change")
     else:
         w.classes.add("session")
-    verb = "RESET" if vkind == "VAR_RESET" else "SET"
-    values: list[str] | None = None
-    if vkind == "VAR_SET_VALUE":
-        values = [v for v in (_const_str(w, a) for a in args) if v is not None]
-    w._guc(name, values, f"{verb} {name}")
+    values = _setting(w, body, "SET")
     if name == "search_path" and values is not None:
         return tuple(values)
     return None
+
+
+def _setting(w: _Walk, body: Mapping[str, Any], how: str) -> list[str] | None:
+    """Record (and flag) one setting change of a VariableSetStmt-shaped node; its literal
+    values (None: RESET / DEFAULT / FROM CURRENT)."""
+    vkind = str(body.get("kind", ""))
+    name = str(body.get("name", "")).lower()
+    if vkind in ("VAR_SET_MULTI", "VAR_RESET_ALL") or not name:
+        return None
+    local = bool(body.get("is_local", False))
+    verb = how
+    if how == "SET":
+        verb = "RESET" if vkind == "VAR_RESET" else ("SET LOCAL" if local else "SET")
+    values: list[str] | None = None
+    computed = False
+    if vkind == "VAR_SET_VALUE":
+        args = body.get("args", []) or []
+        values = [v for v in (_const_str(w, a) for a in args) if v is not None]
+        computed = len(values) != len(args) or not values
+    w.settings.append(
+        SettingChange(name, tuple(values) if values is not None else None, verb, computed, local)
+    )
+    if vkind in ("VAR_RESET", "VAR_SET_DEFAULT", "VAR_SET_CURRENT") and name == "search_path":
+        return values  # back to the session's starting path: no change of resolution
+    w._guc(name, values, f"{verb} {name}")
+    return values
 
 
 def _transaction_options(w: _Walk, options: Any) -> None:
@@ -1141,10 +1474,11 @@ def _transaction_options(w: _Walk, options: Any) -> None:
                 w.flag("read_write_transaction", "transaction explicitly READ WRITE")
 
 
-def _function_def(w: _Walk, kind: str, body: Mapping[str, Any]) -> None:
+def _function_def(w: _Walk, kind: str, body: Mapping[str, Any], text: str) -> None:
     opts = body.get("options" if kind == "CreateFunctionStmt" else "actions", []) or []
     language = None
     definer = False
+    source: str | None = None
     for opt in opts:
         de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
         name = de.get("defname")
@@ -1152,18 +1486,72 @@ def _function_def(w: _Walk, kind: str, body: Mapping[str, Any]) -> None:
             language = _defelem_value(w, de.get("arg"))
         elif name == "security":
             definer = (_defelem_value(w, de.get("arg")) or "false") == "true"
+        elif name == "as":
+            arg = de.get("arg")
+            items = arg.get("List", {}).get("items", []) if isinstance(arg, dict) else []
+            strings = _name_list(items)
+            source = strings[0] if strings else None
         elif name == "set" and isinstance(de.get("arg"), dict):
             setstmt = de["arg"].get("VariableSetStmt")
             if isinstance(setstmt, dict):
-                _variable_set(w, setstmt, "function SET")
-                w.classes.discard("session")
-                w.classes.discard("role_change")
+                _setting(w, setstmt, "function SET")
     if kind == "CreateFunctionStmt":
         what = "PROCEDURE" if body.get("is_procedure") else "FUNCTION"
         lang = f" LANGUAGE {language}" if language else ""
         w.flag("create_function", f"CREATE {what}{lang}")
+        _function_body(w, (language or "sql").lower(), source, body.get("sql_body"), text)
     if definer:
         w.flag("security_definer_function", "function runs with its owner's privileges")
+
+
+def _function_body(w: _Walk, language: str, source: str | None, sql_body: Any, text: str) -> None:
+    """What a function created here will run, judged now (a call of it later is a
+    ``user_function`` the gateway cannot see into)."""
+    w.reads_literals = True  # the body is a literal
+    if sql_body is not None:
+        stmts = sql_body.get("List", {}).get("items", []) if isinstance(sql_body, dict) else []
+        if isinstance(sql_body, dict) and "ReturnStmt" in sql_body:
+            stmts = [sql_body]
+        for item in stmts:
+            nodes = item.get("List", {}).get("items", []) if isinstance(item, dict) else []
+            for node in nodes if nodes else [item]:
+                if isinstance(node, dict) and len(node) == 1:
+                    inner = _analyze_stmt(node, "", w.depth + 1, w.scs)
+                    w._absorb(MessageAnalysis("", (inner,), ""), "function body")
+        return
+    if source is None:
+        return
+    if language == "sql":
+        w.nested([Embedded(source, "function body")], "function body")
+    elif language == "plpgsql":
+        pieces, error = plpgsql_sql(text, do_block=False)
+        if error is not None:
+            w.flag("dynamic_sql", f"function body the gateway cannot parse: {error}")
+        else:
+            w.nested(pieces, "function body")
+    else:
+        w.flag("dynamic_sql", f"function body in {language}: code the gateway cannot inspect")
+
+
+def _do_block(w: _Walk, body: Mapping[str, Any]) -> None:
+    lang = "plpgsql"
+    code: str | None = None
+    for opt in body.get("args", []) or []:
+        de = opt.get("DefElem", {}) if isinstance(opt, dict) else {}
+        if de.get("defname") == "language":
+            lang = _defelem_value(w, de.get("arg")) or lang
+        elif de.get("defname") == "as":
+            code = _defelem_value(w, de.get("arg"))
+    w.reads_literals = True  # the body is a literal
+    w.flag("do_block", f"DO block runs anonymous {lang} code")
+    if lang.lower() != "plpgsql" or code is None:
+        w.flag("dynamic_sql", f"DO block in {lang}: code the gateway cannot inspect")
+        return
+    pieces, error = plpgsql_sql(code, do_block=True)
+    if error is not None:
+        w.flag("dynamic_sql", f"DO block the gateway cannot parse: {error}")
+        return
+    w.nested(pieces, "DO block")
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ decision carries the new text (audit) and is returned with ``cached=True``.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from ..identity.base import Principal
 from .analysis import MessageAnalysis, StatementAnalysis, analyze, resolve_executes
 from .literals import LiteralTemplate, literal_template, statement_texts
 from .model import SEVERITY, Policy, Tier
+from .names import SearchPath
 
 __all__ = [
     "Decision",
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 _perf_ns: Final = time.perf_counter_ns
+_MAX_SCOPES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,9 @@ class Verdict:
     analysis: MessageAnalysis
     generation: int
     cacheable: bool
+    changes_session: bool = False
+    """Some statement prepares, deallocates or changes ``search_path``: what
+    :meth:`SessionContext.apply` records (nothing to do when False)."""
 
     @property
     def statement_classes(self) -> tuple[str, ...]:
@@ -204,11 +210,40 @@ class SessionContext:
     """Whether decisions may be shared by texts that differ only in constants.  The gateway
     clears it for client-only encodings (SJIS, BIG5, GBK...), whose texts it will not lex;
     ``standard_conforming_strings = off`` disables it too."""
+    started_search_path: tuple[str, ...] | None = None
+    """The search_path the gateway set upstream when the session started (a pinned tier), or
+    None (the login role's own default, assumed to be the tier's declared search_path)."""
+    shadows: frozenset[tuple[str, str]] = frozenset()
+    """(schema, name) of functions outside pg_catalog that carry a built-in's name, as the
+    session's upstream catalog showed them (see :meth:`SearchPath.function_candidates`)."""
+    scope: int = 0
+    """Decision-cache scope of (tier, search path, shadows), valid with ``tier_generation``."""
+    _path: SearchPath | None = None
+    """The search paths this session may have set (None: never changed it)."""
+
+    @property
+    def search_path(self) -> SearchPath:
+        """Where this session's unqualified names may resolve (the lineage of masked columns
+        and the policy's table and function rules use the same answer).
+
+        ``.exact`` is True when the path is known for certain; otherwise
+        ``.relation_candidates(name)`` / ``.schemas()`` list every schema a name may resolve to
+        (``*``: any schema, when the session set a path computed at run time)."""
+        if self._path is not None:
+            return self._path
+        if self.started_search_path is not None:
+            return SearchPath.of(self.started_search_path, pinned=True)
+        tier = self.tier
+        return SearchPath.of(tier.search_path if tier is not None else ("public",))
 
     def apply(self, decision: Decision) -> None:
-        """Record the effects of a message the server has run: PREPARE, DEALLOCATE, DISCARD."""
+        """Record the effects of a message the server has run: PREPARE, DEALLOCATE, DISCARD,
+        search_path changes."""
+        verdict = decision._verdict
+        if not verdict.changes_session:
+            return
         # names only: the shared verdict will do (no rebinding) unless something is prepared
-        for i, st in enumerate(decision._verdict.statements):
+        for i, st in enumerate(verdict.statements):
             a = st.analysis
             if a.prepares is not None:
                 self.prepared[a.prepares] = decision.statements[i].analysis
@@ -217,6 +252,23 @@ class SessionContext:
                     self.prepared.clear()
                 else:
                     self.prepared.pop(a.deallocates, None)
+        self.note_search_path(decision)
+
+    def note_search_path(self, decision: Decision) -> None:
+        """A message that may change ``search_path`` was sent (Query or Parse): its paths join
+        the ones the session may have.  Added, never replaced: the change may be rolled back or
+        local to a transaction (see :mod:`veilgate.policy.names`)."""
+        verdict = decision._verdict
+        if not verdict.changes_session:
+            return
+        path = self.search_path
+        for st in verdict.statements:
+            for change in st.analysis.settings:
+                if change.how in _SESSION_SETTERS and change.name in ("search_path", "*"):
+                    path = path.with_change(change)
+        if path is not self.search_path:
+            self._path = path
+            self.tier_generation = -1  # new decision scope at the next decide
 
     def remember_parse(self, name: str, decision: Decision) -> None:
         """A named protocol-level statement now exists (after ParseComplete)."""
@@ -228,20 +280,25 @@ class SessionContext:
         self.prepared.pop(name, None)
 
 
+_SESSION_SETTERS: Final = frozenset({"SET", "SET LOCAL", "set_config()"})
+
+_Scope = tuple[str | None, SearchPath, frozenset[tuple[str, str]]]
+
+
 class _State:
     """Everything ``reload`` replaces at once."""
 
-    __slots__ = ("decisions", "generation", "policy", "shapes", "tiers_by_principal")
+    __slots__ = ("decisions", "generation", "policy", "scopes", "shapes", "tiers_by_principal")
 
     def __init__(self, policy: Policy, generation: int) -> None:
         self.policy = policy
         self.generation = generation
-        self.decisions: OrderedDict[tuple[str | None, str, bool], Verdict] = OrderedDict()
-        self.shapes: OrderedDict[tuple[str | None, tuple[str, tuple[str, ...]]], Verdict] = (
-            OrderedDict()
-        )
-        """Literal-normalised decisions: (tier, template key) -> a verdict for some text."""
-        self.tiers_by_principal: dict[Principal, Tier | None] = {}
+        self.decisions: OrderedDict[tuple[int, str, bool], Verdict] = OrderedDict()
+        self.shapes: OrderedDict[tuple[int, tuple[str, tuple[str, ...]]], Verdict] = OrderedDict()
+        """Literal-normalised decisions: (scope, template key) -> a verdict for some text."""
+        self.tiers_by_principal: dict[Principal, tuple[Tier | None, int]] = {}
+        self.scopes: dict[_Scope, int] = {}
+        """(tier, search path, shadows) -> the small int decisions are cached under."""
 
 
 class PolicyEngine:
@@ -256,6 +313,8 @@ class PolicyEngine:
         shape_cache_size: int = 4096,
     ) -> None:
         self._state = _State(policy, 1)
+        self._scope_ids = itertools.count(1)
+        self._scope_info: dict[int, _Scope] = {}
         self._analyses: OrderedDict[tuple[str, bool], MessageAnalysis] = OrderedDict()
         self._analysis_max = max(1, analysis_cache_size)
         self._decision_max = max(1, decision_cache_size)
@@ -277,6 +336,27 @@ class PolicyEngine:
     def tier_for(self, principal: Principal) -> Tier | None:
         return self._state.policy.tier_for(principal)
 
+    def _scope(
+        self,
+        state: _State,
+        tier: Tier | None,
+        path: SearchPath,
+        shadows: frozenset[tuple[str, str]],
+    ) -> int:
+        """The decision-cache scope of (tier, search path, shadows): ids are never reused, so a
+        scope forgotten here (bounded) only costs its cache entries a miss."""
+        key: _Scope = (tier.name if tier is not None else None, path, shadows)
+        sid = state.scopes.get(key)
+        if sid is None:
+            if len(state.scopes) >= _MAX_SCOPES:
+                for old in state.scopes.values():
+                    self._scope_info.pop(old, None)
+                state.scopes.clear()
+            sid = next(self._scope_ids)
+            state.scopes[key] = sid
+            self._scope_info[sid] = key
+        return sid
+
     def cache_info(self) -> dict[str, int]:
         return {
             "analyses": len(self._analyses),
@@ -297,20 +377,27 @@ class PolicyEngine:
                 session.tier = state.policy.tier_for(principal)
                 session.tier_generation = state.generation
                 session.principal = principal
+                session.scope = self._scope(
+                    state, session.tier, session.search_path, session.shadows
+                )
             tier = session.tier
+            scope = session.scope
             scs = session.standard_conforming_strings
             normalize = scs and session.normalize_literals
         else:
             try:
-                tier = state.tiers_by_principal[principal]
+                tier, scope = state.tiers_by_principal[principal]
             except KeyError:
                 tier = state.policy.tier_for(principal)
+                path = (
+                    tier.default_search_path() if tier is not None else SearchPath.of(("public",))
+                )
+                scope = self._scope(state, tier, path, frozenset())
                 if len(state.tiers_by_principal) > 4096:
                     state.tiers_by_principal.clear()
-                state.tiers_by_principal[principal] = tier
+                state.tiers_by_principal[principal] = (tier, scope)
             scs = normalize = True
-        tier_name = tier.name if tier is not None else None
-        key = (tier_name, sql, scs)
+        key = (scope, sql, scs)
         decisions = state.decisions
         hit = decisions.get(key)
         if hit is not None:
@@ -321,12 +408,12 @@ class PolicyEngine:
             return Decision(hit, (_perf_ns() - t0) / 1000.0, True)
         template = literal_template(sql) if normalize else None
         if template is not None:
-            shape_key = (tier_name, template.key)
+            shape_key = (scope, template.key)
             shaped = self._from_shape(state, shape_key, sql)
             if shaped is not None:
                 verdict, texts = shaped
                 return Decision(verdict, (_perf_ns() - t0) / 1000.0, True, sql=sql, texts=texts)
-        verdict = self._judge(state, tier, sql, scs, session)
+        verdict = self._judge(state, tier, scope, sql, scs, session)
         if verdict.cacheable:
             decisions[key] = verdict
             if len(decisions) > self._decision_max:
@@ -341,7 +428,7 @@ class PolicyEngine:
     def _from_shape(
         self,
         state: _State,
-        shape_key: tuple[str | None, tuple[str, tuple[str, ...]]],
+        shape_key: tuple[int, tuple[str, tuple[str, ...]]],
         sql: str,
     ) -> tuple[Verdict, tuple[str, ...]] | None:
         """The verdict of a text with the same literal-normalised key, and the statement texts of
@@ -424,10 +511,16 @@ class PolicyEngine:
         self,
         state: _State,
         tier: Tier | None,
+        scope: int,
         sql: str,
         scs: bool,
         session: SessionContext | None,
     ) -> Verdict:
+        _tier_name, path, shadows = self._scope_info.get(scope) or (
+            None,
+            tier.default_search_path() if tier is not None else SearchPath.of(("public",)),
+            frozenset(),
+        )
         msg = self.analyze(sql, standard_conforming_strings=scs)
         cacheable = True
         if msg.needs_session or any(s.unresolved for s in msg.statements):
@@ -481,7 +574,7 @@ class PolicyEngine:
                     "; ".join(st.details) or "unknown prepared statement",
                 )
             else:
-                v = tier.judge(st)
+                v = tier.judge(st, path, shadows)
                 sd = StatementDecision(st, v.action, v.rule_id, v.message, v.reason)
             out.append(sd)
             if worst is None or SEVERITY[sd.action] > SEVERITY[worst.action]:
@@ -502,7 +595,17 @@ class PolicyEngine:
             analysis=msg,
             generation=state.generation,
             cacheable=cacheable,
+            changes_session=_changes_session(msg),
         )
+
+
+def _changes_session(msg: MessageAnalysis) -> bool:
+    return any(
+        s.prepares is not None
+        or s.deallocates is not None
+        or any(c.name in ("search_path", "*") for c in s.settings)
+        for s in msg.statements
+    )
 
 
 def _shareable(verdict: Verdict, template: LiteralTemplate) -> bool:
@@ -541,4 +644,5 @@ def _rebind(v: Verdict, sql: str, texts: tuple[str, ...]) -> Verdict:
         msg,
         v.generation,
         v.cacheable,
+        v.changes_session,
     )

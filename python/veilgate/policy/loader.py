@@ -12,6 +12,7 @@ node tree so every problem names the file, the line and the key, e.g.::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +27,22 @@ from ..masking.policy import MaskingPolicy
 from ..masking.section import compile_masking
 from .analysis import CLASSES, CONSTRUCTS
 from .model import ACTIONS, MATCH_KEYS, SEVERITY, Policy, Rule, Tier, TierMatch
+from .settings import SettingAllowance, SettingsError
 
 __all__ = ["Issue", "PolicyError", "lint_policy", "load_policy", "load_policy_text"]
 
 _TOP_KEYS = ("version", "tiers", "masking")
-_TIER_KEYS = ("name", "match", "default", "search_path", "rules")
+_TIER_KEYS = (
+    "name",
+    "match",
+    "default",
+    "search_path",
+    "pin_search_path",
+    "settings",
+    "max_connections",
+    "max_connections_per_principal",
+    "rules",
+)
 _RULE_KEYS = ("id", "message", "action", "classes", "constructs", "tables", "functions")
 _DEFAULTS = ("deny", "allow")
 
@@ -227,6 +239,11 @@ class _Compiler:
         if "masking" in top:
             # present (even empty) = masking on for every tier unless apply_to narrows it
             masking = compile_masking(self, top["masking"][1], {t.name for t in tiers})
+            if masking is not None:
+                tiers = [
+                    dataclasses.replace(t, masked=True) if masking.applies_to(t.name) else t
+                    for t in tiers
+                ]
         self.lint_tiers(tiers)
         if any(i.severity == "error" for i in self.issues):
             return None, self.issues
@@ -294,6 +311,9 @@ class _Compiler:
                 ok = False
             else:
                 search_path = tuple(sp)
+        options = self.tier_options(m, key)
+        if options is None:
+            ok = False
         rules: list[Rule] = []
         if "rules" not in m:
             self.warn(node, f"{key}.rules", f"tier has no rules: everything gets {default}")
@@ -309,7 +329,7 @@ class _Compiler:
                         ok = False
                     else:
                         rules.append(r)
-        if not ok or name is None or match is None:
+        if not ok or name is None or match is None or options is None:
             return None
         return Tier(
             name=name,
@@ -318,7 +338,79 @@ class _Compiler:
             rules=tuple(rules),
             search_path=search_path,
             line=line,
+            **options,
         )
+
+    def tier_options(self, m: dict[str, tuple[Node, Node]], key: str) -> dict[str, Any] | None:
+        """``pin_search_path``, ``settings``, ``max_connections[_per_principal]`` of a tier."""
+        out: dict[str, Any] = {}
+        ok = True
+        if "pin_search_path" in m:
+            vn = m["pin_search_path"][1]
+            v = self.scalar(vn) if isinstance(vn, ScalarNode) else None
+            if not isinstance(v, bool):
+                self.error(
+                    vn, f"{key}.pin_search_path", f"expected true or false, got {_describe(vn)}"
+                )
+                ok = False
+            else:
+                out["pin_search_path"] = v
+        for limit in ("max_connections", "max_connections_per_principal"):
+            if limit in m:
+                vn = m[limit][1]
+                v = self.scalar(vn) if isinstance(vn, ScalarNode) else None
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    self.error(
+                        vn, f"{key}.{limit}", f"expected a positive integer, got {_describe(vn)}"
+                    )
+                    ok = False
+                else:
+                    out[limit] = v
+        if "settings" in m:
+            settings = self.settings(m["settings"][1], f"{key}.settings")
+            if settings is None:
+                ok = False
+            else:
+                out["settings"] = settings
+        return out if ok else None
+
+    def settings(self, node: Node, key: str) -> dict[str, SettingAllowance] | None:
+        if not isinstance(node, MappingNode):
+            self.error(node, key, f"expected a mapping of setting names, got {_describe(node)}")
+            return None
+        out: dict[str, SettingAllowance] = {}
+        ok = True
+        for kn, vn in node.value:
+            name = self.scalar(kn) if isinstance(kn, ScalarNode) else None
+            if not isinstance(name, str) or not name.strip():
+                self.error(kn, key, "setting names must be plain strings")
+                ok = False
+                continue
+            name = name.strip().lower()
+            where = f"{key}.{name}"
+            if name in out:
+                self.error(kn, where, "duplicate setting")
+                ok = False
+                continue
+            spec: Any
+            if isinstance(vn, ScalarNode) and self.scalar(vn) in (None, "any"):
+                spec = {}
+            elif isinstance(vn, MappingNode):
+                spec = self.scalar(vn)
+            else:
+                self.error(
+                    vn,
+                    where,
+                    f"expected a mapping (min, max, values, unit) or 'any', got {_describe(vn)}",
+                )
+                ok = False
+                continue
+            try:
+                out[name] = SettingAllowance.build(name, spec)
+            except SettingsError as exc:
+                self.error(vn, where, str(exc))
+                ok = False
+        return out if ok else None
 
     def match(self, node: Node, key: str) -> TierMatch | None:
         m = self.mapping(node, key, MATCH_KEYS)

@@ -61,7 +61,7 @@ A message (several statements) gets the most restrictive of its statements' acti
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Final
@@ -69,9 +69,12 @@ from typing import Final
 from ..identity.base import Principal
 from ..masking.policy import MaskingPolicy
 from .analysis import CLASSES, CONSTRUCTS, Name, StatementAnalysis, is_builtin
+from .names import ANY_SCHEMA, PG_CATALOG, SearchPath
+from .settings import SettingAllowance, check_change
 
 __all__ = [
     "ACTIONS",
+    "BUILTIN_RULES",
     "CLASSES",
     "CONSTRUCTS",
     "MATCH_KEYS",
@@ -82,6 +85,13 @@ __all__ = [
     "TierMatch",
     "TierVerdict",
 ]
+
+BUILTIN_RULES: Final = {
+    "pinned-search-path": "the tier pins search_path: changing it is refused",
+    "settings": "a setting the tier's settings allowance does not permit",
+    "masked-tier-catalog": "a masked tier reads catalog or statistics data that holds values",
+}
+"""Rule ids the gateway itself judges with (reported like a policy rule's id)."""
 
 ACTIONS: Final = ("allow", "deny", "approve")
 SEVERITY: Final = {"allow": 0, "approve": 1, "deny": 2}
@@ -160,6 +170,12 @@ class Rule:
     _tables_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
     _func_bare_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
     _func_qual_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+    _tables_name_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+    """Name parts of the table patterns: what a name in an unknown schema may hit (deny)."""
+    _tables_anyschema_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+    """Name parts of patterns whose schema part is ``*``: what covers a name in any schema."""
+    _func_qual_name_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+    _func_anyschema_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -184,6 +200,7 @@ class Rule:
                 expanded.append(t)
             else:
                 expanded.extend(f"{s}.{t}" for s in sp)
+        qual_funcs = [f for f in funcs or () if "." in f]
         return cls(
             id=id,
             message=message,
@@ -196,7 +213,15 @@ class Rule:
             search_path=sp,
             _tables_re=_compile(expanded),
             _func_bare_re=_compile(f for f in funcs or () if "." not in f),
-            _func_qual_re=_compile(f for f in funcs or () if "." in f),
+            _func_qual_re=_compile(qual_funcs),
+            _tables_name_re=_compile(t.split(".", 1)[1] for t in expanded),
+            _tables_anyschema_re=_compile(
+                t.split(".", 1)[1] for t in expanded if t.split(".", 1)[0] == "*"
+            ),
+            _func_qual_name_re=_compile(f.split(".", 1)[1] for f in qual_funcs),
+            _func_anyschema_re=_compile(
+                f.split(".", 1)[1] for f in qual_funcs if f.split(".", 1)[0] == "*"
+            ),
         )
 
     @property
@@ -206,92 +231,148 @@ class Rule:
         )
 
     # -- matching --------------------------------------------------------------------------
+    # Names are matched in every schema the session may resolve them to (``_Facts``): a
+    # candidate ``*.name`` stands for a schema the gateway cannot know (a search_path computed at
+    # run time): deny rules hit it when a pattern's name part matches, allow rules cover it only
+    # with a ``*`` schema pattern.
 
-    def _relation_candidates(self, name: Name) -> list[str]:
-        schema, rel = name
-        if schema is not None:
-            return [f"{schema}.{rel}"]
-        out = [f"{s}.{rel}" for s in self.search_path]
-        if rel.startswith("pg_"):
-            out.append(f"pg_catalog.{rel}")
-        return out
-
-    def _table_hit(self, name: Name) -> bool:
+    def _table_hit(self, cands: tuple[str, ...]) -> bool:
         rx = self._tables_re
-        return rx is not None and any(rx.fullmatch(c) for c in self._relation_candidates(name))
+        if rx is None:
+            return False
+        for c in cands:
+            if c.startswith(_ANY):
+                nrx = self._tables_name_re
+                if nrx is not None and nrx.fullmatch(c[len(_ANY) :]):
+                    return True
+            elif rx.fullmatch(c):
+                return True
+        return False
 
-    def _table_covered(self, name: Name) -> bool:
+    def _table_covered(self, cands: tuple[str, ...]) -> bool:
         rx = self._tables_re
-        return rx is not None and all(rx.fullmatch(c) for c in self._relation_candidates(name))
+        if rx is None:
+            return False
+        for c in cands:
+            if c.startswith(_ANY):
+                arx = self._tables_anyschema_re
+                if arx is None or not arx.fullmatch(c[len(_ANY) :]):
+                    return False
+            elif not rx.fullmatch(c):
+                return False
+        return True
 
-    def _function_candidates(self, name: Name) -> list[str]:
-        """Where an unqualified call can resolve: built-ins in pg_catalog, else search_path."""
-        schema, fn = name
-        if schema is not None:
-            return [f"{schema}.{fn}"]
-        if is_builtin(name):
-            return [f"pg_catalog.{fn}"]
-        return [f"{s}.{fn}" for s in self.search_path]
-
-    def _function_hit(self, name: Name) -> bool:
-        schema, fn = name
-        if self._func_bare_re is not None and self._func_bare_re.fullmatch(fn):
+    def _function_hit(self, name: Name, cands: tuple[str, ...]) -> bool:
+        if self._func_bare_re is not None and self._func_bare_re.fullmatch(name[1]):
             return True
         rx = self._func_qual_re
         if rx is None:
             return False
-        cands = self._function_candidates(name)
-        if schema is None:
-            cands = [f"pg_catalog.{fn}", *(f"{s}.{fn}" for s in self.search_path)]
-        return any(rx.fullmatch(c) for c in cands)
+        if name[0] is None:
+            # deny also tries pg_catalog: where PostgreSQL looks first
+            cands = (f"{PG_CATALOG}.{name[1]}", *cands)
+        for c in cands:
+            if c.startswith(_ANY):
+                nrx = self._func_qual_name_re
+                if nrx is not None and nrx.fullmatch(c[len(_ANY) :]):
+                    return True
+            elif rx.fullmatch(c):
+                return True
+        return False
 
-    def _function_covered(self, name: Name) -> bool:
+    def _function_covered(self, name: Name, cands: tuple[str, ...]) -> bool:
         if self._func_bare_re is not None and self._func_bare_re.fullmatch(name[1]):
             return True
         rx = self._func_qual_re
-        return rx is not None and all(rx.fullmatch(c) for c in self._function_candidates(name))
+        if rx is None:
+            return False
+        for c in cands:
+            if c.startswith(_ANY):
+                arx = self._func_anyschema_re
+                if arx is None or not arx.fullmatch(c[len(_ANY) :]):
+                    return False
+            elif not rx.fullmatch(c):
+                return False
+        return True
 
-    def hit(self, st: StatementAnalysis) -> str | None:
-        """For deny/approve: what in ``st`` this rule matches (None = no match)."""
+    def hit(self, facts: _Facts) -> str | None:
+        """For deny/approve: what in the statement this rule matches (None = no match)."""
         why: list[str] = []
+        st = facts.st
         if self.classes is not None:
             common = st.classes & self.classes
             if not common:
                 return None
             why.append("class " + ", ".join(sorted(common)))
         if self.constructs is not None:
-            common = st.constructs & self.constructs
+            common = facts.constructs & self.constructs
             if not common:
                 return None
             why.append("construct " + ", ".join(sorted(common)))
         if self.tables is not None:
-            hits = [n for n in st.reads | st.writes if self._table_hit(n)]
+            hits = [n for n, c in facts.tables.items() if self._table_hit(c)]
             if not hits:
                 return None
             why.append("table " + ", ".join(sorted(_show(n) for n in hits)))
         if self.functions is not None:
-            hits = [n for n in st.functions if self._function_hit(n)]
-            if not hits:
+            fhits = [n for n, c in facts.functions.items() if self._function_hit(n, c)]
+            if not fhits:
                 return None
-            why.append("function " + ", ".join(sorted(_show(n) for n in hits)))
+            why.append("function " + ", ".join(sorted(_show(n) for n in fhits)))
         return "; ".join(why) if why else "every statement"
 
-    def uncovered(self, st: StatementAnalysis) -> str | None:
-        """For allow: None when this rule covers ``st``, else what it does not cover."""
+    def uncovered(self, facts: _Facts) -> str | None:
+        """For allow: None when this rule covers the statement, else what it does not cover."""
+        st = facts.st
         if self.classes is not None and not st.classes <= self.classes:
             return "class " + ", ".join(sorted(st.classes - self.classes))
-        extra = st.constructs - (self.constructs or frozenset())
+        extra = facts.allow_constructs - (self.constructs or frozenset())
         if extra:
             return "construct " + ", ".join(sorted(extra))
         if self.tables is not None:
-            bad = [n for n in st.reads | st.writes if not self._table_covered(n)]
+            bad = [n for n, c in facts.tables.items() if not self._table_covered(c)]
             if bad:
                 return "table " + ", ".join(sorted(_show(n) for n in bad))
         if self.functions is not None:
-            badf = [n for n in st.functions if not self._function_covered(n)]
+            badf = [n for n, c in facts.functions.items() if not self._function_covered(n, c)]
             if badf:
                 return "function " + ", ".join(sorted(_show(n) for n in badf))
         return None
+
+
+_ANY: Final = f"{ANY_SCHEMA}."
+
+
+class _Facts:
+    """One statement as its tier sees it: names resolved along the session's search_path."""
+
+    __slots__ = ("allow_constructs", "constructs", "functions", "st", "tables")
+
+    def __init__(
+        self,
+        st: StatementAnalysis,
+        path: SearchPath,
+        shadows: frozenset[tuple[str, str]],
+        masked: bool,
+    ) -> None:
+        self.st = st
+        self.tables = {n: path.relation_candidates(n) for n in st.reads | st.writes}
+        self.functions = {n: path.function_candidates(n, shadows) for n in st.functions}
+        constructs = st.constructs
+        if "user_function" not in constructs and any(
+            n[0] is None
+            and is_builtin(n)
+            and any(not c.startswith(f"{PG_CATALOG}.") for c in cands)
+            for n, cands in self.functions.items()
+        ):
+            # a built-in's name that the session's search_path may resolve elsewhere
+            constructs = constructs | {"user_function"}
+        self.constructs = constructs
+        self.allow_constructs = constructs if masked else constructs - _MASKED_ONLY
+        """What an allow rule must list: ``sensitive_catalog`` only on masked tiers."""
+
+
+_MASKED_ONLY: Final = frozenset({"sensitive_catalog"})
 
 
 def _show(n: Name) -> str:
@@ -316,9 +397,34 @@ class Tier:
     rules: tuple[Rule, ...] = ()
     search_path: tuple[str, ...] = ("public",)
     line: int = 0
+    pin_search_path: bool = False
+    """The gateway sets ``search_path`` upstream at session start and refuses changes."""
+    settings: Mapping[str, SettingAllowance] | None = None
+    """Which settings sessions may change, and to what (None: the rules alone decide)."""
+    masked: bool = False
+    """Results of this tier are masked (set from the ``masking:`` section)."""
+    max_connections: int | None = None
+    """Sessions of this tier at once, gateway-wide (53300 beyond)."""
+    max_connections_per_principal: int | None = None
+    """Sessions of one principal in this tier at once (53300 beyond)."""
 
-    def judge(self, st: StatementAnalysis) -> TierVerdict:
-        """The verdict of this tier's rules on one (resolved, parseable) statement."""
+    def default_search_path(self) -> SearchPath:
+        """Where a new session of this tier starts (pinned: exactly this)."""
+        return SearchPath.of(self.search_path, pinned=self.pin_search_path)
+
+    def judge(
+        self,
+        st: StatementAnalysis,
+        path: SearchPath | None = None,
+        shadows: frozenset[tuple[str, str]] = frozenset(),
+    ) -> TierVerdict:
+        """The verdict of this tier's rules on one (resolved, parseable) statement, its names
+        resolved along ``path`` (default: the tier's own search_path) with ``shadows`` (non-
+        catalog functions that carry a built-in's name) as possible resolutions."""
+        facts = _Facts(st, path or self.default_search_path(), shadows, self.masked)
+        builtin = self._builtin_rules(st)
+        if builtin is not None:
+            return builtin
         approve: tuple[Rule, str] | None = None
         allow: Rule | None = None
         near_miss: tuple[Rule, str] | None = None
@@ -326,13 +432,13 @@ class Tier:
             if r.action == "allow":
                 if allow is not None:
                     continue
-                missing = r.uncovered(st)
+                missing = r.uncovered(facts)
                 if missing is None:
                     allow = r
                 elif near_miss is None and (r.classes is None or r.classes & st.classes):
                     near_miss = (r, missing)
                 continue
-            what = r.hit(st)
+            what = r.hit(facts)
             if what is None:
                 continue
             if r.action == "deny":
@@ -346,6 +452,15 @@ class Tier:
             )
         if allow is not None:
             return TierVerdict("allow", allow.id, allow.message, f"rule {allow.id} allows it")
+        if self.masked and "sensitive_catalog" in facts.constructs:
+            rule_id = "masked-tier-catalog"
+            return TierVerdict(
+                "deny",
+                rule_id,
+                BUILTIN_RULES[rule_id],
+                f"tier {self.name} is masked and no rule allows construct sensitive_catalog: "
+                + "; ".join(d for d in st.details if "exposes" in d),
+            )
         rule_id = f"default-{self.default}"
         cls = ", ".join(sorted(st.classes)) or "statement"
         if near_miss is not None:
@@ -361,6 +476,37 @@ class Tier:
             else f"allowed by default in tier {self.name}"
         )
         return TierVerdict(self.default, rule_id, msg, reason)
+
+    def _builtin_rules(self, st: StatementAnalysis) -> TierVerdict | None:
+        """The gateway's own checks that come before every rule: a pinned search_path and the
+        ``settings`` allowance."""
+        for change in st.settings:
+            session = change.how in ("SET", "SET LOCAL", "set_config()")
+            if (
+                self.pin_search_path
+                and change.name in ("search_path", "*")
+                and not change.resets
+                and (session or change.how.startswith("ALTER"))
+            ):
+                rule_id = "pinned-search-path"
+                return TierVerdict(
+                    "deny",
+                    rule_id,
+                    BUILTIN_RULES[rule_id],
+                    f"tier {self.name} pins search_path to {', '.join(self.search_path)}: "
+                    f"{change.how} of it is refused",
+                )
+            if self.settings is not None:
+                why = check_change(self.settings, change)
+                if why is not None:
+                    rule_id = "settings"
+                    return TierVerdict(
+                        "deny",
+                        rule_id,
+                        f"setting not allowed by tier {self.name}: {why}",
+                        f"tier {self.name} settings allowance: {why}",
+                    )
+        return None
 
 
 @dataclass(frozen=True, slots=True)
