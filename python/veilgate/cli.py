@@ -203,6 +203,10 @@ DELEGATED: dict[tuple[str, ...], tuple[str, str]] = {
         "veilgate.identity.devidp:dev_token_main",
         "mint a token from the development identity provider",
     ),
+    ("approvals",): (
+        "veilgate.approvals.cli:main",
+        "list, show, approve or deny just-in-time approval requests",
+    ),
 }
 """Commands whose module parses its own arguments: ``words -> (module:function, help)``."""
 

@@ -474,6 +474,7 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
     _check_tls_files(cfg, w, line)
     _check_policy(cfg, w, line)
     _check_state(cfg, w, line)
+    _check_approvals(cfg, w, line)
 
     limits = cfg.limits
     if not w.path_failed("limits") and limits.write_low_water > limits.write_high_water:
@@ -559,6 +560,33 @@ def _check_state(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> No
     parent = (w.base_dir / Path(state.path).expanduser()).resolve().parent
     if not parent.is_dir():
         w.error(line("state.path", "state"), "state.path", f"directory does not exist: {parent}")
+
+
+def _check_approvals(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
+    """Webhooks: a URL the sender will use, known events, exactly one signing secret."""
+    from veilgate.identity.http import check_url
+
+    for i, hook in enumerate(cfg.approvals.webhooks):
+        path = f"approvals.webhooks[{i}]"
+        if w.path_failed(path):
+            continue
+        try:
+            check_url(hook.url, allow_insecure_http=hook.allow_insecure_http)
+        except ValueError as e:
+            w.error(line(f"{path}.url", path), f"{path}.url", str(e))
+        for event in hook.events:
+            if event not in ("request", "decision"):
+                w.error(
+                    line(f"{path}.events", path),
+                    f"{path}.events",
+                    f"unknown event {event!r} (expected request, decision)",
+                )
+        if (hook.secret_env is None) == (hook.secret_file is None):
+            w.error(
+                line(path),
+                path,
+                "exactly one of secret_env or secret_file is required (bodies are HMAC-signed)",
+            )
 
 
 def _nearest_line(w: _Walker, path: str) -> int:

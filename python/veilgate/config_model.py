@@ -221,6 +221,42 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """An outgoing webhook for approval requests and decisions (Slack-compatible JSON)."""
+
+    url: str
+    """``https://...`` (plain ``http`` only to a loopback IP with ``allow_insecure_http``)."""
+    secret_env: str | None = field(default=None, metadata=_ENV_NAME)
+    """Environment variable with the HMAC-SHA256 key that signs each body (``X-Veilgate-
+    Signature: sha256=<hex>`` over ``<timestamp>.<body>``)."""
+    secret_file: Path | None = None
+    events: tuple[str, ...] = field(default=("request", "decision"))
+    """Which events to send: ``request`` (a new request), ``decision`` (approved / denied)."""
+    timeout_s: float = field(default=5.0, metadata={"min": 0.1, "max": 60.0})
+    max_attempts: int = field(default=6, metadata={"min": 1, "max": 20})
+    """Delivery attempts (exponential back-off from 1 s, capped at 60 s)."""
+    allow_insecure_http: bool = False
+
+    def secret(self) -> str | None:
+        return _read_password(self.secret_env, self.secret_file)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalsConfig:
+    """Just-in-time approvals (``veilgate.approvals``); rules say *what* needs approval, this
+    section how approvers hear of it and reach it."""
+
+    api: bool = True
+    """The approvers' HTTP API on the admin listener (``/v1/approvals``)."""
+    webhooks: tuple[WebhookConfig, ...] = ()
+    how_to_approve: str | None = field(default=None, metadata={"max_len": 300})
+    """Extra text in the hint of a held statement (e.g. the URL of your approval page)."""
+    sweep_interval_s: float = field(default=30.0, metadata={"min": 1.0, "max": 3600.0})
+    """How often expired requests and grants are closed and recorded (they stop working at
+    their expiry regardless)."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
@@ -232,5 +268,6 @@ class GatewayConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     policy: PolicyConfig | None = None
     state: StateConfig = field(default_factory=StateConfig)
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     source: Path | None = field(default=None, metadata={"config": False})
     """File the configuration was loaded from, if any."""

@@ -82,6 +82,33 @@ class Gauge(_Metric):
         return self.values.get(self._key(labels), 0.0)
 
 
+class Histogram(_Metric):
+    """Cumulative buckets (upper bounds in seconds), sum and count; no labels."""
+
+    def __init__(self, name: str, help: str, buckets: tuple[float, ...]) -> None:
+        super().__init__(name, help, "histogram")
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        for bound, c in zip(self.buckets, self.counts, strict=True):
+            yield f'{self.name}_bucket{{le="{bound:g}"}} {c}'
+        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
+        yield f"{self.name}_sum {self.sum:g}"
+        yield f"{self.name}_count {self.count}"
+
+
 connections_total = Counter("veilgate_client_connections_total", "Client TCP connections accepted.")
 connections_active = Gauge("veilgate_client_connections_active", "Client connections open now.")
 sessions_total = Counter(
@@ -124,6 +151,28 @@ masked_values_total = Counter(
     ("entity",),
 )
 
+approval_requests_total = Counter(
+    "veilgate_approval_requests_total",
+    "Approval requests by kind (statement, elevation) and outcome (requested, approved, denied, "
+    "expired).",
+    ("kind", "outcome"),
+)
+approval_decision_seconds = Histogram(
+    "veilgate_approval_decision_seconds",
+    "Time from an approval request to its decision (approved or denied).",
+    (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 14400, 86400),
+)
+approval_checks_total = Counter(
+    "veilgate_approval_checks_total",
+    "Statements an approve rule matched, by result (granted, required, refused, unavailable).",
+    ("result",),
+)
+approval_waits_total = Counter(
+    "veilgate_approval_waits_total",
+    "Wait-mode statements by outcome (approved, denied, timeout, cancelled, expired, error).",
+    ("outcome",),
+)
+
 REGISTRY: list[_Metric] = [
     connections_total,
     connections_active,
@@ -136,6 +185,10 @@ REGISTRY: list[_Metric] = [
     jwks_refresh_failures_total,
     policy_decisions_total,
     masked_values_total,
+    approval_requests_total,
+    approval_decision_seconds,
+    approval_checks_total,
+    approval_waits_total,
 ]
 
 

@@ -27,6 +27,7 @@ from veilgate.config_model import (
     GatewayConfig,
     ListenConfig,
     PolicyConfig,
+    StateConfig,
     StaticToken,
     TargetConfig,
     UpstreamTLSConfig,
@@ -220,7 +221,7 @@ def with_policy(
     policy_file: Path, audit_log: Path, *roles: str
 ) -> Callable[[GatewayConfig], GatewayConfig]:
     """A ``gateway_factory`` transform: the policy file and audit log, and the static token's
-    roles (which pick the policy tier)."""
+    roles (which pick the policy tier).  The approval state goes beside the audit log."""
 
     def transform(cfg: GatewayConfig) -> GatewayConfig:
         tok = replace(cfg.auth.static_tokens[0], roles=frozenset(roles))
@@ -228,6 +229,7 @@ def with_policy(
             cfg,
             auth=replace(cfg.auth, static_tokens=(tok,)),
             policy=PolicyConfig(file=policy_file, audit_log=str(audit_log)),
+            state=StateConfig(path=str(audit_log.parent / "veilgate-state.db")),
         )
 
     return transform

@@ -56,6 +56,7 @@ cdef class RelaySide:
         self._paused_peer = False
         self._barriers = False
         self._held = False
+        self._holds = 0
         self._pauses = 0
         self._backlog = None
 
@@ -114,15 +115,21 @@ cdef class RelaySide:
 
     def hold(self):
         """Stop reading and dispatching until :meth:`release` (called from an event handler,
-        or between reads)."""
+        or between reads).  Holds are counted: the masking relay and the approval gate may each
+        hold the same side, and it reads again only when every hold was released."""
+        self._holds += 1
         if self._held:
             return
         self._held = True
         self._pause(_PAUSE_HELD)
 
     def release(self):
-        """Handle what waited in the backlog, frame what is buffered, then read again."""
-        if not self._held:
+        """Drop one hold; after the last, handle what waited in the backlog, frame what is
+        buffered, then read again."""
+        if self._holds == 0:
+            return
+        self._holds -= 1
+        if self._holds > 0 or not self._held:
             return
         self._held = False
         backlog = self._backlog

@@ -63,6 +63,8 @@ from veilgate.policy.audit import AuditSink, DecisionEvent
 from veilgate.policy.engine import Decision, PolicyEngine, SessionContext, Verdict
 
 if TYPE_CHECKING:
+    from veilgate.approvals.service import ApprovalService
+    from veilgate.gateway.approval import ApprovalGate, PendingApproval
     from veilgate.gateway.session import Session
 
 __all__ = [
@@ -78,8 +80,8 @@ logger = log.get("gateway.policy")
 MARKER_PREFIX: Final = "veilgate-denied-"
 _MARKER_PREFIX_B: Final = MARKER_PREFIX.encode()
 _APPROVAL_HINT: Final = (
-    "this statement needs an approval, and approvals are not available yet in this gateway: "
-    "ask the policy owner"
+    "this statement needs an approval, which a protocol-level FunctionCall cannot get: "
+    "call the function from SQL"
 )
 
 _Q, _P, _F, _B = ord("Q"), ord("P"), ord("F"), ord("B")
@@ -114,6 +116,11 @@ def denial_frame(d: Decision) -> bytes:
     else:
         hint = f["H"]
     return wire.error_response("ERROR", f["C"], f["M"], f["D"], hint)
+
+
+def _error_frame(d: Decision | bytes) -> bytes:
+    """What a marker's error becomes: the decision's denial, or the frame given in its place."""
+    return d if isinstance(d, bytes) else denial_frame(d)
 
 
 def stale_portal_denial(generation: int, why: str) -> Decision:
@@ -189,12 +196,14 @@ class _Stmt:
     """A protocol-level statement the client prepared (text and under which policy); also what
     a portal bound during a stale window came from."""
 
-    __slots__ = ("denied", "generation", "text")
+    __slots__ = ("approval", "denied", "generation", "text")
 
     def __init__(self, text: str, generation: int) -> None:
         self.text = text
         self.generation = generation
         self.denied: Decision | None = None
+        self.approval: PendingApproval | None = None
+        """An approve rule matched it: each Bind is checked for a grant (gateway.approval)."""
 
 
 class PolicyEnforcer:
@@ -206,6 +215,7 @@ class PolicyEnforcer:
         engine: PolicyEngine,
         principal: Principal,
         audit: AuditSink | None,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self.session = session
         self.engine = engine
@@ -217,7 +227,8 @@ class PolicyEnforcer:
         self._codec: str | None = None
         for frame in session.upstream_parameters:
             self._parameter_status(frame[5:])
-        self._markers: OrderedDict[bytes, Decision] = OrderedDict()
+        self._markers: OrderedDict[bytes, Decision | bytes] = OrderedDict()
+        """Outstanding markers: the denial's decision, or the error frame to send in its place."""
         self._probes: deque[bytes] = deque()
         """Keys in ``_markers`` of parse probes, oldest first."""
         self._stmts: dict[bytes, _Stmt] = {}
@@ -238,6 +249,13 @@ class PolicyEnforcer:
         """The decision for portals bound before the window (None: allowed)."""
         self.stale_executes = 0
         """Execute messages judged in stale windows (observable: none outside a window)."""
+        self.approvals: ApprovalGate | None = None
+        """Just-in-time approval of what ``approve`` rules match (None: such statements are
+        refused, as before approvals existed)."""
+        if approvals is not None:
+            from veilgate.gateway.approval import ApprovalGate
+
+            self.approvals = ApprovalGate(self, approvals)
 
     # --- which messages the buffers surface -----------------------------------------------------
 
@@ -245,6 +263,13 @@ class PolicyEnforcer:
         if self._window:
             return b"QPFBE"
         return b"QPFB" if self._binds else b"QPF"
+
+    def client_barriers(self) -> bytes:
+        """Client events after which framing stops: Parse, while some rule approves (the Bind
+        of an approve-matched statement, framed next, must be an event)."""
+        if self.approvals is None:
+            return b""
+        return b"P" if self.approvals.active() else b""
 
     def upstream_tags(self) -> bytes:
         if self._markers:
@@ -298,9 +323,11 @@ class PolicyEnforcer:
         # one copy of the message (frame), not two (body and frame): this runs per Query
         frame = m.frame()
         end = frame.find(b"\0", 5)
-        d = self.engine.decide(
-            self.principal, self._text(frame[5:] if end < 0 else frame[5:end]), session=self.ctx
-        )
+        text = self._text(frame[5:] if end < 0 else frame[5:end])
+        gate = self.approvals
+        d = gate.setting(text) if gate is not None else None
+        if d is None:
+            d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
         if d.allowed:
             self._write(frame)
@@ -312,6 +339,9 @@ class PolicyEnforcer:
                 self._probe(d)
                 self._write(probe + _SYNC)
                 return
+        if gate is not None and d.action == "approve":
+            gate.query(d, frame, text)
+            return
         self._write(wire.frame(b"Q", wire.cstr(f'SELECT "{self._marker(d)}"')))
 
     def _parse(self, m: Any) -> None:
@@ -322,12 +352,19 @@ class PolicyEnforcer:
             self._write(m.frame())
             return
         name, text = body[:i], self._text(body[i + 1 : j])
-        d = self.engine.decide(self.principal, text, session=self.ctx)
+        gate = self.approvals
+        d = gate.setting(text) if gate is not None else None
+        if d is None:
+            d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
-        if d.allowed:
+        approve = gate is not None and d.action == "approve"
+        if d.allowed or approve:
+            # an approve-matched statement is parsed (that runs nothing); each Bind is checked
             self._write(m.frame())
             self.ctx.note_search_path(d)
             stmt = _Stmt(text, d.generation)
+            if approve:
+                stmt.approval = self._pending_approval(d, body)
             if name:
                 self.ctx.remember_parse(self._text(name), d)
                 old = self._stmts.get(name)
@@ -337,7 +374,7 @@ class PolicyEnforcer:
                 self._unnamed = stmt
             if old is not None:  # its portals outlive it
                 self._retire(old.text)
-            if self._binds:
+            if self._binds or approve:
                 self._update_binds()
             return
         # a failed Parse leaves a named statement of that name as it was; the unnamed one is
@@ -382,6 +419,9 @@ class PolicyEnforcer:
         if stmt.denied is None:
             if self._window:
                 self._portals[body[:i]] = stmt
+            if stmt.approval is not None and self.approvals is not None:
+                self.approvals.bind(stmt.approval, m.frame(), body, stmt.text)
+                return
             self._write(m.frame())
             return
         # a marker Parse under a name of its own: the client's unnamed statement survives, and
@@ -395,7 +435,13 @@ class PolicyEnforcer:
         d = self.engine.decide(self.principal, stmt.text, session=self.ctx)
         self._record(d)
         stmt.generation = d.generation
-        stmt.denied = None if d.allowed else d
+        approve = self.approvals is not None and d.action == "approve"
+        stmt.denied = None if d.allowed or approve else d
+        if approve:
+            types = stmt.approval.param_types if stmt.approval is not None else ()
+            stmt.approval = self._pending_approval(d, None, types)
+        else:
+            stmt.approval = None
         return d
 
     def _execute(self, m: Any) -> None:
@@ -424,6 +470,12 @@ class PolicyEnforcer:
                 elif stmt.denied is not None:
                     self._record(stmt.denied)
                 d = stmt.denied
+                if d is None and stmt.approval is not None:
+                    # its Bind was checked under the old policy: bind it again to be checked
+                    d = stale_portal_denial(
+                        self.engine.generation, "the policy now wants an approval for it"
+                    )
+                    self._record(d)
         else:
             d = self._untracked
             if d is not None:
@@ -490,14 +542,16 @@ class PolicyEnforcer:
             markers.pop(probes.popleft(), None)
             replaced = None
         elif _probe_passed_parser(fields):
-            replaced = denial_frame(markers.pop(probes.popleft()))
+            replaced = _error_frame(markers.pop(probes.popleft()))
         else:
             return None
         if not markers:
             self.session.set_upstream_events()
         return replaced
 
-    def _marker(self, d: Decision) -> str:
+    def _marker(self, d: Decision | bytes) -> str:
+        """A nonce the server will fail on; its error is replaced by ``d``'s denial (or by
+        ``d`` itself, an ErrorResponse frame)."""
         nonce = MARKER_PREFIX + secrets.token_hex(12)
         first = not self._markers
         self._markers[nonce.encode()] = d
@@ -505,12 +559,51 @@ class PolicyEnforcer:
             self.session.set_upstream_events()
         return nonce
 
+    # --- for the approval gate ----------------------------------------------------------------
+
+    def _pending_approval(
+        self, d: Decision, parse_body: bytes | None, types: tuple[int, ...] = ()
+    ) -> PendingApproval:
+        from veilgate.approvals.fingerprint import parse_param_types
+        from veilgate.gateway.approval import PendingApproval
+
+        if parse_body is not None:
+            types = tuple(parse_param_types(parse_body))
+        return PendingApproval(d, types)
+
+    def forward(self, frame: bytes) -> None:
+        """Send a message the approval gate let through."""
+        self._write(frame)
+
+    def refuse(self, error: bytes, *, query: bool) -> None:
+        """Answer the message being handled (a Query, or a Bind when ``query`` is false) with
+        ``error`` instead of running it: the server gets a marker that fails (a Query, or a
+        Parse under a statement name of its own, which fails before creating anything), so the
+        transaction and the pipeline fail exactly as for the server's own error."""
+        nonce = self._marker(error)
+        if query:
+            self._write(wire.frame(b"Q", wire.cstr(f'SELECT "{nonce}"')))
+        else:
+            marker = wire.cstr(nonce) + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
+            self._write(wire.frame(b"P", marker))
+
+    def cancel_wait(self) -> bool:
+        """A CancelRequest: ends a statement's wait for approval (True), if one waits."""
+        return self.approvals is not None and self.approvals.cancel_wait()
+
+    def close(self) -> None:
+        """The session ended."""
+        if self.approvals is not None:
+            self.approvals.close()
+
     # --- policy reload -------------------------------------------------------------------------
 
     def policy_reloaded(self) -> None:
         """The engine has a new generation: judge statements again at their next Bind, and
         portals bound before now at their next Execute."""
         self._update_binds()
+        if self.approvals is not None:
+            self.session.set_client_events()  # approve rules may have come or gone
         state = self.session.state
         if not state.busy and state.tx_status in (0, _IDLE):
             # nothing in flight and no transaction block: no portal exists
@@ -568,9 +661,14 @@ class PolicyEnforcer:
 
     def _update_binds(self) -> None:
         gen = self.engine.generation
-        want = any(s.generation != gen or s.denied is not None for s in self._stmts.values())
+        want = any(
+            s.generation != gen or s.denied is not None or s.approval is not None
+            for s in self._stmts.values()
+        )
         u = self._unnamed
-        if u is not None and (u.generation != gen or u.denied is not None):
+        if u is not None and (
+            u.generation != gen or u.denied is not None or u.approval is not None
+        ):
             want = True
         if want != self._binds:
             self._binds = want
@@ -598,7 +696,7 @@ class PolicyEnforcer:
                                 break
                         if not markers:
                             self.session.set_upstream_events()
-                        return denial_frame(d)
+                        return _error_frame(d)
         elif tag == _Z:
             if self._window:
                 if self._z_before > 0:

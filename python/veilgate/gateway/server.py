@@ -35,6 +35,7 @@ from veilgate.policy.loader import load_policy
 from veilgate.policy.reload import PolicyFileWatcher
 
 if TYPE_CHECKING:
+    from veilgate.approvals.service import ApprovalService
     from veilgate.masking.planner import SessionMasking
 
 logger = log.get("gateway")
@@ -114,12 +115,17 @@ class Gateway:
         self._policy_timer: asyncio.TimerHandle | None = None
         self._catalogs: dict[tuple[str, str, int, str, str], Catalog] = {}
         """Masking catalogs, one per upstream login (shared by that login's sessions)."""
+        self.approvals: ApprovalService | None = None
+        """Just-in-time approvals (with a policy); its store opens when a rule needs it."""
         if config.policy is not None:
             # raises PolicyError (file, line, key): `veilgate serve` validated it already
             self.policy_engine = PolicyEngine(load_policy(config.policy.file))
             self.policy_watcher = PolicyFileWatcher(config.policy.file, self.policy_engine)
             if config.policy.audit_log is not None:
                 self.audit_sink = JsonLinesAuditSink(config.policy.audit_log)
+            from veilgate.approvals.service import ApprovalService
+
+            self.approvals = ApprovalService(config.state, config.approvals, audit=self.audit_sink)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -146,6 +152,7 @@ class Gateway:
         self._accept_task = loop.create_task(self._accept_loop(lsock))
         if self.policy_watcher is not None:
             self._policy_timer = loop.call_later(POLICY_CHECK_INTERVAL_S, self._policy_tick)
+        await self._start_approvals()
         log.event(
             logger,
             "listening",
@@ -180,7 +187,17 @@ class Gateway:
         if engine.generation != generation:
             for session in list(self._sessions):
                 session.policy_reloaded()
+            self._spawn(self._start_approvals())
         return result
+
+    async def _start_approvals(self) -> None:
+        """Open the approval store once the policy has approve rules or elevation tiers (a store
+        that is down is logged; approvals then fail closed and the next need retries)."""
+        from veilgate.approvals.policy import needs_approvals
+
+        engine, service = self.policy_engine, self.approvals
+        if engine is not None and service is not None and needs_approvals(engine.policy):
+            await service.start()
 
     def masking_planner(self, principal: Principal, login: TargetConfig) -> SessionMasking | None:
         """A masking planner for a session of ``principal`` upstream as ``login``, or None when
@@ -220,6 +237,10 @@ class Gateway:
         for c in catalogs:
             await c.close()
 
+    async def _close_approvals(self) -> None:
+        if self.approvals is not None:
+            await self.approvals.close()
+
     def _close_policy(self) -> None:
         if self._policy_timer is not None:
             self._policy_timer.cancel()
@@ -256,6 +277,7 @@ class Gateway:
         for session in list(self._sessions):
             session.abort()
         await self._cancel_tasks()
+        await self._close_approvals()
         self._close_policy()
         await self._close_catalogs()
 
@@ -265,6 +287,7 @@ class Gateway:
         for session in list(self._sessions):
             session.close(ADMIN_SHUTDOWN, "gateway_close")
         await self._cancel_tasks()
+        await self._close_approvals()
         self._close_policy()
         await self._close_catalogs()
         await asyncio.sleep(0)
@@ -399,6 +422,10 @@ class Gateway:
         session = self.cancel_registry.lookup(request.pid, request.key)
         if session is None:
             metrics.cancel_requests_total.inc(outcome="unknown")
+            return
+        if session.enforcer is not None and session.enforcer.cancel_wait():
+            # the statement waits for an approval in the gateway: it never reached the server
+            metrics.cancel_requests_total.inc(outcome="approval_wait")
             return
         if not session.state.busy or session.target is None:
             metrics.cancel_requests_total.inc(outcome="idle")

@@ -158,6 +158,7 @@ class Session:
         self._planner: SessionMasking | None = None
         """The masking planner, when the session's tier is masked (made during the handshake)."""
         self._login: TargetConfig | None = None
+        self._client_barriers = b""
         self.upstream_parameters: list[bytes] = []
         """The server's ParameterStatus messages of the handshake (whole frames)."""
         self.pinned_search_path: tuple[str, ...] | None = None
@@ -624,7 +625,9 @@ class Session:
         client_rb.max_message = self.config.limits.max_message_bytes
         engine = self.gateway.policy_engine
         if engine is not None and self.principal is not None:
-            self.enforcer = PolicyEnforcer(self, engine, self.principal, self.gateway.audit_sink)
+            self.enforcer = PolicyEnforcer(
+                self, engine, self.principal, self.gateway.audit_sink, self.gateway.approvals
+            )
         self.masking = self._masking()
         client_rb.set_all_events(False)
         upstream_rb.set_all_events(False)
@@ -665,6 +668,13 @@ class Session:
         if self.masking is not None:
             tags += CLIENT_TAGS
         self.client_rb.set_events(tags)
+        barriers = self.enforcer.client_barriers() if self.enforcer else b""
+        if barriers != self._client_barriers:
+            # the enforcer changes which tags it needs after some events (an approve-matched
+            # Parse wants its Bind): framing stops after them so the rest is framed anew
+            self._client_barriers = barriers
+            self.client_rb.set_barrier_events(barriers)
+            self.client.set_barriers(bool(barriers))
 
     def set_upstream_events(self) -> None:
         """Server messages surfaced as events: ReadyForQuery while draining or ending, plus what
@@ -794,6 +804,8 @@ class Session:
             self.upstream.stop_relay()
         if self.masking is not None:
             self.masking.close()
+        if self.enforcer is not None:
+            self.enforcer.close()
         ct = self.client_transport
         if ct is not None and not ct.is_closing():
             if client_message:

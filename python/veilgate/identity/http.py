@@ -1,4 +1,4 @@
-"""A tiny async HTTP/1.1 GET client for discovery documents and JWKS.
+"""A tiny async HTTP/1.1 client: GET for discovery documents and JWKS, POST for webhooks.
 
 Deliberately minimal, no dependencies beyond asyncio streams:
 
@@ -114,8 +114,14 @@ async def _read_body(
     return bytes(out)
 
 
-async def _get(
-    url: str, timeout_s: float, max_bytes: int, allow_insecure_http: bool, accept: str
+async def _request(
+    method: str,
+    url: str,
+    max_bytes: int,
+    allow_insecure_http: bool,
+    accept: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> HTTPResponse:
     check_url(url, allow_insecure_http=allow_insecure_http)
     parts = urlsplit(url)
@@ -137,11 +143,15 @@ async def _get(
         limit=MAX_HEADER_BYTES,
     )
     try:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        if body is not None:
+            extra += f"Content-Length: {len(body)}\r\n"
         request = (
-            f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
-            f"Accept: {accept}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
+            f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
+            f"Accept: {accept}\r\nAccept-Encoding: identity\r\nConnection: close\r\n"
+            f"{extra}\r\n"
         )
-        writer.write(request.encode("ascii"))
+        writer.write(request.encode("ascii") + (body or b""))
         await writer.drain()
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -155,16 +165,17 @@ async def _get(
             status = int(status_parts[1])
         except ValueError:
             raise HTTPError("bad status line") from None
-        headers: dict[str, str] = {}
+        resp_headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep:
                 raise HTTPError("bad header line")
             key = name.strip().lower()
             value = value.strip()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        body = b"" if status in (204, 304) else await _read_body(reader, headers, max_bytes)
-        return HTTPResponse(status=status, headers=headers, body=body)
+            resp_headers[key] = f"{resp_headers[key]}, {value}" if key in resp_headers else value
+        no_body = status in (204, 304) or method == "HEAD"
+        data = b"" if no_body else await _read_body(reader, resp_headers, max_bytes)
+        return HTTPResponse(status=status, headers=resp_headers, body=data)
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise HTTPError(f"truncated response: {type(exc).__name__}") from None
     finally:
@@ -188,7 +199,30 @@ async def http_get(
     """
     try:
         async with asyncio.timeout(timeout_s):
-            return await _get(url, timeout_s, max_bytes, allow_insecure_http, accept)
+            return await _request("GET", url, max_bytes, allow_insecure_http, accept)
+    except TimeoutError:
+        raise HTTPError(f"timed out after {timeout_s:g}s") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise HTTPError(f"{type(exc).__name__}: {exc}") from None
+
+
+async def http_post(
+    url: str,
+    body: bytes,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_insecure_http: bool = False,
+) -> HTTPResponse:
+    """POST ``body`` to ``url`` (same rules and errors as :func:`http_get`); header names and
+    values must be plain ASCII without line breaks."""
+    for k, v in (headers or {}).items():
+        if any(c in k + v for c in "\r\n") or not (k + v).isascii():
+            raise ValueError("header names and values must be ASCII without line breaks")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _request("POST", url, max_bytes, allow_insecure_http, "*/*", body, headers)
     except TimeoutError:
         raise HTTPError(f"timed out after {timeout_s:g}s") from None
     except (OSError, ssl.SSLError) as exc:

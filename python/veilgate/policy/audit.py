@@ -130,7 +130,12 @@ class MaskEvent:
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
 
-AuditEvent = DecisionEvent | MaskEvent
+class AuditEvent(Protocol):
+    """What a sink accepts: decisions, masked results, approval events (``veilgate.approvals``)
+    and whatever else records through the same interface; each renders itself as one JSON
+    object."""
+
+    def to_json(self, *, record_sql: bool = True) -> str: ...
 
 
 @runtime_checkable

@@ -206,6 +206,10 @@ class SessionContext:
     tier_generation: int = -1
     tier: Tier | None = None
     """Tier cached for ``principal``, valid while ``tier_generation`` is the engine's."""
+    elevated_tier: str | None = None
+    """A tier the principal was granted for a while (approvals: ``SET veilgate.request_tier``):
+    statements are judged by it instead of the tier its claims match.  Whoever sets it also
+    sets ``tier_generation = -1`` so the cached tier is looked up again."""
     normalize_literals: bool = True
     """Whether decisions may be shared by texts that differ only in constants.  The gateway
     clears it for client-only encodings (SJIS, BIG5, GBK...), whose texts it will not lex;
@@ -374,7 +378,7 @@ class PolicyEngine:
         state = self._state
         if session is not None:
             if session.tier_generation != state.generation or session.principal is not principal:
-                session.tier = state.policy.tier_for(principal)
+                session.tier = _session_tier(state.policy, principal, session)
                 session.tier_generation = state.generation
                 session.principal = principal
                 session.scope = self._scope(
@@ -606,6 +610,16 @@ def _changes_session(msg: MessageAnalysis) -> bool:
         or any(c.name in ("search_path", "*") for c in s.settings)
         for s in msg.statements
     )
+
+
+def _session_tier(policy: Policy, principal: Principal, session: SessionContext) -> Tier | None:
+    """The session's elevated tier while it has one (and the policy still has it), else the
+    tier the principal's claims match."""
+    if session.elevated_tier is not None:
+        tier = policy.tier_named(session.elevated_tier)
+        if tier is not None:
+            return tier
+    return policy.tier_for(principal)
 
 
 def _shareable(verdict: Verdict, template: LiteralTemplate) -> bool:

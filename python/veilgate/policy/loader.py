@@ -26,6 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..masking.policy import MaskingPolicy
 from ..masking.section import compile_masking
 from .analysis import CLASSES, CONSTRUCTS
+from .approval_section import compile_approval, compile_elevation
 from .model import ACTIONS, MATCH_KEYS, SEVERITY, Policy, Rule, Tier, TierMatch
 from .settings import SettingAllowance, SettingsError
 
@@ -42,8 +43,18 @@ _TIER_KEYS = (
     "max_connections",
     "max_connections_per_principal",
     "rules",
+    "elevation",
 )
-_RULE_KEYS = ("id", "message", "action", "classes", "constructs", "tables", "functions")
+_RULE_KEYS = (
+    "id",
+    "message",
+    "action",
+    "classes",
+    "constructs",
+    "tables",
+    "functions",
+    "approval",
+)
 _DEFAULTS = ("deny", "allow")
 
 
@@ -329,6 +340,10 @@ class _Compiler:
                         ok = False
                     else:
                         rules.append(r)
+        elevation = None
+        if "elevation" in m:
+            elevation = compile_elevation(self, m["elevation"][1], f"{key}.elevation")
+            ok = ok and elevation is not None
         if not ok or name is None or match is None or options is None:
             return None
         return Tier(
@@ -339,6 +354,7 @@ class _Compiler:
             search_path=search_path,
             line=line,
             **options,
+            elevation=elevation,
         )
 
     def tier_options(self, m: dict[str, tuple[Node, Node]], key: str) -> dict[str, Any] | None:
@@ -506,9 +522,36 @@ class _Compiler:
                 elif not lst:
                     self.warn(m[sel][1], f"{key}.{sel}", "empty list: the rule never matches")
                 fields[sel] = lst
+        if not self.rule_approval(m, node, key, fields):
+            return None
         if not ok:
             return None
         return Rule.build(line=line, search_path=search_path, **fields)
+
+    def rule_approval(
+        self, m: dict[str, tuple[Node, Node]], node: Node, key: str, fields: dict[str, Any]
+    ) -> bool:
+        """A rule's ``approval:`` (approve rules only); False on errors."""
+        action = fields.get("action")
+        if "approval" in m and action != "approve":
+            self.error(m["approval"][0], f"{key}.approval", "only rules with action: approve")
+            return False
+        if action != "approve":
+            return True
+        spec = compile_approval(
+            self, m["approval"][1] if "approval" in m else None, f"{key}.approval"
+        )
+        if spec is None:
+            return False
+        if spec.approvers.empty:
+            self.warn(
+                node,
+                f"{key}.approval.approvers",
+                "no approvers: only operators with the state store can approve "
+                "(veilgate approvals approve)",
+            )
+        fields["approval"] = spec
+        return True
 
     # -- warnings across rules ---------------------------------------------------------------
 

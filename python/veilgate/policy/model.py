@@ -69,6 +69,7 @@ from typing import Final
 from ..identity.base import Principal
 from ..masking.policy import MaskingPolicy
 from .analysis import CLASSES, CONSTRUCTS, Name, StatementAnalysis, is_builtin
+from .approval_spec import ApprovalSpec, ElevationSpec
 from .names import ANY_SCHEMA, PG_CATALOG, SearchPath
 from .settings import SettingAllowance, check_change
 
@@ -167,6 +168,8 @@ class Rule:
     functions: tuple[str, ...] | None = None
     line: int = 0
     search_path: tuple[str, ...] = ("public",)
+    approval: ApprovalSpec | None = None
+    """For ``approve`` rules: who approves and what a grant allows (see approval_spec)."""
     _tables_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
     _func_bare_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
     _func_qual_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
@@ -190,6 +193,7 @@ class Rule:
         functions: Iterable[str] | None = None,
         line: int = 0,
         search_path: Iterable[str] = ("public",),
+        approval: ApprovalSpec | None = None,
     ) -> Rule:
         sp = tuple(search_path)
         tabs = tuple(tables) if tables is not None else None
@@ -211,6 +215,7 @@ class Rule:
             functions=funcs,
             line=line,
             search_path=sp,
+            approval=approval if approval is not None or action != "approve" else ApprovalSpec(),
             _tables_re=_compile(expanded),
             _func_bare_re=_compile(f for f in funcs or () if "." not in f),
             _func_qual_re=_compile(qual_funcs),
@@ -407,6 +412,9 @@ class Tier:
     """Sessions of this tier at once, gateway-wide (53300 beyond)."""
     max_connections_per_principal: int | None = None
     """Sessions of one principal in this tier at once (53300 beyond)."""
+    elevation: ElevationSpec | None = None
+    """Principals of other tiers may ask for this tier for a while (``SET
+    veilgate.request_tier``); who approves that (see approval_spec)."""
 
     def default_search_path(self) -> SearchPath:
         """Where a new session of this tier starts (pinned: exactly this)."""
@@ -529,4 +537,12 @@ class Policy:
         for t in self.tiers:
             if t.name == name:
                 return t
+        return None
+
+    def rule_named(self, rule_id: str) -> Rule | None:
+        """The rule with this id (ids are unique in a file)."""
+        for t in self.tiers:
+            for r in t.rules:
+                if r.id == rule_id:
+                    return r
         return None

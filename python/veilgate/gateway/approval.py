@@ -1,0 +1,630 @@
+"""Just-in-time approval on a relayed session (DESIGN.md "approvals", PROTOCOL.md 9-10).
+
+The policy enforcer (:mod:`veilgate.gateway.enforce`) hands this gate every message an
+``approve`` rule matched: a simple Query, or the Bind of a prepared statement (its Parse went
+through: parsing runs nothing, and the fingerprint needs the parameters Bind carries).
+
+* **Grant check.**  The statement's fingerprint (:mod:`veilgate.approvals.fingerprint`) and the
+  principal's identity key are looked up: a live grant runs it (one use counted) -- for grants
+  without a use limit from memory, synchronously; otherwise the client side is *held* (nothing
+  more of it is read or forwarded, the rest of the gateway goes on) while the store answers.
+* **Fail-fast** (default): no grant means an approval request (the open one for this statement,
+  or a new one) and ``ERROR 42Z01`` naming it and how to get it approved.  The agent retries the
+  identical statement once it is approved.
+* **Wait**: a ``NoticeResponse`` with the request id at once, then the statement is held until a
+  decision (woken by the store's notification, on whichever gateway the approver used): approved
+  runs it, denied is ``42501``, the wait's timeout or a CancelRequest is ``57014``.
+
+Every refusal reaches the server as a *marker* that fails there (the enforcer's mechanism), so
+transaction state and response order stay the server's: a refusal inside ``BEGIN`` fails the
+transaction and a later ``COMMIT`` rolls back.  The store being down refuses the statement
+(``42Z02``, fail closed); statements no approve rule matches never come here.
+
+Session settings the gateway reads (the server accepts them too: PostgreSQL takes any two-part
+setting name, so client and server agree on the outcome): ``SET veilgate.reason = '...'`` (the
+reason attached to this session's next requests), ``SET veilgate.request_tier = 'name'`` (ask
+for a time-bound elevation to that tier; the request id comes as a NoticeResponse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from pglast import parser as _pg
+
+from veilgate import log, metrics
+from veilgate.approvals.events import ApprovalEvent
+from veilgate.approvals.fingerprint import bind_parameters, fingerprint
+from veilgate.approvals.model import (
+    KIND_ELEVATION,
+    KIND_STATEMENT,
+    Grant,
+    Request,
+    elevation_spec,
+    principal_key,
+    statement_spec,
+)
+from veilgate.approvals.policy import needs_approvals
+from veilgate.approvals.store import display_params
+from veilgate.gateway import wire
+from veilgate.policy.analysis import MessageAnalysis
+from veilgate.policy.approval_spec import ApprovalSpec
+from veilgate.policy.engine import Decision, Verdict
+from veilgate.state import StateUnavailable
+
+if TYPE_CHECKING:
+    from veilgate.approvals.service import ApprovalService
+    from veilgate.gateway.enforce import PolicyEnforcer
+
+__all__ = [
+    "APPROVAL_REQUIRED",
+    "APPROVAL_UNAVAILABLE",
+    "REASON_REQUIRED",
+    "ApprovalGate",
+    "PendingApproval",
+]
+
+logger = log.get("gateway.approval")
+
+APPROVAL_REQUIRED: Final = "42Z01"
+"""veilgate-owned (class 42: an authorization failure, never retried blindly by drivers)."""
+APPROVAL_UNAVAILABLE: Final = "42Z02"
+REASON_REQUIRED: Final = "42Z03"
+SETTING_RULE: Final = "veilgate-setting"
+_SETTINGS: Final = ("veilgate.reason", "veilgate.request_tier")
+_REASON_MAX: Final = 1000
+_SETTING_RX: Final = re.compile(r"\s*(?:set|reset)\s", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApproval:
+    """A prepared statement an approve rule matched: judged again at each Bind."""
+
+    decision: Decision
+    param_types: tuple[int, ...]
+
+
+def _settings(text: str) -> list[tuple[str, str | None]] | None:
+    """``[(name, value)]`` when every statement of ``text`` sets or resets a ``veilgate.*``
+    setting (``None`` value: reset); None otherwise."""
+    if _SETTING_RX.match(text) is None or "veilgate." not in text.lower():
+        return None
+    try:
+        tree = json.loads(_pg.parse_sql_json(text))
+    except _pg.ParseError:
+        return None
+    out: list[tuple[str, str | None]] = []
+    for raw in tree.get("stmts", ()):
+        vs = raw.get("stmt", {}).get("VariableSetStmt")
+        if vs is None or not str(vs.get("name", "")).startswith("veilgate."):
+            return None
+        kind = vs.get("kind")
+        if kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
+            out.append((vs["name"], None))
+            continue
+        args = vs.get("args", [])
+        if kind != "VAR_SET_VALUE" or len(args) != 1 or "A_Const" not in args[0]:
+            return None
+        const = args[0]["A_Const"]
+        if "sval" in const:
+            value = str(const["sval"].get("sval", ""))
+        elif "ival" in const:
+            value = str(const["ival"].get("ival", 0))
+        else:
+            return None
+        out.append((vs["name"], value))
+    return out or None
+
+
+def _setting_decision(text: str, generation: int, tier: str | None) -> Decision:
+    verdict = Verdict(
+        action="allow",
+        tier=tier,
+        rule_id=SETTING_RULE,
+        message="a veilgate session setting",
+        reason="SET veilgate.* is read by the gateway",
+        statements=(),
+        fingerprint="",
+        analysis=MessageAnalysis(text, (), ""),
+        generation=generation,
+        cacheable=False,
+    )
+    return Decision(verdict, 0.0, False)
+
+
+class ApprovalGate:
+    """Approvals of one session (made by its :class:`PolicyEnforcer`)."""
+
+    def __init__(self, enforcer: PolicyEnforcer, service: ApprovalService) -> None:
+        self.enforcer = enforcer
+        self.service = service
+        self.session = enforcer.session
+        self.principal = enforcer.principal
+        self.principal_key = principal_key(self.principal)
+        self.reason: str | None = None
+        self.base_tier = enforcer.engine.tier_for(self.principal)
+        self._task: asyncio.Task[None] | None = None
+        self._cancel: asyncio.Future[None] | None = None
+        """Set while a statement waits for a decision: a CancelRequest resolves it."""
+        self._holding = False
+        self._closed = False
+        self._elevation: Grant | None = None
+        self._active = False
+        self._active_gen = -1
+        self._specs: dict[tuple[int, tuple[str, ...]], ApprovalSpec | None] = {}
+        grant = service.register(self)
+        if grant is not None:
+            self.elevation_changed(grant)
+
+    def active(self) -> bool:
+        """The policy has approve rules (or elevation tiers)."""
+        gen = self.enforcer.engine.generation
+        if self._active_gen != gen:
+            self._active = needs_approvals(self.enforcer.engine.policy)
+            self._active_gen = gen
+        return self._active
+
+    # --- settings ------------------------------------------------------------------------------
+
+    def setting(self, text: str) -> Decision | None:
+        """An allow decision for a message of ``SET veilgate.reason`` / ``request_tier``
+        statements (their effect is applied here); None for anything else (other ``veilgate.*``
+        names are judged by the policy like any setting)."""
+        parsed = _settings(text)
+        if parsed is None or any(name not in _SETTINGS for name, _ in parsed):
+            return None
+        requested: str | None = None
+        for name, value in parsed:
+            if name == "veilgate.reason":
+                self.reason = value[:_REASON_MAX] if value else None
+            else:
+                requested = value
+        if requested:
+            self._request_tier(requested)
+        ctx = self.enforcer.ctx
+        tier = ctx.tier.name if ctx.tier is not None else None
+        return _setting_decision(text, self.enforcer.engine.generation, tier)
+
+    # --- statements ----------------------------------------------------------------------------
+
+    def _spec(self, d: Decision) -> ApprovalSpec | None:
+        """The approval every approve-matched statement of the message asks for; None when
+        they ask for different ones (such a message is refused: send them separately)."""
+        rules = tuple(sorted({s.rule_id for s in d._verdict.statements if s.action == "approve"}))
+        key = (d.generation, rules or (d.rule_id,))
+        if key in self._specs:
+            return self._specs[key]
+        policy = self.enforcer.engine.policy
+        specs = set()
+        for rid in key[1]:
+            rule = policy.rule_named(rid)
+            specs.add(rule.approval if rule is not None and rule.approval else ApprovalSpec())
+        spec = specs.pop() if len(specs) == 1 else None
+        if len(self._specs) > 64:
+            self._specs.clear()
+        self._specs[key] = spec
+        return spec
+
+    def _exact(self) -> bool:
+        ctx = self.enforcer.ctx
+        return not (ctx.standard_conforming_strings and ctx.normalize_literals)
+
+    def _prepared_texts(self, d: Decision) -> tuple[str, ...]:
+        names = [n for s in d._verdict.statements for n in s.analysis.executes]
+        prepared = self.enforcer.ctx.prepared
+        return tuple(prepared[n].text for n in names if n in prepared)
+
+    def query(self, d: Decision, frame: bytes, text: str) -> None:
+        """A simple Query an approve rule matched."""
+        spec = self._spec(d)
+        if spec is None:
+            self._conflict(query=True)
+            return
+        prepared = self._prepared_texts(d)
+        if prepared:
+            fp: str = fingerprint(
+                text,
+                constants=spec.match_constants,
+                exact_text=self._exact(),
+                prepared=prepared,
+            )
+        else:
+            fp = self.service.text_fingerprint(
+                text, constants=spec.match_constants, exact=self._exact()
+            )
+        grant = self.service.cached_grant(self.principal_key, fp)
+        if grant is not None:
+            self._run(d, grant, frame, query=True)
+            return
+        self._start(self._check(d, spec, fp, frame, text, None, query=True))
+
+    def bind(self, pending: PendingApproval, frame: bytes, body: bytes, text: str) -> None:
+        """The Bind of a prepared statement an approve rule matched."""
+        d = pending.decision
+        spec = self._spec(d)
+        if spec is None:
+            self._conflict(query=False)
+            return
+        parsed = bind_parameters(body)
+        if parsed is None:  # malformed: the server answers it with a protocol error
+            self.enforcer.forward(frame)
+            return
+        params = parsed[2]
+        fp = fingerprint(
+            text,
+            constants=spec.match_constants,
+            exact_text=self._exact(),
+            prepared=self._prepared_texts(d),
+            param_types=pending.param_types,
+            params=params,
+        )
+        grant = self.service.cached_grant(self.principal_key, fp)
+        if grant is not None:
+            self._run(d, grant, frame, query=False)
+            return
+        shown = display_params(params, pending.param_types) if params else None
+        self._start(self._check(d, spec, fp, frame, text, shown, query=False))
+
+    def _conflict(self, *, query: bool) -> None:
+        metrics.approval_checks_total.inc_one("refused")
+        self.enforcer.refuse(
+            wire.error_response(
+                "ERROR",
+                "42501",
+                "veilgate policy: statements in this message need different approvals",
+                "nothing in this message was run",
+                "send the statements that need approval one at a time",
+            ),
+            query=query,
+        )
+
+    def _run(self, d: Decision, grant: Grant, frame: bytes, *, query: bool) -> None:
+        metrics.approval_checks_total.inc_one("granted")
+        self.service.emit(
+            ApprovalEvent.of_grant(
+                "grant_used",
+                grant,
+                principal_label=self.principal.label(),
+                session_id=self.enforcer.ctx.session_id,
+                rule_id=d.rule_id,
+                tier=d.tier,
+                sql=d.analysis.text,
+            )
+        )
+        self.enforcer.forward(frame)
+        if query:
+            self.enforcer.ctx.apply(d)
+
+    def _start(self, coro: Any) -> None:
+        """Hold the client side while ``coro`` decides (the rest of the gateway goes on)."""
+        self.session.client.hold()
+        self._holding = True
+        self._task = asyncio.get_running_loop().create_task(coro)
+
+    def _release(self) -> None:
+        self._task = None
+        if self._holding and not self._closed:
+            self._holding = False
+            self.session.client.release()
+
+    def _refuse(self, code: str, message: str, detail: str, hint: str, *, query: bool) -> None:
+        self.enforcer.refuse(wire.error_response("ERROR", code, message, detail, hint), query=query)
+
+    async def _check(
+        self,
+        d: Decision,
+        spec: ApprovalSpec,
+        fp: str,
+        frame: bytes,
+        text: str,
+        params: list[str | None] | None,
+        *,
+        query: bool,
+    ) -> None:
+        try:
+            await self._check_inner(d, spec, fp, frame, text, params, query=query)
+        except StateUnavailable as exc:
+            metrics.approval_checks_total.inc_one("unavailable")
+            log.event(
+                logger,
+                "approval_store_unavailable",
+                logging.ERROR,
+                peer=self.session.peer,
+                principal=self.principal.label(),
+                error=str(exc),
+            )
+            self._refuse(
+                APPROVAL_UNAVAILABLE,
+                "veilgate: this statement needs an approval and the approval store is "
+                "unavailable; it was not run",
+                f"rule {d.rule_id}: {d.message}",
+                "try again later; statements that need no approval are not affected",
+                query=query,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("approval check failed")
+            metrics.approval_checks_total.inc_one("unavailable")
+            self._refuse(
+                APPROVAL_UNAVAILABLE,
+                "veilgate: the approval check failed; the statement was not run",
+                f"rule {d.rule_id}",
+                "try again; the gateway log has the details",
+                query=query,
+            )
+        finally:
+            if not self._closed:
+                self._release()
+
+    async def _check_inner(
+        self,
+        d: Decision,
+        spec: ApprovalSpec,
+        fp: str,
+        frame: bytes,
+        text: str,
+        params: list[str | None] | None,
+        *,
+        query: bool,
+    ) -> None:
+        grant = await self.service.consume(self.principal_key, fp)
+        if self.gone():
+            return
+        if grant is not None:
+            self._run(d, grant, frame, query=query)
+            return
+        if spec.require_reason and not self.reason:
+            metrics.approval_checks_total.inc_one("refused")
+            self._refuse(
+                REASON_REQUIRED,
+                "veilgate: this statement needs an approval, and a request needs a reason",
+                f"rule {d.rule_id} (tier {d.tier}): {d.message}",
+                "SET veilgate.reason = 'why this is needed', then run the statement again",
+                query=query,
+            )
+            return
+        req = await self.service.request(
+            kind=KIND_STATEMENT,
+            principal=self.principal,
+            session_id=self.enforcer.ctx.session_id,
+            tier=d.tier,
+            rule_id=d.rule_id,
+            fingerprint=fp,
+            sql=text,
+            params=params,
+            reason=self.reason,
+            requested_tier=None,
+            spec=statement_spec(spec),
+        )
+        if self.gone():
+            return
+        metrics.approval_checks_total.inc_one("required")
+        if spec.mode != "wait":
+            self._refuse(
+                APPROVAL_REQUIRED,
+                f"veilgate: approval required (request {req.id})",
+                self._detail(d, req),
+                f"{self.service.how_to_approve(req.id)}; then run the identical statement again",
+                query=query,
+            )
+            return
+        await self._wait(d, spec, fp, frame, req, query=query)
+
+    def _detail(self, d: Decision, req: Request) -> str:
+        approvals = f"{req.approvals} of {req.required} approvals"
+        return f"rule {d.rule_id} (tier {d.tier}): {d.message}; {approvals} so far"
+
+    async def _wait(
+        self, d: Decision, spec: ApprovalSpec, fp: str, frame: bytes, req: Request, *, query: bool
+    ) -> None:
+        self.session.write_client(
+            wire.notice_response(
+                "01000",
+                f"veilgate: waiting up to {spec.wait_timeout_s:g}s for approval (request {req.id})",
+                self._detail(d, req),
+                self.service.how_to_approve(req.id),
+            )
+        )
+        loop = asyncio.get_running_loop()
+        cancel: asyncio.Future[None] = loop.create_future()
+        self._cancel = cancel
+        waiter = loop.create_task(self.service.wait(req.id, spec.wait_timeout_s))
+        try:
+            await asyncio.wait(
+                [waiter, cancel],
+                return_when=asyncio.FIRST_COMPLETED,  # type: ignore[type-var]
+            )
+        finally:
+            self._cancel = None
+        if cancel.done():
+            waiter.cancel()
+            self._wait_ended("cancelled", req)
+            self._refuse(
+                "57014",
+                "canceling statement due to user request",
+                f"the statement was waiting for approval request {req.id} (still pending)",
+                "run it again to wait again, or once it is approved",
+                query=query,
+            )
+            return
+        decided = waiter.result()  # StateUnavailable propagates: fail closed
+        if self.gone():
+            return
+        if decided is None or decided.status == "expired":
+            outcome = "timeout" if decided is None else "expired"
+            self._wait_ended(outcome, req)
+            self._refuse(
+                "57014",
+                f"canceling statement: no approval decision within {spec.wait_timeout_s:g}s "
+                f"(request {req.id})"
+                if decided is None
+                else f"canceling statement: approval request {req.id} expired",
+                self._detail(d, req),
+                "run the identical statement again once it is approved",
+                query=query,
+            )
+            return
+        if decided.status == "denied":
+            self._wait_ended("denied", decided)
+            who = ", ".join(
+                f"{v.approver_label}" + (f" ({v.comment})" if v.comment else "")
+                for v in decided.votes
+                if v.vote == "deny"
+            )
+            self._refuse(
+                "42501",
+                f"veilgate: approval request {req.id} was denied",
+                f"denied by {who or 'an approver'}; rule {d.rule_id}",
+                "nothing was run",
+                query=query,
+            )
+            return
+        grant = await self.service.consume(self.principal_key, fp)
+        if self.gone():
+            return
+        if grant is None:
+            self._wait_ended("error", decided)
+            self._refuse(
+                APPROVAL_REQUIRED,
+                f"veilgate: the grant of request {req.id} was already used",
+                self._detail(d, decided),
+                "run the statement again to ask for a new approval",
+                query=query,
+            )
+            return
+        self._wait_ended("approved", decided)
+        self._run(d, grant, frame, query=query)
+
+    def _wait_ended(self, outcome: str, req: Request) -> None:
+        metrics.approval_waits_total.inc_one(outcome)
+        if outcome in ("timeout", "cancelled"):
+            self.service.emit(
+                ApprovalEvent.of_request(
+                    f"wait_{outcome}", req, session_id=self.enforcer.ctx.session_id
+                )
+            )
+
+    def cancel_wait(self) -> bool:
+        """A CancelRequest for this session: ends a wait for approval (57014); False when no
+        statement is waiting (the cancel then goes to the server as usual)."""
+        fut = self._cancel
+        if fut is None or fut.done():
+            return False
+        fut.set_result(None)
+        return True
+
+    # --- elevation -----------------------------------------------------------------------------
+
+    def _request_tier(self, name: str) -> None:
+        """``SET veilgate.request_tier``: ask for ``name`` (the SET itself goes through)."""
+        policy = self.enforcer.engine.policy
+        target = policy.tier_named(name)
+        base = self.base_tier.name if self.base_tier is not None else None
+        if target is None or target.elevation is None:
+            self._notice(f'veilgate: tier "{name}" cannot be requested', "WARNING")
+            return
+        spec = target.elevation
+        if not spec.allows_from(base) or base == name:
+            self._notice(f'veilgate: tier "{name}" cannot be requested from tier {base}', "WARNING")
+            return
+        if spec.require_reason and not self.reason:
+            self._notice(
+                f'veilgate: a request for tier "{name}" needs a reason: '
+                "SET veilgate.reason = '...' first",
+                "WARNING",
+            )
+            return
+        masking = policy.masking
+        if self.session.masking is None and masking is not None and masking.for_tier(name):
+            self._notice(
+                f'veilgate: tier "{name}" masks results and this session is not masked: '
+                "elevation cannot switch masking on",
+                "WARNING",
+            )
+            return
+        self._start(self._elevation_request(name, spec.max_ttl_s, spec))
+
+    async def _elevation_request(self, name: str, ttl: float, spec: Any) -> None:
+        try:
+            req = await self.service.request(
+                kind=KIND_ELEVATION,
+                principal=self.principal,
+                session_id=self.enforcer.ctx.session_id,
+                tier=self.base_tier.name if self.base_tier is not None else None,
+                rule_id=f"elevation:{name}",
+                fingerprint=f"tier:{name}",
+                sql=f"SET veilgate.request_tier = '{name}'",
+                params=None,
+                reason=self.reason,
+                requested_tier=name,
+                spec=elevation_spec(spec, ttl),
+            )
+            self._notice(
+                f'veilgate: elevation to tier "{name}" requested (request {req.id})',
+                "NOTICE",
+                hint=self.service.how_to_approve(req.id),
+            )
+        except StateUnavailable:
+            self._notice(
+                "veilgate: the approval store is unavailable; no request was made", "WARNING"
+            )
+        finally:
+            if not self._closed:
+                self._release()
+
+    def _notice(self, message: str, severity: str, *, hint: str | None = None) -> None:
+        self.session.write_client(wire.notice_response("01000", message, None, hint, severity))
+
+    def elevation_changed(self, grant: Grant | None) -> None:
+        """The principal's elevation started or ended (this node's service calls it)."""
+        ctx = self.enforcer.ctx
+        policy = self.enforcer.engine.policy
+        tier = grant.tier if grant is not None else None
+        if tier is not None and policy.tier_named(tier) is None:
+            tier = None
+        masking = policy.masking
+        if tier is not None and self.session.masking is None and masking is not None:
+            # never unmask by elevation: a masked tier needs a masked session
+            tier = None if masking.for_tier(tier) is not None else tier
+        if ctx.elevated_tier == tier:
+            return
+        ctx.elevated_tier = tier
+        ctx.tier_generation = -1
+        event_grant = grant if tier is not None else self._elevation
+        self._elevation = grant if tier is not None else None
+        if event_grant is not None:
+            self.service.emit(
+                ApprovalEvent.of_grant(
+                    "elevation_applied" if tier is not None else "elevation_ended",
+                    event_grant,
+                    principal_label=self.principal.label(),
+                    session_id=ctx.session_id,
+                    tier=tier if tier is not None else ctx.elevated_tier,
+                )
+            )
+        log.event(
+            logger,
+            "elevation_changed",
+            peer=self.session.peer,
+            principal=self.principal.label(),
+            tier=tier,
+        )
+
+    # --- end -----------------------------------------------------------------------------------
+
+    def gone(self) -> bool:
+        """The session ended (checked after every await: nothing is written then)."""
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        self.service.unregister(self)
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()

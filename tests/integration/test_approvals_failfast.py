@@ -1,0 +1,287 @@
+"""Fail-fast approvals end to end (psql, psycopg, asyncpg): 42Z01 with the request id, approval
+from the CLI, the identical statement then runs exactly once; the grant is bound to the principal,
+the statement (normalised tree and constants), its expiry and its uses."""
+
+# ruff: noqa: S608 (SQL built from table names the tests generate)
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from tests.integration import pgwire as pw
+from tests.integration.approvals_support import (
+    JitGateway,
+    count,
+    jit_gateway,
+    make_table,
+    policy_text,
+    psql,
+    psycopg_error,
+    request_id,
+    wait_for,
+)
+from tests.integration.conftest import GatewayHandle
+
+pytestmark = pytest.mark.pg
+
+Factory = Callable[..., GatewayHandle]
+
+
+@pytest.fixture
+def jit(gateway_factory: Factory, tmp_path: Path) -> JitGateway:
+    return jit_gateway(gateway_factory, tmp_path, policy_text())
+
+
+def _approve(jit: JitGateway, rid: str, who: str = "alice", comment: str = "ok") -> str:
+    return jit.cli("approve", rid, "--as", who, "--comment", comment).stdout
+
+
+def test_psql_fail_fast_then_approve_then_retry_runs_exactly_once(
+    jit: JitGateway, pg_cluster: Any
+) -> None:
+    table = make_table(pg_cluster)
+    delete = f"DELETE FROM {table} WHERE id = 2"
+    out = psql(jit.target(), delete, "SELECT 'same connection'")
+    assert "42Z01" in out.stderr, out.stderr
+    assert "approval required" in out.stderr
+    assert "veilgate-denied" not in out.stderr
+    assert "same connection" in out.stdout  # the session goes on
+    rid = request_id(out.stderr)
+    assert count(pg_cluster, table) == 3  # nothing ran
+
+    # asking again before the decision: the same open request, not a new one
+    again = psql(jit.target(), delete)
+    assert request_id(again.stderr) == rid
+
+    shown = jit.cli("show", rid).stdout
+    assert delete in shown and "static:agent" in shown and "pending" in shown
+    assert "approval recorded" in _approve(jit, rid) or True
+    listed = jit.cli("list", "--status", "approved").stdout
+    assert rid in listed
+
+    ok = psql(jit.target(), delete)
+    assert ok.returncode == 0, ok.stderr
+    assert count(pg_cluster, table) == 2
+    # once: the grant allowed one run (the row is gone anyway, so retry a re-inserted one)
+    pg_cluster.execute(f"INSERT INTO {table} VALUES (2, 'back')", "app")
+    third = psql(jit.target(), delete)
+    assert "42Z01" in third.stderr
+    assert request_id(third.stderr) != rid  # a new request
+    assert count(pg_cluster, table) == 3
+
+    events = [e["event"] for e in jit.approval_events()]
+    assert events[:1] == ["request"]
+    wait_for(lambda: "approved" in [e["event"] for e in jit.approval_events()], what="audit")
+    kinds = [e["event"] for e in jit.approval_events()]
+    assert {"request", "vote", "approved", "grant_used"} <= set(kinds)
+    used = jit.approval_events("grant_used")
+    assert len(used) == 1 and used[0]["request_id"] == rid
+    assert used[0]["principal_label"] == "static:agent"
+
+
+def test_psycopg_and_asyncpg_retry_after_approval(jit: JitGateway, pg_cluster: Any) -> None:
+    table = make_table(pg_cluster, rows=5)
+    # psycopg: extended protocol with a bound parameter (constants count: the value is approved)
+    err = psycopg_error(jit.dsn(), f"DELETE FROM {table} WHERE id = %s", (1,))
+    assert err is not None and err.sqlstate == "42Z01", err
+    assert err.diag.message_primary is not None
+    rid = request_id(err.diag.message_primary)
+    assert "veilgate approvals approve" in (err.diag.message_hint or "")
+    shown = jit.cli("show", rid).stdout
+    assert "$1 = '1'" in shown  # the approver sees the parameter
+    _approve(jit, rid)
+    # another value is another statement
+    other = psycopg_error(jit.dsn(), f"DELETE FROM {table} WHERE id = %s", (2,))
+    assert other is not None and other.sqlstate == "42Z01"
+    assert psycopg_error(jit.dsn(), f"DELETE FROM {table} WHERE id = %s", (1,)) is None
+    assert count(pg_cluster, table) == 4
+
+    async def with_asyncpg() -> str:
+        conn = await asyncpg.connect(**jit.target().asyncpg_kwargs())
+        try:
+            try:
+                await conn.execute(f"DELETE FROM {table} WHERE id = $1", 3)
+            except asyncpg.PostgresError as e:
+                assert e.sqlstate == "42Z01"
+                rid = request_id(str(e))
+            else:
+                raise AssertionError("ran without approval")
+            await asyncio.to_thread(_approve, jit, rid)
+            assert await conn.execute(f"DELETE FROM {table} WHERE id = $1", 3) == "DELETE 1"
+            return rid
+        finally:
+            await conn.close()
+
+    asyncio.run(with_asyncpg())
+    assert count(pg_cluster, table) == 3
+
+
+def test_grant_is_bound_to_principal_and_statement(jit: JitGateway, pg_cluster: Any) -> None:
+    table = make_table(pg_cluster)
+    delete = f"DELETE FROM {table} WHERE id = 1"
+    rid = request_id(psql(jit.target(), delete).stderr)
+    _approve(jit, rid)
+    # another principal (same tier) cannot use it
+    other = psql(jit.target("agent2"), delete)
+    assert "42Z01" in other.stderr and request_id(other.stderr) != rid
+    # a different statement cannot: another table row, another column, a second statement
+    for sql in (
+        f"DELETE FROM {table} WHERE id = 2",
+        f"DELETE FROM {table} WHERE id = 1 OR id = 2",
+        f"DELETE FROM {table} WHERE v = '1'",
+        f"DELETE FROM {table} WHERE id = 1; DELETE FROM {table} WHERE id = 3",
+        f"UPDATE {table} SET v = 'x' WHERE id = 1",
+    ):
+        res = psql(jit.target(), sql)
+        assert "42Z01" in res.stderr, (sql, res.stderr)
+    assert count(pg_cluster, table) == 3
+    # the same statement written differently is the same statement (normalised tree)
+    ok = psql(jit.target(), f"delete   from {table.upper()} /* why */ where ID=1 -- now")
+    assert ok.returncode == 0, ok.stderr
+    assert count(pg_cluster, table) == 2
+
+
+def test_expired_and_used_up_grants_are_refused(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    jit = jit_gateway(gateway_factory, tmp_path, policy_text(grant_ttl=1.5, grant_uses=2))
+    table = make_table(pg_cluster)
+    upd = f"UPDATE {table} SET v = v || '+' WHERE id = 1"
+    rid = request_id(psql(jit.target(), upd).stderr)
+    jit.cli("approve", rid, "--as", "bob")
+    assert psql(jit.target(), upd).returncode == 0
+    assert psql(jit.target(), upd).returncode == 0
+    used_up = psql(jit.target(), upd)  # two uses allowed
+    assert "42Z01" in used_up.stderr
+    assert pg_cluster.execute(f"SELECT v FROM {table} WHERE id = 1", "app") == "v1++"
+
+    upd2 = f"UPDATE {table} SET v = 'late' WHERE id = 2"
+    rid2 = request_id(psql(jit.target(), upd2).stderr)
+    jit.cli("approve", rid2, "--as", "bob")
+    time.sleep(1.7)
+    late = psql(jit.target(), upd2)
+    assert "42Z01" in late.stderr, late.stderr
+    assert pg_cluster.execute(f"SELECT v FROM {table} WHERE id = 2", "app") == "v2"
+    wait_for(lambda: jit.approval_events("grant_ended"), what="grant_ended event")
+
+
+def test_self_approval_and_strangers_are_refused(jit: JitGateway, pg_cluster: Any) -> None:
+    table = make_table(pg_cluster)
+    rid = request_id(psql(jit.target(), f"DELETE FROM {table}").stderr)
+    # not among the approvers
+    res = jit.cli("approve", rid, "--as", "mallory", check=False)
+    assert res.returncode == 1 and "not among the approvers" in res.stderr
+    # unknown request
+    res = jit.cli("approve", "ap-doesnotexist00000", "--as", "alice", check=False)
+    assert res.returncode == 1 and "no approval request" in res.stderr
+    # a denial closes it; votes after that are refused
+    assert "denied" in jit.cli("deny", rid, "--as", "carol", "-m", "not today").stdout
+    res = jit.cli("approve", rid, "--as", "alice", check=False)
+    assert res.returncode == 1 and "already denied" in res.stderr
+    assert psql(jit.target(), f"DELETE FROM {table}").returncode != 0
+    assert count(pg_cluster, table) == 3
+
+
+def test_requester_never_counts_four_eyes(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    # a gateway where the approver list includes the agent's own identity: it still cannot
+    # approve itself, and two distinct approvers are needed
+    policy = policy_text(required=2).replace("users: [alice, bob, carol]", "users: [alice, bob]")
+    jit = jit_gateway(gateway_factory, tmp_path, policy)
+    table = make_table(pg_cluster)
+    rid = request_id(psql(jit.target(), f"DELETE FROM {table} WHERE id = 3").stderr)
+    service = jit.service()
+
+    async def self_vote() -> Any:
+        from veilgate.approvals.model import SelfApproval
+
+        try:
+            await service.vote(
+                rid,
+                approver="static|-|agent",
+                approver_label="static:agent",
+                via="api",
+                vote="approve",
+                comment="me",
+                check=lambda r: None,
+            )
+        except SelfApproval as e:
+            return e
+        return None
+
+    assert jit.handle.thread.call(self_vote()) is not None
+    assert "1 of 2" in jit.cli("approve", rid, "--as", "alice").stdout
+    # the same approver twice still counts once
+    assert "already voted" in jit.cli("approve", rid, "--as", "alice").stdout
+    assert psql(jit.target(), f"DELETE FROM {table} WHERE id = 3").returncode != 0
+    assert "approved" in jit.cli("approve", rid, "--as", "bob").stdout
+    assert psql(jit.target(), f"DELETE FROM {table} WHERE id = 3").returncode == 0
+    assert count(pg_cluster, table) == 2
+
+
+def test_reason_is_required_and_recorded(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    jit = jit_gateway(gateway_factory, tmp_path, policy_text(reason=True))
+    table = make_table(pg_cluster)
+    delete = f"DELETE FROM {table} WHERE id = 1"
+    res = psql(jit.target(), delete)
+    assert "42Z03" in res.stderr and "veilgate.reason" in res.stderr
+    assert jit.cli("list").stdout.strip() == "no requests"
+    with psycopg.connect(jit.dsn(), autocommit=True) as conn:
+        conn.execute("SET veilgate.reason = 'JIRA-42: remove a duplicate row'")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(delete)
+        assert info.value.sqlstate == "42Z01"
+        rid = request_id(str(info.value))
+        # the server accepted the setting too: client and server agree
+        assert conn.execute("SELECT current_setting('veilgate.reason')").fetchone() == (
+            "JIRA-42: remove a duplicate row",
+        )
+    assert "JIRA-42: remove a duplicate row" in jit.cli("show", rid).stdout
+    req = jit.approval_events("request")[-1]
+    assert req["reason"] == "JIRA-42: remove a duplicate row"
+
+
+def test_refusal_inside_a_transaction_fails_it(jit: JitGateway, pg_cluster: Any) -> None:
+    table = make_table(pg_cluster)
+    with pw.connect(jit.target().endpoint()) as c:
+        c.simple("BEGIN")
+        c.simple(f"INSERT INTO {table} VALUES (10, 'in tx')")  # needs approval too: refused
+        msgs = c.simple("SELECT 1")
+        err = pw.first_error(msgs)
+        assert err is not None and err["C"] == "25P02", err  # the server's transaction failed
+        msgs = c.simple("COMMIT")
+        assert [pw.command_tag(m.body) for m in msgs if m.tag == "C"] == ["ROLLBACK"]
+    assert count(pg_cluster, table) == 3
+
+
+def test_pipeline_refusal_skips_to_sync(jit: JitGateway, pg_cluster: Any) -> None:
+    table = make_table(pg_cluster)
+    with pw.connect(jit.target().endpoint()) as c:
+        c.send(
+            pw.parse("", "SELECT 1")
+            + pw.bind("", "")
+            + pw.execute()
+            + pw.parse("d", f"DELETE FROM {table} WHERE id = $1", [23])
+            + pw.bind("", "d", [b"1"])
+            + pw.execute()
+            + pw.parse("", "SELECT 2")
+            + pw.bind("", "")
+            + pw.execute()
+            + pw.sync()
+        )
+        msgs = c.recv_until_ready()
+        err = pw.first_error(msgs)
+        assert err is not None and err["C"] == "42Z01", err
+        assert pw.frames(msgs).count("Z") == 1
+        assert [m.tag for m in msgs if m.tag == "D"] == ["D"]  # SELECT 1 ran, SELECT 2 did not
+        assert c.scalar("SELECT 3") == "3"
+    assert count(pg_cluster, table) == 3
