@@ -6,7 +6,7 @@ complete messages, returning what to forward and the messages the control plane 
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Final, final
+from typing import Final, TypeAlias, final
 
 __all__ = [
     "BUILTIN_ENTITIES",
@@ -17,6 +17,8 @@ __all__ = [
     "KEEP",
     "NULL",
     "TEXT",
+    "TYPED",
+    "Codec",
     "CopyPlan",
     "FramingError",
     "MaskingError",
@@ -287,7 +289,59 @@ TEXT: Final[int]
 varchar, bpchar, name, json); mask it with the column's :class:`Masker` or :class:`Operator`."""
 JSONB: Final[int]
 """Column action: a binary-format jsonb value (version byte, then text): the text is masked, the
-version byte kept.  In text and CSV COPY jsonb is plain text (same as :data:`TEXT`)."""
+version byte kept.  In text and CSV COPY jsonb is plain text (same as :data:`TEXT`).  (The
+planner uses :data:`TYPED` with the jsonb :class:`Codec`, which also keeps the result JSON.)"""
+TYPED: Final[int]
+"""Column action: a value of the column's :class:`Codec` type in the given format (0 text, 1
+binary; text and CSV COPY values are always text): decoded, masked in the type's own domain and
+encoded again, so a masked value is still a valid value of its type.  A column is
+``(TYPED, mask, codec, format)``."""
+
+@final
+class Codec:
+    """How the engine reads, masks and writes the values of one PostgreSQL type, in the text and
+    the binary wire format (``veilgate_core::codec``).  Immutable, hashable, comparable.
+
+    Kinds: ``text`` (text-likes: the binary format is the text), ``bytea``, ``json``, ``jsonb``
+    (the result is always valid JSON), ``int2``, ``int4``, ``int8``, ``numeric`` (digits masked
+    into digits, the width / scale kept), ``inet``, ``cidr`` (same family and prefix), ``uuid``,
+    ``float4``, ``float8``, ``bool``, ``date``, ``time``, ``timetz``, ``timestamp``,
+    ``timestamptz``, ``interval`` (a content scan keeps these; a column rule gives a value of the
+    type), ``array`` and ``composite`` (element by element), ``record`` (an anonymous record:
+    attribute types from each binary value), ``other`` (kept by a scan, NULL under a rule),
+    ``unknown`` (cannot be read: NULL whenever it must be masked).  A value that does not decode
+    as its type is masked to NULL."""
+
+    @staticmethod
+    def builtin(oid: int) -> Codec | None:
+        """The codec of a built-in type OID (arrays of the common ones included), or ``None``."""
+    @staticmethod
+    def scalar(name: str) -> Codec:
+        """A scalar codec by kind name; ``ValueError`` for another name."""
+    @staticmethod
+    def array(elem: Codec, elem_oid: int, delimiter: str = ",") -> Codec:
+        """An array of ``elem`` (whose type OID binary values must name; 0 accepts any), with the
+        element type's text delimiter."""
+    @staticmethod
+    def composite(attributes: Sequence[tuple[int, Codec]]) -> Codec:
+        """A named composite: ``(type OID, codec)`` per attribute, in order (OID 0 accepts any)."""
+    @property
+    def kind(self) -> str:
+        """The codec's kind (see the class)."""
+    @property
+    def scannable(self) -> bool:
+        """Whether a content scan could change a value of this type (``False``: a scanned column
+        of it can be kept whole)."""
+    def transcode(self, value: bytes, format: int) -> bytes | None:
+        """``value`` in ``format`` (0 text, 1 binary) re-encoded in the other format as the server
+        would send it; ``None`` when it is not a value of the type (arrays, composites, records,
+        ``other`` and ``unknown`` are not transcoded: ``None``)."""
+    def mask(self, value: bytes, format: int, mask: Masker | Operator) -> bytes | None:
+        """``value`` (in ``format``) masked by ``mask``, in the same format; ``None`` means NULL
+        (the mask nulls it, or it does not decode)."""
+
+_PlanColumn: TypeAlias = tuple[int, Masker | Operator | None] | tuple[int, Masker | Operator, Codec, int]
+"""One plan column: ``(action, mask)`` or ``(TYPED, mask, codec, format)``."""
 
 @final
 class RowPlan:
@@ -295,12 +349,13 @@ class RowPlan:
     :meth:`RecvBuffer.set_row_plan`.  Immutable; may be installed many times.
 
     ``columns`` holds ``(action, mask)`` pairs: ``(KEEP, None)``, ``(NULL, None)``,
-    ``(TEXT, masker_or_operator)``, ``(JSONB, masker_or_operator)``.  A DataRow with another
+    ``(TEXT, masker_or_operator)``, ``(JSONB, masker_or_operator)``, or
+    ``(TYPED, masker_or_operator, codec, format)``.  A DataRow with another
     column count, or one that does not parse, is a :class:`MaskingError`, never forwarded.
     ``ValueError`` on an unknown action or a mask missing / given where it does not belong;
     ``TypeError`` when a mask is not a :class:`Masker` or :class:`Operator`."""
 
-    def __new__(cls, columns: Sequence[tuple[int, Masker | Operator | None]]) -> RowPlan: ...
+    def __new__(cls, columns: Sequence[_PlanColumn]) -> RowPlan: ...
     def __len__(self) -> int:
         """The column count every row must have."""
     @property
@@ -327,7 +382,7 @@ class CopyPlan:
     def __new__(
         cls,
         format: str,
-        columns: Sequence[tuple[int, Masker | Operator | None]],
+        columns: Sequence[_PlanColumn],
         *,
         delimiter: str | None = None,
         null: str | None = None,

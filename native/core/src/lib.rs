@@ -15,8 +15,11 @@
 //! - [`stats`]: process-wide counters and the statement latency histogram
 //! - [`datarow`]: [`DataRowRanges`], per-column ranges over a DataRow body
 //! - [`mask`]: PII/secret detectors and masking operators ([`mask::ValueMask`])
+//! - [`codec`]: typed values (numbers, addresses, dates, arrays, records...) decoded, masked and
+//!   encoded in both wire formats
 //! - [`rewrite`]: DataRow / CopyData rewriting through a column plan
 
+pub mod codec;
 pub mod datarow;
 pub mod direction;
 pub mod error;

@@ -5,11 +5,12 @@
 //!
 //! Modules: `buffer` (the raw allocation behind a receive buffer), `recv` (`RecvBuffer`),
 //! `message` (`Message`), `session` (`SessionState`), `stats` (module functions), `errors`
-//! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`).
+//! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`), `codec` (`Codec`).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod buffer;
+mod codec;
 mod errors;
 mod masker;
 mod message;
@@ -24,6 +25,8 @@ use pyo3::prelude::*;
 mod veilgate_native {
     use pyo3::prelude::*;
 
+    #[pymodule_export]
+    use crate::codec::PyCodec;
     #[pymodule_export]
     use crate::masker::{PyMasker, PyOperator};
     #[pymodule_export]
@@ -46,6 +49,7 @@ mod veilgate_native {
         m.add("NULL", crate::plan::NULL)?;
         m.add("TEXT", crate::plan::TEXT)?;
         m.add("JSONB", crate::plan::JSONB)?;
+        m.add("TYPED", crate::plan::TYPED)?;
         m.add("CLIENT", crate::recv::CLIENT)?;
         m.add("SERVER", crate::recv::SERVER)?;
         m.add(

@@ -11,8 +11,9 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use veilgate_core::mask::{Tally, ValueMask};
-use veilgate_core::rewrite::{self, ColumnAction, CopyFormat, Rewriter};
+use veilgate_core::rewrite::{self, ColumnAction, CopyFormat, Rewriter, TypedColumn};
 
+use crate::codec::{format, PyCodec};
 use crate::masker::{PyMasker, PyOperator};
 
 create_exception!(
@@ -23,11 +24,12 @@ create_exception!(
      the plan's, a malformed row): nothing of it was forwarded; close the session."
 );
 
-/// Column action codes (the Python constants `KEEP`, `NULL`, `TEXT`, `JSONB`).
+/// Column action codes (the Python constants `KEEP`, `NULL`, `TEXT`, `JSONB`, `TYPED`).
 pub const KEEP: u8 = 0;
 pub const NULL: u8 = 1;
 pub const TEXT: u8 = 2;
 pub const JSONB: u8 = 3;
+pub const TYPED: u8 = 4;
 
 /// Counts per column, shared by a plan object and every buffer it is installed on.
 pub(crate) type SharedTallies = Arc<Mutex<Vec<Tally>>>;
@@ -53,7 +55,7 @@ fn take(t: &SharedTallies, columns: usize) -> Vec<HashMap<String, u64>> {
 }
 
 /// The `ValueMask` of a `Masker` or an `Operator`.
-fn value_mask(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn ValueMask>> {
+pub(crate) fn value_mask(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn ValueMask>> {
     if let Ok(m) = obj.extract::<PyRef<'_, PyMasker>>() {
         return Ok(m.value_mask());
     }
@@ -66,27 +68,68 @@ fn value_mask(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn ValueMask>> {
     )))
 }
 
-/// `(action, masker)` pairs to column actions.
-fn column_actions(columns: Vec<(u8, Option<Bound<'_, PyAny>>)>) -> PyResult<Vec<ColumnAction>> {
+/// One plan column as Python gives it: `(action, mask)` or `(TYPED, mask, codec, format)`.
+type PyColumn<'py> = (
+    u8,
+    Option<Bound<'py, PyAny>>,
+    Option<PyRef<'py, PyCodec>>,
+    Option<i64>,
+);
+
+/// Plan columns to column actions.
+fn column_actions(columns: &Bound<'_, PyAny>) -> PyResult<Vec<ColumnAction>> {
     columns
-        .into_iter()
+        .try_iter()?
         .enumerate()
-        .map(|(i, (code, mask))| match (code, mask) {
-            (KEEP, None) => Ok(ColumnAction::Keep),
-            (NULL, None) => Ok(ColumnAction::Null),
-            (KEEP | NULL, Some(_)) => Err(PyValueError::new_err(format!(
-                "column {i}: KEEP and NULL take no masker"
-            ))),
-            (TEXT | JSONB, None) => Err(PyValueError::new_err(format!(
-                "column {i}: TEXT and JSONB need a Masker or an Operator"
-            ))),
-            (TEXT, Some(m)) => Ok(ColumnAction::Text(value_mask(&m)?)),
-            (JSONB, Some(m)) => Ok(ColumnAction::Jsonb(value_mask(&m)?)),
-            (other, _) => Err(PyValueError::new_err(format!(
-                "column {i}: unknown action {other} (KEEP, NULL, TEXT or JSONB)"
-            ))),
+        .map(|(i, item)| {
+            let item = item?;
+            let column: PyColumn<'_> = match item.len()? {
+                2 => {
+                    let (code, mask) = item.extract()?;
+                    (code, mask, None, None)
+                }
+                4 => {
+                    let (code, mask, codec, fmt) = item.extract()?;
+                    (code, mask, Some(codec), Some(fmt))
+                }
+                n => {
+                    return Err(PyValueError::new_err(format!(
+                        "column {i}: (action, mask) or (TYPED, mask, codec, format), not {n} items"
+                    )))
+                }
+            };
+            column_action(i, column)
         })
         .collect()
+}
+
+fn column_action(i: usize, (code, mask, codec, fmt): PyColumn<'_>) -> PyResult<ColumnAction> {
+    match (code, mask, codec, fmt) {
+        (KEEP, None, None, None) => Ok(ColumnAction::Keep),
+        (NULL, None, None, None) => Ok(ColumnAction::Null),
+        (KEEP | NULL, _, _, _) => Err(PyValueError::new_err(format!(
+            "column {i}: KEEP and NULL take no masker"
+        ))),
+        (TEXT, Some(m), None, None) => Ok(ColumnAction::Text(value_mask(&m)?)),
+        (JSONB, Some(m), None, None) => Ok(ColumnAction::Jsonb(value_mask(&m)?)),
+        (TYPED, Some(m), Some(c), Some(f)) => Ok(ColumnAction::Typed(Arc::new(TypedColumn::new(
+            c.codec(),
+            format(f)?,
+            value_mask(&m)?,
+        )))),
+        (TEXT | JSONB | TYPED, None, _, _) => Err(PyValueError::new_err(format!(
+            "column {i}: TEXT, JSONB and TYPED need a Masker or an Operator"
+        ))),
+        (TEXT | JSONB, Some(_), _, _) => Err(PyValueError::new_err(format!(
+            "column {i}: TEXT and JSONB take (action, mask)"
+        ))),
+        (TYPED, Some(_), _, _) => Err(PyValueError::new_err(format!(
+            "column {i}: TYPED takes (TYPED, mask, codec, format)"
+        ))),
+        (other, _, _, _) => Err(PyValueError::new_err(format!(
+            "column {i}: unknown action {other} (KEEP, NULL, TEXT, JSONB or TYPED)"
+        ))),
+    }
 }
 
 /// The plan a `RecvBuffer` installs: a fresh rewriter (per-result-set state) and where its
@@ -125,7 +168,7 @@ pub struct RowPlan {
 #[pymethods]
 impl RowPlan {
     #[new]
-    fn new(columns: Vec<(u8, Option<Bound<'_, PyAny>>)>) -> PyResult<Self> {
+    fn new(columns: &Bound<'_, PyAny>) -> PyResult<Self> {
         let plan = rewrite::RowPlan::new(column_actions(columns)?);
         Ok(RowPlan {
             tallies: Arc::new(Mutex::new(plan.new_tallies())),
@@ -174,14 +217,14 @@ impl CopyPlan {
                         header=false))]
     fn new(
         format: &str,
-        columns: Vec<(u8, Option<Bound<'_, PyAny>>)>,
+        columns: &Bound<'_, PyAny>,
         delimiter: Option<&str>,
         null: Option<&str>,
         quote: &str,
         escape: Option<&str>,
         header: bool,
     ) -> PyResult<Self> {
-        let format = match format.to_ascii_lowercase().as_str() {
+        let copy_format = match format.to_ascii_lowercase().as_str() {
             "text" => CopyFormat::Text {
                 delimiter: delimiter.map_or(Ok(b'\t'), |d| one_char("delimiter", d))?,
                 null: null.unwrap_or("\\N").as_bytes().to_vec(),
@@ -212,7 +255,7 @@ impl CopyPlan {
             }
         };
         let columns = column_actions(columns)?;
-        let plan = rewrite::CopyPlan::new(format, columns).map_err(PyValueError::new_err)?;
+        let plan = rewrite::CopyPlan::new(copy_format, columns).map_err(PyValueError::new_err)?;
         Ok(CopyPlan {
             tallies: Arc::new(Mutex::new(vec![Tally::new(); plan.len()])),
             plan: Arc::new(plan),

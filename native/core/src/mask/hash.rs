@@ -46,6 +46,32 @@ impl HashKey {
     }
 }
 
+impl HashKey {
+    /// Fills `out` with keyed bytes derived from `value` (the canonical bytes of a typed value:
+    /// an address, a uuid, a day number...) under `domain` (the type family, so that equal
+    /// bytes of different types hash apart).  Deterministic; uniform for an unknown key.
+    pub fn fill(&self, domain: &[u8], value: &[u8], out: &mut [u8]) {
+        let mut mac = self.mac.clone();
+        mac.update(domain);
+        mac.update(&[0]);
+        mac.update(value);
+        let seed: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut stream = KeyStream::new(&seed);
+        for b in out {
+            *b = stream.next_byte();
+        }
+    }
+
+    /// A keyed number below `n` (`n` > 0) derived from `value` under `domain`.
+    pub fn below(&self, domain: &[u8], value: &[u8], n: u64) -> u64 {
+        let mut bytes = [0u8; 16];
+        self.fill(domain, value, &mut bytes);
+        // 128 random bits reduced modulo n < 2^64: the bias is below 2^-64.
+        let wide = u128::from_le_bytes(bytes) % u128::from(n);
+        u64::try_from(wide).expect("below n, which is a u64")
+    }
+}
+
 impl fmt::Debug for HashKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("HashKey(..)") // never the key

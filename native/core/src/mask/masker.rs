@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::entity::Builtin;
 use super::operator::Operator;
 use super::scan::{resolve_overlaps, BuiltinScanner, DictionaryScanner, RegexScanner, Span};
-use super::value::{entity_id, EntityId, Outcome, Tally, ValueMask};
+use super::value::{entity_id, EntityId, Finding, Outcome, Tally, ValueMask};
 
 /// What a [`Masker`] detects and how it masks each entity.
 #[derive(Debug, Clone, Default)]
@@ -227,6 +227,23 @@ impl ValueMask for Masker {
         out.extend_from_slice(&value[pos..]);
         Outcome::Written
     }
+
+    fn whole(&self) -> Option<Finding<'_>> {
+        None
+    }
+
+    fn find<'m>(&'m self, text: &[u8], found: &mut Vec<Finding<'m>>) {
+        for s in self.scan(text) {
+            let rule = self.rule(s.entity);
+            found.push(Finding {
+                start: s.start,
+                end: s.end,
+                entity: s.entity,
+                operator: &rule.operator,
+                tag: &rule.tag,
+            });
+        }
+    }
 }
 
 /// One operator applied to a whole value (a column rule), counted under one entity name.
@@ -263,5 +280,15 @@ impl ValueMask for ColumnOperator {
             out.truncate(mark);
             Outcome::Null
         }
+    }
+
+    fn whole(&self) -> Option<Finding<'_>> {
+        Some(Finding {
+            start: 0,
+            end: 0,
+            entity: self.entity,
+            operator: &self.operator,
+            tag: &self.tag,
+        })
     }
 }

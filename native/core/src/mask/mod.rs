@@ -28,7 +28,7 @@ pub use hash::HashKey;
 pub use masker::{ColumnOperator, Masker, MaskerConfig, MaskerError};
 pub use operator::Operator;
 pub use scan::Span;
-pub use value::{entity_id, entity_name, EntityId, Outcome, Tally, ValueMask};
+pub use value::{entity_id, entity_name, EntityId, Finding, Outcome, Tally, ValueMask};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
+use super::operator::Operator;
+
 /// Index of an entity name in the process-wide registry ([`entity_id`], [`entity_name`]).
 pub type EntityId = u16;
 
@@ -76,11 +78,56 @@ impl Tally {
 
 /// Masks whole column values.  Implemented by detector maskers (scan the value, rewrite the
 /// spans found) and by column operators (rewrite the whole value).
+///
+/// Typed values (numbers, addresses, dates... see [`crate::codec`]) are not masked as text:
+/// their codec asks [`ValueMask::whole`] or [`ValueMask::find`] *what* to mask and with which
+/// [`Operator`], and applies the operator in the value's own domain so that the result stays
+/// a valid value of its type.
 pub trait ValueMask: Send + Sync {
     /// Masks one value: the raw bytes of one column (text format, or a text-like binary value),
     /// in the session's client encoding (ASCII-compatible).  Counts what it masked in `tally`.
     fn mask_value(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome;
+
+    /// The operator applied to every whole value (a column rule), or `None` for a content
+    /// scanner (then [`ValueMask::find`] says what to mask).  The default, for masks that know
+    /// nothing of typed values, nulls them: fail closed.
+    fn whole(&self) -> Option<Finding<'_>> {
+        Some(Finding {
+            start: 0,
+            end: 0,
+            entity: *NULLED.get_or_init(|| entity_id("MASKED")),
+            operator: &NULL_OPERATOR,
+            tag: b"<MASKED>",
+        })
+    }
+
+    /// The spans a content scanner finds in `text` (the text form of a typed value), sorted and
+    /// disjoint, each with the operator of its entity.  Counts nothing.  Only called when
+    /// [`ValueMask::whole`] is `None`.
+    fn find<'m>(&'m self, _text: &[u8], _found: &mut Vec<Finding<'m>>) {}
+
+    /// Masks the text of a json / jsonb value.  The default masks it as text; the json codec
+    /// checks that the result is still JSON (and redacts the whole value if it is not).  This
+    /// is where a JSON-aware masker (mask string leaves, keep the structure) plugs in.
+    fn mask_json(&self, text: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome {
+        self.mask_value(text, out, tally)
+    }
 }
+
+/// Something a [`ValueMask`] masks in a typed value: a span of its text form (the whole value
+/// for a column rule), the entity it counts under and the operator to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Finding<'m> {
+    pub start: usize,
+    pub end: usize,
+    pub entity: EntityId,
+    pub operator: &'m Operator,
+    /// The entity's `<NAME>` tag (what `replace` without a constant writes into text).
+    pub tag: &'m [u8],
+}
+
+static NULL_OPERATOR: Operator = Operator::Null;
+static NULLED: OnceLock<EntityId> = OnceLock::new();
 
 /// A registry or tally index as an id: indices come from the registry, which never grows past
 /// `EntityId::MAX` entries (see [`entity_id`]).

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::codec::{Codec, Cx, Format, Scratch};
 use crate::mask::{Outcome, Tally, ValueMask};
 use crate::rewrite::error::RewriteError;
 
@@ -21,6 +22,42 @@ pub enum ColumnAction {
     ///
     /// [`Text`]: ColumnAction::Text
     Jsonb(Arc<dyn ValueMask>),
+    /// A value of any other type (or one that must stay valid JSON): decoded, masked and
+    /// encoded again by its type's [`Codec`] in the column's format, so that a masked value is
+    /// still a value of the type.
+    Typed(Arc<TypedColumn>),
+}
+
+/// A typed column: its type's codec, its format (in a DataRow or binary COPY; text and CSV
+/// COPY values are always text) and its mask.
+pub struct TypedColumn {
+    pub codec: Arc<Codec>,
+    pub format: Format,
+    pub mask: Arc<dyn ValueMask>,
+}
+
+impl TypedColumn {
+    pub fn new(codec: Arc<Codec>, format: Format, mask: Arc<dyn ValueMask>) -> Self {
+        TypedColumn {
+            codec,
+            format,
+            mask,
+        }
+    }
+
+    /// Masks one value in `format`; on [`Outcome::Written`] it was appended to `out`.
+    #[inline]
+    fn mask(
+        &self,
+        format: Format,
+        value: &[u8],
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+        scratch: &mut Scratch,
+    ) -> Outcome {
+        let mut cx = Cx::new(&*self.mask, tally, scratch);
+        self.codec.mask(format, value, &mut cx, out)
+    }
 }
 
 impl ColumnAction {
@@ -38,6 +75,7 @@ impl fmt::Debug for ColumnAction {
             ColumnAction::Null => "Null",
             ColumnAction::Text(_) => "Text",
             ColumnAction::Jsonb(_) => "Jsonb",
+            ColumnAction::Typed(t) => return write!(f, "Typed({} {:?})", t.codec, t.format),
         })
     }
 }
@@ -61,6 +99,7 @@ pub(crate) fn write_field(
     value: Option<&[u8]>,
     out: &mut Vec<u8>,
     tally: &mut Tally,
+    scratch: &mut Scratch,
 ) -> Result<(), RewriteError> {
     let Some(value) = value else {
         out.extend_from_slice(&NULL_LEN);
@@ -83,11 +122,29 @@ pub(crate) fn write_field(
             };
             (m, Some(version), text)
         }
+        ColumnAction::Typed(t) => {
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let outcome = t.mask(t.format, value, out, tally, scratch);
+            return finish_field(outcome, at, value, out);
+        }
     };
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
     out.extend(prefix);
-    match mask.mask_value(text, out, tally) {
+    let outcome = mask.mask_value(text, out, tally);
+    finish_field(outcome, at, value, out)
+}
+
+/// Completes the field started at `at` (a length placeholder, then what the mask wrote).
+#[inline]
+fn finish_field(
+    outcome: Outcome,
+    at: usize,
+    value: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), RewriteError> {
+    match outcome {
         Outcome::Written => {
             let len = int32_len(out.len() - at - 4)?;
             out[at..at + 4].copy_from_slice(&len);
@@ -113,9 +170,11 @@ pub(crate) fn mask_text(
     value: &[u8],
     out: &mut Vec<u8>,
     tally: &mut Tally,
+    scratch: &mut Scratch,
 ) -> Outcome {
     match action {
         ColumnAction::Keep => Outcome::Unchanged,
+        ColumnAction::Typed(t) => t.mask(Format::Text, value, out, tally, scratch),
         ColumnAction::Null => Outcome::Null,
         ColumnAction::Text(m) | ColumnAction::Jsonb(m) => {
             let at = out.len();

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::codec::Scratch;
 use crate::header::HEADER_LEN;
 use crate::mask::Tally;
 use crate::rewrite::column::{int32_len, ColumnAction};
@@ -149,6 +150,7 @@ pub struct CopyRewriter {
     /// Reused per value: the de-escaped field, the masker's output.
     value: Vec<u8>,
     masked: Vec<u8>,
+    scratch: Scratch,
 }
 
 impl CopyRewriter {
@@ -160,6 +162,7 @@ impl CopyRewriter {
             plan,
             value: Vec::new(),
             masked: Vec::new(),
+            scratch: Scratch::new(),
         }
     }
 
@@ -219,7 +222,7 @@ impl CopyRewriter {
                     &plan.columns,
                     out,
                     &mut self.tallies,
-                    (&mut self.value, &mut self.masked),
+                    (&mut self.value, &mut self.masked, &mut self.scratch),
                 )?;
             }
             CopyFormat::Csv {
@@ -242,11 +245,18 @@ impl CopyRewriter {
                     &plan.columns,
                     out,
                     &mut self.tallies,
-                    (&mut self.value, &mut self.masked),
+                    (&mut self.value, &mut self.masked, &mut self.scratch),
                 )?;
             }
             CopyFormat::Binary => {
-                rewrite_binary(body, binary, &plan.columns, out, &mut self.tallies)?;
+                rewrite_binary(
+                    body,
+                    binary,
+                    &plan.columns,
+                    out,
+                    &mut self.tallies,
+                    &mut self.scratch,
+                )?;
             }
         }
         let len = int32_len(out.len() - start - 1)?;

@@ -1,6 +1,7 @@
 //! Binary-format COPY: an 11-byte signature, Int32 flags, Int32 header extension length and
 //! the extension, then tuples (Int16 field count, fields as in DataRow), then Int16 -1.
 
+use crate::codec::Scratch;
 use crate::datarow::DataRowError;
 use crate::mask::Tally;
 use crate::rewrite::column::ColumnAction;
@@ -55,6 +56,7 @@ pub(crate) fn rewrite_binary(
     columns: &[ColumnAction],
     out: &mut Vec<u8>,
     tallies: &mut [Tally],
+    scratch: &mut Scratch,
 ) -> Result<(), RewriteError> {
     let mut pos = 0;
     if *state == BinaryState::Header {
@@ -75,7 +77,7 @@ pub(crate) fn rewrite_binary(
             *state = BinaryState::Done;
             continue;
         }
-        pos += rewrite_fields(&body[pos..], columns, out, tallies)?;
+        pos += rewrite_fields(&body[pos..], columns, out, tallies, scratch)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use crate::codec::Scratch;
 use crate::mask::{Outcome, Tally};
 use crate::rewrite::column::{mask_text, ColumnAction};
 use crate::rewrite::error::RewriteError;
@@ -129,7 +130,7 @@ pub(crate) fn rewrite_csv(
     columns: &[ColumnAction],
     out: &mut Vec<u8>,
     tallies: &mut [Tally],
-    (value, masked): (&mut Vec<u8>, &mut Vec<u8>),
+    (value, masked, scratch): (&mut Vec<u8>, &mut Vec<u8>, &mut Scratch),
 ) -> Result<(), RewriteError> {
     let mut pos = 0;
     while pos < body.len() {
@@ -170,7 +171,7 @@ pub(crate) fn rewrite_csv(
                     value.clear();
                     opts.unquote(raw, value);
                     masked.clear();
-                    match mask_text(action, value, masked, tally) {
+                    match mask_text(action, value, masked, tally, scratch) {
                         Outcome::Unchanged => out.extend_from_slice(raw),
                         Outcome::Null => out.extend_from_slice(opts.null),
                         Outcome::Written => {

@@ -1,6 +1,7 @@
 //! Text-format COPY rows: fields split on the delimiter, backslash escapes, a NULL marker
 //! compared before de-escaping (as the server reads them), one row per line.
 
+use crate::codec::Scratch;
 use crate::mask::{Outcome, Tally};
 use crate::rewrite::column::{mask_text, ColumnAction};
 use crate::rewrite::error::RewriteError;
@@ -19,7 +20,7 @@ pub(crate) fn rewrite_text(
     columns: &[ColumnAction],
     out: &mut Vec<u8>,
     tallies: &mut [Tally],
-    (value, masked): (&mut Vec<u8>, &mut Vec<u8>),
+    (value, masked, scratch): (&mut Vec<u8>, &mut Vec<u8>, &mut Scratch),
 ) -> Result<(), RewriteError> {
     let mut rest = body;
     while !rest.is_empty() {
@@ -36,7 +37,14 @@ pub(crate) fn rewrite_text(
         // The server escapes every CR in data, so a CR before the newline is the line end.
         let eol = if line.ends_with(b"\r\n") { 2 } else { 1 };
         let content = &line[..line.len() - eol];
-        rewrite_row(content, opts, columns, out, tallies, value, masked)?;
+        rewrite_row(
+            content,
+            opts,
+            columns,
+            out,
+            tallies,
+            (value, masked, scratch),
+        )?;
         out.extend_from_slice(&line[line.len() - eol..]);
     }
     Ok(())
@@ -48,8 +56,7 @@ fn rewrite_row(
     columns: &[ColumnAction],
     out: &mut Vec<u8>,
     tallies: &mut [Tally],
-    value: &mut Vec<u8>,
-    masked: &mut Vec<u8>,
+    (value, masked, scratch): (&mut Vec<u8>, &mut Vec<u8>, &mut Scratch),
 ) -> Result<(), RewriteError> {
     // A row of a zero-column result is an empty line.
     if columns.is_empty() && content.is_empty() {
@@ -72,7 +79,7 @@ fn rewrite_row(
         value.clear();
         unescape(raw, value);
         masked.clear();
-        match mask_text(action, value, masked, tally) {
+        match mask_text(action, value, masked, tally, scratch) {
             Outcome::Unchanged => out.extend_from_slice(raw),
             Outcome::Null => out.extend_from_slice(opts.null),
             Outcome::Written => escape(masked, opts.delimiter, out),

@@ -1,6 +1,7 @@
 //! The field list of a DataRow body and of a binary COPY tuple: Int16 count, then per field an
 //! Int32 length (-1 for NULL) and that many bytes.
 
+use crate::codec::Scratch;
 use crate::datarow::DataRowError;
 use crate::mask::Tally;
 use crate::rewrite::column::{write_field, ColumnAction};
@@ -8,7 +9,8 @@ use crate::rewrite::error::RewriteError;
 
 /// Rewrites the field list at the start of `bytes` through `columns`, appending the new list
 /// (count and fields, lengths recomputed) to `out`.  Returns the bytes of `bytes` it covered;
-/// what follows is the caller's.  `tallies` has one entry per column.
+/// what follows is the caller's.  `tallies` has one entry per column; `scratch` is working
+/// space for typed values.
 ///
 /// A count other than `columns.len()` or a field running past `bytes` is an error (`out` may
 /// then hold a partial list: the caller truncates it).
@@ -17,6 +19,7 @@ pub fn rewrite_fields(
     columns: &[ColumnAction],
     out: &mut Vec<u8>,
     tallies: &mut [Tally],
+    scratch: &mut Scratch,
 ) -> Result<usize, RewriteError> {
     debug_assert_eq!(columns.len(), tallies.len());
     let Some(count) = bytes.first_chunk::<2>() else {
@@ -52,7 +55,7 @@ pub fn rewrite_fields(
             pos += n;
             Some(&bytes[pos - n..pos])
         };
-        write_field(action, i, value, out, tally)?;
+        write_field(action, i, value, out, tally, scratch)?;
     }
     Ok(pos)
 }

@@ -24,11 +24,11 @@ pub mod fields;
 pub mod rewriter;
 pub mod row;
 
-pub use column::ColumnAction;
+pub use column::{ColumnAction, TypedColumn};
 pub use copy::{CopyFormat, CopyPlan, CopyRewriter};
 pub use error::RewriteError;
 pub use rewriter::Rewriter;
-pub use row::{rewrite_datarow, RowPlan};
+pub use row::{rewrite_datarow, rewrite_datarow_with, RowPlan};
 
 #[cfg(test)]
 pub(crate) mod testing;

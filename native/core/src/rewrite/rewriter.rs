@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::codec::Scratch;
 use crate::header::HEADER_LEN;
 use crate::mask::Tally;
 use crate::rewrite::copy::{CopyPlan, CopyRewriter};
 use crate::rewrite::error::RewriteError;
-use crate::rewrite::row::{rewrite_datarow, RowPlan};
+use crate::rewrite::row::{rewrite_datarow_with, RowPlan};
 use crate::tags::backend::{COPY_DATA_TAG, DATA_ROW_TAG};
 
 /// A result set's plan in use: DataRows through a [`RowPlan`], or one COPY's CopyData through
@@ -16,6 +17,7 @@ pub enum Rewriter {
     Row {
         plan: Arc<RowPlan>,
         tallies: Vec<Tally>,
+        scratch: Scratch,
     },
     Copy(CopyRewriter),
 }
@@ -25,6 +27,7 @@ impl Rewriter {
         Rewriter::Row {
             tallies: plan.new_tallies(),
             plan,
+            scratch: Scratch::new(),
         }
     }
 
@@ -54,7 +57,11 @@ impl Rewriter {
         debug_assert_eq!(frame.first(), Some(&self.tag()));
         let body = frame.get(HEADER_LEN..).unwrap_or_default();
         match self {
-            Rewriter::Row { plan, tallies } => rewrite_datarow(body, plan, out, tallies),
+            Rewriter::Row {
+                plan,
+                tallies,
+                scratch,
+            } => rewrite_datarow_with(body, plan, out, tallies, scratch),
             Rewriter::Copy(c) => c.rewrite_copydata(body, out),
         }
     }

@@ -1,5 +1,6 @@
 //! [`RowPlan`] and [`rewrite_datarow`]: DataRow messages through a column plan.
 
+use crate::codec::Scratch;
 use crate::datarow::DataRowError;
 use crate::header::HEADER_LEN;
 use crate::mask::Tally;
@@ -53,8 +54,19 @@ pub fn rewrite_datarow(
     out: &mut Vec<u8>,
     tallies: &mut [Tally],
 ) -> Result<(), RewriteError> {
+    rewrite_datarow_with(body, plan, out, tallies, &mut Scratch::new())
+}
+
+/// [`rewrite_datarow`] with working space for typed values that is kept across rows.
+pub fn rewrite_datarow_with(
+    body: &[u8],
+    plan: &RowPlan,
+    out: &mut Vec<u8>,
+    tallies: &mut [Tally],
+    scratch: &mut Scratch,
+) -> Result<(), RewriteError> {
     let start = out.len();
-    let res = write_datarow(body, plan, out, tallies);
+    let res = write_datarow(body, plan, out, tallies, scratch);
     if res.is_err() {
         out.truncate(start);
     }
@@ -66,12 +78,13 @@ fn write_datarow(
     plan: &RowPlan,
     out: &mut Vec<u8>,
     tallies: &mut [Tally],
+    scratch: &mut Scratch,
 ) -> Result<(), RewriteError> {
     let start = out.len();
     out.reserve(HEADER_LEN + body.len());
     out.push(DATA_ROW_TAG);
     out.extend_from_slice(&[0; 4]);
-    let used = rewrite_fields(body, &plan.columns, out, tallies)?;
+    let used = rewrite_fields(body, &plan.columns, out, tallies, scratch)?;
     if used != body.len() {
         return Err(DataRowError::Leftover {
             bytes: body.len() - used,
