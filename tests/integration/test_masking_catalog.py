@@ -315,7 +315,9 @@ def test_side_connection_query_errors_are_reported(catalog_db: tuple[Any, Target
 class _PlanRecorder:
     """Stands in for veilgate_native's plan classes: records the planned columns."""
 
-    KEEP, NULL, TEXT, JSONB = "KEEP", "NULL", "TEXT", "JSONB"
+    KEEP, NULL, TEXT, TYPED = "KEEP", "NULL", "TEXT", "TYPED"
+
+    from veilgate_native import Codec  # pure data: the real one
 
     class RowPlan:
         def __init__(self, columns: list[Any]) -> None:

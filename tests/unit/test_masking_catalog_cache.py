@@ -131,8 +131,10 @@ class FakeConn:
                         if (o, a) in w.columns
                     ]
                 )
-            elif "WITH RECURSIVE d(orig" in stmt:
-                out.append([(str(o), n, n, "S", str(o), "0") for o, n in w.types.items()])
+            elif "WITH RECURSIVE need(" in stmt:
+                out.append(
+                    [(str(o), n, n, "S", str(o), "0", "b", ",", None) for o, n in w.types.items()]
+                )
             elif "string_agg(a.attname" in stmt:
                 out.append([(str(r[0]), *r[1:]) for r in w.relations])
             elif "WITH RECURSIVE deps" in stmt:

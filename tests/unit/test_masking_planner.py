@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import pytest
+import veilgate_native
 
 from veilgate.masking import planner as planner_mod
 from veilgate.masking.catalog import (
@@ -162,7 +163,8 @@ class FakeCatalog:
 class FakeNative:
     """Stands in for veilgate_native's plan classes: records what the planner asked for."""
 
-    KEEP, NULL, TEXT, JSONB = "KEEP", "NULL", "TEXT", "JSONB"
+    KEEP, NULL, TEXT, TYPED = "KEEP", "NULL", "TEXT", "TYPED"
+    Codec = veilgate_native.Codec  # pure data: the real one
 
     class RowPlan:
         def __init__(self, columns: list[tuple[str, Any]]) -> None:
@@ -324,9 +326,9 @@ def test_redaction_keeps_values_parseable(tier: TierMasking) -> None:
     ]
     assert _how(p, fields, sql) == [
         ("text", "redact"),  # "<MASKED>"
-        ("null", "null"),  # an int4 cannot say "<MASKED>"
-        ("jsonb", "redact_json"),  # the JSON string "<MASKED>"
-        ("null", "null"),  # nor can an array
+        ("typed", "redact"),  # an int4 cannot say "<MASKED>": 0
+        ("typed", "redact"),  # the JSON string "<MASKED>"
+        ("typed", "redact"),  # each element "<MASKED>"
     ]
 
 
@@ -354,7 +356,7 @@ def test_view_columns(tier: TierMasking) -> None:
     p = _planner(tier)
     # a view over a masked column: its columns without their own rule are unknown lineage
     assert _how(p, [_f("id", CONTACTS, 2, INT4, 0)], "SELECT id FROM contacts") == [
-        ("null", "null")  # redacted: an int4 becomes NULL
+        ("typed", "redact")  # redacted: an int4 becomes 0
     ]
     assert _how(p, [_f("contact", CONTACTS, 1, TEXT, 0)], "SELECT contact FROM contacts") == [
         ("text", "redact")
@@ -375,30 +377,39 @@ def test_binary_formats(tier: TierMasking) -> None:
     fields = [
         _f("ssn", CUSTOMERS, 3, VARCHAR, 1),  # text-like binary: masked in place
         _f("email", CUSTOMERS, 2, CITEXT, 1),
-        _f("profile", 0, 0, JSONB, 1),  # jsonb binary: scanned past its version byte
-        _f("x", 0, 0, INT4, 1),  # would be scanned; binary int4 cannot be: NULL
-        _f("tags", 0, 0, TEXT_ARR, 1),  # binary array that needs masking: NULL
-        _f("tags", 0, 0, TEXT_ARR, 0),  # the same in text format: scanned as text
+        _f("profile", 0, 0, JSONB, 1),  # jsonb binary: its codec scans the text, keeps JSON
+        _f("x", 0, 0, INT4, 1),  # scanned as a number: stays an int4
+        _f("tags", 0, 0, TEXT_ARR, 1),  # an array: element by element
+        _f("tags", 0, 0, TEXT_ARR, 0),  # the same in text format
         _f("id", CUSTOMERS, 1, INT4, 1),  # kept: binary passes through untouched
-        _f("j", 0, 0, JSONB, 0),  # jsonb in text format is text
+        _f("j", 0, 0, JSONB, 0),  # jsonb in text format: the same codec
+        _f("d", 0, 0, DATE, 1),  # a scan finds nothing in a date: kept
+        _f("born", CUSTOMERS, 5, DATE, 1),  # a null rule
     ]
     got = [(d.action, d.how) for d in p.decide(fields, p.statement("SELECT * FROM app.f()"))]
     assert got == [
         ("text", "rule"),
         ("text", "rule"),
-        ("jsonb", "scan"),
-        ("null", "null"),
-        ("null", "null"),
-        ("text", "scan"),
+        ("typed", "scan"),
+        ("typed", "scan"),
+        ("typed", "scan"),
+        ("typed", "scan"),
         ("keep", "keep"),
-        ("text", "scan"),
+        ("typed", "scan"),
+        ("keep", "keep"),
+        ("null", "null"),
     ]
+    codecs = [
+        d.codec.kind if d.codec is not None else None
+        for d in p.decide(fields[:6], p.statement("SELECT * FROM app.f()"))
+    ]
+    assert codecs == [None, None, "jsonb", "int4", "array", "array"]
 
 
 def test_profile_column_scanned_as_jsonb_binary(tier: TierMasking) -> None:
     p = _planner(tier)
     d = p.decide([_f("profile", 0, 0, JSONB, 1)], p.statement("SELECT app.profile()"))
-    assert (d[0].action, d[0].how) == ("jsonb", "scan")
+    assert (d[0].action, d[0].how, d[0].codec.kind, d[0].format) == ("typed", "scan", "jsonb", 1)
 
 
 def test_row_plan_cached_then_async(tier: TierMasking) -> None:

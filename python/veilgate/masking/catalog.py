@@ -7,7 +7,8 @@ login, in one round trip per RowDescription for everything not yet cached.
 
 * Column: ``(schema, table, column, relkind)`` plus the names of the tables it inherits from
   (a partition's column is masked by its parent's rule).
-* Type: domains resolved to their base type; arrays carry their element type.
+* Type: domains resolved to their base type; arrays carry their element type, composites their
+  attributes' types (fetched with the type: everything a value of it contains).
 * View / materialized view: the base-table columns it depends on (``pg_rewrite`` → ``pg_depend``,
   ``refobjsubid``; through nested views), so a view column without its own rule can be treated as
   unknown lineage when the view depends on masked columns.
@@ -93,6 +94,12 @@ class TypeInfo:
     base_oid: int
     elem_oid: int
     """Element type of an array (0 otherwise)."""
+    typtype: str = "b"
+    """``typtype`` of the base type: ``b`` base, ``c`` composite, ``e`` enum, ``r`` range..."""
+    delimiter: str = ","
+    """The element type's delimiter in an array's text form."""
+    attributes: tuple[int, ...] = ()
+    """A composite's attribute type OIDs, in order (dropped columns left out)."""
 
     @property
     def text_like(self) -> bool:
@@ -162,14 +169,32 @@ JOIN pg_namespace n ON n.oid = c.relnamespace;"""  # noqa: S608
 
 
 def _types_sql(oids: Iterable[int]) -> str:
+    # The types asked for and every type their values contain (array elements, composite
+    # attributes, domains' base types), each resolved through its domains: a value's codec is
+    # built from these rows alone (see veilgate.masking.codecs).
     return f"""
-WITH RECURSIVE d(orig, cur, depth) AS (
-  SELECT t.oid, t.oid, 0 FROM pg_type t WHERE t.oid = ANY({_oid_array(oids)}::oid[])
+WITH RECURSIVE need(oid, depth) AS (
+  SELECT t.oid, 0 FROM pg_type t WHERE t.oid = ANY({_oid_array(oids)}::oid[])
+  UNION
+  SELECT x.oid, n.depth + 1 FROM need n JOIN pg_type t ON t.oid = n.oid
+  CROSS JOIN LATERAL (
+    SELECT t.typbasetype WHERE t.typtype = 'd'
+    UNION ALL SELECT t.typelem WHERE t.typelem <> 0 AND t.typcategory = 'A' AND t.typlen = -1
+    UNION ALL SELECT a.atttypid FROM pg_attribute a
+     WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+  ) x(oid)
+  WHERE n.depth < 16),
+d(orig, cur, depth) AS (
+  SELECT DISTINCT need.oid, need.oid, 0 FROM need
   UNION ALL
   SELECT d.orig, t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.cur
   WHERE t.typtype = 'd' AND d.depth < 64)
-SELECT o.oid, o.typname, b.typname, b.typcategory, b.oid, b.typelem
+SELECT o.oid, o.typname, b.typname, b.typcategory, b.oid, b.typelem, b.typtype,
+  COALESCE(e.typdelim, ','),
+  (SELECT string_agg(a.atttypid::text, ',' ORDER BY a.attnum) FROM pg_attribute a
+    WHERE b.typtype = 'c' AND a.attrelid = b.typrelid AND a.attnum > 0 AND NOT a.attisdropped)
 FROM d JOIN pg_type b ON b.oid = d.cur JOIN pg_type o ON o.oid = d.orig
+LEFT JOIN pg_type e ON e.oid = b.typelem
 WHERE b.typtype <> 'd';"""  # noqa: S608
 
 
@@ -736,7 +761,7 @@ def _parse_columns(
 
 def _parse_types(rows: list[tuple[str | None, ...]]) -> dict[int, TypeInfo]:
     out: dict[int, TypeInfo] = {}
-    for oid, name, base, category, base_oid, elem in rows:
+    for oid, name, base, category, base_oid, elem, typtype, delim, attrs in rows:
         out[int(oid or 0)] = TypeInfo(
             int(oid or 0),
             name or "",
@@ -744,6 +769,9 @@ def _parse_types(rows: list[tuple[str | None, ...]]) -> dict[int, TypeInfo]:
             category or "",
             int(base_oid or 0),
             int(elem or 0),
+            typtype or "b",
+            delim or ",",
+            tuple(int(a) for a in attrs.split(",")) if attrs else (),
         )
     return out
 

@@ -29,10 +29,14 @@ A star or whole-row reference (``row_to_json(u)``, ``u.*``) reads every column o
 it counts as referencing a masked column when any column of that table (every schema's table of
 that name, for an unqualified name) is masked by a column or name rule.
 
-How a masked column travels: text format is masked as text (arrays and composites are scanned as
-their text form); binary format is masked in place only for text-like types (text, varchar,
-bpchar, name, json, citext, domains over them) and as jsonb for jsonb; any other binary column
-that would be masked becomes NULL: never passed through unmasked.
+How a masked column travels (:meth:`SessionMasking._decision`) depends on its type's codec
+(:mod:`veilgate.masking.codecs`), the same in the text and the binary format: text-likes (text,
+varchar, bpchar, name, citext, enums, domains over them) are masked as text; other types go
+through the native engine's codec for the type, which decodes the value, masks it and encodes
+a valid value of the type again (numbers stay numbers of the same width, an inet an inet, json
+valid JSON, arrays and composites element by element); a content scan keeps the types that
+cannot carry a detectable entity (floats, dates, uuids, ranges...), a column rule masks them as
+their codec says; a type the engine cannot read becomes NULL when it must be masked.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 from .catalog import Catalog, CatalogError, ColumnInfo, RelationInfo, TypeInfo, ViewDeps
+from .codecs import NeedType, codec_for
 from .fields import Field, parse_row_description
 from .invalidation import invalidation_scope
 from .lineage import CopyInfo, Name, StatementInfo, statement_info
@@ -60,7 +65,7 @@ __all__ = [
 KEEP: Final = "keep"
 NULL: Final = "null"
 TEXT: Final = "text"
-JSONB: Final = "jsonb"
+TYPED: Final = "typed"
 
 PLAN_CACHE: Final = 512
 
@@ -96,13 +101,17 @@ class NeedCatalog(Exception):
 class ColumnDecision:
     """What one column gets, before native objects are built.
 
-    ``action`` is how values travel (keep / null / text / jsonb); ``how`` says what masks them
-    (``keep``, ``null``, ``rule``, ``scan``, ``redact``); ``rule`` is the policy rule, if any."""
+    ``action`` is how values travel (keep / null / text / typed); ``how`` says what masks them
+    (``keep``, ``null``, ``rule``, ``scan``, ``redact``); ``rule`` is the policy rule, if any;
+    ``codec`` (a ``veilgate_native.Codec``) and ``format`` are a typed column's type and wire
+    format."""
 
     action: str
     how: str
     rule: ColumnRule | None = None
     reason: str = ""
+    codec: Any = None
+    format: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,20 +197,18 @@ class SessionMasking:
         out = []
         for f in fields:
             t = self._treatment(f, stmt, refs, facts)
-            out.append(self._decision(t, f.format, self._type_for(t, f, facts)))
+            out.append(self._decision(t, f.format, self._codec_for(t, f, facts)))
         return out
 
-    def _type_for(self, t: _Treatment, f: Field, facts: Facts) -> TypeInfo | None:
-        # keep and null never look at the value: no need to know its type
-        return None if t.how in ("keep", "null") else self._type(f.type_oid, facts)
-
-    def _type(self, oid: int, facts: Facts) -> TypeInfo | None:
-        if oid == 0:
+    def _codec_for(self, t: _Treatment, f: Field, facts: Facts) -> Any:
+        """The column type's codec (``None`` for type OID 0); keep and null never look at the
+        value, so they need no type."""
+        if t.how in ("keep", "null") or f.type_oid == 0:
             return None
-        t = facts.type(oid)
-        if t is None:
-            raise NeedCatalog(f"type {oid}")
-        return t
+        try:
+            return codec_for(f.type_oid, facts, _native())
+        except NeedType as exc:
+            raise NeedCatalog(str(exc)) from None
 
     def _column(self, f: Field, facts: Facts) -> ColumnInfo | None:
         """Known column facts, ``None`` for unknown lineage (OID 0 or dropped)."""
@@ -322,29 +329,22 @@ class SessionMasking:
                     return True
         return False
 
-    def _decision(self, t: _Treatment, fmt: int, typ: TypeInfo | None) -> ColumnDecision:
+    def _decision(self, t: _Treatment, fmt: int, codec: Any) -> ColumnDecision:
+        """How the values of a column travel, given what masks them (``t``), the column's wire
+        format and its type's codec."""
         if t.how == "keep":
             return ColumnDecision(KEEP, "keep", t.rule, t.reason)
         if t.how == "null":
             return ColumnDecision(NULL, "null", t.rule, t.reason)
-        if t.how == "redact":
-            # a value the client can still parse as its type: "<MASKED>" for text, the JSON
-            # string "<MASKED>" for json/jsonb, NULL for everything else (numbers, arrays, rows)
-            if typ is not None and typ.base_name in ("json", "jsonb"):
-                action = JSONB if fmt == 1 and typ.is_jsonb else TEXT
-                return ColumnDecision(action, "redact_json", t.rule, t.reason)
-            if typ is not None and typ.text_like:
-                return ColumnDecision(TEXT, "redact", t.rule, t.reason)
-            name = typ.name if typ is not None else "unknown"
-            return ColumnDecision(NULL, "null", t.rule, f"{t.reason}; {name} redacts to NULL")
-        if fmt == 0:
+        if codec is None or fmt not in (0, 1):
+            return ColumnDecision(NULL, "null", t.rule, f"{t.reason}; unknown type or format")
+        if t.how == "scan" and not codec.scannable:
+            why = f"{t.reason}; {codec.kind} cannot carry a detectable entity"
+            return ColumnDecision(KEEP, "keep", t.rule, why)
+        if codec.kind == "text":
             return ColumnDecision(TEXT, t.how, t.rule, t.reason)
-        if typ is not None and typ.text_like:
-            return ColumnDecision(TEXT, t.how, t.rule, t.reason)
-        if typ is not None and typ.is_jsonb:
-            return ColumnDecision(JSONB, t.how, t.rule, t.reason)
-        name = typ.name if typ is not None else "unknown"
-        return ColumnDecision(NULL, "null", t.rule, f"{t.reason}; binary {name} cannot be masked")
+        # rule, scan or redact ("<MASKED>" for text, its codec's masked value otherwise)
+        return ColumnDecision(TYPED, t.how, t.rule, t.reason, codec, fmt)
 
     # -- COPY --------------------------------------------------------------------------------
 
@@ -423,7 +423,7 @@ class SessionMasking:
                     t = _rule_treatment(rule)
             if t is None:
                 t = self._treatment(f, stmt, refs, facts)
-            out.append(self._decision(t, f.format, self._type_for(t, f, facts)))
+            out.append(self._decision(t, f.format, self._codec_for(t, f, facts)))
         return out
 
     # -- audit -------------------------------------------------------------------------------
@@ -460,21 +460,24 @@ class SessionMasking:
             return self.tier.scanner
         if d.how == "redact":
             return self.tier.redactor
-        if d.how == "redact_json":
-            return self.tier.json_redactor
         if d.how == "rule" and d.rule is not None:
             return self.tier.operator_for(d.rule)
         return None
 
-    def _columns(self, decisions: list[ColumnDecision]) -> list[tuple[int, Any]]:
+    def _columns(self, decisions: list[ColumnDecision]) -> list[tuple[Any, ...]]:
         native = _native()
         consts = {
             KEEP: _const(native, "KEEP"),
             NULL: _const(native, "NULL"),
             TEXT: _const(native, "TEXT"),
-            JSONB: _const(native, "JSONB"),
+            TYPED: _const(native, "TYPED"),
         }
-        return [(consts[d.action], self._masker(d)) for d in decisions]
+        return [
+            (consts[d.action], self._masker(d), d.codec, d.format)
+            if d.action == TYPED
+            else (consts[d.action], self._masker(d))
+            for d in decisions
+        ]
 
     def _build_row_plan(self, decisions: list[ColumnDecision], fields: list[Field]) -> Any:
         return _native().RowPlan(self._columns(decisions))

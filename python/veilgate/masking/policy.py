@@ -325,8 +325,3 @@ class TierMasking:
     def redactor(self) -> Any:
         """What ``unknown_lineage: redact`` applies: the whole value becomes ``<MASKED>``."""
         return OperatorSpec("replace", value=REDACTED).build("MASKED", None)
-
-    @cached_property
-    def json_redactor(self) -> Any:
-        """``unknown_lineage: redact`` for json / jsonb: the JSON string ``"<MASKED>"``."""
-        return OperatorSpec("replace", value=f'"{REDACTED}"').build("MASKED", None)
