@@ -698,6 +698,11 @@ def warnings(cfg: GatewayConfig) -> list[str]:
                 )
     if cfg.tls.allow_plaintext_loopback:
         out.append("tls.allow_plaintext_loopback: plaintext clients are accepted (development)")
+    if cfg.approvals.api and cfg.admin.enabled and not is_loopback(cfg.admin.host):
+        out.append(
+            f"approvals.api: approvers send their tokens to the admin listener on "
+            f"{cfg.admin.host}, which has no TLS: keep it on loopback or behind a TLS proxy"
+        )
     return out
 
 

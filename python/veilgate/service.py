@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from veilgate import log
-from veilgate.admin.server import AdminServer, HealthState, gateway_routes
+from veilgate.admin.server import AdminServer, HealthState, Router, gateway_routes
 from veilgate.config_model import GatewayConfig
 
 if TYPE_CHECKING:
@@ -87,7 +87,12 @@ class Service:
             self._install_sighup(gateway)
         self.health = HealthState(gateway.session_count)
         if cfg.admin.enabled:
-            admin = AdminServer(cfg.admin.host, cfg.admin.port, gateway_routes(self.health))
+            admin = AdminServer(
+                cfg.admin.host,
+                cfg.admin.port,
+                gateway_routes(self.health),
+                self._admin_routers(gateway),
+            )
             try:
                 await admin.start()
             except BaseException:
@@ -100,6 +105,16 @@ class Service:
             fields.update(admin_host=cfg.admin.host, admin_port=self._admin.port)
             log.event(_log, "admin_listening", host=cfg.admin.host, port=self._admin.port)
         log.event(_log, "ready", targets=sorted(cfg.targets), **fields)
+
+    def _admin_routers(self, gateway: Gateway) -> list[Router]:
+        """API routers on the admin listener, one per concern."""
+        routers: list[Router] = []
+        approvals = getattr(gateway, "approvals", None)
+        if approvals is not None and self.config.approvals.api:
+            from veilgate.approvals.api import ApprovalsAPI
+
+            routers.append(ApprovalsAPI(approvals, self._authenticator).router())
+        return routers
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -51,6 +51,11 @@ tiers:
         action: allow
         message: "reads, transactions, session settings"
         classes: [read, transaction, session, prepare]
+      - id: agent-scratch-write
+        action: allow
+        message: "writes to scratch tables"
+        classes: [write]
+        tables: ["public.scratch_*"]
       - id: agent-jit-write
         action: approve
         message: "writes to the jit tables need a second pair of eyes"
@@ -233,6 +238,16 @@ def make_table(pg_cluster: Any, rows: int = 3) -> str:
     return name
 
 
+def make_scratch(pg_cluster: Any) -> str:
+    """A scratch_ table the agents may write without approval."""
+    name = "scratch_" + secrets.token_hex(4)
+    pg_cluster.execute(
+        f"CREATE TABLE {name} (id int); GRANT SELECT, INSERT, DELETE ON {name} TO veilgate_app;",
+        "app",
+    )
+    return name
+
+
 def count(pg_cluster: Any, table: str, where: str = "true") -> int:
     return int(pg_cluster.execute(f"SELECT count(*) FROM {table} WHERE {where}", "app"))
 
@@ -275,6 +290,7 @@ __all__ = [
     "JitGateway",
     "count",
     "jit_gateway",
+    "make_scratch",
     "make_table",
     "policy_text",
     "psql",

@@ -13,7 +13,14 @@ from collections.abc import Iterator
 import pytest
 
 from veilgate import metrics
-from veilgate.admin.server import AdminServer, HealthState, Request, Response, gateway_routes
+from veilgate.admin.server import (
+    MAX_HEAD_BYTES,
+    AdminServer,
+    HealthState,
+    Request,
+    Response,
+    gateway_routes,
+)
 
 # -- a strict parser for the text format (0.0.4) -------------------------------------------------
 
@@ -227,7 +234,7 @@ async def test_admin_healthz_and_metrics(fake_native: FakeNative) -> None:
         (b"GET healthz HTTP/1.1\r\n\r\n", 400),
         (b"GET /healthz HTTP/2.0\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400),
-        (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 413),
+        (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD_BYTES + 100) + b"\r\n\r\n", 413),
         (b"GET /healthz HTTP/1.1\r\n", 400),  # then EOF: incomplete head
     ],
 )

@@ -1,8 +1,14 @@
-"""A small HTTP/1.1 admin server on asyncio: ``/healthz`` and ``/metrics`` (more routes later).
+"""A small HTTP/1.1 admin server on asyncio: ``/healthz``, ``/metrics`` and routers of API routes.
 
-Deliberately minimal and defensive: GET and HEAD only, one request per connection
-(``Connection: close``), the request head is bounded in size and time, request bodies are refused,
-concurrent connections are capped, and a handler's exception becomes a 500 without details.
+Deliberately minimal and defensive: one request per connection (``Connection: close``), the request
+head is bounded in size and time, bodies only on POST (``Content-Length``, at most
+:data:`MAX_BODY_BYTES`, read within the time limit), concurrent connections are capped, and a
+handler's exception becomes a 500 without details.
+
+Plain routes (exact path → handler) answer GET and HEAD.  A :class:`Router` holds the routes of one
+concern (``/v1/approvals/...``), with a method each and ``{name}`` path parameters; the server
+asks each router in turn (404 when none has the path, 405 with ``Allow`` when one has it for other
+methods).
 """
 
 from __future__ import annotations
@@ -10,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from veilgate import log
 
 _log = log.get("admin")
 
-MAX_HEAD_BYTES = 8192
-"""Largest request line + headers accepted."""
+MAX_HEAD_BYTES = 72 * 1024
+"""Largest request line + headers accepted (room for a 64 KiB bearer token)."""
+MAX_BODY_BYTES = 64 * 1024
+"""Largest POST body accepted."""
 READ_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
@@ -28,9 +37,13 @@ MAX_CONNECTIONS = 64
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
     413: "Content Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -46,6 +59,11 @@ class Request:
     query: str
     headers: Mapping[str, str]
     """Lower-cased names."""
+    body: bytes = b""
+    params: Mapping[str, str] = field(default_factory=dict)
+    """Path parameters of a router's route (``{id}``)."""
+    peer: str = ""
+    """``host:port`` of the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +85,51 @@ class Response:
 
 Handler = Callable[[Request], Response | Awaitable[Response]]
 
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+class Router:
+    """The routes of one concern: ``add("POST", "/v1/things/{id}/do", handler)``."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        rx = "".join(
+            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part)
+            for i, part in enumerate(_PARAM.split(pattern))
+        )
+        self._routes.append((method, re.compile(rx), handler))
+
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | set[str] | None:
+        """The handler and path parameters; or the methods the path has (405); or None."""
+        allowed: set[str] = set()
+        for m, rx, handler in self._routes:
+            found = rx.fullmatch(path)
+            if found is None:
+                continue
+            if m == method or (m == "GET" and method == "HEAD"):
+                return handler, found.groupdict()
+            allowed.add(m)
+            if m == "GET":
+                allowed.add("HEAD")
+        return allowed or None
+
 
 class AdminServer:
     """Serves ``routes`` (exact path → handler) for GET/HEAD on ``host:port`` (0 = ephemeral)."""
 
-    def __init__(self, host: str, port: int, routes: Mapping[str, Handler]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: Mapping[str, Handler],
+        routers: Sequence[Router] = (),
+    ) -> None:
         self.host = host
         self._port = port
         self.routes = dict(routes)
+        self.routers = list(routers)
         self._server: asyncio.Server | None = None
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -109,8 +164,10 @@ class AdminServer:
             if self._active > MAX_CONNECTIONS:
                 await self._send(writer, Response.text(503, "too many connections\n"), False)
                 return
+            peer = writer.get_extra_info("peername")
+            where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
             try:
-                response, head_only = await self._respond(reader)
+                response, head_only = await self._respond(reader, where)
             except Exception:  # a bug in a handler must never take the server down
                 _log.exception("admin_handler_failed")
                 response, head_only = Response.text(500, "internal error\n"), False
@@ -125,7 +182,7 @@ class AdminServer:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+    async def _respond(self, reader: asyncio.StreamReader, peer: str) -> tuple[Response, bool]:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
         except TimeoutError:
@@ -141,18 +198,58 @@ class AdminServer:
         request = _parse(head)
         if request is None:
             return Response.text(400, "bad request\n"), False
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"}), False
-        if "transfer-encoding" in request.headers or (
-            request.headers.get("content-length", "0").strip() != "0"
-        ):
-            return Response.text(400, "request bodies are not accepted\n"), False
-        handler = self.routes.get(request.path)
+        head_only = request.method == "HEAD"
+        handler: Handler | None = None
+        params: dict[str, str] = {}
+        allowed: set[str] = set()
+        if request.method in ("GET", "HEAD"):
+            handler = self.routes.get(request.path)
         if handler is None:
-            return Response.text(404, "not found\n"), request.method == "HEAD"
+            for router in self.routers:
+                found = router.match(request.method, request.path)
+                if isinstance(found, tuple):
+                    handler, params = found
+                    break
+                if found:
+                    allowed |= found
+        if handler is None:
+            if request.path in self.routes:
+                allowed |= {"GET", "HEAD"}
+            if allowed:
+                allow = ", ".join(sorted(allowed))
+                return Response(405, b"method not allowed\n", headers={"Allow": allow}), False
+            return Response.text(404, "not found\n"), head_only
+        body = await self._body(reader, request)
+        if isinstance(body, Response):
+            return body, False
+        request = replace(request, body=body, params=params, peer=peer)
         result = handler(request)
         response = await result if isinstance(result, Awaitable) else result
-        return response, request.method == "HEAD"
+        return response, head_only
+
+    async def _body(self, reader: asyncio.StreamReader, request: Request) -> bytes | Response:
+        """The request body (POST only, Content-Length only, bounded), or the refusal."""
+        text = request.headers.get("content-length", "0").strip()
+        chunked = "transfer-encoding" in request.headers
+        if request.method != "POST":
+            if chunked or text != "0":
+                return Response.text(400, "request bodies are not accepted\n")
+            return b""
+        if chunked:
+            return Response.text(411, "chunked bodies are not accepted; send Content-Length\n")
+        if not text.isdigit():
+            return Response.text(400, "bad content-length\n")
+        length = int(text)
+        if length == 0:
+            return b""
+        if length > MAX_BODY_BYTES:
+            return Response.text(413, "request body too large\n")
+        try:
+            return await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT_S)
+        except TimeoutError:
+            return Response.text(408, "request timeout\n")
+        except asyncio.IncompleteReadError:
+            return Response.text(400, "incomplete body\n")
 
     async def _send(
         self, writer: asyncio.StreamWriter, response: Response, head_only: bool
