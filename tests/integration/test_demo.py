@@ -61,7 +61,12 @@ def test_demo_check_shows_masking_and_denial(tmp_path: Path) -> None:
     assert "DETAIL:  rule read-no-destruction (tier read)" in out
     assert "demo: denied OK" in out
     assert "demo: unmasked OK (15/15 raw values" in out
+    # the agent's DELETE was held, approved from the CLI, then ran once when retried
+    assert "ERROR:  42Z01: veilgate: approval required (request ap-" in out
+    assert "approved" in out and "DELETE 3000" in out
+    assert "demo: approval OK (held by admin-approve-destructive" in out
     assert "demo: check OK" in out and "demo: stopped" in out
+    assert (demo_dir / "veilgate-state.db").exists()
 
     # the gateway ran with the demo policy and an audit log in the demo directory
     config = yaml.safe_load((demo_dir / "veilgate.yaml").read_text())
@@ -133,9 +138,10 @@ def test_demo_masks_free_text_and_admin_sees_raw(
     admin = stack.psql("SELECT id, notes FROM customers ORDER BY id", password=admin_token)
     assert admin.returncode == 0, admin.stderr
     assert all(v in admin.stdout for v in emails | phones)
-    # ... but a destructive statement needs an approval, which is refused for now
+    # ... but a destructive statement needs an approval (held: 42Z01 naming the request)
     drop = stack.psql("DROP TABLE orders", password=admin_token)
     assert drop.returncode != 0 and "admin-approve-destructive" in drop.stderr
+    assert "42Z01" in drop.stderr and "veilgate approvals approve ap-" in drop.stderr
     assert stack.query_direct("SELECT count(*) FROM orders") == [["3000"]]
 
     # a role the policy does not know gets nothing
@@ -154,5 +160,6 @@ def test_demo_banner_says_what_to_try(running_demo: tuple[DemoStack, DevIdPIdent
     assert "read-no-destruction" in banner
     assert f"--role {ADMIN_ROLE}" in banner and "--role Db.Read" in banner
     assert "audit.jsonl" in banner and "policy.yaml" in banner
+    assert "DELETE FROM orders;" in banner and "veilgate approvals approve ap-" in banner
     assert "eyJ" not in banner
     assert stack.mask_key_file.read_text().strip() not in banner

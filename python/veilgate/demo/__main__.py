@@ -4,7 +4,9 @@ front of it with the demo policy (tiers by role, result masking), and the psql c
 ``--check`` starts everything and shows what the gateway is for: a SELECT through it comes back
 masked (no raw SSN, card number or e-mail of the sample rows, compared with the same query
 straight to PostgreSQL), a DROP is denied (42501, with the rule id), the unmasked role sees the
-raw values; exits 0 only if all of that holds.  Raw values are compared, never printed.
+raw values, and an agent's DELETE without WHERE is held for approval (42Z01 with the request
+id), approved from the CLI, then runs once when retried; exits 0 only if all of that holds.  Raw
+values are compared, never printed.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shlex
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
@@ -33,6 +37,10 @@ DENIED_SQL = "DROP TABLE customers"
 VERBOSE_PSQL = "\\set VERBOSITY verbose"
 DENY_RULE = "read-no-destruction"
 """The demo policy's rule that denies :data:`DENIED_SQL` for the read tier."""
+HELD_SQL = "DELETE FROM orders"
+"""What the admin tier may only run with an approval (a DELETE without WHERE)."""
+APPROVE_RULE = "admin-approve-destructive"
+APPROVER = "demo-approver"
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -151,6 +159,46 @@ def _check_audit(stack: DemoStack) -> int:
     return 0
 
 
+def _approvals_cli(stack: DemoStack, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "veilgate", "approvals", args[0], "--config"]
+    cmd += [str(stack.config_file), *args[1:]]
+    print(
+        f"demo: veilgate approvals {args[0]} --config {stack.config_file.name} "
+        + " ".join(shlex.quote(a) for a in args[1:])
+    )
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _check_approval(stack: DemoStack, identity: DevIdPIdentity) -> int:
+    """A DELETE without WHERE as Db.Admin: held (42Z01, request id), nothing deleted; approved
+    from the CLI; the identical statement then runs, once."""
+    token = identity.mint(ADMIN_ROLE)
+    before = stack.query_direct("SELECT count(*) FROM orders")
+    print(f"demo: [{ADMIN_ROLE}] psql ... -c {shlex.quote(HELD_SQL)}")
+    held = stack.psql(HELD_SQL, password=token)
+    print(held.stderr.rstrip())
+    found = re.search(r"\b(ap-[a-z0-9]{16})\b", held.stderr)
+    if held.returncode == 0 or "42Z01" not in held.stderr or found is None:
+        return _fail(f"expected 42Z01 with a request id, got: {held.stderr.strip()}")
+    if stack.query_direct("SELECT count(*) FROM orders") != before:
+        return _fail("the held DELETE ran")
+    rid = found.group(1)
+    approved = _approvals_cli(stack, "approve", rid, "--as", APPROVER, "-m", "demo: go ahead")
+    print(approved.stdout.rstrip() or approved.stderr.rstrip())
+    if approved.returncode != 0 or "approved" not in approved.stdout:
+        return _fail(f"the approval failed: {approved.stderr.strip()}")
+    print(f"demo: [{ADMIN_ROLE}] psql ... -c {shlex.quote(HELD_SQL)}  (retried)")
+    ran = stack.psql(HELD_SQL, password=token)
+    print(ran.stdout.rstrip())
+    if ran.returncode != 0 or stack.query_direct("SELECT count(*) FROM orders") != [["0"]]:
+        return _fail(f"the approved DELETE did not run: {ran.stderr.strip()}")
+    again = stack.psql(HELD_SQL, password=token)
+    if "42Z01" not in again.stderr:
+        return _fail("the grant allowed a second run")
+    print(f"demo: approval OK (held by {APPROVE_RULE}, approved by {APPROVER}, ran once)")
+    return 0
+
+
 def _check(stack: DemoStack, identity: DevIdPIdentity) -> int:
     try:
         if (
@@ -158,6 +206,7 @@ def _check(stack: DemoStack, identity: DevIdPIdentity) -> int:
             or _check_denied(stack)
             or _check_unmasked(stack, identity)
             or _check_audit(stack)
+            or _check_approval(stack, identity)
         ):
             return 1
     except FileNotFoundError:
@@ -206,10 +255,14 @@ def _banner(stack: DemoStack, identity: DevIdPIdentity) -> None:
     print(f"  {DENIED_SQL + ';':<34} -- denied: ERROR 42501, rule {DENY_RULE} in DETAIL")
     print(f"  {VERBOSE_PSQL:<34} -- to see the SQLSTATE (42501) of the denial")
     print()
-    print("A token for the unmasked tier 'admin' (destructive statements need an approval,")
-    print("which is not available yet, so they are refused):")
+    print("A token for the unmasked tier 'admin', whose destructive statements need an approval:")
     print()
     print(f"  export PGPASSWORD=$({identity.token_command(relative_to=cwd, role=ADMIN_ROLE)})")
+    print(f"  {HELD_SQL + ';':<34} -- held: ERROR 42Z01 approval required (request ap-...)")
+    config = _relative(stack.config_file, cwd)
+    print(f"  veilgate approvals list --config {config}")
+    print(f"  veilgate approvals approve ap-... --config {config} --as {APPROVER}")
+    print(f"  {HELD_SQL + ';':<34} -- retried: runs, once")
     print()
     print(f"  policy:      {_relative(stack.policy_file, cwd)} (edit it: the gateway reloads it)")
     print(f"  audit log:   {_relative(stack.audit_log, cwd)} (every decision and masked result)")
