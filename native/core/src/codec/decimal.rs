@@ -10,8 +10,8 @@
 //! | `hash` | keyed digits ([`crate::mask::HashKey::shape`]): the same number gives the same digits in every format |
 //! | `null` | the whole value becomes NULL |
 //!
-//! The sign and the decimal point are kept, then the result is made canonical ([`canonical`]:
-//! no leading zeros, no negative zero); the caller fits it to its type.
+//! The sign and the decimal point are kept, then the result is made canonical (no leading
+//! zeros, no negative zero); the caller fits it to its type.
 
 use super::{findings, Cx};
 use crate::mask::{Operator, Outcome};

@@ -4,9 +4,10 @@
 //!
 //! A plan column whose type is not masked as plain text carries a [`Codec`] (its type, built by
 //! the control plane from the catalog once per RowDescription) and its [`Format`].
-//! [`Codec::mask`] asks the column's [`ValueMask`] *what* to mask — the whole value for a column
-//! rule ([`ValueMask::whole`]), the spans a content scan finds in the value's text form
-//! otherwise ([`ValueMask::find`]) — and applies each operator in the type's own domain:
+//! [`Codec::mask`] asks the column's [`ValueMask`](crate::mask::ValueMask) *what* to mask: the
+//! whole value for a column rule ([`whole`](crate::mask::ValueMask::whole)), the spans a
+//! content scan finds in the value's text form otherwise
+//! ([`find`](crate::mask::ValueMask::find)); and applies each operator in the type's domain:
 //!
 //! - [`text`]: text-likes (text, varchar, bpchar, name, citext, enums): the bytes are the text
 //! - [`bytea`]: bytes, `\x` hex or escape text format
@@ -16,7 +17,7 @@
 //! - [`uuid`], [`float`], [`boolean`], [`datetime`] (date, time, timetz, timestamp(tz)),
 //!   [`interval`]: types that cannot carry a detectable entity: a content scan keeps them, a
 //!   column rule gives a value of the type
-//! - [`array`], [`composite`] (named composites and anonymous records): element by element
+//! - [`mod@array`], [`composite`] (named composites and anonymous records): element by element
 //! - [`builtin`]: the codec of each built-in type OID
 //!
 //! Fail closed: a value that does not decode as its declared type becomes NULL (counted as

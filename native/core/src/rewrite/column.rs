@@ -14,13 +14,16 @@ pub enum ColumnAction {
     Keep,
     /// Replace every non-NULL value with NULL (type-agnostic: right for any binary type).
     Null,
-    /// The value's bytes are text (a text-format column, or a text-like binary one: text,
-    /// varchar, bpchar, name, json): mask them.
+    /// The value's bytes are text (a text-like column in either format: text, varchar,
+    /// bpchar, name, citext, enums): mask them.  The fast path: no decoding.
     Text(Arc<dyn ValueMask>),
     /// A binary-format jsonb value: one version byte, then text.  The text is masked, the
     /// version byte kept.  (In text and CSV COPY, jsonb is plain text: same as [`Text`].)
+    /// The planner uses [`Typed`] with the jsonb codec instead, which also keeps the result
+    /// valid JSON.
     ///
     /// [`Text`]: ColumnAction::Text
+    /// [`Typed`]: ColumnAction::Typed
     Jsonb(Arc<dyn ValueMask>),
     /// A value of any other type (or one that must stay valid JSON): decoded, masked and
     /// encoded again by its type's [`Codec`] in the column's format, so that a masked value is
