@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from veilgate.config_model import TargetConfig, UpstreamTLSConfig, UpstreamTLSMode
+from veilgate.masking.analysis import analyzer_for
 from veilgate.masking.catalog import Catalog, CatalogError
 from veilgate.masking.fields import Field
 from veilgate.masking.invalidation import invalidation_scope
@@ -133,34 +134,65 @@ def test_columns_types_and_domains(catalog_db: tuple[Any, TargetConfig]) -> None
     _run(go())
 
 
-def test_views_report_their_base_columns(catalog_db: tuple[Any, TargetConfig]) -> None:
+def test_views_resolve_through_their_definitions(catalog_db: tuple[Any, TargetConfig]) -> None:
+    """A view's definition comes back with every name schema-qualified (whatever the side
+    connection's search_path), and the analyzer follows it down nested views to base columns."""
     _, target = catalog_db
 
     async def go() -> None:
         cat = Catalog.for_target(target)
+        analyzer = analyzer_for(cat)
         try:
-            nested = await cat.describe("SELECT contact FROM crm.nested")
-            totals = await cat.describe("SELECT total FROM crm.order_totals")
-            mv = await cat.describe("SELECT ssn FROM crm.ssn_mv")
-            await cat.resolve([*nested, *totals, *mv], names=[(None, "customer_contacts")])
-            col = cat.column(nested[0].table_oid, nested[0].attnum)
-            assert col is not None and col.is_view and col.table == "nested"
-            deps = cat.view_deps(nested[0].table_oid)
-            assert deps is not None
-            # through crm.customer_contacts down to the base table
-            assert ("crm", "customers", "email") in deps.columns
-            assert not any(c[2] == "ssn" for c in deps.columns)
-            tdeps = cat.view_deps(totals[0].table_oid)
-            assert tdeps is not None
-            assert {c[1] for c in tdeps.columns} == {"orders"}
-            mcol = cat.column(mv[0].table_oid, mv[0].attnum)
-            assert mcol is not None and mcol.relkind == "m"
-            mdeps = cat.view_deps(mv[0].table_oid)
-            assert mdeps is not None and ("crm", "customers", "ssn") in mdeps.columns
-            named = cat.views_named((None, "customer_contacts"))
-            assert named is not None and len(named) == 1
-            assert ("crm", "customers", "email") in named[0].columns
-            assert cat.views_named((None, "customer_contacts")) is not None
+            facts = await cat.resolve([], [(None, "nested"), ("crm", "ssn_mv")])
+            (nested,) = facts.relations_named((None, "nested")) or ()
+            assert nested.relkind == "v" and nested.columns == ("contact",)
+            assert nested.definition is not None and "crm.customer_contacts" in nested.definition
+            (mv,) = facts.relations_named(("crm", "ssn_mv")) or ()
+            assert mv.relkind == "m" and mv.definition is not None
+            res = await analyzer.analyze("SELECT contact FROM crm.nested")
+            assert res.outputs is not None
+            lin = res.outputs[0].lineage
+            # through crm.customer_contacts down to the base table, passed through unchanged
+            assert lin.exact and {c.label() for c in lin.cols} == {"crm.customers.email"}
+            sql = "SELECT total, upper(ssn) FROM crm.order_totals, crm.ssn_mv"
+            res = await analyzer.analyze(sql)
+            assert res.outputs is not None
+            total, upper = (o.lineage for o in res.outputs)
+            assert not total.exact and {c.label() for c in total.cols} == {"crm.orders.total"}
+            assert {c.label() for c in upper.cols} == {"crm.customers.ssn"}
+            # cached per text: no lookup the second time
+            trips = cat.round_trips
+            assert analyzer.cached("SELECT contact FROM crm.nested") is not None
+            await analyzer.analyze("SELECT contact FROM crm.nested")
+            assert cat.round_trips == trips
+        finally:
+            await cat.close()
+
+    _run(go())
+
+
+def test_relation_facts_list_what_a_write_is_checked_against(
+    catalog_db: tuple[Any, TargetConfig],
+) -> None:
+    cluster, target = catalog_db
+    cluster.execute(
+        "CREATE UNIQUE INDEX ON crm.customers (email);"
+        "CREATE UNIQUE INDEX ON crm.customers (lower(note));"
+        "ALTER TABLE crm.orders ADD CONSTRAINT fk FOREIGN KEY (customer_id)"
+        " REFERENCES crm.customers (id);",
+        target.dbname,
+    )
+
+    async def go() -> None:
+        cat = Catalog.for_target(target)
+        try:
+            facts = await cat.resolve([], [("crm", "customers"), ("crm", "orders")])
+            (customers,) = facts.relations_named(("crm", "customers")) or ()
+            assert ("email", "crm", "customers", "email") in customers.probes
+            assert ("id", "crm", "customers", "id") in customers.probes  # the primary key
+            assert ("*", "crm", "customers", "*") in customers.probes  # the expression index
+            (orders,) = facts.relations_named(("crm", "orders")) or ()
+            assert orders.probes == (("customer_id", "crm", "customers", "id"),)
         finally:
             await cat.close()
 
@@ -413,21 +445,38 @@ def test_cached_facts_expire(catalog_db: tuple[Any, TargetConfig]) -> None:
     _run(go())
 
 
-def test_shadowed_builtins(catalog_db: tuple[Any, TargetConfig]) -> None:
+def test_functions_and_namesakes(catalog_db: tuple[Any, TargetConfig]) -> None:
     cluster, target = catalog_db
     cluster.execute(
-        "CREATE FUNCTION public.upper(varchar) RETURNS text LANGUAGE sql AS 'SELECT $1'",
+        "CREATE FUNCTION public.upper(varchar) RETURNS text LANGUAGE sql AS 'SELECT $1';"
+        "CREATE FUNCTION public.pairs(OUT a int, OUT b text) RETURNS SETOF record"
+        " LANGUAGE sql AS $$SELECT 1, 'x'$$;"
+        "CREATE FUNCTION public.rows_of() RETURNS SETOF crm.orders LANGUAGE sql"
+        " AS 'SELECT * FROM crm.orders';"
+        "CREATE TYPE public.text AS (x int);"
+        "CREATE OPERATOR public.### (LEFTARG = int, RIGHTARG = int, FUNCTION = int4pl);",
         target.dbname,
     )
 
     async def go() -> None:
         cat = Catalog.for_target(target)
         try:
-            assert cat.shadowed_builtins() is None
-            await cat.resolve([])
-            shadowed = cat.shadowed_builtins()
-            assert shadowed is not None and "f:upper" in shadowed and "f:count" not in shadowed
-            assert "o:+" not in shadowed
+            assert cat.functions_named("upper") is None
+            names = ["upper", "pairs", "rows_of", "count", "json_each", "nothing_like_it"]
+            keys = ["t:text", "t:int4", "o:###", "o:+"]
+            await cat.resolve([], [], names, keys)
+            upper = cat.functions_named("upper") or ()
+            assert {f.schema for f in upper} == {"pg_catalog", "public"}
+            (pairs,) = cat.functions_named("pairs") or ()
+            assert pairs.columns == ("a", "b")
+            (rows_of,) = cat.functions_named("rows_of") or ()
+            assert rows_of.columns == ("id", "customer_id", "total")
+            assert all(f.schema == "pg_catalog" for f in cat.functions_named("count") or ())
+            each = cat.functions_named("json_each") or ()
+            assert each and all(f.columns == ("key", "value") for f in each)
+            assert cat.functions_named("nothing_like_it") == ()
+            assert cat.namesake("t:text") is True and cat.namesake("t:int4") is False
+            assert cat.namesake("o:###") is True and cat.namesake("o:+") is False
         finally:
             await cat.close()
 
@@ -448,7 +497,7 @@ def test_concurrent_lookups_share_one_round_trip(catalog_db: tuple[Any, TargetCo
             for facts in answers:
                 col = facts.column(fields[1].table_oid, fields[1].attnum)
                 assert col is not None and (col.table, col.column) == ("customers", "ssn")
-                assert facts.views_named(("crm", "customer_contacts"))
+                assert facts.relations_named(("crm", "customer_contacts"))
         finally:
             await cat.close()
 
@@ -499,7 +548,7 @@ def test_create_table_keeps_column_facts(catalog_db: tuple[Any, TargetConfig]) -
             trips = cat.round_trips
             cat.invalidate(invalidation_scope(b"CREATE TABLE"))
             assert not cat.missing(fields)
-            assert cat.missing([], [(None, "customers")])
+            assert cat.relations_named((None, "customers")) is None
             facts = await cat.resolve(fields, [(None, "customers")])
             assert cat.round_trips == trips + 1
             found = facts.relations_named((None, "customers"))

@@ -41,10 +41,7 @@ NAME = (None, "customers")
         (b"ANALYZE", Scope.NONE),
         (b"VACUUM", Scope.NONE),
         # DDL that touches no cached fact
-        (b"CREATE INDEX", Scope.NONE),
-        (b"DROP INDEX", Scope.NONE),
         (b"REINDEX", Scope.NONE),
-        (b"CREATE SEQUENCE", Scope.NONE),
         (b"COMMENT", Scope.NONE),
         (b"GRANT", Scope.NONE),
         (b"REVOKE", Scope.NONE),
@@ -53,6 +50,10 @@ NAME = (None, "customers")
         (b"CREATE ROLE", Scope.NONE),
         # a new OID: only what names denote
         (b"CREATE TABLE\x00", Scope.NAMES),
+        # unique indexes and sequences are part of what a name denotes
+        (b"CREATE INDEX", Scope.NAMES),
+        (b"DROP INDEX", Scope.NAMES),
+        (b"CREATE SEQUENCE", Scope.NAMES),
         (b"create table", Scope.NAMES),
         (b"CREATE FOREIGN TABLE", Scope.NAMES),
         (b"CREATE MATERIALIZED VIEW", Scope.NAMES),
@@ -99,8 +100,9 @@ class World:
             (CUSTOMERS, 2): ("public", "customers", "ssn", "r"),
         }
         self.types = {TEXT: "text", INT4: "int4"}
-        self.relations = [(CUSTOMERS, "public", "customers", "r", "id\x1fssn")]
-        self.shadowed: list[str] = []
+        self.relations = [(CUSTOMERS, "public", "customers", "r", "id\x1fssn", None, None, None)]
+        self.functions = [("pg_catalog", "upper", "1", "0", "f", None)]
+        self.namesakes: list[str] = []
 
 
 class FakeConn:
@@ -135,12 +137,14 @@ class FakeConn:
                 out.append(
                     [(str(o), n, n, "S", str(o), "0", "b", ",", None) for o, n in w.types.items()]
                 )
-            elif "string_agg(a.attname" in stmt:
+            elif "set_config('search_path'" in stmt:
+                out.append([("pg_catalog",)])
+            elif "pg_get_viewdef" in stmt:
                 out.append([(str(r[0]), *r[1:]) for r in w.relations])
-            elif "WITH RECURSIVE deps" in stmt:
-                out.append([])  # no views in this world
-            elif "'f:' ||" in stmt:
-                out.append([(s,) for s in w.shadowed])
+            elif "FROM pg_proc p" in stmt:
+                out.append(list(w.functions))
+            elif "'t:' ||" in stmt:
+                out.append([(s,) for s in w.namesakes])
             else:  # pragma: no cover - a query this fake does not know
                 raise AssertionError(stmt)
         return out
@@ -194,7 +198,7 @@ def test_invalidate_forgets_only_its_scope() -> None:
         gen = cat.generation
         cat.invalidate(Scope.NAMES)  # CREATE TEMP TABLE somewhere
         assert cat.generation == gen + 1
-        assert cat.relations_named(NAME) is None and cat.shadowed_builtins() is None
+        assert cat.relations_named(NAME) is None and cat.functions_named("upper") is None
         col = cat.column(CUSTOMERS, 2)
         assert col is not None and col.column == "ssn"
         assert cat.type(TEXT) is not None
@@ -322,7 +326,7 @@ def test_cached_facts_of_an_unaffected_scope_still_serve_a_racing_lookup() -> No
         conn.hold.set()
         facts = await task
         assert facts.column(CUSTOMERS, 2) is not None and facts.type(TEXT) is not None
-        assert facts.relations_named(NAME) is not None and facts.shadowed_builtins() is not None
+        assert facts.relations_named(NAME) is not None
         assert cat.column(CUSTOMERS, 2) is None and cat.relations_named(NAME) is None
 
     _run(go)

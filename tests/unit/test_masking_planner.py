@@ -9,7 +9,6 @@ its own tests, and the gateway integration tests run both together).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any, cast
 
 import pytest
@@ -21,9 +20,9 @@ from veilgate.masking.catalog import (
     Catalog,
     CatalogError,
     ColumnInfo,
+    FunctionInfo,
     RelationInfo,
     TypeInfo,
-    ViewDeps,
 )
 from veilgate.masking.fields import Field, parse_row_description
 from veilgate.masking.invalidation import Scope
@@ -76,29 +75,48 @@ COLUMNS = {
     (NOTES, 1): ColumnInfo("public", "notes", "body", "r"),
     (CONTACTS, 1): ColumnInfo("public", "contacts", "contact", "v"),
     (CONTACTS, 2): ColumnInfo("public", "contacts", "id", "v"),
+    (CONTACTS, 3): ColumnInfo("public", "contacts", "shout", "v"),
     (TOTALS, 1): ColumnInfo("public", "order_totals", "total", "v"),
     (EVENTS_1, 1): ColumnInfo("public", "events_1", "payload", "r", (("public", "events"),)),
     (USERS, 1): ColumnInfo("public", "users", "password_hash", "r"),
     (DROPPED, 1): _MISSING,
-}
-VIEWS = {
-    CONTACTS: ViewDeps(
-        frozenset({("public", "customers", "email"), ("public", "customers", "id")})
-    ),
-    TOTALS: ViewDeps(frozenset({("public", "orders", "total"), ("public", "orders", "cid")})),
 }
 _CUSTOMERS = RelationInfo(
     CUSTOMERS, "public", "customers", "r", ("id", "email", "ssn", "full_name", "born", "tags")
 )
 _ORDERS = RelationInfo(800, "public", "orders", "r", ("id", "cid", "total"))
 _USERS = RelationInfo(USERS, "public", "users", "r", ("id", "password_hash"))
-_CONTACTS = RelationInfo(CONTACTS, "public", "contacts", "v", ("contact", "id"))
-_TOTALS = RelationInfo(TOTALS, "public", "order_totals", "v", ("total",))
-RELATIONS = {r.table: r for r in (_CUSTOMERS, _ORDERS, _USERS, _CONTACTS, _TOTALS)}
+_CONTACTS = RelationInfo(
+    CONTACTS,
+    "public",
+    "contacts",
+    "v",
+    ("contact", "id", "shout"),
+    "SELECT customers.email AS contact, customers.id, upper(customers.full_name || customers.ssn)"
+    " AS shout FROM public.customers",
+)
+_TOTALS = RelationInfo(
+    TOTALS,
+    "public",
+    "order_totals",
+    "v",
+    ("total",),
+    "SELECT sum(orders.total) AS total FROM public.orders",
+)
+_NOTES = RelationInfo(NOTES, "public", "notes", "r", ("body",))
+_EVENTS_1 = RelationInfo(
+    EVENTS_1, "public", "events_1", "r", ("payload",), ancestors=(("public", "events"),)
+)
+RELATIONS = {
+    r.table: r for r in (_CUSTOMERS, _ORDERS, _USERS, _CONTACTS, _TOTALS, _NOTES, _EVENTS_1)
+}
+USER_FUNCTIONS = {"fmt", "report", "f", "profile"}
+"""Functions of schema ``app``; every other name is a ``pg_catalog`` scalar function."""
 
 
 class FakeCatalog:
-    """The parts of :class:`Catalog` the planner uses; facts move to the cache on resolve()."""
+    """The parts of :class:`Catalog` the planner and its analyzer use (no database); facts
+    become known ("warm") on resolve()."""
 
     def __init__(self, *, warm: bool = True) -> None:
         self.generation = 0
@@ -106,12 +124,17 @@ class FakeCatalog:
         self.invalidated: list[Scope] = []
         self.described: list[str] = []
         self.describe_result: list[Field] | Exception = []
+        self.shadowed: set[str] = set()
+        """Names that also exist outside pg_catalog: ``f:name``, ``t:name``, ``o:op``."""
         self._cache: dict[str, Any] = {}
         if warm:
             self._fill()
 
     def _fill(self) -> None:
-        self._cache = {"columns": dict(COLUMNS), "types": dict(TYPES), "views": dict(VIEWS)}
+        self._cache = {"columns": dict(COLUMNS), "types": dict(TYPES), "names": True}
+
+    def facts(self) -> FakeCatalog:
+        return self
 
     def column(self, table_oid: int, attnum: int) -> ColumnInfo | None:
         return cast(ColumnInfo | None, self._cache.get("columns", {}).get((table_oid, attnum)))
@@ -119,24 +142,28 @@ class FakeCatalog:
     def type(self, oid: int) -> TypeInfo | None:
         return cast(TypeInfo | None, self._cache.get("types", {}).get(oid))
 
-    def view_deps(self, oid: int) -> ViewDeps | None:
-        return cast(ViewDeps | None, self._cache.get("views", {}).get(oid))
-
     def relations_named(self, name: tuple[str | None, str]) -> tuple[RelationInfo, ...] | None:
-        if "views" not in self._cache:
+        if "names" not in self._cache:
             return None
         r = RELATIONS.get(name[1])
         return (r,) if r is not None and name[0] in (None, r.schema) else ()
 
-    def views_named(self, name: tuple[str | None, str]) -> list[ViewDeps] | None:
-        rels = self.relations_named(name)
-        if rels is None:
+    def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
+        if "names" not in self._cache:
             return None
-        return [VIEWS[r.oid] for r in rels if r.is_view]
+        infos = [
+            FunctionInfo("app" if name in USER_FUNCTIONS else "pg_catalog", name, 1, 0, True, None)
+        ]
+        if f"f:{name}" in self.shadowed:
+            infos.append(FunctionInfo("app", name, 1, 0, False, None))
+        return tuple(infos)
 
-    async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
+    def namesake(self, key: str) -> bool | None:
+        return key in self.shadowed if "names" in self._cache else None
+
+    async def resolve(self, *args: Any, **kw: Any) -> FakeCatalog:
         self.resolves += 1
-        if "views" not in self._cache:  # facts already cached stay (a test may add some)
+        if "names" not in self._cache:  # facts already cached stay (a test may add some)
             self._fill()
         return self
 
@@ -153,11 +180,6 @@ class FakeCatalog:
 
     def expire_if_stale(self) -> None:
         pass
-
-    shadowed: frozenset[str] = frozenset()
-
-    def shadowed_builtins(self) -> frozenset[str] | None:
-        return self.shadowed if "views" in self._cache else None
 
 
 class FakeNative:
@@ -248,41 +270,69 @@ def test_partition_is_masked_by_its_parents_rule(tier: TierMasking) -> None:
 @pytest.mark.parametrize(
     ("sql", "expected"),
     [
-        ("SELECT upper(ssn) FROM customers", "redact"),  # reads a masked column
+        # computed from a masked column: masked as a whole
+        ("SELECT upper(ssn) FROM customers", "redact"),
         ("SELECT lower(c.email) FROM public.customers c", "redact"),
         ("SELECT row_to_json(c) FROM customers c", "redact"),  # whole row
         ("SELECT json_agg(c.*) FROM customers AS c", "redact"),  # star of the table
         ("SELECT concat(password_hash) FROM users", "redact"),  # name rule column
-        ("SELECT upper(contact) FROM contacts", "redact"),  # a view over a masked column
-        # nothing masked referenced, computed by pure built-ins: kept
+        ("SELECT upper(contact) FROM contacts", "redact"),  # a view's column over email
+        ("SELECT reverse(b) FROM customers AS x(a, b)", "redact"),  # renamed by an alias list
+        ("WITH c(q) AS (SELECT ssn FROM customers) SELECT q || '' FROM c", "redact"),
+        ("SELECT r FROM (SELECT translate(ssn, '0', 'o') FROM customers) s(r)", "redact"),
+        (
+            "SELECT e FROM (VALUES (1)) v(x), LATERAL (SELECT encode(ssn::bytea, 'hex') AS e"
+            " FROM customers) l",
+            "redact",
+        ),
+        # computed only from unmasked columns and constants: kept
         ("SELECT now()::text", "keep"),
         ("SELECT upper(full_name) FROM customers", "keep"),  # unmasked column
-        ("SELECT upper(ssn) FROM other.customers", "keep"),  # a different schema's table
         ("SELECT sum(total)::text FROM order_totals", "keep"),  # a view over unmasked ones
         ("SELECT upper(id::text) FROM customers", "keep"),  # keep is not masked
         ("SELECT count(*) FROM customers", "keep"),
-        # values from somewhere the statement does not show: content scan
-        ("SELECT app.fmt(full_name) FROM customers", "scan"),  # a user function
-        ("SELECT public.upper(full_name) FROM customers", "scan"),  # not pg_catalog's
-        ("SELECT x FROM report() x", "scan"),  # a function in FROM
-        ("FETCH ALL FROM c", "scan"),  # a cursor opened elsewhere
-        ("SELECT query_to_xml('select 1', true, true, '')", "scan"),
+        ("SELECT count(ssn) FROM customers", "keep"),  # NULL-ness only
+        ("SELECT ssn IS NULL FROM customers", "keep"),
+        ("SELECT max(id) + 1 FROM customers", "keep"),
+        # of unknown origin: unknown_lineage (the tier masks columns a function could read)
+        ("SELECT app.fmt(full_name) FROM customers", "redact"),  # a user function
+        ("SELECT public.upper(full_name) FROM customers", "redact"),  # not pg_catalog's
+        ("SELECT x FROM report() x", "redact"),  # a user function in FROM
+        ("SELECT upper(ssn) FROM other.customers", "redact"),  # a relation the catalog lacks
+        ("FETCH ALL FROM c", "redact"),  # a cursor opened elsewhere
+        ("SELECT query_to_xml('select 1', true, true, '')", "redact"),  # runs SQL text
         ("SELECT ((( FROM", "redact"),  # unparseable: fail closed
     ],
 )
-def test_unknown_lineage(tier: TierMasking, sql: str, expected: str) -> None:
+def test_lineage_treatments(tier: TierMasking, sql: str, expected: str) -> None:
     p = _planner(tier)
     action = "keep" if expected == "keep" else "text"
     assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [(action, expected)]
 
 
-def test_a_shadowed_builtin_is_not_pure(tier: TierMasking) -> None:
-    # public.upper(varchar) would be picked over pg_catalog.upper(text) for a varchar argument
+def test_a_pass_through_keeps_its_column_rule(tier: TierMasking) -> None:
+    """A value passed through unchanged (UNION ALL arms, VALUES, CTEs without table OIDs in
+    the RowDescription) keeps its column's own rule rather than a whole-value redaction."""
+    p = _planner(tier)
+    sql = "SELECT ssn FROM customers UNION ALL SELECT ssn FROM customers"
+    d = p.decide([_f("ssn", 0, 0, TEXT)], p.statement(sql))
+    assert (d[0].action, d[0].how) == ("text", "rule")
+    assert d[0].rule is not None and d[0].rule.pattern == "public.customers.ssn"
+    # two columns with different rules: the value is masked as a whole
+    sql = "SELECT ssn FROM customers UNION ALL SELECT email FROM customers"
+    assert _how(p, [_f("ssn", 0, 0, TEXT)], sql) == [("text", "redact")]
+    # an unmasked column and a constant: kept
+    sql = "SELECT full_name FROM customers UNION ALL SELECT 'x'"
+    assert _how(p, [_f("full_name", 0, 0, TEXT)], sql) == [("keep", "keep")]
+
+
+def test_a_shadowed_builtin_is_of_unknown_origin(tier: TierMasking) -> None:
+    # app.upper(varchar) would be picked over pg_catalog.upper(text) for a varchar argument
     cat = FakeCatalog()
-    cat.shadowed = frozenset({"f:upper", "o:||", "t:text"})
+    cat.shadowed = {"f:upper", "o:||", "t:text"}
     p = _planner(tier, cat)
     sql = "SELECT upper(full_name) FROM customers"
-    assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "scan")]
+    assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "redact")]
     # qualified with pg_catalog: it is the built-in
     sql = "SELECT pg_catalog.upper(full_name) FROM customers"
     assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("keep", "keep")]
@@ -293,7 +343,7 @@ def test_a_shadowed_builtin_is_not_pure(tier: TierMasking) -> None:
         "SELECT full_name::app.secret_type FROM customers",
         "SELECT OPERATOR(app.+)(1, 2)",
     ):
-        assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "scan")], sql
+        assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "redact")], sql
     assert _how(p, [_f("x", 0, 0, INT4, 1)], "SELECT length(full_name) + 1 FROM customers") == [
         ("keep", "keep")
     ]
@@ -301,18 +351,20 @@ def test_a_shadowed_builtin_is_not_pure(tier: TierMasking) -> None:
 
 def test_whole_rows_are_judged_by_the_tables_columns(tier: TierMasking) -> None:
     p = _planner(tier)
-    # users.password_hash is masked by a name rule: its whole row is a masked reference
+    # users.password_hash is masked by a name rule: its whole row is derived from it
     assert _how(p, [_f("j", 0, 0, TEXT)], "SELECT row_to_json(u) FROM users u") == [
         ("text", "redact")
     ]
     assert _how(p, [_f("j", 0, 0, TEXT)], "SELECT u FROM public.users u") == [("text", "redact")]
-    # orders has nothing masked: kept (row_to_json is a pure built-in)
+    # orders has nothing masked: kept
     assert _how(p, [_f("j", 0, 0, TEXT)], "SELECT row_to_json(o) FROM orders o") == [
         ("keep", "keep")
     ]
-    # a CTE's star: judged by what the CTE reads
+    # a CTE's whole row: judged by what the CTE reads
     sql = "WITH c AS (SELECT ssn FROM customers) SELECT row_to_json(c) FROM c"
     assert _how(p, [_f("j", 0, 0, TEXT)], sql) == [("text", "redact")]
+    sql = "WITH c AS (SELECT full_name FROM customers) SELECT row_to_json(c) FROM c"
+    assert _how(p, [_f("j", 0, 0, TEXT)], sql) == [("keep", "keep")]
 
 
 def test_redaction_keeps_values_parseable(tier: TierMasking) -> None:
@@ -332,35 +384,50 @@ def test_redaction_keeps_values_parseable(tier: TierMasking) -> None:
     ]
 
 
-def test_unknown_lineage_settings(tier: TierMasking) -> None:
-    for setting, expected in (("null", ("null", "null")), ("scan", ("text", "scan"))):
-        text = POLICY.replace("unknown_lineage: redact", f"unknown_lineage: {setting}")
-        policy = load_policy_text(text, "policy.yaml")
-        assert policy.masking is not None
-        tm = policy.masking.for_tier("ro")
-        assert tm is not None
-        p = _planner(tm)
-        assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT upper(ssn) FROM customers") == [expected]
-    policy = load_policy_text(POLICY.replace("scan_unknown: true", "scan_unknown: false"))
+def _tier_of(text: str) -> TierMasking:
+    policy = load_policy_text(text, "policy.yaml")
     assert policy.masking is not None
     tm = policy.masking.for_tier("ro")
     assert tm is not None
-    p = _planner(tm)
-    assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT app.f()") == [("keep", "keep")]
-    assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT upper(ssn) FROM customers") == [
-        ("text", "redact")
-    ]
+    return tm
+
+
+def test_unknown_lineage_settings(tier: TierMasking) -> None:
+    derived = "SELECT upper(ssn) FROM customers"
+    unknown = "SELECT app.f()"
+    for setting, want_derived, want_unknown in (
+        ("null", ("null", "null"), ("null", "null")),
+        # a value computed from a masked column is masked as a whole even with "scan":
+        # content scanning cannot see through upper(), reverse(), encode()...
+        ("scan", ("text", "redact"), ("text", "scan")),
+    ):
+        text = POLICY.replace("unknown_lineage: redact", f"unknown_lineage: {setting}")
+        p = _planner(_tier_of(text))
+        assert _how(p, [_f("x", 0, 0, TEXT)], derived) == [want_derived], setting
+        assert _how(p, [_f("x", 0, 0, TEXT)], unknown) == [want_unknown], setting
+    # scan_unknown decides for tiers whose rules mask no column (detectors only)
+    detectors_only = POLICY.split("  columns:")[0] + "  scan_unknown: "
+    for flag, want in (("true", ("text", "scan")), ("false", ("keep", "keep"))):
+        p = _planner(_tier_of(detectors_only + flag + "\n"))
+        assert _how(p, [_f("x", 0, 0, TEXT)], unknown) == [want], flag
+        assert _how(p, [_f("x", 0, 0, TEXT)], derived) == [("keep", "keep")], flag
 
 
 def test_view_columns(tier: TierMasking) -> None:
     p = _planner(tier)
-    # a view over a masked column: its columns without their own rule are unknown lineage
-    assert _how(p, [_f("id", CONTACTS, 2, INT4, 0)], "SELECT id FROM contacts") == [
-        ("typed", "redact")  # redacted: an int4 becomes 0
+    # a view's columns get the lineage of its definition's columns
+    fields = [
+        _f("contact", CONTACTS, 1, TEXT),  # customers.email passed through: email's rule
+        _f("id", CONTACTS, 2, INT4),  # customers.id: its keep rule
+        _f("shout", CONTACTS, 3, TEXT),  # computed from ssn: masked as a whole
     ]
-    assert _how(p, [_f("contact", CONTACTS, 1, TEXT, 0)], "SELECT contact FROM contacts") == [
-        ("text", "redact")
+    assert _how(p, fields, "SELECT * FROM contacts") == [
+        ("text", "rule"),
+        ("keep", "keep"),
+        ("text", "redact"),
     ]
+    d = p.decide(fields[:1], p.statement("SELECT contact FROM contacts"))
+    assert d[0].rule is not None and d[0].rule.pattern == "public.customers.email"
     # a view over unmasked columns: kept
     assert _how(p, [_f("total", TOTALS, 1, INT4)], "SELECT total FROM order_totals") == [
         ("keep", "keep")
@@ -369,11 +436,18 @@ def test_view_columns(tier: TierMasking) -> None:
 
 def test_dropped_column_is_unknown_lineage(tier: TierMasking) -> None:
     p = _planner(tier)
-    assert _how(p, [_f("x", DROPPED, 1, TEXT)], "SELECT app.f(x) FROM gone") == [("text", "scan")]
+    assert _how(p, [_f("x", DROPPED, 1, TEXT)], "SELECT x FROM gone") == [("text", "redact")]
+
+
+def _scanning() -> TierMasking:
+    """The fixture's policy with ``unknown_lineage: scan`` (values of unknown origin scanned)."""
+    tm = _tier_of(POLICY.replace("unknown_lineage: redact", "unknown_lineage: scan"))
+    tm.__dict__["scanner"] = "SCANNER"
+    return tm
 
 
 def test_binary_formats(tier: TierMasking) -> None:
-    p = _planner(tier)
+    p = _planner(_scanning())
     fields = [
         _f("ssn", CUSTOMERS, 3, VARCHAR, 1),  # text-like binary: masked in place
         _f("email", CUSTOMERS, 2, CITEXT, 1),
@@ -407,7 +481,7 @@ def test_binary_formats(tier: TierMasking) -> None:
 
 
 def test_profile_column_scanned_as_jsonb_binary(tier: TierMasking) -> None:
-    p = _planner(tier)
+    p = _planner(_scanning())
     d = p.decide([_f("profile", 0, 0, JSONB, 1)], p.statement("SELECT app.profile()"))
     assert (d[0].action, d[0].how, d[0].codec.kind, d[0].format) == ("typed", "scan", "jsonb", 1)
 
@@ -416,12 +490,19 @@ def test_row_plan_cached_then_async(tier: TierMasking) -> None:
     cat = FakeCatalog(warm=False)
     p = _planner(tier, cat)
     fields = [_f("ssn", CUSTOMERS, 3, TEXT), _f("x", 0, 0, TEXT), _f("id", CUSTOMERS, 1, INT4)]
-    stmt = p.statement("SELECT ssn, now()::text AS x, id FROM customers")
+    stmt = p.statement("SELECT ssn, now()::text AS x, upper(ssn) AS y, id FROM customers")
+    fields.insert(2, _f("y", 0, 0, TEXT))
     assert p.row_plan_cached(fields, stmt) is None
     plan = asyncio.run(p.row_plan(fields, stmt))
     assert cat.resolves == 1
-    # x has no lineage and the statement reads ssn: redacted (the redactor is a replace)
-    assert plan.columns == [("TEXT", "OP:partial"), ("TEXT", "OP:replace"), ("KEEP", None)]
+    # x comes from no column: kept although the statement reads ssn; y is computed from ssn:
+    # redacted (the redactor is a replace)
+    assert plan.columns == [
+        ("TEXT", "OP:partial"),
+        ("KEEP", None),
+        ("TEXT", "OP:replace"),
+        ("KEEP", None),
+    ]
     # the same result shape again: the same plan object, no catalog call
     assert p.row_plan_cached(fields, stmt) is plan
     # DDL drops facts and plans
@@ -442,7 +523,7 @@ def test_row_plan_unknown_lineage_uses_the_redactor(tier: TierMasking) -> None:
 
 def test_catalog_failure_propagates(tier: TierMasking) -> None:
     class Broken(FakeCatalog):
-        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
+        async def resolve(self, *args: Any, **kw: Any) -> FakeCatalog:
             raise CatalogError("catalog connection failed: refused")
 
     p = _planner(tier, Broken(warm=False))
@@ -456,7 +537,7 @@ def test_row_plan_uses_its_lookup_even_when_ddl_invalidates_meanwhile(tier: Tier
     cached under the new generation."""
 
     class Racing(FakeCatalog):
-        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
+        async def resolve(self, *args: Any, **kw: Any) -> FakeCatalog:
             self.resolves += 1
             answer = FakeCatalog()  # what the lookup read
             self.invalidate()  # a concurrent CREATE TEMP TABLE / ALTER elsewhere
@@ -465,7 +546,7 @@ def test_row_plan_uses_its_lookup_even_when_ddl_invalidates_meanwhile(tier: Tier
     cat = Racing(warm=False)
     p = _planner(tier, cat)
     fields = [_f("ssn", CUSTOMERS, 3, TEXT), _f("x", 0, 0, TEXT), _f("id", CUSTOMERS, 1, INT4)]
-    stmt = p.statement("SELECT ssn, now()::text AS x, id FROM customers")
+    stmt = p.statement("SELECT ssn, upper(ssn) AS x, id FROM customers")
     plan = asyncio.run(p.row_plan(fields, stmt))
     assert cat.resolves == 1
     assert plan.columns == [("TEXT", "OP:partial"), ("TEXT", "OP:replace"), ("KEEP", None)]
@@ -477,7 +558,7 @@ def test_row_plan_uses_its_lookup_even_when_ddl_invalidates_meanwhile(tier: Tier
 
 def test_row_plan_fails_closed_when_a_lookup_comes_back_incomplete(tier: TierMasking) -> None:
     class Incomplete(FakeCatalog):
-        async def resolve(self, fields: Iterable[Field], names: Iterable[Any] = ()) -> FakeCatalog:
+        async def resolve(self, *args: Any, **kw: Any) -> FakeCatalog:
             self.resolves += 1
             return FakeCatalog(warm=False)
 
@@ -493,7 +574,7 @@ def test_row_plan_fails_closed_when_a_lookup_comes_back_incomplete(tier: TierMas
     [
         (b"CREATE TABLE\x00", Scope.NAMES),
         (b"ALTER TABLE\x00", Scope.ALL),
-        (b"CREATE INDEX\x00", None),
+        (b"CREATE INDEX\x00", Scope.NAMES),  # unique indexes are relation facts
         (b"ANALYZE\x00", None),
         (b"SELECT 1\x00", None),
     ],

@@ -709,8 +709,19 @@ class MaskingRelay:
         return None
 
     def _command_complete(self, body: bytes) -> None:
-        # DDL (CREATE / ALTER / DROP ...) may change what a column is: the catalog forgets
-        self.planner.note_command_tag(body)
+        # DDL (CREATE / ALTER / DROP ...) may change what a column is: the catalog forgets;
+        # a table the statement created joins the session's own (the catalog cannot see it)
+        self.planner.note_command_tag(body, self._completed_statement())
+
+    def _completed_statement(self) -> StatementInfo | None:
+        """The statement a CommandComplete answers (the head request's current one)."""
+        if not self._settled():
+            return None
+        head = self._requests[0]
+        if isinstance(head, _Query):
+            return head.current()
+        item = head.expects[0] if head.expects else None
+        return item.info if isinstance(item, _Execute) else None
 
     # --- audit ---------------------------------------------------------------------------------
 

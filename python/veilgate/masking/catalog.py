@@ -1,4 +1,4 @@
-"""Catalog facts for masking: column lineage, types and view dependencies, cached.
+"""Catalog facts for masking: column lineage, types, relations, functions, cached.
 
 A RowDescription names each column by table OID + attnum and type OID; column rules are written
 as ``schema.table.column``, and binary-format handling depends on the type (text-like, jsonb,
@@ -9,9 +9,11 @@ login, in one round trip per RowDescription for everything not yet cached.
   (a partition's column is masked by its parent's rule).
 * Type: domains resolved to their base type; arrays carry their element type, composites their
   attributes' types (fetched with the type: everything a value of it contains).
-* View / materialized view: the base-table columns it depends on (``pg_rewrite`` → ``pg_depend``,
-  ``refobjsubid``; through nested views), so a view column without its own rule can be treated as
-  unknown lineage when the view depends on masked columns.
+* Names, for the lineage resolver (:mod:`.resolve`): the relations a name can denote in any
+  schema (columns, ancestors, a view's definition from ``pg_get_viewdef`` with every name
+  schema-qualified, the columns a write is checked against by unique indexes and foreign keys),
+  the functions of a name (schema, arity, result columns), and whether a type or operator name
+  also exists outside ``pg_catalog``.
 
 :meth:`Catalog.invalidate` forgets a scope of facts (the planner calls it after DDL command tags,
 with the scope :func:`~veilgate.masking.invalidation.invalidation_scope` gives).  Sessions of one
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from veilgate.config_model import TargetConfig
@@ -35,7 +37,7 @@ from veilgate.gateway.upstream import UpstreamError
 
 from .fields import Field, parse_row_description
 from .invalidation import Scope
-from .lineage import PURE_FUNCTIONS, PURE_TYPES
+from .resolve import FunctionInfo, RelationFacts
 from .sideconn import SideConnection, SideConnectionError, SideQueryError
 
 __all__ = [
@@ -43,9 +45,9 @@ __all__ = [
     "CatalogError",
     "CatalogFacts",
     "ColumnInfo",
+    "FunctionInfo",
     "RelationInfo",
     "TypeInfo",
-    "ViewDeps",
 ]
 
 TEXT_LIKE: Final = frozenset({"text", "varchar", "bpchar", "name", "json", "citext", "unknown"})
@@ -114,27 +116,8 @@ class TypeInfo:
         return self.elem_oid != 0 and self.category == "A"
 
 
-@dataclass(frozen=True, slots=True)
-class ViewDeps:
-    """Base relation columns a view (transitively) reads: ``(schema, table, column)``; column
-    ``None`` means the whole relation (a whole-row reference)."""
-
-    columns: frozenset[tuple[str, str, str | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class RelationInfo:
-    """A relation a statement names: its columns (for star / whole-row references)."""
-
-    oid: int
-    schema: str
-    table: str
-    relkind: str
-    columns: tuple[str, ...]
-
-    @property
-    def is_view(self) -> bool:
-        return self.relkind in ("v", "m")
+RelationInfo = RelationFacts
+"""A relation a name can denote (see :class:`~veilgate.masking.resolve.RelationFacts`)."""
 
 
 _MISSING: Final = ColumnInfo("", "", "", "")
@@ -207,53 +190,80 @@ def _names_array(names: Iterable[str]) -> str:
     return f"ARRAY[{items}]::text[]" if items else "ARRAY[]::text[]"
 
 
-def _view_deps_sql(rels: Iterable[int], names: Iterable[str]) -> str:
-    """Base columns read by the views among ``rels`` and the views named ``names``."""
-    return f"""
-WITH RECURSIVE deps(view, rel, col, depth) AS (
-  SELECT r.ev_class, dep.refobjid, dep.refobjsubid, 0
-  FROM pg_rewrite r
-  JOIN pg_class rc ON rc.oid = r.ev_class AND rc.relkind IN ('v', 'm')
-  JOIN pg_depend dep ON dep.classid = 'pg_rewrite'::regclass AND dep.objid = r.oid
-   AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid <> r.ev_class
-  WHERE r.ev_class = ANY({_oid_array(rels)}::oid[]) OR rc.relname = ANY({_names_array(names)})
-  UNION
-  SELECT deps.view, dep.refobjid, dep.refobjsubid, deps.depth + 1
-  FROM deps
-  JOIN pg_class vc ON vc.oid = deps.rel AND vc.relkind IN ('v', 'm')
-  JOIN pg_rewrite r ON r.ev_class = vc.oid
-  JOIN pg_depend dep ON dep.classid = 'pg_rewrite'::regclass AND dep.objid = r.oid
-   AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid <> r.ev_class
-  WHERE deps.depth < 32)
-SELECT deps.view, n.nspname, c.relname, c.relkind, a.attname
-FROM deps
-JOIN pg_class c ON c.oid = deps.rel
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_attribute a ON a.attrelid = deps.rel AND a.attnum = deps.col AND deps.col > 0
-WHERE c.relkind NOT IN ('v', 'S', 'i', 'I', 'c');"""  # noqa: S608
-
-
-def _shadowed_sql() -> str:
-    # every operator outside pg_catalog (operator names are few); functions and types by name
-    return f"""
-SELECT 'f:' || p.proname FROM pg_proc p
- WHERE p.proname = ANY({_names_array(PURE_FUNCTIONS)})
-   AND p.pronamespace <> 'pg_catalog'::regnamespace
-UNION SELECT 'o:' || o.oprname FROM pg_operator o
- WHERE o.oprnamespace <> 'pg_catalog'::regnamespace
-UNION SELECT 't:' || t.typname FROM pg_type t
- WHERE t.typname = ANY({_names_array(PURE_TYPES)})
-   AND t.typnamespace <> 'pg_catalog'::regnamespace;"""  # noqa: S608
+_CATALOG_PATH: Final = "SELECT pg_catalog.set_config('search_path', 'pg_catalog', true);"
+"""Sent before the name lookups of a batch (one simple Query: an implicit transaction, so the
+setting ends with it): ``pg_get_viewdef`` then writes every name outside ``pg_catalog``
+schema-qualified, whatever the side connection's own search_path."""
 
 
 def _relations_sql(names: Iterable[str]) -> str:
-    # column names joined with US (a control character: not in names)
+    # name lists joined with US, items of a probe with RS (control characters: not in names)
     return f"""
 SELECT c.oid, n.nspname, c.relname, c.relkind,
        (SELECT string_agg(a.attname, chr(31) ORDER BY a.attnum) FROM pg_attribute a
-         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+       (SELECT string_agg(an.nspname || chr(30) || ac.relname, chr(31) ORDER BY ac.oid)
+          FROM (WITH RECURSIVE up(oid, depth) AS (
+                  SELECT i.inhparent, 0 FROM pg_inherits i WHERE i.inhrelid = c.oid
+                  UNION SELECT i.inhparent, up.depth + 1 FROM up
+                  JOIN pg_inherits i ON i.inhrelid = up.oid WHERE up.depth < 64)
+                SELECT oid FROM up) anc
+          JOIN pg_class ac ON ac.oid = anc.oid
+          JOIN pg_namespace an ON an.oid = ac.relnamespace),
+       (SELECT string_agg(p, chr(31)) FROM (
+          SELECT coalesce(a.attname, '*') || chr(30) || n.nspname || chr(30) || c.relname
+                 || chr(30) || coalesce(a.attname, '*') AS p
+            FROM pg_index i CROSS JOIN unnest(i.indkey::int2[]) AS k(attnum)
+            LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)
+          UNION
+          SELECT ca.attname || chr(30) || fn.nspname || chr(30) || fc.relname || chr(30)
+                 || fa.attname
+            FROM pg_constraint f CROSS JOIN generate_subscripts(f.conkey, 1) AS j
+            JOIN pg_attribute ca ON ca.attrelid = f.conrelid AND ca.attnum = f.conkey[j]
+            JOIN pg_class fc ON fc.oid = f.confrelid
+            JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+            JOIN pg_attribute fa ON fa.attrelid = f.confrelid AND fa.attnum = f.confkey[j]
+           WHERE f.conrelid = c.oid AND f.contype = 'f') probes)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relname = ANY({_names_array(names)}) AND c.relkind IN ('r', 'p', 'v', 'm', 'f');"""  # noqa: S608
+WHERE c.relname = ANY({_names_array(names)})
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S');"""  # noqa: S608
+
+
+def _functions_sql(names: Iterable[str]) -> str:
+    # result columns: OUT / INOUT / TABLE parameters (two or more), else a composite return
+    # type's attributes; NULL for a scalar, '' for a row shape the call must give (record,
+    # polymorphic)
+    return f"""
+SELECT n.nspname, p.proname, p.pronargs, p.pronargdefaults, p.provariadic <> 0,
+       CASE WHEN outs.n >= 2 THEN outs.names
+            WHEN outs.n = 1 THEN NULL
+            WHEN t.typtype = 'c' THEN
+              (SELECT string_agg(a.attname, chr(31) ORDER BY a.attnum) FROM pg_attribute a
+                WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)
+            WHEN t.typtype = 'p' AND t.typname NOT IN ('void', 'trigger', 'event_trigger')
+              THEN ''
+       END
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_type t ON t.oid = p.prorettype
+CROSS JOIN LATERAL (
+  SELECT count(*) AS n,
+         string_agg(coalesce(nullif(p.proargnames[i], ''), 'column' || i::text), chr(31)
+                    ORDER BY i) AS names
+    FROM generate_subscripts(p.proargmodes, 1) AS i
+   WHERE p.proargmodes[i] IN ('o', 'b', 't')) outs
+WHERE p.proname = ANY({_names_array(names)});"""  # noqa: S608
+
+
+def _namesakes_sql(types: Iterable[str], operators: Iterable[str]) -> str:
+    return f"""
+SELECT 't:' || t.typname FROM pg_type t
+ WHERE t.typname = ANY({_names_array(types)}) AND t.typnamespace <> 'pg_catalog'::regnamespace
+UNION SELECT 'o:' || o.oprname FROM pg_operator o
+ WHERE o.oprname = ANY({_names_array(operators)})
+   AND o.oprnamespace <> 'pg_catalog'::regnamespace;"""  # noqa: S608
 
 
 Name = tuple[str | None, str]
@@ -263,11 +273,12 @@ Name = tuple[str | None, str]
 class _NameFacts:
     """Name-keyed facts (:attr:`Scope.NAMES`): mutable, replaced as a whole when forgotten."""
 
-    __slots__ = ("rels", "shadowed")
+    __slots__ = ("funcs", "keys", "rels")
 
     def __init__(self) -> None:
-        self.rels: dict[Name, tuple[RelationInfo, ...]] = {}
-        self.shadowed: frozenset[str] | None = None
+        self.rels: dict[Name, tuple[RelationFacts, ...]] = {}
+        self.funcs: dict[str, tuple[FunctionInfo, ...]] = {}
+        self.keys: dict[str, bool] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,34 +291,31 @@ class _Facts:
     layer keeps a consistent view."""
 
     columns: dict[tuple[int, int], ColumnInfo]
-    views: dict[int, ViewDeps]
     types: dict[int, TypeInfo]
     names: _NameFacts
 
     @classmethod
     def empty(cls) -> _Facts:
-        return cls({}, {}, {}, _NameFacts())
+        return cls({}, {}, _NameFacts())
 
     def forget(self, scope: Scope) -> _Facts:
         """This layer with the containers of ``scope`` replaced by empty ones."""
-        rel = Scope.RELATIONS in scope
         return _Facts(
-            {} if rel else self.columns,
-            {} if rel else self.views,
+            {} if Scope.RELATIONS in scope else self.columns,
             {} if Scope.TYPES in scope else self.types,
             _NameFacts() if Scope.NAMES in scope else self.names,
         )
 
     def size(self) -> int:
-        return max(len(self.columns), len(self.types), len(self.views) + len(self.names.rels))
+        n = self.names
+        return max(len(self.columns), len(self.types), len(n.rels) + len(n.funcs) + len(n.keys))
 
     def absorb(self, other: _Facts) -> None:
         self.columns.update(other.columns)
-        self.views.update(other.views)
         self.types.update(other.types)
         self.names.rels.update(other.names.rels)
-        if other.names.shadowed is not None:
-            self.names.shadowed = other.names.shadowed
+        self.names.funcs.update(other.names.funcs)
+        self.names.keys.update(other.names.keys)
 
 
 class CatalogFacts:
@@ -336,86 +344,71 @@ class CatalogFacts:
                 return t
         return None
 
-    def view_deps(self, view_oid: int) -> ViewDeps | None:
-        for layer in self._layers:
-            d = layer.views.get(view_oid)
-            if d is not None:
-                return d
-        return None
-
-    def relations_named(self, name: Name) -> tuple[RelationInfo, ...] | None:
-        """Tables and views a name can denote (every schema for an unqualified name);
-        ``None`` when not known; empty when none (a CTE or subquery alias)."""
+    def relations_named(self, name: Name) -> tuple[RelationFacts, ...] | None:
+        """Relations a name can denote (every schema for an unqualified name); ``None`` when
+        not known; empty when none (a CTE name, a temporary table the side connection does not
+        see)."""
         for layer in self._layers:
             r = layer.names.rels.get(name)
             if r is not None:
                 return r
         return None
 
-    def shadowed_builtins(self) -> frozenset[str] | None:
-        """Built-ins a pure statement may name (``f:`` functions, ``o:`` operators, ``t:``
-        types; see :class:`~veilgate.masking.lineage.StatementInfo.calls`) that an object
-        outside ``pg_catalog`` shares a name with; ``None`` when not fetched yet."""
+    def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
+        """Every function of that name, in every schema (``None``: not known)."""
         for layer in self._layers:
-            if layer.names.shadowed is not None:
-                return layer.names.shadowed
+            f = layer.names.funcs.get(name)
+            if f is not None:
+                return f
         return None
 
-    def views_named(self, name: Name) -> list[ViewDeps] | None:
-        """Dependencies of the views / materialized views a name can denote (every schema for
-        an unqualified name); ``None`` when not known; ``[]`` when no view has that name."""
-        rels = self.relations_named(name)
-        if rels is None:
-            return None
-        out = []
-        for r in rels:
-            if not r.is_view:
-                continue
-            d = self.view_deps(r.oid)
-            if d is None:
-                return None
-            out.append(d)
-        return out
+    def namesake(self, key: str) -> bool | None:
+        """Whether a type (``t:name``) or operator (``o:op``) of that name exists outside
+        ``pg_catalog`` (``None``: not known)."""
+        for layer in self._layers:
+            k = layer.names.keys.get(key)
+            if k is not None:
+                return k
+        return None
 
 
 @dataclass(slots=True)
 class _Wants:
     """What a lookup must fetch."""
 
-    pairs: set[tuple[int, int]]
-    types: set[int]
-    views: set[int]
-    """Relation OIDs whose view dependencies are wanted (those that are not views get none)."""
-    names: set[Name]
-    shadowed: bool
+    pairs: set[tuple[int, int]] = field(default_factory=set)
+    types: set[int] = field(default_factory=set)
+    names: set[Name] = field(default_factory=set)
+    funcs: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.pairs or self.types or self.views or self.names or self.shadowed)
+        return bool(self.pairs or self.types or self.names or self.funcs or self.keys)
 
     def overlaps(self, other: _Wants) -> bool:
         return bool(
             self.pairs & other.pairs
             or self.types & other.types
-            or self.views & other.views
             or self.names & other.names
-            or (self.shadowed and other.shadowed)
+            or self.funcs & other.funcs
+            or self.keys & other.keys
         )
 
     def without(self, other: _Wants) -> _Wants:
         return _Wants(
             self.pairs - other.pairs,
             self.types - other.types,
-            self.views - other.views,
             self.names - other.names,
-            self.shadowed and not other.shadowed,
+            self.funcs - other.funcs,
+            self.keys - other.keys,
         )
 
     def add(self, other: _Wants) -> None:
         self.pairs |= other.pairs
         self.types |= other.types
-        self.views |= other.views
         self.names |= other.names
-        self.shadowed = self.shadowed or other.shadowed
+        self.funcs |= other.funcs
+        self.keys |= other.keys
 
 
 @dataclass(eq=False, slots=True)
@@ -481,38 +474,41 @@ class Catalog:
     def type(self, oid: int) -> TypeInfo | None:
         return self._cache.types.get(oid)
 
-    def view_deps(self, view_oid: int) -> ViewDeps | None:
-        return self._cache.views.get(view_oid)
-
-    def relations_named(self, name: Name) -> tuple[RelationInfo, ...] | None:
+    def relations_named(self, name: Name) -> tuple[RelationFacts, ...] | None:
         """See :meth:`CatalogFacts.relations_named` (cached facts only)."""
         return self._cache.names.rels.get(name)
 
-    def shadowed_builtins(self) -> frozenset[str] | None:
-        """See :meth:`CatalogFacts.shadowed_builtins` (cached facts only)."""
-        return self._cache.names.shadowed
+    def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
+        """See :meth:`CatalogFacts.functions_named` (cached facts only)."""
+        return self._cache.names.funcs.get(name)
 
-    def views_named(self, name: Name) -> list[ViewDeps] | None:
-        """See :meth:`CatalogFacts.views_named` (cached facts only)."""
-        return self.facts().views_named(name)
+    def namesake(self, key: str) -> bool | None:
+        """See :meth:`CatalogFacts.namesake` (cached facts only)."""
+        return self._cache.names.keys.get(key)
 
-    def missing(self, fields: Iterable[Field], names: Iterable[Name] = ()) -> bool:
-        """Whether :meth:`resolve` has anything to fetch for these fields / relation names."""
-        wants = _wants(self._cache, list(fields), names)
-        return bool(wants.pairs or wants.types or wants.views or wants.names)
+    def missing(self, fields: Iterable[Field]) -> bool:
+        """Whether :meth:`resolve` has anything to fetch for these fields."""
+        return bool(_wants(self._cache, list(fields)))
 
     # -- lookups -----------------------------------------------------------------------------
 
-    async def resolve(self, fields: Iterable[Field], names: Iterable[Name] = ()) -> CatalogFacts:
-        """Everything about ``fields`` (and the relations named ``names``): what is cached now
-        plus what is fetched (in one round trip shared with concurrent lookups).
+    async def resolve(
+        self,
+        fields: Iterable[Field] = (),
+        names: Iterable[Name] = (),
+        functions: Iterable[str] = (),
+        keys: Iterable[str] = (),
+    ) -> CatalogFacts:
+        """Everything about ``fields``, the relations named ``names``, the functions named
+        ``functions`` and the namesake ``keys`` (see :meth:`CatalogFacts.namesake`): what is
+        cached now plus what is fetched (in one round trip shared with concurrent lookups).
 
         The facts returned are good for the decision that asked for them even when DDL
         invalidates the cache while the lookup is in flight: cached facts were valid when the
         lookup was asked for, fetched ones were read after that.  Only their caching respects
         the invalidation.  Raises :class:`CatalogError` when the catalog cannot be reached."""
         snapshot = self._cache
-        wants = _wants(snapshot, list(fields), names)
+        wants = _wants(snapshot, list(fields), names, functions, keys)
         if not wants:
             return CatalogFacts((snapshot,))
         waits: list[asyncio.Future[_Facts]] = []
@@ -529,7 +525,7 @@ class Catalog:
         if wants:
             batch = self._pending
             if batch is None:
-                batch = self._pending = _Batch(_Wants(set(), set(), set(), set(), False), _future())
+                batch = self._pending = _Batch(_Wants(), _future())
             batch.wants.add(wants)
             waits.append(batch.done)
             if self._worker is None or self._worker.done():
@@ -631,37 +627,38 @@ class Catalog:
     async def _fetch(self, wants: _Wants) -> _Facts:
         """One round trip for everything ``wants`` names."""
         pairs = sorted(wants.pairs)
-        rels = sorted(wants.views)
         want_names = sorted(wants.names, key=lambda n: (n[0] or "", n[1]))
-        relnames = {n[1] for n in want_names}
+        types = sorted(k[2:] for k in wants.keys if k.startswith("t:"))
+        operators = sorted(k[2:] for k in wants.keys if k.startswith("o:"))
         sql = []
+        if want_names:
+            sql.append(_CATALOG_PATH)
+            sql.append(_relations_sql({n[1] for n in want_names}))
+        if wants.funcs:
+            sql.append(_functions_sql(wants.funcs))
+        if wants.keys:
+            sql.append(_namesakes_sql(types, operators))
         if pairs:
             sql.append(_columns_sql(pairs))
         if wants.types:
             sql.append(_types_sql(sorted(wants.types)))
-        if want_names:
-            sql.append(_relations_sql(relnames))
-        if rels or want_names:
-            sql.append(_view_deps_sql(rels, relnames))
-        if wants.shadowed:
-            sql.append(_shadowed_sql())
         out = _Facts.empty()
         if not sql:
             return out
         self.round_trips += 1
         results = iter(await self._query("".join(sql)))
+        if want_names:
+            next(results)  # set_config
+            out.names.rels.update(_parse_relations(want_names, next(results)))
+        if wants.funcs:
+            out.names.funcs.update(_parse_functions(wants.funcs, next(results)))
+        if wants.keys:
+            found = {str(r[0]) for r in next(results)}
+            out.names.keys.update({k: k in found for k in wants.keys})
         if pairs:
             out.columns.update(_parse_columns(pairs, next(results)))
         if wants.types:
             out.types.update(_parse_types(next(results)))
-        name_rows = next(results) if want_names else []
-        if rels or want_names:
-            view_oids = set(rels) | {int(r[0] or 0) for r in name_rows if r[3] in ("v", "m")}
-            out.views.update(_parse_views(sorted(view_oids), next(results)))
-        if want_names:
-            out.names.rels.update(_parse_relations(want_names, name_rows))
-        if wants.shadowed:
-            out.names.shadowed = frozenset(str(r[0]) for r in next(results))
         return out
 
     async def _connection(self) -> SideConnection:
@@ -713,28 +710,24 @@ def _fail(fut: asyncio.Future[_Facts], exc: CatalogError) -> None:
         fut.set_exception(exc)
 
 
-def _wants(cache: _Facts, fields: list[Field], names: Iterable[Name]) -> _Wants:
-    """What ``cache`` lacks for ``fields`` and ``names``."""
-    pairs: set[tuple[int, int]] = set()
-    views: set[int] = set()
-    types: set[int] = set()
+def _wants(
+    cache: _Facts,
+    fields: list[Field],
+    names: Iterable[Name] = (),
+    functions: Iterable[str] = (),
+    keys: Iterable[str] = (),
+) -> _Wants:
+    """What ``cache`` lacks for ``fields``, relation ``names``, ``functions`` and ``keys``."""
+    wants = _Wants()
     for f in fields:
         if f.type_oid and f.type_oid not in cache.types:
-            types.add(f.type_oid)
-        if not f.table_oid:
-            continue
-        col = cache.columns.get((f.table_oid, f.attnum))
-        if col is None:
-            pairs.add((f.table_oid, f.attnum))
-        # every relation not known yet: those that turn out to be views get their deps
-        if (col is None or col.is_view) and f.table_oid not in cache.views:
-            views.add(f.table_oid)
-    want_names = set()
-    for n in names:
-        rels = cache.names.rels.get(n)
-        if rels is None or any(r.is_view and r.oid not in cache.views for r in rels):
-            want_names.add(n)
-    return _Wants(pairs, types, views, want_names, cache.names.shadowed is None)
+            wants.types.add(f.type_oid)
+        if f.table_oid and (f.table_oid, f.attnum) not in cache.columns:
+            wants.pairs.add((f.table_oid, f.attnum))
+    wants.names = {n for n in names if n not in cache.names.rels}
+    wants.funcs = {f for f in functions if f not in cache.names.funcs}
+    wants.keys = {k for k in keys if k not in cache.names.keys}
+    return wants
 
 
 def _parse_columns(
@@ -776,27 +769,45 @@ def _parse_types(rows: list[tuple[str | None, ...]]) -> dict[int, TypeInfo]:
     return out
 
 
-def _parse_views(views: list[int], rows: list[tuple[str | None, ...]]) -> dict[int, ViewDeps]:
-    deps: dict[int, set[tuple[str, str, str | None]]] = {v: set() for v in views}
-    for view, schema, table, _relkind, column in rows:
-        deps.setdefault(int(view or 0), set()).add((schema or "", table or "", column))
-    return {v: ViewDeps(frozenset(cols)) for v, cols in deps.items()}
+def _split(value: str | None, sep: str = "\x1f") -> list[str]:
+    return value.split(sep) if value else []
 
 
 def _parse_relations(
     names: list[Name], rows: list[tuple[str | None, ...]]
-) -> dict[Name, tuple[RelationInfo, ...]]:
-    infos = [
-        RelationInfo(
-            int(oid or 0),
-            nsp or "",
-            rel or "",
-            kind or "",
-            tuple((cols or "").split("\x1f")) if cols else (),
+) -> dict[Name, tuple[RelationFacts, ...]]:
+    infos = []
+    for oid, nsp, rel, kind, cols, definition, anc, probes in rows:
+        ancestors = tuple(tuple(a.split("\x1e", 1)) for a in _split(anc) if "\x1e" in a)
+        probe_items = tuple(
+            tuple(p.split("\x1e", 3)) for p in _split(probes) if p.count("\x1e") == 3
         )
-        for oid, nsp, rel, kind, cols in rows
-    ]
+        infos.append(
+            RelationFacts(
+                int(oid or 0),
+                nsp or "",
+                rel or "",
+                kind or "",
+                tuple(_split(cols)),
+                definition,
+                ancestors,  # type: ignore[arg-type]
+                probe_items,  # type: ignore[arg-type]
+            )
+        )
     return {
         n: tuple(i for i in infos if i.table == n[1] and (n[0] is None or i.schema == n[0]))
         for n in names
     }
+
+
+def _parse_functions(
+    names: Iterable[str], rows: list[tuple[str | None, ...]]
+) -> dict[str, tuple[FunctionInfo, ...]]:
+    out: dict[str, list[FunctionInfo]] = {n: [] for n in names}
+    for nsp, name, nargs, ndefaults, variadic, cols in rows:
+        columns = None if cols is None else tuple(_split(cols))
+        info = FunctionInfo(
+            nsp or "", name or "", int(nargs or 0), int(ndefaults or 0), variadic == "t", columns
+        )
+        out.setdefault(info.name, []).append(info)
+    return {n: tuple(v) for n, v in out.items()}

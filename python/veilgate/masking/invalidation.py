@@ -5,8 +5,10 @@ The catalog (:mod:`.catalog`) caches three kinds of facts, each forgotten on its
 * :attr:`Scope.RELATIONS`: keyed by relation OID: a column's schema / table / column name,
   relkind, ancestors and generated flag; a view's base-column dependencies;
 * :attr:`Scope.TYPES`: keyed by type OID: name, base type, category, element type;
-* :attr:`Scope.NAMES`: keyed by name: the relations a name can denote, and the built-in
-  function / operator / type names shadowed outside ``pg_catalog``.
+* :attr:`Scope.NAMES`: keyed by name: the relations a name can denote (with their columns,
+  view definitions, ancestors and the unique indexes / foreign keys a write is checked
+  against), the functions of a name, and the type / operator names that exist outside
+  ``pg_catalog``.
 
 A statement that only *creates* a relation or routine gets a new OID: it cannot change what an
 existing OID-keyed entry says, only what a name can denote (``CREATE TEMP TABLE customers``
@@ -76,6 +78,11 @@ _NEW_NAMES: Final = frozenset(
         b"CREATE AGGREGATE",
         b"CREATE OPERATOR",
         b"CREATE DOMAIN",
+        # relation facts list unique indexes and sequences are relations a name can denote
+        b"CREATE INDEX",
+        b"DROP INDEX",
+        b"CREATE SEQUENCE",
+        b"DROP SEQUENCE",
     }
 )
 
@@ -88,10 +95,6 @@ _NEW_TYPES: Final = frozenset(
 
 _NO_FACTS: Final = frozenset(
     {
-        b"CREATE INDEX",
-        b"DROP INDEX",
-        b"CREATE SEQUENCE",
-        b"DROP SEQUENCE",
         b"CREATE STATISTICS",
         b"ALTER STATISTICS",
         b"DROP STATISTICS",
@@ -117,8 +120,8 @@ _NO_FACTS: Final = frozenset(
         b"TRUNCATE TABLE",
     }
 )
-"""DDL that changes no cached fact: names, relkinds, columns, view dependencies and types are
-all untouched (sequences and indexes are never cached: only relkinds r, p, v, m, f are).
+"""DDL that changes no cached fact: names, relkinds, columns, view definitions, unique indexes
+and types are all untouched.
 ``ALTER INDEX`` is not here: PostgreSQL accepts ``ALTER INDEX <table> RENAME``."""
 
 

@@ -1,20 +1,18 @@
-"""What a statement's text says about where its result columns come from.
+"""What a statement's text says by itself: whether it parses, the relations it names, and for
+``COPY`` the table and column list or inner query plus the output format options.
 
-The planner needs, per statement: the relations it reads, the column names it references, the
-star (``*``, ``t.*``) and whole-row (``SELECT t FROM t``) references, and for
-``COPY ... TO STDOUT`` the table and column list or inner query plus the output format options.
-RowDescription gives the rest (table OID and attnum of plain column references).
+Where each result column's value comes from needs catalog facts too: that is the resolver's job
+(:mod:`veilgate.masking.resolve`, driven by :mod:`veilgate.masking.analysis`).
 
 Parsing uses pglast (the real PostgreSQL parser), like :mod:`veilgate.policy.analysis`.  Text the
-parser rejects is ``parsed=False``: the planner then treats the statement as referencing masked
-columns (fail closed).  Results are cached per statement text in a bounded LRU.
+parser rejects is ``parsed=False`` (its results are of unknown lineage: fail closed).  Results
+are cached per statement text in a bounded LRU.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from threading import Lock
 from typing import Any, Final
@@ -27,65 +25,6 @@ Name = tuple[str | None, str]
 """A relation as written: (schema or None, name)."""
 
 CACHE_SIZE: Final = 4096
-
-PURE_FUNCTIONS: Final = frozenset(
-    {
-        # aggregates and window functions
-        *("count", "sum", "min", "max", "avg", "bool_and", "bool_or", "every", "array_agg"),
-        *("string_agg", "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop"),
-        *("var_samp", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile"),
-        *("lag", "lead", "first_value", "last_value", "nth_value"),
-        # arithmetic
-        *("abs", "round", "floor", "ceil", "ceiling", "trunc", "mod", "power", "sqrt", "sign"),
-        *("div", "exp", "ln", "log", "width_bucket"),
-        # strings
-        *("length", "char_length", "character_length", "octet_length", "bit_length", "lower"),
-        *("upper", "initcap", "substr", "substring", "trim", "btrim", "ltrim", "rtrim"),
-        *("concat", "concat_ws", "left", "right", "replace", "split_part", "strpos"),
-        *("position", "lpad", "rpad", "repeat", "reverse", "format", "overlay"),
-        # dates and times
-        *("now", "date_trunc", "date_part", "extract", "age", "to_char", "to_date"),
-        *("to_timestamp", "make_date", "make_time", "make_timestamp", "make_interval"),
-        *("clock_timestamp", "statement_timestamp", "transaction_timestamp", "timezone"),
-        # json built from the values named
-        *("to_json", "to_jsonb", "row_to_json", "json_build_object", "jsonb_build_object"),
-        *("json_build_array", "jsonb_build_array", "json_agg", "jsonb_agg", "json_object_agg"),
-        *("jsonb_object_agg", "array_length", "cardinality", "array_to_string"),
-        # set-returning (also in FROM)
-        *("unnest", "generate_series", "generate_subscripts"),
-    }
-)
-"""Built-ins whose result depends only on their arguments (they run no SQL and read no files or
-settings): an expression made of these over unmasked columns cannot carry masked data."""
-
-PURE_TYPES: Final = frozenset(
-    {
-        *("int2", "int4", "int8", "numeric", "float4", "float8", "text", "varchar", "bpchar"),
-        *("char", "name", "bool", "date", "time", "timetz", "timestamp", "timestamptz"),
-        *("interval", "json", "jsonb", "uuid", "oid", "bytea", "inet", "cidr", "money"),
-        # object identifier types: catalog names, never table data
-        *("regtype", "regclass", "regproc", "regprocedure", "regoper", "regoperator"),
-        *("regnamespace", "regrole", "regconfig", "regdictionary", "regcollation"),
-    }
-)
-"""Built-in types a cast may name in a pure statement (a cast to another type may run a user
-function)."""
-
-PURE_KINDS: Final = frozenset(
-    {
-        "SelectStmt",
-        "InsertStmt",
-        "UpdateStmt",
-        "DeleteStmt",
-        "MergeStmt",
-        "ExplainStmt",
-        "VariableShowStmt",
-        "DeclareCursorStmt",
-        "PrepareStmt",
-    }
-)
-"""Statements whose result rows they compute themselves (``FETCH``, ``EXECUTE``, ``CALL``...
-return what something else defined)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,23 +54,9 @@ class StatementInfo:
     text: str
     parsed: bool
     relations: frozenset[Name] = frozenset()
-    columns: frozenset[str] = frozenset()
-    """Column names referenced anywhere (the last name of each column reference)."""
-    star_all: bool = False
-    """A bare ``*`` (every relation in scope)."""
-    star_relations: frozenset[Name] = frozenset()
-    """Relations referenced as ``t.*`` or as a whole row (``SELECT t FROM t``)."""
+    """Relations named anywhere in it (as written)."""
     copies: tuple[CopyInfo, ...] = ()
     error: str | None = None
-    pure: bool = False
-    """Every value of its results is computed by the statement itself from the columns it names
-    and constants, through built-in functions that cannot read other data (no user function, no
-    function in FROM, no FETCH / EXECUTE of something defined elsewhere): see
-    :data:`PURE_FUNCTIONS`."""
-    calls: frozenset[str] = frozenset()
-    """The built-ins it names unqualified, as ``f:name`` (function), ``o:op`` (operator) and
-    ``t:name`` (cast type): a user object of the same name in another schema could be the one
-    PostgreSQL picks, so the planner checks the catalog for namesakes."""
 
     @property
     def copy(self) -> CopyInfo | None:
@@ -171,147 +96,33 @@ def analyze_statement(sql: str) -> StatementInfo:
         return StatementInfo(sql, False, error=str(exc))
     except (RecursionError, ValueError, MemoryError) as exc:
         return StatementInfo(sql, False, error=f"cannot parse: {type(exc).__name__}")
-    w = _Collector()
+    relations: set[Name] = set()
     copies: list[CopyInfo] = []
-    pure = True
     for raw in tree.get("stmts", []):
         stmt = raw.get("stmt", {})
-        pure = pure and any(k in PURE_KINDS for k in stmt)
         copy = stmt.get("CopyStmt")
         if isinstance(copy, dict):
             copies.append(_copy_info(sql, raw, copy))
-            rel = copy.get("relation")
-            if isinstance(rel, dict):  # a bare RangeVar (not wrapped in a node)
-                w.relations.add((rel.get("schemaname"), str(rel.get("relname", ""))))
-        w.walk(stmt)
-    aliases = w.aliases
-    star_rel: set[Name] = set()
-    for qual in w.star_quals:
-        star_rel.update(_resolve_qualifier(qual, aliases, w.relations))
-    for name in w.single_refs:
-        # ``SELECT t FROM t``: a one-name reference that is a relation or alias is a whole row
-        star_rel.update(_resolve_qualifier((name,), aliases, w.relations))
-    return StatementInfo(
-        sql,
-        True,
-        relations=frozenset(w.relations),
-        columns=frozenset(w.columns),
-        star_all=w.star_all,
-        star_relations=frozenset(star_rel),
-        copies=tuple(copies),
-        pure=pure and not w.impure,
-        calls=frozenset(w.calls),
-    )
+        _collect_relations(stmt, relations)
+    return StatementInfo(sql, True, relations=frozenset(relations), copies=tuple(copies))
 
 
-def _resolve_qualifier(
-    qual: tuple[str, ...], aliases: dict[str, set[Name]], relations: set[Name]
-) -> Iterator[Name]:
-    if len(qual) >= 2:
-        yield (qual[-2], qual[-1])
-        return
-    name = qual[0]
-    yield from aliases.get(name, ())
-    for rel in relations:
-        if rel[1] == name:
-            yield rel
-
-
-class _Collector:
-    """Iterative walk over the pglast JSON tree."""
-
-    def __init__(self) -> None:
-        self.relations: set[Name] = set()
-        self.aliases: dict[str, set[Name]] = {}
-        self.columns: set[str] = set()
-        self.star_all = False
-        self.star_quals: list[tuple[str, ...]] = []
-        self.single_refs: set[str] = set()
-        self.impure = False
-        self.calls: set[str] = set()
-
-    def walk(self, root: Any) -> None:
-        stack = [root]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, list):
-                stack.extend(node)
-                continue
-            if not isinstance(node, dict):
-                continue
-            rv = node.get("RangeVar")
-            if isinstance(rv, dict):
-                self._range_var(rv)
-            cr = node.get("ColumnRef")
-            if isinstance(cr, dict):
-                self._column_ref(cr)
-            fc = node.get("FuncCall")
-            if isinstance(fc, dict):
-                self._builtin("f", fc.get("funcname"), PURE_FUNCTIONS)
-            ae = node.get("A_Expr")
-            if isinstance(ae, dict):
-                self._operator(ae)
-            tc = node.get("TypeCast")
-            if isinstance(tc, dict):
-                tn = tc.get("typeName")
-                self._builtin("t", tn.get("names") if isinstance(tn, dict) else None, PURE_TYPES)
-            # functions in FROM are FuncCall nodes below (judged like any call); XMLTABLE and
-            # JSON_TABLE evaluate paths over documents: not tracked, so not pure
-            if "RangeTableFunc" in node or "JsonTable" in node:
-                self.impure = True
-            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
-
-    def _builtin(self, kind: str, name: Any, allowed: frozenset[str] | None) -> None:
-        """Note a reference to a built-in function / operator / type (impure when it is not one
-        of ``allowed``, or is qualified with another schema than pg_catalog)."""
-        names = _names(name)
-        foreign = len(names) == 2 and names[0] != "pg_catalog"
-        if not names or len(names) > 2 or foreign or (allowed and names[-1] not in allowed):
-            self.impure = True
-        elif len(names) == 1:
-            self.calls.add(f"{kind}:{names[0]}")
-
-    def _operator(self, ae: dict[str, Any]) -> None:
-        names = _names(ae.get("name"))
-        if names and names[-1].isalpha():  # BETWEEN, NOT BETWEEN, ...: comparisons
-            for op in (">=", "<=", ">", "<"):
-                self._builtin("o", [{"String": {"sval": op}}], None)
-            return
-        self._builtin("o", ae.get("name"), None)
-
-    def _range_var(self, rv: dict[str, Any]) -> None:
-        name: Name = (rv.get("schemaname"), str(rv.get("relname", "")))
-        self.relations.add(name)
-        alias = rv.get("alias")
-        if isinstance(alias, dict) and alias.get("aliasname"):
-            self.aliases.setdefault(str(alias["aliasname"]), set()).add(name)
-
-    def _column_ref(self, cr: dict[str, Any]) -> None:
-        names: list[str] = []
-        star = False
-        for f in cr.get("fields", []):
-            if "String" in f:
-                names.append(str(f["String"].get("sval", "")))
-            elif "A_Star" in f:
-                star = True
-        if star:
-            if names:
-                self.star_quals.append(tuple(names))
-            else:
-                self.star_all = True
-            return
-        if names:
-            self.columns.add(names[-1])
-            if len(names) == 1:
-                self.single_refs.add(names[0])
-
-
-def _names(items: Any) -> list[str]:
-    if not isinstance(items, list):
-        return []
-    return [
-        str(n["String"].get("sval", "")) for n in items if isinstance(n, dict) and "String" in n
-    ]
+def _collect_relations(root: Any, into: set[Name]) -> None:
+    """Every RangeVar below ``root`` (iterative: deep trees do not recurse)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        rv = node.get("RangeVar")
+        if isinstance(rv, dict):
+            into.add((rv.get("schemaname"), str(rv.get("relname", ""))))
+        elif "relname" in node and "inh" in node:  # a bare RangeVar (COPY, INSERT targets)
+            into.add((node.get("schemaname"), str(node.get("relname", ""))))
+        stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
 
 
 def _defelem(arg: Any) -> str | None:

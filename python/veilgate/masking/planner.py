@@ -9,25 +9,27 @@ ErrorResponse and never forwards the data).
 
 Decision per column (the first that applies):
 
-1. lineage known (RowDescription table OID + attnum resolved through the catalog): the first
-   ``column`` rule matching ``schema.table.column`` (for a partition or inheritance child, also
-   its ancestors' names);
-2. the first ``name`` rule matching the RowDescription column name or, lineage known, the
-   source column's name (an alias does not escape a name rule);
-3. lineage known and no rule: KEEP, unless the column belongs to a view / materialized view that
-   depends on masked base columns: then it is handled as unknown lineage, with the statement
-   counted as referencing a masked column;
-4. unknown lineage (table OID 0, or a column dropped since): ``unknown_lineage`` (redact to
-   ``<MASKED>`` / null / scan) when the statement references a masked column, a star or whole
-   row of a table with masked columns, or a view over masked columns (unparseable text counts as
-   referencing); otherwise KEEP when the statement is *pure* (its values are computed from the
-   columns it names with built-ins that read nothing else: ``count(*)``, ``max(id) + 1``; see
-   :data:`veilgate.masking.lineage.PURE_FUNCTIONS`), else a content scan when ``scan_unknown``,
-   else KEEP.
+1. direct lineage (RowDescription table OID + attnum resolved through the catalog) to a table:
+   the first ``column`` rule matching ``schema.table.column`` (for a partition or inheritance
+   child, also its ancestors' names), else the first ``name`` rule matching the result column
+   name or the source column's name (an alias does not escape a name rule), else KEEP;
+2. a ``name`` rule matching the result column name;
+3. otherwise the column's lineage from the statement's resolution
+   (:mod:`veilgate.masking.resolve`: every base column its value depends on, through aliases,
+   subqueries, CTEs, set operations, functions in FROM, joins, whole rows and views expanded from
+   their definitions; a direct column of a view gets the lineage of the view's column):
 
-A star or whole-row reference (``row_to_json(u)``, ``u.*``) reads every column of the relation:
-it counts as referencing a masked column when any column of that table (every schema's table of
-that name, for an unqualified name) is masked by a column or name rule.
+   * a value passed through unchanged from base columns that share one rule: that rule (KEEP
+     when none has one);
+   * a value computed from a masked column (any function, operator, cast, aggregate, CASE,
+     subquery over it): masked as a whole -- ``<MASKED>`` (NULL for types that cannot say it;
+     NULL when ``unknown_lineage`` is ``null``), whatever ``unknown_lineage`` says otherwise:
+     content scanning cannot see through ``reverse()`` or ``encode()``;
+   * a value of unknown origin (a user function, a name the catalog does not have, a statement
+     that does not parse): ``unknown_lineage`` (redact / null / scan) on a tier whose rules mask
+     some column; on a tier with detectors only, a content scan when ``scan_unknown``;
+   * a value computed only from unmasked columns and constants (``count(*)``, ``max(id)``):
+     KEEP.
 
 How a masked column travels (:meth:`SessionMasking._decision`) depends on its type's codec
 (:mod:`veilgate.masking.codecs`), the same in the text and the binary format: text-likes (text,
@@ -46,12 +48,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
-from .catalog import Catalog, CatalogError, ColumnInfo, RelationInfo, TypeInfo, ViewDeps
+from .analysis import AnalysisError, Analyzer, analyzer_for, view_select
+from .catalog import Catalog, CatalogError, ColumnInfo, TypeInfo
 from .codecs import NeedType, codec_for
 from .fields import Field, parse_row_description
 from .invalidation import invalidation_scope
-from .lineage import CopyInfo, Name, StatementInfo, statement_info
+from .lineage import CopyInfo, StatementInfo, statement_info
+from .overlay import OverlayCatalog, OverlayFacts, SessionRelations
 from .policy import ColumnRule, MaskingUnavailable, TierMasking
+from .resolve import Col, Lineage, Resolution
 
 __all__ = [
     "ColumnDecision",
@@ -78,10 +83,6 @@ class Facts(Protocol):
 
     def column(self, table_oid: int, attnum: int) -> ColumnInfo | None: ...
     def type(self, oid: int) -> TypeInfo | None: ...
-    def view_deps(self, view_oid: int) -> ViewDeps | None: ...
-    def relations_named(self, name: Name) -> tuple[RelationInfo, ...] | None: ...
-    def views_named(self, name: Name) -> list[ViewDeps] | None: ...
-    def shadowed_builtins(self) -> frozenset[str] | None: ...
 
 
 class MaskRefusal(Exception):
@@ -95,6 +96,11 @@ class MaskRefusal(Exception):
 
 class NeedCatalog(Exception):
     """A decision needs catalog facts that are not cached (call the async path)."""
+
+    def __init__(self, what: str, analysis: str | None = None) -> None:
+        super().__init__(what)
+        self.analysis = analysis
+        """The statement text whose analysis is missing (None: column or type facts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +136,12 @@ class SessionMasking:
     def __init__(self, tier: TierMasking, catalog: Catalog) -> None:
         self.tier = tier
         self.catalog = catalog
+        self.shared = analyzer_for(catalog)
+        """Resolutions shared with the login's other sessions."""
+        self.relations = SessionRelations()
+        """Tables this session created that the catalog may not see (see :mod:`.overlay`)."""
+        self._own = Analyzer(OverlayCatalog(catalog, self.relations))
+        """Resolutions of statements naming one of those tables (this session's only)."""
         self._plans: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._plan_labels: dict[int, list[str]] = {}
 
@@ -139,10 +151,27 @@ class SessionMasking:
         """Lineage facts of a statement text (cached across sessions)."""
         return statement_info(sql)
 
-    def note_command_tag(self, tag: bytes) -> None:
-        """A CommandComplete tag: after DDL, the catalog facts it may have changed are dropped
+    def analyzer(self, text: str) -> Analyzer:
+        """The analyzer for a statement text: this session's own when it names a table the
+        session created (see :mod:`.overlay`), else the one its login's sessions share."""
+        if self.relations and not self.relations.names().isdisjoint(
+            n for _, n in statement_info(text).relations
+        ):
+            return self._own
+        return self.shared
+
+    def note_command_tag(self, tag: bytes, stmt: StatementInfo | None = None) -> None:
+        """A CommandComplete tag (of ``stmt``): a table it created joins this session's own;
+        after DDL, the catalog facts it may have changed are dropped
         (:func:`~veilgate.masking.invalidation.invalidation_scope`), with this session's plans
         (other sessions' plans are keyed on the catalog generation)."""
+        if stmt is not None and tag.startswith((b"CREATE TABLE", b"SELECT ")):
+            try:
+                res = self.analyzer(stmt.text).try_now(stmt.text)
+            except AnalysisError:
+                res = None
+            if res is not None and res.creates:
+                self.relations.add(res.creates)
         scope = invalidation_scope(tag)
         if scope:
             self.catalog.invalidate(scope)
@@ -180,25 +209,77 @@ class SessionMasking:
         # plan (read after it was asked for), but the plan is cached only if nothing was
         # invalidated meanwhile.  No retry: one lookup, shared with concurrent sessions.
         generation = self.catalog.generation
-        facts = await self.catalog.resolve(fields, self._names(stmt))
-        decisions = _complete(lambda: self.decide(fields, stmt, facts))
+        facts = await self.catalog.resolve(fields)
+        decisions = await self._decide_fetching(fields, stmt, facts)
         plan = self._build_row_plan(decisions, fields)
         if self.catalog.generation == generation:
             self._remember((generation, stmt.text, tuple(fields)), plan, fields)
         return plan
 
     def decide(
-        self, fields: Iterable[Field], stmt: StatementInfo, facts: Facts | None = None
+        self,
+        fields: Iterable[Field],
+        stmt: StatementInfo,
+        facts: Facts | None = None,
+        analyses: dict[str, Resolution] | None = None,
     ) -> list[ColumnDecision]:
-        """Per-column decisions from ``facts`` (default: the cached catalog facts); raises
-        :class:`NeedCatalog` when some are missing."""
+        """Per-column decisions from ``facts`` (default: the cached catalog facts) and statement
+        analyses (``analyses``, then the analyzer's cache); raises :class:`NeedCatalog` when
+        some are missing."""
         facts = self.catalog if facts is None else facts
-        refs: list[bool] = []  # computed once, on the first unknown-lineage column
+        found = analyses or {}
+        fields = list(fields)
+        count = len(fields)
         out = []
-        for f in fields:
-            t = self._treatment(f, stmt, refs, facts)
+        for i, f in enumerate(fields):
+            t = self._treatment(f, self._output_lineage(stmt, found, facts, i, count), facts, found)
             out.append(self._decision(t, f.format, self._codec_for(t, f, facts)))
         return out
+
+    def _output_lineage(
+        self,
+        stmt: StatementInfo,
+        found: dict[str, Resolution],
+        facts: Facts,
+        index: int,
+        count: int,
+    ) -> Callable[[], Lineage]:
+        """The lineage of result column ``index``, analysed only when a decision needs it."""
+        return lambda: self._analysis(stmt.text, found, facts).output(index, count)
+
+    async def _decide_fetching(
+        self, fields: list[Field], stmt: StatementInfo, facts: Facts
+    ) -> list[ColumnDecision]:
+        """:meth:`decide`, analysing the statements it needs on the way (the statement; the
+        views some of its columns come from)."""
+        analyses: dict[str, Resolution] = {}
+        for _ in range(len(fields) + 2):
+            try:
+                return self.decide(fields, stmt, facts, analyses)
+            except NeedCatalog as exc:
+                if exc.analysis is None or exc.analysis in analyses:
+                    raise CatalogError(f"catalog lookup incomplete: {exc}") from None
+                try:
+                    analyses[exc.analysis] = await self.analyzer(exc.analysis).analyze(exc.analysis)
+                except AnalysisError as err:
+                    raise CatalogError(str(err)) from None
+        raise CatalogError("catalog lookup incomplete: statement analyses")
+
+    def _analysis(self, text: str, found: dict[str, Resolution], facts: Facts) -> Resolution:
+        hit = found.get(text)
+        if hit is None:
+            # a lookup's facts (not the catalog's cache) serve this decision only
+            analyzer = self.analyzer(text)
+            own = None
+            if facts is not self.catalog:
+                own = facts if analyzer is self.shared else OverlayFacts(facts, self.relations)
+            try:
+                hit = analyzer.try_now(text, own)
+            except AnalysisError as exc:
+                raise CatalogError(str(exc)) from None
+        if hit is None:
+            raise NeedCatalog(f"analysis of {text[:40]!r}", analysis=text)
+        return hit
 
     def _codec_for(self, t: _Treatment, f: Field, facts: Facts) -> Any:
         """The column type's codec (``None`` for type OID 0); keep and null never look at the
@@ -230,7 +311,11 @@ class SessionMasking:
         return rule
 
     def _treatment(
-        self, f: Field, stmt: StatementInfo, refs: list[bool], facts: Facts
+        self,
+        f: Field,
+        lineage: Callable[[], Lineage],
+        facts: Facts,
+        found: dict[str, Resolution],
     ) -> _Treatment:
         tier = self.tier
         col = self._column(f, facts)
@@ -241,93 +326,54 @@ class SessionMasking:
                 rule = tier.name_rule(f.name) or tier.name_rule(col.column)
             if rule is not None:
                 return _rule_treatment(rule)
-            if col.is_view:
-                deps = facts.view_deps(f.table_oid)
-                if deps is None:
-                    raise NeedCatalog(f"view {f.table_oid}")
-                if any(self._dep_masked(d) for d in deps.columns):
-                    return self._unknown(
-                        True, f"view {col.schema}.{col.table} depends on masked columns"
-                    )
-            return _KEEP_T
+            if not col.is_view:
+                return _KEEP_T
+            # a view's column: the lineage of that column of its definition
+            view = self._analysis(view_select(col.schema, col.table), found, facts)
+            return self.lineage_treatment(view.output(f.attnum - 1, len(view.outputs or ())))
         rule = tier.name_rule(f.name)
         if rule is not None:
             return _rule_treatment(rule)
-        if not refs:
-            refs.append(self.references_masked(stmt, facts))
-        if not refs[0] and stmt.pure and not self._shadowed(stmt, facts):
-            # computed by the statement from unmasked columns with pure built-ins: nothing a
-            # scan could find that a plain select of those columns would not show anyway
-            return _Treatment("keep", None, "computed from unmasked columns")
-        return self._unknown(refs[0], "unknown lineage")
+        return self.lineage_treatment(lineage())
 
-    def _shadowed(self, stmt: StatementInfo, facts: Facts) -> bool:
-        """Whether a pure built-in the statement calls unqualified has a namesake outside
-        pg_catalog (which PostgreSQL may pick instead: then it is not pure)."""
-        if not stmt.calls:
-            return False
-        shadowed = facts.shadowed_builtins()
-        if shadowed is None:
-            raise NeedCatalog("shadowed built-ins")
-        return not shadowed.isdisjoint(stmt.calls)
+    def lineage_treatment(self, lin: Lineage) -> _Treatment:
+        """What a value of this lineage gets (see the module docstring, point 3)."""
+        if lin.cols and lin.exact and not lin.opaque:
+            rules = {self.base_rule(c) for c in lin.cols}
+            if len(rules) == 1:
+                rule = rules.pop()
+                return _rule_treatment(rule) if rule is not None else _KEEP_T
+        masked = sorted(c.label() for c in lin.cols if self.masks(c))
+        if masked:
+            how = "null" if self.tier.unknown_lineage == "null" else "redact"
+            return _Treatment(how, None, f"computed from masked {', '.join(masked[:3])}")
+        if lin.opaque:
+            tier = self.tier
+            if tier.masks_any:
+                how = tier.unknown_lineage
+                how = how if how in ("redact", "null") else "scan"
+                return _Treatment(how, None, "unknown lineage")
+            if tier.scan_unknown:
+                return _Treatment("scan", None, "unknown lineage; content scan")
+            return _Treatment("keep", None, "unknown lineage; scan_unknown is off")
+        return _Treatment("keep", None, "computed from unmasked columns")
 
-    def _unknown(self, references_masked: bool, why: str) -> _Treatment:
+    def base_rule(self, c: Col) -> ColumnRule | None:
+        """The rule of a base column: a column rule (its own table's, then its ancestors'),
+        else a name rule on its name."""
         tier = self.tier
-        if references_masked:
-            how = tier.unknown_lineage
-            how = "redact" if how == "redact" else ("null" if how == "null" else "scan")
-            return _Treatment(how, None, f"{why}; the statement references masked columns")
-        if tier.scan_unknown:
-            return _Treatment("scan", None, f"{why}; content scan")
-        return _Treatment("keep", None, f"{why}; scan_unknown is off")
+        rule = tier.column_rule(c.schema, c.table, c.column)
+        if rule is None:
+            for schema, table in c.ancestors:
+                rule = tier.column_rule(schema, table, c.column)
+                if rule is not None:
+                    break
+        return rule if rule is not None else tier.name_rule(c.column)
 
-    def _dep_masked(self, dep: tuple[str, str, str | None]) -> bool:
-        schema, table, column = dep
-        if column is None:  # the whole relation (a whole-row reference)
-            return self.tier.table_may_mask(schema, table) or bool(self.tier.name_rules)
-        return self.tier.masks_column(schema, table, column)
-
-    def _names(self, stmt: StatementInfo) -> list[Name]:
-        names = stmt.relations | stmt.star_relations
-        return sorted(names, key=lambda n: (n[0] or "", n[1]))
-
-    def references_masked(self, stmt: StatementInfo, facts: Facts | None = None) -> bool:
-        """Whether ``stmt`` reads a masked column by name, a star / whole row of a table with
-        masked columns, or a view over masked columns.  Raises :class:`NeedCatalog` when the
-        views among its relations are not known yet (in ``facts``, default: the cache)."""
-        facts = self.catalog if facts is None else facts
-        if not stmt.parsed:
-            return True
-        tier = self.tier
-        rels = stmt.relations
-        for c in stmt.columns:
-            r = tier.name_rule(c)
-            if r is not None and r.masks:
-                return True
-            for rule in tier.column_rules:
-                if (
-                    rule.masks
-                    and _glob(rule.column_pattern, c)
-                    and any(_table_glob(rule.table_pattern, rel) for rel in rels)
-                ):
-                    return True
-        stars = rels if stmt.star_all else stmt.star_relations
-        for rel in rels | stars:
-            found = facts.relations_named(rel)
-            views = facts.views_named(rel)
-            if found is None or views is None:
-                raise NeedCatalog(f"relation {rel}")
-            if any(self._dep_masked(d) for v in views for d in v.columns):
-                return True
-            if rel not in stars:
-                continue
-            # a star or whole row reads every column: masked if any of them is
-            if not found and tier.table_may_mask(*rel):
-                return True  # not a catalog relation (a CTE name...): by the rules' globs
-            for info in found:
-                if any(tier.masks_column(info.schema, info.table, c) for c in info.columns):
-                    return True
-        return False
+    def masks(self, c: Col) -> bool:
+        """Whether this tier masks the base column (a rule other than ``keep``)."""
+        rule = self.base_rule(c)
+        return rule is not None and rule.masks
 
     def _decision(self, t: _Treatment, fmt: int, codec: Any) -> ColumnDecision:
         """How the values of a column travel, given what masks them (``t``), the column's wire
@@ -383,10 +429,23 @@ class SessionMasking:
         unqualified = {rel[1] for rel in stmt.relations if rel[0] is None}
         # one lookup (usually nothing to fetch); its facts serve this plan even if DDL
         # invalidates the catalog meanwhile (see row_plan)
-        facts = await self.catalog.resolve(fields, self._names(stmt))
+        facts = await self.catalog.resolve(fields)
         if copy.relation is not None and not copy.columns:
             fields = _complete(lambda: self._without_generated(fields, facts))
-        decisions = _complete(lambda: self._decide_copy(fields, stmt, unqualified, facts))
+        analyses: dict[str, Resolution] = {}
+        for _ in range(len(fields) + 2):
+            try:
+                decisions = self._decide_copy(fields, stmt, unqualified, facts, analyses)
+                break
+            except NeedCatalog as exc:
+                if exc.analysis is None or exc.analysis in analyses:
+                    raise CatalogError(f"catalog lookup incomplete: {exc}") from None
+                try:
+                    analyses[exc.analysis] = await self.analyzer(exc.analysis).analyze(exc.analysis)
+                except AnalysisError as err:
+                    raise CatalogError(str(err)) from None
+        else:
+            raise CatalogError("catalog lookup incomplete: statement analyses")
         return self._build_copy_plan(decisions, fields, copy, binary)
 
     def _without_generated(self, fields: list[Field], facts: Facts) -> list[Field]:
@@ -400,13 +459,18 @@ class SessionMasking:
         return out
 
     def _decide_copy(
-        self, fields: list[Field], stmt: StatementInfo, unqualified: set[str], facts: Facts
+        self,
+        fields: list[Field],
+        stmt: StatementInfo,
+        unqualified: set[str],
+        facts: Facts,
+        found: dict[str, Resolution],
     ) -> list[ColumnDecision]:
         # The side connection resolves unqualified names with its own search_path, which may not
         # be the session's: a column rule then also matches the same table.column in any schema.
         out = []
-        refs: list[bool] = []
-        for f in fields:
+        count = len(fields)
+        for i, f in enumerate(fields):
             col = self._column(f, facts)
             t: _Treatment | None = None
             if col is not None and col.table in unqualified and self._column_rule(col) is None:
@@ -422,7 +486,9 @@ class SessionMasking:
                 if rule is not None:
                     t = _rule_treatment(rule)
             if t is None:
-                t = self._treatment(f, stmt, refs, facts)
+                t = self._treatment(
+                    f, self._output_lineage(stmt, found, facts, i, count), facts, found
+                )
             out.append(self._decision(t, f.format, self._codec_for(t, f, facts)))
         return out
 
@@ -534,14 +600,6 @@ def _glob(pattern: str, text: str) -> bool:
     from fnmatch import fnmatchcase
 
     return fnmatchcase(text, pattern)
-
-
-def _table_glob(table_pattern: str, rel: Name) -> bool:
-    schema, table = rel
-    if schema is not None:
-        return _glob(table_pattern, f"{schema}.{table}")
-    # unqualified: any schema it could resolve to
-    return _glob(table_pattern.rsplit(".", 1)[-1], table)
 
 
 def _quote_ident(name: str) -> str:

@@ -17,8 +17,8 @@ Shape (validated by :mod:`veilgate.masking.section`, which names file:line:key o
         - {name: "*password*", op: redact}
         - {column: "public.notes.body", scan: true}
         - {column: "public.customers.id", op: keep}
-      scan_unknown: true                # content-scan columns of unknown lineage
-      unknown_lineage: redact           # redact | null | scan (see the planner)
+      unknown_lineage: redact           # values of unknown origin: redact | null | scan
+      scan_unknown: true                # tiers with detectors only: scan such values
 
 A section that is present (even ``masking: {}``) masks every tier unless ``apply_to`` narrows
 it: forgetting a tier name must not leak data (fail closed).
@@ -270,6 +270,11 @@ class TierMasking:
             elif re.fullmatch(translate(tp), f"{schema}.{table}"):
                 return True
         return False
+
+    @cached_property
+    def masks_any(self) -> bool:
+        """Whether some rule masks a column (a value of unknown origin may then carry one)."""
+        return any(r.masks for r in self.column_rules + self.name_rules)
 
     def name_masked(self, column: str) -> bool:
         """Whether a column of this name is masked by some rule (by name or by any column rule

@@ -1,0 +1,107 @@
+"""Relations a session created that the catalog's side connection cannot see.
+
+The side connection reads the catalog from another backend: a table this session created in a
+transaction that has not committed yet is invisible to it, and a temporary table always is (it
+lives in this backend's own ``pg_temp`` schema).  Without them, every statement naming such a
+table would be of unknown lineage (fail closed, masked as a whole).  So a session keeps what its
+own CREATE TABLE / CREATE TABLE AS / SELECT INTO statements defined -- once the server confirmed
+them with their CommandComplete -- and the resolver sees those relations *in addition to* what
+the catalog says about the name (the union: a name may also denote a committed table, and a
+creation may since have been rolled back; an extra candidate only adds lineage).
+
+Data can only get into such a table through statements the gateway judged (copying masked values
+into it is a laundering write, denied unless the destination is masked the same way), so its
+columns are base columns of their own (``pg_temp.t.c``), masked by whatever rules match them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .resolve import FunctionInfo, Name, RelationFacts
+
+__all__ = ["OverlayCatalog", "OverlayFacts", "SessionRelations"]
+
+MAX_RELATIONS: Final = 1024
+"""Beyond this many created relations the oldest are forgotten (statements naming them are then
+of unknown lineage again: fail closed)."""
+
+
+class SessionRelations:
+    """The relations one session created (by name), newest definition wins."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, RelationFacts] = {}
+        self.version = 0
+        """Bumped on every change (analyses that used the overlay are keyed on it)."""
+
+    def __bool__(self) -> bool:
+        return bool(self._by_name)
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._by_name)
+
+    def add(self, created: tuple[RelationFacts, ...]) -> None:
+        for r in created:
+            self._by_name.pop(r.table, None)
+            self._by_name[r.table] = r
+            if len(self._by_name) > MAX_RELATIONS:
+                del self._by_name[next(iter(self._by_name))]
+            self.version += 1
+
+    def matching(self, name: Name) -> tuple[RelationFacts, ...]:
+        r = self._by_name.get(name[1])
+        if r is None:
+            return ()
+        schema = name[0]
+        if schema is None or schema == r.schema or (schema == "pg_temp" and r.schema == ""):
+            return (r,)
+        if r.schema == "" and schema is not None:
+            return (r,)  # created unqualified: any schema of the search path may hold it
+        return ()
+
+
+class OverlayFacts:
+    """Catalog facts with a session's own relations added to what a name denotes."""
+
+    __slots__ = ("base", "overlay")
+
+    def __init__(self, base: Any, overlay: SessionRelations) -> None:
+        self.base = base
+        self.overlay = overlay
+
+    def relations_named(self, name: Name) -> tuple[RelationFacts, ...] | None:
+        found = self.base.relations_named(name)
+        own = self.overlay.matching(name)
+        if found is None:
+            return None
+        return tuple(found) + own if own else tuple(found)
+
+    def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
+        result: tuple[FunctionInfo, ...] | None = self.base.functions_named(name)
+        return result
+
+    def namesake(self, key: str) -> bool | None:
+        result: bool | None = self.base.namesake(key)
+        return result
+
+    def __getattr__(self, name: str) -> Any:  # column(), type(): the catalog's
+        return getattr(self.base, name)
+
+
+class OverlayCatalog:
+    """A catalog as one session sees it (for :class:`~veilgate.masking.analysis.Analyzer`)."""
+
+    def __init__(self, catalog: Any, overlay: SessionRelations) -> None:
+        self.catalog = catalog
+        self.overlay = overlay
+
+    @property
+    def generation(self) -> tuple[int, int]:
+        return (self.catalog.generation, self.overlay.version)
+
+    def facts(self) -> OverlayFacts:
+        return OverlayFacts(self.catalog.facts(), self.overlay)
+
+    async def resolve(self, *args: Any, **kw: Any) -> OverlayFacts:
+        return OverlayFacts(await self.catalog.resolve(*args, **kw), self.overlay)
