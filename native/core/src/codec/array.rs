@@ -8,6 +8,7 @@
 //! An element the mask nulls (or that does not decode) becomes a NULL element; the array keeps
 //! its shape.  An array that does not parse is NULL.
 
+use super::cx::MAX_NESTING;
 use super::{invalid, Codec, Cx, Format};
 use crate::mask::Outcome;
 
@@ -31,10 +32,15 @@ pub(super) fn mask(
     if !a.elem.scannable() && cx.mask.whole().is_none() {
         return Outcome::Unchanged; // a content scan finds nothing in these elements
     }
+    if cx.depth >= MAX_NESTING {
+        return invalid(cx);
+    }
+    cx.depth += 1;
     let res = match fmt {
         Format::Binary => mask_binary(a, value, cx, out),
         Format::Text => mask_text(a, value, cx, out),
     };
+    cx.depth -= 1;
     match res {
         Some(true) => Outcome::Written,
         Some(false) => Outcome::Unchanged,

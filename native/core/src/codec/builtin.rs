@@ -3,6 +3,9 @@
 //! them, extension types) from the catalog; anonymous records name their attributes' types
 //! by OID in each binary value, and get them here.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use super::{ArrayCodec, Codec};
 
 /// Built-in scalar types: OID and codec.
@@ -120,13 +123,25 @@ const ARRAYS: &[(u32, u32)] = &[
 
 /// The codec of a built-in type, `None` for a type this table does not know.
 pub fn builtin(oid: u32) -> Option<Codec> {
-    if let Some((_, c)) = SCALARS.iter().find(|(o, _)| *o == oid) {
-        return Some(c.clone());
-    }
-    let (_, elem) = ARRAYS.iter().find(|(o, _)| *o == oid)?;
-    Some(Codec::Array(Box::new(ArrayCodec {
-        elem: builtin(*elem)?,
-        elem_oid: *elem,
-        delimiter: b',',
-    })))
+    builtin_ref(oid).cloned()
+}
+
+/// [`builtin`] without a copy (what anonymous records look up per attribute).
+pub fn builtin_ref(oid: u32) -> Option<&'static Codec> {
+    static TABLE: OnceLock<HashMap<u32, Codec>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            let mut t: HashMap<u32, Codec> = SCALARS.iter().cloned().collect();
+            for &(array, elem) in ARRAYS {
+                let elem_codec = t.get(&elem).expect("array elements are listed").clone();
+                let codec = Codec::Array(Box::new(ArrayCodec {
+                    elem: elem_codec,
+                    elem_oid: elem,
+                    delimiter: b',',
+                }));
+                t.insert(array, codec);
+            }
+            t
+        })
+        .get(&oid)
 }

@@ -11,7 +11,8 @@
 //! [`Codec::Unknown`]) and scans text attributes as text.  An attribute the mask nulls (or that
 //! does not decode) becomes NULL; a value that does not parse is NULL.
 
-use super::builtin::builtin;
+use super::builtin::builtin_ref;
+use super::cx::MAX_NESTING;
 use super::{invalid, Codec, Cx, Format};
 use crate::mask::Outcome;
 
@@ -29,10 +30,15 @@ pub(super) fn mask(
     cx: &mut Cx<'_>,
     out: &mut Vec<u8>,
 ) -> Outcome {
+    if cx.depth >= MAX_NESTING {
+        return invalid(cx);
+    }
+    cx.depth += 1;
     let res = match fmt {
         Format::Binary => mask_binary(attrs, value, cx, out),
         Format::Text => mask_text(attrs, value, cx, out),
     };
+    cx.depth -= 1;
     match res {
         Some(true) => Outcome::Written,
         Some(false) => Outcome::Unchanged,
@@ -57,7 +63,6 @@ fn mask_binary(
     out.extend_from_slice(&value[..4]);
     let mut pos = 4;
     let mut changed = false;
-    let mut anonymous;
     for i in 0..natts {
         let oid = u32::from_be_bytes(value.get(pos..pos + 4)?.try_into().ok()?);
         let len = be_i32(value, pos + 4)?;
@@ -68,10 +73,7 @@ fn mask_binary(
                 }
                 &a[i].codec
             }
-            None => {
-                anonymous = builtin(oid).unwrap_or(Codec::Unknown);
-                &anonymous
-            }
+            None => builtin_ref(oid).unwrap_or(&Codec::Unknown),
         };
         out.extend_from_slice(&value[pos..pos + 4]);
         pos += 8;

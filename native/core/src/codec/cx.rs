@@ -10,7 +10,13 @@ pub struct Cx<'m> {
     pub tally: &'m mut Tally,
     /// Buffers reused across values (a masked value allocates only until they have grown).
     pub scratch: &'m mut Scratch,
+    /// How deep in arrays and composites the value being masked is.
+    pub(crate) depth: u8,
 }
+
+/// Deeper nesting than this (records in records..., which anonymous records allow to any
+/// depth) is not followed: the value is masked to NULL, the stack stays bounded.
+pub(crate) const MAX_NESTING: u8 = 32;
 
 impl<'m> Cx<'m> {
     pub fn new(mask: &'m dyn ValueMask, tally: &'m mut Tally, scratch: &'m mut Scratch) -> Self {
@@ -18,6 +24,7 @@ impl<'m> Cx<'m> {
             mask,
             tally,
             scratch,
+            depth: 0,
         }
     }
 }

@@ -913,3 +913,23 @@ proptest! {
         prop_assert_eq!(binary(&Codec::Interval, &t), b, "{}", t);
     }
 }
+
+#[test]
+fn nesting_is_bounded() {
+    let m = scanner();
+    // ROW(ROW(ROW(... 'ann@example.org' ...))): anonymous records to any depth
+    let nest = |depth: usize| {
+        let mut v = bin_record(&[(25, Some(b"ann@example.org"))]);
+        for _ in 0..depth {
+            v = bin_record(&[(2249, Some(&v))]);
+        }
+        v
+    };
+    let shallow = run(&Codec::Record, B, &nest(20), &m).unwrap();
+    assert!(shallow.windows(7).any(|w| w == b"<EMAIL>"));
+    // too deep: the innermost record is NULL (its parent keeps its shape), nothing passes
+    let deep = run(&Codec::Record, B, &nest(40), &m).unwrap();
+    assert!(!deep.windows(15).any(|w| w == b"ann@example.org"));
+    let deep = run(&Codec::Record, B, &nest(2000), &m).unwrap();
+    assert!(!deep.windows(15).any(|w| w == b"ann@example.org"));
+}
