@@ -553,3 +553,37 @@ def test_codecs_write_what_postgres_writes(direct: str, typ: str) -> None:
         assert text is not None and binary is not None
         assert codec.transcode(binary, 1) == text, (value, text)
         assert codec.transcode(text, 0) == binary, (value, binary)
+
+
+def test_simple_protocol_text_and_binary_cursor(gw: pw.Target, direct: str, table: str) -> None:
+    """The simple protocol (text results, and binary ones from FETCH on a BINARY cursor), read
+    on the wire: masked values are the codecs' forms of the masked values, kept ones the
+    server's bytes."""
+    cols = "s_card, s_ip, s_tags, k_date, k_uuid, hash_date"
+    select = f"select {cols} from {table} where id = 1"
+    c = pw.connect(gw.endpoint())
+    try:
+        msgs = c.simple(
+            f"{select}; begin; declare c binary cursor for {select}; fetch all from c; commit"
+        )
+    finally:
+        c.terminate()
+    assert "E" not in "".join(m.tag for m in msgs), pw.first_error(msgs)
+    text, binary = [pw.data_row(m.body) for m in msgs if m.tag == "D"]
+    refs = []
+    for fmt in (False, True):
+        with psycopg.connect(direct, autocommit=True) as conn, conn.cursor(binary=fmt) as cur:
+            cur.execute(select)
+            res = cur.pgresult
+            assert res is not None
+            refs.append([res.get_value(0, i) for i in range(res.nfields)])
+    ref_text, ref_binary = refs
+    assert text[:3] == [b"1111", b"0.0.0.0/24", b"{<EMAIL>,plain,NULL}"]
+    assert binary[0] == struct.pack("!q", 1111)
+    assert binary[1] == bytes([2, 24, 0, 4, 0, 0, 0, 0])
+    assert text[3:5] == ref_text[3:5] and binary[3:5] == ref_binary[3:5]
+    import veilgate_native as vn
+
+    date = vn.Codec.builtin(1082)
+    assert date is not None and text[5] != ref_text[5]
+    assert date.transcode(text[5] or b"", 0) == binary[5]  # the same keyed date both ways
