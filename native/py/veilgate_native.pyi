@@ -6,10 +6,11 @@ complete messages, returning what to forward and the messages the control plane 
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Final, TypeAlias, final
+from typing import Any, Final, TypeAlias, final
 
 __all__ = [
     "BUILTIN_ENTITIES",
+    "AuditRecorder",
     "CLIENT",
     "MAX_STARTUP_PACKET",
     "SERVER",
@@ -27,6 +28,7 @@ __all__ = [
     "Operator",
     "RecvBuffer",
     "RowPlan",
+    "SealedBatch",
     "SessionState",
     "latency_histogram",
     "stats",
@@ -59,6 +61,10 @@ class Message:
         """Payload without the type byte and the Int32 length."""
     def frame(self) -> bytes:
         """The whole message as it arrived: tag, length, body."""
+    @property
+    def stmt_id(self) -> int:
+        """On a recorded session, the statement log's id of a Query, Parse, Bind, Execute or
+        FunctionCall (pass it to :meth:`SessionState.note_decision`); 0 otherwise."""
     def __len__(self) -> int:
         """Length of the whole message (``len(m.frame())``)."""
 
@@ -85,13 +91,54 @@ class SessionState:
     @property
     def tx_status(self) -> int:
         """Status byte of the last ReadyForQuery (``ord('I')``, ``'T'`` or ``'E'``); 0 before any."""
-    def discard_request(self) -> bool:
+    def discard_request(self, sqlstate: str | None = None) -> bool:
         """Forget the oldest pending request without recording a latency.
 
         For a request the gateway answered itself (e.g. a denied Query it never forwarded): the
-        client-side buffer counted it, and no ReadyForQuery from the server will pop it.
+        client-side buffer counted it, and no ReadyForQuery from the server will pop it.  On a
+        recorded session the statement is recorded as refused with ``sqlstate``.
         Returns False if nothing was pending.
         """
+    def start_recording(
+        self,
+        recorder: AuditRecorder,
+        sid: str,
+        *,
+        max_excerpt: int = 2048,
+        redact_literals: bool = False,
+    ) -> None:
+        """Record this session's statements into ``recorder`` as session ``sid``.
+
+        The receive buffers must be told too (:meth:`RecvBuffer.set_recording`).  Each statement
+        is recorded when it ends: its text (an excerpt of at most ``max_excerpt`` bytes;
+        credentials always redacted, every constant too with ``redact_literals``), fingerprint,
+        path, decision, command tag, rows, response bytes, SQLSTATE and duration.
+        """
+    def note_decision(
+        self,
+        stmt_id: int,
+        action: str,
+        rule: str,
+        fingerprint: str = "",
+        sqlstate: str | None = None,
+        approval: str | None = None,
+    ) -> bool:
+        """Attach the policy's decision to the message ``stmt_id`` (:attr:`Message.stmt_id`): a
+        Query, FunctionCall or Execute is that statement; a Parse or Bind is the statement it
+        prepares or binds (its executions carry it).  ``sqlstate``: the gateway refused it with
+        that SQLSTATE as it decided.  False if the id is unknown (or the session is not
+        recorded)."""
+    def note_refused(self, stmt_id: int, sqlstate: str) -> bool:
+        """The gateway answered the message ``stmt_id`` with ``sqlstate`` instead of running it
+        (a Bind: the Execute that follows it); the statement is recorded as refused."""
+    def finish_recording(self) -> dict[str, Any] | None:
+        """End the recording (statements in flight are recorded as interrupted) and return the
+        totals: ``statements``, ``errors``, ``refused`` (not let run), ``denied``, ``held``,
+        ``rows``, ``bytes``, and ``fingerprints``: the session's distinct statements as
+        ``(fingerprint, excerpt)`` pairs (at most 1024).  None if not recorded."""
+    @property
+    def recording(self) -> bool:
+        """Whether the session's statements are recorded."""
 
 @final
 class RecvBuffer:
@@ -152,6 +199,9 @@ class RecvBuffer:
         """Untagged packets (startup) when on; tagged messages when off (the default)."""
     def set_events(self, tags: bytes) -> None:
         """Message tags to surface as :class:`Message` events; every other message is forwarded."""
+    def set_recording(self, on: bool) -> None:
+        """The session (its :class:`SessionState`) is recorded: frame whole the messages the
+        statement log reads, and track the server's outcomes."""
     def set_all_events(self, on: bool) -> None:
         """Surface every message as an event (handshake phases), overriding :meth:`set_events`."""
     def set_barrier_events(self, tags: bytes) -> None:
@@ -400,6 +450,109 @@ class CopyPlan:
         """Every column is KEEP: rows are forwarded without being read."""
     def take_tally(self) -> list[dict[str, int]]:
         """As :meth:`RowPlan.take_tally`."""
+
+@final
+class SealedBatch:
+    """One batch of records, hash-chained and sealed (``AuditRecorder.next_batch``)."""
+
+    @property
+    def data(self) -> bytes:
+        """The lines to append to the current segment (records, then the seal)."""
+    @property
+    def batch(self) -> int: ...
+    @property
+    def first_seq(self) -> int: ...
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def records(self) -> int:
+        """Records in the batch (gap records included)."""
+    @property
+    def items(self) -> int:
+        """Queued records it took (``AuditRecorder.pushed_total`` counts the same)."""
+    @property
+    def seal(self) -> bytes:
+        """SHA-256 of this batch's seal line."""
+    @property
+    def prev_seal(self) -> bytes | None:
+        """SHA-256 of the seal line before it (None for the first batch ever)."""
+    @property
+    def ended(self) -> list[str]:
+        """Sessions whose terminator (``session_end``) is in this batch."""
+
+@final
+class AuditRecorder:
+    """The session record queue and the chain that seals it.
+
+    The data path only pushes (the sessions' statement logs, :meth:`push`); the writer thread
+    calls :meth:`next_batch`, which waits, drains, serialises, hashes and signs without the GIL.
+    See ``veilgate.audit`` for the file format.
+    """
+
+    def __new__(
+        cls,
+        node: str,
+        key_id: str,
+        key: bytes,
+        *,
+        capacity: int = 262144,
+        wake_at: int = 4096,
+    ) -> AuditRecorder:
+        """``key`` (at least 16 bytes) signs seals, headers and terminators as ``key_id``.
+        ``capacity`` records are queued at most (more are dropped and counted, then recorded as
+        gaps); ``wake_at`` queued records wake the writer before its interval."""
+    def push(
+        self, sid: str, members: str, *, terminator: bool = False, ts: float | None = None
+    ) -> bool:
+        """Queue a record built by the control plane: ``members`` are the JSON members after
+        ``"kind":``, e.g. ``'"session_start","tier":"ro"'``; ``terminator`` marks the session's
+        last record (it is signed).  False if dropped (queue full or closed)."""
+    def next_batch(self, max_records: int, timeout: float) -> SealedBatch | None:
+        """Wait up to ``timeout`` seconds, then take at most ``max_records`` and seal them."""
+    def header(
+        self,
+        segment: int,
+        first_seq: int,
+        first_batch: int,
+        prev_seal: bytes | None,
+        created: float | None = None,
+    ) -> bytes:
+        """The signed header line of a new segment (newline included)."""
+    def trailer(
+        self,
+        segment: int,
+        last_seq: int,
+        last_batch: int,
+        prev_seal: bytes | None,
+        reason: str,
+        at: float | None = None,
+    ) -> bytes:
+        """The signed trailer line that closes a segment (newline included)."""
+    def resume(self, next_seq: int, next_batch: int, prev_seal: bytes | None) -> None:
+        """Continue the numbering and the seal chain of an earlier run."""
+    def set_key(self, key_id: str, key: bytes) -> None:
+        """Sign with another key from the next batch on."""
+    def wake(self) -> None:
+        """Wake a waiting :meth:`next_batch` now."""
+    def close(self) -> None:
+        """Refuse further records (they count as dropped) and wake the writer."""
+    @property
+    def queued(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def dropped_total(self) -> int: ...
+    @property
+    def pushed_total(self) -> int: ...
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def next_batch_number(self) -> int: ...
+    @property
+    def open_sessions(self) -> int:
+        """Sessions with records written and no terminator yet."""
+    @property
+    def key_id(self) -> str: ...
 
 def stats() -> dict[str, int]:
     """Process-wide counters: ``client_bytes``, ``client_messages``, ``server_bytes``,

@@ -231,11 +231,25 @@ def _register_delegated(sub: Subparsers) -> None:
         parent.add_parser(words[-1], help=help_text, add_help=False)
 
 
+def _register_sessions(sub: Subparsers) -> None:
+    from veilgate.audit.cli import register_sessions
+
+    register_sessions(sub)
+
+
+def _register_audit(sub: Subparsers) -> None:
+    from veilgate.audit.cli import register_audit
+
+    register_audit(sub)
+
+
 COMMANDS: list[Callable[[Subparsers], None]] = [
     _register_serve,
     _register_config,
     _register_token,
     _register_delegated,
+    _register_sessions,
+    _register_audit,
     _register_version,
 ]
 """Command registrations, in help order; later command groups append theirs."""

@@ -475,6 +475,7 @@ def _check(cfg: GatewayConfig, w: _Walker) -> None:
     _check_policy(cfg, w, line)
     _check_state(cfg, w, line)
     _check_approvals(cfg, w, line)
+    _check_audit(cfg, w, line)
 
     limits = cfg.limits
     if not w.path_failed("limits") and limits.write_low_water > limits.write_high_water:
@@ -587,6 +588,29 @@ def _check_approvals(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -
                 path,
                 "exactly one of secret_env or secret_file is required (bodies are HMAC-signed)",
             )
+def _check_audit(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
+    """Keys must be readable and long enough, ids unique; the directory's parent must exist."""
+    audit = cfg.audit
+    if audit is None or w.path_failed("audit"):
+        return
+    seen: set[str] = set()
+    for path, key in [("audit.key", audit.key)] + [
+        (f"audit.old_keys[{i}]", k) for i, k in enumerate(audit.old_keys)
+    ]:
+        if (key.file is None) == (key.env is None):
+            w.error(line(path), path, "set exactly one of file and env")
+            continue
+        if key.id in seen:
+            w.error(line(f"{path}.id", path), f"{path}.id", f"duplicate key id {key.id!r}")
+        seen.add(key.id)
+        if key.file is not None:
+            try:
+                key.read()
+            except (OSError, ValueError) as e:
+                w.error(line(f"{path}.file", path), f"{path}.file", str(e))
+    parent = (w.base_dir / Path(audit.dir).expanduser()).resolve().parent
+    if not parent.is_dir():
+        w.error(line("audit.dir", "audit"), "audit.dir", f"directory does not exist: {parent}")
 
 
 def _nearest_line(w: _Walker, path: str) -> int:
@@ -676,6 +700,9 @@ def load_str(text: str, source: str = "<config>", base_dir: Path | None = None) 
         cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, audit_log=audit_log))
     state_path = str((w.base_dir / Path(cfg.state.path).expanduser()).resolve())
     cfg = dataclasses.replace(cfg, state=dataclasses.replace(cfg.state, path=state_path))
+    if cfg.audit is not None:
+        audit_dir = str((w.base_dir / Path(cfg.audit.dir).expanduser()).resolve())
+        cfg = dataclasses.replace(cfg, audit=dataclasses.replace(cfg.audit, dir=audit_dir))
     return cfg
 
 
@@ -703,6 +730,15 @@ def warnings(cfg: GatewayConfig) -> list[str]:
             f"approvals.api: approvers send their tokens to the admin listener on "
             f"{cfg.admin.host}, which has no TLS: keep it on loopback or behind a TLS proxy"
         )
+    if cfg.audit is not None:
+        for path, key in [("audit.key", cfg.audit.key)] + [
+            (f"audit.old_keys[{i}]", k) for i, k in enumerate(cfg.audit.old_keys)
+        ]:
+            if key.env is not None and len(os.environ.get(key.env, "")) < 16:
+                out.append(
+                    f"{path}.env: ${key.env} is not set (or shorter than 16 bytes) in this "
+                    "environment (the gateway reads it when it starts)"
+                )
     return out
 
 

@@ -254,6 +254,88 @@ class ApprovalsConfig:
     sweep_interval_s: float = field(default=30.0, metadata={"min": 1.0, "max": 3600.0})
     """How often expired requests and grants are closed and recorded (they stop working at
     their expiry regardless)."""
+class AuditFailureMode(StrEnum):
+    BLOCK = "block"
+    """Records cannot be written: refuse new statements (SQLSTATE 58030), readiness fails."""
+    CONTINUE = "continue"
+    """Records cannot be written: keep serving; records past the queue are dropped and counted."""
+
+
+_KEY_ID: dict[str, Any] = {
+    "pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+    "what": "a key id (letters, digits, '.', '_', '-'; at most 64)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditKeyConfig:
+    """An HMAC key that signs the session record: from a file (its whole content, trailing
+    newline stripped) or an environment variable; at least 16 bytes."""
+
+    id: str = field(metadata=_KEY_ID)
+    file: Path | None = None
+    env: str | None = field(default=None, metadata=_ENV_NAME)
+
+    def read(self) -> bytes:
+        """The key bytes (raises ``ValueError`` naming the source when missing or too short)."""
+        import os
+
+        if self.file is not None:
+            data = self.file.read_bytes().rstrip(b"\r\n")
+            where = str(self.file)
+        elif self.env is not None:
+            data = os.environb.get(self.env.encode(), b"")
+            where = f"${self.env}"
+        else:
+            raise ValueError(f"audit key {self.id!r}: set file or env")
+        if len(data) < 16:
+            raise ValueError(f"audit key {self.id!r} ({where}): at least 16 bytes are required")
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """Session recording (``veilgate.audit``): every session, statement, decision and outcome in
+    hash-chained, HMAC-sealed JSON-lines segments under ``dir``."""
+
+    dir: str
+    """Directory of the segment files (relative to the config file; created 0700 if missing;
+    one gateway per directory)."""
+    key: AuditKeyConfig
+    """The key that signs from now on (rotate: give a new id and key, keep the old in
+    ``old_keys``, reload with SIGHUP)."""
+    old_keys: tuple[AuditKeyConfig, ...] = ()
+    """Earlier keys, for ``veilgate sessions verify`` of older segments."""
+    on_failure: AuditFailureMode = AuditFailureMode.BLOCK
+    node: str | None = field(default=None, metadata={"max_len": 128})
+    """Name of this gateway in the record (default: the host name)."""
+    flush_interval_ms: int = field(default=200, metadata={"min": 5, "max": 10_000})
+    """Longest time a record waits before it is written (and fsync'ed)."""
+    fsync: bool = True
+    """fsync each batch: records survive a power loss once written."""
+    queue_max_records: int = field(default=262_144, metadata={"min": 1024, "max": 16_777_216})
+    """Records held in memory while the disk cannot take them; past this they are dropped
+    (``continue``) and counted, and the gap is recorded."""
+    batch_max_records: int = field(default=4096, metadata={"min": 16, "max": 1_000_000})
+    rotate_bytes: int = field(default=64 << 20, metadata={"min": 64 << 10, "max": 1 << 40})
+    """Start a new segment past this size."""
+    rotate_age_s: float = field(default=86_400.0, metadata={"min": 1.0, "max": 31_536_000.0})
+    """Start a new segment when the current one is this old."""
+    retention_days: float | None = field(default=None, metadata={"min": 0.001, "max": 36_500.0})
+    """Delete segments older than this (the purge is recorded); none by default."""
+    max_sql_bytes: int = field(default=2048, metadata={"min": 64, "max": 1 << 20})
+    """Longest statement excerpt recorded (credentials are always redacted)."""
+    redact_literals: bool = False
+    """Record statements with every constant replaced by ``$n`` (pg_stat_statements style)."""
+    index: bool = True
+    """Keep the session index (``veilgate sessions list``) up to date."""
+
+    def keyring(self) -> dict[str, bytes]:
+        """Every configured key by id (raises ``ValueError`` naming a bad key)."""
+        keys = {self.key.id: self.key.read()}
+        for k in self.old_keys:
+            keys.setdefault(k.id, k.read())
+        return keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,5 +351,6 @@ class GatewayConfig:
     policy: PolicyConfig | None = None
     state: StateConfig = field(default_factory=StateConfig)
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    audit: AuditConfig | None = None
     source: Path | None = field(default=None, metadata={"config": False})
     """File the configuration was loaded from, if any."""

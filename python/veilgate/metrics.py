@@ -7,7 +7,7 @@ are read only when ``/metrics`` is scraped, so the hot path pays nothing for the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -171,6 +171,30 @@ approval_waits_total = Counter(
     "veilgate_approval_waits_total",
     "Wait-mode statements by outcome (approved, denied, timeout, cancelled, expired, error).",
     ("outcome",),
+audit_healthy = Gauge(
+    "veilgate_audit_healthy",
+    "1 while session records (and the session index) are being written, 0 while writing fails.",
+)
+audit_records_written_total = Counter(
+    "veilgate_audit_records_written_total", "Session records written to the audit segments."
+)
+audit_bytes_written_total = Counter(
+    "veilgate_audit_bytes_written_total", "Bytes written to the audit segments."
+)
+audit_write_failures_total = Counter(
+    "veilgate_audit_write_failures_total",
+    "Times writing the session record started failing (disk full, permission, storage lost).",
+)
+audit_dropped_total = Counter(
+    "veilgate_audit_records_dropped_total",
+    "Session records dropped because the queue was full while writing failed (continue mode).",
+)
+audit_queued_records = Gauge(
+    "veilgate_audit_queued_records", "Session records waiting to be written."
+)
+audit_refused_total = Counter(
+    "veilgate_audit_refused_statements_total",
+    "Statements refused (58030) because the session record could not be written (block mode).",
 )
 
 REGISTRY: list[_Metric] = [
@@ -189,6 +213,13 @@ REGISTRY: list[_Metric] = [
     approval_decision_seconds,
     approval_checks_total,
     approval_waits_total,
+    audit_healthy,
+    audit_records_written_total,
+    audit_bytes_written_total,
+    audit_write_failures_total,
+    audit_dropped_total,
+    audit_queued_records,
+    audit_refused_total,
 ]
 
 
@@ -213,8 +244,14 @@ def _native_lines() -> Iterable[str]:
     yield f"{name}_count {count}"
 
 
+COLLECTORS: list[Callable[[], None]] = []
+"""Called before each exposition to refresh gauges kept elsewhere (the audit queue)."""
+
+
 def render() -> str:
     """The whole exposition, for ``GET /metrics``."""
+    for collect in list(COLLECTORS):
+        collect()
     lines: list[str] = []
     for metric in REGISTRY:
         lines.extend(metric.render())

@@ -83,9 +83,9 @@ class Service:
         gateway = Gateway(cfg, self._authenticator)
         await gateway.start()
         self._gateway = gateway
-        if cfg.policy is not None:
+        if cfg.policy is not None or cfg.audit is not None:
             self._install_sighup(gateway)
-        self.health = HealthState(gateway.session_count)
+        self.health = HealthState(gateway.session_count, audit=gateway.recorder)
         if cfg.admin.enabled:
             admin = AdminServer(
                 cfg.admin.host,
@@ -126,9 +126,15 @@ class Service:
             self._signals_installed.append(sig)
 
     def _install_sighup(self, gateway: Gateway) -> None:
-        """SIGHUP reloads the policy file (a broken file is logged; the old policy stays)."""
+        """SIGHUP reloads the policy file (a broken file is logged; the old policy stays) and
+        starts a new audit segment (picking up a rotated signing key)."""
+
+        def hup() -> None:
+            gateway.reload_policy()
+            gateway.reopen_audit()
+
         try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policy)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
             return
         self._signals_installed.append(signal.SIGHUP)

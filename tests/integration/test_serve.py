@@ -63,6 +63,7 @@ async def async_http_get(port: int, path: str) -> tuple[int, str]:
 
 class StubGateway:
     instances: ClassVar[list[StubGateway]] = []
+    recorder = None  # no session recording
 
     def __init__(self, config: GatewayConfig, authenticator: Any) -> None:
         self.config = config

@@ -71,6 +71,7 @@ class _Session:
         self.pinned_search_path: tuple[str, ...] | None = None
         self.state = _State()
         self.upstream_transport = _Transport()
+        self.recording = None
 
     def set_client_events(self) -> None:
         pass
@@ -80,6 +81,8 @@ class _Session:
 
 
 class _Msg:
+    stmt_id = 0  # the session is not recorded
+
     def __init__(self, tag: bytes, body: bytes) -> None:
         self.tag = tag[0]
         self.body = body

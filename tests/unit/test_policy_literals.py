@@ -375,6 +375,8 @@ class _Transport:
 class _Message:
     """A surfaced client message, as the native buffer hands it over."""
 
+    stmt_id = 0  # the session is not recorded
+
     def __init__(self, frame: bytes) -> None:
         self._frame = frame
         self.tag = frame[0]
@@ -395,6 +397,7 @@ def _enforcer(
         upstream_transport=upstream,
         set_upstream_events=lambda: None,
         set_client_events=lambda: None,
+        recording=None,
     )
     audit = MemoryAuditSink()
     return PolicyEnforcer(session, PolicyEngine(policy), RO, audit), upstream, audit  # type: ignore[arg-type]

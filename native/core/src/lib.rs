@@ -18,6 +18,7 @@
 //! - [`codec`]: typed values (numbers, addresses, dates, arrays, records...) decoded, masked and
 //!   encoded in both wire formats
 //! - [`rewrite`]: DataRow / CopyData rewriting through a column plan
+//! - [`record`]: session recording (statement log, record queue, hash-chained serialisation)
 
 pub mod codec;
 pub mod datarow;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod framer;
 pub mod header;
 pub mod mask;
+pub mod record;
 pub mod rewrite;
 pub mod session;
 pub mod startup;

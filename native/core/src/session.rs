@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use crate::record::StatementLog;
 use crate::stats;
 use crate::tags::{backend, frontend};
 use crate::tagset::TagSet;
@@ -55,7 +56,7 @@ struct Request {
 }
 
 /// Request bookkeeping of one client session.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct SessionTracker {
     /// Requests not yet answered by ReadyForQuery, oldest first.
     pending: VecDeque<Request>,
@@ -67,6 +68,9 @@ pub struct SessionTracker {
     copy_in: bool,
     /// Status byte of the last ReadyForQuery; 0 before any.
     tx_status: u8,
+    /// The session's statement log while it is recorded ([`crate::record`]); the receive
+    /// buffers feed it under the same lock.
+    pub log: Option<Box<StatementLog>>,
 }
 
 impl SessionTracker {

@@ -5,7 +5,8 @@
 //!
 //! Modules: `buffer` (the raw allocation behind a receive buffer), `recv` (`RecvBuffer`),
 //! `message` (`Message`), `session` (`SessionState`), `stats` (module functions), `errors`
-//! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`), `codec` (`Codec`).
+//! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`), `codec` (`Codec`),
+//! `recorder` (`AuditRecorder`, `SealedBatch`: the session record queue and its sealing).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -15,6 +16,7 @@ mod errors;
 mod masker;
 mod message;
 mod plan;
+mod recorder;
 mod recv;
 mod session;
 mod stats;
@@ -33,6 +35,8 @@ mod veilgate_native {
     use crate::message::Message;
     #[pymodule_export]
     use crate::plan::{CopyPlan, RowPlan};
+    #[pymodule_export]
+    use crate::recorder::{AuditRecorder, SealedBatch};
     #[pymodule_export]
     use crate::recv::RecvBuffer;
     #[pymodule_export]

@@ -8,14 +8,22 @@ pub struct Message {
     tag: u8,
     /// The whole message as it arrived (tag, length, body).
     frame: Py<PyBytes>,
+    /// The statement log's id of this message (0: none, or the session is not recorded).
+    stmt_id: u64,
 }
 
 impl Message {
     /// Copies `frame` (a whole message) into a new `Message`.
     pub fn from_frame(py: Python<'_>, frame: &[u8]) -> Message {
+        Self::with_id(py, frame, 0)
+    }
+
+    /// Copies `frame` into a new `Message` carrying the statement log's id of it.
+    pub fn with_id(py: Python<'_>, frame: &[u8], stmt_id: u64) -> Message {
         Message {
             tag: frame[0],
             frame: PyBytes::new(py, frame).unbind(),
+            stmt_id,
         }
     }
 }
@@ -25,6 +33,11 @@ impl Message {
     #[getter]
     fn tag(&self) -> u8 {
         self.tag
+    }
+
+    #[getter]
+    fn stmt_id(&self) -> u64 {
+        self.stmt_id
     }
 
     #[getter]

@@ -22,6 +22,7 @@ use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
+use veilgate_core::record::log::{CLIENT_RECORDED_WHOLE, SERVER_RECORDED, SERVER_RECORDED_WHOLE};
 use veilgate_core::session::{CLIENT_TRACKED, SERVER_TRACKED, SERVER_WHOLE};
 use veilgate_core::{
     startup, stats, Action, Direction, FrameError, FrameOutcome, Framer, SessionTracker, TagSet,
@@ -78,6 +79,12 @@ pub struct RecvBuffer {
     rewritten_at: Vec<Range<usize>>,
     /// The last `advance` stopped at a barrier event.
     at_barrier: bool,
+    /// Server tags fed to the session tracker ([`SERVER_TRACKED`], plus [`SERVER_RECORDED`]
+    /// while the session is recorded).
+    server_tracked: TagSet,
+    /// Client side, recording: (offset in the last `frame`'s input, statement-log id) of the
+    /// messages that got an id, in stream order; stamped on the events built from them.
+    ids: Vec<(usize, u64)>,
 }
 
 impl RecvBuffer {
@@ -112,28 +119,50 @@ impl RecvBuffer {
         let unparsed = unsafe { self.buf.slice(self.start, self.end) };
         let framer = &mut self.framer;
         let actions = &mut self.actions;
+        let ids = &mut self.ids;
+        ids.clear();
+        let origin = unparsed.as_ptr() as usize;
         let outcome = match (&self.session, self.direction) {
             (None, _) => framer.frame(unparsed, actions, |_, _| {})?,
             (Some(session), direction) => {
                 // Lock at most once per read, and only if a tracked message went by.
                 let mut guard: Option<MutexGuard<'_, SessionTracker>> = None;
                 let mut now: Option<Instant> = None;
-                match direction {
-                    Direction::Client => framer.frame(unparsed, actions, |tag, _| {
+                let outcome = match direction {
+                    Direction::Client => framer.frame(unparsed, actions, |tag, bytes| {
                         if CLIENT_TRACKED.contains(tag) {
                             let t = *now.get_or_insert_with(Instant::now);
-                            guard.get_or_insert_with(|| lock(session)).on_client(tag, t);
+                            let g = guard.get_or_insert_with(|| lock(session));
+                            g.on_client(tag, t);
+                            if let Some(log) = g.log.as_mut() {
+                                let id = log.on_client(tag, bytes, t);
+                                if id != 0 {
+                                    ids.push((bytes.as_ptr() as usize - origin, id));
+                                }
+                            }
                         }
-                    })?,
-                    Direction::Server => framer.frame(unparsed, actions, |tag, bytes| {
-                        if SERVER_TRACKED.contains(tag) {
-                            let t = *now.get_or_insert_with(Instant::now);
-                            guard
-                                .get_or_insert_with(|| lock(session))
-                                .on_server(tag, bytes, t);
-                        }
-                    })?,
+                    }),
+                    Direction::Server => {
+                        let tracked = self.server_tracked;
+                        let base = framer.bytes();
+                        framer.frame(unparsed, actions, |tag, bytes| {
+                            if tracked.contains(tag) {
+                                let t = *now.get_or_insert_with(Instant::now);
+                                let g = guard.get_or_insert_with(|| lock(session));
+                                g.on_server(tag, bytes, t);
+                                if let Some(log) = g.log.as_mut() {
+                                    let pos = base + (bytes.as_ptr() as usize - origin) as u64;
+                                    log.on_server(tag, bytes, pos, t);
+                                }
+                            }
+                        })
+                    }
+                };
+                // statements completed by this read go to the record queue: one lock
+                if let Some(log) = guard.as_mut().and_then(|g| g.log.as_mut()) {
+                    log.flush();
                 }
+                outcome?
             }
         };
         self.at_barrier = outcome.barrier;
@@ -181,6 +210,7 @@ impl RecvBuffer {
     /// is one `bytes` and every event a `Message`.
     fn build_result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let unparsed = self.unparsed();
+        let mut ids = self.ids.iter().peekable();
         match self.actions.as_slice() {
             [] => Ok(py.None().into_bound(py)),
             [Action::Forward(r)] => Ok(PyBytes::new(py, &unparsed[r.clone()]).into_any()),
@@ -201,7 +231,11 @@ impl RecvBuffer {
                         }
                         Action::Event(r) => {
                             flush_run(py, &mut run, &list)?;
-                            list.append(Message::from_frame(py, &unparsed[r.clone()]))?;
+                            while ids.next_if(|(at, _)| *at < r.start).is_some() {}
+                            let id = ids
+                                .next_if(|(at, _)| *at == r.start)
+                                .map_or(0, |(_, id)| *id);
+                            list.append(Message::with_id(py, &unparsed[r.clone()], id))?;
                         }
                     }
                 }
@@ -287,6 +321,8 @@ impl RecvBuffer {
             rewritten: Vec::new(),
             rewritten_at: Vec::new(),
             at_barrier: false,
+            server_tracked: SERVER_TRACKED,
+            ids: Vec::new(),
         })
     }
 
@@ -462,6 +498,32 @@ impl RecvBuffer {
 
     fn set_events(&mut self, tags: &[u8]) {
         self.framer.set_events(TagSet::from_tags(tags));
+    }
+
+    /// The session is recorded (or no longer): the messages the statement log reads are framed
+    /// whole and the server's outcomes are tracked.
+    fn set_recording(&mut self, on: bool) {
+        match self.direction {
+            Direction::Client => self.framer.set_whole(if on {
+                CLIENT_RECORDED_WHOLE
+            } else {
+                TagSet::EMPTY
+            }),
+            Direction::Server => {
+                let (whole, tracked) = if on {
+                    (
+                        SERVER_WHOLE.union(SERVER_RECORDED_WHOLE),
+                        SERVER_TRACKED.union(SERVER_RECORDED),
+                    )
+                } else {
+                    (SERVER_WHOLE, SERVER_TRACKED)
+                };
+                if self.session.is_some() {
+                    self.framer.set_whole(whole);
+                }
+                self.server_tracked = tracked;
+            }
+        }
     }
 
     fn set_all_events(&mut self, on: bool) {

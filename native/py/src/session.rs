@@ -1,9 +1,15 @@
 //! `SessionState`: the request tracker shared by the two receive buffers of one session.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use veilgate_core::record::{Decision, LogConfig, StatementLog};
 use veilgate_core::SessionTracker;
+
+use crate::recorder::AuditRecorder;
 
 #[pyclass(module = "veilgate_native", frozen)]
 pub struct SessionState {
@@ -40,8 +46,99 @@ impl SessionState {
         lock(&self.inner).tx_status()
     }
 
-    fn discard_request(&self) -> bool {
-        lock(&self.inner).discard_request()
+    #[pyo3(signature = (sqlstate=None))]
+    fn discard_request(&self, sqlstate: Option<&str>) -> PyResult<bool> {
+        let state = sqlstate.map(sqlstate_bytes).transpose()?;
+        let mut t = lock(&self.inner);
+        if let Some(log) = t.log.as_mut() {
+            log.discard(state, Instant::now());
+            log.flush();
+        }
+        Ok(t.discard_request())
+    }
+
+    /// Records this session's statements into `recorder` under session id `sid`.
+    #[pyo3(signature = (recorder, sid, *, max_excerpt=2048, redact_literals=false))]
+    fn start_recording(
+        &self,
+        recorder: PyRef<'_, AuditRecorder>,
+        sid: &str,
+        max_excerpt: usize,
+        redact_literals: bool,
+    ) {
+        let cfg = LogConfig {
+            max_excerpt,
+            redact_literals,
+        };
+        let log = StatementLog::new(sid, Arc::clone(&recorder.queue), cfg);
+        lock(&self.inner).log = Some(Box::new(log));
+    }
+
+    /// Attaches a policy decision to the message with this `stmt_id`.  False if unknown.
+    #[pyo3(signature = (stmt_id, action, rule, fingerprint="", sqlstate=None, approval=None))]
+    fn note_decision(
+        &self,
+        stmt_id: u64,
+        action: &str,
+        rule: &str,
+        fingerprint: &str,
+        sqlstate: Option<&str>,
+        approval: Option<&str>,
+    ) -> PyResult<bool> {
+        if let Some(s) = sqlstate {
+            sqlstate_bytes(s)?;
+        }
+        let mut t = lock(&self.inner);
+        let Some(log) = t.log.as_mut() else {
+            return Ok(false);
+        };
+        let d = Decision {
+            action: action.to_owned(),
+            rule: rule.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            sqlstate: sqlstate.map(str::to_owned),
+            approval: approval.map(str::to_owned),
+        };
+        Ok(log.decide(stmt_id, Arc::new(d)))
+    }
+
+    /// The gateway answered the message `stmt_id` with `sqlstate` instead of running it (a
+    /// Bind: the Execute that follows it).  False if unknown.
+    fn note_refused(&self, stmt_id: u64, sqlstate: &str) -> PyResult<bool> {
+        let code = sqlstate_bytes(sqlstate)?;
+        let mut t = lock(&self.inner);
+        Ok(t.log.as_mut().is_some_and(|log| log.refuse(stmt_id, code)))
+    }
+
+    /// Ends the recording: statements in flight are recorded as interrupted.  Returns the
+    /// session's totals and distinct statements (None when it was not recorded).
+    fn finish_recording<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let mut t = lock(&self.inner);
+        let Some(log) = t.log.as_mut() else {
+            return Ok(None);
+        };
+        log.finish(Instant::now());
+        let s = log.totals();
+        let d = PyDict::new(py);
+        d.set_item("statements", s.statements)?;
+        d.set_item("errors", s.errors)?;
+        d.set_item("refused", s.refused)?;
+        d.set_item("denied", s.denied)?;
+        d.set_item("held", s.held)?;
+        d.set_item("rows", s.rows)?;
+        d.set_item("bytes", s.bytes)?;
+        let fps: Vec<(String, String)> = log
+            .fingerprints()
+            .into_iter()
+            .map(|(fp, text)| (format!("{fp:016x}"), text))
+            .collect();
+        d.set_item("fingerprints", fps)?;
+        Ok(Some(d))
+    }
+
+    #[getter]
+    fn recording(&self) -> bool {
+        lock(&self.inner).log.is_some()
     }
 
     fn __repr__(&self) -> String {
@@ -53,4 +150,10 @@ impl SessionState {
             char::from(s.tx_status())
         )
     }
+}
+
+fn sqlstate_bytes(s: &str) -> PyResult<[u8; 5]> {
+    s.as_bytes()
+        .try_into()
+        .map_err(|_| PyValueError::new_err("a SQLSTATE is 5 characters"))
 }

@@ -20,7 +20,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from veilgate import log
 
@@ -300,17 +300,34 @@ def _parse(head: bytes) -> Request | None:
 # -- the gateway's admin endpoints ---------------------------------------------------------------
 
 
-class HealthState:
-    """What ``/healthz`` reports: serving (200, with the session count) or draining (503)."""
+class AuditHealth(Protocol):
+    """The session recorder, as ``/healthz`` sees it."""
 
-    def __init__(self, sessions: Callable[[], int]) -> None:
+    @property
+    def blocked(self) -> bool: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class HealthState:
+    """What ``/healthz`` reports: serving (200, with the session count), draining (503), or not
+    ready because the session record cannot be written and statements are refused (503)."""
+
+    def __init__(self, sessions: Callable[[], int], audit: AuditHealth | None = None) -> None:
         self._sessions = sessions
+        self._audit = audit
         self.draining = False
 
     def __call__(self, request: Request) -> Response:
         if self.draining:
             return Response.json(503, {"status": "draining"})
-        return Response.json(200, {"status": "ok", "sessions": self._sessions()})
+        body: dict[str, Any] = {"status": "ok", "sessions": self._sessions()}
+        if self._audit is not None:
+            body["audit"] = self._audit.health()
+            if self._audit.blocked:
+                body["status"] = "audit_unavailable"
+                return Response.json(503, body)
+        return Response.json(200, body)
 
 
 def metrics_handler(request: Request) -> Response:

@@ -123,6 +123,14 @@ def _error_frame(d: Decision | bytes) -> bytes:
     return d if isinstance(d, bytes) else denial_frame(d)
 
 
+def _sqlstate(error: bytes) -> str:
+    """The SQLSTATE of an ErrorResponse frame (42501 if it has none)."""
+    try:
+        return wire.parse_error_fields(error[5:]).get("C", "42501")
+    except wire.WireError:
+        return "42501"
+
+
 def stale_portal_denial(generation: int, why: str) -> Decision:
     """The gateway's own denial of a portal whose statement it cannot judge after a reload."""
     verdict = Verdict(
@@ -557,6 +565,10 @@ class PolicyEnforcer:
         self._markers[nonce.encode()] = d
         if first:
             self.session.set_upstream_events()
+        recording = self.session.recording
+        if recording is not None:  # the message being handled is answered by the gateway
+            code = "42501" if isinstance(d, Decision) else _sqlstate(d)
+            recording.refused(code)
         return nonce
 
     # --- for the approval gate ----------------------------------------------------------------
@@ -743,6 +755,9 @@ class PolicyEnforcer:
 
     def _record(self, d: Decision) -> None:
         _count_decision(d.action)
+        recording = self.session.recording
+        if recording is not None:
+            recording.decision(self.session.current_stmt_id, d)
         if self.audit is not None:
             try:
                 self.audit.emit(

@@ -429,6 +429,8 @@ class MaskingRelay:
         error = wire.error_response("ERROR", sqlstate, message)
         state = self.session.state
         if not self._requests and state.pending <= 1 and state.tx_status in (0, _IDLE):
+            if self.session.recording is not None:
+                self.session.recording.refused(sqlstate)
             state.discard_request()
             self.session.write_client(error + wire.ready_for_query(b"I"))
             return
@@ -439,6 +441,8 @@ class MaskingRelay:
     def _marker(self, error: bytes) -> str:
         nonce = MARKER_PREFIX + secrets.token_hex(12)
         self._markers[nonce.encode()] = error
+        if self.session.recording is not None:  # the message being handled is refused
+            self.session.recording.refused(wire.parse_error_fields(error[5:]).get("C", "0A000"))
         return nonce
 
     def _parse(self, m: Any) -> None:

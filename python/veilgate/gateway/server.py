@@ -29,13 +29,15 @@ from veilgate.gateway.negotiate import (
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator, Principal
 from veilgate.masking.catalog import Catalog
-from veilgate.policy.audit import AuditSink, JsonLinesAuditSink
+from veilgate.policy.audit import AuditSink, JsonLinesAuditSink, TeeAuditSink
 from veilgate.policy.engine import PolicyEngine
 from veilgate.policy.loader import load_policy
 from veilgate.policy.reload import PolicyFileWatcher
 
 if TYPE_CHECKING:
     from veilgate.approvals.service import ApprovalService
+    from veilgate.audit.recorder import Recorder
+    from veilgate.gateway.recording import SessionRecording
     from veilgate.masking.planner import SessionMasking
 
 logger = log.get("gateway")
@@ -112,6 +114,12 @@ class Gateway:
         self.policy_engine: PolicyEngine | None = None
         self.policy_watcher: PolicyFileWatcher | None = None
         self.audit_sink: AuditSink | None = None
+        """Where masking counts go (the JSON-lines log and/or the session recorder)."""
+        self.decision_sink: AuditSink | None = None
+        """Where the policy enforcer sends a DecisionEvent per decision (the JSON-lines log);
+        the session recorder gets decisions from the enforcer directly, with no event object."""
+        self.recorder: Recorder | None = None
+        """The session recorder (``audit`` section)."""
         self._policy_timer: asyncio.TimerHandle | None = None
         self._catalogs: dict[tuple[str, str, int, str, str], Catalog] = {}
         """Masking catalogs, one per upstream login (shared by that login's sessions)."""
@@ -122,7 +130,18 @@ class Gateway:
             self.policy_engine = PolicyEngine(load_policy(config.policy.file))
             self.policy_watcher = PolicyFileWatcher(config.policy.file, self.policy_engine)
             if config.policy.audit_log is not None:
-                self.audit_sink = JsonLinesAuditSink(config.policy.audit_log)
+                self.decision_sink = JsonLinesAuditSink(config.policy.audit_log)
+        if config.audit is not None:
+            from veilgate.audit.recorder import Recorder
+
+            # raises ValueError naming a bad key (`veilgate serve` validated the config)
+            self.recorder = Recorder(config.audit, config_source=config.source)
+        sinks = [s for s in (self.decision_sink, self.recorder) if s is not None]
+        if len(sinks) == 2:
+            self.audit_sink = TeeAuditSink(*sinks)
+        elif sinks:
+            self.audit_sink = sinks[0]
+        if config.policy is not None:
             from veilgate.approvals.service import ApprovalService
 
             self.approvals = ApprovalService(config.state, config.approvals, audit=self.audit_sink)
@@ -146,6 +165,12 @@ class Gateway:
         except OSError:
             lsock.close()
             raise
+        if self.recorder is not None:
+            try:
+                self.recorder.start()
+            except BaseException:
+                lsock.close()
+                raise
         self._lsock = lsock
         self._port = lsock.getsockname()[1]
         self._accepting = True
@@ -224,6 +249,15 @@ class Gateway:
             catalog = self._catalogs[key] = Catalog.for_target(login)
         return SessionMasking(tier_masking, catalog)
 
+    def open_recording(self, session: Session) -> SessionRecording | None:
+        """Start recording a session that begins relaying (None without an ``audit`` section)."""
+        return self.recorder.open_session(session) if self.recorder is not None else None
+
+    def reopen_audit(self) -> None:
+        """SIGHUP: start a new audit segment (and pick up a rotated signing key)."""
+        if self.recorder is not None:
+            self.recorder.rotate()
+
     def _policy_tick(self) -> None:
         self._policy_timer = None
         self.reload_policy(force=False)
@@ -245,9 +279,17 @@ class Gateway:
         if self._policy_timer is not None:
             self._policy_timer.cancel()
             self._policy_timer = None
-        if self.audit_sink is not None:
-            self.audit_sink.close()
-            self.audit_sink = None
+        if self.decision_sink is not None:
+            self.decision_sink.close()
+            self.decision_sink = None
+        self.audit_sink = None
+
+    async def _close_recorder(self) -> None:
+        """Every session has ended (and queued its terminator): write it all, close the
+        segment (in a thread: the writer may be waiting for a full disk)."""
+        if self.recorder is not None:
+            recorder, self.recorder = self.recorder, None
+            await asyncio.to_thread(recorder.stop)
 
     def _stop_accepting(self) -> None:
         self._accepting = False
@@ -279,6 +321,7 @@ class Gateway:
         await self._cancel_tasks()
         await self._close_approvals()
         self._close_policy()
+        await self._close_recorder()
         await self._close_catalogs()
 
     async def close(self) -> None:
@@ -289,6 +332,7 @@ class Gateway:
         await self._cancel_tasks()
         await self._close_approvals()
         self._close_policy()
+        await self._close_recorder()
         await self._close_catalogs()
         await asyncio.sleep(0)
 

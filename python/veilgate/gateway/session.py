@@ -26,6 +26,7 @@ from veilgate.gateway import upstream, wire
 from veilgate.gateway._relay import RelayProtocol
 from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
+from veilgate.gateway.recording import REFUSED_TAGS
 from veilgate.gateway.startup import (
     ApplicationName,
     StartupRefused,
@@ -38,7 +39,9 @@ from veilgate.masking.policy import MaskingUnavailable
 from veilgate.policy.names import quote_search_path
 
 if TYPE_CHECKING:
+    from veilgate.gateway.recording import SessionRecording
     from veilgate.gateway.server import Gateway
+    from veilgate.gateway.startup import ClientStartup
     from veilgate.masking.planner import SessionMasking
 
 logger = log.get("gateway.session")
@@ -159,6 +162,13 @@ class Session:
         """The masking planner, when the session's tier is masked (made during the handshake)."""
         self._login: TargetConfig | None = None
         self._client_barriers = b""
+        self.startup: ClientStartup | None = None
+        """The client's startup (user, database, application_name) once negotiated."""
+        self.recording: SessionRecording | None = None
+        """The session's recording (only when the gateway records sessions)."""
+        self.current_stmt_id = 0
+        """On a recorded session, the statement log's id of the client message being handled
+        (refusals are noted against it)."""
         self.upstream_parameters: list[bytes] = []
         """The server's ParameterStatus messages of the handshake (whole frames)."""
         self.pinned_search_path: tuple[str, ...] | None = None
@@ -184,10 +194,21 @@ class Session:
             inbox.items.extend(result)
         inbox.wake()
 
+    @property
+    def login(self) -> TargetConfig | None:
+        """The upstream login the session uses (its tier's)."""
+        return self._login
+
     def relay_event(self, side: RelayProtocol, message: Any) -> None:
         enforcer = self.enforcer
         masking = self.masking
+        recording = self.recording
         if side is self.client:
+            if recording is not None:
+                self.current_stmt_id = message.stmt_id
+                if recording.blocked and message.tag in REFUSED_TAGS:
+                    recording.refuse(message)
+                    return
             if masking is not None:
                 masking.client_message(message)
             elif enforcer is not None:
@@ -204,6 +225,8 @@ class Session:
             out = message.frame()
         if message.tag == _S and out is not None:
             out = self.application_name.client_frame(bytes(out))
+        if recording is not None and recording.outstanding:
+            out = recording.server_message(message, out)
         if out is not None and self.phase is Phase.RELAY:
             self.client_transport.write(out)
         if message.tag == _S and masking is not None:
@@ -372,6 +395,7 @@ class Session:
         if self.over_limit:
             raise self._refuse("53300", "sorry, too many clients already", "too_many_connections")
         self.user = startup.user
+        self.startup = startup
         transport = self.client_transport
         if startup.negotiate is not None:
             transport.write(startup.negotiate)
@@ -626,9 +650,10 @@ class Session:
         engine = self.gateway.policy_engine
         if engine is not None and self.principal is not None:
             self.enforcer = PolicyEnforcer(
-                self, engine, self.principal, self.gateway.audit_sink, self.gateway.approvals
+                self, engine, self.principal, self.gateway.decision_sink, self.gateway.approvals
             )
         self.masking = self._masking()
+        self.recording = self.gateway.open_recording(self)
         client_rb.set_all_events(False)
         upstream_rb.set_all_events(False)
         if self.masking is not None:
@@ -667,6 +692,8 @@ class Session:
         tags = self.enforcer.client_tags() if self.enforcer else b""
         if self.masking is not None:
             tags += CLIENT_TAGS
+        if self.recording is not None:
+            tags += self.recording.client_tags()
         self.client_rb.set_events(tags)
         barriers = self.enforcer.client_barriers() if self.enforcer else b""
         if barriers != self._client_barriers:
@@ -685,6 +712,8 @@ class Session:
             tags += self.enforcer.upstream_tags()
         if self.masking is not None:
             tags += UPSTREAM_TAGS
+        if self.recording is not None:
+            tags += self.recording.upstream_tags()
         self.upstream_rb.set_events(tags)
 
     def _masking_planner(self, principal: Principal, login: TargetConfig) -> SessionMasking | None:
@@ -796,6 +825,8 @@ class Session:
         was_relaying = self.phase is Phase.RELAY
         was_handshaking = self.phase is Phase.HANDSHAKE
         self.phase = Phase.CLOSED
+        if self.recording is not None:
+            self.recording.close(reason, asyncio.get_running_loop().time() - self._started)
         task = self.handshake_task
         if was_handshaking and task is not None and task is not asyncio.current_task():
             task.cancel()

@@ -28,6 +28,7 @@ __all__ = [
     "JsonLinesAuditSink",
     "MaskEvent",
     "MemoryAuditSink",
+    "TeeAuditSink",
 ]
 
 
@@ -188,3 +189,18 @@ class MemoryAuditSink:
 
     def close(self) -> None:
         pass
+
+
+class TeeAuditSink:
+    """Hands every event to several sinks (the JSON-lines log and the session recorder)."""
+
+    def __init__(self, *sinks: AuditSink) -> None:
+        self.sinks = sinks
+
+    def emit(self, event: AuditEvent) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,277 @@
+"""The gateway's recorder: sessions in, sealed segments out, and the failure policy.
+
+One :class:`Recorder` per gateway (``audit:`` section).  It owns the native record queue
+(``veilgate_native.AuditRecorder``), the writer thread and the session index, and it is an
+:class:`~veilgate.policy.audit.AuditSink`: masking counts (``MaskEvent``) become ``mask``
+records of their session.  Decisions do not go through ``emit``: the policy enforcer attaches
+them to the engine's statement records (``SessionRecording.decision``).
+
+**Failure policy.**  When the writer cannot write (disk full, permission or volume lost) or the
+index cannot be updated, the recorder is *failing*: ``veilgate_audit_healthy`` is 0, a log line
+says why, and with ``on_failure: block`` (the default) every session refuses new statements
+with ``58030`` and ``/healthz`` answers 503 until writing works again (no restart needed).  With
+``continue`` the gateway keeps serving; records wait in memory up to ``queue_max_records``, then
+are dropped and counted (``veilgate_audit_records_dropped_total``) and the gap is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import veilgate_native as native
+
+from veilgate import log, metrics
+from veilgate.config_model import AuditConfig, AuditFailureMode
+from veilgate.policy.audit import AuditEvent, MaskEvent
+
+from .format import GATEWAY_SID
+from .index import IndexWriter
+from .segments import SegmentDir
+from .writer import AuditWriter, WriterSettings, gateway_record
+
+if TYPE_CHECKING:
+    from veilgate.gateway.recording import SessionRecording
+    from veilgate.gateway.session import Session
+
+__all__ = ["Recorder"]
+
+logger = log.get("audit")
+
+
+class Recorder:
+    """Records every session of a gateway (see the module docstring)."""
+
+    def __init__(self, config: AuditConfig, *, config_source: Path | None = None) -> None:
+        self.config = config
+        self.config_source = config_source
+        """The configuration file: SIGHUP re-reads its ``audit.key`` (key rotation)."""
+        keys = config.keyring()
+        self.node = config.node or socket.gethostname()
+        self.native = native.AuditRecorder(
+            self.node,
+            config.key.id,
+            keys[config.key.id],
+            capacity=config.queue_max_records,
+            wake_at=min(config.batch_max_records, 4096),
+        )
+        self._key = (config.key.id, keys[config.key.id])
+        self.dir = SegmentDir(config.dir)
+        settings = WriterSettings(
+            interval_s=config.flush_interval_ms / 1000.0,
+            batch_max=config.batch_max_records,
+            fsync=config.fsync,
+            rotate_bytes=config.rotate_bytes,
+            rotate_age_s=config.rotate_age_s,
+            retention_s=config.retention_days * 86_400 if config.retention_days else None,
+        )
+        self.writer = AuditWriter(
+            self.dir, self.native, settings, on_state=self._writer_state, on_written=self._written
+        )
+        self.index: IndexWriter | None = (
+            IndexWriter(self.dir.path / "index.sqlite", node=self.node, on_state=self._index_state)
+            if config.index
+            else None
+        )
+        self.block = config.on_failure is AuditFailureMode.BLOCK
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: dict[str, SessionRecording] = {}
+        self._by_peer: dict[str, str] = {}
+        self._writer_ok = True
+        self._index_ok = True
+        self.failing = False
+        """Records (or the index) cannot be written right now."""
+        self.on_change: Callable[[bool], None] | None = None
+        """Called on the event loop when :attr:`blocked` changes."""
+        self._dropped_seen = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer (and the index).  Raises ``OSError`` / ``AuditDirLocked``."""
+        self._loop = asyncio.get_running_loop()
+        if self.index is not None:
+            self.index.start()
+        self.writer.start()
+        metrics.audit_healthy.set(1)
+        metrics.COLLECTORS.append(self._update_gauges)
+        log.event(
+            logger,
+            "audit_started",
+            dir=str(self.dir.path),
+            segment=str(self.writer.current_segment),
+            key_id=self.config.key.id,
+            on_failure=self.config.on_failure.value,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued and close the segment (after every session has ended)."""
+        self.native.close()
+        lost = self.writer.stop(timeout)
+        if self.index is not None:
+            self.index.stop(timeout)
+        self._update_gauges()
+        if self._update_gauges in metrics.COLLECTORS:
+            metrics.COLLECTORS.remove(self._update_gauges)
+        log.event(logger, "audit_stopped", unwritten=lost)
+
+    @property
+    def blocked(self) -> bool:
+        """Statements are refused: recording fails and ``on_failure`` is ``block``."""
+        return self.block and self.failing
+
+    def rotate(self) -> None:
+        """SIGHUP: start a new segment (and pick up a new signing key from the config file)."""
+        self._reload_key()
+        self.writer.request_rotate()
+
+    def _reload_key(self) -> None:
+        source = self.config_source
+        if source is None:
+            return
+        from veilgate import config as config_loader
+
+        try:
+            cfg = config_loader.load(source)
+            if cfg.audit is None:
+                return
+            kid = cfg.audit.key.id
+            key = cfg.audit.key.read()
+        except Exception as exc:  # a broken config or key file: keep signing with the old key
+            log.event(
+                logger, "audit_key_reload_failed", logging.ERROR, file=str(source), error=str(exc)
+            )
+            return
+        if (kid, key) == self._key:
+            return
+        old = self._key[0]
+        self.native.set_key(kid, key)
+        self._key = (kid, key)
+        self.native.push(GATEWAY_SID, gateway_record("key_rotated", old_key_id=old, key_id=kid))
+        log.event(logger, "audit_key_rotated", old_key_id=old, key_id=kid)
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def open_session(self, session: Session) -> SessionRecording:
+        """Start recording ``session`` (called when it starts relaying)."""
+        from veilgate.gateway.recording import SessionRecording, new_session_id
+
+        rec = SessionRecording(self, session, new_session_id())
+        rec.start()
+        self._sessions[rec.sid] = rec
+        self._by_peer[session.peer] = rec.sid
+        if self.blocked:
+            rec.set_blocked(True)
+        if self.index is not None:
+            self.index.session_started(rec.sid, session)
+        return rec
+
+    def session_closed(self, rec: SessionRecording, reason: str, totals: dict[str, Any]) -> None:
+        self._sessions.pop(rec.sid, None)
+        if self._by_peer.get(rec.session.peer) == rec.sid:
+            del self._by_peer[rec.session.peer]
+        if self.index is not None:
+            self.index.session_ended(rec.sid, reason, totals)
+
+    def push(self, sid: str, members: str, *, terminator: bool = False) -> None:
+        if not self.native.push(sid, members, terminator=terminator):
+            metrics.audit_dropped_total.inc()
+
+    # --- AuditSink ---------------------------------------------------------------------------
+
+    def emit(self, event: AuditEvent) -> None:
+        """Masking counts become ``mask`` records of their session; decisions are attached to
+        statement records by the enforcer, so they are not recorded twice."""
+        if isinstance(event, MaskEvent):
+            sid = self._by_peer.get(event.session_id)
+            if sid is None:
+                return
+            body = {
+                "fingerprint": event.fingerprint,
+                "tier": event.tier,
+                "entities": event.entities,
+                "columns": event.columns,
+            }
+            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+            self.push(sid, '"mask",' + text[1:-1])
+
+    def close(self) -> None:
+        pass
+
+    # --- failure policy ----------------------------------------------------------------------
+
+    def _writer_state(self, ok: bool, error: str | None) -> None:
+        """From the writer thread."""
+        metrics.audit_write_failures_total.inc(0 if ok else 1)
+        self._set_from_thread("writer", ok, error)
+
+    def _index_state(self, ok: bool, error: str | None) -> None:
+        """From the index thread."""
+        self._set_from_thread("index", ok, error)
+
+    def _set_from_thread(self, part: str, ok: bool, error: str | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._set_state, part, ok, error)
+
+    def _set_state(self, part: str, ok: bool, error: str | None) -> None:
+        if part == "writer":
+            self._writer_ok = ok
+        else:
+            self._index_ok = ok
+        failing = not (self._writer_ok and self._index_ok)
+        metrics.audit_healthy.set(0 if failing else 1)
+        if failing == self.failing:
+            return
+        self.failing = failing
+        log.event(
+            logger,
+            "audit_failing" if failing else "audit_healthy",
+            logging.ERROR if failing else logging.INFO,
+            part=part,
+            error=error,
+            on_failure=self.config.on_failure.value,
+            refusing=self.blocked,
+        )
+        if self.block:
+            for rec in list(self._sessions.values()):
+                rec.set_blocked(failing)
+            if self.on_change is not None:
+                self.on_change(failing)
+
+    def _written(self, batch: native.SealedBatch) -> None:
+        """From the writer thread, after each batch."""
+        metrics.audit_records_written_total.inc(batch.records)
+        metrics.audit_bytes_written_total.inc(len(batch.data))
+        if self.index is not None and batch.ended:
+            self.index.terminated(batch.ended, batch.last_seq)
+
+    def _update_gauges(self) -> None:
+        dropped = self.native.dropped_total
+        if dropped > self._dropped_seen:
+            metrics.audit_dropped_total.inc(dropped - self._dropped_seen)
+            self._dropped_seen = dropped
+        metrics.audit_queued_records.set(self.native.queued)
+
+    def health(self) -> dict[str, Any]:
+        """For ``/healthz`` and ``/metrics``."""
+        self._update_gauges()
+        return {
+            "healthy": not self.failing,
+            "error": self.writer.last_error,
+            "queued": self.native.queued,
+            "dropped": self.native.dropped_total,
+            "segment": str(self.writer.current_segment) if self.writer.current_segment else None,
+        }
+
+    def wait_written(self, timeout: float = 10.0) -> bool:
+        """Block until everything queued so far is written (tests)."""
+        return self.writer.flush(timeout)
