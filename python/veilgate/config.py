@@ -588,6 +588,8 @@ def _check_approvals(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -
                 path,
                 "exactly one of secret_env or secret_file is required (bodies are HMAC-signed)",
             )
+
+
 def _check_audit(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
     """Keys must be readable and long enough, ids unique; the directory's parent must exist."""
     audit = cfg.audit

@@ -254,6 +254,8 @@ class ApprovalsConfig:
     sweep_interval_s: float = field(default=30.0, metadata={"min": 1.0, "max": 3600.0})
     """How often expired requests and grants are closed and recorded (they stop working at
     their expiry regardless)."""
+
+
 class AuditFailureMode(StrEnum):
     BLOCK = "block"
     """Records cannot be written: refuse new statements (SQLSTATE 58030), readiness fails."""

@@ -171,6 +171,7 @@ approval_waits_total = Counter(
     "veilgate_approval_waits_total",
     "Wait-mode statements by outcome (approved, denied, timeout, cancelled, expired, error).",
     ("outcome",),
+)
 audit_healthy = Gauge(
     "veilgate_audit_healthy",
     "1 while session records (and the session index) are being written, 0 while writing fails.",

@@ -29,7 +29,7 @@ import veilgate_native as native
 
 from veilgate import log, metrics
 from veilgate.config_model import AuditConfig, AuditFailureMode
-from veilgate.policy.audit import AuditEvent, MaskEvent
+from veilgate.policy.audit import AuditEvent, DecisionEvent, MaskEvent
 
 from .format import GATEWAY_SID
 from .index import IndexWriter
@@ -186,20 +186,38 @@ class Recorder:
     # --- AuditSink ---------------------------------------------------------------------------
 
     def emit(self, event: AuditEvent) -> None:
-        """Masking counts become ``mask`` records of their session; decisions are attached to
-        statement records by the enforcer, so they are not recorded twice."""
+        """Masking counts become ``mask`` records of their session; other events (approvals:
+        requests, votes, grants used...) records of their session, or of the gateway's own
+        stream when they belong to none.  Decisions are attached to statement records by the
+        enforcer, so ``DecisionEvent`` is not recorded twice; statement text is never taken from
+        an event (the statement record has the bounded, redacted excerpt)."""
+        if isinstance(event, DecisionEvent):
+            return
         if isinstance(event, MaskEvent):
             sid = self._by_peer.get(event.session_id)
             if sid is None:
                 return
-            body = {
+            body: dict[str, Any] = {
                 "fingerprint": event.fingerprint,
                 "tier": event.tier,
                 "entities": event.entities,
                 "columns": event.columns,
             }
-            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-            self.push(sid, '"mask",' + text[1:-1])
+            kind = "mask"
+        else:
+            try:
+                parsed = json.loads(event.to_json(record_sql=False))
+            except (TypeError, ValueError):
+                return
+            if not isinstance(parsed, dict):
+                return
+            body = parsed
+            kind = str(body.pop("kind", None) or type(event).__name__)
+            for secret_prone in ("sql", "ts"):
+                body.pop(secret_prone, None)
+            sid = self._by_peer.get(str(body.get("session_id", ""))) or GATEWAY_SID
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str)
+        self.push(sid, json.dumps(kind) + ("," + text[1:-1] if body else ""))
 
     def close(self) -> None:
         pass

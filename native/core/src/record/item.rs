@@ -21,7 +21,6 @@ pub struct Decision {
     pub approval: Option<String>,
 }
 
-
 /// A statement text as the session knows it: from a Query, a Parse, a FunctionCall, or a name
 /// the engine did not see prepared.  Shared by the portals bound from it.
 #[derive(Debug)]

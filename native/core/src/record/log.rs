@@ -967,7 +967,10 @@ mod tests {
         assert!(s.log.refuse(ids[0], *b"42Z01"));
         s.server(&[error("42703"), msg(b'Z', b"I")]);
         let r = s.records();
-        assert_eq!((r[0].status, r[0].sqlstate), (Status::Refused, Some(*b"42Z01")));
+        assert_eq!(
+            (r[0].status, r[0].sqlstate),
+            (Status::Refused, Some(*b"42Z01"))
+        );
         // ... or run under a grant: the decision is kept, the outcome is the server's
         let ids = s.client(&[msg(b'Q', b"delete from t\0")]);
         assert!(s.log.decide(ids[0], approve()));
@@ -976,10 +979,7 @@ mod tests {
         assert_eq!((r[0].status, r[0].rows), (Status::Ok, 3));
         assert_eq!(r[0].decision.as_ref().unwrap().action, "approve");
         // a Bind refused: the Execute after it
-        let ids = s.client(&[
-            msg(b'P', &cs(&[b"", b"delete from t"])),
-            msg(b'S', b""),
-        ]);
+        let ids = s.client(&[msg(b'P', &cs(&[b"", b"delete from t"])), msg(b'S', b"")]);
         s.server(&[msg(b'1', b""), msg(b'Z', b"I")]);
         assert!(s.records().is_empty() && ids[0] > 0);
         let ids = s.client(&[
@@ -990,7 +990,10 @@ mod tests {
         assert!(s.log.refuse(ids[0], *b"42Z01"));
         s.server(&[error("42703"), msg(b'Z', b"I")]);
         let r = s.records();
-        assert_eq!((r[0].path, r[0].status, r[0].sqlstate), (Path::Extended, Status::Refused, Some(*b"42Z01")));
+        assert_eq!(
+            (r[0].path, r[0].status, r[0].sqlstate),
+            (Path::Extended, Status::Refused, Some(*b"42Z01"))
+        );
     }
 
     #[test]
