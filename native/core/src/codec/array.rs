@@ -8,8 +8,7 @@
 //! An element the mask nulls (or that does not decode) becomes a NULL element; the array keeps
 //! its shape.  An array that does not parse is NULL.
 
-use super::cx::MAX_NESTING;
-use super::{invalid, Codec, Cx, Format};
+use super::{be_i32, nested, write_element, Codec, Cx, Format};
 use crate::mask::Outcome;
 
 /// The codec of an array type.
@@ -32,24 +31,10 @@ pub(super) fn mask(
     if !a.elem.scannable() && cx.mask.whole().is_none() {
         return Outcome::Unchanged; // a content scan finds nothing in these elements
     }
-    if cx.depth >= MAX_NESTING {
-        return invalid(cx);
-    }
-    cx.depth += 1;
-    let res = match fmt {
+    nested(cx, |cx| match fmt {
         Format::Binary => mask_binary(a, value, cx, out),
         Format::Text => mask_text(a, value, cx, out),
-    };
-    cx.depth -= 1;
-    match res {
-        Some(true) => Outcome::Written,
-        Some(false) => Outcome::Unchanged,
-        None => invalid(cx),
-    }
-}
-
-fn be_i32(b: &[u8], at: usize) -> Option<i32> {
-    Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    })
 }
 
 /// `Some(changed)`, or `None` when `value` is not an array of this type.
@@ -82,20 +67,11 @@ fn mask_binary(a: &ArrayCodec, value: &[u8], cx: &mut Cx<'_>, out: &mut Vec<u8>)
         let n = usize::try_from(len).ok()?;
         let elem = value.get(pos..pos + n)?;
         pos += n;
-        let at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        match a.elem.mask(Format::Binary, elem, cx, out) {
-            Outcome::Unchanged => out.extend_from_slice(elem),
+        match write_element(&a.elem, elem, cx, out)? {
+            Outcome::Unchanged => {}
             Outcome::Written => changed = true,
-            Outcome::Null => {
-                out.truncate(at);
-                out.extend_from_slice(&(-1i32).to_be_bytes());
-                (changed, has_null) = (true, true);
-                continue;
-            }
+            Outcome::Null => (changed, has_null) = (true, true),
         }
-        let len = i32::try_from(out.len() - at - 4).ok()?;
-        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
     if pos != value.len() {
         return None;

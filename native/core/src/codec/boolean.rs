@@ -25,14 +25,7 @@ pub(super) fn transcode(from: Format, value: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(b) = decode(from, value) else {
         return false;
     };
-    encode(
-        b,
-        match from {
-            Format::Text => Format::Binary,
-            Format::Binary => Format::Text,
-        },
-        out,
-    );
+    encode(b, from.other(), out);
     true
 }
 

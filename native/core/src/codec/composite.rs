@@ -12,8 +12,7 @@
 //! does not decode) becomes NULL; a value that does not parse is NULL.
 
 use super::builtin::builtin_ref;
-use super::cx::MAX_NESTING;
-use super::{invalid, Codec, Cx, Format};
+use super::{be_i32, nested, write_element, Codec, Cx, Format};
 use crate::mask::Outcome;
 
 /// One attribute of a named composite type.
@@ -30,24 +29,10 @@ pub(super) fn mask(
     cx: &mut Cx<'_>,
     out: &mut Vec<u8>,
 ) -> Outcome {
-    if cx.depth >= MAX_NESTING {
-        return invalid(cx);
-    }
-    cx.depth += 1;
-    let res = match fmt {
+    nested(cx, |cx| match fmt {
         Format::Binary => mask_binary(attrs, value, cx, out),
         Format::Text => mask_text(attrs, value, cx, out),
-    };
-    cx.depth -= 1;
-    match res {
-        Some(true) => Outcome::Written,
-        Some(false) => Outcome::Unchanged,
-        None => invalid(cx),
-    }
-}
-
-fn be_i32(b: &[u8], at: usize) -> Option<i32> {
-    Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    })
 }
 
 fn mask_binary(
@@ -84,20 +69,7 @@ fn mask_binary(
         let n = usize::try_from(len).ok()?;
         let v = value.get(pos..pos + n)?;
         pos += n;
-        let at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        match codec.mask(Format::Binary, v, cx, out) {
-            Outcome::Unchanged => out.extend_from_slice(v),
-            Outcome::Written => changed = true,
-            Outcome::Null => {
-                out.truncate(at);
-                out.extend_from_slice(&(-1i32).to_be_bytes());
-                changed = true;
-                continue;
-            }
-        }
-        let len = i32::try_from(out.len() - at - 4).ok()?;
-        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        changed |= write_element(codec, v, cx, out)? != Outcome::Unchanged;
     }
     (pos == value.len()).then_some(changed)
 }

@@ -89,11 +89,7 @@ pub(super) fn transcode(kind: Kind, from: Format, value: &[u8], out: &mut Vec<u8
     let Some(v) = decode(kind, from, value) else {
         return false;
     };
-    let to = match from {
-        Format::Text => Format::Binary,
-        Format::Binary => Format::Text,
-    };
-    encode(kind, to, v, out);
+    encode(kind, from.other(), v, out);
     true
 }
 

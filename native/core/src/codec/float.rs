@@ -60,11 +60,7 @@ pub(super) fn transcode(width: Width, from: Format, value: &[u8], out: &mut Vec<
     let Some(v) = decode(width, from, value) else {
         return false;
     };
-    let to = match from {
-        Format::Text => Format::Binary,
-        Format::Binary => Format::Text,
-    };
-    encode(width, to, v, out);
+    encode(width, from.other(), v, out);
     true
 }
 

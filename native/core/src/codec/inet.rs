@@ -116,11 +116,7 @@ pub(super) fn transcode(cidr: bool, from: Format, value: &[u8], out: &mut Vec<u8
     let Some(v) = decode(cidr, from, value) else {
         return false;
     };
-    let to = match from {
-        Format::Text => Format::Binary,
-        Format::Binary => Format::Text,
-    };
-    encode(&v, cidr, to, out);
+    encode(&v, cidr, from.other(), out);
     true
 }
 

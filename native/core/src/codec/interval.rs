@@ -53,11 +53,7 @@ pub(super) fn transcode(from: Format, value: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(v) = decode(from, value) else {
         return false;
     };
-    let to = match from {
-        Format::Text => Format::Binary,
-        Format::Binary => Format::Text,
-    };
-    encode(v, to, out);
+    encode(v, from.other(), out);
     true
 }
 

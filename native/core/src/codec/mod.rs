@@ -68,6 +68,14 @@ impl Format {
             _ => None,
         }
     }
+
+    /// The other format (what a value is transcoded to).
+    pub fn other(self) -> Format {
+        match self {
+            Format::Text => Format::Binary,
+            Format::Binary => Format::Text,
+        }
+    }
 }
 
 /// How the values of one type are read, masked and written.
@@ -322,6 +330,53 @@ pub fn unknown_type() -> EntityId {
 pub(crate) fn invalid(cx: &mut Cx<'_>) -> Outcome {
     cx.tally.add(invalid_value(), 1);
     Outcome::Null
+}
+
+/// Masks a container value (array, composite) one level deeper: `walk` returns whether it
+/// changed anything, `None` when the value does not parse (then it is NULL).  Past
+/// [`cx::MAX_NESTING`] levels the value is NULL without being read.
+pub(crate) fn nested(cx: &mut Cx<'_>, walk: impl FnOnce(&mut Cx<'_>) -> Option<bool>) -> Outcome {
+    if cx.depth >= cx::MAX_NESTING {
+        return invalid(cx);
+    }
+    cx.depth += 1;
+    let res = walk(cx);
+    cx.depth -= 1;
+    match res {
+        Some(true) => Outcome::Written,
+        Some(false) => Outcome::Unchanged,
+        None => invalid(cx),
+    }
+}
+
+/// Appends one binary element or attribute (Int32 length, -1 for NULL, then the bytes) of
+/// `value` masked by `codec`; returns its outcome, `None` when the masked value is too long.
+pub(crate) fn write_element(
+    codec: &Codec,
+    value: &[u8],
+    cx: &mut Cx<'_>,
+    out: &mut Vec<u8>,
+) -> Option<Outcome> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let outcome = codec.mask(Format::Binary, value, cx, out);
+    match outcome {
+        Outcome::Unchanged => out.extend_from_slice(value),
+        Outcome::Written => {}
+        Outcome::Null => {
+            out.truncate(at);
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            return Some(outcome);
+        }
+    }
+    let len = i32::try_from(out.len() - at - 4).ok()?;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Some(outcome)
+}
+
+/// The big-endian Int32 at `at`, if `b` holds one there.
+pub(crate) fn be_i32(b: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// A type without a masked form: kept by a content scan, NULL under a column rule.

@@ -39,14 +39,7 @@ pub(super) fn transcode(from: Format, value: &[u8], out: &mut Vec<u8>) -> bool {
     let Some(u) = decode(from, value) else {
         return false;
     };
-    encode(
-        &u,
-        match from {
-            Format::Text => Format::Binary,
-            Format::Binary => Format::Text,
-        },
-        out,
-    );
+    encode(&u, from.other(), out);
     true
 }
 
