@@ -7,7 +7,11 @@ that differ only in their ``policy`` section:
   ``db.readonly`` selects its read-only tier; every statement is judged against all its rules);
 * ``veilgate-nopolicy``: no ``policy`` section, every statement is relayed undecided;
 * ``veilgate-audit`` (only with ``--targets``): the same policy plus ``audit_log``, one JSON line
-  per decision.
+  per decision;
+* ``veilgate-approve``: the same policy plus an ``approve`` rule on the pgbench reads, approved
+  once before the runs: every statement runs on its grant (bench/approvals_bench.py), compared
+  with ``veilgate`` (the reads allowed by a plain rule).  With it, the run ends with the wake-up
+  latency of a held statement (decision -> result) for the SQLite and PostgreSQL state stores.
 
 Same machinery as every other bench (``run.py``: cluster, TLS, interleaved rounds, pgbench-log
 percentiles, proxy CPU); rows in the ``relay.json`` format in ``results/policy.json``.  See
@@ -58,8 +62,10 @@ say = _run.say
 POLICY_FILE = WORKLOADS_DIR / "policy_guardrails.yaml"
 TOKEN_ROLES = ("db.readonly",)
 """App roles of the bench's static token: they select the policy's ``readonly`` tier."""
-POLICY_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-audit")
-DEFAULT_TARGETS = ("veilgate", "veilgate-nopolicy")
+POLICY_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-audit", "veilgate-approve")
+DEFAULT_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-approve")
+APPROVE_BAR = 0.95
+"""Issue 13's bar: the grant check on the allowed path costs at most 5% TPS vs a plain allow."""
 BASELINE = "veilgate-nopolicy"
 TPS_BAR = 0.90
 """The issue's bar: policy on keeps at least 90% of the policy-off TPS."""
@@ -146,6 +152,8 @@ def make_policy_target(name: str, env: Any, args: argparse.Namespace) -> Any:
         return VeilgatePolicyTarget(
             env, name, policy_file=POLICY_FILE, audit=True, command=args.veilgate_cmd
         )
+    if name == "veilgate-approve":
+        return _approvals().VeilgateApproveTarget(env, name, command=args.veilgate_cmd)
     raise BenchError(f"unknown target {name!r} (choose from {', '.join(POLICY_TARGETS)})")
 
 
@@ -158,6 +166,21 @@ def parse_policy_targets(spec: str) -> list[str]:
             f"choose from {', '.join(POLICY_TARGETS)}"
         )
     return names
+
+
+def _approvals() -> Any:
+    """bench/approvals_bench.py (it imports this module's classes)."""
+    sys.modules.setdefault("policy_bench", sys.modules[__name__])
+    import approvals_bench
+
+    return approvals_bench
+
+
+def target_check(env: Any, target: Any) -> None:
+    """The denial check; the approve target also gets pgbench's statements approved."""
+    denial_check(env, target)
+    if target.name == "veilgate-approve":
+        target.approve_pgbench(env)
 
 
 def denial_check(env: Any, target: Any) -> None:
@@ -217,6 +240,22 @@ def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
             f"{t}: worst TPS ratio vs {BASELINE} {tr:.3f} ({(1 - tr) * 100:+.1f}% cost); "
             f"bar: cost <= {(1 - TPS_BAR) * 100:.0f}% -> {verdict}"
         )
+    if "veilgate-approve" in targets and "veilgate" in targets:
+        more, worst = _run.on_off_table(
+            samples,
+            ["veilgate", "veilgate-approve"],
+            "veilgate",
+            workload_width=20,
+            label=lambda t: t + "/allow",
+        )
+        lines += ["", "grant check on the allowed path (approve rule with a grant vs allow):"]
+        lines += more
+        for t, tr in worst.items():
+            verdict = "within" if tr >= APPROVE_BAR else "OVER"
+            lines.append(
+                f"{t}: worst TPS ratio vs veilgate {tr:.3f} ({(1 - tr) * 100:+.1f}% cost); "
+                f"bar: cost <= {(1 - APPROVE_BAR) * 100:.0f}% -> {verdict}"
+            )
     return "\n".join(lines)
 
 
@@ -244,7 +283,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     with _run.bench_env(scale=scale, keep=args.keep) as env:
         say(_run.versions(env, ["veilgate"]))
         with _run.started_targets(
-            env, targets_wanted, lambda n: make_policy_target(n, env, args), check=denial_check
+            env, targets_wanted, lambda n: make_policy_target(n, env, args), check=target_check
         ) as targets:
             samples = _run.run_matrix(
                 env,
@@ -257,6 +296,12 @@ def cmd_policy(args: argparse.Namespace) -> int:
             )
             for target in targets:
                 decisions[target.name] = target.policy_decisions()
+        wakeups: list[dict[str, Any]] = []
+        if "veilgate-approve" in targets_wanted and args.wakeup_rounds > 0:
+            rounds = args.wakeup_rounds if not args.quick else min(args.wakeup_rounds, 3)
+            for backend in ("sqlite", "postgres"):
+                wakeups.append(_approvals().measure_wakeup(env, backend, rounds))
+            (output.parent / "approvals_wakeup.json").write_text(json.dumps(wakeups, indent=2))
     _run.write_results(output, samples)
     say("")
     say(
@@ -267,6 +312,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for name, d in decisions.items():
         counts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(d.items())) or "none"
         say(f"{name}: policy decisions (gateway metrics, incl. warm-up and checks): {counts}")
+    if wakeups:
+        say(_approvals().wakeup_table(wakeups))
     say(f"results: {output}")
     return 0
 
@@ -281,4 +328,11 @@ def register_policy(sub: Any) -> None:
         "veilgate-audit adds the JSON-lines audit log.",
     )
     _run.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=POLICY_TARGETS)
+    p.add_argument(
+        "--wakeup-rounds",
+        type=int,
+        default=30,
+        help="decisions timed per state store for the wake-up latency (with veilgate-approve; "
+        "0: skip; --quick: at most 3)",
+    )
     p.set_defaults(func=cmd_policy)

@@ -75,3 +75,48 @@ def test_parse_decision_metrics(pb: ModuleType) -> None:
     )
     assert pb.parse_decision_metrics(text) == {"allow": 72639.0, "deny": 1.0}
     assert pb.parse_decision_metrics("") == {}
+
+
+def test_approve_policy_holds_what_pgbench_sends(pb: ModuleType, tmp_path: Path) -> None:
+    from veilgate.identity.base import Principal
+    from veilgate.policy.engine import PolicyEngine, SessionContext
+    from veilgate.policy.loader import load_policy
+
+    ab = pb._approvals()
+    engine = PolicyEngine(load_policy(ab.approve_policy(tmp_path)))
+    who = Principal(provider="static", subject="bench", roles=frozenset(pb.TOKEN_ROLES))
+    session = SessionContext(session_id="t")
+    accounts = [s for s in pb.PGBENCH_STATEMENTS if "pgbench_accounts" in s]
+    for sql in accounts:
+        d = engine.decide(who, sql, session=session)
+        assert (d.action, d.rule_id) == ("approve", "ro-approve-accounts"), sql
+    rule = engine.policy.rule_named("ro-approve-accounts")
+    assert rule is not None and rule.approval is not None
+    assert rule.approval.grant_uses == 0 and not rule.approval.match_constants
+    # the probe is still denied, the scale probe still allowed
+    assert engine.decide(who, pb.DENIED_PROBE[0], session=session).action == "deny"
+    assert engine.decide(who, pb.PGBENCH_STATEMENTS[2], session=session).action == "allow"
+
+
+def test_policy_table_compares_approve_with_allow(pb: ModuleType) -> None:
+    S = pb.Sample
+    samples = [
+        S("select-simple-c1", "veilgate", 1, 1000.0, 0.2, 0.4, 60.0),
+        S("select-simple-c1", "veilgate-nopolicy", 1, 1100.0, 0.1, 0.4, 40.0),
+        S("select-simple-c1", "veilgate-approve", 1, 970.0, 0.2, 0.4, 62.0),
+    ]
+    targets = ["veilgate", "veilgate-nopolicy", "veilgate-approve"]
+    table = pb.policy_table(samples, targets)
+    assert "veilgate-approve/allow" in table and "tps 0.970" in table
+    assert "veilgate-approve: worst TPS ratio vs veilgate 0.970" in table
+    assert table.rstrip().endswith("-> within")
+    samples[2] = S("select-simple-c1", "veilgate-approve", 1, 900.0, 0.2, 0.4, 62.0)
+    assert pb.policy_table(samples, targets).rstrip().endswith("OVER")
+
+
+def test_wakeup_table(pb: ModuleType) -> None:
+    ab = pb._approvals()
+    text = ab.wakeup_table(
+        [{"backend": "sqlite", "median_ms": 1.5, "p90_ms": 2.0, "max_ms": 3.0, "rounds": 5}]
+    )
+    assert "sqlite" in text and "median    1.50 ms" in text and "(5 decisions)" in text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .model import Grant, Request, Vote
@@ -113,8 +113,12 @@ class ApprovalEvent:
         )
 
     def to_json(self, *, record_sql: bool = True) -> str:
-        d: dict[str, Any] = asdict(self)
+        # field by field (``asdict`` deep-copies: tens of microseconds per event)
+        d: dict[str, Any] = {f: getattr(self, f) for f in _FIELDS}
         d["principal_key"] = list(self.principal_key)
         if not record_sql:
             d.pop("sql", None)
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+
+
+_FIELDS = tuple(f.name for f in fields(ApprovalEvent))

@@ -25,8 +25,10 @@ from pglast import parser as _pg
 
 __all__ = [
     "Fingerprint",
+    "FingerprintBase",
     "bind_parameters",
     "fingerprint",
+    "fingerprint_base",
     "parse_param_types",
     "tree_fingerprint",
 ]
@@ -64,6 +66,55 @@ def tree_fingerprint(sql: str, *, constants: bool = True) -> str | None:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+class FingerprintBase:
+    """The part of a fingerprint fixed at Parse (text, prepared texts, parameter types); each
+    Bind adds its parameters (:meth:`with_params`, a hash copy: cheap)."""
+
+    __slots__ = ("_h", "constants", "kind")
+
+    def __init__(self, kind: str, h: Any, constants: bool) -> None:
+        self.kind = kind
+        self._h = h
+        self.constants = constants
+
+    def with_params(self, params: Sequence[tuple[int, bytes | None]] = ()) -> Fingerprint:
+        h = self._h.copy()
+        if self.constants:
+            for fmt, value in params:
+                if value is None:
+                    h.update(b"\0param\0null")
+                else:
+                    h.update(b"\0param\0%d\0%d\0" % (fmt, len(value)) + value)
+        elif params:
+            h.update(b"\0params\0%d" % len(params))
+        return Fingerprint(f"{self.kind}:{h.hexdigest()[:40]}")
+
+
+def fingerprint_base(
+    sql: str,
+    *,
+    constants: bool = True,
+    exact_text: bool = False,
+    prepared: Sequence[str] = (),
+    param_types: Sequence[int] = (),
+) -> FingerprintBase:
+    """See :func:`fingerprint` (everything but the parameters)."""
+    tree = None if exact_text else tree_fingerprint(sql, constants=constants)
+    h = hashlib.sha256()
+    if tree is None:
+        kind = f"{_VERSION}raw"
+        h.update(b"text\0" + sql.encode("utf-8", "surrogatepass"))
+    else:
+        kind = _VERSION
+        h.update(b"tree\0" + tree.encode())
+    for text in prepared:
+        sub = None if exact_text else tree_fingerprint(text, constants=constants)
+        h.update(b"\0prepared\0" + (sub or text).encode("utf-8", "surrogatepass"))
+    if param_types:
+        h.update(b"\0types\0" + ",".join(str(t) for t in param_types).encode())
+    return FingerprintBase(kind, h, constants)
+
+
 def fingerprint(
     sql: str,
     *,
@@ -78,30 +129,16 @@ def fingerprint(
     ``exact_text``: bind to the exact text (the gateway cannot lex it as the server will).
     ``prepared``: texts of the prepared statements the message ``EXECUTE``s.  ``param_types``:
     Parse's parameter type OIDs.  ``params``: Bind's (format, value) pairs, mixed in only when
-    ``constants`` count.
+    ``constants`` count (otherwise only their number).
     """
-    tree = None if exact_text else tree_fingerprint(sql, constants=constants)
-    h = hashlib.sha256()
-    if tree is None:
-        kind = f"{_VERSION}raw"
-        h.update(b"text\0" + sql.encode("utf-8", "surrogatepass"))
-    else:
-        kind = _VERSION
-        h.update(b"tree\0" + tree.encode())
-    for text in prepared:
-        sub = None if exact_text else tree_fingerprint(text, constants=constants)
-        h.update(b"\0prepared\0" + (sub or text).encode("utf-8", "surrogatepass"))
-    if param_types:
-        h.update(b"\0types\0" + ",".join(str(t) for t in param_types).encode())
-    if constants:
-        for fmt, value in params:
-            if value is None:
-                h.update(b"\0param\0null")
-            else:
-                h.update(b"\0param\0%d\0%d\0" % (fmt, len(value)) + value)
-    elif params:
-        h.update(b"\0params\0%d" % len(params))
-    return Fingerprint(f"{kind}:{h.hexdigest()[:40]}")
+    base = fingerprint_base(
+        sql,
+        constants=constants,
+        exact_text=exact_text,
+        prepared=prepared,
+        param_types=param_types,
+    )
+    return base.with_params(params)
 
 
 def bind_parameters(body: bytes) -> tuple[bytes, bytes, list[tuple[int, bytes | None]]] | None:

@@ -39,7 +39,7 @@ from pglast import parser as _pg
 
 from veilgate import log, metrics
 from veilgate.approvals.events import ApprovalEvent
-from veilgate.approvals.fingerprint import bind_parameters, fingerprint
+from veilgate.approvals.fingerprint import bind_parameters, fingerprint, fingerprint_base
 from veilgate.approvals.model import (
     KIND_ELEVATION,
     KIND_STATEMENT,
@@ -79,6 +79,9 @@ SETTING_RULE: Final = "veilgate-setting"
 _SETTINGS: Final = ("veilgate.reason", "veilgate.request_tier")
 _REASON_MAX: Final = 1000
 _SETTING_RX: Final = re.compile(r"\s*(?:set|reset)\s", re.IGNORECASE)
+_FAST_MAX: Final = 256
+"""Verdicts / prepared statements whose approval spec and fingerprint a session remembers."""
+_count_check: Final = metrics.approval_checks_total.inc_one
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,11 @@ class ApprovalGate:
         self._active = False
         self._active_gen = -1
         self._specs: dict[tuple[int, tuple[str, ...]], ApprovalSpec | None] = {}
+        self._by_verdict: dict[int, Any] = {}
+        """id(verdict) -> (verdict, spec, fingerprint or None, exact): the allowed path of a
+        statement seen before costs a few dictionary lookups."""
+        self._by_statement: dict[int, Any] = {}
+        """id(PendingApproval) -> (pending, spec, FingerprintBase, exact)."""
         grant = service.register(self)
         if grant is not None:
             self.elevation_changed(grant)
@@ -221,22 +229,32 @@ class ApprovalGate:
 
     def query(self, d: Decision, frame: bytes, text: str) -> None:
         """A simple Query an approve rule matched."""
-        spec = self._spec(d)
-        if spec is None:
-            self._conflict(query=True)
-            return
-        prepared = self._prepared_texts(d)
-        if prepared:
-            fp: str = fingerprint(
-                text,
-                constants=spec.match_constants,
-                exact_text=self._exact(),
-                prepared=prepared,
-            )
+        v = d._verdict
+        exact = self._exact()
+        hit = self._by_verdict.get(id(v))
+        if hit is not None and hit[0] is v and hit[3] == exact:
+            spec, fp = hit[1], hit[2]
         else:
-            fp = self.service.text_fingerprint(
-                text, constants=spec.match_constants, exact=self._exact()
-            )
+            found = self._spec(d)
+            if found is None:
+                self._conflict(query=True)
+                return
+            spec, fp = found, None
+            if not spec.match_constants and not exact and not self._executes(v):
+                # texts that share a verdict differ at most in plain constants (the engine's
+                # literal-normalised cache), which this fingerprint leaves out
+                fp = self.service.text_fingerprint(text, constants=False, exact=False)
+            self._remember(self._by_verdict, id(v), (v, spec, fp, exact))
+        if fp is None:
+            prepared = self._prepared_texts(d)
+            if prepared:
+                fp = fingerprint(
+                    text, constants=spec.match_constants, exact_text=exact, prepared=prepared
+                )
+            else:
+                fp = self.service.text_fingerprint(
+                    text, constants=spec.match_constants, exact=exact
+                )
         grant = self.service.cached_grant(self.principal_key, fp)
         if grant is not None:
             self._run(d, grant, frame, query=True)
@@ -246,29 +264,47 @@ class ApprovalGate:
     def bind(self, pending: PendingApproval, frame: bytes, body: bytes, text: str) -> None:
         """The Bind of a prepared statement an approve rule matched."""
         d = pending.decision
-        spec = self._spec(d)
-        if spec is None:
-            self._conflict(query=False)
-            return
+        exact = self._exact()
+        hit = self._by_statement.get(id(pending))
+        if hit is not None and hit[0] is pending and hit[3] == exact:
+            spec, base = hit[1], hit[2]
+        else:
+            found = self._spec(d)
+            if found is None:
+                self._conflict(query=False)
+                return
+            spec = found
+            base = fingerprint_base(
+                text,
+                constants=spec.match_constants,
+                exact_text=exact,
+                prepared=self._prepared_texts(d),
+                param_types=pending.param_types,
+            )
+            if not self._executes(d._verdict):  # what EXECUTE names may change meanwhile
+                self._remember(self._by_statement, id(pending), (pending, spec, base, exact))
         parsed = bind_parameters(body)
         if parsed is None:  # malformed: the server answers it with a protocol error
             self.enforcer.forward(frame)
             return
         params = parsed[2]
-        fp = fingerprint(
-            text,
-            constants=spec.match_constants,
-            exact_text=self._exact(),
-            prepared=self._prepared_texts(d),
-            param_types=pending.param_types,
-            params=params,
-        )
+        fp = base.with_params(params)
         grant = self.service.cached_grant(self.principal_key, fp)
         if grant is not None:
             self._run(d, grant, frame, query=False)
             return
         shown = display_params(params, pending.param_types) if params else None
         self._start(self._check(d, spec, fp, frame, text, shown, query=False))
+
+    @staticmethod
+    def _executes(v: Verdict) -> bool:
+        return any(s.analysis.executes for s in v.statements)
+
+    @staticmethod
+    def _remember(cache: dict[int, Any], key: int, value: Any) -> None:
+        if len(cache) >= _FAST_MAX:
+            cache.clear()
+        cache[key] = value
 
     def _conflict(self, *, query: bool) -> None:
         metrics.approval_checks_total.inc_one("refused")
@@ -284,18 +320,19 @@ class ApprovalGate:
         )
 
     def _run(self, d: Decision, grant: Grant, frame: bytes, *, query: bool) -> None:
-        metrics.approval_checks_total.inc_one("granted")
-        self.service.emit(
-            ApprovalEvent.of_grant(
-                "grant_used",
-                grant,
-                principal_label=self.principal.label(),
-                session_id=self.enforcer.ctx.session_id,
-                rule_id=d.rule_id,
-                tier=d.tier,
-                sql=d.analysis.text,
+        _count_check("granted")
+        if self.service.audit is not None:
+            self.service.emit(
+                ApprovalEvent.of_grant(
+                    "grant_used",
+                    grant,
+                    principal_label=self.principal.label(),
+                    session_id=self.enforcer.ctx.session_id,
+                    rule_id=d.rule_id,
+                    tier=d.tier,
+                    sql=d.analysis.text,
+                )
             )
-        )
         self.enforcer.forward(frame)
         if query:
             self.enforcer.ctx.apply(d)

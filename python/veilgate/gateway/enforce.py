@@ -765,7 +765,7 @@ class PolicyEnforcer:
                 )
             except (OSError, ValueError) as exc:
                 log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
-        if not d.allowed:
+        if not d.allowed and d.action != "approve":  # approvals log their own outcome
             log.event(
                 logger,
                 "policy_denied",
