@@ -33,6 +33,8 @@ import asyncpg
 import psycopg
 import pytest
 from psycopg.adapt import Transformer
+from psycopg.types import TypeInfo
+from psycopg.types.array import register_array
 from psycopg.types.composite import CompositeInfo, register_composite
 from psycopg.types.enum import EnumInfo, register_enum
 from tests.integration import pgwire as pw
@@ -62,6 +64,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "s_ips": ("inet[]", "array['203.0.113.77'::inet, '10.1.2.3']"),
     "s_contact": ("{t}_contact", f"row('{EMAIL}', {CARD}, '2024-01-02', '203.0.113.77')"),
     "s_mood": ("{t}_mood", "'happy'"),
+    "s_text": ("text", f"'mail {EMAIL}'"),
+    "s_mail": ("{t}_mail", f"'{EMAIL}'"),
+    "s_cardno": ("{t}_cardno", f"{CARD}"),
+    "s_cardnos": ("{t}_cardno[]", f"array[{CARD}]"),
     # scanned, cannot carry an entity: kept as PostgreSQL sent them
     "k_f8": ("float8", "3.14159"),
     "k_f4": ("real", "2.5"),
@@ -119,6 +125,8 @@ def table(pg_cluster: Any) -> str:
     with psycopg.connect(pg_cluster.gw_dsn(), autocommit=True) as conn:
         conn.execute(f"create type {t}_contact as (email text, card bigint, seen date, ip inet)")
         conn.execute(f"create type {t}_mood as enum ('happy', 'sad')")
+        conn.execute(f"create domain {t}_mail as text check (value like '%@%')")
+        conn.execute(f"create domain {t}_cardno as bigint check (value > 0)")
         conn.execute(f"create table {t} (id int primary key, {cols})")
         conn.execute(
             f"insert into {t} (id, {', '.join(COLUMNS)}) values (1, {values}), (2, "
@@ -164,6 +172,14 @@ def _connect(conninfo: str, t: str) -> psycopg.Connection[Any]:
     conn = psycopg.connect(conninfo, autocommit=True)
     register_composite(CompositeInfo.fetch(conn, f"{t}_contact"), conn)  # type: ignore[arg-type]
     register_enum(EnumInfo.fetch(conn, f"{t}_mood"), conn)  # type: ignore[arg-type]
+    # the domain over bigint loads as a bigint, and its array as an array of them
+    card = TypeInfo.fetch(conn, f"{t}_cardno")
+    assert card is not None
+    for fmt in (psycopg.pq.Format.TEXT, psycopg.pq.Format.BINARY):
+        loader = conn.adapters.get_loader(psycopg.adapters.types["int8"].oid, fmt)
+        assert loader is not None
+        conn.adapters.register_loader(card.oid, loader)
+    register_array(card, conn)
     return conn
 
 
@@ -204,6 +220,9 @@ def check_masked_row(row: dict[str, Any], raw: dict[str, Any]) -> None:
         ipaddress.ip_address("0.0.0.0"),
     )
     assert row["s_mood"].name == "happy"
+    # domains are masked as their base type, arrays of domains element by element
+    assert row["s_text"] == "mail <EMAIL>" and row["s_mail"] == "<EMAIL>"
+    assert row["s_cardno"] == 1111 and row["s_cardnos"] == [1111]
     # types a scan cannot find anything in: as PostgreSQL sent them (those psycopg does not
     # load are compared on the wire, test_kept_types_are_byte_for_byte_direct)
     for k in COLUMNS:
