@@ -285,3 +285,23 @@ def test_pipeline_refusal_skips_to_sync(jit: JitGateway, pg_cluster: Any) -> Non
         assert [m.tag for m in msgs if m.tag == "D"] == ["D"]  # SELECT 1 ran, SELECT 2 did not
         assert c.scalar("SELECT 3") == "3"
     assert count(pg_cluster, table) == 3
+
+
+def test_settings_are_not_read_where_the_gateway_cannot_lex_like_the_server(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    # with standard_conforming_strings off a backslash escapes a quote for the server, not for
+    # the gateway's parser: the SET is then judged by the policy and its value not taken
+    jit = jit_gateway(gateway_factory, tmp_path, policy_text(reason=True))
+    table = make_table(pg_cluster)
+    with pw.connect(jit.target().endpoint()) as c:
+        assert pw.first_error(c.simple("SET standard_conforming_strings = off")) is None
+        msgs = c.simple("SET veilgate.reason = 'a\\'; SELECT 1; --'")
+        assert pw.first_error(msgs) is None  # one SET for the server, allowed by the policy
+        err = pw.first_error(c.simple(f"DELETE FROM {table} WHERE id = 1"))
+        assert err is not None and err["C"] == "42Z03", err  # no reason was taken
+        assert pw.first_error(c.simple("SET standard_conforming_strings = on")) is None
+        assert pw.first_error(c.simple("SET veilgate.reason = 'now it counts'")) is None
+        err = pw.first_error(c.simple(f"DELETE FROM {table} WHERE id = 1"))
+        assert err is not None and err["C"] == "42Z01", err
+    assert count(pg_cluster, table) == 3

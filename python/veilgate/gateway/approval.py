@@ -183,6 +183,10 @@ class ApprovalGate:
         """An allow decision for a message of ``SET veilgate.reason`` / ``request_tier``
         statements (their effect is applied here); None for anything else (other ``veilgate.*``
         names are judged by the policy like any setting)."""
+        if self._exact():
+            # the gateway's parser may split such a text where the server does not: the
+            # policy (which lexes it as the server will) judges it like any statement
+            return None
         parsed = _settings(text)
         if parsed is None or any(name not in _SETTINGS for name, _ in parsed):
             return None
