@@ -218,3 +218,55 @@ def test_fail_fast_grant_made_on_one_node_is_used_on_the_other(
         with pytest.raises(psycopg.Error):
             conn.execute(f"DELETE FROM {table} WHERE id = 2")
     assert count(pg_cluster, table) == 3
+
+
+def test_racing_gateways_never_use_a_grant_more_than_allowed(state_pg: StatePg) -> None:
+    import asyncio
+
+    from veilgate.approvals.model import approver_key, principal_key, statement_spec
+    from veilgate.approvals.store import ApprovalStore
+    from veilgate.identity.base import Principal
+    from veilgate.policy.approval_spec import ApprovalSpec, ApproverSpec
+    from veilgate.state.postgres import PostgresDB
+
+    agent = Principal("static", "racer-" + secrets.token_hex(3))
+
+    async def go() -> None:
+        stores = [ApprovalStore(PostgresDB(state_pg.dsn)) for _ in range(3)]
+        try:
+            spec = ApprovalSpec(approvers=ApproverSpec(users=frozenset({"a"})), grant_uses=5)
+            req, _ = await stores[0].request(
+                kind="statement",
+                principal=agent,
+                session_id="s",
+                tier="t",
+                rule_id="r",
+                fingerprint="fp-race",
+                sql="DELETE FROM t",
+                params=None,
+                reason=None,
+                requested_tier=None,
+                spec=statement_spec(spec),
+                node="n",
+            )
+            await stores[1].vote(
+                req.id,
+                approver=approver_key("a"),
+                approver_label="a",
+                via="cli",
+                vote="approve",
+                comment="",
+                check=lambda r: None,
+            )
+            key = principal_key(agent)
+            got = await asyncio.gather(
+                *(s.consume(key, "fp-race") for s in stores for _ in range(6))
+            )
+            assert sum(g is not None for g in got) == 5
+            grant = await stores[2].grant_of(req.id)
+            assert grant is not None and grant.uses == 5
+        finally:
+            for s in stores:
+                await s.db.close()
+
+    asyncio.run(go())
