@@ -193,6 +193,7 @@ def test_webhooks_signed_slack_shaped_and_retried(
     assert first["veilgate"]["event"] == "request" and rid in first["text"]
     assert any(f"DELETE FROM {table} WHERE id = 3" in b["text"]["text"] for b in first["blocks"])
     assert "approvals.example" in json.dumps(first["blocks"])
+    assert f"veilgate approvals approve {rid}" in json.dumps(first["blocks"])
     assert decision["veilgate"]["event"] == "decision" and "approved" in decision["text"]
     assert "bob" in decision["text"] and "fine" in decision["text"]
     assert "params" not in first["veilgate"]["request"]

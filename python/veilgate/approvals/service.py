@@ -37,7 +37,7 @@ from ..policy.audit import AuditEvent, AuditSink
 from ..state import StateDB, StateUnavailable, open_state
 from .events import ApprovalEvent
 from .fingerprint import fingerprint
-from .model import KIND_ELEVATION, Grant, Request, Vote, VoteResult
+from .model import KIND_ELEVATION, ApprovalError, Grant, Request, Vote, VoteResult
 from .store import CHANNEL, ApprovalStore
 from .webhooks import WebhookSender
 
@@ -92,7 +92,7 @@ class ApprovalService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self.webhooks = WebhookSender(config.webhooks, self.how_to_approve("<id>"))
+        self.webhooks = WebhookSender(config.webhooks, self.how_to_approve)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -338,7 +338,9 @@ class ApprovalService:
         except StateUnavailable as exc:
             log.event(logger, "approvals_refresh_failed", logging.WARNING, error=str(exc))
             return
-        except Exception:  # a request id from a stray datagram, a bug: never crash the loop
+        except ApprovalError:  # an id that is no request (a stray wake-up datagram)
+            return
+        except Exception:  # a bug: never crash the loop
             logger.exception("approvals refresh failed")
             return
         if req.status != "pending":

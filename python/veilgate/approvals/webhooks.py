@@ -20,7 +20,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .. import log
@@ -47,7 +47,7 @@ def _code(text: str, limit: int = 2800) -> str:
     return "```" + text.replace("```", "` ` `") + "```"
 
 
-def payload(event: str, req: Request, how_to: str) -> dict[str, Any]:
+def payload(event: str, req: Request, how_to: Callable[[str], str]) -> dict[str, Any]:
     """The body for ``event`` (``request`` or ``decision``) about ``req``."""
     who = req.principal_label
     if req.kind == "elevation":
@@ -70,7 +70,7 @@ def payload(event: str, req: Request, how_to: str) -> dict[str, Any]:
     if req.kind == "statement":
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _code(req.sql)}})
     if event == "request":
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": how_to}]})
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": how_to(req.id)}]})
     body = req.to_json(with_params=False)
     return {"text": text, "blocks": blocks, "veilgate": {"event": event, "request": body}}
 
@@ -87,7 +87,7 @@ class _Endpoint:
 class WebhookSender:
     """Queues and delivers webhook bodies; :meth:`start` on the gateway's loop."""
 
-    def __init__(self, configs: Sequence[WebhookConfig], how_to: str) -> None:
+    def __init__(self, configs: Sequence[WebhookConfig], how_to: Callable[[str], str]) -> None:
         self._endpoints = [_Endpoint(c) for c in configs]
         self.how_to = how_to
 
@@ -109,7 +109,11 @@ class WebhookSender:
         wanted = [ep for ep in self._endpoints if event in ep.config.events]
         if not wanted:
             return
-        body = json.dumps(payload(event, req, self.how_to), separators=(",", ":")).encode()
+        try:
+            body = json.dumps(payload(event, req, self.how_to), separators=(",", ":")).encode()
+        except Exception:  # a notification must never fail the statement that caused it
+            logger.exception("webhook payload failed")
+            return
         for ep in wanted:
             if ep.queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
