@@ -23,7 +23,6 @@ from veilgate.config_model import (
     ApprovalsConfig,
     GatewayConfig,
     PolicyConfig,
-    StateBackend,
     StateConfig,
     StaticToken,
 )
@@ -105,7 +104,6 @@ class JitGateway:
     handle: GatewayHandle
     tokens: dict[str, str]
     state: StateConfig
-    config_file: Path | None
     audit_log: Path
     policy_file: Path
 
@@ -134,11 +132,9 @@ class JitGateway:
         return gw.approvals
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        where = ["--config", str(self.config_file)] if self.config_file else []
-        if not where:
-            where = ["--state", self.state.path]
+        """``veilgate approvals CMD --state FILE ARGS...`` (an SQLite store)."""
         cmd, rest = args[0], list(args[1:])
-        return run_cli(cmd, *where, *rest, check=check)
+        return run_cli(cmd, "--state", self.state.path, *rest, check=check)
 
 
 def run_cli(
@@ -198,10 +194,7 @@ def jit_gateway(
         handle = factory(transform=capture, authenticator=_Static(holder))
     else:
         handle = factory(transform=capture, authenticator=authenticator)
-    config_file = None
-    if state.backend is StateBackend.SQLITE:
-        config_file = None  # the CLI gets --state
-    return JitGateway(handle, tokens, state, config_file, audit_log, policy_file)
+    return JitGateway(handle, tokens, state, audit_log, policy_file)
 
 
 class _Static:

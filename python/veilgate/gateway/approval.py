@@ -55,6 +55,7 @@ from veilgate.gateway import wire
 from veilgate.policy.analysis import MessageAnalysis
 from veilgate.policy.approval_spec import ApprovalSpec
 from veilgate.policy.engine import Decision, Verdict
+from veilgate.policy.model import Tier
 from veilgate.state import StateUnavailable
 
 if TYPE_CHECKING:
@@ -150,7 +151,6 @@ class ApprovalGate:
         self.principal = enforcer.principal
         self.principal_key = principal_key(self.principal)
         self.reason: str | None = None
-        self.base_tier = enforcer.engine.tier_for(self.principal)
         self._task: asyncio.Task[None] | None = None
         self._cancel: asyncio.Future[None] | None = None
         """Set while a statement waits for a decision: a CancelRequest resolves it."""
@@ -168,6 +168,11 @@ class ApprovalGate:
         grant = service.register(self)
         if grant is not None:
             self.elevation_changed(grant)
+
+    @property
+    def base_tier(self) -> Tier | None:
+        """The tier the principal's claims match under the current policy (not the elevation)."""
+        return self.enforcer.engine.tier_for(self.principal)
 
     def active(self) -> bool:
         """The policy has approve rules (or elevation tiers)."""
