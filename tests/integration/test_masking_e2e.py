@@ -293,11 +293,15 @@ def test_psql_bypass_attempts(masked: MaskedGateway, table: str) -> None:
 
 
 def test_ddl_invalidates_catalog(masked: MaskedGateway, pg_cluster: Any, table: str) -> None:
-    """A column renamed to a masked name is masked at once (the session saw the DDL tag)."""
+    """A column renamed to a masked name is masked at once (the session saw the DDL tag); a
+    masked column cannot be renamed out of its rule on the masked tier."""
     with psycopg.connect(masked.target.conninfo(), autocommit=True) as conn:
         conn.execute(f"update {table} set legacy = %s where id = 1", (SSN,))
         assert conn.execute(f"select legacy from {table} where id = 1").fetchone() == (SSN,)
-        conn.execute(f"alter table {table} rename column ssn to ssn_old")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="ssn is masked"):
+            conn.execute(f"alter table {table} rename column ssn to ssn_old")
+        with psycopg.connect(pg_cluster.gw_dsn(), autocommit=True) as owner:
+            owner.execute(f"alter table {table} rename column ssn to ssn_old")
         conn.execute(f"alter table {table} rename column legacy to ssn")
         row = conn.execute(f"select ssn from {table} where id = 1").fetchone()
         assert row is not None

@@ -441,10 +441,11 @@ def test_asyncpg_and_psycopg_agree(gw: pw.Target, table: str) -> None:
 
 def test_derived_values_are_redacted_to_valid_values(gw: pw.Target, table: str) -> None:
     """Columns computed from masked columns are redacted to a value of their type: text says
-    <MASKED>, a number is 0; a column computed from no masked column (current_date) is kept."""
+    <MASKED>, a number is 0; a column computed from no masked column (current_date) is kept.
+    (Computations that can fail on a value, like ``s_card + 1``, are refused on a masked tier.)"""
     sql = (
-        f"select s_card + 1 as a, host(s_ip) as b, array[s_card] as c, "
-        f"current_date as d, (s_contact).card * 2 as e, s_json -> 'mail' as f "
+        f"select round(s_card) as a, host(s_ip) as b, array[s_card] as c, "
+        f"current_date as d, round((s_contact).card) as e, s_json -> 'mail' as f "
         f"from {table} where id = 1"
     )
     for binary in (True, False):

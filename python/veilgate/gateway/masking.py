@@ -40,6 +40,7 @@ from pglast import parser as _pg
 
 from veilgate import log, metrics
 from veilgate.gateway import wire
+from veilgate.gateway.guard import InferenceGuard
 from veilgate.identity.base import Principal
 from veilgate.masking.lineage import StatementInfo
 from veilgate.masking.planner import MaskRefusal, parse_row_description
@@ -234,6 +235,8 @@ class MaskingRelay:
         self._copy_in = False
         """The server is in COPY FROM STDIN mode (it ignores Sync and Flush until the client's
         CopyDone / CopyFail)."""
+        self._guard = InferenceGuard(self)
+        """Masked-column uses refused before the server sees them (issue 10 item 4)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -247,6 +250,19 @@ class MaskingRelay:
         for t in list(self._tasks):
             t.cancel()
         self._tasks.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as a task of this session (cancelled when it closes)."""
+        self._spawn(coro)
+
+    def hold_client(self) -> None:
+        """Read nothing more from the client until this hold is released (holds are counted;
+        later messages wait, in order)."""
+        self.session.client.hold()
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -283,10 +299,13 @@ class MaskingRelay:
             self._after_execute = tag == _E
         try:
             if tag == _Q:
-                self._query(m)
+                # masked-column uses are refused before the server sees them
+                if not self._guard.intercept(m, self._query_statements(m), lambda: self._query(m)):
+                    self._query(m)
             elif tag == _P:
-                self._parse(m)
-                self._forward_client(m)
+                stmts = [self._parse_statement(m)]
+                if not self._guard.intercept(m, stmts, lambda: self._parsed(m)):
+                    self._parsed(m)
             elif tag == _B:
                 self._bind(m)
                 self._forward_client(m)
@@ -313,6 +332,24 @@ class MaskingRelay:
             self._forward_client(m)
         except Exception as exc:
             self.fail("internal", exc)
+
+    def _parsed(self, m: Any) -> None:
+        self._parse(m)
+        self._forward_client(m)
+
+    def _query_statements(self, m: Any) -> list[StatementInfo]:
+        """The statements of a Query message (as the server will split them)."""
+        body = m.body
+        end = body.find(b"\0")
+        text = (body if end < 0 else body[:end]).decode("utf-8", "replace")
+        whole = self.planner.statement(text)
+        return self._split(text) if whole.parsed else [whole]
+
+    def _parse_statement(self, m: Any) -> StatementInfo:
+        body = m.body
+        _, pos = _cstring(body, 0)
+        text, _ = _cstring(body, pos)
+        return self.planner.statement(text.decode("utf-8", "replace"))
 
     def _sync(self) -> None:
         # client_message has already reset _after_execute: the Sync's own tag is not E
@@ -411,26 +448,48 @@ class MaskingRelay:
         if not self._closed:
             self.session.client.release()
 
-    def _refuse_request(self, message: str, sqlstate: str = "0A000") -> None:
+    release_client = _release_client
+
+    def refuse_query(self, error: bytes) -> None:
+        """Answer a Query with ``error`` (an ErrorResponse) instead of running it."""
+        self._refuse_request("", error=error)
+
+    def refuse_parse(self, m: Any, error: bytes) -> None:
+        """Answer a Parse with ``error``: a Parse of the same statement name that fails on the
+        server goes upstream in its place (the server skips to Sync as for the Parse's own
+        error; a named statement of that name stays as it was, the unnamed one is gone)."""
+        name, _ = _cstring(m.body, 0)
+        if not name:
+            self._statements.pop(b"", None)
+        nonce = self._marker(error)
+        self._segment()
+        marker = name + b"\0" + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
+        self.session.write_upstream(wire.frame(b"P", marker))
+
+    def _refuse_request(
+        self, message: str, sqlstate: str = "0A000", *, error: bytes | None = None
+    ) -> None:
         """Answer a request (Query, FunctionCall) with an error instead of running it.
 
         Idle and outside a transaction block the gateway answers itself; otherwise a marker
         statement fails on the server, so the server's transaction state and response order
         stay authoritative (see :mod:`veilgate.gateway.enforce`)."""
-        log.event(
-            logger,
-            "masking_refused",
-            logging.INFO,
-            peer=self.session.peer,
-            principal=self.principal.label(),
-            sqlstate=sqlstate,
-            reason=message,
-        )
-        error = wire.error_response("ERROR", sqlstate, message)
+        if error is None:
+            log.event(
+                logger,
+                "masking_refused",
+                logging.INFO,
+                peer=self.session.peer,
+                principal=self.principal.label(),
+                sqlstate=sqlstate,
+                reason=message,
+            )
+            error = wire.error_response("ERROR", sqlstate, message)
         state = self.session.state
         if not self._requests and state.pending <= 1 and state.tx_status in (0, _IDLE):
             if self.session.recording is not None:
-                self.session.recording.refused(sqlstate)
+                code = wire.parse_error_fields(error[5:]).get("C", sqlstate)
+                self.session.recording.refused(code)
             state.discard_request()
             self.session.write_client(error + wire.ready_for_query(b"I"))
             return

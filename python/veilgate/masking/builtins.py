@@ -189,6 +189,11 @@ TOTAL_FUNCTIONS: Final[dict[str, frozenset[int]]] = {
     # dates: the value (not the field name or format)
     **dict.fromkeys(("date_trunc",), frozenset({1})),
     **dict.fromkeys(("date_part", "extract"), frozenset({1})),
+    # network addresses: parts of a valid value
+    **dict.fromkeys(
+        ("host", "abbrev", "family", "masklen", "netmask", "network", "broadcast", "hostmask"),
+        ALL_ARGS,
+    ),
     # nothing to do with the value
     **dict.fromkeys(("pg_typeof", "pg_column_size", "num_nulls", "num_nonnulls"), ALL_ARGS),
 }

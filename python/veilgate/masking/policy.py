@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
+    "ALLOWED_USES",
     "BUILTIN_ENTITIES",
     "OPERATOR_KINDS",
     "UNKNOWN_LINEAGE_ACTIONS",
@@ -66,6 +67,23 @@ OPERATOR_KINDS: Final = ("replace", "redact", "partial", "hash", "null")
 """Operators for scanned spans; column rules also accept ``keep``."""
 
 UNKNOWN_LINEAGE_ACTIONS: Final = ("redact", "null", "scan")
+
+ALLOWED_USES: Final = ("equals", "join", "group", "order", "filter", "compute", "all")
+"""What a column rule's ``allow:`` may permit beyond selecting the (masked) column:
+
+* ``equals``: comparing it with a constant or parameter (``= 'x'``, ``IN (...)``, ``IS NOT
+  DISTINCT FROM $1``, a simple ``CASE``, NULLIF), and writing a value into it that a unique
+  index or foreign key checks against stored ones;
+* ``join``: equality with another column (``JOIN ... ON a.x = b.y``, ``USING``, ``NATURAL``):
+  joins on a keyed-hash column keep working;
+* ``group``: GROUP BY, DISTINCT (ON), window PARTITION BY, set operations that compare rows,
+  aggregates over DISTINCT values, unique constraints;
+* ``order``: ORDER BY (queries, windows, aggregates);
+* ``filter``: any predicate (``LIKE``, ranges, functions of it in WHERE / ON / HAVING /
+  FILTER / CASE WHEN, LIMIT expressions, row security and CHECK conditions); implies ``equals``
+  and ``join``;
+* ``compute``: arguments of functions, operators and casts that can fail or branch on a value;
+* ``all``: every use, and DDL that renames it out of its rule."""
 
 REDACTED: Final = "<MASKED>"
 """What ``unknown_lineage: redact`` turns a whole value into."""
@@ -120,10 +138,27 @@ class ColumnRule:
     scan: bool = False
     line: int = 0
     _rx: re.Pattern[str] = field(default=re.compile(""), compare=False, repr=False)
+    allow: frozenset[str] = frozenset()
+    """Uses of the masked column the tier permits (see :data:`ALLOWED_USES`)."""
 
     @staticmethod
-    def build(pattern: str, by: str, op: OperatorSpec | None, scan: bool, line: int) -> ColumnRule:
-        return ColumnRule(pattern, by, op, scan, line, re.compile(translate(pattern)))
+    def build(
+        pattern: str,
+        by: str,
+        op: OperatorSpec | None,
+        scan: bool,
+        line: int,
+        allow: frozenset[str] = frozenset(),
+    ) -> ColumnRule:
+        return ColumnRule(pattern, by, op, scan, line, re.compile(translate(pattern)), allow)
+
+    def allows(self, kind: str) -> bool:
+        """Whether a use of this kind (a :class:`~veilgate.masking.resolve.Use` kind) is
+        permitted on a column this rule masks."""
+        allow = self.allow
+        return bool(allow) and (
+            "all" in allow or kind in allow or (kind in ("equals", "join") and "filter" in allow)
+        )
 
     @property
     def keeps(self) -> bool:
@@ -275,6 +310,13 @@ class TierMasking:
     def masks_any(self) -> bool:
         """Whether some rule masks a column (a value of unknown origin may then carry one)."""
         return any(r.masks for r in self.column_rules + self.name_rules)
+
+    def schema_may_mask(self, schema: str) -> bool:
+        """Whether some column rule could mask a column of a table in ``schema``."""
+        return any(
+            r.masks and re.fullmatch(translate(r.table_pattern.split(".", 1)[0]), schema)
+            for r in self.column_rules
+        )
 
     def name_masked(self, column: str) -> bool:
         """Whether a column of this name is masked by some rule (by name or by any column rule

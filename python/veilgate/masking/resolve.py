@@ -1336,6 +1336,12 @@ class _Resolver:
             second_kind, second = _kind(raw_args[1])
             if second_kind != "A_Const" or "ival" not in second:
                 positions = frozenset()
+        if builtin and fname == "convert_to" and len(raw_args) == 2:
+            # every character converts to UTF8 (from any server encoding): cannot fail
+            kind, const = _kind(raw_args[1])
+            target = str((const or {}).get("sval", {}).get("sval", "")) if kind == "A_Const" else ""
+            if target.lower().replace("-", "").replace("_", "") in ("utf8", "unicode"):
+                positions = frozenset({0})
         for i, lin in enumerate(args):
             if not (positions == ALL_ARGS or i in positions):
                 self.use("compute", f"an argument of {fname}()", lin)
@@ -1467,7 +1473,9 @@ class _Resolver:
         """A value stored into ``column`` of the target."""
         for dest, facts in self._dests(found, column):
             self.write(dest, dest.label() if dest is not None else column, source)
-            if facts is None:
+            if facts is None or source.cols:
+                # a value copied from columns is judged as a write; a constraint probe is a
+                # guess the client chose (a constant, a parameter)
                 continue
             # a constraint compares the value with stored ones (unique: whether an equal value
             # exists; a foreign key: whether the referenced one does): it answers a guess

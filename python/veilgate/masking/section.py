@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .policy import (
+    ALLOWED_USES,
     BUILTIN_ENTITIES,
     OPERATOR_KINDS,
     UNKNOWN_LINEAGE_ACTIONS,
@@ -39,7 +40,7 @@ _KEYS = (
     "unknown_lineage",
 )
 _OP_KEYS = ("op", "value", "keep_first", "keep_last", "mask_char", "keep_separators")
-_RULE_KEYS = ("column", "name", "scan", *_OP_KEYS)
+_RULE_KEYS = ("column", "name", "scan", "allow", *_OP_KEYS)
 _ENTITY_RX = re.compile(r"[A-Z][A-Z0-9_]*")
 _RESERVED_ENTITIES = frozenset({"COLUMN", "MASKED", "DEFAULT"})
 """Names the planner counts under: whole-column operators, redaction, the default operator."""
@@ -425,12 +426,18 @@ def _columns(c: Reporter, node: Node) -> list[ColumnRule]:
                 c.error(sn, f"{key}.scan", f"expected true or false, got {_show(c, sn)}")
                 continue
             scan = v
+        allow: frozenset[str] = frozenset()
+        if "allow" in m:
+            words = _allowed_uses(c, m["allow"][1], f"{key}.allow")
+            if words is None:
+                continue
+            allow = words
         op_keys = [k for k in m if k in _OP_KEYS]
         if scan:
             if op_keys:
                 c.error(m[op_keys[0]][0], f"{key}.{op_keys[0]}", "scan: true takes no operator")
                 continue
-            out.append(ColumnRule.build(pattern, by, None, True, line))
+            out.append(ColumnRule.build(pattern, by, None, True, line, allow))
             continue
         if "scan" in m and not op_keys:
             c.error(item, f"{key}.op", "scan: false needs an op")
@@ -442,5 +449,20 @@ def _columns(c: Reporter, node: Node) -> list[ColumnRule]:
             c, item, key, allowed_keys=_RULE_KEYS, allow_keep=True, m={k: m[k] for k in op_keys}
         )
         if spec is not None:
-            out.append(ColumnRule.build(pattern, by, spec, False, line))
+            if spec.kind == "keep" and allow:
+                c.warn(m["allow"][0], f"{key}.allow", "op keep masks nothing: allow has no effect")
+            out.append(ColumnRule.build(pattern, by, spec, False, line, allow))
     return out
+
+
+def _allowed_uses(c: Reporter, node: Node, key: str) -> frozenset[str] | None:
+    """``allow: [equals, join]``: uses of a masked column the tier permits (see
+    :data:`~veilgate.masking.policy.ALLOWED_USES`)."""
+    words = c.string_list(node, key)
+    if words is None:
+        return None
+    bad = [w for w in words if w not in ALLOWED_USES]
+    if bad:
+        c.error(node, key, f"unknown use {bad[0]!r} (one of {', '.join(ALLOWED_USES)})")
+        return None
+    return frozenset(words)
