@@ -163,6 +163,20 @@ class LimitsConfig:
     read_buffer_bytes: int = field(default=65536, metadata={"min": 4096, "max": 16 << 20})
     write_high_water: int = field(default=256 * 1024, metadata={"min": 1, "max": 1 << 30})
     write_low_water: int = field(default=64 * 1024, metadata={"min": 0, "max": 1 << 30})
+    max_statement_bytes: int = field(default=1 << 20, metadata={"min": 1024, "max": 1 << 30})
+    """Largest Query / Parse a session with a policy may send: larger ones get ``54000`` before
+    anything parses them (the session stays usable)."""
+    audit_sql_bytes: int = field(default=4096, metadata={"min": 64, "max": 1 << 20})
+    """Statement text kept in an audit event (a prefix cut on a character boundary; the event
+    also carries the fingerprint and the full length)."""
+    max_connections_per_principal: int | None = field(
+        default=None, metadata={"min": 1, "max": 1_000_000}
+    )
+    """Sessions one principal (tenant + subject) may hold at once; more get ``FATAL 53300``.
+    A policy tier's ``max_connections_per_principal`` overrides it for that tier."""
+    cache_bytes: int = field(default=64 << 20, metadata={"min": 1 << 20, "max": 1 << 40})
+    """Memory for statement-keyed caches (policy analyses and decisions, masking lineage and
+    plans), counted in bytes of the texts and results they hold, not in entries."""
 
 
 @dataclass(frozen=True, slots=True)

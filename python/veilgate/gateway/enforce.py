@@ -57,10 +57,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from veilgate import log, metrics
 from veilgate.gateway import wire
+from veilgate.gateway.limits import SubstituteMessage
 from veilgate.identity.base import Principal
 from veilgate.policy.analysis import MessageAnalysis
 from veilgate.policy.audit import AuditSink, DecisionEvent
 from veilgate.policy.engine import Decision, PolicyEngine, SessionContext, Verdict
+from veilgate.policy.excerpt import DEFAULT_AUDIT_SQL_BYTES, sql_excerpt
 
 if TYPE_CHECKING:
     from veilgate.approvals.service import ApprovalService
@@ -229,9 +231,12 @@ class PolicyEnforcer:
         self.engine = engine
         self.principal = principal
         self.audit = audit
+        # (getattr: the session may be a test double without the limits)
         self.ctx = SessionContext(
-            session_id=session.peer, started_search_path=session.pinned_search_path
+            session_id=session.peer,
+            started_search_path=getattr(session, "pinned_search_path", None),
         )
+        self._audit_sql_bytes: int = getattr(session, "audit_sql_bytes", DEFAULT_AUDIT_SQL_BYTES)
         self._codec: str | None = None
         for frame in session.upstream_parameters:
             self._parameter_status(frame[5:])
@@ -298,6 +303,9 @@ class PolicyEnforcer:
 
     def client_message(self, m: Any) -> None:
         tag = m.tag
+        if type(m) is SubstituteMessage:  # the gateway's own marker (refuse_oversized)
+            self._write(m.frame())
+            return
         if tag == _Q:
             self._query(m)
         elif tag == _P:
@@ -497,6 +505,27 @@ class PolicyEnforcer:
         nonce = self._marker(d)
         marker = wire.cstr(nonce) + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
         self._write(wire.frame(b"P", marker))
+
+    def refuse_oversized(self, m: Any, limit: int) -> SubstituteMessage:
+        """A Query or Parse over ``limits.max_statement_bytes``: refused with 54000 before
+        anything parses it.  Returns the marker that replaces it (on its way through masking, if
+        any, then :meth:`client_message`)."""
+        body = m.body
+        if m.tag == _Q:
+            name, raw = b"", body
+        else:
+            i = body.find(b"\0")
+            name, raw = (body[:i], body[i + 1 :]) if i >= 0 else (b"", body)
+        excerpt = sql_excerpt(self._text(raw[: self._audit_sql_bytes + 4].split(b"\0", 1)[0]))
+        d = self.engine.refuse_oversized(self.principal, len(m), limit, excerpt, session=self.ctx)
+        self._record(d, sql_len=len(raw))
+        if self._unnamed is not None and not name:  # the server drops it before parsing
+            self._drop_unnamed()
+        marker = wire.cstr(f'SELECT "{self._marker(d)}"')
+        stmt_id = getattr(m, "stmt_id", 0)
+        if m.tag == _Q:
+            return SubstituteMessage(_Q, marker, stmt_id)
+        return SubstituteMessage(_P, name + b"\0" + marker + b"\0\0", stmt_id)
 
     def _drop_unnamed(self) -> None:
         assert self._unnamed is not None
@@ -753,7 +782,7 @@ class PolicyEnforcer:
 
     # --- decisions -----------------------------------------------------------------------------
 
-    def _record(self, d: Decision) -> None:
+    def _record(self, d: Decision, sql_len: int | None = None) -> None:
         _count_decision(d.action)
         recording = self.session.recording
         if recording is not None:
@@ -761,7 +790,13 @@ class PolicyEnforcer:
         if self.audit is not None:
             try:
                 self.audit.emit(
-                    DecisionEvent.from_decision(d, self.principal, session_id=self.ctx.session_id)
+                    DecisionEvent.from_decision(
+                        d,
+                        self.principal,
+                        session_id=self.ctx.session_id,
+                        max_sql_bytes=self._audit_sql_bytes,
+                        sql_len=sql_len,
+                    )
                 )
             except (OSError, ValueError) as exc:
                 log.event(logger, "audit_failed", logging.ERROR, error=str(exc))

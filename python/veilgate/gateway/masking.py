@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pglast import parser as _pg
 
 from veilgate import log, metrics
+from veilgate.bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from veilgate.gateway import wire
 from veilgate.gateway.guard import InferenceGuard
 from veilgate.identity.base import Principal
@@ -222,8 +223,8 @@ class MaskingRelay:
         self._result: _Result | None = None
         self._markers: OrderedDict[bytes, bytes] = OrderedDict()
         """Refusal markers sent upstream: nonce -> the ErrorResponse the client gets instead."""
-        self._splits: OrderedDict[str, list[StatementInfo]] = OrderedDict()
-        self._sql_objects: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+        self._splits: ByteLRU[str, list[StatementInfo]] = ByteLRU(SESSION_CACHE_BYTES)
+        self._sql_objects: ByteLRU[str, tuple[str, str] | None] = ByteLRU(SESSION_CACHE_BYTES)
         self._cursors: dict[str, StatementInfo] = {}
         """SQL-level cursors (DECLARE) and prepared statements (PREPARE) by name: a FETCH or an
         EXECUTE returns the columns of the statement they were declared with."""
@@ -378,7 +379,7 @@ class MaskingRelay:
         except Exception:  # unparsable: the server refuses it too; lineage of the whole text
             parts = [text]
         infos = [self.planner.statement(p) for p in parts] or [self.planner.statement(text)]
-        self._splits[text] = infos
+        self._splits.put(text, infos, text_cost(text, copies=3))
         if len(self._splits) > _SPLIT_CACHE:
             self._splits.popitem(last=False)
         return infos
@@ -390,7 +391,7 @@ class MaskingRelay:
             obj = self._sql_objects[text]
         else:
             obj = _sql_object(text) if info.parsed else None
-            self._sql_objects[text] = obj
+            self._sql_objects.put(text, obj, text_cost(text))
             if len(self._sql_objects) > _SPLIT_CACHE:
                 self._sql_objects.popitem(last=False)
         if obj is None:

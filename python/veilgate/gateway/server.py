@@ -16,10 +16,11 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from veilgate import log, metrics
+from veilgate import bytecache, log, metrics
 from veilgate.config_model import GatewayConfig, TargetConfig
 from veilgate.gateway import upstream, wire
 from veilgate.gateway.cancel import CancelRegistry
+from veilgate.gateway.limits import ConnectionCounter
 from veilgate.gateway.negotiate import (
     ClientGone,
     NegotiationError,
@@ -103,9 +104,14 @@ class Gateway:
         self.config = config
         self.authenticator = authenticator
         self.cancel_registry: CancelRegistry[Session] = CancelRegistry()
+        self.connection_counter = ConnectionCounter()
+        """Sessions per principal and per policy tier (limits.max_connections_per_principal,
+        a tier's max_connections)."""
         self._ssl = server_ssl_context(config)
         self._sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cancels: set[asyncio.Task[Any]] = set()
+        """Cancels of statements whose session ended (awaited by drain / close)."""
         self._lsock: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._port = 0
@@ -125,6 +131,7 @@ class Gateway:
         """Masking catalogs, one per upstream login (shared by that login's sessions)."""
         self.approvals: ApprovalService | None = None
         """Just-in-time approvals (with a policy); its store opens when a rule needs it."""
+        bytecache.set_total_budget(config.limits.cache_bytes)
         if config.policy is not None:
             # raises PolicyError (file, line, key): `veilgate serve` validated it already
             self.policy_engine = PolicyEngine(load_policy(config.policy.file))
@@ -318,6 +325,7 @@ class Gateway:
                 self._all_closed = None
         for session in list(self._sessions):
             session.abort()
+        await self._await_cancels()
         await self._cancel_tasks()
         await self._close_approvals()
         self._close_policy()
@@ -329,12 +337,19 @@ class Gateway:
         self._stop_accepting()
         for session in list(self._sessions):
             session.close(ADMIN_SHUTDOWN, "gateway_close")
+        await self._await_cancels()
         await self._cancel_tasks()
         await self._close_approvals()
         self._close_policy()
         await self._close_recorder()
         await self._close_catalogs()
         await asyncio.sleep(0)
+
+    async def _await_cancels(self) -> None:
+        """Let the cancels of abandoned statements reach the server (bounded)."""
+        pending = [t for t in self._cancels if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_FORWARD_TIMEOUT_S + 1)
 
     async def _cancel_tasks(self) -> None:
         tasks = [t for t in self._tasks if not t.done()]
@@ -474,8 +489,19 @@ class Gateway:
         if not session.state.busy or session.target is None:
             metrics.cancel_requests_total.inc(outcome="idle")
             return
+        if await self._send_upstream_cancel(session):
+            metrics.cancel_requests_total.inc(outcome="forwarded")
+            log.event(
+                logger,
+                "cancel_forwarded",
+                principal=session.principal.label() if session.principal else None,
+                target=session.target.name,
+            )
+
+    async def _send_upstream_cancel(self, session: Session) -> bool:
         pid, key, target = session.upstream_pid, session.upstream_key, session.target
-        assert pid is not None and key is not None
+        if pid is None or key is None or target is None:
+            return False
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(CANCEL_FORWARD_TIMEOUT_S):
@@ -483,14 +509,30 @@ class Gateway:
         except (OSError, ssl.SSLError, TimeoutError, upstream.UpstreamError) as exc:
             metrics.cancel_requests_total.inc(outcome="failed")
             log.event(logger, "cancel_failed", logging.WARNING, target=target.name, error=str(exc))
+            return False
+        return True
+
+    def cancel_abandoned(self, session: Session, reason: str) -> None:
+        """A session ends while its statement runs upstream (the client went away, the drain
+        deadline passed): cancel that statement on the server, which would otherwise run it to
+        the end (it notices the closed connection only when it next writes)."""
+        if session.upstream_pid is None or session.target is None:
             return
-        metrics.cancel_requests_total.inc(outcome="forwarded")
-        log.event(
-            logger,
-            "cancel_forwarded",
-            principal=session.principal.label() if session.principal else None,
-            target=target.name,
-        )
+
+        async def cancel() -> None:
+            if await self._send_upstream_cancel(session):
+                metrics.cancel_requests_total.inc(outcome="abandoned")
+                log.event(
+                    logger,
+                    "upstream_statement_cancelled",
+                    principal=session.principal.label() if session.principal else None,
+                    target=session.target.name if session.target else None,
+                    reason=reason,
+                )
+
+        task = self._spawn(cancel())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
 
 class GatewayThread:

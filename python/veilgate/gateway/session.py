@@ -25,6 +25,7 @@ from veilgate.config_model import TargetConfig
 from veilgate.gateway import upstream, wire
 from veilgate.gateway._relay import RelayProtocol
 from veilgate.gateway.enforce import PolicyEnforcer
+from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
 from veilgate.gateway.recording import REFUSED_TAGS
 from veilgate.gateway.startup import (
@@ -173,6 +174,9 @@ class Session:
         """The server's ParameterStatus messages of the handshake (whole frames)."""
         self.pinned_search_path: tuple[str, ...] | None = None
         """The search_path set upstream at startup for a tier that pins it."""
+        self.audit_sql_bytes = limits.audit_sql_bytes
+        self._max_statement = limits.max_statement_bytes
+        self._connection_grant: ConnectionGrant | None = None
         self._started = asyncio.get_running_loop().time()
 
     # --- callbacks from RelayProtocol ------------------------------------------------------------
@@ -209,6 +213,12 @@ class Session:
                 if recording.blocked and message.tag in REFUSED_TAGS:
                     recording.refuse(message)
                     return
+            if (
+                enforcer is not None
+                and len(message) > self._max_statement
+                and message.tag in STATEMENT_TAGS
+            ):
+                message = enforcer.refuse_oversized(message, self._max_statement)
             if masking is not None:
                 masking.client_message(message)
             elif enforcer is not None:
@@ -453,6 +463,7 @@ class Session:
         finally:
             del token
         self.principal = principal
+        self._count_connection(principal)
 
         target = self.config.targets.get(startup.database)
         if target is None:
@@ -552,6 +563,27 @@ class Session:
             upstream_auth=hs.mechanism,
             handshake_ms=round((asyncio.get_running_loop().time() - self._started) * 1000, 1),
         )
+
+    def _count_connection(self, principal: Principal) -> None:
+        """Per-principal and per-tier connection limits: ``FATAL 53300`` naming the limit."""
+        engine = self.gateway.policy_engine
+        tier = engine.tier_for(principal) if engine is not None else None
+        per_principal = self.config.limits.max_connections_per_principal
+        if tier is not None and tier.max_connections_per_principal is not None:
+            per_principal = tier.max_connections_per_principal
+        per_tier = tier.max_connections if tier is not None else None
+        if per_principal is None and per_tier is None:
+            return
+        grant = self.gateway.connection_counter.acquire(
+            principal.key,
+            principal.label(),
+            tier.name if tier is not None else None,
+            per_principal=per_principal,
+            per_tier=per_tier,
+        )
+        if isinstance(grant, str):
+            raise self._refuse("53300", grant, "too_many_connections", principal=principal.label())
+        self._connection_grant = grant
 
     def _pinned_parameters(self, principal: Principal) -> list[tuple[str, str]]:
         """The ``search_path`` startup parameter of a tier that pins it (policy option
@@ -849,13 +881,17 @@ class Session:
                 if reason in _UPSTREAM_GONE:
                     ut.close()
                 elif self.state.busy:
-                    # the server would only read Terminate after the statement: drop the
-                    # connection so it notices now (client_connection_check_interval / next write)
+                    # the server would only read Terminate after the statement, and notices a
+                    # dropped connection only when it next writes: cancel the statement, then drop
+                    self.gateway.cancel_abandoned(self, reason)
                     ut.abort()
                 else:
                     ut.write(wire.TERMINATE)
                     ut.close()
             metrics.upstream_connections_active.dec()
+        if self._connection_grant is not None:
+            self.gateway.connection_counter.release(self._connection_grant)
+            self._connection_grant = None
         if self.cancel_key is not None:
             self.gateway.cancel_registry.unregister(*self.cancel_key)
         self.gateway.session_closed(self)

@@ -213,6 +213,12 @@ class JWKSCache:
         """The cached keys (possibly stale), without I/O."""
         return MappingProxyType(self._keys or {})
 
+    def cached_key(self, kid: str) -> SigningKey | None:
+        """The key ``kid`` if the cached set (fresh or within its stale window) has it; no I/O,
+        no refresh, no unknown-kid fetch (for attempts from a rate-limited address)."""
+        keys = self._usable(self._clock())
+        return keys.get(kid) if keys is not None else None
+
     async def get_key(self, kid: str) -> SigningKey:
         """The key ``kid``, or :class:`UnknownKid` / :class:`JWKSUnavailable`."""
         keys = self._keys

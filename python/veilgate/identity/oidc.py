@@ -185,14 +185,26 @@ class _Target:
 class _Attempt:
     """What the failure path may log / rate-limit on (unverified unless stated)."""
 
-    __slots__ = ("client_app", "extra", "kid", "provider", "signature_ok")
+    __slots__ = (
+        "cache_only",
+        "client_app",
+        "extra",
+        "kid",
+        "principal",
+        "provider",
+        "signature_ok",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, cache_only: bool = False) -> None:
         self.extra: dict[str, Any] = {}
         self.provider: str | None = None
         self.client_app: str | None = None
+        self.principal: str | None = None
+        """``provider:tenant:subject`` of the token (trusted once ``signature_ok``)."""
         self.kid: str | None = None
         self.signature_ok = False
+        self.cache_only = cache_only
+        """The source address is rate-limited: no JWKS fetch for this attempt."""
 
 
 def _audiences(provider: Provider) -> tuple[str, ...]:
@@ -302,35 +314,43 @@ class OIDCAuthenticator:
 
     async def authenticate(self, token: str, ctx: AuthContext) -> Principal:
         peer = peer_key(ctx.peer)
-        attempt = _Attempt()
+        # a limited address still gets its valid tokens in (verified against cached keys only)
+        attempt = _Attempt(cache_only=not self.limiter.peer_allowed(peer))
         try:
-            if not self.limiter.peer_allowed(peer):
-                raise AuthError("rate_limited", "source address")
             principal = await self._validate(token, attempt)
             if self.tier_for(principal) is None:
                 raise AuthError("no_tier", "no tier rule matches")
         except AuthError as exc:
-            if exc.reason != "rate_limited":
-                client = attempt.client_app if attempt.signature_ok else None
+            if exc.reason != "rate_limited" or attempt.cache_only:
+                verified = attempt.signature_ok
+                client = attempt.client_app if verified else None
                 newly_limited = self.limiter.record_failure(
-                    peer, f"{attempt.provider}:{client}" if client else None
+                    peer,
+                    f"{attempt.provider}:{client}" if client else None,
+                    attempt.principal if verified and exc.reason != "rate_limited" else None,
                 )
                 for key in newly_limited:
                     log.event(_log, "auth_rate_limited", logging.WARNING, key=key)
+            refusal = exc
+            if attempt.cache_only and exc.reason != "rate_limited":
+                # what the client and the log see for a failure from a limited address
+                refusal = AuthError("rate_limited", f"source address ({exc.reason})")
             # The gateway logs every refusal (reason, detail) at WARNING; this adds what only
             # the authenticator knows.  Refusals by the limiter itself stay at DEBUG (floods).
             log.event(
                 _log,
                 "oidc_rejected",
-                logging.DEBUG if exc.reason == "rate_limited" else logging.INFO,
-                reason=exc.reason,
-                detail=exc.detail,
+                logging.DEBUG if refusal.reason == "rate_limited" else logging.INFO,
+                reason=refusal.reason,
+                detail=refusal.detail,
                 peer=ctx.peer,
                 provider=attempt.provider,
                 client_app=attempt.client_app,
                 client_app_verified=attempt.signature_ok,
                 kid=attempt.kid,
             )
+            if refusal is not exc:
+                raise refusal from None
             raise
         log.event(
             _log,
@@ -380,6 +400,7 @@ class OIDCAuthenticator:
         provider = target.provider
         attempt.provider = provider.name
         attempt.client_app = self._client_app(provider, target, payload)
+        attempt.principal = self._principal_key(provider, payload)
         if attempt.client_app and not self.limiter.client_allowed(
             f"{provider.name}:{attempt.client_app}"
         ):
@@ -387,10 +408,16 @@ class OIDCAuthenticator:
         if target.version is not None and payload.get("ver") != target.version:
             raise AuthError("wrong_issuer", "ver does not match the issuer's token version")
 
-        try:
-            key = await target.cache.get_key(kid)
-        except JWKSError as exc:
-            raise AuthError(exc.reason, str(exc)) from None
+        if attempt.cache_only:
+            cached = target.cache.cached_key(kid)
+            if cached is None:
+                raise AuthError("rate_limited", "source address (signing key not cached)")
+            key = cached
+        else:
+            try:
+                key = await target.cache.get_key(kid)
+            except JWKSError as exc:
+                raise AuthError(exc.reason, str(exc)) from None
 
         try:
             claims: dict[str, Any] = _DECODER.decode(
@@ -409,6 +436,8 @@ class OIDCAuthenticator:
                     raise AuthError(reason, str(exc)[:200]) from None
             raise AuthError("invalid_token", type(exc).__name__) from None
         attempt.signature_ok = True
+        if attempt.principal and not self.limiter.principal_allowed(attempt.principal):
+            raise AuthError("rate_limited", "principal")
 
         if isinstance(provider, EntraProvider):
             for name in _AGENT_CLAIMS:  # Entra Agent ID markers: logged, never authorized on
@@ -416,6 +445,19 @@ class OIDCAuthenticator:
                     attempt.extra[name] = claims[name]
             return self._entra_principal(provider, target, key.issuer, claims)
         return self._generic_principal(provider, claims)
+
+    @staticmethod
+    def _principal_key(provider: Provider, payload: Mapping[str, Any]) -> str | None:
+        """``provider:tenant:subject`` of a token (rate limiting; trusted once verified)."""
+        if isinstance(provider, EntraProvider):
+            subject = payload.get("oid") or payload.get("sub")
+            tenant = payload.get("tid", "")
+        else:
+            subject = claim_path(payload, provider.subject_claim)
+            tenant = ""
+        if not isinstance(subject, str) or not subject:
+            return None
+        return f"{provider.name}:{str(tenant)[:64]}:{subject[:128]}"
 
     @staticmethod
     def _client_app(provider: Provider, target: _Target, payload: Mapping[str, Any]) -> str | None:

@@ -302,13 +302,15 @@ class RateLimitSettings:
     peer_per_s: float = 0.5
     client_burst: float = 50.0
     client_per_s: float = 1.0
+    principal_burst: float = 20.0
+    principal_per_s: float = 0.2
     max_entries: int = 100_000
 
     def __post_init__(self) -> None:
-        for key in ("peer_burst", "client_burst"):
+        for key in ("peer_burst", "client_burst", "principal_burst"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1")
-        for key in ("peer_per_s", "client_per_s"):
+        for key in ("peer_per_s", "client_per_s", "principal_per_s"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}: must be > 0")
         if self.max_entries < 1:
@@ -451,6 +453,8 @@ _RATE_KINDS = {
     "peer_per_s": "float",
     "client_burst": "float",
     "client_per_s": "float",
+    "principal_burst": "float",
+    "principal_per_s": "float",
     "max_entries": "int",
 }
 

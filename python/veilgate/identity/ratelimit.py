@@ -1,9 +1,19 @@
-"""Authentication-failure limiter: token buckets per source address and per client app.
+"""Authentication-failure limiter: token buckets per source address, per principal, per client app.
 
-Each *failure* takes one token from the key's bucket; buckets refill continuously.  While a bucket
-holds less than one token, attempts under that key are refused up front (``rate_limited``) without
-any parsing or signature work.  Successful attempts cost nothing.  The number of tracked keys is
-bounded (least recently used evicted; full buckets are forgotten first).
+Each *failure* takes one token from its keys' buckets; buckets refill continuously.  Successful
+attempts cost nothing.  The number of tracked keys is bounded (least recently used evicted; full
+buckets are forgotten first).
+
+* **Per source address** (IPv4 host, IPv6 /64): counts every failure, attributable or not.  An
+  exhausted address does *not* lock out valid tokens behind it (a NAT or a CI runner pool shares
+  one address with whoever is failing): its attempts are still verified, but only against keys
+  already cached (no JWKS fetch the limited address could trigger), and a failure is refused
+  without further work.  A valid token signed by a known key always gets in.
+* **Per principal** (issuer's subject of a token whose signature verified): counts failures after
+  the signature (expired, wrong audience, no tier...).  Only the principal's own verified tokens
+  can exhaust it, so nobody can lock another principal out; an exhausted principal is refused
+  (``rate_limited``) until its bucket refills.
+* **Per client app** (``azp`` / ``appid`` of a verified token): the same for the calling app.
 """
 
 from __future__ import annotations
@@ -105,15 +115,23 @@ class AuthFailureLimiter:
         self.settings = s
         self.peers = TokenBuckets(s.peer_burst, s.peer_per_s, s.max_entries, clock)
         self.clients = TokenBuckets(s.client_burst, s.client_per_s, s.max_entries, clock)
+        self.principals = TokenBuckets(s.principal_burst, s.principal_per_s, s.max_entries, clock)
 
     def peer_allowed(self, peer: str) -> bool:
+        """False: the address is limited (verify against cached keys only; refuse failures)."""
         return not self.settings.enabled or self.peers.allowed(peer)
 
     def client_allowed(self, client: str) -> bool:
         return not self.settings.enabled or self.clients.allowed(client)
 
-    def record_failure(self, peer: str | None, client: str | None) -> list[str]:
-        """Count one failure; returns the keys (``peer:...``/``client:...``) it just limited."""
+    def principal_allowed(self, principal: str) -> bool:
+        return not self.settings.enabled or self.principals.allowed(principal)
+
+    def record_failure(
+        self, peer: str | None, client: str | None, principal: str | None = None
+    ) -> list[str]:
+        """Count one failure; returns the keys (``peer:...``/``client:...``/``principal:...``)
+        it just limited."""
         limited: list[str] = []
         if not self.settings.enabled:
             return limited
@@ -121,4 +139,6 @@ class AuthFailureLimiter:
             limited.append(f"peer:{peer}")
         if client and self.clients.record_failure(client):
             limited.append(f"client:{client}")
+        if principal and self.principals.record_failure(principal):
+            limited.append(f"principal:{principal}")
         return limited

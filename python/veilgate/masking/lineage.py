@@ -12,12 +12,13 @@ are cached per statement text in a bounded LRU.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from threading import Lock
 from typing import Any, Final
 
 from pglast import parser as _pg
+
+from ..bytecache import ByteLRU, text_cost
 
 __all__ = ["CopyInfo", "Name", "StatementInfo", "analyze_statement", "statement_info"]
 
@@ -64,7 +65,7 @@ class StatementInfo:
         return self.copies[0] if self.copies else None
 
 
-_cache: OrderedDict[str, StatementInfo] = OrderedDict()
+_cache: ByteLRU[str, StatementInfo] = ByteLRU("masking.lineage")
 _lock = Lock()
 
 
@@ -77,7 +78,7 @@ def statement_info(sql: str) -> StatementInfo:
             return hit
     info = analyze_statement(sql)
     with _lock:
-        _cache[sql] = info
+        _cache.put(sql, info, text_cost(sql, copies=2))
         if len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return info

@@ -43,11 +43,11 @@ their codec says; a type the engine cannot read becomes NULL when it must be mas
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
+from ..bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from .analysis import AnalysisError, Analyzer, analyzer_for, view_select
 from .catalog import Catalog, CatalogError, ColumnInfo, TypeInfo
 from .codecs import NeedType, codec_for
@@ -142,7 +142,7 @@ class SessionMasking:
         """Tables this session created that the catalog may not see (see :mod:`.overlay`)."""
         self._own = Analyzer(OverlayCatalog(catalog, self.relations))
         """Resolutions of statements naming one of those tables (this session's only)."""
-        self._plans: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._plans: ByteLRU[tuple[Any, ...], Any] = ByteLRU(SESSION_CACHE_BYTES)
         self._plan_labels: dict[int, list[str]] = {}
 
     # -- statements --------------------------------------------------------------------------
@@ -515,11 +515,19 @@ class SessionMasking:
     # -- native objects ----------------------------------------------------------------------
 
     def _remember(self, key: tuple[Any, ...], plan: Any, fields: list[Field]) -> None:
-        self._plans[key] = plan
-        self._plan_labels[id(plan)] = _labels(fields)
-        if len(self._plans) > PLAN_CACHE:
-            _, old = self._plans.popitem(last=False)
-            self._plan_labels.pop(id(old), None)
+        # the key holds the statement text; a plan and its labels cost about a field's worth
+        # of bytes each per column
+        cost = text_cost(str(key[1]), *(f.name for f in fields)) + 256 * len(fields)
+        labels = self._plan_labels
+        if not self._plans.put(key, plan, cost):
+            return
+        labels[id(plan)] = _labels(fields)
+        while len(self._plans) > PLAN_CACHE:
+            self._plans.popitem(last=False)
+        if len(labels) > len(self._plans):
+            live = {id(p) for p in self._plans.values()}
+            for pid in [pid for pid in labels if pid not in live]:
+                del labels[pid]
 
     def _masker(self, d: ColumnDecision) -> Any:
         if d.how == "scan":

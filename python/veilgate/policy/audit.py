@@ -20,6 +20,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 from ..identity.base import Principal
 from .engine import Decision
+from .excerpt import DEFAULT_AUDIT_SQL_BYTES, sql_excerpt, utf8_length
 
 __all__ = [
     "AuditEvent",
@@ -49,7 +50,10 @@ class DecisionEvent:
     cached: bool = False
     reason: str = ""
     sql: str | None = None
-    """The statement text (never parameter values); None when the sink does not record SQL."""
+    """The statement text (never parameter values), at most ``limits.audit_sql_bytes`` bytes of
+    it (:func:`~veilgate.policy.excerpt.sql_excerpt`); None when the sink does not record SQL."""
+    sql_len: int = 0
+    """The whole statement's length in bytes (``sql`` was cut when it is longer)."""
 
     @classmethod
     def from_decision(
@@ -59,7 +63,12 @@ class DecisionEvent:
         *,
         session_id: str = "",
         ts: float | None = None,
+        max_sql_bytes: int = DEFAULT_AUDIT_SQL_BYTES,
+        sql_len: int | None = None,
     ) -> DecisionEvent:
+        """``sql_len``: the statement's length when the decision holds only part of its text
+        (a statement refused for its size)."""
+        text = decision.analysis.text
         return cls(
             ts=time.time() if ts is None else ts,
             principal_key=principal.key,
@@ -73,7 +82,8 @@ class DecisionEvent:
             decision_us=round(decision.elapsed_us, 3),
             cached=decision.cached,
             reason=decision.reason,
-            sql=decision.analysis.text,
+            sql=sql_excerpt(text, max_sql_bytes),
+            sql_len=utf8_length(text) if sql_len is None else sql_len,
         )
 
     def to_json(self, *, record_sql: bool = True) -> str:

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from ..bytecache import ByteLRU, budget, text_cost
 from ..identity.base import Principal
 from .analysis import MessageAnalysis, StatementAnalysis, analyze, resolve_executes
 from .literals import LiteralTemplate, literal_template, statement_texts
@@ -49,6 +49,7 @@ from .model import SEVERITY, Policy, Tier
 from .names import SearchPath
 
 __all__ = [
+    "STATEMENT_TOO_LARGE",
     "Decision",
     "PolicyEngine",
     "SessionContext",
@@ -58,6 +59,7 @@ __all__ = [
 
 _perf_ns: Final = time.perf_counter_ns
 _MAX_SCOPES: Final = 4096
+STATEMENT_TOO_LARGE: Final = "statement-too-large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,8 @@ class Verdict:
     changes_session: bool = False
     """Some statement prepares, deallocates or changes ``search_path``: what
     :meth:`SessionContext.apply` records (nothing to do when False)."""
+    sqlstate: str = "42501"
+    """SQLSTATE of the refusal (54000 for a statement over the size limit)."""
 
     @property
     def statement_classes(self) -> tuple[str, ...]:
@@ -177,10 +181,20 @@ class Decision:
         module's business; this gives the denial form."""
         v = self._verdict
         tier = f" (tier {v.tier})" if v.tier else ""
+        if v.rule_id == STATEMENT_TOO_LARGE:
+            return {
+                "S": "ERROR",
+                "V": "ERROR",
+                "C": v.sqlstate,
+                "M": v.message,
+                "D": f"rule {v.rule_id}{tier}: {v.reason}",
+                "H": "send large values as bind parameters or in several statements, or ask the "
+                "gateway's operator to raise limits.max_statement_bytes",
+            }
         return {
             "S": "ERROR",
             "V": "ERROR",
-            "C": "42501",
+            "C": v.sqlstate,
             "M": f"veilgate policy: {v.message}",
             "D": f"rule {v.rule_id}{tier}: {v.reason}",
             "H": "nothing in this message was run; ask the policy owner, or run "
@@ -294,11 +308,15 @@ class _State:
 
     __slots__ = ("decisions", "generation", "policy", "scopes", "shapes", "tiers_by_principal")
 
-    def __init__(self, policy: Policy, generation: int) -> None:
+    def __init__(
+        self, policy: Policy, generation: int, decision_bytes: int, shape_bytes: int
+    ) -> None:
         self.policy = policy
         self.generation = generation
-        self.decisions: OrderedDict[tuple[int, str, bool], Verdict] = OrderedDict()
-        self.shapes: OrderedDict[tuple[int, tuple[str, tuple[str, ...]]], Verdict] = OrderedDict()
+        self.decisions: ByteLRU[tuple[int, str, bool], Verdict] = ByteLRU(decision_bytes)
+        self.shapes: ByteLRU[tuple[int, tuple[str, tuple[str, ...]]], Verdict] = ByteLRU(
+            shape_bytes
+        )
         """Literal-normalised decisions: (scope, template key) -> a verdict for some text."""
         self.tiers_by_principal: dict[Principal, tuple[Tier | None, int]] = {}
         self.scopes: dict[_Scope, int] = {}
@@ -315,11 +333,22 @@ class PolicyEngine:
         analysis_cache_size: int = 8192,
         decision_cache_size: int = 16384,
         shape_cache_size: int = 4096,
+        cache_bytes: tuple[int, int, int] | None = None,
     ) -> None:
-        self._state = _State(policy, 1)
+        """``cache_bytes``: byte budgets of the analysis, decision and shape caches (default:
+        their shares of ``limits.cache_bytes``, see :mod:`veilgate.bytecache`); the entry counts
+        bound them too."""
+        analyses, decisions, shapes = cache_bytes or (
+            budget("policy.analyses"),
+            budget("policy.decisions"),
+            budget("policy.shapes"),
+        )
+        self._decision_bytes = decisions
+        self._shape_bytes = shapes
+        self._state = _State(policy, 1, decisions, shapes)
         self._scope_ids = itertools.count(1)
         self._scope_info: dict[int, _Scope] = {}
-        self._analyses: OrderedDict[tuple[str, bool], MessageAnalysis] = OrderedDict()
+        self._analyses: ByteLRU[tuple[str, bool], MessageAnalysis] = ByteLRU(analyses)
         self._analysis_max = max(1, analysis_cache_size)
         self._decision_max = max(1, decision_cache_size)
         self._shape_max = max(1, shape_cache_size)
@@ -335,7 +364,9 @@ class PolicyEngine:
 
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy (already validated) and drop all cached decisions."""
-        self._state = _State(policy, self._state.generation + 1)
+        self._state = _State(
+            policy, self._state.generation + 1, self._decision_bytes, self._shape_bytes
+        )
 
     def tier_for(self, principal: Principal) -> Tier | None:
         return self._state.policy.tier_for(principal)
@@ -362,11 +393,15 @@ class PolicyEngine:
         return sid
 
     def cache_info(self) -> dict[str, int]:
+        state = self._state
         return {
             "analyses": len(self._analyses),
-            "decisions": len(self._state.decisions),
-            "shapes": len(self._state.shapes),
-            "generation": self._state.generation,
+            "decisions": len(state.decisions),
+            "shapes": len(state.shapes),
+            "generation": state.generation,
+            "analysis_bytes": self._analyses.bytes,
+            "decision_bytes": state.decisions.bytes,
+            "shape_bytes": state.shapes.bytes,
         }
 
     # -- the hot path ------------------------------------------------------------------------
@@ -419,12 +454,14 @@ class PolicyEngine:
                 return Decision(verdict, (_perf_ns() - t0) / 1000.0, True, sql=sql, texts=texts)
         verdict = self._judge(state, tier, scope, sql, scs, session)
         if verdict.cacheable:
-            decisions[key] = verdict
+            # the verdict holds the text and its statements' texts (2 copies), the key one more
+            decisions.put(key, verdict, text_cost(sql, copies=2))
             if len(decisions) > self._decision_max:
                 decisions.popitem(last=False)
             if template is not None and _shareable(verdict, template):
                 shapes = state.shapes
-                shapes[shape_key] = verdict
+                # the template text, its token kinds (~1 per 4 characters) and the verdict
+                shapes.put(shape_key, verdict, text_cost(sql, copies=4))
                 if len(shapes) > self._shape_max:
                     shapes.popitem(last=False)
         return Decision(verdict, (_perf_ns() - t0) / 1000.0, False)
@@ -460,7 +497,7 @@ class PolicyEngine:
             cache.move_to_end(key)
             return a
         a = analyze(sql, standard_conforming_strings=standard_conforming_strings)
-        cache[key] = a
+        cache.put(key, a, text_cost(sql, copies=2))
         if len(cache) > self._analysis_max:
             cache.popitem(last=False)
         return a
@@ -508,6 +545,49 @@ class PolicyEngine:
             cacheable=False,
         )
         return Decision(verdict, (_perf_ns() - t0) / 1000.0, False)
+
+    def refuse_oversized(
+        self,
+        principal: Principal,
+        size: int,
+        limit: int,
+        excerpt: str,
+        *,
+        session: SessionContext | None = None,
+    ) -> Decision:
+        """The refusal of a statement larger than ``limit`` bytes (``54000``), made before any
+        parsing: ``excerpt`` (a bounded prefix) is all of the text the decision holds."""
+        state = self._state
+        if session is not None and session.tier_generation == state.generation:
+            tier = session.tier
+        else:
+            tier = state.policy.tier_for(principal)
+        fingerprint = "oversized:" + str(size)
+        st = StatementAnalysis(
+            text=excerpt,
+            kind="Oversized",
+            classes=frozenset({"other"}),
+            details=(f"statement of {size} bytes, over the limit of {limit}",),
+            fingerprint=fingerprint,
+        )
+        msg = MessageAnalysis(text=excerpt, statements=(st,), fingerprint=fingerprint)
+        message = f"statement too large: {size} bytes (the gateway's limit is {limit} bytes)"
+        reason = "limits.max_statement_bytes: the statement was refused before it was parsed"
+        sd = StatementDecision(st, "deny", STATEMENT_TOO_LARGE, message, reason)
+        verdict = Verdict(
+            action="deny",
+            tier=tier.name if tier is not None else None,
+            rule_id=STATEMENT_TOO_LARGE,
+            message=message,
+            reason=reason,
+            statements=(sd,),
+            fingerprint=fingerprint,
+            analysis=msg,
+            generation=state.generation,
+            cacheable=False,
+            sqlstate="54000",
+        )
+        return Decision(verdict, 0.0, False)
 
     # -- the slow path -----------------------------------------------------------------------
 
@@ -659,4 +739,5 @@ def _rebind(v: Verdict, sql: str, texts: tuple[str, ...]) -> Verdict:
         v.generation,
         v.cacheable,
         v.changes_session,
+        v.sqlstate,
     )
