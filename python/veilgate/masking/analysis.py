@@ -15,9 +15,9 @@ a tier does about it.
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 from typing import Any, Final, Protocol
 
+from ..bytecache import ByteLRU, text_cost
 from .resolve import NeedFacts, Resolution, parse_tree, resolve
 
 __all__ = ["Analyzer", "CatalogLike", "analyzer_for", "view_select"]
@@ -52,9 +52,11 @@ class AnalysisError(Exception):
 class Analyzer:
     """Cached resolutions of statement texts against one catalog."""
 
-    def __init__(self, catalog: CatalogLike) -> None:
+    def __init__(self, catalog: CatalogLike, *, max_bytes: int | str = "masking.lineage") -> None:
+        """``max_bytes``: the cache's byte budget (default: the lineage share of
+        ``limits.cache_bytes``; see :mod:`veilgate.bytecache`)."""
         self.catalog = catalog
-        self._cache: OrderedDict[str, Resolution] = OrderedDict()
+        self._cache: ByteLRU[str, Resolution] = ByteLRU(max_bytes)
         self._generation = catalog.generation
         self.passes = 0
         """Resolver passes run (cache misses; for tests)."""
@@ -121,7 +123,7 @@ class Analyzer:
         if self._generation != generation:
             self._cache.clear()
             self._generation = generation
-        self._cache[text] = result
+        self._cache.put(text, result, text_cost(text, copies=2))
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 

@@ -140,7 +140,7 @@ class SessionMasking:
         """Resolutions shared with the login's other sessions."""
         self.relations = SessionRelations()
         """Tables this session created that the catalog may not see (see :mod:`.overlay`)."""
-        self._own = Analyzer(OverlayCatalog(catalog, self.relations))
+        self._own = Analyzer(OverlayCatalog(catalog, self.relations), max_bytes=SESSION_CACHE_BYTES)
         """Resolutions of statements naming one of those tables (this session's only)."""
         self._plans: ByteLRU[tuple[Any, ...], Any] = ByteLRU(SESSION_CACHE_BYTES)
         self._plan_labels: dict[int, list[str]] = {}
