@@ -38,6 +38,7 @@ APPROVE = """\
           match_constants: CONSTANTS
           require_reason: REASON
           required: REQUIRED
+          request_ttl_s: REQUEST_TTL
 """
 
 POLICY_TEMPLATE = """\
@@ -84,6 +85,7 @@ def policy_text(
     reason: bool = False,
     required: int = 1,
     elevation_ttl: float = 600,
+    request_ttl: float = 3600,
 ) -> str:
     approve = (
         APPROVE.replace("GRANT_TTL", str(grant_ttl))
@@ -93,6 +95,7 @@ def policy_text(
         .replace("CONSTANTS", "true" if constants else "false")
         .replace("REASON", "true" if reason else "false")
         .replace("REQUIRED", str(required))
+        .replace("REQUEST_TTL", str(request_ttl))
     )
     return POLICY_TEMPLATE.replace("APPROVE", approve).replace("ELEVATION_TTL", str(elevation_ttl))
 

@@ -305,3 +305,20 @@ def test_settings_are_not_read_where_the_gateway_cannot_lex_like_the_server(
         err = pw.first_error(c.simple(f"DELETE FROM {table} WHERE id = 1"))
         assert err is not None and err["C"] == "42Z01", err
     assert count(pg_cluster, table) == 3
+
+
+def test_a_request_nobody_decides_expires(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    jit = jit_gateway(gateway_factory, tmp_path, policy_text(request_ttl=1))
+    table = make_table(pg_cluster)
+    delete = f"DELETE FROM {table} WHERE id = 1"
+    rid = request_id(psql(jit.target(), delete).stderr)
+    wait_for(lambda: jit.approval_events("expired"), what="the expiry event")
+    expired = jit.approval_events("expired")[0]
+    assert expired["request_id"] == rid and expired["principal_label"] == "static:agent"
+    late = jit.cli("approve", rid, "--as", "alice", check=False)
+    assert late.returncode == 1 and "already expired" in late.stderr
+    again = psql(jit.target(), delete)
+    assert "42Z01" in again.stderr and request_id(again.stderr) != rid
+    assert count(pg_cluster, table) == 3
