@@ -254,3 +254,62 @@ def test_malformed_requests_are_400(
     assert api.call("PUT", path, token)[0] == 405
     status, body, _ = api.call("GET", f"/v1/approvals/{rid}", token)
     assert body["status"] == "pending" and body["votes"] == []
+
+
+def test_cli_approves_as_the_principal_of_an_oidc_token(
+    api_jit: tuple[JitGateway, Api, DevIdP], pg_cluster: Any, tmp_path: Path
+) -> None:
+    import hashlib
+    import os
+
+    from tests.integration.approvals_support import run_cli
+
+    jit, _, idp = api_jit
+    rid, table = _pending(jit, pg_cluster)
+    cfg = tmp_path / "cli.yaml"
+    oidc = {
+        "providers": [idp.provider_mapping()],
+        "tiers": OIDC_TIERS,
+        "rate_limit": {"enabled": False},
+    }
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "tls": {"allow_plaintext_loopback": True},
+                "auth": {
+                    "static_tokens": [
+                        {"name": "t", "sha256": hashlib.sha256(b"unused").hexdigest()}
+                    ],
+                    "oidc": oidc,
+                },
+                "targets": {"app": {"host": "127.0.0.1", "tls": {"mode": "disable"}}},
+                "state": {"path": jit.state.path},
+            }
+        )
+    )
+
+    def cli(token: str, *extra: str) -> Any:
+        env = {**os.environ, "VG_APPROVER_TOKEN": token}
+        return run_cli(
+            "approve",
+            rid,
+            "--config",
+            str(cfg),
+            "--token-env",
+            "VG_APPROVER_TOKEN",
+            *extra,
+            check=False,
+            env=env,
+        )
+
+    reader = cli(idp.mint(roles=["Db.Read"], client_id="reader-app"))
+    assert reader.returncode == 1 and "not among the approvers" in reader.stderr
+    expired = cli(idp.mint(roles=["Db.Approver"], client_id="approver-app", ttl=-600))
+    assert expired.returncode == 1 and "token was not accepted" in expired.stderr
+    token = idp.mint(roles=["Db.Approver"], client_id="approver-app")
+    ok = cli(token, "-m", "checked")
+    assert ok.returncode == 0 and "approved" in ok.stdout, ok.stderr
+    assert token not in ok.stdout + ok.stderr
+    shown = jit.cli("show", rid).stdout
+    assert "approve by dev-entra:" in shown and "via cli: checked" in shown
+    assert psql(jit.target(), f"DELETE FROM {table} WHERE id = 1").returncode == 0

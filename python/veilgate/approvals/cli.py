@@ -1,10 +1,12 @@
 """``veilgate approvals list | show | approve | deny | request-tier`` against the state store.
 
 The CLI talks to the store directly (the config file's ``state:`` section, or ``--state FILE``
-for an SQLite file): it is for operators who hold the store, and it trusts ``--as NAME`` as the
-approver's name (a rule's ``approvers.users`` lists who may approve this way; a rule without any
-approvers can only be approved here).  Approvers without the store use the HTTP API, which
-authenticates them with their OIDC token.  A decision wakes the waiting session on whichever
+for an SQLite file): it is for operators who hold the store.  An approver is either a name it
+trusts (``--as NAME``: a rule's ``approvers.users`` lists who may approve this way; a rule without
+any approvers can only be approved so) or, with ``--token-env VAR`` / ``--token-file FILE`` and
+``--config``, the principal of an OIDC access token validated by the configuration's
+authenticator exactly like a client's, checked against the request's roles and groups.  Approvers
+without the store use the HTTP API.  A decision wakes the waiting session on whichever
 gateway holds it (the store's notification), and is audited by the gateway that hears of it.
 
 Exit codes: 0 done, 1 refused or failed (unknown or closed request, self-approval, not an
@@ -17,12 +19,15 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..config_model import StateConfig
+from ..identity.base import Principal
 from ..state import StateUnavailable, open_state
 from .model import (
     KIND_ELEVATION,
@@ -31,6 +36,7 @@ from .model import (
     Request,
     approver_key,
     elevation_spec,
+    principal_key,
 )
 from .store import ApprovalStore
 
@@ -73,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="your approver name (default: the login name); see approvers.users",
         )
+        tok = v.add_mutually_exclusive_group()
+        tok.add_argument(
+            "--token-env",
+            metavar="VAR",
+            help="approve as the principal of the OIDC token in this environment variable "
+            "(needs --config)",
+        )
+        tok.add_argument("--token-file", metavar="FILE", help="... or in this file")
         v.add_argument("--comment", "-m", default="", help="a comment recorded with the vote")
         v.add_argument("--json", action="store_true")
 
@@ -89,19 +103,59 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_config(path: str) -> Any:
+    from .. import config
+
+    try:
+        return config.load(path)
+    except config.ConfigError as e:
+        raise _Usage(str(e)) from None
+
+
 def _state_config(args: argparse.Namespace) -> tuple[StateConfig, Any]:
     """The state section (and the policy file path, if any) of ``--config`` or ``--state``."""
     if args.state:
         return StateConfig(path=args.state), None
     if not args.config:
         raise _Usage("give --config FILE (the gateway's configuration) or --state FILE")
-    from .. import config
-
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as e:
-        raise _Usage(str(e)) from None
+    cfg = _load_config(args.config)
     return cfg.state, cfg.policy.file if cfg.policy is not None else None
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token_env", None):
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise _Usage(f"${args.token_env} is empty or not set")
+        return token
+    if getattr(args, "token_file", None):
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as e:
+            raise _Usage(f"cannot read --token-file: {e.strerror or e}") from None
+        if not token:
+            raise _Usage("--token-file is empty")
+        return token
+    return None
+
+
+async def _token_principal(args: argparse.Namespace, token: str) -> Principal:
+    """The token's principal, validated by the configuration's authenticator."""
+    if not args.config:
+        raise _Usage("--token-env / --token-file need --config (its auth section validates them)")
+    from ..identity.base import AuthContext, AuthError
+    from ..identity.combined import GatewayAuthenticator
+
+    auth = GatewayAuthenticator.from_config(_load_config(args.config))
+    try:
+        await auth.prefetch()
+        ctx = AuthContext(peer="cli", user="approver", database="veilgate-cli")
+        try:
+            return await auth.authenticate(token, ctx)
+        except AuthError as exc:
+            raise NotAnApprover(f"the token was not accepted ({exc.reason})") from None
+    finally:
+        await auth.aclose()
 
 
 class _Usage(Exception):
@@ -198,18 +252,33 @@ async def _run(args: argparse.Namespace) -> int:
                 _print_request(r)
             return EXIT_OK
         if args.cmd in ("approve", "deny"):
-            name = args.approver or getpass.getuser()
+            token = _read_token(args)
+            if token is not None:
+                who = await _token_principal(args, token)
+                del token
+                name, key = who.label(), principal_key(who)
 
-            def check(req: Request) -> None:
-                if not req.approvers.allows_user(name):
-                    raise NotAnApprover(
-                        f"{name!r} is not among the approvers of request {req.id} "
-                        f"({_approvers(req)})"
-                    )
+                def check(req: Request) -> None:
+                    if not req.approvers.allows_principal(who):
+                        raise NotAnApprover(
+                            f"{name} is not among the approvers of request {req.id} "
+                            f"({_approvers(req)})"
+                        )
+
+            else:
+                name = args.approver or getpass.getuser()
+                key = approver_key(name)
+
+                def check(req: Request) -> None:
+                    if not req.approvers.allows_user(name):
+                        raise NotAnApprover(
+                            f"{name!r} is not among the approvers of request {req.id} "
+                            f"({_approvers(req)})"
+                        )
 
             result = await store.vote(
                 args.id,
-                approver=approver_key(name),
+                approver=key,
                 approver_label=name,
                 via="cli",
                 vote=args.cmd,
@@ -232,7 +301,6 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _request_tier(args: argparse.Namespace, store: ApprovalStore, policy_file: Any) -> int:
-    from ..identity.base import Principal
     from ..policy.loader import PolicyError, load_policy
 
     if policy_file is None:
