@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""``make compat``: psycopg's own test suite, three ways, and what differs.
+
+1. **direct**: straight to a throwaway PostgreSQL (TLS + SCRAM, as the project's tests start it);
+2. **relay**: through ``veilgate serve`` with a static token and no policy;
+3. **masking**: through ``veilgate serve`` with ``compat/masking-policy.yaml`` (one tier allowing
+   every statement, masking on, column rules on a table the suite never touches).
+
+It prints the three totals and every test that passes direct but fails through veilgate, labelled
+with its cause from ``compat/known_differences.yaml`` when it is a deliberate difference, and writes
+everything to ``.compat/results.json`` (per-test outcomes in ``.compat/outcomes-<mode>.jsonl``).
+A test that fails through veilgate is run once more (same gateway) before it is reported, so a
+timing test that lost a race under load is reported as flaky, not as a difference.  Exit status:
+0 when every extra failure is a known difference, 1 when any is not, 2 when the harness itself
+could not run.
+
+The suite is psycopg's ``tests/`` directory at release 3.3.4 (upstream tag commit
+:data:`SUITE_COMMIT`), vendored as ``compat/psycopg-3.3.4-tests.tar.xz`` and checked against
+:data:`SUITE_SHA256` before use: psycopg's PyPI sdists (psycopg, psycopg-c, psycopg-pool) carry no
+tests, and the one registry that does (Debian's ``psycopg3`` source package) cannot be fetched
+from this project's machines (its orig tarball answers 404 through their archive mirror).  The
+psycopg release the tests belong to and the tools they need are installed from PyPI by hash
+(``compat/requirements.txt``) into ``.compat/venv-psycopg-3.3.4``; the suite and the venv are
+reused until their pins change.
+
+    python compat/run.py                        # everything (about 10 minutes a run on 2 cores)
+    python compat/run.py -k copy                # a subset, for quick iteration
+    python compat/run.py --modes direct,relay tests/test_copy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import yaml
+
+from veilgate.certs import make_ca, make_cert
+from veilgate.identity.static import token_digest
+from veilgate.testing.cluster import TempCluster, quote_ident
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+SUITE_VERSION = "3.3.4"
+SUITE_TARBALL = HERE / f"psycopg-{SUITE_VERSION}-tests.tar.xz"
+SUITE_SHA256 = "2951ffb5bb0ff599cab9bc1173d517a844962bc7a06f3a20f95793879d390830"
+SUITE_COMMIT = "83f110367cdd249cc0a352e2246ecea9e878e5a0"
+"""psycopg's tag 3.3.4; the tarball is ``git archive --prefix=psycopg-3.3.4/ 3.3.4 tests
+tools/pproxy_fix.py pyproject.toml LICENSE.txt README.rst | xz -9e`` (LGPL-3.0, unmodified)."""
+REQUIREMENTS = HERE / "requirements.txt"
+MASKING_POLICY = HERE / "masking-policy.yaml"
+KNOWN_DIFFERENCES = HERE / "known_differences.yaml"
+
+MODES = ("direct", "relay", "masking")
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+FAILED = frozenset({"failed", "error"})
+
+CLIENT_ONLY_K = "not leak"
+"""Left out unless ``--all``: psycopg's checks that the client frees its memory (``test_leak``,
+``test_copy_*_leaks``): a third of the suite's time and nothing a server or gateway can change."""
+CLIENT_ONLY_IGNORE = ("tests/test_typing.py", "tests/crdb/test_typing.py")
+"""Left out unless ``--all``: static type checks (mypy on snippets), no database involved."""
+
+ROLE = "compat"
+DATABASE = "compat"
+PRIVATE_TABLE_SQL = """
+CREATE SCHEMA compat_private;
+CREATE TABLE compat_private.people (
+    id int PRIMARY KEY, ssn text, email text, card text, notes text
+);
+INSERT INTO compat_private.people VALUES
+    (1, '078-05-1120', 'ada@example.com', '4111 1111 1111 1111', 'call +1 202 555 0143');
+"""
+"""The table the masking policy's column rules name (the suite never reads it)."""
+PASSWORD_ENV = "VEILGATE_COMPAT_PG_PASSWORD"  # noqa: S105 (a variable name)
+MASK_KEY_ENV = "VEILGATE_COMPAT_MASK_KEY"
+
+
+class HarnessError(RuntimeError):
+    """The harness could not set something up (exit status 2)."""
+
+
+def say(msg: str) -> None:
+    print(f"compat: {msg}", flush=True)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- the suite and its venv (cached in the work directory) -----------------------------------------
+
+
+def prepare_suite(work: Path) -> Path:
+    """The extracted test suite (checked against :data:`SUITE_SHA256`; extracted once)."""
+    digest = sha256_of(SUITE_TARBALL)
+    if digest != SUITE_SHA256:
+        raise HarnessError(f"{SUITE_TARBALL}: sha256 {digest}, expected {SUITE_SHA256}")
+    dest = work / f"psycopg-{SUITE_VERSION}"
+    stamp = dest / ".compat-sha256"
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    with tarfile.open(SUITE_TARBALL) as tar:
+        tar.extractall(work, filter="data")
+    stamp.write_text(digest + "\n")
+    return dest
+
+
+def prepare_venv(work: Path) -> Path:
+    """The Python of ``.compat/venv-psycopg-<version>`` (created and filled once per pin set)."""
+    venv = work / f"venv-psycopg-{SUITE_VERSION}"
+    python = venv / "bin" / "python"
+    want = f"{sha256_of(REQUIREMENTS)} {sys.version_info[:3]}"
+    stamp = venv / ".compat-requirements"
+    if python.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
+        return python
+    say(f"installing psycopg {SUITE_VERSION} and the suite's tools into {venv} (PyPI, by hash)")
+    shutil.rmtree(venv, ignore_errors=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [
+                str(python),
+                *("-m", "pip", "--disable-pip-version-check", "install", "-q"),
+                *("--require-hashes", "--no-deps", "--only-binary", ":all:"),
+                *("-r", str(REQUIREMENTS)),
+            ],
+            check=True,
+        )
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(venv, ignore_errors=True)
+        raise HarnessError(
+            f"could not build the suite's venv ({e}); `python3 -m venv` needs Debian's "
+            "python3-venv, and the pinned wheels are for CPython 3.11 on x86_64"
+        ) from e
+    stamp.write_text(want + "\n")
+    return python
+
+
+# -- the database and the gateway ------------------------------------------------------------------
+
+
+@dataclass
+class Database:
+    cluster: TempCluster
+    password: str
+
+    @classmethod
+    def start(cls) -> Database:
+        # two-phase commit on, so psycopg's TPC tests run instead of skipping
+        cluster = TempCluster(extra_settings={"max_prepared_transactions": "10"})
+        cluster.start()
+        password = secrets.token_urlsafe(24)
+        cluster.create_role(ROLE, password)
+        cluster.create_database(DATABASE, owner=ROLE)
+        cluster.execute(
+            f"SET ROLE {quote_ident(ROLE)};\n{PRIVATE_TABLE_SQL}\nRESET ROLE;\n", DATABASE
+        )
+        return cls(cluster, password)
+
+    def dsn(self) -> str:
+        c = self.cluster
+        return (
+            f"host={c.host} port={c.port} dbname={DATABASE} user={ROLE} "
+            f"password={self.password} sslmode=verify-full sslrootcert={c.ca_file} "
+            "connect_timeout=10"
+        )
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+@dataclass
+class Gateway:
+    """``veilgate serve`` as an operator runs it: a config file, a subprocess, JSON logs."""
+
+    db: Database
+    mode: str
+    directory: Path
+    plaintext_loopback: bool = True
+    token: str = field(default_factory=lambda: "compat-" + secrets.token_urlsafe(24))
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "veilgate.log"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.crt"
+
+    def write_config(self) -> Path:
+        ca = make_ca(self.directory, "ca")
+        make_cert(self.directory, "veilgate", ["127.0.0.1", "localhost"], ca)
+        cluster = self.db.cluster
+        doc: dict[str, Any] = {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "tls": {
+                "cert_file": "veilgate.crt",
+                "key_file": "veilgate.key",
+                # psycopg's connection-loss tests tunnel the DSN through a local TCP proxy
+                # (pproxy) with sslmode=disable; the loopback development switch lets them run
+                # through the gateway (every other test connects with verify-full)
+                "allow_plaintext_loopback": self.plaintext_loopback,
+            },
+            "admin": {"enabled": False},
+            "auth": {
+                "static_tokens": [
+                    {"name": "compat", "sha256": token_digest(self.token), "roles": ["compat"]}
+                ]
+            },
+            "targets": {
+                DATABASE: {
+                    "host": cluster.host,
+                    "port": cluster.port,
+                    "dbname": DATABASE,
+                    "user": ROLE,
+                    "password_env": PASSWORD_ENV,
+                    "tls": {"mode": "verify-full", "ca_file": str(cluster.ca_file)},
+                }
+            },
+            "logging": {"level": "info", "format": "json"},
+        }
+        if self.mode == "masking":
+            shutil.copyfile(MASKING_POLICY, self.directory / "policy.yaml")
+            doc["policy"] = {"file": "policy.yaml", "audit_log": "audit.jsonl"}
+        config = self.directory / "veilgate.yaml"
+        config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return config
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
+        env = dict(os.environ)
+        env[PASSWORD_ENV] = self.db.password
+        env[MASK_KEY_ENV] = secrets.token_hex(32)
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "veilgate", "serve", "--config", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=self.directory,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = self._ready_event()
+            if ready is not None:
+                self.port = int(ready["port"])
+                return
+            if self.proc.poll() is not None:
+                raise HarnessError(f"veilgate exited ({self.proc.returncode}): {self.log_tail()}")
+            time.sleep(0.05)
+        raise HarnessError(f"veilgate was not ready after {timeout:g}s: {self.log_tail()}")
+
+    def _ready_event(self) -> dict[str, Any] | None:
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.log_file.read_text(errors="replace").splitlines():
+                if '"ready"' in line:
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(line)
+                        if event.get("event") == "ready":
+                            return dict(event)
+        return None
+
+    def log_tail(self, n: int = 15) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
+        return "(no log)"
+
+    def dsn(self) -> str:
+        return (
+            f"host=127.0.0.1 port={self.port} dbname={DATABASE} user={ROLE} "
+            f"password={self.token} sslmode=verify-full sslrootcert={self.ca_file} "
+            "connect_timeout=10"
+        )
+
+    def log_counts(self) -> dict[str, int]:
+        """How many times each warning/error event appears in the gateway log."""
+        counts: Counter[str] = Counter()
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.log_file.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("level") in ("warning", "error", "critical"):
+                        counts[str(event.get("event"))] += 1
+        return dict(counts)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Target:
+    """What one run connects to: its own PostgreSQL (so concurrent runs never share tables,
+    channels or prepared transactions) and, for the gateway modes, veilgate in front of it."""
+
+    mode: str
+    directory: Path
+    db: Database
+    gateway: Gateway | None
+
+    def dsn(self) -> str:
+        return self.gateway.dsn() if self.gateway is not None else self.db.dsn()
+
+
+@contextlib.contextmanager
+def target(mode: str, directory: Path, *, plaintext_loopback: bool) -> Iterator[Target]:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    db = Database.start()
+    gw = Gateway(db, mode, directory, plaintext_loopback) if mode != "direct" else None
+    try:
+        if gw is not None:
+            gw.start()
+        yield Target(mode, directory, db, gw)
+    finally:
+        if gw is not None:
+            gw.stop()
+        db.stop()
+
+
+# -- running the suite -----------------------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    """Which tests run (the same in every mode)."""
+
+    paths: list[str]
+    keyword: str | None
+    marker: str | None
+    everything: bool
+    timeout: int
+
+    def pytest_args(self) -> list[str]:
+        args: list[str] = []
+        keyword = self.keyword
+        if not self.everything:
+            keyword = f"({keyword}) and {CLIENT_ONLY_K}" if keyword else CLIENT_ONLY_K
+            args += [f"--ignore={p}" for p in CLIENT_ONLY_IGNORE]
+        if keyword:
+            args += ["-k", keyword]
+        if self.marker:
+            args += ["-m", self.marker]
+        return [*args, f"--timeout={self.timeout}", *(self.paths or ["tests"])]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "paths": self.paths or ["tests"],
+            "keyword": self.keyword,
+            "marker": self.marker,
+            "client_only_tests_left_out": not self.everything,
+            "timeout_s": self.timeout,
+        }
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without libpq variables and anything that would redirect the suite."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "PSYCOPG", "PYTHON", "VIRTUAL_ENV"))
+    }
+    env["PYTHONPATH"] = str(HERE)  # the outcomes plugin
+    env.setdefault("LC_ALL", "C.UTF-8")
+    return env
+
+
+_children: set[subprocess.Popen[bytes]] = set()
+"""The pytest processes running now (ended when the harness is interrupted)."""
+
+
+def _run_child(cmd: list[str], *, cwd: Path, env: dict[str, str], stdout: IO[str]) -> int:
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+    _children.add(proc)
+    try:
+        return proc.wait()
+    finally:
+        _children.discard(proc)
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _end_children() -> None:
+    for proc in list(_children):
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+
+
+MAX_RESTARTS = 20
+"""How many times one run goes on after the test process died (each time one test is lost)."""
+
+
+def run_pytest(
+    python: Path, suite: Path, dsn: str, outcomes: Path, args: Sequence[str], log: Path
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """Run the suite (``args``: selection) against ``dsn``; the outcome of every test and the
+    wall time.  pytest's own output goes to ``log``.
+
+    When the test process dies (psycopg's C extension can crash when a test fails halfway with
+    threads still using the connection; a test that hangs is ended by pytest-timeout's thread
+    method, which exits the process), the test it was running is recorded as an ``error`` and
+    pytest starts again with the tests already done deselected."""
+    outcomes.unlink(missing_ok=True)
+    current = Path(f"{outcomes}.current")
+    env = clean_env()
+    env["PSYCOPG_TEST_DSN"] = dsn  # not on the command line: it holds the password / token
+    env["COMPAT_OUTCOMES"] = str(outcomes)
+    cmd = [
+        str(python),
+        *("-m", "pytest", "-p", "outcomes", "-p", "no:randomly", "-q", "-rN"),
+        # pytest's cache in the run's own (fresh) directory: psycopg's conftest refuses to run
+        # after a session that did not finish (its segfault check), e.g. an interrupted run
+        *("-o", f"cache_dir={log.parent / '.pytest_cache'}"),
+        "--timeout-method=thread",
+        *args,
+    ]
+    start = time.monotonic()
+    with log.open("w") as out:
+        for _ in range(MAX_RESTARTS + 1):
+            current.unlink(missing_ok=True)
+            rc = _run_child(cmd, cwd=suite, env=env, stdout=out)
+            # the plugin removes `current` when the session ends; left behind, it names the test
+            # the process died in (pytest-timeout's thread method exits with status 1)
+            lost = current.read_text() if current.is_file() else ""
+            if not lost or lost in read_outcomes(outcomes):
+                if rc in (0, 1, 5):  # 5: nothing selected
+                    break
+                raise HarnessError(f"pytest exited {rc} outside any test; see {log}")
+            entry = {
+                "test": lost,
+                "outcome": "error",
+                "message": f"the test process died during this test (exit status {rc}; "
+                "a timeout or a crash, see the pytest log)",
+                "duration": 0.0,
+            }
+            with outcomes.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+            out.write(f"\n[compat] the test process died in {lost} (exit {rc}); going on\n")
+            out.flush()
+            env["COMPAT_RESUME"] = "1"
+        else:
+            raise HarnessError(f"the test process died more than {MAX_RESTARTS} times; see {log}")
+    current.unlink(missing_ok=True)
+    return read_outcomes(outcomes), time.monotonic() - start
+
+
+def read_outcomes(path: Path) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                results[entry["test"]] = entry
+    return results
+
+
+def totals(results: dict[str, dict[str, Any]]) -> dict[str, int]:
+    counts = Counter(entry["outcome"] for entry in results.values())
+    return {outcome: counts.get(outcome, 0) for outcome in OUTCOMES}
+
+
+# -- comparing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Known:
+    cause: str
+    reason: str
+    owner: str
+    modes: tuple[str, ...]
+    tests: tuple[str, ...]
+
+    def covers(self, mode: str, test: str) -> bool:
+        return mode in self.modes and any(fnmatch.fnmatchcase(test, p) for p in self.tests)
+
+
+def load_known(path: Path = KNOWN_DIFFERENCES) -> list[Known]:
+    doc = yaml.safe_load(path.read_text()) or {}
+    known = []
+    for item in doc.get("differences") or []:
+        known.append(
+            Known(
+                cause=str(item["cause"]),
+                reason=" ".join(str(item["reason"]).split()),
+                owner=str(item.get("owner", "")),
+                modes=tuple(item.get("modes") or ("relay", "masking")),
+                tests=tuple(item["tests"]),
+            )
+        )
+    return known
+
+
+def extra_failures(
+    direct: dict[str, dict[str, Any]], through: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Tests that pass direct and fail (or error) through the gateway, in test order."""
+    return [
+        dict(through[test])
+        for test, entry in direct.items()
+        if entry["outcome"] == "passed" and test in through and through[test]["outcome"] in FAILED
+    ]
+
+
+def label(mode: str, extras: list[dict[str, Any]], known: list[Known]) -> None:
+    for entry in extras:
+        match = next((k for k in known if k.covers(mode, entry["test"])), None)
+        entry["cause"] = match.cause if match else None
+        entry["reason"] = match.reason if match else None
+        entry["owner"] = match.owner if match else None
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+def print_table(runs: dict[str, dict[str, Any]]) -> None:
+    cols = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+    print()
+    print(f"psycopg {SUITE_VERSION} test suite".ljust(12 + 2), end="")
+    print("".join(f"{c:>9}" for c in cols) + f"{'extra':>8}{'time':>8}")
+    for mode, run in runs.items():
+        t = run["totals"]
+        extra = "" if mode == "direct" else str(len(run["extra_failures"]))
+        print(
+            f"{mode:<14}"
+            + "".join(f"{t[c]:>9}" for c in cols)
+            + f"{extra:>8}{run['duration_s'] / 60:>7.1f}m"
+        )
+    print("(extra: passes direct, fails through veilgate, and fails again when re-run)")
+
+
+def print_extras(runs: dict[str, dict[str, Any]]) -> None:
+    for mode, run in runs.items():
+        if mode == "direct":
+            continue
+        extras = run["extra_failures"]
+        print(f"\n{mode}: {len(extras)} test(s) pass direct but fail through veilgate")
+        by_cause: dict[str, list[dict[str, Any]]] = {}
+        for entry in extras:
+            by_cause.setdefault(entry["cause"] or "UNEXPLAINED", []).append(entry)
+        for cause, entries in sorted(by_cause.items(), key=lambda kv: kv[0] != "UNEXPLAINED"):
+            reason = entries[0]["reason"]
+            owner = entries[0]["owner"]
+            head = f"  [{cause}] {len(entries)}"
+            if reason:
+                head += f": {reason}" + (f" ({owner})" if owner else "")
+            print(head)
+            for entry in entries:
+                print(f"    {entry['outcome']:<6} {entry['test']}")
+                if entry["message"]:
+                    print(f"           {entry['message'][:150]}")
+        if run.get("flaky"):
+            print(f"  passed when re-run (timing under load, not counted): {len(run['flaky'])}")
+            for test in run["flaky"]:
+                print(f"    {test}")
+        if run.get("skipped_only_here"):
+            print(f"  skipped through veilgate only: {len(run['skipped_only_here'])}")
+            for entry in run["skipped_only_here"]:
+                print(f"    {entry['test']}: {entry['message'][:120]}")
+        if run.get("gateway_log"):
+            events = ", ".join(f"{k} x{v}" for k, v in sorted(run["gateway_log"].items()))
+            print(f"  gateway log warnings/errors: {events}")
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="compat/run.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("paths", nargs="*", help="test files / node ids (default: tests)")
+    p.add_argument("-k", dest="keyword", help="pytest -k expression (a subset)")
+    p.add_argument("-m", dest="marker", help="pytest -m expression (e.g. 'not slow')")
+    p.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated subset of direct,relay,masking (direct is always run first "
+        "when a gateway mode is compared)",
+    )
+    p.add_argument(
+        "--all",
+        dest="everything",
+        action="store_true",
+        help="also run the client-only checks left out by default (memory leaks, mypy)",
+    )
+    p.add_argument("--timeout", type=int, default=120, help="per-test timeout in seconds")
+    p.add_argument("--workdir", type=Path, default=ROOT / ".compat", help="cache and results")
+    p.add_argument("--no-rerun", action="store_true", help="do not re-run extra failures")
+    p.add_argument(
+        "--tls-only",
+        action="store_true",
+        help="refuse plaintext on loopback too (psycopg's proxy tests then fail at connect)",
+    )
+    p.add_argument(
+        "--serial", action="store_true", help="one run at a time (default: all modes at once)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        print(f"compat: unknown mode(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    # direct is the reference every other run is compared with
+    modes = [m for m in MODES if m in modes or m == "direct"]
+    work: Path = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    selection = Selection(args.paths, args.keyword, args.marker, args.everything, args.timeout)
+    signal.signal(signal.SIGTERM, _interrupted)  # stop the gateways and clusters on the way out
+    try:
+        suite = prepare_suite(work)
+        python = prepare_venv(work)
+        known = load_known()
+        with contextlib.ExitStack() as stack:
+            say(f"starting {len(modes)} throwaway PostgreSQL cluster(s) (TLS + SCRAM) and veilgate")
+            targets = [
+                stack.enter_context(
+                    target(m, work / "runs" / m, plaintext_loopback=not args.tls_only)
+                )
+                for m in modes
+            ]
+            stack.callback(_end_children)  # exits run last-in first-out: tests stop first
+            runs = run_all(targets, suite, python, work, selection, args.serial)
+            if not args.no_rerun:
+                rerun_extras(targets, runs, suite, python, work, selection)
+    except (HarnessError, OSError, subprocess.SubprocessError) as e:
+        print(f"compat: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("compat: interrupted", file=sys.stderr)
+        return 130
+    for mode, run in runs.items():
+        if mode != "direct":
+            label(mode, run["extra_failures"], known)
+    print_table(runs)
+    print_extras(runs)
+    unexplained = sum(
+        1 for run in runs.values() for e in run.get("extra_failures", []) if e["cause"] is None
+    )
+    report = {
+        "suite": {"name": "psycopg", "version": SUITE_VERSION, "sha256": SUITE_SHA256},
+        "selection": selection.describe(),
+        "runs": {
+            mode: {k: v for k, v in run.items() if k != "results"} for mode, run in runs.items()
+        },
+        "outcomes": {mode: str(work / f"outcomes-{mode}.jsonl") for mode in runs},
+        "unexplained_extra_failures": unexplained,
+    }
+    (work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    say(f"results: {work / 'results.json'}; pytest and gateway logs in {work / 'runs'}")
+    return 1 if unexplained else 0
+
+
+def run_all(
+    targets: list[Target],
+    suite: Path,
+    python: Path,
+    work: Path,
+    selection: Selection,
+    serial: bool,
+) -> dict[str, dict[str, Any]]:
+    """Run the selection in every target (at the same time unless ``serial``: the suite spends
+    most of its time waiting on round trips and sleeps, and each run has its own cluster)."""
+
+    def one(t: Target) -> tuple[str, dict[str, Any]]:
+        say(f"running the suite: {t.mode}")
+        results, elapsed = run_pytest(
+            python,
+            suite,
+            t.dsn(),
+            work / f"outcomes-{t.mode}.jsonl",
+            selection.pytest_args(),
+            t.directory / "pytest.log",
+        )
+        say(f"{t.mode}: done in {elapsed / 60:.1f} min")
+        return t.mode, {
+            "totals": totals(results),
+            "duration_s": round(elapsed, 1),
+            "results": results,
+        }
+
+    with ThreadPoolExecutor(max_workers=1 if serial else len(targets)) as pool:
+        runs = dict(pool.map(one, targets))
+    direct = runs["direct"]["results"]
+    for t in targets:
+        if t.gateway is None:
+            continue
+        run = runs[t.mode]
+        results = run["results"]
+        run["extra_failures"] = extra_failures(direct, results)
+        run["flaky"] = []
+        run["skipped_only_here"] = [
+            results[test]
+            for test, entry in direct.items()
+            if entry["outcome"] == "passed" and results.get(test, {}).get("outcome") == "skipped"
+        ]
+        run["gateway_log"] = t.gateway.log_counts()
+    return {m: runs[m] for m in MODES if m in runs}
+
+
+def rerun_extras(
+    targets: list[Target],
+    runs: dict[str, dict[str, Any]],
+    suite: Path,
+    python: Path,
+    work: Path,
+    selection: Selection,
+) -> None:
+    """Run every extra failure once more, alone (one mode at a time); a test that passes then
+    lost a timing race under load: it is listed as flaky, not as a difference."""
+    for t in targets:
+        run = runs.get(t.mode, {})
+        extras = run.get("extra_failures") or []
+        if not extras:
+            continue
+        say(f"{t.mode}: re-running the {len(extras)} test(s) that failed only through veilgate")
+        again, _ = run_pytest(
+            python,
+            suite,
+            t.dsn(),
+            work / f"outcomes-{t.mode}-rerun.jsonl",
+            [f"--timeout={selection.timeout}", *(e["test"] for e in extras)],
+            t.directory / "pytest-rerun.log",
+        )
+        passed = {test for test, entry in again.items() if entry["outcome"] == "passed"}
+        run["flaky"] = [e["test"] for e in extras if e["test"] in passed]
+        run["extra_failures"] = [e for e in extras if e["test"] not in passed]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
