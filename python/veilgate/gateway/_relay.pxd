@@ -25,3 +25,10 @@ cdef class RelaySide:
     cdef _pause(self, int reason)
     cdef _unpause(self, int reason)
     cdef _past_barriers(self)
+
+
+cdef class RecordSizedTransport:
+    cdef readonly object transport
+    """The wrapped TLS transport."""
+    cdef object _write
+    cdef object _writelines

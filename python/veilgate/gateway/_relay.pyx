@@ -32,6 +32,56 @@ cdef int _PAUSE_HELD = 1
 cdef int _PAUSE_PEER_FULL = 2
 
 
+# PostgreSQL hands OpenSSL at most 8 KiB at a time (its send buffer), so its TLS records carry at
+# most 8 KiB of plaintext, and libpq always reads with at least 8 KiB of room (pqReadData)
+cdef Py_ssize_t _RECORD_PLAINTEXT_MAX = 8192
+
+
+cdef class RecordSizedTransport:
+    """A client TLS transport whose writes leave in TLS records of at most 8 KiB of plaintext, as
+    PostgreSQL's own do; every other attribute is the wrapped transport's.
+
+    libpq's asynchronous API (psycopg 3, and libpq 18.0 still) polls the socket when a read left a
+    message incomplete.  From a record larger than the room libpq reads with, OpenSSL keeps the
+    rest decrypted in its own buffer, where poll() cannot see it: the client then waits for bytes
+    it already has, while the server waits for the client (psycopg's binary COPY between two
+    connections hung through the gateway, never straight to PostgreSQL).  Records no larger than
+    PostgreSQL's never leave anything behind.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self._write = transport.write
+        self._writelines = transport.writelines
+
+    def write(self, data):
+        cdef Py_ssize_t n = len(data)
+        cdef Py_ssize_t i
+        if n <= _RECORD_PLAINTEXT_MAX:
+            self._write(data)
+            return
+        # one SSL write per piece: asyncio's and uvloop's TLS transports write each piece of a
+        # writelines() with its own SSL_write, which makes one record of it
+        view = memoryview(data).cast("B")
+        self._writelines(
+            [view[i : i + _RECORD_PLAINTEXT_MAX] for i in range(0, n, _RECORD_PLAINTEXT_MAX)]
+        )
+
+    def writelines(self, list_of_data):
+        for data in list_of_data:
+            self.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+def record_sized(transport):
+    """``transport`` wrapped in :class:`RecordSizedTransport` when it is a TLS transport."""
+    if transport.get_extra_info("ssl_object") is None:
+        return transport
+    return RecordSizedTransport(transport)
+
+
 cdef class RelaySide:
     """One connection side.
 

@@ -23,7 +23,7 @@ import veilgate_native as native
 from veilgate import log, metrics
 from veilgate.config_model import TargetConfig
 from veilgate.gateway import upstream, wire
-from veilgate.gateway._relay import RelayProtocol
+from veilgate.gateway._relay import RelayProtocol, record_sized
 from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
@@ -185,7 +185,8 @@ class Session:
         limits = self.config.limits
         transport.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
         if side is self.client:
-            self.client_transport = transport
+            # TLS records no larger than PostgreSQL's (libpq's async API hangs on larger ones)
+            self.client_transport = record_sized(transport)
         else:
             self.upstream_transport = transport
             if self.phase is Phase.CLOSED:
