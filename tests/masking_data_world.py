@@ -435,21 +435,24 @@ def email(r: random.Random, fake: Faker, locale: str) -> str:
 
 
 def ip_address(r: random.Random, fake: Faker) -> tuple[str, str]:
-    """(value, suffix): IPv4 / IPv6 with prefix lengths and ports written after it."""
+    """(value, text after it): IPv4 / IPv6, now and then in CIDR notation (the prefix length is
+    part of the value: it is one token) or followed by a port (not part of the value)."""
     style = r.random()
     if style < 0.4:
         v = str(fake.ipv4_public())
         suffix = r.choice(("", "", f":{r.choice((22, 443, 5432, 8080))}", f"/{r.randint(8, 32)}"))
-        return v, suffix
-    if style < 0.55:
-        return str(fake.ipv4_private()), r.choice(("", "/24", ":3000"))
-    if style < 0.8:
+    elif style < 0.55:
+        v, suffix = str(fake.ipv4_private()), r.choice(("", "/24", ":3000"))
+    elif style < 0.8:
         import ipaddress
 
         v6 = ipaddress.IPv6Address(str(fake.ipv6()))
-        return (v6.exploded if r.random() < 0.3 else str(v6)), r.choice(("", "/64", "/128"))
-    gap = f"2001:db8:{r.randint(1, 0xFFFF):x}::{r.randint(1, 0xFFFF):x}"
-    return r.choice((gap, f"fe80::{r.randint(1, 0xFFFF):x}:{r.randint(1, 0xFFFF):x}")), ""
+        v, suffix = (v6.exploded if r.random() < 0.3 else str(v6)), r.choice(("", "/64", "/128"))
+    else:
+        gap = f"2001:db8:{r.randint(1, 0xFFFF):x}::{r.randint(1, 0xFFFF):x}"
+        v = r.choice((gap, f"fe80::{r.randint(1, 0xFFFF):x}:{r.randint(1, 0xFFFF):x}"))
+        suffix = ""
+    return (v + suffix, "") if suffix.startswith("/") else (v, suffix)
 
 
 _B64 = string.ascii_letters + string.digits + "+/"
@@ -676,10 +679,10 @@ def _csv(b: _Builder, vals: _Values, entities: list[str]) -> None:
 
 def _json_doc(b: _Builder, vals: _Values, entities: list[str]) -> None:
     r = vals.r
-    values: list[tuple[str, str]] = []
+    values: list[tuple[str, str, str]] = []
     for e in entities:
         v, after = vals.draw(e)
-        values.append((v + after, e))
+        values.append((v, after, e))
     marks = [f"@@V{i}@@" for i in range(len(values))]
     doc: dict[str, object] = {
         "id": r.randint(1, 10**6),
@@ -689,7 +692,7 @@ def _json_doc(b: _Builder, vals: _Values, entities: list[str]) -> None:
     }
     contact: dict[str, object] = doc["customer"]["contact"]  # type: ignore[index]
     events: list[object] = doc["events"]  # type: ignore[assignment]
-    for i, (_, e) in enumerate(values):
+    for i, (_, _, e) in enumerate(values):
         key = r.choice(_KEYS[e])
         if r.random() < 0.5:
             contact[f"{key}{i}" if key in contact else key] = marks[i]
@@ -700,11 +703,13 @@ def _json_doc(b: _Builder, vals: _Values, entities: list[str]) -> None:
     order = sorted(range(len(values)), key=lambda i: text.index(marks[i]))
     pos = 0
     for i in order:
-        v, e = values[i]
+        v, after, e = values[i]
         at = text.index(marks[i], pos)
         b.add(text[pos:at])
-        # the labelled span is the value as it stands in the document (escapes included)
+        # the labelled span is the value as it stands in the document (escapes included); a
+        # port after an address is in the same string but not part of the value
         b.add(json.dumps(v, ensure_ascii=False)[1:-1], e)
+        b.add(json.dumps(after, ensure_ascii=False)[1:-1])
         pos = at + len(marks[i])
     b.add(text[pos:])
 
