@@ -146,14 +146,15 @@ def phone_cn(r: random.Random) -> str:
 
 def phone_de(r: random.Random) -> str:
     """Germany (+49): area codes of 2-5 digits after the trunk 0 (030 Berlin, 089 Munich, 0221
-    Cologne, 06221 Heidelberg), subscriber numbers making 10-11 digits, mobiles 015x/016x/017x;
+    Cologne, 06221 Heidelberg), national numbers of 9-10 digits after the 0, mobiles 015x-017x;
     DIN 5008 spaces, the old slash and parentheses, ``+49 (0)``, ``0049``, extensions ``-12``."""
     if r.random() < 0.35:
         area = r.choice(("151", "160", "170", "171", "176", "1575"))
         sub = _nz(r) + _digits(r, 10 - len(area) - 1 + (1 if len(area) == 3 else 0))
     else:
+        # national significant numbers (area code + subscriber) of 9 or 10 digits
         area = r.choice(("30", "40", "89", "69", "221", "211", "711", "6221", "4621", "33056"))
-        sub = _nz(r) + _digits(r, r.choice((6, 7)) - (len(area) - 2) // 2)
+        sub = _nz(r) + _digits(r, max(5, r.choice((9, 10)) - len(area)) - 1)
     ext = ""
     if r.random() < 0.12:
         ext = "-" + _digits(r, r.choice((1, 2, 3)))
@@ -625,12 +626,21 @@ class _Values:
         return secret(r), ""
 
 
+def _cjk_break(b: _Builder, r: random.Random) -> None:
+    """CJK text runs phrases together without spaces, but a writer ends a phrase that closes on
+    an ASCII value (a number, an address) before the next one starts."""
+    if b.text and (b.text[-1].isascii() or "\uff01" <= b.text[-1] <= "\uff5e"):
+        b.add(r.choice(("。", "\n", " ", "、")))
+
+
 def _chat(b: _Builder, vals: _Values, entities: list[str]) -> None:
     r, loc = vals.r, vals.locale
     cjk = loc in ("ja_JP", "zh_CN")
     for i, e in enumerate(entities):
         if i and not cjk:
             b.add(" ")
+        if cjk:
+            _cjk_break(b, r)
         if r.random() < 0.4:
             b.add(str(vals.fake.sentence()) + ("" if cjk else " "))
         tmpl = r.choice(_CHAT[loc][e])
@@ -722,6 +732,8 @@ def _note(b: _Builder, vals: _Values, entities: list[str]) -> None:
         v, after = vals.draw(e)
         tmpl = r.choice(_CHAT[loc][e])
         head, tail = tmpl.split("{v}")
+        if cjk:
+            _cjk_break(b, r)
         b.add(head)
         b.add(v, e)
         b.add(after + tail + ("" if cjk else " "))

@@ -10,8 +10,8 @@ The table is printed (``pytest -s``), attached to each test as the ``mask_accura
 (``--junitxml``) and written to ``.pytest_cache/d/mask_accuracy/report.txt``.
 
 Floors (never lowered to make a run pass; a miss here is a detector bug to fix): recall >= 0.98
-for CREDIT_CARD, US_SSN, EMAIL, IBAN, IP_ADDRESS; >= 0.90 for PHONE; at most 0.1% of clean rows
-with any detection.
+for every entity, PHONE included; at most 0.1% of clean rows with any detection.  The second set,
+eight locales in realistic carriers, is ``test_mask_accuracy_world.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ RECALL_FLOORS = {
     "EMAIL": 0.98,
     "IBAN": 0.98,
     "IP_ADDRESS": 0.98,
-    "PHONE": 0.90,
+    "PHONE": 0.98,
 }
 CLEAN_FP_RATE_MAX = 0.001
 

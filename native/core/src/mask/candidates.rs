@@ -37,11 +37,10 @@ pub enum Kind {
     Email,
     Iban,
     Card,
-    PhoneNanp,
-    PhoneE164,
     Ssn,
     Ipv6,
     Ipv4,
+    Phone,
 }
 
 impl Kind {
@@ -52,17 +51,20 @@ impl Kind {
     /// local part must start with a letter or digit: a thread started at a `.` would outrank
     /// (leftmost) every candidate after it until the run ends.  [`super::scan`] still lets
     /// an email that starts where another candidate starts win when it is longer.
-    pub const ALL: [Kind; 11] = [
+    ///
+    /// PHONE's pattern only marks where a number may start (its validator reads the number), so
+    /// it comes after every alternative with a real pattern: a card, an SSN or an address that
+    /// validates at the same start wins, and one that does not is retried as a phone.
+    pub const ALL: [Kind; 10] = [
         Kind::PemBlock,
         Kind::Token,
         Kind::KeywordSecret,
         Kind::Iban,
         Kind::Card,
-        Kind::PhoneNanp,
-        Kind::PhoneE164,
         Kind::Ssn,
         Kind::Ipv6,
         Kind::Ipv4,
+        Kind::Phone,
         Kind::Email,
     ];
 
@@ -72,7 +74,7 @@ impl Kind {
             Kind::Email => Builtin::Email,
             Kind::Iban => Builtin::Iban,
             Kind::Card => Builtin::CreditCard,
-            Kind::PhoneNanp | Kind::PhoneE164 => Builtin::Phone,
+            Kind::Phone => Builtin::Phone,
             Kind::Ssn => Builtin::UsSsn,
             Kind::Ipv6 | Kind::Ipv4 => Builtin::IpAddress,
         }
@@ -80,10 +82,9 @@ impl Kind {
 
     pub fn pattern(self) -> &'static str {
         match self {
-            Kind::PemBlock => concat!(
-                r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----(?s:.)*?",
-                r"(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\z)"
-            ),
+            // The header only: the validator takes the key material after it (to its footer, or
+            // as far as the material goes when the footer is missing).
+            Kind::PemBlock => r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----",
             Kind::Token => concat!(
                 r"(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}",
                 r"|eyJ[A-Za-z0-9_\-]{7,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
@@ -97,18 +98,18 @@ impl Kind {
                 r"(?i:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?key|token)",
                 r#"["']?[ \t]*(?::=|:|=)[ \t]*["']?[A-Za-z0-9+/=_\-.~!@#$%^*]{20,}"#
             ),
+            // The local part: RFC 5322 atext and dots, except `=` and `/`, which in text far more
+            // often join a key or a path to the address (`user=ann@...`); the domain: ASCII or
+            // UTF-8 labels (the validator reads it), then an alphabetic or punycode TLD.
             Kind::Email => concat!(
-                r"[A-Za-z0-9][A-Za-z0-9._%+\-]*@",
-                r"[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+                r"[A-Za-z0-9][A-Za-z0-9._%+\-'!#$&*?^`{|}~]*@",
+                r"[A-Za-z0-9\-\x80-\xFF]+(?:\.[A-Za-z0-9\-\x80-\xFF]+)*",
+                r"\.(?:[A-Za-z]{2,}|xn--[A-Za-z0-9\-]{2,})"
             ),
-            Kind::Iban => r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?",
-            Kind::Card => r"[0-9](?:[ \-]?[0-9]){11,18}",
-            Kind::PhoneNanp => concat!(
-                r"(?:\+1[ .\-]?|001[ .\-]?)?",
-                r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}",
-                r"(?: ?(?:x|ext\.?) ?[0-9]{1,6})?"
-            ),
-            Kind::PhoneE164 => r"\+[1-9](?:[ .\-]?[0-9]){6,14}",
+            Kind::Iban => r"[A-Z]{2}[0-9]{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,3})?",
+            Kind::Card => r"[0-9](?:(?:[ \-]| {2})?[0-9]){11,18}",
+            // Where a number may start; [`phone::validate`] reads it.
+            Kind::Phone => r"\+ ?[0-9]|\(?[0-9]",
             Kind::Ssn => r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}",
             // Eight full groups, or groups around one `::` (times like 09:45:00 never match),
             // optionally ending in a dotted IPv4 part (`::ffff:192.0.2.1`).
@@ -132,8 +133,7 @@ impl Kind {
             }
             Kind::Iban => b.is_ascii_uppercase(),
             Kind::Card | Kind::Ssn | Kind::Ipv4 => b.is_ascii_digit(),
-            Kind::PhoneNanp => b.is_ascii_digit() || b == b'+' || b == b'(',
-            Kind::PhoneE164 => b == b'+',
+            Kind::Phone => b.is_ascii_digit() || b == b'+' || b == b'(',
             Kind::Ipv6 => b.is_ascii_hexdigit() || b == b':',
         }
     }
@@ -141,13 +141,13 @@ impl Kind {
     /// Validates a candidate of this alternative: the span to mask, or `None`.
     pub fn validate(self, text: &[u8], r: Range) -> Option<Range> {
         match self {
-            Kind::PemBlock | Kind::Token => secret::validate_token(text, r),
+            Kind::PemBlock => secret::validate_pem(text, r),
+            Kind::Token => secret::validate_token(text, r),
             Kind::KeywordSecret => secret::validate_keyword(text, r),
             Kind::Email => email::validate(text, r),
             Kind::Iban => iban::validate(text, r),
             Kind::Card => card::validate(text, r),
-            Kind::PhoneNanp => phone::validate_nanp(text, r),
-            Kind::PhoneE164 => phone::validate_e164(text, r),
+            Kind::Phone => phone::validate(text, r),
             Kind::Ssn => ssn::validate(text, r),
             Kind::Ipv6 => ip::validate_v6(text, r),
             Kind::Ipv4 => ip::validate_v4(text, r),
@@ -157,7 +157,27 @@ impl Kind {
 
 /// Bytes of an email's local part (the candidate's class).
 pub fn is_local_part_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'.' | b'_'
+                | b'%'
+                | b'+'
+                | b'-'
+                | b'\''
+                | b'!'
+                | b'#'
+                | b'$'
+                | b'&'
+                | b'*'
+                | b'?'
+                | b'^'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | b'~'
+        )
 }
 
 /// Builds the combined automaton over `kinds` (pattern id i is `kinds[i]`).

@@ -6,9 +6,11 @@
 /// Masks of one block (bits past the block's end are zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Masks {
-    /// Letters, digits, `_` and bytes >= 0x80 (see [`super::boundary::is_word_byte`]).
+    /// ASCII letters, digits and `_` (see [`super::boundary::is_word_byte`]).
     pub word: u64,
     pub digit: u64,
+    /// `0`: a trunk prefix (`030 ...`) or `00` before a country code.
+    pub zero: u64,
     pub hex: u64,
     pub upper: u64,
     pub colon: u64,
@@ -17,6 +19,7 @@ pub struct Masks {
     pub dash: u64,
     pub plus: u64,
     pub paren: u64,
+    pub slash: u64,
     /// Second bytes of the token prefixes: `y` (eyJ), `h` (gh), `o` (xox), `k` (sk_/rk_).
     pub token_second: u64,
     /// First bytes of the token prefixes: `e`, `g`, `x`, `r`, `s`, `A`.
@@ -36,6 +39,7 @@ pub fn classify(block: &[u8]) -> Masks {
         let shift = 16 * i;
         m.word |= c.word << shift;
         m.digit |= c.digit << shift;
+        m.zero |= c.zero << shift;
         m.hex |= c.hex << shift;
         m.upper |= c.upper << shift;
         m.colon |= c.colon << shift;
@@ -44,6 +48,7 @@ pub fn classify(block: &[u8]) -> Masks {
         m.dash |= c.dash << shift;
         m.plus |= c.plus << shift;
         m.paren |= c.paren << shift;
+        m.slash |= c.slash << shift;
         m.token_second |= c.token_second << shift;
         m.token_first |= c.token_first << shift;
         m.aws_second |= c.aws_second << shift;
@@ -56,8 +61,9 @@ pub fn classify_scalar(bytes: &[u8]) -> Masks {
     let mut m = Masks::default();
     for (k, &b) in bytes.iter().enumerate() {
         let bit = |yes: bool| u64::from(yes) << k;
-        m.word |= bit(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80);
+        m.word |= bit(b.is_ascii_alphanumeric() || b == b'_');
         m.digit |= bit(b.is_ascii_digit());
+        m.zero |= bit(b == b'0');
         m.hex |= bit(b.is_ascii_hexdigit());
         m.upper |= bit(b.is_ascii_uppercase());
         m.colon |= bit(b == b':');
@@ -66,6 +72,7 @@ pub fn classify_scalar(bytes: &[u8]) -> Masks {
         m.dash |= bit(b == b'-');
         m.plus |= bit(b == b'+');
         m.paren |= bit(b == b'(');
+        m.slash |= bit(b == b'/');
         m.token_second |= bit(matches!(b, b'y' | b'h' | b'o' | b'k'));
         m.token_first |= bit(matches!(b, b'e' | b'g' | b'x' | b'r' | b's' | b'A'));
         m.aws_second |= bit(matches!(b, b'K' | b'S' | b'I' | b'R' | b'G' | b'N'));
@@ -104,15 +111,15 @@ fn classify16(chunk: &[u8; 16]) -> Masks {
         let folded = _mm_or_si128(v, splat(0x20));
         let alpha = range(folded, b'a', b'z');
         let upper = _mm_andnot_si128(_mm_cmpeq_epi8(folded, v), alpha);
-        let high = bits(v);
         let hex = _mm_or_si128(digit, range(folded, b'a', b'f'));
         let any = |bs: &[u8]| {
             bs.iter()
                 .fold(_mm_set1_epi8(0), |acc, &b| _mm_or_si128(acc, eq(b)))
         };
         Masks {
-            word: bits(_mm_or_si128(_mm_or_si128(digit, alpha), eq(b'_'))) | high,
+            word: bits(_mm_or_si128(_mm_or_si128(digit, alpha), eq(b'_'))),
             digit: bits(digit),
+            zero: bits(eq(b'0')),
             hex: bits(hex),
             upper: bits(upper),
             colon: bits(eq(b':')),
@@ -121,6 +128,7 @@ fn classify16(chunk: &[u8; 16]) -> Masks {
             dash: bits(eq(b'-')),
             plus: bits(eq(b'+')),
             paren: bits(eq(b'(')),
+            slash: bits(eq(b'/')),
             token_second: bits(any(b"yhok")),
             token_first: bits(any(b"egxrsA")),
             aws_second: bits(any(b"KSIRGN")),

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::entity::Builtin;
+use super::fold::{fold, Folded};
 use super::operator::Operator;
 use super::scan::{resolve_overlaps, BuiltinScanner, DictionaryScanner, RegexScanner, Span};
 use super::value::{entity_id, EntityId, Finding, Outcome, Tally, ValueMask};
@@ -177,10 +178,30 @@ impl Masker {
 
     /// The sensitive spans of `text`: sorted, never overlapping (the longest wins a clash).
     pub fn scan(&self, text: &[u8]) -> Vec<Span> {
+        self.scan_folding(text).0
+    }
+
+    /// [`Masker::scan`], and the folded copy the built-in detectors read when `text` holds
+    /// full-width forms (see [`super::fold`]); spans are offsets of `text` either way.
+    fn scan_folding(&self, text: &[u8]) -> (Vec<Span>, Option<Folded>) {
         let mut spans = Vec::new();
-        self.builtin.scan(text, |s| spans.push(s));
+        let folded = if self.builtin.is_empty() {
+            None
+        } else {
+            fold(text)
+        };
+        match &folded {
+            None => self.builtin.scan(text, |s| spans.push(s)),
+            Some(f) => self.builtin.scan(&f.text, |s| {
+                spans.push(Span {
+                    start: f.original(s.start),
+                    end: f.original(s.end),
+                    entity: s.entity,
+                });
+            }),
+        }
         if self.regexes.is_none() && self.dictionary.is_none() {
-            return spans; // already ordered and disjoint
+            return (spans, folded); // already ordered and disjoint
         }
         if let Some(r) = &self.regexes {
             r.scan(text, |s| spans.push(s));
@@ -189,7 +210,7 @@ impl Masker {
             d.scan(text, |s| spans.push(s));
         }
         resolve_overlaps(&mut spans);
-        spans
+        (spans, folded)
     }
 
     /// The name of an entity id found by [`Masker::scan`] (`"?"` if it is not one of ours).
@@ -207,7 +228,7 @@ impl Masker {
 
 impl ValueMask for Masker {
     fn mask_value(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome {
-        let spans = self.scan(value);
+        let (spans, folded) = self.scan_folding(value);
         if spans.is_empty() {
             return Outcome::Unchanged;
         }
@@ -218,7 +239,20 @@ impl ValueMask for Masker {
             out.extend_from_slice(&value[pos..s.start]);
             let rule = self.rule(s.entity);
             tally.add(s.entity, 1);
-            if !rule.operator.apply(&value[s.start..s.end], &rule.tag, out) {
+            // A span written in full-width forms is masked as its ASCII form: `partial` and
+            // `hash` keep non-ASCII bytes, which would leave the number readable.
+            let span = match &folded {
+                Some(f) => {
+                    let (a, b) = (f.folded(s.start), f.folded(s.end));
+                    if f.changed(a, b) {
+                        &f.text[a..b]
+                    } else {
+                        &value[s.start..s.end]
+                    }
+                }
+                None => &value[s.start..s.end],
+            };
+            if !rule.operator.apply(span, &rule.tag, out) {
                 out.truncate(mark);
                 return Outcome::Null;
             }

@@ -6,6 +6,7 @@
 //! - [`validate`]: checksums, ranges and boundaries that candidates must pass
 //! - [`classify`]: byte-class bit masks of 64-byte blocks (SIMD) for the prefilter
 //! - [`prefilter`]: where a candidate may start (the automaton runs anchored only there)
+//! - [`fold`]: full-width forms folded to ASCII before the built-in detectors run
 //! - [`boundary`]: token and word boundary checks (the regex has no look-around)
 //! - [`scan`]: [`Span`] finders (built-ins, custom regexes, dictionaries) and overlap resolution
 //! - [`operator`]: [`Operator`] (replace, redact, partial, hash, null); [`hash`]: the keyed hash
@@ -15,6 +16,7 @@ pub mod boundary;
 pub mod candidates;
 pub mod classify;
 pub mod entity;
+pub mod fold;
 pub mod hash;
 pub mod masker;
 pub mod operator;

@@ -24,7 +24,7 @@
 use super::boundary::token_left_ok;
 use super::candidates::{is_local_part_byte, Kind};
 use super::classify::{classify, Masks};
-use super::validate::card;
+use super::validate::{card, ip, phone};
 
 /// The literals a keyword secret starts with (the `(?i:...)` group of its pattern, expanded).
 const KEYWORDS: [&str; 11] = [
@@ -76,7 +76,7 @@ const fn classes() -> [u8; 256] {
     let mut t = [0u8; 256];
     let mut c: u8 = 0;
     loop {
-        let word = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        let word = c.is_ascii_alphanumeric() || c == b'_';
         t[c as usize] = if word { WORD } else { 0 } | if c == b'-' { DASH } else { 0 };
         if c == u8::MAX {
             break;
@@ -94,10 +94,7 @@ pub struct Families {
     card: bool,
     ssn: bool,
     ipv4: bool,
-    nanp: bool,
-    /// NANP or E.164 phones: `+` / `(` openings.
-    plus: bool,
-    paren: bool,
+    phone: bool,
     ipv6: bool,
     iban: bool,
     tokens: bool,
@@ -119,12 +116,7 @@ impl Families {
                 Kind::Card => f.card = true,
                 Kind::Ssn => f.ssn = true,
                 Kind::Ipv4 => f.ipv4 = true,
-                Kind::PhoneNanp => {
-                    f.nanp = true;
-                    f.plus = true;
-                    f.paren = true;
-                }
-                Kind::PhoneE164 => f.plus = true,
+                Kind::Phone => f.phone = true,
                 Kind::Ipv6 => f.ipv6 = true,
             }
         }
@@ -146,11 +138,30 @@ impl Families {
         if self.card {
             opens |= cur.digit & digit(1) & digit(2) & digit(3);
         }
-        if self.ssn || self.nanp {
-            opens |= cur.digit & digit(1) & digit(2) & on(3, |m| m.dash | m.space | m.dot);
+        if self.ssn {
+            opens |= cur.digit & digit(1) & digit(2) & on(3, |m| m.dash | m.space);
         }
-        if self.nanp {
-            opens |= cur.digit & digit(1) & digit(2) & digit(3);
+        if self.phone {
+            // The first digit group of a number (a superset of `phone::may_start_at_digit`):
+            // `0` and a digit (trunk, `00`), any group of up to three and a separator (`1-`,
+            // `44 `, `415-`, `090-`), five and a blank (`98765 43210`), or eleven digits alone
+            // (`13812345678`); never a group joined to a word on its left (`2026-11-09`).
+            // A separator is followed by the next group (or one more blank, or a `(`).
+            let group_at = |k| on(k, |m| m.digit | m.paren | m.space);
+            let sep = |k| on(k, |m| m.space | m.dash | m.dot | m.paren | m.slash) & group_at(k + 1);
+            let blank_or_dash = |k| on(k, |m| m.space | m.dash) & group_at(k + 1);
+            let digits_to = |k: u32| (1..=k).fold(u64::MAX, |acc, j| acc & digit(j));
+            let first_group = cur.zero & digit(1) & !on(2, |m| m.colon)
+                | sep(1)
+                | digit(1) & blank_or_dash(2)
+                | digits_to(2) & sep(3)
+                | digits_to(4) & on(5, |m| m.space) & group_at(6)
+                | digits_to(10) & !digit(11);
+            // ... and not the minutes or seconds of a time (`08:34:00`).
+            let joined = (cur.dash | cur.dot | cur.slash) << 1
+                & (cur.word << 2 | u64::from(prev_word) << 1)
+                | cur.colon << 1 & cur.digit << 2;
+            opens |= cur.digit & first_group & !joined;
         }
         if self.ipv4 {
             opens |= cur.digit & (dot(1) | digit(1) & (dot(2) | digit(2) & dot(3)));
@@ -159,15 +170,13 @@ impl Families {
             let hex = |k| on(k, |m| m.hex);
             let colon = |k| on(k, |m| m.colon);
             let group = colon(1) | hex(1) & (colon(2) | hex(2) & (colon(3) | hex(3) & colon(4)));
-            // Not right after a `:` or `.` (inside a time, a MAC address, a version).
-            let after_joiner = (cur.colon | cur.dot) << 1;
+            // Not right after a `.` (inside a version); after a `:` only after a key
+            // (`ip:2001:...`), which `ipv6_group` checks.
+            let after_joiner = cur.dot << 1;
             opens |= (cur.hex & group | cur.colon & colon(1)) & !after_joiner;
         }
-        if self.plus {
-            opens |= cur.plus & on(1, |m| m.digit);
-        }
-        if self.paren {
-            opens |= cur.paren & on(1, |m| m.digit);
+        if self.phone {
+            opens |= cur.plus & on(1, |m| m.digit | m.space) | cur.paren & on(1, |m| m.digit);
         }
         if self.tokens {
             opens |= cur.token_first & on(1, |m| m.token_second | m.aws_second);
@@ -416,7 +425,7 @@ impl<'a> Starts<'a> {
         match b {
             b'0'..=b'9' => {
                 if !token_left_ok(text, i) {
-                    return f.ipv6 && ipv6_group(text, i, prev);
+                    return f.ipv6 && ipv6_group(text, i);
                 }
                 // The shapes of [`shape_ok`], sharing one look at the digit run.
                 let run = if n1.is_ascii_digit() {
@@ -426,11 +435,10 @@ impl<'a> Starts<'a> {
                 };
                 let next = at(run);
                 (run == 3 && f.ssn && ssn_shape(&text[i..]))
-                    || (run == 3 && f.nanp && nanp_shape(&text[i..]))
-                    || (f.nanp && text[i..].starts_with(b"001"))
                     || (f.ipv4 && run <= 3 && next == b'.' && ipv4_shape(&text[i..]))
                     || (f.card && run == 4 && card_shape(text, i) && card_checksum_ok(text, i))
-                    || (f.ipv6 && ipv6_group(text, i, prev))
+                    || (f.phone && phone::may_start_at_digit(text, i))
+                    || (f.ipv6 && ipv6_group(text, i))
             }
             b'a'..=b'z' => {
                 (f.tokens
@@ -443,7 +451,7 @@ impl<'a> Starts<'a> {
                     || (f.ipv6
                         && b <= b'f'
                         && (n1.is_ascii_hexdigit() || n1 == b':')
-                        && ipv6_group(text, i, prev))
+                        && ipv6_group(text, i))
             }
             b'A'..=b'Z' => {
                 (f.iban
@@ -455,26 +463,24 @@ impl<'a> Starts<'a> {
                     || (f.ipv6
                         && b <= b'F'
                         && (n1.is_ascii_hexdigit() || n1 == b':')
-                        && ipv6_group(text, i, prev))
+                        && ipv6_group(text, i))
             }
-            b'+' => f.plus && prev != b'+' && matches!(n1, b'1'..=b'9'),
-            b'(' => {
-                f.paren
-                    && matches!(n1, b'2'..=b'9')
-                    && at(2).is_ascii_digit()
-                    && at(3).is_ascii_digit()
-                    && at(4) == b')'
+            b'+' => {
+                f.phone
+                    && prev != b'+'
+                    && (matches!(n1, b'1'..=b'9') || (n1 == b' ' && matches!(at(2), b'1'..=b'9')))
             }
+            b'(' => f.phone && phone::may_start_at_paren(text, i),
             b':' => f.ipv6 && n1 == b':' && !matches!(prev, b':' | b'.'),
             _ => false,
         }
     }
 }
 
-/// An IPv6 opening with a hex group at `i` (after `prev`): a `:` within four hex digits, and
-/// neither `:` nor `.` before it (see `ip::validate_v6`).
-fn ipv6_group(text: &[u8], i: usize, prev: u8) -> bool {
-    if matches!(prev, b':' | b'.') {
+/// An IPv6 opening with a hex group at `i`: a `:` within four hex digits, where an address may
+/// start (see `ip::v6_left_ok`).
+fn ipv6_group(text: &[u8], i: usize) -> bool {
+    if !ip::v6_left_ok(text, i) {
         return false;
     }
     let n = text[i..]
@@ -517,12 +523,10 @@ pub fn shape_ok(kind: Kind, text: &[u8], start: usize) -> bool {
     match kind {
         Kind::Card => card_shape(text, start),
         Kind::Ssn => digits(0, 3) == 3 && matches!(at(3), b'-' | b' '),
-        Kind::PhoneNanp => match at(0) {
-            b'(' | b'+' => true,
-            _ => {
-                (digits(0, 3) == 3 && matches!(at(3), b' ' | b'.' | b'-'))
-                    || text[start..].starts_with(b"001")
-            }
+        Kind::Phone => match at(0) {
+            b'+' => true,
+            b'(' => phone::may_start_at_paren(text, start),
+            _ => phone::may_start_at_digit(text, start),
         },
         Kind::Ipv4 => {
             let n = digits(0, 4);
@@ -532,16 +536,15 @@ pub fn shape_ok(kind: Kind, text: &[u8], start: usize) -> bool {
             if at(0) == b':' {
                 return at(1) == b':';
             }
-            let n = (0..5).take_while(|&k| at(k).is_ascii_hexdigit()).count();
-            (1..=4).contains(&n) && at(n) == b':'
+            ipv6_group(text, start)
         }
         _ => true,
     }
 }
 
 /// A card that validates starts with 12 bare digits or with a group of four and a separator
-/// (see `card::digits_of`), and has at least 12 digits, single separators between them
-/// (`[0-9](?:[ \-]?[0-9]){11,18}`).
+/// (see `card::digits_of`), and has at least 12 digits, separators of one byte or two spaces
+/// between them (`[0-9](?:(?:[ \-]| {2})?[0-9]){11,18}`).
 fn card_shape(text: &[u8], start: usize) -> bool {
     let at = |k: usize| text.get(start + k).copied().unwrap_or(0);
     let mut n = 0;
@@ -551,11 +554,17 @@ fn card_shape(text: &[u8], start: usize) -> bool {
             n += 1;
             k += 1;
         } else if n == 4 || (n > 4 && k > n) {
-            // A separator: after the first group of four, or anywhere once grouped.
-            if !(matches!(at(k), b' ' | b'-') && at(k + 1).is_ascii_digit()) {
+            // A separator (`-`, one space or two): after the first group of four, or anywhere
+            // once grouped.
+            let width = if at(k) == b' ' && at(k + 1) == b' ' {
+                2
+            } else {
+                1
+            };
+            if !(matches!(at(k), b' ' | b'-') && at(k + width).is_ascii_digit()) {
                 return false;
             }
-            k += 1;
+            k += width;
         } else {
             return false;
         }
@@ -580,13 +589,19 @@ fn card_checksum_ok(text: &[u8], start: usize) -> bool {
                 n += 1;
                 k += 1;
             }
-            Some(&b @ (b' ' | b'-'))
-                if n > 0 && text.get(k + 1).is_some_and(u8::is_ascii_digit) =>
-            {
+            Some(&b @ (b' ' | b'-')) if n > 0 => {
+                let width = if b == b' ' && text.get(k + 1) == Some(&b' ') {
+                    2
+                } else {
+                    1
+                };
+                if !text.get(k + width).is_some_and(u8::is_ascii_digit) {
+                    break;
+                }
                 if b == b' ' {
                     cuts |= 1 << n;
                 }
-                k += 1;
+                k += width;
             }
             _ => break,
         }
@@ -604,17 +619,6 @@ fn ssn_shape(s: &[u8]) -> bool {
     matches!(sep, Some(b'-' | b' '))
         && s.get(6).copied() == sep
         && [0, 1, 2, 4, 5, 7, 8, 9, 10].into_iter().all(d)
-}
-
-/// `[2-9]dd<sep>[2-9]dd<sep>dddd` (the NANP pattern without a prefix or parentheses).
-fn nanp_shape(s: &[u8]) -> bool {
-    let d = |k: usize| s.get(k).is_some_and(u8::is_ascii_digit);
-    let sep = |k: usize| matches!(s.get(k), Some(b' ' | b'.' | b'-'));
-    matches!(s.first(), Some(b'2'..=b'9'))
-        && matches!(s.get(4), Some(b'2'..=b'9'))
-        && sep(3)
-        && sep(7)
-        && [1, 2, 5, 6, 8, 9, 10, 11].into_iter().all(d)
 }
 
 /// Four dot-separated groups of one to three digits (the IPv4 pattern).

@@ -86,6 +86,11 @@ impl BuiltinScanner {
         }
     }
 
+    /// True if no built-in entity is detected.
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+
     /// Calls `emit` for every validated span, in order; spans never overlap.
     ///
     /// After a rejected candidate the scan resumes one byte after its start, or after the digit

@@ -179,6 +179,126 @@ fn secrets_in_context() {
 }
 
 #[test]
+fn international_phones_in_context() {
+    one(
+        "PHONE",
+        "Tel.: +49 (0)30 1234567, Fax folgt",
+        "+49 (0)30 1234567",
+    );
+    one("PHONE", "Appelez le 01 23 45 67 89.", "01 23 45 67 89");
+    one("PHONE", "call 0044 20 7946 0958 now", "0044 20 7946 0958");
+    one("PHONE", "Me liga no (11) 91234-5678.", "(11) 91234-5678");
+    one("PHONE", "mob 98765 43210 pls", "98765 43210");
+    one("PHONE", "tel 44 20 7946 0958", "44 20 7946 0958");
+    one("PHONE", "DE 030/12345678", "030/12345678");
+    one(
+        "PHONE",
+        "ring (0161) 496 0000 ext. 12",
+        "(0161) 496 0000 ext. 12",
+    );
+    none("PO 4500123456 / ref 0352-545 / on 07/04/2026 10:15 / v1.23.0-rc.1 (1.2.3)");
+    none("batch 4480 0843 1690 8277 and zip 12345-6789 and 2026-03-02T10:15:00");
+}
+
+#[test]
+fn entities_touching_non_ascii_text() {
+    one(
+        "PHONE",
+        "お電話は03-1234-5678までお願いします。",
+        "03-1234-5678",
+    );
+    one("PHONE", "请拨打13812345678联系我", "13812345678");
+    one(
+        "EMAIL",
+        "メール：tanaka@example.jpまで",
+        "tanaka@example.jp",
+    );
+    one("EMAIL", "请发送到fsu@example.org，谢谢", "fsu@example.org");
+    one(
+        "IP_ADDRESS",
+        "サーバー192.168.208.86に接続",
+        "192.168.208.86",
+    );
+    one(
+        "IP_ADDRESS",
+        "接続元IP：2001:db8:55bd::4c4aから",
+        "2001:db8:55bd::4c4a",
+    );
+    one(
+        "CREDIT_CARD",
+        "カード番号4111 1111 1111 1111で決済",
+        "4111 1111 1111 1111",
+    );
+    one(
+        "SECRET",
+        "APIキー：AKIAIOSFODNN7EXAMPLEです",
+        "AKIAIOSFODNN7EXAMPLE",
+    );
+    one("PHONE", "📞+33 1 23 45 67 89👍", "+33 1 23 45 67 89");
+    one(
+        "EMAIL",
+        "Réponse à « o'brien@bücher.de ».",
+        "o'brien@bücher.de",
+    );
+    one("IP_ADDRESS", "depuis 10.1.0.0/16, port 22", "10.1.0.0/16");
+}
+
+#[test]
+fn full_width_values_are_masked_in_their_original_bytes() {
+    let m = Masker::new(MaskerConfig {
+        operators: vec![(
+            "PHONE".into(),
+            Operator::Partial {
+                keep_first: 0,
+                keep_last: 2,
+                mask_char: '*',
+                keep_separators: true,
+            },
+        )],
+        ..MaskerConfig::default()
+    })
+    .unwrap();
+    let text = "電話：０３－１２３４－５６７８です。mail ｔａｎａｋａ＠example.jp";
+    let spans = m.scan(text.as_bytes());
+    let got: Vec<(&str, &str)> = spans
+        .iter()
+        .map(|s| (m.name(s.entity), &text[s.start..s.end]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("PHONE", "０３－１２３４－５６７８"),
+            ("EMAIL", "ｔａｎａｋａ＠example.jp")
+        ]
+    );
+    let mut out = Vec::new();
+    assert_eq!(
+        m.mask_value(text.as_bytes(), &mut out, &mut Tally::new()),
+        Outcome::Written
+    );
+    // The full-width number is masked as its ASCII form: no original digit survives.
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "電話：**-****-**78です。mail <EMAIL>"
+    );
+}
+
+#[test]
+fn key_headers_without_footers_end_with_their_material() {
+    let log = "2026-03-02 ERROR upload: -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n user=ann took=12ms";
+    assert_eq!(
+        only(log),
+        vec![(
+            "SECRET".to_owned(),
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7".to_owned()
+        )]
+    );
+    none("unsupported key format: expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----");
+    none("paste it (it starts with -----BEGIN OPENSSH PRIVATE KEY-----) into the vault");
+    none("error: no -----END RSA PRIVATE KEY----- footer found in upload");
+}
+
+#[test]
 fn adversarial_negatives() {
     none("order #A-20261129-00042 shipped 2026-11-29 09:45:00.123+01");
     none("uuid 550e8400-e29b-41d4-a716-446655440000");
@@ -428,6 +548,23 @@ fn prefilter_edges() -> impl Strategy<Value = Vec<u8>> {
         "\\(?[1-9][0-9]{2}\\)? ?[0-9]{3}-[0-9]{4}( x[0-9]{1,4})?".prop_map(String::into_bytes),
         "[0-9]{3}[ -][0-9]{2}[ -][0-9]{4}".prop_map(String::into_bytes),
         "[0-9]{1,3}(\\.[0-9]{1,4}){2,4}".prop_map(String::into_bytes),
+        // National and international phones, dates and versions that look like them.
+        Just(b"030 12345678".to_vec()),
+        Just(b"(0161) 496 0000".to_vec()),
+        Just(b"+49 (0)30 1234567".to_vec()),
+        Just(b"0049 30 1234567-89".to_vec()),
+        Just(b"01.23.45.67.89".to_vec()),
+        Just(b"13812345678".to_vec()),
+        Just(b"98765 43210".to_vec()),
+        Just(b"(11) 91234-5678".to_vec()),
+        Just(b"075(609)2427".to_vec()),
+        Just(b"07/04/2026 10:15".to_vec()),
+        Just(b"1.23.0-rc.1 (1.2.3)".to_vec()),
+        Just("電話：".as_bytes().to_vec()),
+        Just("📞".as_bytes().to_vec()),
+        Just("é".as_bytes().to_vec()),
+        "[+(]?[0-9]{1,5}\\)?([ ./-]{0,2}\\(?[0-9]{1,6}\\)?){0,5}( ?(x|ext\\.?) ?[0-9]{1,5})?"
+            .prop_map(String::into_bytes),
         proptest::collection::vec(any::<u8>(), 0..12),
     ];
     let sep = prop_oneof![

@@ -1,6 +1,6 @@
-//! CREDIT_CARD: 12-19 digits, optionally grouped by one kind of separator, Luhn-valid, with a
-//! known issuer prefix (IIN) for its length.  Twelve-digit (Maestro) numbers only count when
-//! grouped: bare, they are ids far more often than cards.
+//! CREDIT_CARD: 13-19 digits, optionally grouped by one kind of separator (a dash, one space or
+//! two), Luhn-valid, with a known issuer prefix (IIN) for its length, 13 to 19 digits (twelve-digit
+//! Maestro cards are rare; twelve digits are tracking numbers and ids).
 
 use super::Range;
 use crate::mask::boundary::{token_left_ok, token_right_ok};
@@ -47,18 +47,25 @@ pub fn iin_ok(digits: &[u8]) -> bool {
     let jcb = ((16..=19).contains(&len) && p2 == 35) || (len == 15 && (p4 == 2131 || p4 == 1800));
     let diners =
         (14..=19).contains(&len) && (p2 == 36 || p2 == 38 || p2 == 39 || (300..=305).contains(&p3));
+    // Maestro 50 / 56-69 also covers UnionPay (62), RuPay's 60 / 65 / 508, Elo's 50xx / 636x
+    // and Hipercard (606282); RuPay also issues 81 and 82.
     let maestro = (12..=19).contains(&len) && (p2 == 50 || (56..=69).contains(&p2));
-    visa || mastercard || amex || discover || jcb || diners || maestro
+    let rupay = len == 16 && (p2 == 81 || p2 == 82);
+    visa || mastercard || amex || discover || jcb || diners || maestro || rupay
 }
 
-/// Digits and separator layout of `s` (digits, spaces and dashes only).  `None` if two kinds of
-/// separator are mixed or the groups do not look like a card's (first group of 4, none over 6).
+/// Digits and separator layout of `s` (digits, spaces and dashes only; two spaces count as one
+/// separator).  `None` if two kinds of separator are mixed or the groups do not look like a
+/// card's (first group of 4, none over 6).
 fn digits_of(s: &[u8], buf: &mut [u8; 19]) -> Option<usize> {
     let mut n = 0;
     let mut sep = None;
     let mut group = 0;
     let mut first_group = None;
-    for &b in s {
+    for (i, &b) in s.iter().enumerate() {
+        if b == b' ' && i > 0 && s[i - 1] == b' ' {
+            continue; // the second space of a double-space separator
+        }
         if b.is_ascii_digit() {
             if n == buf.len() {
                 return None;
@@ -89,13 +96,9 @@ fn valid(s: &[u8]) -> bool {
         return false;
     };
     let d = &buf[..n];
-    // A bare 12-digit number is far more often an id than a (rare) 12-digit Maestro card:
-    // twelve digits only count when grouped like a card (`5000 1234 5678`).
-    let grouped = n < s.len();
-    ((13..=19).contains(&n) || (n == 12 && grouped))
-        && d.iter().any(|&x| x != d[0])
-        && luhn_ok(d)
-        && iin_ok(d)
+    // Twelve digits are an id or a tracking number (`6865-2911-6648`) far more often than one
+    // of the rare 12-digit Maestro cards: cards have 13 to 19 digits here.
+    (13..=19).contains(&n) && d.iter().any(|&x| x != d[0]) && luhn_ok(d) && iin_ok(d)
 }
 
 /// Digits in `s`.
@@ -175,7 +178,12 @@ mod tests {
             "4222222222222",
             "3566002020360505",
             "213100000000001",
-            "5000 1234 5673",
+            "4638  7146  7710  0636",
+            "3768  934596  47966",
+            "6212345678901232",
+            "6212 3456 7890 1234 569",
+            "8198 3352 1762 0660",
+            "6062 8200 0000 0003",
         ] {
             assert_eq!(found(ok), Some(ok), "{ok}");
         }
@@ -190,7 +198,8 @@ mod tests {
             "0000000000000000",
             "9111111111111111",
             "41 11111111111111",
-            "500012345673", // a bare 12-digit Luhn-valid Maestro-like id
+            "500012345673",   // a bare 12-digit Luhn-valid Maestro-like id
+            "5000 1234 5673", // grouped: a tracking number as often
         ] {
             assert_eq!(found(bad), None, "{bad}");
         }

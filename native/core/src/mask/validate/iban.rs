@@ -1,4 +1,5 @@
-//! IBAN: country code + 2 check digits + BBAN, compact or in groups of 4 separated by spaces;
+//! IBAN: country code + 2 check digits + BBAN, compact or in groups of 4 separated by spaces
+//! (or dashes);
 //! the country's length and the ISO 7064 mod-97 check must hold.
 
 use super::Range;
@@ -117,14 +118,16 @@ pub fn validate(text: &[u8], (start, end): Range) -> Option<Range> {
         return None;
     }
     let len = country_length(&text[start..start + 2])?;
-    // Take exactly `len` characters; spaces may only follow each full group of 4.
+    // Take exactly `len` characters; one kind of separator (a space or a dash) may only follow
+    // each full group of 4.
     let mut chars = [0u8; 34];
     let mut n = 0;
     let mut i = start;
+    let mut sep = None;
     while n < len {
         let b = *text[..end].get(i)?;
-        if b == b' ' {
-            if n % 4 != 0 || n == 0 || text[i - 1] == b' ' {
+        if b == b' ' || b == b'-' {
+            if n % 4 != 0 || n == 0 || *sep.get_or_insert(b) != b || text[i - 1] == b {
                 return None;
             }
         } else {
@@ -133,9 +136,7 @@ pub fn validate(text: &[u8], (start, end): Range) -> Option<Range> {
         }
         i += 1;
     }
-    let cand = &text[start..i];
-    let spaced = cand.contains(&b' ');
-    if spaced && cand.len() != len + (len - 1) / 4 {
+    if sep.is_some() && i - start != len + (len - 1) / 4 {
         return None;
     }
     if !token_right_ok(text, i) {
@@ -160,6 +161,7 @@ mod tests {
             "DE89370400440532013000",
             "FR1420041010050500013M02606",
             "NO9386011117947",
+            "GB82-WEST-1234-5698-7654-32",
         ] {
             assert_eq!(found(ok), Some(ok), "{ok}");
         }
@@ -168,5 +170,6 @@ mod tests {
         assert_eq!(found("XX82WEST12345698765432"), None);
         assert_eq!(found("GB82WEST123456987654321"), None);
         assert_eq!(found("GB82 WEST1234 5698 7654 32"), None);
+        assert_eq!(found("GB82 WEST-1234 5698 7654 32"), None);
     }
 }

@@ -7,6 +7,7 @@ pub mod email;
 pub mod iban;
 pub mod ip;
 pub mod phone;
+pub mod phone_plan;
 pub mod secret;
 pub mod ssn;
 
