@@ -301,8 +301,10 @@ class Masker:
     ``operators`` maps entity names to operators, the others use ``default_operator``
     (``replace`` with the ``<ENTITY>`` tag).  ``custom_patterns`` adds ``(entity, regex)``
     detectors (Rust regex syntax) and ``dictionaries`` adds whole-word, ASCII case-insensitive
-    terms per entity.  Spans never overlap: the longest wins.  Raises ``ValueError`` on an
-    unknown entity name or a bad regex."""
+    terms per entity.  Spans never overlap: the longest wins.  Values are found in any script
+    (CJK, accented text, emoji and full-width punctuation end an ASCII value; full-width digits
+    and separators are read as ASCII and masked in their original characters).  Raises
+    ``ValueError`` on an unknown entity name or a bad regex."""
 
     def __new__(
         cls,
