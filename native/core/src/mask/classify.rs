@@ -32,10 +32,15 @@ pub struct Masks {
 pub fn classify(block: &[u8]) -> Masks {
     let mut m = Masks::default();
     for (i, chunk) in block.chunks(16).enumerate() {
-        // A short last chunk is padded with NUL, which is in no class.
-        let mut a = [0u8; 16];
-        a[..chunk.len()].copy_from_slice(chunk);
-        let c = classify16(&a);
+        let c = match <&[u8; 16]>::try_from(chunk) {
+            Ok(full) => classify16(full),
+            Err(_) => {
+                // A short last chunk is padded with NUL, which is in no class.
+                let mut a = [0u8; 16];
+                a[..chunk.len()].copy_from_slice(chunk);
+                classify16(&a)
+            }
+        };
         let shift = 16 * i;
         m.word |= c.word << shift;
         m.digit |= c.digit << shift;

@@ -150,13 +150,10 @@ impl Families {
             let group_at = |k| on(k, |m| m.digit | m.paren | m.space);
             let sep = |k| on(k, |m| m.space | m.dash | m.dot | m.paren | m.slash) & group_at(k + 1);
             let blank_or_dash = |k| on(k, |m| m.space | m.dash) & group_at(k + 1);
-            let digits_to = |k: u32| (1..=k).fold(u64::MAX, |acc, j| acc & digit(j));
             let first_group = cur.zero & digit(1) & !on(2, |m| m.colon)
                 | sep(1)
                 | digit(1) & blank_or_dash(2)
-                | digits_to(2) & sep(3)
-                | digits_to(4) & on(5, |m| m.space) & group_at(6)
-                | digits_to(10) & !digit(11);
+                | digit(1) & digit(2) & (sep(3) | digit(3));
             // ... and not the minutes or seconds of a time (`08:34:00`).
             let joined = (cur.dash | cur.dot | cur.slash) << 1
                 & (cur.word << 2 | u64::from(prev_word) << 1)
@@ -170,9 +167,10 @@ impl Families {
             let hex = |k| on(k, |m| m.hex);
             let colon = |k| on(k, |m| m.colon);
             let group = colon(1) | hex(1) & (colon(2) | hex(2) & (colon(3) | hex(3) & colon(4)));
-            // Not right after a `.` (inside a version); after a `:` only after a key
-            // (`ip:2001:...`), which `ipv6_group` checks.
-            let after_joiner = cur.dot << 1;
+            // Not right after a `.` (inside a version), nor after a `:` that follows a hex
+            // digit or another `:` (inside a time, a MAC address or an address); after a key's
+            // `:` (`ip:2001:...`) it may.
+            let after_joiner = cur.dot << 1 | cur.colon << 1 & (cur.hex | cur.colon) << 2;
             opens |= (cur.hex & group | cur.colon & colon(1)) & !after_joiner;
         }
         if self.phone {

@@ -407,39 +407,40 @@ pub fn may_start_at_paren(text: &[u8], start: usize) -> bool {
 /// A necessary condition for [`find`] at a digit `start`, from the first digit group alone:
 /// cheap enough to run at every number in clean text.
 pub fn may_start_at_digit(text: &[u8], start: usize) -> bool {
-    let run = text[start..]
-        .iter()
-        .take(13)
-        .take_while(|b| b.is_ascii_digit())
-        .count();
+    let at = |k: usize| text.get(start + k).copied().unwrap_or(0);
+    let mut run = 1;
+    while run < 13 && at(run).is_ascii_digit() {
+        run += 1;
+    }
     let d0 = text[start];
-    if start >= 2 && text[start - 1] == b':' && text[start - 2].is_ascii_digit() {
-        return false; // the minutes or seconds of a time
+    let next = at(run);
+    let shape = match run {
+        1 if d0 == b'1' => sep_then_group(text, start + run, true),
+        1..=3 if matches!(next, b' ' | b'-') => sep_then_group(text, start + run, false),
+        3 => sep_then_group(text, start + run, false),
+        5 if next == b' ' => sep_then_group(text, start + run, false),
+        10 | 11 if d0 == b'0' => true,
+        11 if d0 == b'1' => true,
+        2.. if d0 == b'0' => sep_then_group(text, start + run, false),
+        _ => false,
+    };
+    shape && left_ok(text, start)
+}
+
+/// True if a separator at `at` (` `, `-`, `.`, `/`, `(`) is followed by the next group (after at
+/// most one more space, or a `(`); a dot only in a dotted number (`415.555.2671`,
+/// `01.23.45.67.89`), not in an amount or a decimal (`123.45`).  `nanp`: after a lone `1`, a dot
+/// starts a three-digit group (`1.415.555.2671`).
+fn sep_then_group(text: &[u8], at: usize, nanp: bool) -> bool {
+    let b = |k: usize| text.get(at + k).copied().unwrap_or(0);
+    let group = |k: usize| b(k).is_ascii_digit() || b(k) == b'(';
+    match b(0) {
+        b' ' => group(1) || (b(1) == b' ' && group(2)),
+        b'-' | b'/' | b'(' => group(1) || b(0) == b'(' && b(1).is_ascii_digit(),
+        b'.' if nanp => b(4) == b'.' && (1..=3).all(|k| b(k).is_ascii_digit()),
+        b'.' => b(1).is_ascii_digit() && b(2).is_ascii_digit() && (3..6).any(|k| b(k) == b'.'),
+        _ => false,
     }
-    if !left_ok(text, start) {
-        return false;
-    }
-    let next = text.get(start + run).copied().unwrap_or(0);
-    // A separator continues a number only when a group follows it (after at most one more
-    // space, or a `(`); a dot only in a dotted number (`415.555.2671`, `01.23.45.67.89`), not
-    // in an amount or a decimal (`123.45`).
-    let after = |k: usize| text.get(start + run + k).copied().unwrap_or(0);
-    let group_follows = after(1).is_ascii_digit()
-        || after(1) == b'('
-        || (after(1) == b' ' && (after(2).is_ascii_digit() || after(2) == b'('));
-    let dotted = next != b'.'
-        || (after(1).is_ascii_digit()
-            && after(2).is_ascii_digit()
-            && (3..6).any(|k| after(k) == b'.'));
-    let sep = matches!(next, b' ' | b'-' | b'.' | b'/' | b'(') && group_follows && dotted;
-    // `1.415.555.2671`: after a lone `1`, a dot starts a three-digit group.
-    let nanp_dot = next != b'.' || (after(4) == b'.' && (1..=3).all(|k| after(k).is_ascii_digit()));
-    (d0 == b'0' && run >= 2 && (sep || run == 10 || run == 11))
-        || (run == 3 && sep)
-        || (run <= 3 && sep && matches!(next, b' ' | b'-'))
-        || (run == 1 && d0 == b'1' && sep && nanp_dot)
-        || (run == 5 && next == b' ' && group_follows)
-        || (run == 11 && d0 == b'1')
 }
 
 #[cfg(test)]
