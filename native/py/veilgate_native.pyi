@@ -23,6 +23,7 @@ __all__ = [
     "CopyPlan",
     "FramingError",
     "MaskingError",
+    "JsonMasker",
     "Masker",
     "Message",
     "Operator",
@@ -330,6 +331,32 @@ class Masker:
     def scan_batch(self, texts: Sequence[str]) -> list[list[tuple[int, int, str]]]:
         """:meth:`scan` over many values in one call (releases the GIL while scanning)."""
 
+@final
+class JsonMasker:
+    """JSON-aware masking of json / jsonb documents (and JSON lines).
+
+    String leaves are decoded (escapes) before detection and encoded again after masking;
+    numbers stay numbers (the digits the operator kept, ``0`` when none); keys, literals,
+    structure and whitespace are kept, so the result is always valid JSON.  ``paths`` are
+    ``(path, mask)`` rules, first match wins: a path (``customer.email``, ``items[*].card``,
+    ``*.phone``, ``"a.b".c``) covers the leaves at it and under it; its mask is a
+    :class:`Masker`, an :class:`Operator` or ``None`` (keep).  Other leaves get ``default``
+    (kept when ``None``).  Text that is not JSON is masked as text by ``default`` and counted
+    under ``JSON_INVALID``.  Usable as a column mask in :class:`RowPlan` / :class:`CopyPlan`.
+    Raises ``ValueError`` on a bad path."""
+
+    def __new__(
+        cls,
+        default: Masker | Operator | None = None,
+        paths: Sequence[tuple[str, Masker | Operator | None]] = (),
+    ) -> JsonMasker: ...
+    @property
+    def paths(self) -> list[str]:
+        """The rules' paths, in order."""
+    def mask(self, text: str) -> str | None:
+        """The JSON document ``text`` masked (the same object when nothing changed); ``None``
+        when an operator nulls it."""
+
 # --- Row plans: rewriting DataRow / CopyData (veilgate_core::rewrite) ---
 
 KEEP: Final[int]
@@ -388,11 +415,14 @@ class Codec:
         """``value`` in ``format`` (0 text, 1 binary) re-encoded in the other format as the server
         would send it; ``None`` when it is not a value of the type (arrays, composites, records,
         ``other`` and ``unknown`` are not transcoded: ``None``)."""
-    def mask(self, value: bytes, format: int, mask: Masker | Operator) -> bytes | None:
+    def mask(self, value: bytes, format: int, mask: Masker | Operator | JsonMasker) -> bytes | None:
         """``value`` (in ``format``) masked by ``mask``, in the same format; ``None`` means NULL
         (the mask nulls it, or it does not decode)."""
 
-_PlanColumn: TypeAlias = tuple[int, Masker | Operator | None] | tuple[int, Masker | Operator, Codec, int]
+_PlanColumn: TypeAlias = (
+    tuple[int, Masker | Operator | JsonMasker | None]
+    | tuple[int, Masker | Operator | JsonMasker, Codec, int]
+)
 """One plan column: ``(action, mask)`` or ``(TYPED, mask, codec, format)``."""
 
 @final

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import textwrap
 from pathlib import Path
 
@@ -288,6 +289,29 @@ def test_missing_key_message_never_shows_a_key(monkeypatch: pytest.MonkeyPatch) 
             "masking.hash_key_env: expected an environment variable name",
         ),
         ("masking: [1]\n", "masking", "masking: expected a mapping, got a list"),
+        (
+            "masking:\n  columns:\n    - column: a.b.payload\n      json:\n"
+            "        'items[x].card': {op: redact}\n",
+            "items[x]",
+            "masking.columns[0].json.items[x].card: bad JSON path",
+        ),
+        (
+            "masking:\n  columns:\n    - column: a.b.payload\n      json:\n"
+            "        customer.email: {op: shred}\n",
+            "shred",
+            "masking.columns[0].json.customer.email.op: expected one of",
+        ),
+        (
+            "masking:\n  columns:\n    - column: a.b.payload\n      op: hash\n"
+            "      json: {a: {op: keep}}\n",
+            "op: hash",
+            "masking.columns[0].op: json: takes no op or scan beside it",
+        ),
+        (
+            "masking:\n  columns:\n    - column: a.b.payload\n      json: []\n",
+            "json: []",
+            "masking.columns[0].json: expected a mapping of JSON paths",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(section: str, needle: str, expected: str) -> None:
@@ -355,3 +379,44 @@ def test_regex_syntax_is_the_engines() -> None:
     line = _line(section, "BAD")
     assert len(errors) == 1
     assert errors[0].startswith(f"policy.yaml:{line}: masking.custom[0].regex: bad regex")
+
+
+def test_json_path_rules_compile_and_build_a_json_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    section = """masking:
+  hash_key_env: VG_TEST_MASK_KEY
+  columns:
+    - column: "public.orders.payload"
+      json:
+        customer.email: {op: hash}
+        "items[*].sku": {op: keep}
+        notes: {scan: true}
+"""
+    m = _masking(section)
+    rule = m.columns[0]
+    assert rule.op is None and not rule.scan and rule.masks
+    assert [(p, op and op.kind) for p, op in rule.json] == [
+        ("customer.email", "hash"),
+        ("items[*].sku", "keep"),
+        ("notes", None),
+    ]
+    assert m.uses_hash
+    monkeypatch.setenv("VG_TEST_MASK_KEY", "k" * 32)
+    tier = m.for_tier("readonly")
+    assert tier is not None
+    jm = tier.operator_for(rule)
+    assert jm.paths == ["customer.email", "items[*].sku", "notes"]
+    out = json.loads(
+        jm.mask(
+            json.dumps(
+                {
+                    "customer": {"email": "ann@example.com", "tel": "+44 20 7946 0958"},
+                    "items": [{"sku": "4111111111111111"}],
+                    "notes": "ip 10.1.2.3",
+                }
+            )
+        )
+    )
+    assert out["customer"]["email"] != "ann@example.com" and "@" in out["customer"]["email"]
+    assert out["customer"]["tel"] == "<PHONE>"
+    assert out["items"] == [{"sku": "4111111111111111"}]
+    assert out["notes"] == "ip <IP_ADDRESS>"

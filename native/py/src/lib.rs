@@ -6,13 +6,15 @@
 //! Modules: `buffer` (the raw allocation behind a receive buffer), `recv` (`RecvBuffer`),
 //! `message` (`Message`), `session` (`SessionState`), `stats` (module functions), `errors`
 //! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`), `codec` (`Codec`),
-//! `recorder` (`AuditRecorder`, `SealedBatch`: the session record queue and its sealing).
+//! `recorder` (`AuditRecorder`, `SealedBatch`: the session record queue and its sealing), `json`
+//! (`JsonMasker`).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod buffer;
 mod codec;
 mod errors;
+mod json;
 mod masker;
 mod message;
 mod plan;
@@ -29,6 +31,8 @@ mod veilgate_native {
 
     #[pymodule_export]
     use crate::codec::PyCodec;
+    #[pymodule_export]
+    use crate::json::PyJsonMasker;
     #[pymodule_export]
     use crate::masker::{PyMasker, PyOperator};
     #[pymodule_export]

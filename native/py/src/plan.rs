@@ -14,6 +14,7 @@ use veilgate_core::mask::{Tally, ValueMask};
 use veilgate_core::rewrite::{self, ColumnAction, CopyFormat, Rewriter, TypedColumn};
 
 use crate::codec::{format, PyCodec};
+use crate::json::PyJsonMasker;
 use crate::masker::{PyMasker, PyOperator};
 
 create_exception!(
@@ -54,7 +55,7 @@ fn take(t: &SharedTallies, columns: usize) -> Vec<HashMap<String, u64>> {
     out
 }
 
-/// The `ValueMask` of a `Masker` or an `Operator`.
+/// The `ValueMask` of a `Masker`, an `Operator` or a `JsonMasker`.
 pub(crate) fn value_mask(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn ValueMask>> {
     if let Ok(m) = obj.extract::<PyRef<'_, PyMasker>>() {
         return Ok(m.value_mask());
@@ -62,8 +63,11 @@ pub(crate) fn value_mask(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn ValueMask>>
     if let Ok(o) = obj.extract::<PyRef<'_, PyOperator>>() {
         return Ok(o.value_mask());
     }
+    if let Ok(j) = obj.extract::<PyRef<'_, PyJsonMasker>>() {
+        return Ok(j.value_mask());
+    }
     Err(PyTypeError::new_err(format!(
-        "a column mask must be a Masker or an Operator, not {}",
+        "a column mask must be a Masker, an Operator or a JsonMasker, not {}",
         obj.get_type().name()?
     )))
 }

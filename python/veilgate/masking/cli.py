@@ -9,12 +9,17 @@ For pipelines that never touch the gateway (exports, fixtures, logs)::
   ``schema.table.column`` also matches ``column`` rules exactly.  Every other field is
   content-scanned with the detectors.  The header row is kept as is.
 * **JSON lines**: one JSON value per line.  Object keys are matched like CSV column names (the
-  rule then applies to every string or number under that key); every other string (and number)
-  is content-scanned; nested objects and arrays are walked.
+  rule then applies to every string or number under that key; a rule with ``json:`` paths masks
+  the value under that key per path); every other string (and number) is content-scanned;
+  nested objects and arrays are walked.  Strings are masked as decoded text and written back as
+  JSON; a masked number stays a number (the digits its operator kept, else ``0``), so every
+  output line is JSON with the input's structure and keys.  A line that is not JSON is masked as
+  text with the detectors (key rules cannot apply to it) and counted; the count and the line
+  numbers go to stderr.
 
 ``--tier`` masks as that tier's sessions would be (a tier the policy does not mask is refused);
 without it every rule of the section applies.  Errors name the input and line, never a value.
-Exit status: 0 done, 1 bad input, 2 bad arguments or policy.
+Exit status: 0 done, 1 bad input (malformed CSV, not UTF-8), 2 bad arguments or policy.
 """
 
 from __future__ import annotations
@@ -79,7 +84,15 @@ def _run(fmt: str, masker: _Masker, src: TextIO, out: TextIO, err: TextIO, name:
         if fmt == "csv":
             masker.csv(src, out, name)
         else:
-            masker.jsonl(src, out, name)
+            not_json = masker.jsonl(src, out, name)
+            if not_json:
+                shown = ", ".join(str(n) for n in not_json[:20])
+                more = " ..." if len(not_json) > 20 else ""
+                print(
+                    f"veilgate mask: {name}: {len(not_json)} line(s) not JSON, masked as text "
+                    f"(key rules could not apply): lines {shown}{more}",
+                    file=err,
+                )
     except _InputError as exc:
         print(f"veilgate mask: {exc}", file=err)
         return 1
@@ -135,6 +148,7 @@ class _Masker:
             scanner = tier.scanner
             self._scan: Apply = scanner.mask
             self._rules: dict[int, Apply | None] = {}
+            self._json_rules: dict[int, Apply] = {}
             for r in (*tier.column_rules, *tier.name_rules):
                 self._rules[id(r)] = self._build(r)
         except (MaskingUnavailable, ValueError) as exc:
@@ -143,6 +157,10 @@ class _Masker:
     def _build(self, rule: ColumnRule) -> Apply | None:
         if rule.keeps:
             return None
+        if rule.json:
+            masker = self.tier.operator_for(rule)  # a JsonMasker
+            self._json_rules[id(rule)] = masker.mask
+            return self._scan
         if rule.op is None:
             return self._scan
         op = self.tier.operator_for(rule)
@@ -155,6 +173,11 @@ class _Masker:
         if rule is None:
             return False, self._scan
         return True, self._rules[id(rule)]
+
+    def json_rule(self, name: str) -> Apply | None:
+        """The JSON masker of a rule with ``json:`` paths for a key, if there is one."""
+        rule = _by_name_rule(self.tier, name)
+        return None if rule is None else self._json_rules.get(id(rule))
 
     # -- CSV ---------------------------------------------------------------------------------
 
@@ -184,7 +207,10 @@ class _Masker:
 
     # -- JSON lines ----------------------------------------------------------------------------
 
-    def jsonl(self, src: TextIO, out: TextIO, name: str) -> None:
+    def jsonl(self, src: TextIO, out: TextIO, name: str) -> list[int]:
+        """Masks JSON lines; returns the numbers of the lines that were not JSON (masked as
+        text)."""
+        not_json: list[int] = []
         for lineno, line in enumerate(src, 1):
             text = line.strip()
             if not text:
@@ -192,14 +218,15 @@ class _Masker:
                 continue
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise _InputError(
-                    f"{name}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
-                ) from None
-            except RecursionError:
-                raise _InputError(f"{name}:{lineno}: JSON nested too deeply") from None
-            masked = self._walk(value, self._scan)
-            out.write(json.dumps(masked, ensure_ascii=False, separators=(",", ":")) + "\n")
+                masked = self._walk(value, self._scan)
+                encoded = json.dumps(masked, ensure_ascii=False, separators=(",", ":"))
+            except (json.JSONDecodeError, RecursionError):
+                # not JSON (or nested too deeply to walk): masked as text, counted
+                not_json.append(lineno)
+                as_text = self._scan(text)
+                encoded = "" if as_text is None else as_text.replace("\n", " ")
+            out.write(encoded + "\n")
+        return not_json
 
     def _walk(self, value: Any, fn: Apply | None) -> Any:
         """``value`` with ``fn`` applied to every string and number leaf (None keeps)."""
@@ -212,6 +239,10 @@ class _Masker:
                 new: dict[str, Any] = dict.fromkeys(v)  # keys in input order, filled below
                 parent[key] = new
                 for k, child in v.items():
+                    json_fn = self.json_rule(str(k))
+                    if json_fn is not None:
+                        new[k] = _json_masked(json_fn, child)
+                        continue
                     has_rule, rule_fn = self.for_name(str(k))
                     stack.append((new, k, child, rule_fn if has_rule else f))
             elif isinstance(v, list):
@@ -224,11 +255,33 @@ class _Masker:
             elif f is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
                 text = json.dumps(v)
                 masked = f(text)
-                # a number no rule or detector changed stays a number
-                parent[key] = v if masked == text else masked
+                # a number stays a number: unchanged, masked to a number, or 0
+                parent[key] = v if masked == text else _as_number(masked)
             else:
                 parent[key] = v
         return root[0]
+
+
+def _as_number(text: str | None) -> int | float | None:
+    """A masked number as a JSON number (as the engine's JSON masker does): its masked text when
+    that is one, else the digits the operator kept (``1111`` of ``************1111``), else 0;
+    None when an operator nulled it."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    digits = "".join(c for c in text if c.isascii() and c.isdigit())
+    return int(digits) if digits else 0
+
+
+def _json_masked(fn: Apply, value: Any) -> Any:
+    """``value`` (a JSON subtree) through a native JsonMasker (path rules)."""
+    masked = fn(json.dumps(value, ensure_ascii=False))
+    return None if masked is None else json.loads(masked)
 
 
 def _csv_reason(exc: csv.Error) -> str:

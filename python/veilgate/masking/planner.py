@@ -595,6 +595,8 @@ def _labels(fields: list[Field]) -> list[str]:
 
 
 def _rule_treatment(rule: ColumnRule) -> _Treatment:
+    if rule.json:  # JSON paths: masked by the rule's JsonMasker (other leaves scanned)
+        return _Treatment("rule", rule, f"rule {rule.label()}")
     if rule.op is None:
         return _Treatment("scan", rule, f"rule {rule.label()}")
     if rule.op.kind == "keep":

@@ -17,6 +17,11 @@ Shape (validated by :mod:`veilgate.masking.section`, which names file:line:key o
         - {name: "*password*", op: redact}
         - {column: "public.notes.body", scan: true}
         - {column: "public.customers.id", op: keep}
+        - column: "public.orders.payload"   # json / jsonb: rules per JSON path
+          json:
+            customer.email: {op: hash}
+            "items[*].card": {op: partial, keep_last: 4}
+            meta: {op: keep}                # every other leaf is content-scanned
       unknown_lineage: redact           # values of unknown origin: redact | null | scan
       scan_unknown: true                # tiers with detectors only: scan such values
 
@@ -127,10 +132,16 @@ class CustomEntity:
     words: tuple[str, ...] = ()
 
 
+JsonRule = tuple[str, OperatorSpec | None]
+"""A ``json:`` entry of a column rule: a JSON path and its operator (``None``: content scan,
+``keep``: left as it is)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnRule:
     """A ``columns:`` entry: ``column`` globs ``schema.table.column``, ``name`` globs the result
-    column name.  ``op`` None with ``scan`` True means content scanning."""
+    column name.  ``op`` None with ``scan`` True means content scanning; ``json`` (with ``op``
+    None) masks a json / jsonb value per JSON path, every other leaf content-scanned."""
 
     pattern: str
     by: str  # "column" | "name"
@@ -140,6 +151,7 @@ class ColumnRule:
     _rx: re.Pattern[str] = field(default=re.compile(""), compare=False, repr=False)
     allow: frozenset[str] = frozenset()
     """Uses of the masked column the tier permits (see :data:`ALLOWED_USES`)."""
+    json: tuple[JsonRule, ...] = ()
 
     @staticmethod
     def build(
@@ -149,8 +161,11 @@ class ColumnRule:
         scan: bool,
         line: int,
         allow: frozenset[str] = frozenset(),
+        json: tuple[JsonRule, ...] = (),
     ) -> ColumnRule:
-        return ColumnRule(pattern, by, op, scan, line, re.compile(translate(pattern)), allow)
+        return ColumnRule(
+            pattern, by, op, scan, line, re.compile(translate(pattern)), allow, json
+        )
 
     def allows(self, kind: str) -> bool:
         """Whether a use of this kind (a :class:`~veilgate.masking.resolve.Use` kind) is
@@ -182,7 +197,7 @@ class ColumnRule:
         return self.pattern.rsplit(".", 1)[-1]
 
     def label(self) -> str:
-        what = "scan" if self.op is None else self.op.kind
+        what = "json paths" if self.json else "scan" if self.op is None else self.op.kind
         return f"{self.by} {self.pattern} ({what}, line {self.line})"
 
 
@@ -210,6 +225,7 @@ class MaskingPolicy:
     def uses_hash(self) -> bool:
         ops = [self.default_operator, *self.operators.values()]
         ops += [r.op for r in self.columns if r.op is not None]
+        ops += [op for r in self.columns for _, op in r.json if op is not None]
         return any(o.kind == "hash" for o in ops)
 
     @property
@@ -354,7 +370,13 @@ class TierMasking:
         )
 
     def operator_for(self, rule: ColumnRule) -> Any:
-        """The native object a column rule applies: an Operator, the scanner, or None (keep)."""
+        """The native object a column rule applies: an Operator, the scanner, a JsonMasker (a
+        rule with ``json:`` paths), or None (keep)."""
+        if rule.json:
+            cached = self._ops.get(rule.line)
+            if cached is None:
+                cached = self._ops[rule.line] = self._json_masker(rule)
+            return cached
         if rule.op is None:
             return self.scanner
         if rule.op.kind == "keep":
@@ -367,6 +389,19 @@ class TierMasking:
     @cached_property
     def _ops(self) -> dict[int, Any]:
         return {}
+
+    def _json_masker(self, rule: ColumnRule) -> Any:
+        import veilgate_native as native
+
+        paths: list[tuple[str, Any]] = []
+        for path, op in rule.json:
+            if op is None:
+                paths.append((path, self.scanner))
+            elif op.kind == "keep":
+                paths.append((path, None))
+            else:
+                paths.append((path, op.build("COLUMN", self.key)))
+        return native.JsonMasker(self.scanner, paths)
 
     @cached_property
     def redactor(self) -> Any:

@@ -22,6 +22,7 @@ from .policy import (
     UNKNOWN_LINEAGE_ACTIONS,
     ColumnRule,
     CustomEntity,
+    JsonRule,
     MaskingPolicy,
     OperatorSpec,
 )
@@ -40,7 +41,7 @@ _KEYS = (
     "unknown_lineage",
 )
 _OP_KEYS = ("op", "value", "keep_first", "keep_last", "mask_char", "keep_separators")
-_RULE_KEYS = ("column", "name", "scan", "allow", *_OP_KEYS)
+_RULE_KEYS = ("column", "name", "scan", "allow", "json", *_OP_KEYS)
 _ENTITY_RX = re.compile(r"[A-Z][A-Z0-9_]*")
 _RESERVED_ENTITIES = frozenset({"COLUMN", "MASKED", "DEFAULT"})
 """Names the planner counts under: whole-column operators, redaction, the default operator."""
@@ -432,6 +433,15 @@ def _columns(c: Reporter, node: Node) -> list[ColumnRule]:
             if words is None:
                 continue
             allow = words
+        if "json" in m:
+            extra = [k for k in m if k in (*_OP_KEYS, "scan")]
+            if extra:
+                c.error(m[extra[0]][0], f"{key}.{extra[0]}", "json: takes no op or scan beside it")
+                continue
+            paths = _json_paths(c, m["json"][1], f"{key}.json")
+            if paths is not None:
+                out.append(ColumnRule.build(pattern, by, None, False, line, allow, paths))
+            continue
         op_keys = [k for k in m if k in _OP_KEYS]
         if scan:
             if op_keys:
@@ -466,3 +476,61 @@ def _allowed_uses(c: Reporter, node: Node, key: str) -> frozenset[str] | None:
         c.error(node, key, f"unknown use {bad[0]!r} (one of {', '.join(ALLOWED_USES)})")
         return None
     return frozenset(words)
+
+
+def _json_paths(c: Reporter, node: Node, key: str) -> tuple[JsonRule, ...] | None:
+    """``json:`` of a column rule: JSON path -> operator mapping (``{op: ...}``, ``keep``
+    included, or ``{scan: true}``)."""
+    if not isinstance(node, MappingNode) or not node.value:
+        c.error(node, key, "expected a mapping of JSON paths to operators")
+        return None
+    out: list[JsonRule] = []
+    seen: set[str] = set()
+    ok = True
+    for kn, vn in node.value:
+        path = str(kn.value) if isinstance(kn, ScalarNode) else ""
+        where = f"{key}.{path}"
+        problem = _json_path_problem(path)
+        if problem is not None:
+            c.error(kn, where, problem)
+            ok = False
+            continue
+        if path in seen:
+            c.error(kn, where, "duplicate JSON path")
+            ok = False
+            continue
+        seen.add(path)
+        m = c.mapping(vn, where, (*_OP_KEYS, "scan"))
+        if m is None:
+            ok = False
+            continue
+        if "scan" in m:
+            sn = m["scan"][1]
+            v = c.scalar(sn) if isinstance(sn, ScalarNode) else None
+            if v is not True or len(m) > 1:
+                c.error(sn, f"{where}.scan", "expected scan: true alone")
+                ok = False
+                continue
+            out.append((path, None))
+            continue
+        spec = _operator(c, vn, where, allowed_keys=_OP_KEYS, allow_keep=True, m=m)
+        if spec is None:
+            ok = False
+            continue
+        out.append((path, spec))
+    return tuple(out) if ok else None
+
+
+def _json_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a JSON path (the engine's own parser decides), or None."""
+    if not path:
+        return "empty JSON path"
+    if not _native_available():  # pragma: no cover - the package depends on it
+        return None
+    import veilgate_native as native
+
+    try:
+        native.JsonMasker(None, [(path, None)])
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -11,6 +11,7 @@
 //! [`ValueMask::mask_json`]: crate::mask::ValueMask::mask_json
 
 use super::{invalid, Cx, Format};
+use crate::mask::json::json_string;
 use crate::mask::{Operator, Outcome};
 
 /// The jsonb binary format version the server sends.
@@ -92,25 +93,6 @@ pub(super) fn transcode(jsonb: bool, from: Format, value: &[u8], out: &mut Vec<u
     }
     out.extend_from_slice(text);
     true
-}
-
-/// Appends `s` as a JSON string (quotes, backslashes and control characters escaped).
-pub(crate) fn json_string(s: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &c in s {
-        match c {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x00..=0x1f => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(c >> 4)]);
-                out.push(HEX[usize::from(c & 15)]);
-            }
-            _ => out.push(c),
-        }
-    }
-    out.push(b'"');
 }
 
 /// Whether `text` is one JSON value (RFC 8259, surrounding whitespace allowed), checked

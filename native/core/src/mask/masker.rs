@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::entity::Builtin;
 use super::fold::{fold, Folded};
+use super::json;
 use super::operator::Operator;
 use super::scan::{resolve_overlaps, BuiltinScanner, DictionaryScanner, RegexScanner, Span};
 use super::value::{entity_id, EntityId, Finding, Outcome, Tally, ValueMask};
@@ -228,6 +229,64 @@ impl Masker {
 
 impl ValueMask for Masker {
     fn mask_value(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome {
+        // Text that is a JSON object or array (JSON kept in a text column, a JSON line) is
+        // masked leaf by leaf so that it stays JSON; anything else is masked as text.
+        if json::looks_like_container(value) {
+            let at = out.len();
+            let mut local = Tally::new();
+            let leaves = json::Leaves {
+                default: Some(&TextOnly(self)),
+                paths: &[],
+            };
+            if let Ok(outcome) = json::mask_container(value, &leaves, out, &mut local) {
+                tally.merge(&local);
+                return outcome;
+            }
+            out.truncate(at);
+        }
+        self.mask_text(value, out, tally)
+    }
+
+    fn whole(&self) -> Option<Finding<'_>> {
+        None
+    }
+
+    /// JSON-aware: string leaves are decoded, scanned and re-encoded, numbers stay numbers, the
+    /// structure and keys are kept (see [`super::json`]).
+    fn mask_json(&self, text: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome {
+        let leaves = json::Leaves {
+            default: Some(&TextOnly(self)),
+            paths: &[],
+        };
+        json::mask_document(text, &leaves, out, tally)
+    }
+
+    fn find<'m>(&'m self, text: &[u8], found: &mut Vec<Finding<'m>>) {
+        for s in self.scan(text) {
+            let rule = self.rule(s.entity);
+            found.push(Finding {
+                start: s.start,
+                end: s.end,
+                entity: s.entity,
+                operator: &rule.operator,
+                tag: &rule.tag,
+            });
+        }
+    }
+}
+
+/// A [`Masker`] that masks leaves as text (a JSON string leaf holding `{...}` is text).
+struct TextOnly<'a>(&'a Masker);
+
+impl ValueMask for TextOnly<'_> {
+    fn mask_value(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome {
+        self.0.mask_text(value, out, tally)
+    }
+}
+
+impl Masker {
+    /// Masks `value` as text: every span found, with its entity's operator.
+    fn mask_text(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome {
         let (spans, folded) = self.scan_folding(value);
         if spans.is_empty() {
             return Outcome::Unchanged;
@@ -262,22 +321,6 @@ impl ValueMask for Masker {
         Outcome::Written
     }
 
-    fn whole(&self) -> Option<Finding<'_>> {
-        None
-    }
-
-    fn find<'m>(&'m self, text: &[u8], found: &mut Vec<Finding<'m>>) {
-        for s in self.scan(text) {
-            let rule = self.rule(s.entity);
-            found.push(Finding {
-                start: s.start,
-                end: s.end,
-                entity: s.entity,
-                operator: &rule.operator,
-                tag: &rule.tag,
-            });
-        }
-    }
 }
 
 /// One operator applied to a whole value (a column rule), counted under one entity name.

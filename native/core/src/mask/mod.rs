@@ -9,6 +9,8 @@
 //! - [`fold`]: full-width forms folded to ASCII before the built-in detectors run
 //! - [`boundary`]: token and word boundary checks (the regex has no look-around)
 //! - [`scan`]: [`Span`] finders (built-ins, custom regexes, dictionaries) and overlap resolution
+//! - [`json`]: JSON-aware masking (string leaves decoded and re-encoded, numbers stay numbers,
+//!   path rules), [`JsonMasker`]
 //! - [`operator`]: [`Operator`] (replace, redact, partial, hash, null); [`hash`]: the keyed hash
 //! - [`masker`]: [`Masker`] and [`ColumnOperator`], the two [`ValueMask`] implementations
 
@@ -18,6 +20,7 @@ pub mod classify;
 pub mod entity;
 pub mod fold;
 pub mod hash;
+pub mod json;
 pub mod masker;
 pub mod operator;
 pub mod prefilter;
@@ -27,6 +30,7 @@ pub mod value;
 
 pub use entity::{Builtin, BUILTIN_ENTITIES};
 pub use hash::HashKey;
+pub use json::{JsonMasker, JsonPath};
 pub use masker::{ColumnOperator, Masker, MaskerConfig, MaskerError};
 pub use operator::Operator;
 pub use scan::Span;
