@@ -31,6 +31,7 @@ fn mask_or_keep(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Arc<dyn Value
 impl PyJsonMasker {
     #[new]
     #[pyo3(signature = (default=None, paths=Vec::new()))]
+    #[pyo3(text_signature = "(default=None, paths=())")]
     fn new(
         default: Option<Bound<'_, PyAny>>,
         paths: Vec<(String, Option<Bound<'_, PyAny>>)>,

@@ -320,7 +320,6 @@ impl Masker {
         out.extend_from_slice(&value[pos..]);
         Outcome::Written
     }
-
 }
 
 /// One operator applied to a whole value (a column rule), counted under one entity name.
