@@ -85,6 +85,31 @@ pub fn classify_scalar(bytes: &[u8]) -> Masks {
     m
 }
 
+/// True if `text` has a byte >= 0x80 (16 bytes at a time with SSE2 on x86_64).
+pub fn has_non_ascii(text: &[u8]) -> bool {
+    let mut chunks = text.chunks_exact(16);
+    for chunk in &mut chunks {
+        let chunk: &[u8; 16] = chunk.try_into().expect("chunks_exact(16)");
+        if high_bits16(chunk) != 0 {
+            return true;
+        }
+    }
+    !chunks.remainder().is_ascii()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn high_bits16(chunk: &[u8; 16]) -> u32 {
+    u32::from(!chunk.is_ascii())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn high_bits16(chunk: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8};
+    // SAFETY: SSE2 is part of the x86_64 baseline; the load reads exactly the 16 bytes of
+    // `chunk` and `loadu` has no alignment requirement.
+    unsafe { _mm_movemask_epi8(_mm_loadu_si128(chunk.as_ptr().cast::<__m128i>())).cast_unsigned() }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn classify16(chunk: &[u8; 16]) -> Masks {
     classify_scalar(chunk)
@@ -150,6 +175,13 @@ mod tests {
         #[test]
         fn simd_matches_scalar(v in proptest::collection::vec(any::<u8>(), 0..=64)) {
             prop_assert_eq!(classify(&v), classify_scalar(&v));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn non_ascii_check_is_exact(v in proptest::collection::vec(any::<u8>(), 0..100)) {
+            prop_assert_eq!(has_non_ascii(&v), !v.is_ascii());
         }
     }
 

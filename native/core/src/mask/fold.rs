@@ -53,8 +53,8 @@ fn fold3(s: &[u8]) -> Option<u8> {
 
 /// The folded copy of `text`, or `None` when nothing in it folds.
 pub fn fold(text: &[u8]) -> Option<Folded> {
-    if text.is_ascii() {
-        return None; // word at a time: the common case costs a few cycles
+    if !super::classify::has_non_ascii(text) {
+        return None; // 16 bytes at a time: the common case costs a few cycles
     }
     let first = memchr::memchr3_iter(0xEF, 0xE3, 0xE2, text)
         .find(|&i| text.get(i..i + 3).and_then(fold3).is_some())?;
