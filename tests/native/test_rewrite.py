@@ -84,7 +84,7 @@ def test_row_plan_construction() -> None:
         vn.RowPlan([(vn.KEEP, STAR)])
     with pytest.raises(ValueError, match="unknown action"):
         vn.RowPlan([(9, None)])
-    with pytest.raises(TypeError, match="Masker or an Operator"):
+    with pytest.raises(TypeError, match="Masker, an Operator or a JsonMasker"):
         vn.RowPlan([(vn.TEXT, "***")])  # type: ignore[list-item]
 
 
