@@ -163,9 +163,7 @@ class ColumnRule:
         allow: frozenset[str] = frozenset(),
         json: tuple[JsonRule, ...] = (),
     ) -> ColumnRule:
-        return ColumnRule(
-            pattern, by, op, scan, line, re.compile(translate(pattern)), allow, json
-        )
+        return ColumnRule(pattern, by, op, scan, line, re.compile(translate(pattern)), allow, json)
 
     def allows(self, kind: str) -> bool:
         """Whether a use of this kind (a :class:`~veilgate.masking.resolve.Use` kind) is
