@@ -1,9 +1,10 @@
 """pytest plugin (``-p outcomes``) that writes one JSON line per test to ``$COMPAT_OUTCOMES``.
 
 Each line: ``{"test": nodeid, "outcome": passed|failed|error|skipped|xfailed|xpassed,
-"message": first line of the failure or skip reason, "duration": seconds}``.  A failure in
-setup or teardown is an ``error``, as pytest counts it.  It runs inside psycopg's suite (its own
-venv), so it uses nothing but pytest.
+"message": first line of the failure or skip reason, "duration": seconds, "markers": [...]}``
+(``markers``: which of psycopg's own ``timing`` / ``flakey`` / ``slow`` marks the test
+carries).  A failure in setup or teardown is an ``error``, as pytest counts it.  It runs inside
+psycopg's suite (its own venv), so it uses nothing but pytest.
 
 So that a run can go on after the client process died (a segfault in the C extension, a hung
 test killed by pytest-timeout's thread method), the id of the test being run is kept in
@@ -21,6 +22,7 @@ import pytest
 
 _out: TextIO | None = None
 _tests: dict[str, dict[str, Any]] = {}
+_MARKERS = frozenset({"timing", "flakey", "slow"})
 
 
 def _message(report: pytest.TestReport) -> str:
@@ -50,6 +52,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    entry = _entry(item.nodeid)
+    entry["markers"] = sorted({m.name for m in item.iter_markers()} & _MARKERS)
+
+
+def _entry(nodeid: str) -> dict[str, Any]:
+    return _tests.setdefault(
+        nodeid,
+        {"test": nodeid, "outcome": "passed", "message": "", "duration": 0.0, "markers": []},
+    )
+
+
 def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
     path = os.environ.get("COMPAT_OUTCOMES")
     if path:
@@ -58,9 +72,7 @@ def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) 
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    entry = _tests.setdefault(
-        report.nodeid, {"test": report.nodeid, "outcome": "passed", "message": "", "duration": 0.0}
-    )
+    entry = _entry(report.nodeid)
     entry["duration"] = round(entry["duration"] + report.duration, 3)
     # the first failure is the one that counts (a teardown error after a failed call does not)
     if entry["outcome"] not in ("failed", "error"):
