@@ -50,6 +50,10 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from veilgate.service import ignore_quiet_signals
+
+    # first of all: a SIGHUP while the config loads must not end the process
+    ignore_quiet_signals()
     from veilgate import config, log
     from veilgate.service import run
 
@@ -62,7 +66,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logger = log.get("config")
     for warning in config.warnings(cfg):
         log.event(logger, "config_warning", logging.WARNING, file=args.config, warning=warning)
-    return run(cfg)
+    return run(cfg, (args.log_level, args.log_format))
 
 
 def _register_serve(sub: Subparsers) -> None:

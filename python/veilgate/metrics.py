@@ -198,6 +198,16 @@ audit_refused_total = Counter(
     "Statements refused (58030) because the session record could not be written (block mode).",
 )
 
+config_generation = Gauge(
+    "veilgate_config_generation",
+    "Configuration generation serving new sessions (1 at start, +1 per applied reload).",
+)
+config_reloads_total = Counter(
+    "veilgate_config_reloads_total",
+    "Configuration reloads (SIGHUP, veilgate reload) by result (applied, failed).",
+    ("result",),
+)
+
 REGISTRY: list[_Metric] = [
     connections_total,
     connections_active,
@@ -221,6 +231,8 @@ REGISTRY: list[_Metric] = [
     audit_dropped_total,
     audit_queued_records,
     audit_refused_total,
+    config_generation,
+    config_reloads_total,
 ]
 
 

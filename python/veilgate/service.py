@@ -14,12 +14,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from veilgate import log
+from veilgate import config as config_loader
+from veilgate import log, metrics
 from veilgate.admin.server import AdminServer, HealthState, Router, gateway_routes
 from veilgate.config_model import GatewayConfig
+from veilgate.identity.live import LiveAuthenticator, aclose
+from veilgate.reload import (
+    ReloadOutcome,
+    changed_sections,
+    refused_changes,
+    restart_required,
+    without_restart_changes,
+)
 
 if TYPE_CHECKING:
     from veilgate.gateway.server import Gateway
@@ -28,6 +38,20 @@ if TYPE_CHECKING:
 _log = log.get("service")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+"""Signals whose default action would end the process: logged and otherwise ignored."""
+QUIET_SIGNALS = (signal.SIGHUP, *_IGNORED_SIGNALS)
+"""Signals that never end the process (SIGHUP reloads once the loop runs)."""
+OLD_AUTHENTICATOR_GRACE_S = 60.0
+"""How long a replaced authenticator stays open for handshakes that started before a reload."""
+
+
+def ignore_quiet_signals() -> None:
+    """Before the event loop runs (and after it stopped): SIGHUP / SIGUSR1 / SIGUSR2 do nothing
+    instead of ending the process."""
+    for sig in QUIET_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def build_authenticator(config: GatewayConfig) -> Authenticator:
@@ -44,9 +68,21 @@ class Service:
     has been carried out; ``wait`` returns the process exit code.
     """
 
-    def __init__(self, config: GatewayConfig, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        authenticator: Authenticator | None = None,
+        *,
+        log_override: tuple[str | None, str | None] = (None, None),
+    ) -> None:
         self.config = config
-        self._authenticator = authenticator or build_authenticator(config)
+        self._authenticator = LiveAuthenticator(authenticator or build_authenticator(config))
+        self._rebuild_authenticator = authenticator is None
+        """A reload builds a new authenticator from the file (not when one was handed in)."""
+        self._log_override = log_override
+        """``--log-level`` / ``--log-format`` given on the command line win over the file."""
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._gateway: Gateway | None = None
         self._admin: AdminServer | None = None
         self.health: HealthState | None = None
@@ -74,17 +110,15 @@ class Service:
         from veilgate.gateway.server import Gateway
 
         cfg = self.config
-        prefetch = getattr(self._authenticator, "prefetch", None)
-        if prefetch is not None:
-            # warm the JWKS caches; failures are logged and retried on first use
-            warm = await prefetch()
-            if warm:
-                log.event(_log, "identity_prefetched", caches=warm)
+        # warm the JWKS caches; failures are logged and retried on first use
+        warm = await self._authenticator.prefetch()
+        if warm:
+            log.event(_log, "identity_prefetched", caches=warm)
         gateway = Gateway(cfg, self._authenticator)
         await gateway.start()
         self._gateway = gateway
-        if cfg.policy is not None or cfg.audit is not None:
-            self._install_sighup(gateway)
+        self._install_quiet_signals()
+        metrics.config_generation.set(gateway.generation)
         self.health = HealthState(gateway.session_count, audit=gateway.recorder)
         if cfg.admin.enabled:
             admin = AdminServer(
@@ -125,24 +159,167 @@ class Service:
                 continue
             self._signals_installed.append(sig)
 
-    def _install_sighup(self, gateway: Gateway) -> None:
-        """SIGHUP reloads the policy file (a broken file is logged; the old policy stays) and
-        starts a new audit segment (picking up a rotated signing key)."""
+    def _install_quiet_signals(self) -> None:
+        """SIGHUP reloads the whole configuration (:meth:`reload`); SIGUSR1 / SIGUSR2 are logged
+        and ignored.  None of them ends the process, whatever the configuration."""
+        loop = asyncio.get_running_loop()
+        for sig in QUIET_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self._quiet_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                return
+            self._signals_installed.append(sig)
 
-        def hup() -> None:
-            gateway.reload_policy()
-            gateway.reopen_audit()
+    def _quiet_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGHUP:
+            self.spawn(self.reload("SIGHUP"))
+        else:
+            log.event(_log, "signal_ignored", logging.WARNING, signal=sig.name)
 
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def generation(self) -> int:
+        return self._gateway.generation if self._gateway is not None else 0
+
+    async def reload(self, trigger: str = "request") -> ReloadOutcome:
+        """Re-read the configuration file and apply it (see :mod:`veilgate.reload`).  A file
+        that does not validate changes nothing; the outcome says which generation is live."""
+        async with self._reload_lock:
+            try:
+                outcome = await self._reload()
+            except Exception as e:  # a bug here must never end the process
+                _log.exception("config reload failed")
+                outcome = ReloadOutcome(False, self.generation, (f"internal error: {e!r}",))
+        source = str(self.config.source) if self.config.source else None
+        # one line per reload whatever logging.level says (an operator looks for it)
+        always = min(max(logging.INFO, _log.getEffectiveLevel()), logging.CRITICAL)
+        if outcome.ok:
+            metrics.config_reloads_total.inc(result="applied")
+            metrics.config_generation.set(outcome.generation)
+            log.event(
+                _log,
+                "config_reloaded",
+                always,
+                trigger=trigger,
+                file=source,
+                generation=outcome.generation,
+                changed=list(outcome.changed),
+                restart_required=list(outcome.restart_required),
+            )
+            if outcome.restart_required:
+                log.event(
+                    _log,
+                    "config_restart_required",
+                    max(always, logging.WARNING),
+                    file=source,
+                    generation=outcome.generation,
+                    keys=list(outcome.restart_required),
+                )
+        else:
+            metrics.config_reloads_total.inc(result="failed")
+            log.event(
+                _log,
+                "config_reload_failed",
+                max(always, logging.ERROR),
+                trigger=trigger,
+                file=source,
+                generation=outcome.generation,
+                errors=list(outcome.errors),
+            )
+        return outcome
+
+    async def _reload(self) -> ReloadOutcome:
+        gateway = self._gateway
+        old = self.config
+        if gateway is None or old.source is None:
+            return ReloadOutcome(False, self.generation, ("no configuration file to re-read",))
         try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            return
-        self._signals_installed.append(signal.SIGHUP)
+            new = await asyncio.to_thread(config_loader.load, old.source)
+        except config_loader.ConfigError as e:
+            return ReloadOutcome(False, gateway.generation, tuple(str(i) for i in e.issues))
+        refused = refused_changes(old, new)
+        if refused:
+            return ReloadOutcome(False, gateway.generation, tuple(refused))
+        live = without_restart_changes(old, new)
+        ready = await self._prepare(live)
+        if isinstance(ready, ReloadOutcome):
+            return ready
+        ssl_context, policy, authenticator = ready
+        # nothing below can fail: the new generation is applied whole
+        gateway.reconfigure(live, ssl_context, policy)
+        self.config = live
+        if authenticator is not None:
+            previous, self._authenticator.current = self._authenticator.current, authenticator
+            self.spawn(self._close_later(previous))
+        self._apply_logging(live)
+        gateway.reopen_audit()  # the recorder's hook: new segment, rotated signing key
+        return ReloadOutcome(
+            True,
+            gateway.generation,
+            changed=tuple(changed_sections(old, live)),
+            restart_required=tuple(restart_required(old, new)),
+        )
+
+    async def _prepare(
+        self, cfg: GatewayConfig
+    ) -> tuple[ssl.SSLContext | None, Any, Authenticator | None] | ReloadOutcome:
+        """Load what the new generation needs (certificate, policy, authenticator), or say
+        why it cannot be used."""
+        from veilgate.gateway.server import server_ssl_context
+        from veilgate.policy.loader import PolicyError, load_policy
+
+        generation = self.generation
+        source = str(cfg.source)
+        try:
+            ssl_context = server_ssl_context(cfg)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            return ReloadOutcome(False, generation, (f"{source}: tls: {e}",))
+        policy = None
+        if cfg.policy is not None:
+            try:
+                policy = await asyncio.to_thread(load_policy, cfg.policy.file)
+            except PolicyError as e:
+                return ReloadOutcome(False, generation, tuple(f"{i}" for i in e.issues))
+            except OSError as e:
+                return ReloadOutcome(False, generation, (f"{cfg.policy.file}: {e}",))
+        authenticator: Authenticator | None = None
+        if self._rebuild_authenticator and cfg.auth != self.config.auth:
+            try:
+                authenticator = build_authenticator(cfg)
+            except Exception as e:
+                return ReloadOutcome(False, generation, (f"{source}: auth: {e}",))
+            warm = await LiveAuthenticator(authenticator).prefetch()
+            if warm:
+                log.event(_log, "identity_prefetched", caches=warm)
+        return ssl_context, policy, authenticator
+
+    @staticmethod
+    async def _close_later(authenticator: Authenticator) -> None:
+        await asyncio.sleep(OLD_AUTHENTICATOR_GRACE_S)
+        try:
+            await aclose(authenticator)
+        except Exception as e:
+            log.event(_log, "close_failed", logging.ERROR, error=repr(e))
+
+    def _apply_logging(self, cfg: GatewayConfig) -> None:
+        level, fmt = self._log_override
+        want = (level or cfg.logging.level, fmt or cfg.logging.format)
+        root = logging.getLogger("veilgate")
+        if root.handlers:  # configured by `veilgate serve` (tests log through pytest instead)
+            log.setup(*want)
 
     def remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in self._signals_installed:
             loop.remove_signal_handler(sig)
+            if sig in QUIET_SIGNALS:  # the loop restored SIG_DFL, which would end the process
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, signal.SIG_IGN)
         self._signals_installed.clear()
 
     async def wait(self) -> int:
@@ -198,12 +375,14 @@ class Service:
         if self._admin is not None:
             admin, self._admin = self._admin, None
             await admin.close()
-        aclose = getattr(self._authenticator, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception as e:
-                log.event(_log, "close_failed", logging.ERROR, error=repr(e))
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._authenticator.aclose()
+        except Exception as e:
+            log.event(_log, "close_failed", logging.ERROR, error=repr(e))
 
 
 async def serve(
@@ -211,9 +390,10 @@ async def serve(
     *,
     authenticator: Authenticator | None = None,
     on_ready: Callable[[Service], None] | None = None,
+    log_override: tuple[str | None, str | None] = (None, None),
 ) -> int:
     """Run the gateway until a signal (or ``service.stop()`` from ``on_ready``'s holder)."""
-    service = Service(config, authenticator)
+    service = Service(config, authenticator, log_override=log_override)
     service.install_signal_handlers()  # before binding: a signal during startup still drains
     try:
         await service.start()
@@ -246,7 +426,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def run(config: GatewayConfig) -> int:
+def run(config: GatewayConfig, log_override: tuple[str | None, str | None] = (None, None)) -> int:
     """Run the gateway on uvloop until SIGTERM/SIGINT; returns the process exit code."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve(config))
+        return runner.run(serve(config, log_override=log_override))

@@ -33,6 +33,7 @@ from veilgate.masking.catalog import Catalog
 from veilgate.policy.audit import AuditSink, JsonLinesAuditSink, TeeAuditSink
 from veilgate.policy.engine import PolicyEngine
 from veilgate.policy.loader import load_policy
+from veilgate.policy.model import Policy
 from veilgate.policy.reload import PolicyFileWatcher
 
 if TYPE_CHECKING:
@@ -132,26 +133,33 @@ class Gateway:
         self.approvals: ApprovalService | None = None
         """Just-in-time approvals (with a policy); its store opens when a rule needs it."""
         bytecache.set_total_budget(config.limits.cache_bytes)
-        if config.policy is not None:
-            # raises PolicyError (file, line, key): `veilgate serve` validated it already
-            self.policy_engine = PolicyEngine(load_policy(config.policy.file))
-            self.policy_watcher = PolicyFileWatcher(config.policy.file, self.policy_engine)
-            if config.policy.audit_log is not None:
-                self.decision_sink = JsonLinesAuditSink(config.policy.audit_log)
+        self.generation = 1
+        """The configuration generation serving new sessions (bumped by each applied reload)."""
         if config.audit is not None:
             from veilgate.audit.recorder import Recorder
 
             # raises ValueError naming a bad key (`veilgate serve` validated the config)
             self.recorder = Recorder(config.audit, config_source=config.source)
+        if config.policy is not None:
+            # raises PolicyError (file, line, key): `veilgate serve` validated it already
+            self._setup_policy(config, load_policy(config.policy.file))
+
+    def _setup_policy(self, config: GatewayConfig, policy: Policy) -> None:
+        """The policy engine, its file watcher, the decision log and approvals (at start, or
+        when a reload adds the ``policy`` section)."""
+        from veilgate.approvals.service import ApprovalService
+
+        assert config.policy is not None
+        self.policy_engine = PolicyEngine(policy)
+        self.policy_watcher = PolicyFileWatcher(config.policy.file, self.policy_engine)
+        if config.policy.audit_log is not None:
+            self.decision_sink = JsonLinesAuditSink(config.policy.audit_log)
         sinks = [s for s in (self.decision_sink, self.recorder) if s is not None]
         if len(sinks) == 2:
             self.audit_sink = TeeAuditSink(*sinks)
         elif sinks:
             self.audit_sink = sinks[0]
-        if config.policy is not None:
-            from veilgate.approvals.service import ApprovalService
-
-            self.approvals = ApprovalService(config.state, config.approvals, audit=self.audit_sink)
+        self.approvals = ApprovalService(config.state, config.approvals, audit=self.audit_sink)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -217,10 +225,53 @@ class Gateway:
             logger.exception("policy reload failed")
             return False
         if engine.generation != generation:
-            for session in list(self._sessions):
-                session.policy_reloaded()
-            self._spawn(self._start_approvals())
+            self._policy_changed()
         return result
+
+    def _policy_changed(self) -> None:
+        for session in list(self._sessions):
+            session.policy_reloaded()
+        self._spawn(self._start_approvals())
+
+    def reconfigure(
+        self, config: GatewayConfig, ssl_context: ssl.SSLContext | None, policy: Policy | None
+    ) -> None:
+        """Serve new sessions with ``config`` (a reload; see :mod:`veilgate.reload`).
+
+        Everything that can fail (the certificate, the policy file) was loaded by the caller, so
+        this swaps without failing.  Running sessions keep their principal, tier and upstream
+        login; the new policy applies to their next statements, as on a policy file reload."""
+        self.config = config
+        self._ssl = ssl_context
+        self.generation += 1
+        bytecache.set_total_budget(config.limits.cache_bytes)
+        if config.policy is None or policy is None:
+            return
+        engine = self.policy_engine
+        if engine is None:
+            self._setup_policy(config, policy)
+            if self._accepting and self._policy_timer is None:
+                loop = asyncio.get_running_loop()
+                self._policy_timer = loop.call_later(POLICY_CHECK_INTERVAL_S, self._policy_tick)
+            # a running session whose tier the new policy masks ends (fail closed)
+            self._policy_changed()
+            return
+        watcher = self.policy_watcher
+        if watcher is None or watcher.path != config.policy.file:
+            self.policy_watcher = PolicyFileWatcher(config.policy.file, engine)
+        previous = engine.policy.digest
+        if policy.digest != previous:
+            engine.reload(policy)
+            log.event(
+                logger,
+                "policy_reloaded",
+                file=str(config.policy.file),
+                digest=policy.digest[:12],
+                previous=previous[:12],
+                tiers=len(policy.tiers),
+                generation=engine.generation,
+            )
+            self._policy_changed()
 
     async def _start_approvals(self) -> None:
         """Open the approval store once the policy has approve rules or elevation tiers (a store
