@@ -64,6 +64,7 @@ async def async_http_get(port: int, path: str) -> tuple[int, str]:
 class StubGateway:
     instances: ClassVar[list[StubGateway]] = []
     recorder = None  # no session recording
+    generation = 1
 
     def __init__(self, config: GatewayConfig, authenticator: Any) -> None:
         self.config = config
