@@ -102,6 +102,19 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for warning in config.warnings(cfg):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    if args.strict:
+        import asyncio
+
+        from veilgate.health import strict_checks
+
+        checks = asyncio.run(strict_checks(cfg))
+        for c in checks:
+            mark = "ok  " if c.ok else "FAIL"
+            print(f"{mark} {c.name}" + (f": {c.detail}" if c.detail else ""))
+        bad = [c.name for c in checks if not c.ok]
+        if bad:
+            print(f"{args.file}: not ready: {', '.join(bad)}", file=sys.stderr)
+            return EXIT_FAILURE
     targets = ", ".join(sorted(cfg.targets))
     print(f"{args.file}: OK (listen {cfg.listen.host}:{cfg.listen.port}; targets: {targets})")
     return EXIT_OK
@@ -109,8 +122,22 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 def _register_config(sub: Subparsers) -> None:
     group = _group(sub, "config", help="configuration tools")
-    p = _add(group, "check", _cmd_config_check, help="validate a configuration file")
+    p = _add(
+        group,
+        "check",
+        _cmd_config_check,
+        help="validate a configuration file",
+        description="Validate FILE (every error names file, line and key; exit 2).  With "
+        "--strict, also run the readiness checks /readyz runs, from this machine: every "
+        "upstream login, identity provider keys, masking key, certificate validity, audit "
+        "directory (exit 1 if one fails).",
+    )
     p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also connect upstream, fetch identity keys and check keys and certificates",
+    )
 
 
 # -- token ---------------------------------------------------------------------------------------

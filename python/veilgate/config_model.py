@@ -355,6 +355,16 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """What ``/readyz`` (and ``veilgate config check --strict``) checks, and how often."""
+
+    upstream_interval_s: float = field(default=30.0, metadata={"min": 0.2, "max": 3600.0})
+    """How often every target's logins are tried upstream (TLS, SCRAM, then Terminate)."""
+    certificate_min_days: float = field(default=14.0, metadata={"min": 0.0, "max": 3650.0})
+    """The client certificate must stay valid at least this long, else not ready."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
@@ -368,5 +378,6 @@ class GatewayConfig:
     state: StateConfig = field(default_factory=StateConfig)
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     audit: AuditConfig | None = None
+    health: HealthConfig = field(default_factory=HealthConfig)
     source: Path | None = field(default=None, metadata={"config": False})
     """File the configuration was loaded from, if any."""

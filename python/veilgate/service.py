@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from veilgate import config as config_loader
 from veilgate import log, metrics
-from veilgate.admin.server import AdminServer, HealthState, Router, gateway_routes
+from veilgate.admin.health import HealthState, health_router
+from veilgate.admin.metrics import metrics_router
+from veilgate.admin.server import AdminServer, Router
 from veilgate.config_model import GatewayConfig
+from veilgate.health import Readiness
 from veilgate.identity.live import LiveAuthenticator, aclose
 from veilgate.reload import (
     ReloadOutcome,
@@ -86,6 +89,7 @@ class Service:
         self._gateway: Gateway | None = None
         self._admin: AdminServer | None = None
         self.health: HealthState | None = None
+        self.readiness: Readiness | None = None
         self._requests: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._signals_installed: list[signal.Signals] = []
 
@@ -120,11 +124,18 @@ class Service:
         self._install_quiet_signals()
         metrics.config_generation.set(gateway.generation)
         self.health = HealthState(gateway.session_count, audit=gateway.recorder)
+        self.readiness = Readiness(
+            lambda: self.config,
+            self._authenticator,
+            lambda: gateway.policy_engine.policy if gateway.policy_engine else None,
+            lambda: gateway.recorder,
+        )
+        self.spawn(self.readiness.run())
         if cfg.admin.enabled:
             admin = AdminServer(
                 cfg.admin.host,
                 cfg.admin.port,
-                gateway_routes(self.health),
+                {},
                 self._admin_routers(gateway),
             )
             try:
@@ -141,8 +152,9 @@ class Service:
         log.event(_log, "ready", targets=sorted(cfg.targets), **fields)
 
     def _admin_routers(self, gateway: Gateway) -> list[Router]:
-        """API routers on the admin listener, one per concern."""
-        routers: list[Router] = []
+        """The admin listener's routers, one per concern (each in its own module)."""
+        assert self.health is not None
+        routers = [health_router(self.health, self.readiness), metrics_router()]
         approvals = getattr(gateway, "approvals", None)
         if approvals is not None and self.config.approvals.api:
             from veilgate.approvals.api import ApprovalsAPI
@@ -258,6 +270,8 @@ class Service:
             self.spawn(self._close_later(previous))
         self._apply_logging(live)
         gateway.reopen_audit()  # the recorder's hook: new segment, rotated signing key
+        if self.readiness is not None:
+            self.readiness.poke()  # try the (possibly new) upstream logins now
         return ReloadOutcome(
             True,
             gateway.generation,
@@ -330,6 +344,8 @@ class Service:
             reason, immediate = await self._requests.get()
             if self.health is not None:
                 self.health.draining = True
+            if self.readiness is not None:
+                self.readiness.draining = True
             timeout = self.config.shutdown.drain_timeout_s
             if not immediate:
                 log.event(

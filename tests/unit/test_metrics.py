@@ -13,13 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from veilgate import metrics
+from veilgate.admin.health import HealthState, gateway_routes
 from veilgate.admin.server import (
     MAX_HEAD_BYTES,
     AdminServer,
-    HealthState,
     Request,
     Response,
-    gateway_routes,
 )
 
 # -- a strict parser for the text format (0.0.4) -------------------------------------------------

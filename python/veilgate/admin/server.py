@@ -6,9 +6,11 @@ head is bounded in size and time, bodies only on POST (``Content-Length``, at mo
 handler's exception becomes a 500 without details.
 
 Plain routes (exact path → handler) answer GET and HEAD.  A :class:`Router` holds the routes of one
-concern (``/v1/approvals/...``), with a method each and ``{name}`` path parameters; the server
-asks each router in turn (404 when none has the path, 405 with ``Allow`` when one has it for other
-methods).
+concern, with a method each and ``{name}`` path parameters; the server asks each router in turn
+(404 when none has the path, 405 with ``Allow`` when one has it for other methods).  The concerns
+live in their own modules: probes (``admin/health.py``: ``/healthz``, ``/livez``, ``/readyz``),
+metrics (``admin/metrics.py``), the admin console (``admin/console.py``: ``/v1/admin/...``) and
+the approvers' API (``approvals/api.py``: ``/v1/approvals/...``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from veilgate import log
 
@@ -295,46 +297,3 @@ def _parse(head: bytes) -> Request | None:
         headers[name.lower()] = value.strip()
     path, _, query = target.partition("?")
     return Request(method, path, query, headers)
-
-
-# -- the gateway's admin endpoints ---------------------------------------------------------------
-
-
-class AuditHealth(Protocol):
-    """The session recorder, as ``/healthz`` sees it."""
-
-    @property
-    def blocked(self) -> bool: ...
-
-    def health(self) -> dict[str, Any]: ...
-
-
-class HealthState:
-    """What ``/healthz`` reports: serving (200, with the session count), draining (503), or not
-    ready because the session record cannot be written and statements are refused (503)."""
-
-    def __init__(self, sessions: Callable[[], int], audit: AuditHealth | None = None) -> None:
-        self._sessions = sessions
-        self._audit = audit
-        self.draining = False
-
-    def __call__(self, request: Request) -> Response:
-        if self.draining:
-            return Response.json(503, {"status": "draining"})
-        body: dict[str, Any] = {"status": "ok", "sessions": self._sessions()}
-        if self._audit is not None:
-            body["audit"] = self._audit.health()
-            if self._audit.blocked:
-                body["status"] = "audit_unavailable"
-                return Response.json(503, body)
-        return Response.json(200, body)
-
-
-def metrics_handler(request: Request) -> Response:
-    from veilgate import metrics
-
-    return Response(200, metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
-
-
-def gateway_routes(health: HealthState) -> dict[str, Handler]:
-    return {"/healthz": health, "/metrics": metrics_handler}

@@ -251,6 +251,19 @@ class JWKSCache:
         """Refresh now (shares a refresh in flight).  ``True`` when a key set is fresh after it."""
         return await self._refresh()
 
+    def status(self) -> tuple[str, float]:
+        """``("fresh" | "stale" | "unavailable", seconds past expiry)``, without I/O: stale keys
+        are still served (within ``max_stale_s``), unavailable ones are not."""
+        now = self._clock()
+        past = max(0.0, now - self._expires_at) if self._keys is not None else math.inf
+        if self._keys is not None and now < self._expires_at:
+            return "fresh", 0.0
+        return ("stale" if self._usable(now) is not None else "unavailable"), past
+
+    @property
+    def max_stale_s(self) -> float:
+        return self._s.max_stale_s
+
     async def aclose(self) -> None:
         task = self._inflight
         if task is not None and not task.done():
