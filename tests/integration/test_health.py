@@ -242,6 +242,10 @@ def test_identity_keys_masking_key_and_audit_failures_recover(sd: ServeDir, tmp_
         audit.unlink()
         shutil.move(sd.directory / "audit.moved", audit)
         hup_and_wait(p)
+        # the recorder retries when it has records to write: a new session gives it some
+        subprocess.run(
+            ["psql", "-X", sd.dsn(port), "-c", "select 1"], capture_output=True, timeout=60
+        )
         wait_ready(admin)
     finally:
         p.stop()
