@@ -107,18 +107,30 @@ def _ready(status: bytes) -> _Msg:
     return _Msg(b"Z", status)
 
 
+_COMPLETES = {ord("P"): ord("1"), ord("B"): ord("2")}
+
+
 class _Harness:
     def __init__(self) -> None:
         self.engine = PolicyEngine(load_policy_text(POLICY))
         self.session = _Session()
         self.enforcer = PolicyEnforcer(self.session, self.engine, RW, None)  # type: ignore[arg-type]
+        self.server_accepts = True
+        """Answer each forwarded Parse / Bind with its completion (as the server would)."""
 
     def send(self, m: _Msg) -> bytes:
         """What went upstream for one client message."""
         sent = self.session.upstream_transport.sent
         before = len(sent)
+        # as the session does: the mirror sees the client's message first
+        mirror = self.enforcer.mirror
+        mirror.client_message(m.tag, m.body, self.session.state.pending)
         self.enforcer.client_message(m)
-        return b"".join(sent[before:])
+        out = b"".join(sent[before:])
+        if out == m.frame() and self.server_accepts and m.tag in _COMPLETES:
+            # the server accepts what was forwarded: ParseComplete / BindComplete
+            mirror.server_message(_COMPLETES[m.tag], b"")
+        return out
 
     def forwarded(self, m: _Msg) -> bool:
         out = self.send(m)
@@ -134,7 +146,7 @@ class _Harness:
 
     def reload(self, text: str, *, in_transaction: bool = True, pending: int = 0) -> None:
         state = self.session.state
-        state.busy = in_transaction or pending > 0
+        state.busy = pending > 0  # as the native tracker: requests in flight, not "in a block"
         state.tx_status = ord("T") if in_transaction else ord("I")
         state.pending = pending
         self.engine.reload(load_policy_text(text))

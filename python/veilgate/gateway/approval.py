@@ -342,9 +342,8 @@ class ApprovalGate:
                     sql=d.analysis.text,
                 )
             )
+        # what it PREPAREs / DEALLOCATEs is the statement mirror's once the server has done it
         self.enforcer.forward(frame)
-        if query:
-            self.enforcer.ctx.apply(d)
 
     def _start(self, coro: Any) -> None:
         """Hold the client side while ``coro`` decides (the rest of the gateway goes on)."""

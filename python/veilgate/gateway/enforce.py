@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 from veilgate import log, metrics
 from veilgate.gateway import wire
 from veilgate.gateway.limits import SubstituteMessage
+from veilgate.gateway.mirror import ServerMirror, Statement
 from veilgate.identity.base import Principal
 from veilgate.policy.analysis import MessageAnalysis
 from veilgate.policy.audit import AuditSink, DecisionEvent
@@ -226,8 +227,16 @@ class PolicyEnforcer:
         principal: Principal,
         audit: AuditSink | None,
         approvals: ApprovalService | None = None,
+        mirror: ServerMirror | None = None,
     ) -> None:
         self.session = session
+        self.mirror = mirror if mirror is not None else ServerMirror()
+        """The server's statements and portals (shared with the masking relay)."""
+        self.mirror.on_change = self._namespace_changed
+        self.mirror.on_drop = self._dropped
+        self._prepared_stale = False
+        self._stale_names: set[bytes] | None = set()
+        """Names whose entry in ``ctx.prepared`` must be looked up again (None: all)."""
         self.engine = engine
         self.principal = principal
         self.audit = audit
@@ -244,9 +253,6 @@ class PolicyEnforcer:
         """Outstanding markers: the denial's decision, or the error frame to send in its place."""
         self._probes: deque[bytes] = deque()
         """Keys in ``_markers`` of parse probes, oldest first."""
-        self._stmts: dict[bytes, _Stmt] = {}
-        self._unnamed: _Stmt | None = None
-        """The unnamed statement (dies at the next Parse of it and at any simple Query)."""
         self._retired: set[str] | None = set()
         """Texts of statements replaced since the session was last known to hold no portal (a
         portal outlives its statement); None once more than ``_RETIRED_MAX``."""
@@ -256,8 +262,6 @@ class PolicyEnforcer:
         """Portals bound before the last reload may exist (see the module docstring)."""
         self._z_before = 0
         """ReadyForQuery still due for requests sent before the last reload."""
-        self._portals: dict[bytes, _Stmt | None] = {}
-        """Portals bound in the window: their statement (None: one the gateway does not know)."""
         self._untracked: Decision | None = None
         """The decision for portals bound before the window (None: allowed)."""
         self.stale_executes = 0
@@ -334,20 +338,20 @@ class PolicyEnforcer:
             t.write(data)
 
     def _query(self, m: Any) -> None:
-        if self._unnamed is not None:  # a simple Query drops the unnamed statement
-            self._drop_unnamed()
         # one copy of the message (frame), not two (body and frame): this runs per Query
         frame = m.frame()
         end = frame.find(b"\0", 5)
         text = self._text(frame[5:] if end < 0 else frame[5:end])
+        if self._prepared_stale:
+            self._sync_prepared()
         gate = self.approvals
         d = gate.setting(text) if gate is not None else None
         if d is None:
             d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
         if d.allowed:
+            # what it PREPAREs / DEALLOCATEs is the mirror's, once the server has done it
             self._write(frame)
-            self.ctx.apply(d)
             return
         if d.rule_id == UNPARSEABLE_RULE:
             probe = parse_probe(b"", frame[5:] if end < 0 else frame[5:end])
@@ -368,35 +372,31 @@ class PolicyEnforcer:
             self._write(m.frame())
             return
         name, text = body[:i], self._text(body[i + 1 : j])
+        if self._prepared_stale:
+            self._sync_prepared()
         gate = self.approvals
         d = gate.setting(text) if gate is not None else None
         if d is None:
             d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
         approve = gate is not None and d.action == "approve"
+        # the mirror has this Parse's statement (it becomes the server's if the Parse succeeds)
+        parsed = self.mirror.last_parsed
+        note = _Stmt(text, d.generation)
+        if approve:
+            note.approval = self._pending_approval(d, body)
+        elif not d.allowed:
+            note.denied = d  # the server never gets it (the marker fails): never bind it
+        if parsed is not None and parsed.name == name:
+            parsed.policy = note
+            self._namespace_changed(name)
+        if self._binds or approve or not d.allowed:
+            self._update_binds()
         if d.allowed or approve:
             # an approve-matched statement is parsed (that runs nothing); each Bind is checked
             self._write(m.frame())
             self.ctx.note_search_path(d)
-            stmt = _Stmt(text, d.generation)
-            if approve:
-                stmt.approval = self._pending_approval(d, body)
-            if name:
-                self.ctx.remember_parse(self._text(name), d)
-                old = self._stmts.get(name)
-                self._stmts[name] = stmt
-            else:
-                old = self._unnamed
-                self._unnamed = stmt
-            if old is not None:  # its portals outlive it
-                self._retire(old.text)
-            if self._binds or approve:
-                self._update_binds()
             return
-        # a failed Parse leaves a named statement of that name as it was; the unnamed one is
-        # dropped before the server parses
-        if not name and self._unnamed is not None:
-            self._drop_unnamed()
         if d.rule_id == UNPARSEABLE_RULE:
             probe = parse_probe(name, body[i + 1 : j])
             if probe is not None:
@@ -414,27 +414,18 @@ class PolicyEnforcer:
             self._write(m.frame())
             return
         sname = body[i + 1 : j]
-        stmt = self._stmts.get(sname) if sname else self._unnamed
-        if stmt is None:
-            if self._window:
-                # a statement the gateway never saw prepared (SQL PREPARE): fail closed
-                self._portals[body[:i]] = None
+        # the statement the server will bind: its own, whatever the client prepared under the
+        # name (a Parse or PREPARE of an existing name fails and leaves it as it was)
+        stmt = self._note(self.mirror.projected_statement(sname))
+        if stmt is None:  # the server has none: it refuses the Bind itself
             self._write(m.frame())
             return
         if stmt.generation != self.engine.generation:
-            d = self._judge_again(stmt)
-            if sname:
-                name = self._text(sname)
-                if d.allowed:
-                    self.ctx.remember_parse(name, d)
-                else:
-                    self.ctx.forget(name)
+            self._judge_again(stmt)
             self._update_binds()
         elif stmt.denied is not None:
             self._record(stmt.denied)
         if stmt.denied is None:
-            if self._window:
-                self._portals[body[:i]] = stmt
             if stmt.approval is not None and self.approvals is not None:
                 self.approvals.bind(stmt.approval, m.frame(), body, stmt.text)
                 return
@@ -445,6 +436,17 @@ class PolicyEnforcer:
         nonce = self._marker(stmt.denied)
         marker = wire.cstr(nonce) + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
         self._write(wire.frame(b"P", marker))
+
+    def _note(self, stmt: Statement | None) -> _Stmt | None:
+        """The policy's note on a statement of the mirror (judged now if it has none: one
+        prepared with SQL PREPARE, judged as part of its Query)."""
+        if stmt is None:
+            return None
+        note = stmt.policy
+        if not isinstance(note, _Stmt):
+            note = _Stmt(stmt.query, -1)
+            stmt.policy = note
+        return note
 
     def _judge_again(self, stmt: _Stmt) -> Decision:
         """Judge a statement prepared under an older policy by the current one."""
@@ -470,32 +472,7 @@ class PolicyEnforcer:
         if i < 0:  # malformed: the server answers it with a protocol error
             self._write(m.frame())
             return
-        portal = body[:i]
-        d: Decision | None
-        if portal in self._portals:
-            stmt = self._portals[portal]
-            if stmt is None:
-                d = stale_portal_denial(
-                    self.engine.generation,
-                    "the portal was bound from a statement the gateway did not see prepared",
-                )
-                self._record(d)
-            else:
-                if stmt.generation != self.engine.generation:
-                    self._judge_again(stmt)
-                elif stmt.denied is not None:
-                    self._record(stmt.denied)
-                d = stmt.denied
-                if d is None and stmt.approval is not None:
-                    # its Bind was checked under the old policy: bind it again to be checked
-                    d = stale_portal_denial(
-                        self.engine.generation, "the policy now wants an approval for it"
-                    )
-                    self._record(d)
-        else:
-            d = self._untracked
-            if d is not None:
-                self._record(d)
+        d = self._judge_portal(body[:i])
         if d is None:
             self._write(m.frame())
             return
@@ -519,20 +496,88 @@ class PolicyEnforcer:
         excerpt = sql_excerpt(self._text(raw[: self._audit_sql_bytes + 4].split(b"\0", 1)[0]))
         d = self.engine.refuse_oversized(self.principal, len(m), limit, excerpt, session=self.ctx)
         self._record(d, sql_len=len(raw))
-        if self._unnamed is not None and not name:  # the server drops it before parsing
-            self._drop_unnamed()
         marker = wire.cstr(f'SELECT "{self._marker(d)}"')
         stmt_id = getattr(m, "stmt_id", 0)
         if m.tag == _Q:
             return SubstituteMessage(_Q, marker, stmt_id)
         return SubstituteMessage(_P, name + b"\0" + marker + b"\0\0", stmt_id)
 
-    def _drop_unnamed(self) -> None:
-        assert self._unnamed is not None
-        self._retire(self._unnamed.text)
-        self._unnamed = None
+    def _judge_portal(self, portal: bytes) -> Decision | None:
+        """In a stale window: the decision for an Execute of ``portal`` (None: it runs).  Every
+        portal the server may run under that name is judged (a Bind still in flight may fail
+        and leave the one before); one the gateway did not see bound gets the decision for
+        portals bound before the window."""
+        denied: Decision | None = None
+        for cand in self.mirror.portal_candidates(portal):
+            d: Decision | None
+            if cand is None:
+                d = self._untracked
+            elif not cand.known:
+                d = stale_portal_denial(
+                    self.engine.generation,
+                    "the portal was bound from a statement the gateway did not see prepared",
+                )
+            elif cand.statement is None:  # a SQL cursor: judged when it was declared
+                d = None
+            else:
+                note = self._note(cand.statement)
+                assert note is not None
+                if note.generation != self.engine.generation:
+                    self._judge_again(note)
+                d = note.denied
+                if d is None and note.approval is not None:
+                    # its Bind was checked under the old policy: bind it again to be checked
+                    d = stale_portal_denial(
+                        self.engine.generation, "the policy now wants an approval for it"
+                    )
+            if d is not None and denied is None:
+                denied = d
+        if denied is not None:
+            self._record(denied)
+        return denied
+
+    def _dropped(self, stmt: Statement) -> None:
+        """The server dropped or replaced a statement: its portals outlive it."""
+        self._retire(stmt.query)
+
+    def _namespace_changed(self, name: bytes | None) -> None:
+        if name is None:
+            self._prepared_stale = True
+            self._stale_names = None
+        elif name:  # the unnamed statement is not SQL's to EXECUTE
+            self._prepared_stale = True
+            if self._stale_names is not None:
+                self._stale_names.add(name)
         if self._binds:
             self._update_binds()
+
+    def _sync_prepared(self) -> None:
+        """``SessionContext.prepared`` (what SQL ``EXECUTE`` runs) from the mirror's projected
+        statements: protocol Parse and SQL PREPARE share the names, as in the server."""
+        names = self._stale_names
+        self._prepared_stale = False
+        self._stale_names = set()
+        prepared = self.ctx.prepared
+        mirror = self.mirror
+        if names is None:
+            prepared.clear()
+            names = set(mirror.projected_statements())
+        for name in names:
+            if not name:
+                continue
+            key = self._text(name)
+            prepared.pop(key, None)
+            stmt = mirror.projected_statement(name)
+            if stmt is None:
+                continue
+            note = stmt.policy
+            if isinstance(note, _Stmt) and note.denied is not None:
+                continue  # never reaches the server
+            msg = self.engine.analyze(
+                stmt.text, standard_conforming_strings=self.ctx.standard_conforming_strings
+            )
+            if len(msg.statements) == 1:
+                prepared[key] = msg.statements[0]
 
     def _retire(self, text: str) -> None:
         """A statement was replaced: portals bound from it may outlive it."""
@@ -657,6 +702,7 @@ class PolicyEnforcer:
         self._untracked = self._judge_untracked()
         if not self._window:
             self._window = True
+            self.mirror.track_portals(True, busy=state.busy)
             self.session.set_client_events()
             self.session.set_upstream_events()
 
@@ -667,9 +713,7 @@ class PolicyEnforcer:
             return stale_portal_denial(
                 gen, "the gateway does not know which statement the portal was bound from"
             )
-        texts = {s.text for s in self._stmts.values()} | self._retired
-        if self._unnamed is not None:
-            texts.add(self._unnamed.text)
+        texts = {s.query for s in self.mirror.possible_statements()} | self._retired
         denied = [
             d
             for d in (self.engine.decide(self.principal, t, session=self.ctx) for t in texts)
@@ -692,25 +736,29 @@ class PolicyEnforcer:
         for the next reload's untracked portals: their texts are kept as replaced texts."""
         self._window = False
         self._untracked = None
-        retired: set[str] | None = {s.text for s in self._portals.values() if s is not None}
-        if any(s is None for s in self._portals.values()) or len(retired or ()) > _RETIRED_MAX:
+        retired: set[str] | None = {
+            p.query for p in self.mirror.portals().values() if p.source == "bind"
+        }
+        if len(retired or ()) > _RETIRED_MAX:
             retired = None
         self._retired = retired
-        self._portals.clear()
+        self.mirror.track_portals(False)
         self.session.set_client_events()
         self.session.set_upstream_events()
 
     def _update_binds(self) -> None:
         gen = self.engine.generation
-        want = any(
-            s.generation != gen or s.denied is not None or s.approval is not None
-            for s in self._stmts.values()
-        )
-        u = self._unnamed
-        if u is not None and (
-            u.generation != gen or u.denied is not None or u.approval is not None
-        ):
-            want = True
+        want = False
+        for stmt in self.mirror.projected_statements().values():
+            note = stmt.policy
+            if (
+                not isinstance(note, _Stmt)
+                or note.generation != gen
+                or note.denied is not None
+                or note.approval is not None
+            ):
+                want = True
+                break
         if want != self._binds:
             self._binds = want
             self.session.set_client_events()

@@ -42,6 +42,7 @@ from veilgate import log, metrics
 from veilgate.bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from veilgate.gateway import wire
 from veilgate.gateway.guard import InferenceGuard
+from veilgate.gateway.mirror import ServerMirror
 from veilgate.identity.base import Principal
 from veilgate.masking.lineage import StatementInfo
 from veilgate.masking.planner import MaskRefusal, parse_row_description
@@ -111,19 +112,28 @@ class _Query:
 
 
 class _Describe:
-    __slots__ = ("info", "injected")
+    __slots__ = ("info", "injected", "portal")
 
-    def __init__(self, injected: bool, info: StatementInfo | None) -> None:
+    def __init__(
+        self, injected: bool, info: StatementInfo | None, portal: bytes | None = None
+    ) -> None:
         self.injected = injected
         self.info = info
+        self.portal = portal
 
 
 class _Execute:
-    __slots__ = ("copy_plan", "info")
+    __slots__ = ("copy_plan", "info", "portal")
 
-    def __init__(self, info: StatementInfo | None, copy_plan: tuple[Any, int] | None) -> None:
+    def __init__(
+        self,
+        info: StatementInfo | None,
+        copy_plan: tuple[Any, int] | None,
+        portal: bytes | None = None,
+    ) -> None:
         self.info = info
         self.copy_plan = copy_plan
+        self.portal = portal
 
 
 class _Segment:
@@ -206,8 +216,11 @@ class MaskingRelay:
         audit: AuditSink | None,
         forward_client: Callable[[Any], None],
         server_frame: Callable[[Any], bytes],
+        mirror: ServerMirror,
     ) -> None:
         self.session = session
+        self.mirror = mirror
+        """The server's statements and portals: which SQL a result comes from."""
         self.planner = planner
         self.principal = principal
         self.tier = tier
@@ -217,18 +230,11 @@ class MaskingRelay:
         self._server_frame = server_frame
         """What the client gets for a server event (the enforcer's rewrite when there is one)."""
         self._requests: deque[_Query | _Segment] = deque()
-        self._statements: dict[bytes, StatementInfo] = {}
-        """Prepared statements by name (b"" = the unnamed one)."""
-        self._portals: dict[bytes, StatementInfo | None] = {}
         self._result: _Result | None = None
         self._markers: OrderedDict[bytes, bytes] = OrderedDict()
         """Refusal markers sent upstream: nonce -> the ErrorResponse the client gets instead."""
         self._splits: ByteLRU[str, list[StatementInfo]] = ByteLRU(SESSION_CACHE_BYTES)
         self._sql_objects: ByteLRU[str, tuple[str, str] | None] = ByteLRU(SESSION_CACHE_BYTES)
-        self._cursors: dict[str, StatementInfo] = {}
-        """SQL-level cursors (DECLARE) and prepared statements (PREPARE) by name: a FETCH or an
-        EXECUTE returns the columns of the statement they were declared with."""
-        self._prepared: dict[str, StatementInfo] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._after_execute = False
@@ -307,8 +313,7 @@ class MaskingRelay:
                 stmts = [self._parse_statement(m)]
                 if not self._guard.intercept(m, stmts, lambda: self._parsed(m)):
                     self._parsed(m)
-            elif tag == _B:
-                self._bind(m)
+            elif tag == _B:  # the mirror follows what Parse / Bind do once the server has
                 self._forward_client(m)
             elif tag == _D:
                 self._segment().expects.append(_Describe(False, None))
@@ -319,7 +324,6 @@ class MaskingRelay:
                 self._sync()
                 self._forward_client(m)
             elif tag == _C:
-                self._close(m)
                 self._forward_client(m)
             elif tag in (_c, _f):
                 self._copy_in = False
@@ -335,7 +339,6 @@ class MaskingRelay:
             self.fail("internal", exc)
 
     def _parsed(self, m: Any) -> None:
-        self._parse(m)
         self._forward_client(m)
 
     def _query_statements(self, m: Any) -> list[StatementInfo]:
@@ -384,37 +387,50 @@ class MaskingRelay:
             self._splits.popitem(last=False)
         return infos
 
-    def _lineage(self, info: StatementInfo) -> StatementInfo:
-        """The statement whose columns ``info``'s result has (FETCH → its DECLARE, ...)."""
+    def _sql_object_of(self, info: StatementInfo) -> tuple[str, str] | None:
         text = info.text
         if text in self._sql_objects:
-            obj = self._sql_objects[text]
-        else:
-            obj = _sql_object(text) if info.parsed else None
-            self._sql_objects.put(text, obj, text_cost(text))
-            if len(self._sql_objects) > _SPLIT_CACHE:
-                self._sql_objects.popitem(last=False)
-        if obj is None:
+            return self._sql_objects[text]
+        obj = _sql_object(text) if info.parsed else None
+        self._sql_objects.put(text, obj, text_cost(text))
+        return obj
+
+    def _resolve(self, info: StatementInfo, depth: int = 0) -> StatementInfo:
+        """The statement whose columns ``info``'s result has, as the server has it now: a FETCH
+        reads its cursor's (or protocol portal's) query, an EXECUTE its prepared statement's
+        (SQL PREPARE or protocol Parse alike).  One the mirror does not know (a cursor a
+        function opened...) is of unknown lineage: every column is treated as derived from a
+        masked one (fail closed)."""
+        obj = self._sql_object_of(info)
+        if obj is None or obj[0] in ("declare", "prepare") or depth > 4:
             return info
         kind, name = obj
-        if kind == "declare":
-            self._cursors[name] = info
-        elif kind == "prepare":
-            self._prepared[name] = info
-        elif kind == "fetch":
-            return self._cursors.get(name, info)
-        elif kind == "execute":
-            return self._prepared.get(name, info)
-        return info
+        raw = name.encode("utf-8", "surrogatepass")
+        query: str | None = None
+        if kind == "fetch":
+            portal = self.mirror.portal(raw)
+            query = portal.query if portal is not None and portal.known else None
+        else:
+            stmt = self.mirror.statement(raw)
+            query = stmt.query if stmt is not None else None
+        if query is None:
+            return _unknown_source(f"{kind} of {name!r}, which the gateway did not see made")
+        return self._resolve(self.planner.statement(query), depth + 1)
+
+    def _portal_info(self, portal: bytes) -> StatementInfo:
+        """What an Execute of ``portal`` runs, as the server has it now."""
+        p = self.mirror.portal(portal)
+        if p is None or not p.known:
+            return _unknown_source("a portal the gateway did not see bound")
+        return self._resolve(self.planner.statement(p.query))
 
     def _query(self, m: Any) -> None:
         body = m.body
         end = body.find(b"\0")
         text = (body if end < 0 else body[:end]).decode("utf-8", "replace")
         whole = self.planner.statement(text)
-        infos = [self._lineage(i) for i in self._split(text)] if whole.parsed else [whole]
-        # the unnamed statement does not survive a simple Query
-        self._statements.pop(b"", None)
+        # FETCH / EXECUTE are resolved when their result arrives (the server's state then)
+        infos = self._split(text) if whole.parsed else [whole]
         copies = [i for i, info in enumerate(infos) if _is_copy_out(info)]
         if not copies:
             self._requests.append(_Query(whole, infos))
@@ -460,8 +476,6 @@ class MaskingRelay:
         server goes upstream in its place (the server skips to Sync as for the Parse's own
         error; a named statement of that name stays as it was, the unnamed one is gone)."""
         name, _ = _cstring(m.body, 0)
-        if not name:
-            self._statements.pop(b"", None)
         nonce = self._marker(error)
         self._segment()
         marker = name + b"\0" + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
@@ -505,45 +519,29 @@ class MaskingRelay:
             self.session.recording.refused(wire.parse_error_fields(error[5:]).get("C", "0A000"))
         return nonce
 
-    def _parse(self, m: Any) -> None:
-        body = m.body
-        name, pos = _cstring(body, 0)
-        text, _ = _cstring(body, pos)
-        info = self.planner.statement(text.decode("utf-8", "replace"))
-        self._statements[name] = self._lineage(info)
-
-    def _bind(self, m: Any) -> None:
-        body = m.body
-        portal, pos = _cstring(body, 0)
-        stmt, _ = _cstring(body, pos)
-        self._portals[portal] = self._statements.get(stmt)
-
-    def _close(self, m: Any) -> None:
-        body = m.body
-        name, _ = _cstring(body, 1)
-        if body[:1] == b"S":
-            self._statements.pop(name, None)
-        else:
-            self._portals.pop(name, None)
-
     def _execute(self, m: Any) -> None:
         body = m.body
         portal, _ = _cstring(body, 0)
-        info = self._portals.get(portal)
-        if _is_copy_out(info):
-            assert info is not None
-            self.session.client.hold()
-            self._spawn(self._execute_copy(m, portal, info))
-            return
-        self._send_execute(m, portal, info, None)
+        # a COPY is planned before it runs: from the portal the server will have by then
+        for cand in self.mirror.portal_candidates(portal):
+            info = (
+                self._resolve(self.planner.statement(cand.query)) if cand and cand.known else None
+            )
+            if _is_copy_out(info):
+                assert info is not None
+                self.session.client.hold()
+                self._spawn(self._execute_copy(m, portal, info))
+                return
+        self._send_execute(m, portal, None, None)
 
     def _send_execute(
         self, m: Any, portal: bytes, info: StatementInfo | None, copy: tuple[Any, int] | None
     ) -> None:
         seg = self._segment()
-        # the portal's own RowDescription, with the result formats its Bind chose
-        seg.expects.append(_Describe(True, info))
-        seg.expects.append(_Execute(info, copy))
+        # the portal's own RowDescription, with the result formats its Bind chose; which SQL
+        # it runs is read from the mirror when that reply arrives
+        seg.expects.append(_Describe(True, info, portal))
+        seg.expects.append(_Execute(info, copy, portal))
         self.session.write_upstream(wire.frame(b"D", b"P" + portal + b"\0"))
         self._forward_client(m)
 
@@ -640,7 +638,7 @@ class MaskingRelay:
         head = self._head()
         swallow = False
         if isinstance(head, _Query):
-            info = head.current()
+            info = self._resolve(head.current())
         else:
             d = self._expect(_Describe)
             head.expects.popleft()
@@ -650,7 +648,7 @@ class MaskingRelay:
                 # Describe installs the plan
                 return self._server_frame(m)
             swallow = True
-            info = d.info if d.info is not None else self.planner.statement("")
+            info = self._described(d.info, d.portal)
         fields = parse_row_description(m.body)
         plan = self.planner.row_plan_cached(fields, info)
         if plan is not None:
@@ -676,6 +674,11 @@ class MaskingRelay:
             self.session.write_client(frame)
         self.session.upstream_side().release()
 
+    def _described(self, info: StatementInfo | None, portal: bytes | None) -> StatementInfo:
+        if portal is not None:
+            return self._portal_info(portal)
+        return info if info is not None else _unknown_source("a result of no known request")
+
     def _install(self, plan: Any, fields: list[Field], info: StatementInfo) -> None:
         self.session.upstream_rb.set_row_plan(plan)
         self._result = _Result(plan, fields, info)
@@ -693,13 +696,16 @@ class MaskingRelay:
     def _copy_out(self, m: Any) -> bytes | None:
         head = self._head()
         if isinstance(head, _Query):
-            info = head.current()
+            info = self._resolve(head.current())
             planned = head.copy_plans.get(head.index)
         else:
             e = self._expect(_Execute)
             assert isinstance(e, _Execute)
-            info = e.info if e.info is not None else self.planner.statement("")
+            info = self._described(e.info, e.portal)
             planned = e.copy_plan
+            if e.info is None or e.info.text != info.text:
+                # planned for another portal than the server's (a Bind that failed): again
+                planned = None
         overall, formats = _copy_out_formats(m.body)
         frame = self._server_frame(m)
         fields = [_copy_field(i, f) for i, f in enumerate(formats)]
@@ -826,6 +832,12 @@ class MaskingRelay:
             self.audit.emit(event)
         except (OSError, ValueError) as exc:
             log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
+
+
+def _unknown_source(why: str) -> StatementInfo:
+    """Lineage of a result whose SQL the gateway does not know: unknown (not parsed), so the
+    planner treats every computed column as derived from a masked one."""
+    return StatementInfo(f"-- {why}", False, error=why)
 
 
 def _copy_field(index: int, fmt: int) -> Field:

@@ -216,6 +216,10 @@ class SessionRecording:
             # a Parse under a name of its own fails before creating anything
             self.session.write_upstream(wire.frame(b"P", wire.cstr(nonce) + sql + b"\0\0"))
         else:
+            mirror = self.session.mirror
+            if tag == _F and mirror is not None:
+                # a Query in place of a FunctionCall drops the unnamed statement and portal
+                mirror.function_call_replaced(self.session.state.pending)
             self.session.write_upstream(wire.frame(b"Q", sql))
 
     def server_message(self, m: Any, out: bytes | None) -> bytes | None:

@@ -27,6 +27,7 @@ from veilgate.gateway._relay import RelayProtocol, record_sized
 from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
+from veilgate.gateway.mirror import Desynchronised, ServerMirror
 from veilgate.gateway.recording import REFUSED_TAGS
 from veilgate.gateway.startup import (
     ApplicationName,
@@ -155,6 +156,8 @@ class Session:
         self.over_limit = False
         """Accepted over ``listen.max_connections``: refused with 53300 after the startup."""
         self.handshake_task: asyncio.Task[None] | None = None
+        self.mirror: ServerMirror | None = None
+        """The server's statements, portals and cursors (policy sessions)."""
         self.enforcer: PolicyEnforcer | None = None
         """Statement policy of this session (only when the gateway has a policy)."""
         self.masking: MaskingRelay | None = None
@@ -208,6 +211,9 @@ class Session:
         enforcer = self.enforcer
         masking = self.masking
         recording = self.recording
+        mirror = self.mirror
+        if mirror is not None and not self._mirror_message(side is self.client, message):
+            return
         if side is self.client:
             if recording is not None:
                 self.current_stmt_id = message.stmt_id
@@ -247,6 +253,38 @@ class Session:
             self.close(ADMIN_SHUTDOWN, "drain")
         elif message.tag == _Z and self._lifetime_end is not None and self._idle():
             self.close(*self._lifetime_end)
+
+    def _mirror_message(self, from_client: bool, message: Any) -> bool:
+        """Feed the statement / portal mirror (before anyone reads it for this message).
+        False: the session ended (the mirror lost track of the server: fail closed)."""
+        mirror = self.mirror
+        assert mirror is not None
+        if from_client:
+            mirror.client_message(message.tag, message.body, self.state.pending)
+            return True
+        try:
+            mirror.server_message(message.tag, message.body)
+        except Desynchronised as exc:
+            metrics.errors_total.inc(kind="protocol")
+            log.event(
+                logger,
+                "server_state_lost",
+                logging.ERROR,
+                peer=self.peer,
+                principal=self.principal.label() if self.principal else None,
+                detail=str(exc),
+            )
+            self.close(
+                wire.fatal(
+                    "08P01",
+                    "the gateway lost track of the server's statements and portals; "
+                    "the session is closed",
+                    hint="send Sync after extended-protocol messages before a simple Query",
+                ),
+                "server_state",
+            )
+            return False
+        return True
 
     def framing_error(self, side: RelayProtocol, exc: BaseException) -> None:
         from_client = side is self.client
@@ -682,8 +720,16 @@ class Session:
         client_rb.max_message = self.config.limits.max_message_bytes
         engine = self.gateway.policy_engine
         if engine is not None and self.principal is not None:
+            self.mirror = ServerMirror(
+                track_portals=self._planner is not None, on_tags=self._mirror_tags
+            )
             self.enforcer = PolicyEnforcer(
-                self, engine, self.principal, self.gateway.decision_sink, self.gateway.approvals
+                self,
+                engine,
+                self.principal,
+                self.gateway.decision_sink,
+                self.gateway.approvals,
+                self.mirror,
             )
         self.masking = self._masking()
         self.recording = self.gateway.open_recording(self)
@@ -727,14 +773,23 @@ class Session:
             tags += CLIENT_TAGS
         if self.recording is not None:
             tags += self.recording.client_tags()
-        self.client_rb.set_events(tags)
         barriers = self.enforcer.client_barriers() if self.enforcer else b""
+        if self.mirror is not None:
+            # what the mirror asks for applies to the rest of the read (see gateway.mirror)
+            tags += self.mirror.client_tags()
+            barriers += self.mirror.client_barriers()
+        self.client_rb.set_events(tags)
         if barriers != self._client_barriers:
             # the enforcer changes which tags it needs after some events (an approve-matched
             # Parse wants its Bind): framing stops after them so the rest is framed anew
             self._client_barriers = barriers
             self.client_rb.set_barrier_events(barriers)
             self.client.set_barriers(bool(barriers))
+
+    def _mirror_tags(self) -> None:
+        if self.phase is Phase.RELAY:
+            self.set_client_events()
+            self.set_upstream_events()
 
     def set_upstream_events(self) -> None:
         """Server messages surfaced as events: ReadyForQuery while draining or ending, plus what
@@ -747,6 +802,8 @@ class Session:
             tags += UPSTREAM_TAGS
         if self.recording is not None:
             tags += self.recording.upstream_tags()
+        if self.mirror is not None:
+            tags += self.mirror.upstream_tags()
         self.upstream_rb.set_events(tags)
 
     def _masking_planner(self, principal: Principal, login: TargetConfig) -> SessionMasking | None:
@@ -766,7 +823,7 @@ class Session:
     def _masking(self) -> MaskingRelay | None:
         """The masking of this session, when its policy tier is masked."""
         planner, principal = self._planner, self.principal
-        if planner is None or principal is None:
+        if planner is None or principal is None or self.mirror is None:
             return None
         return MaskingRelay(
             self,
@@ -776,6 +833,7 @@ class Session:
             self.gateway.audit_sink,
             self.forward_client,
             self.server_frame,
+            self.mirror,
         )
 
     def policy_reloaded(self) -> None:
