@@ -24,14 +24,22 @@ text that cannot succeed; a Query becomes that Parse and a Sync).  The server's 
 is forwarded unchanged; the probe's own refusal (the server parsed the text) is replaced by the
 policy's denial.
 
+Which statement a Bind binds, which SQL an ``EXECUTE name`` runs, which portal an Execute runs:
+the session's :class:`~veilgate.gateway.mirror.ServerMirror` (shared with the masking relay) says,
+following the server's confirmations; what the client sent and the server has not answered yet
+is judged as what it will be (a Parse or PREPARE of a name that exists fails and leaves the old
+statement, which is the one judged).  The policy's note on each statement (its decision and
+generation) is kept on the mirror's statement.
+
 Portals bound before a policy reload.  A statement is judged again at its next Bind, but a portal
 bound before the reload (a protocol-level cursor inside a transaction block, the unnamed portal of
 a pipeline segment in flight) lives until its transaction ends and could otherwise be Executed
 under the old decision.  So a reload that finds the session not idle opens a *stale window*: until
 the server answers a request sent after the reload with ReadyForQuery 'I' (no transaction block
 means no portal survives), Bind ``B`` and Execute ``E`` are surfaced and ReadyForQuery ``Z`` too.
-During the window every Bind records which statement the portal came from; an Execute of such a
-portal is judged by the current policy (again if the policy changed since).  A portal bound before
+During the window the mirror tracks portals (BindComplete); an Execute of such a portal is judged
+by the current policy (again if the policy changed since), as is every portal the name may hold
+when a Bind of it is still unanswered.  A portal bound before
 the window was never seen being bound: it came from one of the statements the session may have
 bound since it was last known to hold no portal (its named statements, its unnamed statement, and
 the texts those replaced -- at most ``_RETIRED_MAX``, beyond which the gateway stops remembering

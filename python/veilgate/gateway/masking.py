@@ -653,6 +653,7 @@ class MaskingRelay:
         plan = self.planner.row_plan_cached(fields, info)
         if plan is not None:
             self._install(plan, fields, info)
+            self._notice_unseen()
             return None if swallow else self._server_frame(m)
         frame = None if swallow else self._server_frame(m)
         self.session.upstream_side().hold()
@@ -670,9 +671,37 @@ class MaskingRelay:
         if self._closed:
             return
         self._install(plan, fields, info)
+        self._notice_unseen()
         if frame is not None:
             self.session.write_client(frame)
         self.session.upstream_side().release()
+
+    def _notice_unseen(self) -> None:
+        """Tell the client when its result was planned without catalog facts (a relation or
+        type of its own open transaction, a temporary table): those columns are masked as
+        unknown lineage.  Fail closed means mask, not disconnect."""
+        unseen = self.planner.unseen
+        if not unseen:
+            return
+        log.event(
+            logger,
+            "masking_unseen_objects",
+            logging.INFO,
+            peer=self.session.peer,
+            principal=self.principal.label(),
+            objects=sorted(unseen),
+        )
+        self.session.write_client(
+            wire.notice_response(
+                "01000",
+                "veilgate: some result columns come from a table, view or type the gateway "
+                "cannot look up yet; they are masked by their origin as far as the statement "
+                "shows it, as of unknown origin otherwise",
+                detail="objects created in this session's open transaction, and temporary "
+                f"tables, are not visible to the gateway's catalog: {', '.join(sorted(unseen))}",
+                hint="commit the transaction that creates them for their masking rules to apply",
+            )
+        )
 
     def _described(self, info: StatementInfo | None, portal: bytes | None) -> StatementInfo:
         if portal is not None:

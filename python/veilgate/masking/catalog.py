@@ -121,6 +121,12 @@ RelationInfo = RelationFacts
 
 
 _MISSING: Final = ColumnInfo("", "", "", "")
+_MISSING_TYPE: Final = TypeInfo(0, "", "", "", 0, 0)
+"""A type the side connection cannot see (created in the client's open transaction)."""
+
+LOCK_TIMEOUT_MS: Final = 200
+"""The side connection never waits on a lock (one the client's own open transaction holds, say)
+longer than this: its lookup fails at once instead (55P03)."""
 """Cached "no such column" (dropped since the RowDescription): treated as unknown lineage."""
 
 
@@ -310,6 +316,19 @@ class _Facts:
         n = self.names
         return max(len(self.columns), len(self.types), len(n.rels) + len(n.funcs) + len(n.keys))
 
+    def without_unseen(self) -> _Facts:
+        """This layer without the columns and types the side connection could not see (of a
+        relation or type created in a client's open transaction, a temporary table): such facts
+        serve the decision that asked, but are looked up again next time (they may be visible
+        then)."""
+        if _MISSING not in self.columns.values() and _MISSING_TYPE not in self.types.values():
+            return self
+        return _Facts(
+            {k: c for k, c in self.columns.items() if c is not _MISSING},
+            {k: t for k, t in self.types.items() if t is not _MISSING_TYPE},
+            self.names,
+        )
+
     def absorb(self, other: _Facts) -> None:
         self.columns.update(other.columns)
         self.types.update(other.types)
@@ -454,7 +473,7 @@ class Catalog:
     @classmethod
     def for_target(cls, target: TargetConfig) -> Catalog:
         """A catalog on a side connection as ``target``'s login (TLS + SCRAM as upstream)."""
-        return cls(lambda: SideConnection.open(target))
+        return cls(lambda: SideConnection.open(target, lock_timeout_ms=LOCK_TIMEOUT_MS))
 
     # -- cached (sync) -----------------------------------------------------------------------
 
@@ -469,7 +488,15 @@ class Catalog:
 
     @staticmethod
     def column_known(info: ColumnInfo) -> bool:
+        """False for a column the side connection cannot see: of a relation created in the
+        client's open transaction, a temporary one, or dropped."""
         return info is not _MISSING
+
+    @staticmethod
+    def type_known(info: TypeInfo) -> bool:
+        """False for a type the side connection cannot see (created in the client's open
+        transaction)."""
+        return info is not _MISSING_TYPE
 
     def type(self, oid: int) -> TypeInfo | None:
         return self._cache.types.get(oid)
@@ -622,7 +649,7 @@ class Catalog:
         if self._cache.size() > MAX_CACHE:
             self.invalidate()
             return
-        into.absorb(fresh)
+        into.absorb(fresh.without_unseen())
 
     async def _fetch(self, wants: _Wants) -> _Facts:
         """One round trip for everything ``wants`` names."""
@@ -658,7 +685,7 @@ class Catalog:
         if pairs:
             out.columns.update(_parse_columns(pairs, next(results)))
         if wants.types:
-            out.types.update(_parse_types(next(results)))
+            out.types.update(_parse_types(sorted(wants.types), next(results)))
         return out
 
     async def _connection(self) -> SideConnection:
@@ -752,8 +779,8 @@ def _parse_columns(
     return out
 
 
-def _parse_types(rows: list[tuple[str | None, ...]]) -> dict[int, TypeInfo]:
-    out: dict[int, TypeInfo] = {}
+def _parse_types(oids: list[int], rows: list[tuple[str | None, ...]]) -> dict[int, TypeInfo]:
+    out: dict[int, TypeInfo] = dict.fromkeys(oids, _MISSING_TYPE)
     for oid, name, base, category, base_oid, elem, typtype, delim, attrs in rows:
         out[int(oid or 0)] = TypeInfo(
             int(oid or 0),

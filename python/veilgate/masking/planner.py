@@ -144,6 +144,10 @@ class SessionMasking:
         """Resolutions of statements naming one of those tables (this session's only)."""
         self._plans: ByteLRU[tuple[Any, ...], Any] = ByteLRU(SESSION_CACHE_BYTES)
         self._plan_labels: dict[int, list[str]] = {}
+        self.unseen: set[str] = set()
+        """What the last decision could not look up (relations and types the side connection
+        cannot see: created in the client's open transaction, temporary): their columns were
+        treated as unknown lineage reading masked columns."""
 
     # -- statements --------------------------------------------------------------------------
 
@@ -193,7 +197,8 @@ class SessionMasking:
         except NeedCatalog:
             return None
         plan = self._build_row_plan(decisions, fields)
-        self._remember(key, plan, fields)
+        if not self.unseen:
+            self._remember(key, plan, fields)
         return plan
 
     async def row_plan(self, fields: list[Field], stmt: StatementInfo) -> Any:
@@ -212,7 +217,7 @@ class SessionMasking:
         facts = await self.catalog.resolve(fields)
         decisions = await self._decide_fetching(fields, stmt, facts)
         plan = self._build_row_plan(decisions, fields)
-        if self.catalog.generation == generation:
+        if self.catalog.generation == generation and not self.unseen:
             self._remember((generation, stmt.text, tuple(fields)), plan, fields)
         return plan
 
@@ -231,6 +236,7 @@ class SessionMasking:
         fields = list(fields)
         count = len(fields)
         out = []
+        self.unseen = set()
         for i, f in enumerate(fields):
             t = self._treatment(f, self._output_lineage(stmt, found, facts, i, count), facts, found)
             out.append(self._decision(t, f.format, self._codec_for(t, f, facts)))
@@ -286,6 +292,12 @@ class SessionMasking:
         value, so they need no type."""
         if t.how in ("keep", "null") or f.type_oid == 0:
             return None
+        info = facts.type(f.type_oid)
+        if info is not None and not Catalog.type_known(info):
+            # created in the client's open transaction: a value of a type nobody knows (as
+            # for type OID 0: text masked as text, binary NULLed)
+            self.unseen.add(f"type {f.type_oid}")
+            return None
         try:
             return codec_for(f.type_oid, facts, _native())
         except NeedType as exc:
@@ -298,7 +310,10 @@ class SessionMasking:
         col = facts.column(f.table_oid, f.attnum)
         if col is None:
             raise NeedCatalog(f"column {f.table_oid}.{f.attnum}")
-        return col if Catalog.column_known(col) else None
+        if not Catalog.column_known(col):
+            self.unseen.add(f"relation {f.table_oid}")
+            return None
+        return col
 
     def _column_rule(self, col: ColumnInfo) -> ColumnRule | None:
         tier = self.tier

@@ -87,9 +87,14 @@ class SideConnection:
 
     @classmethod
     async def open(
-        cls, target: TargetConfig, *, application_name: str = "veilgate-catalog"
+        cls,
+        target: TargetConfig,
+        *,
+        application_name: str = "veilgate-catalog",
+        lock_timeout_ms: int | None = None,
     ) -> SideConnection:
-        """Connect and authenticate as ``target``'s login; raise ``UpstreamError`` on failure."""
+        """Connect and authenticate as ``target``'s login; raise ``UpstreamError`` on failure.
+        ``lock_timeout_ms``: its queries fail (55P03) rather than wait longer on a lock."""
         loop = asyncio.get_running_loop()
         proto = _Protocol()
         transport, _ = await upstream.connect(loop, target, lambda: proto)
@@ -102,6 +107,8 @@ class SideConnection:
                 ("user", target.user),
                 ("database", target.dbname),
                 ("application_name", application_name),
+                # never wait on a lock (the client's own open transaction may hold it)
+                *([("lock_timeout", f"{lock_timeout_ms}ms")] if lock_timeout_ms else []),
                 ("client_encoding", "UTF8"),
                 ("DateStyle", "ISO"),
             ]
