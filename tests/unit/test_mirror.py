@@ -211,3 +211,30 @@ def test_tags_are_surfaced_only_while_needed() -> None:
     # prepared once: binding and executing it surfaces nothing more
     assert t.m.upstream_tags() == b""
     assert b"B" not in t.m.client_tags() and b"E" not in t.m.client_tags()
+
+
+def test_a_request_the_gateway_answered_itself_is_forgotten() -> None:
+    t = _M(track_portals=True)  # a masked session follows every request
+    t.query("copy secret to stdout")  # refused by masking before it runs, answered locally
+    t.m.answered_locally()
+    assert t.m.settled
+    t.pending -= 1
+    t.query("select 1")
+    t.tag("SELECT 1")
+    t.server("Z", b"I")
+    assert t.m.settled
+
+
+def test_a_function_call_replaced_by_a_query_drops_the_unnamed_statement() -> None:
+    t = _M()
+    t.parse("", "select 1")
+    t.sync()
+    t.server("1")
+    t.server("Z", b"I")
+    assert t.m.statement(b"") is not None
+    t.client(ord("F"), b"\0\0\0\1")
+    t.pending += 1  # the native tracker counts a FunctionCall as a request
+    t.m.function_call_replaced(t.pending)
+    t.error()
+    t.server("Z", b"I")
+    assert t.m.statement(b"") is None and t.m.settled

@@ -604,6 +604,7 @@ class PolicyEnforcer:
         if d.allowed:
             self._write(m.frame())
             return
+        self.mirror.function_call_replaced(self.session.state.pending)
         self._write(wire.frame(b"Q", wire.cstr(f'SELECT "{self._marker(d)}"')))
 
     def _probe(self, d: Decision) -> None:

@@ -329,7 +329,7 @@ class MaskingRelay:
                 self._copy_in = False
                 self._forward_client(m)
             elif tag == _F:
-                self._refuse_request(REFUSED_FUNCTION_CALL)
+                self._refuse_request(REFUSED_FUNCTION_CALL, function_call=True)
             else:  # Flush, and anything the enforcer added
                 self._forward_client(m)
         except (ValueError, IndexError, struct.error):
@@ -482,7 +482,12 @@ class MaskingRelay:
         self.session.write_upstream(wire.frame(b"P", marker))
 
     def _refuse_request(
-        self, message: str, sqlstate: str = "0A000", *, error: bytes | None = None
+        self,
+        message: str,
+        sqlstate: str = "0A000",
+        *,
+        error: bytes | None = None,
+        function_call: bool = False,
     ) -> None:
         """Answer a request (Query, FunctionCall) with an error instead of running it.
 
@@ -506,8 +511,11 @@ class MaskingRelay:
                 code = wire.parse_error_fields(error[5:]).get("C", sqlstate)
                 self.session.recording.refused(code)
             state.discard_request()
+            self.mirror.answered_locally()
             self.session.write_client(error + wire.ready_for_query(b"I"))
             return
+        if function_call:
+            self.mirror.function_call_replaced(state.pending)
         nonce = self._marker(error)
         self._requests.append(_Query(self.planner.statement(""), []))
         self.session.write_upstream(wire.frame(b"Q", wire.cstr(f'SELECT "{nonce}"')))

@@ -463,6 +463,22 @@ class ServerMirror:
             return op
         return None
 
+    def answered_locally(self) -> None:
+        """The gateway answered the last client request itself (it never reached the server):
+        forget it."""
+        if self._ops and self._ops[-1].kind in (_QUERY, _FCALL):
+            self._ops.pop()
+            if self._ops and self._ops[-1].kind == _SKIP and self._ops[-1].count <= 0:
+                self._ops.pop()
+            self._retag()
+
+    def function_call_replaced(self, pending: int) -> None:
+        """The server gets a (failing) Query in place of the client's FunctionCall: a Query
+        drops the unnamed statement and portal."""
+        if self._ops and self._ops[-1].kind == _FCALL:
+            self._ops.pop()
+        self.client_message(_Q, b"\0", pending)
+
     # --- server side -----------------------------------------------------------------------------
 
     def server_message(self, tag: int, body: bytes) -> None:

@@ -49,6 +49,8 @@ _WORDS: Final = (
     "savepoint",
     "release",
 )
+"""A statement with an effect starts with one of these (they are utility statements: no WITH,
+no parentheses before them)."""
 _CACHE_MAX: Final = 2048
 
 
@@ -75,8 +77,7 @@ def statement_effects(text: str) -> tuple[Effect, ...] | None:
     """The effect of each statement of ``text``, in order; None when it does not parse (the
     server refuses it too).  A text without a namespace keyword is not parsed: ``()`` (its
     statements have no effect; how many there are does not matter)."""
-    low = text.lower()
-    if not any(w in low for w in _WORDS):
+    if not _may_have_effects(text):
         return ()
     with _lock:
         hit = _cache.get(text, _MISSING)
@@ -90,6 +91,18 @@ def statement_effects(text: str) -> tuple[Effect, ...] | None:
         if len(_cache) > _CACHE_MAX:
             _cache.popitem(last=False)
     return out
+
+
+def _may_have_effects(text: str) -> bool:
+    """Cheap and conservative (this runs for every Query of a policy session): false only when
+    the text is one statement whose first word starts no namespace statement."""
+    head = text.lstrip()
+    if not head:
+        return False
+    if head[0] in "/-" or ";" in head.rstrip().rstrip(";"):
+        return True  # a leading comment, or several statements: look closer
+    word = head[:12].split(None, 1)[0].lower()
+    return word.startswith(_WORDS)
 
 
 def _parse(text: str) -> tuple[Effect, ...] | None:
