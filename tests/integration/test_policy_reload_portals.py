@@ -261,19 +261,21 @@ def test_raw_portal_denied_pipeline_skips_to_sync_and_unnamed_statement_survives
 def test_raw_portal_of_unknown_origin_is_refused_with_a_hint(
     gw: GatewayHandle, target: pw.Target, policy_file: Path, tables: tuple[str, str]
 ) -> None:
-    """Two statements could be the portal's, one now denied: the gateway cannot tell which, so
-    both portals are refused (fail closed) with a hint to bind again; bound again they run."""
+    """Two statements could be the portal's, one now denied: the gateway cannot tell which (the
+    portal was bound while nothing made it follow Binds), so the portal is refused (fail
+    closed) with a hint to bind again; bound again they run."""
     plain, secret = tables
     with pw.connect(target.endpoint()) as c:
         c.send(
             pw.query("begin")
             + pw.parse("s1", f"select id from {secret} order by id")
             + pw.parse("s2", f"select id from {plain} order by id")
-            + pw.bind("p2", "s2")
-            + pw.execute("p2", 1)
             + pw.sync()
         )
         c.recv_until_ready()
+        c.recv_until_ready()
+        # statements prepared and confirmed: this Bind passes without the gateway following it
+        c.send(pw.bind("p2", "s2") + pw.execute("p2", 1) + pw.sync())
         c.recv_until_ready()
         _reload(gw, policy_file, POLICY_V2)
         c.send(pw.execute("p2", 1) + pw.sync())
