@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from veilgate.gateway import sqleffects as fx
-from veilgate.gateway.sqleffects import Effect, statement_effects
+from veilgate.gateway.sqleffects import Effect, may_have_effects, statement_effects
 
 __all__ = ["Portal", "ServerMirror", "Statement"]
 
@@ -373,6 +373,15 @@ class ServerMirror:
         instead fails where the client's message could succeed, so it changes nothing more).
         ``pending``: the native tracker's count of unanswered requests, read at this message
         (a barrier, so nothing after it is counted yet)."""
+        # the fast path of a Query on a policy session: nothing to follow unless it changes the
+        # namespace or drops an unnamed statement / portal
+        if (
+            tag == _Q
+            and not (self._ops or self._always)
+            and not (may_have_effects(body) or b"" in self._statements or b"" in self._portals)
+        ):
+            self._after_execute = False
+            return
         if tag == _H:  # Flush: nothing to wait for
             return
         if tag != _S:

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from pglast import parser as _pg
 
-__all__ = ["Effect", "statement_effects"]
+__all__ = ["Effect", "may_have_effects", "statement_effects"]
 
 PREPARE: Final = "prepare"
 DEALLOCATE: Final = "deallocate"
@@ -91,6 +91,26 @@ def statement_effects(text: str) -> tuple[Effect, ...] | None:
         if len(_cache) > _CACHE_MAX:
             _cache.popitem(last=False)
     return out
+
+
+_WORDS_B: Final = tuple(w.encode() for w in _WORDS)
+
+
+def may_have_effects(body: bytes) -> bool:
+    """:func:`_may_have_effects` on a Query body as it arrives (no decoding): the fast path of
+    every Query on a policy session."""
+    head = body.lstrip()
+    if not head or head[0] == 0:
+        return False
+    if head[0] in b"/-":
+        return True
+    end = head.find(b"\0")
+    if end >= 0:
+        head = head[:end]
+    if b";" in head.rstrip().rstrip(b";"):
+        return True
+    words = head[:12].split(None, 1)
+    return bool(words) and words[0].lower().startswith(_WORDS_B)
 
 
 def _may_have_effects(text: str) -> bool:
