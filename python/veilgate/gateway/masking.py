@@ -828,7 +828,12 @@ class MaskingRelay:
         if isinstance(head, _Query):
             return head.current()
         item = head.expects[0] if head.expects else None
-        return item.info if isinstance(item, _Execute) else None
+        if not isinstance(item, _Execute):
+            return None
+        if item.info is not None:
+            return item.info
+        # what the portal runs, as the mirror has it now
+        return self._portal_info(item.portal) if item.portal is not None else None
 
     # --- audit ---------------------------------------------------------------------------------
 
