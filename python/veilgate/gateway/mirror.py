@@ -446,9 +446,11 @@ class ServerMirror:
             op.target, op.name = body[0], name
             return op
         if tag == _Q:
-            end = body.find(b"\0")
-            query = (body if end < 0 else body[:end]).decode("utf-8", "replace")
-            effects = statement_effects(query)
+            effects: tuple[Effect, ...] | None = ()
+            if may_have_effects(body):  # decoded only then (a Query may be megabytes)
+                end = body.find(b"\0")
+                query = (body if end < 0 else body[:end]).decode("utf-8", "replace")
+                effects = statement_effects(query)
             op = _Op(_QUERY)
             op.effects = effects or ()
             for i, e in enumerate(op.effects):
