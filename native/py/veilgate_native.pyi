@@ -32,6 +32,7 @@ __all__ = [
     "SealedBatch",
     "SessionState",
     "latency_histogram",
+    "statement_excerpt",
     "stats",
 ]
 
@@ -585,6 +586,16 @@ class AuditRecorder:
         """Sessions with records written and no terminator yet."""
     @property
     def key_id(self) -> str: ...
+
+def statement_excerpt(
+    text: str, max_bytes: int = 2048, redact_literals: bool = False
+) -> tuple[str, bool, str]:
+    """The recorded form of a statement: ``(excerpt, truncated, fingerprint)``.  A string literal
+    after ``PASSWORD`` or shaped like a credential (``password=`` in a connection string, a
+    ``user:secret@`` URI) is always replaced by ``'***'``; with ``redact_literals`` every
+    constant becomes a ``$n`` parameter.  The excerpt holds at most ``max_bytes`` bytes (cut on a
+    character boundary); the fingerprint (16 hex digits) ignores constants, comments, white
+    space and keyword case."""
 
 def stats() -> dict[str, int]:
     """Process-wide counters: ``client_bytes``, ``client_messages``, ``server_bytes``,

@@ -222,6 +222,10 @@ DELEGATED: dict[tuple[str, ...], tuple[str, str]] = {
         "veilgate.policy.cli:check_main",
         "explain the decision for one identity and statement",
     ),
+    ("policy", "simulate"): (
+        "veilgate.audit.cli:simulate_main",
+        "what a new policy would change for recorded sessions (exit 1: something newly allowed)",
+    ),
     ("mask",): (
         "veilgate.masking.cli:mask_main",
         "mask CSV or JSON lines (stdin to stdout) with a policy's masking rules",

@@ -193,6 +193,10 @@ audit_dropped_total = Counter(
 audit_queued_records = Gauge(
     "veilgate_audit_queued_records", "Session records waiting to be written."
 )
+audit_log_failures_total = Counter(
+    "veilgate_audit_log_failures_total",
+    "Events the JSON-lines audit log (policy.audit_log) could not write.",
+)
 audit_refused_total = Counter(
     "veilgate_audit_refused_statements_total",
     "Statements refused (58030) because the session record could not be written (block mode).",
@@ -233,6 +237,7 @@ REGISTRY: list[_Metric] = [
     audit_refused_total,
     config_generation,
     config_reloads_total,
+    audit_log_failures_total,
 ]
 
 

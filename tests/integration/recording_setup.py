@@ -15,7 +15,13 @@ from tests.integration import pgwire as pw
 from tests.integration.conftest import GatewayHandle
 
 from veilgate.audit import reader
-from veilgate.config_model import AuditConfig, AuditFailureMode, AuditKeyConfig, GatewayConfig
+from veilgate.config_model import (
+    AuditConfig,
+    AuditFailureMode,
+    AuditKeyConfig,
+    GatewayConfig,
+    StateBackend,
+)
 
 KEY_ID = "k1"
 
@@ -38,8 +44,13 @@ def make_key(tmp: Path, name: str = "audit.key") -> Path:
 
 
 def with_audit(audit: AuditConfig) -> Callable[[GatewayConfig], GatewayConfig]:
+    """The audit section, and the state store (the session index) beside the recording."""
+
     def transform(cfg: GatewayConfig) -> GatewayConfig:
-        return replace(cfg, audit=audit)
+        state = cfg.state
+        if state.backend is StateBackend.SQLITE and not Path(state.path).is_absolute():
+            state = replace(state, path=str(Path(audit.dir).parent / "state.db"))
+        return replace(cfg, audit=audit, state=state)
 
     return transform
 

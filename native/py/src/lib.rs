@@ -40,7 +40,7 @@ mod veilgate_native {
     #[pymodule_export]
     use crate::plan::{CopyPlan, RowPlan};
     #[pymodule_export]
-    use crate::recorder::{AuditRecorder, SealedBatch};
+    use crate::recorder::{statement_excerpt, AuditRecorder, SealedBatch};
     #[pymodule_export]
     use crate::recv::RecvBuffer;
     #[pymodule_export]

@@ -228,3 +228,17 @@ impl AuditRecorder {
         )
     }
 }
+
+/// The recorded form of a statement text: `(excerpt, truncated, fingerprint)` (see
+/// `veilgate_core::record::sql`): credentials always redacted, every constant with
+/// `redact_literals`, at most `max_bytes` bytes.
+#[pyfunction]
+#[pyo3(signature = (text, max_bytes=2048, redact_literals=false))]
+pub fn statement_excerpt(
+    text: &str,
+    max_bytes: usize,
+    redact_literals: bool,
+) -> (String, bool, String) {
+    let t = veilgate_core::record::sql::statement_text(text.as_bytes(), max_bytes, redact_literals);
+    (t.excerpt, t.truncated, format!("{:016x}", t.fingerprint))
+}

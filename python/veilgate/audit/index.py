@@ -1,83 +1,89 @@
 """The session index: one row per session, for ``veilgate sessions list`` and ``show``.
 
-Written by a thread of its own (never on the event loop): a row when a session starts, its end
-(reason, totals, the tables and statement fingerprints it touched) when it ends, and the
-sequence number of its terminator once that is written.  The segments stay the record; the index
-can be rebuilt from them (``veilgate audit reindex``).
+It lives in the shared state store (``state:``: SQLite by default, the PostgreSQL several
+gateways share), component ``sessions``.  The gateway writes it from the event loop without
+waiting: a row when a session starts, its end (reason, totals, the tables and statement
+fingerprints it touched) when it ends, and the sequence number of its terminator once that is
+written; a task sends what has queued up in one transaction every 200 ms.  The segments stay the
+record: ``veilgate audit reindex`` rebuilds the index from them.
 
-Backend: SQLite (``<audit dir>/index.sqlite``).  Tables touched come from the session's distinct
-statements (the engine keeps their first text per fingerprint), analysed once per fingerprint
-with the policy's parser, off the data path.
+Tables touched come from the session's distinct statements (the engine keeps the first text of
+each fingerprint), analysed once per fingerprint with the policy's parser, in a worker thread.
 
-When the index cannot be written (disk full, database gone), the operations wait in memory and
+When the store cannot be written (disk full, the database down) the updates wait in memory and
 are retried every second; the recorder treats that as a recording failure (``on_state``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import queue
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veilgate import log
+from veilgate.state import Migration, StateDB, StateUnavailable, migrate
 
 if TYPE_CHECKING:
     from veilgate.gateway.session import Session
 
 __all__ = [
+    "MIGRATIONS",
     "IndexWriter",
     "SessionFilter",
-    "SessionIndex",
     "SessionRow",
+    "list_sessions",
     "tables_of",
 ]
 
 logger = log.get("audit.index")
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (
-    sid TEXT PRIMARY KEY,
-    node TEXT,
-    started REAL NOT NULL,
-    ended REAL,
-    provider TEXT,
-    tenant TEXT,
-    subject TEXT,
-    client_app TEXT,
-    principal TEXT,
-    tier TEXT,
-    target TEXT,
-    client_addr TEXT,
-    reason TEXT,
-    statements INTEGER NOT NULL DEFAULT 0,
-    errors INTEGER NOT NULL DEFAULT 0,
-    refused INTEGER NOT NULL DEFAULT 0,
-    denied INTEGER NOT NULL DEFAULT 0,
-    held INTEGER NOT NULL DEFAULT 0,
-    rows_out INTEGER NOT NULL DEFAULT 0,
-    bytes_out INTEGER NOT NULL DEFAULT 0,
-    terminator_seq INTEGER
-);
-CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
-CREATE INDEX IF NOT EXISTS sessions_principal ON sessions (subject);
-CREATE TABLE IF NOT EXISTS session_tables (
-    sid TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (sid, name));
-CREATE INDEX IF NOT EXISTS session_tables_name ON session_tables (name);
-CREATE TABLE IF NOT EXISTS session_fingerprints (
-    sid TEXT NOT NULL, fp TEXT NOT NULL, PRIMARY KEY (sid, fp));
-"""
+COMPONENT = "sessions"
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            """CREATE TABLE veilgate_sessions (
+                sid TEXT PRIMARY KEY,
+                node TEXT,
+                started DOUBLE PRECISION NOT NULL,
+                ended DOUBLE PRECISION,
+                provider TEXT,
+                tenant TEXT,
+                subject TEXT,
+                client_app TEXT,
+                principal TEXT,
+                tier TEXT,
+                target TEXT,
+                client_addr TEXT,
+                reason TEXT,
+                statements BIGINT NOT NULL DEFAULT 0,
+                errors BIGINT NOT NULL DEFAULT 0,
+                refused BIGINT NOT NULL DEFAULT 0,
+                denied BIGINT NOT NULL DEFAULT 0,
+                held BIGINT NOT NULL DEFAULT 0,
+                rows_out BIGINT NOT NULL DEFAULT 0,
+                bytes_out BIGINT NOT NULL DEFAULT 0,
+                terminator_seq BIGINT
+            )""",
+            "CREATE INDEX veilgate_sessions_started ON veilgate_sessions (started)",
+            "CREATE INDEX veilgate_sessions_subject ON veilgate_sessions (subject)",
+            """CREATE TABLE veilgate_session_tables (
+                sid TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (sid, name))""",
+            "CREATE INDEX veilgate_session_tables_name ON veilgate_session_tables (name)",
+            """CREATE TABLE veilgate_session_fingerprints (
+                sid TEXT NOT NULL, fp TEXT NOT NULL, PRIMARY KEY (sid, fp))""",
+        ),
+    ),
+)
 
 RETRY_S = 1.0
 COMMIT_EVERY_S = 0.2
+
+Op = tuple[str, tuple[Any, ...]]
 
 
 def tables_of(sql: str) -> set[str]:
@@ -96,38 +102,6 @@ def tables_of(sql: str) -> set[str]:
     return out
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-        (str(SCHEMA_VERSION),),
-    )
-    return conn
-
-
-Op = tuple[str, tuple[Any, ...]]
-
-
-def start_row(sid: str, node: str, started: float, session: Session) -> dict[str, Any]:
-    p = session.principal
-    return {
-        "sid": sid,
-        "node": node,
-        "started": started,
-        "provider": p.provider if p else None,
-        "tenant": p.tenant if p else None,
-        "subject": p.subject if p else None,
-        "client_app": p.client_app if p else None,
-        "principal": p.label() if p else None,
-        "tier": session.tier,
-        "target": session.target.name if session.target else None,
-        "client_addr": session.peer,
-    }
-
-
 _START_COLS = (
     "sid",
     "node",
@@ -142,9 +116,33 @@ _START_COLS = (
     "client_addr",
 )
 _START_SQL = (
-    f"INSERT OR REPLACE INTO sessions ({', '.join(_START_COLS)}) "  # noqa: S608 (constant names)
-    f"VALUES ({', '.join('?' for _ in _START_COLS)})"
+    f"INSERT INTO veilgate_sessions ({', '.join(_START_COLS)}) "  # noqa: S608 (constant names)
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_START_COLS) + 1))}) "
+    "ON CONFLICT (sid) DO NOTHING"
 )
+_END_SQL = (
+    "UPDATE veilgate_sessions SET ended = $1, reason = $2, statements = $3, errors = $4, "
+    "refused = $5, denied = $6, held = $7, rows_out = $8, bytes_out = $9 WHERE sid = $10"
+)
+
+
+def start_row(sid: str, node: str, started: float, session: Session) -> dict[str, Any]:
+    from veilgate.gateway.recording import session_tier
+
+    p = session.principal
+    return {
+        "sid": sid,
+        "node": node,
+        "started": started,
+        "provider": p.provider if p else None,
+        "tenant": p.tenant if p else None,
+        "subject": p.subject if p else None,
+        "client_app": p.client_app if p else None,
+        "principal": p.label() if p else None,
+        "tier": session_tier(session),
+        "target": session.target.name if session.target else None,
+        "client_addr": session.peer,
+    }
 
 
 def start_ops(row: dict[str, Any]) -> list[Op]:
@@ -152,169 +150,202 @@ def start_ops(row: dict[str, Any]) -> list[Op]:
 
 
 def end_ops(
-    sid: str, ended: float, reason: str, totals: dict[str, Any], tables: Iterable[str]
+    sid: str,
+    ended: float,
+    reason: str,
+    totals: dict[str, Any],
+    tables: Iterable[str],
+    fingerprints: Iterable[str],
 ) -> list[Op]:
     ops: list[Op] = [
         (
-            "UPDATE sessions SET ended = ?, reason = ?, statements = ?, errors = ?, refused = ?, "
-            "denied = ?, held = ?, rows_out = ?, bytes_out = ? WHERE sid = ?",
+            _END_SQL,
             (
                 ended,
                 reason,
-                totals.get("statements", 0),
-                totals.get("errors", 0),
-                totals.get("refused", 0),
-                totals.get("denied", 0),
-                totals.get("held", 0),
-                totals.get("rows", 0),
-                totals.get("bytes", 0),
+                int(totals.get("statements", 0)),
+                int(totals.get("errors", 0)),
+                int(totals.get("refused", 0)),
+                int(totals.get("denied", 0)),
+                int(totals.get("held", 0)),
+                int(totals.get("rows", 0)),
+                int(totals.get("bytes", 0)),
                 sid,
             ),
         )
     ]
     for name in sorted(set(tables)):
-        ops.append(("INSERT OR IGNORE INTO session_tables (sid, name) VALUES (?, ?)", (sid, name)))
-    for fp, _ in totals.get("fingerprints", ()):
         ops.append(
-            ("INSERT OR IGNORE INTO session_fingerprints (sid, fp) VALUES (?, ?)", (sid, fp))
+            (
+                "INSERT INTO veilgate_session_tables (sid, name) VALUES ($1, $2) "
+                "ON CONFLICT (sid, name) DO NOTHING",
+                (sid, name),
+            )
+        )
+    for fp in sorted(set(fingerprints)):
+        ops.append(
+            (
+                "INSERT INTO veilgate_session_fingerprints (sid, fp) VALUES ($1, $2) "
+                "ON CONFLICT (sid, fp) DO NOTHING",
+                (sid, fp),
+            )
         )
     return ops
 
 
 class IndexWriter:
-    """Applies index updates from a thread; the event loop only enqueues."""
+    """Keeps the index current from the event loop, without ever making a session wait."""
 
     def __init__(
         self,
-        path: Path,
+        db: StateDB,
         *,
         node: str = "",
         on_state: Callable[[bool, str | None], None] | None = None,
     ) -> None:
-        self.path = path
+        self.db = db
         self.node = node
         self._on_state = on_state
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._ops: list[Op] = []
+        self._ends: list[tuple[str, float, str, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tables: dict[str, set[str]] = {}
         """Tables per statement fingerprint (analysed once)."""
+        self._stopping = False
+        self._migrated = False
+        self._idle: asyncio.Event | None = None
         self.healthy = True
         self.last_error: str | None = None
         self.failures = 0
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="veilgate-audit-index", daemon=True)
-        self._thread.start()
+    async def start(self) -> None:
+        """Run: create or migrate the tables first (a store that is down counts as a failure
+        and is retried, like any write)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = self._loop.create_task(self._run())
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Send what is queued (up to ``timeout``), then stop."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                log.event(
+                    logger,
+                    "audit_index_unwritten_at_stop",
+                    logging.ERROR,
+                    updates=len(self._ops) + len(self._ends),
+                )
 
     # --- from the event loop -------------------------------------------------------------------
 
+    def _queue(self, ops: Iterable[Op]) -> None:
+        self._ops.extend(ops)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._idle is not None:
+            self._idle.clear()
+        if self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+
     def session_started(self, sid: str, session: Session) -> None:
-        self._queue.put(("start", start_row(sid, self.node, time.time(), session)))
+        self._queue(start_ops(start_row(sid, self.node, time.time(), session)))
 
     def session_ended(self, sid: str, reason: str, totals: dict[str, Any]) -> None:
-        self._queue.put(("end", (sid, time.time(), reason, totals)))
+        self._ends.append((sid, time.time(), reason, totals))
+        self._kick()
 
     def terminated(self, sids: Sequence[str], seq: int) -> None:
         """From the writer thread: these sessions' terminators are written (up to ``seq``)."""
-        self._queue.put(("terminated", (list(sids), seq)))
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        ops = [
+            ("UPDATE veilgate_sessions SET terminator_seq = $1 WHERE sid = $2", (seq, sid))
+            for sid in sids
+        ]
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._queue, ops)
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until what was queued before the call is committed (tests)."""
-        done = threading.Event()
-        self._queue.put(("barrier", done))
-        return done.wait(timeout)
+    async def flush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109
+        """Wait until what was queued before the call is stored (tests)."""
+        if self._idle is None:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False
 
-    # --- the thread ----------------------------------------------------------------------------
+    # --- the task ------------------------------------------------------------------------------
 
-    def _ops(self, item: tuple[str, Any]) -> list[Op]:
-        kind, arg = item
-        if kind == "start":
-            return start_ops(arg)
-        if kind == "end":
-            sid, ended, reason, totals = arg
-            tables: set[str] = set()
-            for fp, text in totals.get("fingerprints", ()):
-                known = self._tables.get(fp)
-                if known is None:
-                    known = self._tables[fp] = tables_of(text)
-                    if len(self._tables) > 65536:
-                        self._tables.clear()
-                tables |= known
-            return end_ops(sid, ended, reason, totals, tables)
-        if kind == "terminated":
-            sids, seq = arg
-            return [
-                ("UPDATE sessions SET terminator_seq = ? WHERE sid = ?", (seq, sid)) for sid in sids
-            ]
-        return []
+    async def _end_ops(
+        self, sid: str, ended: float, reason: str, totals: dict[str, Any]
+    ) -> list[Op]:
+        tables: set[str] = set()
+        fps = [fp for fp, _ in totals.get("fingerprints", ())]
+        todo = [(fp, text) for fp, text in totals.get("fingerprints", ()) if fp not in self._tables]
+        if todo:
+            found = await asyncio.to_thread(lambda: [(fp, tables_of(text)) for fp, text in todo])
+            if len(self._tables) > 65536:
+                self._tables.clear()
+            self._tables.update(found)
+        for fp in fps:
+            tables |= self._tables.get(fp, set())
+        return end_ops(sid, ended, reason, totals, tables, fps)
 
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        pending: list[Op] = []
-        barriers: list[threading.Event] = []
-        stopping = False
-        while True:
-            timeout = RETRY_S if (pending and not self.healthy) else COMMIT_EVERY_S
+    async def _run(self) -> None:
+        assert self._wake is not None and self._idle is not None
+        while not self._migrated:
             try:
-                item = self._queue.get(timeout=timeout if pending or barriers else None)
-            except queue.Empty:
-                item = ()
-            while item is not None and item != ():
-                if item[0] == "barrier":
-                    barriers.append(item[1])
-                else:
-                    try:
-                        pending.extend(self._ops(item))
-                    except Exception:
-                        logger.exception("audit index: bad update dropped")
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = ()
-            if item is None:
-                stopping = True
-            if pending:
-                try:
-                    if conn is None:
-                        conn = _connect(self.path)
-                    conn.execute("BEGIN")
-                    for sql, params in pending:
-                        conn.execute(sql, params)
-                    conn.execute("COMMIT")
-                    pending.clear()
-                    if not self.healthy:
-                        self._state(True, None)
-                except sqlite3.Error as exc:
-                    if conn is not None:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.close()
-                        conn = None
-                    self.failures += 1
-                    if self.healthy:
-                        self._state(False, f"{type(exc).__name__}: {exc}")
-                    if stopping:
-                        log.event(
-                            logger,
-                            "audit_index_unwritten_at_stop",
-                            logging.ERROR,
-                            updates=len(pending),
-                        )
-                        break
-                    continue
-            for b in barriers:
-                b.set()
-            barriers.clear()
-            if stopping:
-                break
-        if conn is not None:
-            conn.close()
+                await migrate(self.db, COMPONENT, MIGRATIONS)
+                self._migrated = True
+                if not self.healthy:
+                    self._state(True, None)
+            except StateUnavailable as exc:
+                if self.healthy:
+                    self._state(False, str(exc))
+                if self._stopping:
+                    return
+                await asyncio.sleep(RETRY_S)
+        while True:
+            if not self._ops and not self._ends:
+                self._idle.set()
+                if self._stopping:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+            await asyncio.sleep(COMMIT_EVERY_S if self.healthy else RETRY_S)
+            while self._ends:
+                self._ops.extend(await self._end_ops(*self._ends.pop(0)))
+            ops = self._ops
+            self._ops = []
+            try:
+                async with self.db.transaction() as tx:
+                    for sql, args in ops:
+                        await tx.execute(sql, *args)
+            except StateUnavailable as exc:
+                self._ops[:0] = ops
+                self.failures += 1
+                if self.healthy:
+                    self._state(False, str(exc))
+                if self._stopping:
+                    return
+                continue
+            if not self.healthy:
+                self._state(True, None)
 
     def _state(self, ok: bool, error: str | None) -> None:
         self.healthy = ok
@@ -323,7 +354,7 @@ class IndexWriter:
             logger,
             "audit_index_recovered" if ok else "audit_index_failed",
             logging.INFO if ok else logging.ERROR,
-            path=str(self.path),
+            store=self.db.describe(),
             error=error,
         )
         if self._on_state is not None:
@@ -368,31 +399,11 @@ class SessionFilter:
     """``deny``, ``approve``, ``refused``, ``error``, ``allow`` (nothing refused)."""
     table: str | None = None
     fingerprint: str | None = None
+    sid: str | None = None
     limit: int | None = None
 
 
-_ROW_FIELDS = (
-    "sid",
-    "node",
-    "started",
-    "ended",
-    "principal",
-    "subject",
-    "tenant",
-    "client_app",
-    "tier",
-    "target",
-    "client_addr",
-    "reason",
-    "statements",
-    "errors",
-    "refused",
-    "denied",
-    "held",
-    "rows",
-    "bytes",
-)
-_DECISIONS = {
+DECISIONS = {
     "deny": "denied > 0",
     "approve": "held > 0",
     "refused": "refused > 0",
@@ -401,66 +412,92 @@ _DECISIONS = {
 }
 
 
-class SessionIndex:
-    """Reads the index (``veilgate sessions list``)."""
+def _where(f: SessionFilter) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
 
-    def __init__(self, path: Path) -> None:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no session index (run `veilgate audit reindex`)")
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    def p(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
 
-    def close(self) -> None:
-        self.conn.close()
-
-    def sessions(self, f: SessionFilter) -> list[SessionRow]:
-        where: list[str] = []
-        params: list[Any] = []
-        if f.principal:
-            where.append(
-                "(subject = ? OR client_app = ? OR tenant = ? OR principal = ? OR principal LIKE ?)"
-            )
-            params += [f.principal] * 4 + [f"%{f.principal}%"]
-        if f.tier:
-            where.append("tier = ?")
-            params.append(f.tier)
-        if f.since is not None:
-            where.append("COALESCE(ended, 1e18) >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            where.append("started <= ?")
-            params.append(f.until)
-        if f.decision:
-            if f.decision not in _DECISIONS:
-                raise ValueError(f"decision: one of {', '.join(_DECISIONS)}")
-            where.append(_DECISIONS[f.decision])
-        if f.table:
-            name = f.table.lower()
-            where.append(
-                "sid IN (SELECT sid FROM session_tables "
-                "WHERE lower(name) = ? OR lower(name) LIKE ?)"
-            )
-            params += [name, f"%.{name}"]
-        if f.fingerprint:
-            where.append("sid IN (SELECT sid FROM session_fingerprints WHERE fp = ?)")
-            params.append(f.fingerprint)
-        sql = (
-            "SELECT sid, node, started, ended, principal, subject, tenant, client_app, tier, "
-            "target, client_addr, reason, statements, errors, refused, denied, held, rows_out, "
-            "bytes_out, terminator_seq FROM sessions"
+    if f.sid:
+        where.append(f"sid = {p(f.sid)}")
+    if f.principal:
+        v = f.principal
+        where.append(
+            f"(subject = {p(v)} OR client_app = {p(v)} OR tenant = {p(v)} OR principal = {p(v)} "
+            f"OR principal LIKE {p('%' + v + '%')})"
         )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started"
-        if f.limit:
-            sql += f" LIMIT {int(f.limit)}"
-        rows = []
-        for r in self.conn.execute(sql, params):
-            tables = tuple(
-                t
-                for (t,) in self.conn.execute(
-                    "SELECT name FROM session_tables WHERE sid = ? ORDER BY name", (r[0],)
-                )
+    if f.tier:
+        where.append(f"tier = {p(f.tier)}")
+    if f.since is not None:
+        where.append(f"(ended IS NULL OR ended >= {p(f.since)})")
+    if f.until is not None:
+        where.append(f"started <= {p(f.until)}")
+    if f.decision:
+        if f.decision not in DECISIONS:
+            raise ValueError(f"decision: one of {', '.join(DECISIONS)}")
+        where.append(DECISIONS[f.decision])
+    if f.table:
+        # a qualified name also matches the statements that named the table unqualified (they
+        # may have resolved to it); an unqualified one matches it in any schema
+        name = f.table.lower()
+        bare = name.rpartition(".")[2]
+        where.append(
+            "sid IN (SELECT sid FROM veilgate_session_tables "  # noqa: S608 (placeholders only)
+            f"WHERE lower(name) = {p(name)} OR lower(name) = {p(bare)} "
+            f"OR ({p(int(name == bare))} = 1 AND lower(name) LIKE {p('%.' + bare)}))"
+        )
+    if f.fingerprint:
+        where.append(
+            "sid IN (SELECT sid FROM veilgate_session_fingerprints "  # noqa: S608 (placeholders)
+            f"WHERE fp = {p(f.fingerprint)})"
+        )
+    return (" WHERE " + " AND ".join(where)) if where else "", params
+
+
+_SELECT = (
+    "SELECT sid, node, started, ended, principal, subject, tenant, client_app, tier, target, "
+    "client_addr, reason, statements, errors, refused, denied, held, rows_out, bytes_out, "
+    "terminator_seq FROM veilgate_sessions"
+)
+
+
+async def list_sessions(db: StateDB, f: SessionFilter) -> list[SessionRow]:
+    """Sessions matching ``f``, oldest first (raises ``StateUnavailable``)."""
+    where, params = _where(f)
+    sql = _SELECT + where + " ORDER BY started"
+    if f.limit:
+        sql += f" LIMIT {int(f.limit)}"
+    rows = await db.fetch(sql, *params)
+    out = []
+    for r in rows:
+        tables = await db.fetch(
+            "SELECT name FROM veilgate_session_tables WHERE sid = $1 ORDER BY name", r["sid"]
+        )
+        out.append(
+            SessionRow(
+                sid=r["sid"],
+                node=r["node"],
+                started=float(r["started"]),
+                ended=None if r["ended"] is None else float(r["ended"]),
+                principal=r["principal"],
+                subject=r["subject"],
+                tenant=r["tenant"],
+                client_app=r["client_app"],
+                tier=r["tier"],
+                target=r["target"],
+                client_addr=r["client_addr"],
+                reason=r["reason"],
+                statements=int(r["statements"]),
+                errors=int(r["errors"]),
+                refused=int(r["refused"]),
+                denied=int(r["denied"]),
+                held=int(r["held"]),
+                rows=int(r["rows_out"]),
+                bytes=int(r["bytes_out"]),
+                terminated=r["terminator_seq"] is not None,
+                tables=tuple(t["name"] for t in tables),
             )
-            fields = dict(zip(_ROW_FIELDS, r[:19], strict=True))
-            rows.append(SessionRow(**fields, terminated=r[19] is not None, tables=tables))
-        return rows
+        )
+    return out

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import veilgate_native as native
 
 from veilgate import log, metrics
-from veilgate.config_model import AuditConfig, AuditFailureMode
+from veilgate.config_model import AuditConfig, AuditFailureMode, StateConfig
 from veilgate.policy.audit import AuditEvent, DecisionEvent, MaskEvent
 
 from .format import GATEWAY_SID
@@ -48,7 +48,13 @@ logger = log.get("audit")
 class Recorder:
     """Records every session of a gateway (see the module docstring)."""
 
-    def __init__(self, config: AuditConfig, *, config_source: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        *,
+        state: StateConfig | None = None,
+        config_source: Path | None = None,
+    ) -> None:
         self.config = config
         self.config_source = config_source
         """The configuration file: SIGHUP re-reads its ``audit.key`` (key rotation)."""
@@ -74,11 +80,14 @@ class Recorder:
         self.writer = AuditWriter(
             self.dir, self.native, settings, on_state=self._writer_state, on_written=self._written
         )
-        self.index: IndexWriter | None = (
-            IndexWriter(self.dir.path / "index.sqlite", node=self.node, on_state=self._index_state)
-            if config.index
-            else None
-        )
+        self.index: IndexWriter | None = None
+        if config.index:
+            from veilgate.state import open_state
+
+            # the shared state store (state:); a store that cannot be opened is a recording
+            # failure like any other, so it raises here only for a broken configuration
+            db = open_state(state if state is not None else StateConfig())
+            self.index = IndexWriter(db, node=self.node, on_state=self._index_state)
         self.block = config.on_failure is AuditFailureMode.BLOCK
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sessions: dict[str, SessionRecording] = {}
@@ -93,12 +102,12 @@ class Recorder:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start the writer (and the index).  Raises ``OSError`` / ``AuditDirLocked``."""
         self._loop = asyncio.get_running_loop()
-        if self.index is not None:
-            self.index.start()
         self.writer.start()
+        if self.index is not None:
+            await self.index.start()
         metrics.audit_healthy.set(1)
         metrics.COLLECTORS.append(self._update_gauges)
         log.event(
@@ -110,12 +119,13 @@ class Recorder:
             on_failure=self.config.on_failure.value,
         )
 
-    def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Write what is queued and close the segment (after every session has ended)."""
         self.native.close()
-        lost = self.writer.stop(timeout)
+        lost = await asyncio.to_thread(self.writer.stop, timeout)
         if self.index is not None:
-            self.index.stop(timeout)
+            await self.index.stop(timeout)
+            await self.index.db.close()
         self._update_gauges()
         if self._update_gauges in metrics.COLLECTORS:
             metrics.COLLECTORS.remove(self._update_gauges)
@@ -230,8 +240,8 @@ class Recorder:
         self._set_from_thread("writer", ok, error)
 
     def _index_state(self, ok: bool, error: str | None) -> None:
-        """From the index thread."""
-        self._set_from_thread("index", ok, error)
+        """From the index task (on the loop)."""
+        self._set_state("index", ok, error)
 
     def _set_from_thread(self, part: str, ok: bool, error: str | None) -> None:
         loop = self._loop
@@ -282,9 +292,12 @@ class Recorder:
     def health(self) -> dict[str, Any]:
         """For ``/healthz`` and ``/metrics``."""
         self._update_gauges()
+        index_error = self.index.last_error if self.index is not None else None
         return {
             "healthy": not self.failing,
-            "error": self.writer.last_error,
+            "error": self.writer.last_error or index_error,
+            "writer_error": self.writer.last_error,
+            "index_error": index_error,
             "queued": self.native.queued,
             "dropped": self.native.dropped_total,
             "segment": str(self.writer.current_segment) if self.writer.current_segment else None,

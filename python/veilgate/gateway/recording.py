@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import ssl
 from collections import OrderedDict
@@ -45,6 +46,9 @@ REFUSED_TAGS: Final = b"QPEF"
 """Client messages refused while the record cannot be written: they start statements."""
 _Q, _P, _E, _F, _Z = (ord(c) for c in "QPEFZ")
 _TOTALS: Final = ("statements", "errors", "refused", "denied", "held", "rows", "bytes")
+_ROLLBACK: Final = re.compile(
+    rb"\s*(?:rollback|abort)(?:\s+(?:work|transaction))?\s*;?\s*\x00", re.IGNORECASE
+)
 REFUSAL: Final = wire.error_response(
     "ERROR",
     AUDIT_REFUSED_SQLSTATE,
@@ -67,6 +71,7 @@ def _principal(session: Session) -> dict[str, Any]:
         "app_only": p.app_only,
         "label": p.label(),
         "roles": sorted(p.roles),
+        "groups": None if p.groups is None else sorted(p.groups),
     }
     if p.token_id:
         out["token_id"] = p.token_id
@@ -85,6 +90,16 @@ def _tls(transport: Any) -> dict[str, Any] | None:
     }
 
 
+def session_tier(session: Session) -> str | None:
+    """The session's policy tier (what its statements are judged by), else its login tier."""
+    engine = session.gateway.policy_engine
+    if engine is not None and session.principal is not None:
+        tier = engine.tier_for(session.principal)
+        if tier is not None:
+            return tier.name
+    return session.tier
+
+
 def start_members(session: Session, node: str) -> str:
     """The ``session_start`` record: who, from where, over what, as which tier, to what."""
     target = session.target
@@ -101,7 +116,8 @@ def start_members(session: Session, node: str) -> str:
             "application_name": startup.application_name if startup is not None else None,
             "tls": _tls(session.client_transport),
         },
-        "tier": session.tier,
+        "tier": session_tier(session),
+        "login_tier": session.tier,
         "target": None
         if target is None
         else {
@@ -193,9 +209,12 @@ class SessionRecording:
     def upstream_tags(self) -> bytes:
         return b"EZ" if self._markers else b""
 
-    def refuse(self, m: Any) -> None:
+    def refuse(self, m: Any) -> bool:
         """A statement-starting message while the record cannot be written: a marker in its
-        place upstream; its error becomes 58030 for the client."""
+        place upstream; its error becomes 58030 for the client.  A plain ROLLBACK is let
+        through (it runs nothing and ends a transaction the refusals failed); False then."""
+        if m.tag == _Q and _ROLLBACK.fullmatch(m.body) is not None:
+            return False
         metrics.audit_refused_total.inc()
         self.state.note_decision(m.stmt_id, "refuse", AUDIT_RULE, "", AUDIT_REFUSED_SQLSTATE)
         nonce = MARKER_PREFIX + secrets.token_hex(12)
@@ -221,6 +240,7 @@ class SessionRecording:
                 # a Query in place of a FunctionCall drops the unnamed statement and portal
                 mirror.function_call_replaced(self.session.state.pending)
             self.session.write_upstream(wire.frame(b"Q", sql))
+        return True
 
     def server_message(self, m: Any, out: bytes | None) -> bytes | None:
         """What the client gets for a server event while markers are outstanding."""

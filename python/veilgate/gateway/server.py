@@ -139,7 +139,7 @@ class Gateway:
             from veilgate.audit.recorder import Recorder
 
             # raises ValueError naming a bad key (`veilgate serve` validated the config)
-            self.recorder = Recorder(config.audit, config_source=config.source)
+            self.recorder = Recorder(config.audit, state=config.state, config_source=config.source)
         if config.policy is not None:
             # raises PolicyError (file, line, key): `veilgate serve` validated it already
             self._setup_policy(config, load_policy(config.policy.file))
@@ -182,7 +182,7 @@ class Gateway:
             raise
         if self.recorder is not None:
             try:
-                self.recorder.start()
+                await self.recorder.start()
             except BaseException:
                 lsock.close()
                 raise
@@ -312,9 +312,13 @@ class Gateway:
         return self.recorder.open_session(session) if self.recorder is not None else None
 
     def reopen_audit(self) -> None:
-        """SIGHUP: start a new audit segment (and pick up a rotated signing key)."""
+        """SIGHUP: start a new audit segment (and pick up a rotated signing key); reopen the
+        JSON-lines log (logrotate moved it)."""
         if self.recorder is not None:
             self.recorder.rotate()
+        reopen = getattr(self.decision_sink, "reopen", None)
+        if reopen is not None:
+            reopen()
 
     def _policy_tick(self) -> None:
         self._policy_timer = None
@@ -347,7 +351,7 @@ class Gateway:
         segment (in a thread: the writer may be waiting for a full disk)."""
         if self.recorder is not None:
             recorder, self.recorder = self.recorder, None
-            await asyncio.to_thread(recorder.stop)
+            await recorder.stop()
 
     def _stop_accepting(self) -> None:
         self._accepting = False

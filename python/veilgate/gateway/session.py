@@ -217,8 +217,7 @@ class Session:
         if side is self.client:
             if recording is not None:
                 self.current_stmt_id = message.stmt_id
-                if recording.blocked and message.tag in REFUSED_TAGS:
-                    recording.refuse(message)
+                if recording.blocked and message.tag in REFUSED_TAGS and recording.refuse(message):
                     return
             if (
                 enforcer is not None

@@ -4,12 +4,20 @@ The gateway builds a :class:`DecisionEvent` for every decision (``DecisionEvent.
 hands it to the configured :class:`AuditSink`.  :class:`JsonLinesAuditSink` appends one JSON object
 per line; the recording issue builds hash-chained session records on the same interface.
 
-What an event never holds: the token, bind parameter values, result values.  The SQL text itself
-is recorded unless ``record_sql=False`` (then only the fingerprint identifies the statement).
+What an event never holds: the token, bind parameter values, result values.  The SQL text is an
+excerpt of at most ``limits.audit_sql_bytes`` bytes (``sql_len`` is the whole length) with
+credentials redacted (a literal after ``PASSWORD``, connection strings with ``password=``, URIs
+with ``user:secret@``), or left out with ``record_sql=False`` (then only the fingerprint
+identifies the statement).
+
+The JSON-lines log is a convenience stream for tools that tail a file; it is written on the
+event loop as decisions happen.  The tamper-evident record, written off the loop and protected by
+the ``audit.on_failure`` policy, is the session recording (:mod:`veilgate.audit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -18,9 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
+import veilgate_native
+
+from .. import log, metrics
 from ..identity.base import Principal
 from .engine import Decision
-from .excerpt import DEFAULT_AUDIT_SQL_BYTES, sql_excerpt, utf8_length
+from .excerpt import DEFAULT_AUDIT_SQL_BYTES, utf8_length
 
 __all__ = [
     "AuditEvent",
@@ -30,7 +41,17 @@ __all__ = [
     "MaskEvent",
     "MemoryAuditSink",
     "TeeAuditSink",
+    "redacted_excerpt",
 ]
+
+_logger = log.get("policy.audit")
+
+
+def redacted_excerpt(text: str, max_bytes: int = DEFAULT_AUDIT_SQL_BYTES) -> str:
+    """``text`` bounded to ``max_bytes`` bytes (as :func:`~veilgate.policy.excerpt.sql_excerpt`)
+    with credentials redacted: the native recorder's rule, so the JSON-lines log and the
+    session record agree."""
+    return veilgate_native.statement_excerpt(text, max_bytes)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +72,8 @@ class DecisionEvent:
     reason: str = ""
     sql: str | None = None
     """The statement text (never parameter values), at most ``limits.audit_sql_bytes`` bytes of
-    it (:func:`~veilgate.policy.excerpt.sql_excerpt`); None when the sink does not record SQL."""
+    it with credentials redacted (:func:`redacted_excerpt`); None when the sink does not record
+    SQL."""
     sql_len: int = 0
     """The whole statement's length in bytes (``sql`` was cut when it is longer)."""
 
@@ -82,7 +104,7 @@ class DecisionEvent:
             decision_us=round(decision.elapsed_us, 3),
             cached=decision.cached,
             reason=decision.reason,
-            sql=sql_excerpt(text, max_sql_bytes),
+            sql=redacted_excerpt(text, max_sql_bytes),
             sql_len=utf8_length(text) if sql_len is None else sql_len,
         )
 
@@ -159,26 +181,66 @@ class AuditSink(Protocol):
 
 
 class JsonLinesAuditSink:
-    """Append events as JSON lines to ``path`` (created 0600 if missing, line-buffered)."""
+    """Append events as JSON lines to ``path`` (created 0600 if missing, line-buffered).
+
+    A ``sql`` member of any event is redacted (:func:`redacted_excerpt`).  A write that fails (disk
+    full, the file's directory gone) is counted (``veilgate_audit_log_failures_total``) and
+    logged once per failure streak; :meth:`reopen` (SIGHUP, after the file was rotated away)
+    opens the path again."""
 
     def __init__(self, path: str | Path, *, record_sql: bool = True) -> None:
         self.path = Path(path)
         self.record_sql = record_sql
         self._lock = threading.Lock()
+        self._failing = False
+        self._fh: IO[str] | None = self._open()
+
+    def _open(self) -> IO[str]:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._fh: IO[str] | None = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+        return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
 
     def emit(self, event: AuditEvent) -> None:
-        line = event.to_json(record_sql=self.record_sql) + "\n"
+        line = event.to_json(record_sql=self.record_sql)
+        if not isinstance(event, DecisionEvent | MaskEvent) and '"sql":' in line:
+            line = _redact_sql_member(line)
         with self._lock:
             if self._fh is None:
                 raise ValueError("audit sink is closed")
-            self._fh.write(line)
+            try:
+                self._fh.write(line + "\n")
+            except OSError as exc:
+                metrics.audit_log_failures_total.inc()
+                if not self._failing:
+                    self._failing = True
+                    log.event(
+                        _logger, "audit_log_write_failed", 40, path=str(self.path), error=str(exc)
+                    )
+                return
+            if self._failing:
+                self._failing = False
+                log.event(_logger, "audit_log_write_recovered", path=str(self.path))
+
+    def reopen(self) -> None:
+        """Open the path again (the old file was rotated away); the old handle is closed."""
+        with self._lock:
+            if self._fh is None:
+                return
+            try:
+                fh = self._open()
+            except OSError as exc:
+                log.event(
+                    _logger, "audit_log_reopen_failed", 40, path=str(self.path), error=str(exc)
+                )
+                return
+            old, self._fh = self._fh, fh
+            with contextlib.suppress(OSError):
+                old.close()
 
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
+                with contextlib.suppress(OSError):
+                    self._fh.close()
                 self._fh = None
 
     def __enter__(self) -> JsonLinesAuditSink:
@@ -186,6 +248,16 @@ class JsonLinesAuditSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _redact_sql_member(line: str) -> str:
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return line
+    if isinstance(d, dict) and isinstance(d.get("sql"), str):
+        d["sql"] = redacted_excerpt(d["sql"])
+    return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
 
 class MemoryAuditSink:
