@@ -62,8 +62,14 @@ say = _run.say
 POLICY_FILE = WORKLOADS_DIR / "policy_guardrails.yaml"
 TOKEN_ROLES = ("db.readonly",)
 """App roles of the bench's static token: they select the policy's ``readonly`` tier."""
-POLICY_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-audit", "veilgate-approve")
-DEFAULT_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-approve")
+POLICY_TARGETS = (
+    "veilgate",
+    "veilgate-nopolicy",
+    "veilgate-audit",
+    "veilgate-approve",
+    "veilgate-recording",
+)
+DEFAULT_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-approve", "veilgate-recording")
 APPROVE_BAR = 0.95
 """Issue 13's bar: the grant check on the allowed path costs at most 5% TPS vs a plain allow."""
 BASELINE = "veilgate-nopolicy"
@@ -99,11 +105,13 @@ class VeilgatePolicyTarget(VeilgateTarget):  # type: ignore[misc,valid-type]
         *,
         policy_file: Path | None,
         audit: bool = False,
+        recording: bool = False,
         command: str | None = None,
     ) -> None:
         self.name = name
         self.policy_file = policy_file
         self.audit = audit
+        self.recording = recording
         super().__init__(env, command)
         digest = hashlib.sha256(self.token.encode()).hexdigest()
         roles = ", ".join(TOKEN_ROLES)
@@ -118,7 +126,18 @@ class VeilgatePolicyTarget(VeilgateTarget):  # type: ignore[misc,valid-type]
                 f"{auth_section.rstrip()}\n"
                 f"policy: {{file: {json.dumps(str(self.policy_file))}, audit_log: {audit}}}\n"
             )
+        if getattr(self, "recording", False):
+            auth_section = auth_section.rstrip() + "\n" + _run.recording_section(self.workdir)
         super().write_config(auth_section)
+
+    def stop(self, sig: Any = None, grace_s: float = 15.0) -> None:
+        running = self.proc is not None
+        if sig is None:
+            super().stop(grace_s=grace_s)
+        else:
+            super().stop(sig, grace_s)
+        if running and getattr(self, "recording", False):
+            say(f"  {self.name}: recording {_run.verify_recording(self.workdir)}")
 
     def admin_port(self) -> int:
         m = re.search(r"^admin: \{host: [^,]+, port: (\d+)\}", self.config.read_text(), re.M)
@@ -154,6 +173,10 @@ def make_policy_target(name: str, env: Any, args: argparse.Namespace) -> Any:
         )
     if name == "veilgate-approve":
         return _approvals().VeilgateApproveTarget(env, name, command=args.veilgate_cmd)
+    if name == "veilgate-recording":
+        return VeilgatePolicyTarget(
+            env, name, policy_file=POLICY_FILE, recording=True, command=args.veilgate_cmd
+        )
     raise BenchError(f"unknown target {name!r} (choose from {', '.join(POLICY_TARGETS)})")
 
 
@@ -231,8 +254,9 @@ def check_policy_allows(path: Path = POLICY_FILE) -> None:
 def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     """Medians over rounds per workload x target, then each policy target against
     ``veilgate-nopolicy``: TPS ratio (on/off), latency ratios and the extra proxy CPU."""
+    first = [t for t in targets if t != "veilgate-recording"]
     lines, worst = _run.on_off_table(
-        samples, targets, BASELINE, workload_width=20, label=lambda t: t + "/off"
+        samples, first, BASELINE, workload_width=20, label=lambda t: t + "/off"
     )
     for t, tr in worst.items():
         verdict = "within" if tr >= TPS_BAR else "OVER"
@@ -240,6 +264,9 @@ def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
             f"{t}: worst TPS ratio vs {BASELINE} {tr:.3f} ({(1 - tr) * 100:+.1f}% cost); "
             f"bar: cost <= {(1 - TPS_BAR) * 100:.0f}% -> {verdict}"
         )
+    if "veilgate-recording" in targets and "veilgate" in targets:
+        lines += ["", "session recording on the policy path (veilgate-recording vs veilgate):"]
+        lines.append(_run.recording_table(samples))
     if "veilgate-approve" in targets and "veilgate" in targets:
         more, worst = _run.on_off_table(
             samples,

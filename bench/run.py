@@ -61,7 +61,9 @@ from veilgate.testing.cluster import (  # noqa: E402
 BENCH_DB = "bench"
 BENCH_ROLE = "veilgate_bench"
 PASSWORD_ENV = "VEILGATE_BENCH_PASSWORD"
-ALL_TARGETS = ("direct", "veilgate", "pgbouncer")
+ALL_TARGETS = ("direct", "veilgate", "pgbouncer", "veilgate-recording")
+RECORDING_BAR = 0.95
+"""Issue 14's bar: session recording on keeps at least 95% of the recording-off TPS."""
 
 
 class BenchError(RuntimeError):
@@ -449,6 +451,55 @@ logging: {{level: warning, format: text}}
         return Endpoint("127.0.0.1", self.port, "bench", self.token, BENCH_DB)
 
 
+def recording_section(workdir: Path) -> str:
+    """An ``audit`` section recording into ``workdir/audit`` (a fresh signing key, defaults
+    otherwise: fsync per batch, block on failure) and the session index beside it."""
+    key = workdir / "audit.key"
+    if not key.exists():
+        key.write_text(secrets.token_hex(32) + "\n")
+        key.chmod(0o600)
+
+    def q(v: object) -> str:
+        return json.dumps(str(v))
+
+    return (
+        f"audit: {{dir: {q(workdir / 'audit')}, key: {{id: bench, file: {q(key)}}}}}\n"
+        f"state: {{path: {q(workdir / 'state.db')}}}\n"
+    )
+
+
+def verify_recording(workdir: Path) -> str:
+    """One line: does the target's recording verify (after it stopped)?"""
+    from veilgate.audit.verify import verify
+
+    directory = workdir / "audit"
+    if not directory.exists():
+        return "no recording"
+    key = (workdir / "audit.key").read_bytes().strip()
+    report = verify(directory, {"bench": key})
+    errors = report.errors
+    first = f"; first problem: {errors[0]}" if errors else ""
+    return (
+        f"{'OK' if report.ok else 'FAILED'}: {report.records} records, {report.sessions} "
+        f"sessions, {report.segments} segment(s){first}"
+    )
+
+
+class VeilgateRecordingTarget(VeilgateTarget):
+    """The same gateway with session recording on (``audit`` section)."""
+
+    name = "veilgate-recording"
+
+    def write_config(self, auth_section: str) -> None:
+        super().write_config(auth_section.rstrip() + "\n" + recording_section(self.workdir))
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, grace_s: float = 15.0) -> None:
+        running = self.proc is not None
+        super().stop(sig, grace_s)
+        if running:
+            say(f"  {self.name}: recording {verify_recording(self.workdir)}")
+
+
 class VeilgateOIDCTarget(VeilgateTarget):
     """The gateway trusting a development IdP (Entra-shaped, real HTTP on 127.0.0.1, served from
     a thread of this process); clients present an RS256 access token it minted."""
@@ -571,7 +622,7 @@ def versions(env: BenchEnv, targets: Sequence[str]) -> str:
     parts = [_first_line([str(env.bindir / "postgres"), "--version"])]
     if "pgbouncer" in targets:
         parts.append(_first_line([find_pgbouncer(), "--version"]))
-    if "veilgate" in targets:
+    if any(t.startswith("veilgate") for t in targets):
         rev = _first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
         parts.append(f"veilgate (git {rev})")
     return "versions: " + "; ".join(parts)
@@ -586,6 +637,8 @@ def make_target(name: str, env: BenchEnv, args: argparse.Namespace) -> Target:
         if getattr(args, "veilgate_auth", "static") == "oidc":
             return VeilgateOIDCTarget(env, command=args.veilgate_cmd)
         return VeilgateTarget(env, command=args.veilgate_cmd)
+    if name == "veilgate-recording":
+        return VeilgateRecordingTarget(env, command=args.veilgate_cmd)
     raise BenchError(f"unknown target {name!r} (choose from {', '.join(ALL_TARGETS)})")
 
 
@@ -916,7 +969,7 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
     """Medians of rounds per workload x target, then veilgate/pgbouncer and veilgate/direct."""
     workloads, med = round_medians(samples, targets)
     head = (
-        f"{'workload':<20} {'target':<10} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'workload':<20} {'target':<18} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'cpu µs/txn':>11}"
     )
     lines = [head, "-" * len(head)]
@@ -926,7 +979,7 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
             if m is None:
                 continue
             lines.append(
-                f"{w:<20} {t:<10} {_fmt(m['tps'], '10.1f')} {_fmt(m['p50'], '9.3f')} "
+                f"{w:<20} {t:<18} {_fmt(m['tps'], '10.1f')} {_fmt(m['p50'], '9.3f')} "
                 f"{_fmt(m['p99'], '9.3f')} {_fmt(m['cpu'], '11.1f')}"
             )
         vg = med.get((w, "veilgate"))
@@ -943,6 +996,41 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
                 parts.append(f"cpu {_fmt(ratio(vg['cpu'], o['cpu']), '.2f')}")
             lines.append(f"{'':<20} {'veilgate/' + other:<20} " + "  ".join(parts))
         lines.append("")
+    return "\n".join(lines)
+
+
+def recording_table(samples: Sequence[Sample], baseline: str = "veilgate") -> str:
+    """``veilgate-recording`` against ``baseline`` (the same gateway without recording): TPS
+    ratios with issue 14's bar, and the extra CPU per transaction of the 1,000-row workload
+    against the one-row workloads (what recording costs per row)."""
+    lines, worst = on_off_table(
+        samples,
+        [baseline, "veilgate-recording"],
+        baseline,
+        workload_width=20,
+        label=lambda t: f"{t}/{baseline}",
+    )
+    _, med = round_medians(samples, [baseline, "veilgate-recording"])
+    for t, tr in worst.items():
+        verdict = "within" if tr >= RECORDING_BAR else "OVER"
+        lines.append(
+            f"{t}: worst TPS ratio vs {baseline} {tr:.3f} ({(1 - tr) * 100:+.1f}% cost); "
+            f"bar: cost <= {(1 - RECORDING_BAR) * 100:.0f}% -> {verdict}"
+        )
+
+    def extra(w: str) -> float | None:
+        on, off = med.get((w, "veilgate-recording")), med.get((w, baseline))
+        if on is None or off is None or on["cpu"] is None or off["cpu"] is None:
+            return None
+        return float(on["cpu"] - off["cpu"])
+
+    for c in ("c1", "c8"):
+        big, small = extra(f"large-{c}"), extra(f"select-prepared-{c}")
+        if big is not None and small is not None:
+            lines.append(
+                f"recording CPU per transaction, {c}: 1,000 rows {big:+.1f} µs, one row "
+                f"{small:+.1f} µs -> per row {(big - small) / 999 * 1000:+.1f} ns"
+            )
     return "\n".join(lines)
 
 
@@ -1099,6 +1187,9 @@ def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) ->
         "process user+sys CPU / transactions"
     )
     say(summary_table(samples, targets_wanted))
+    if "veilgate-recording" in targets_wanted and "veilgate" in targets_wanted:
+        say("session recording (veilgate-recording vs veilgate, same run):")
+        say(recording_table(samples))
     say(f"results: {output}")
     return 0
 

@@ -108,6 +108,7 @@ class SessionState:
         *,
         max_excerpt: int = 2048,
         redact_literals: bool = False,
+        decisions: bool = True,
     ) -> None:
         """Record this session's statements into ``recorder`` as session ``sid``.
 
@@ -115,6 +116,8 @@ class SessionState:
         is recorded when it ends: its text (an excerpt of at most ``max_excerpt`` bytes;
         credentials always redacted, every constant too with ``redact_literals``), fingerprint,
         path, decision, command tag, rows, response bytes, SQLSTATE and duration.
+        ``decisions``: a policy will decide on Parse and Bind messages (their ids are kept for
+        :meth:`note_decision`); without one, nothing is kept per message.
         """
     def note_decision(
         self,
@@ -203,7 +206,9 @@ class RecvBuffer:
         """Message tags to surface as :class:`Message` events; every other message is forwarded."""
     def set_recording(self, on: bool) -> None:
         """The session (its :class:`SessionState`) is recorded: frame whole the messages the
-        statement log reads, and track the server's outcomes."""
+        statement log reads, and track the server's outcomes.  Call it after
+        :meth:`SessionState.start_recording` (what the server sent before, the start-up, is
+        no statement's response)."""
     def set_all_events(self, on: bool) -> None:
         """Surface every message as an event (handshake phases), overriding :meth:`set_events`."""
     def set_barrier_events(self, tags: bytes) -> None:

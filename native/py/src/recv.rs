@@ -501,7 +501,8 @@ impl RecvBuffer {
     }
 
     /// The session is recorded (or no longer): the messages the statement log reads are framed
-    /// whole and the server's outcomes are tracked.
+    /// whole and the server's outcomes are tracked.  Call it after
+    /// `SessionState.start_recording` (the server side tells the log where the stream is).
     fn set_recording(&mut self, on: bool) {
         match self.direction {
             Direction::Client => self.framer.set_whole(if on {
@@ -518,8 +519,11 @@ impl RecvBuffer {
                 } else {
                     (SERVER_WHOLE, SERVER_TRACKED)
                 };
-                if self.session.is_some() {
+                if let Some(session) = &self.session {
                     self.framer.set_whole(whole);
+                    if let Some(log) = lock(session).log.as_mut() {
+                        log.set_server_position(self.framer.bytes());
+                    }
                 }
                 self.server_tracked = tracked;
             }

@@ -58,17 +58,19 @@ impl SessionState {
     }
 
     /// Records this session's statements into `recorder` under session id `sid`.
-    #[pyo3(signature = (recorder, sid, *, max_excerpt=2048, redact_literals=false))]
+    #[pyo3(signature = (recorder, sid, *, max_excerpt=2048, redact_literals=false, decisions=true))]
     fn start_recording(
         &self,
         recorder: PyRef<'_, AuditRecorder>,
         sid: &str,
         max_excerpt: usize,
         redact_literals: bool,
+        decisions: bool,
     ) {
         let cfg = LogConfig {
             max_excerpt,
             redact_literals,
+            decisions,
         };
         let log = StatementLog::new(sid, Arc::clone(&recorder.queue), cfg);
         lock(&self.inner).log = Some(Box::new(log));

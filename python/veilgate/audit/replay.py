@@ -72,9 +72,7 @@ def to_script(items: Iterable[ReplayItem], out: TextIO) -> int:
     n = 0
     for it in items:
         r = it.record
-        out.write(
-            f"-- #{r.get('stmt')} {r.get('started')} {r.get('status')} {r.get('tag') or ''}\n"
-        )
+        out.write(f"-- #{r.get('stmt')} {r.get('ts')} {r.get('status')} {r.get('tag') or ''}\n")
         if it.skip is None:
             out.write(_terminated(it.sql) + "\n")
             n += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = ["render_timeline", "short_sql"]
@@ -73,7 +73,10 @@ def render_timeline(records: Iterable[dict[str, Any]]) -> str:
     t0: datetime | None = None
     for r in records:
         kind = r.get("kind")
-        ts = _ts(r.get("started") if kind == "statement" else r.get("ts"))
+        ts = _ts(r.get("ts"))
+        if kind == "statement" and ts is not None:
+            # a statement record is written when it ends: show it where it started
+            ts -= timedelta(microseconds=int(r.get("duration_us", 0)))
         if t0 is None and ts is not None:
             t0 = ts
         rel = f"+{(ts - t0).total_seconds():9.3f}s" if ts and t0 else " " * 11

@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -199,6 +200,63 @@ def _check_approval(stack: DemoStack, identity: DevIdPIdentity) -> int:
     return 0
 
 
+def _veilgate(stack: DemoStack, *args: str) -> subprocess.CompletedProcess[str]:
+    shown = " ".join(shlex.quote(a) for a in args)
+    print(f"demo: veilgate {shown}")
+    cmd = [sys.executable, "-m", "veilgate", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _check_recording(stack: DemoStack) -> int:
+    """Every session was recorded: listed by the index, the denied DROP in its timeline, the
+    recording verifies, and a policy without the approval rule would newly allow the DELETE."""
+    config = str(stack.config_file)
+    deadline = time.monotonic() + 20
+    while True:
+        listed = _veilgate(stack, "sessions", "list", "--config", config, "--json")
+        rows = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
+        ended = [r for r in rows if r.get("ended")]
+        if len(ended) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if len(ended) < 4:
+        return _fail(f"the session index has {len(ended)} ended sessions: {listed.stderr}")
+    print(f"demo: {len(rows)} sessions recorded")
+    denied = next((r for r in rows if r.get("denied")), None)
+    if denied is None:
+        return _fail("no recorded session has a denied statement")
+    shown = _veilgate(stack, "sessions", "show", denied["sid"], "--config", config)
+    print(shown.stdout.rstrip())
+    if f"DENY ({DENY_RULE})" not in shown.stdout:
+        return _fail(f"the timeline of {denied['sid']} lacks the denial")
+    verified = _veilgate(stack, "sessions", "verify", "--config", config, "--allow-open")
+    print(verified.stdout.rstrip())
+    if verified.returncode != 0:
+        return _fail("the recording does not verify")
+    looser = stack.directory / "policy-without-approvals.yaml"
+    text = stack.policy_file.read_text()
+    # the same policy without the approval rule: the admin tier's default (allow) takes over
+    looser.write_text(
+        re.sub(rf"      - id: {APPROVE_RULE}\n(?:        .*\n|          .*\n)*", "", text)
+    )
+    sim = _veilgate(
+        stack,
+        "policy",
+        "simulate",
+        "--config",
+        config,
+        "--policy",
+        str(looser),
+        "--sessions",
+        "all",
+    )
+    print(sim.stdout.rstrip() or sim.stderr.rstrip())
+    if sim.returncode != 1 or HELD_SQL not in sim.stdout:
+        return _fail("simulate did not report the DELETE as newly allowed")
+    print("demo: recording OK (listed, timeline, verified, simulated)")
+    return 0
+
+
 def _check(stack: DemoStack, identity: DevIdPIdentity) -> int:
     try:
         if (
@@ -207,6 +265,7 @@ def _check(stack: DemoStack, identity: DevIdPIdentity) -> int:
             or _check_unmasked(stack, identity)
             or _check_audit(stack)
             or _check_approval(stack, identity)
+            or _check_recording(stack)
         ):
             return 1
     except FileNotFoundError:
@@ -266,6 +325,14 @@ def _banner(stack: DemoStack, identity: DevIdPIdentity) -> None:
     print()
     print(f"  policy:      {_relative(stack.policy_file, cwd)} (edit it: the gateway reloads it)")
     print(f"  audit log:   {_relative(stack.audit_log, cwd)} (every decision and masked result)")
+    print(f"  recording:   {_relative(stack.audit_dir, cwd)} (every session, signed; try:)")
+    print(f"               veilgate sessions list --config {config}")
+    print(f"               veilgate sessions show SESSION --config {config}")
+    print(f"               veilgate sessions verify --config {config} --allow-open")
+    print(
+        f"               veilgate policy simulate --config {config} --policy NEW.yaml "
+        "--sessions all"
+    )
     url = stack.metrics_url()
     if url is not None:
         print(f"  metrics:     {url}")

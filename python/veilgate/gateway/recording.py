@@ -160,6 +160,7 @@ class SessionRecording:
             self.sid,
             max_excerpt=cfg.max_sql_bytes,
             redact_literals=cfg.redact_literals,
+            decisions=self.session.enforcer is not None,
         )
         self.session.client_rb.set_recording(True)
         self.session.upstream_rb.set_recording(True)

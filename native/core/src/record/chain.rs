@@ -29,7 +29,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::item::{Body, StatementRecord};
-use super::json;
+use super::json::{self, TimeCache};
 use super::queue::Taken;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -76,6 +76,7 @@ pub struct Chain {
     next_batch: u64,
     prev_seal: Option<Hash>,
     sessions: HashMap<Arc<str>, Link>,
+    time: TimeCache,
 }
 
 impl std::fmt::Debug for Chain {
@@ -101,6 +102,7 @@ impl Chain {
             next_batch: 1,
             prev_seal: None,
             sessions: HashMap::new(),
+            time: TimeCache::default(),
         }
     }
 
@@ -140,14 +142,19 @@ impl Chain {
 
     /// Appends `,"kid":..,"mac":..}` to `line` (an object without its closing brace).
     fn sign(&self, mut line: Vec<u8>) -> Vec<u8> {
-        json::member_str(&mut line, "kid", &self.kid);
+        self.sign_from(&mut line, 0);
+        line
+    }
+
+    /// Signs the object that starts at `out[start]` (its closing brace not yet written).
+    fn sign_from(&self, out: &mut Vec<u8>, start: usize) {
+        json::member_str(out, "kid", &self.kid);
         let mut mac = self.mac.clone();
-        mac.update(&line);
+        mac.update(&out[start..]);
         mac.update(b"}");
         let tag = mac.finalize().into_bytes();
-        json::member_str(&mut line, "mac", &json::hex(&tag));
-        line.push(b'}');
-        line
+        json::member_hex(out, "mac", Some(&tag));
+        out.push(b'}');
     }
 
     /// The header line of a new segment (with its newline).  `first_seq`, `first_batch` and
@@ -220,14 +227,15 @@ impl Chain {
         let mut ended = Vec::new();
         for item in items {
             if let Some(n) = dropped.remove(&item.sid) {
-                let gap = gap_members(n);
-                self.record(&mut out, &mut hashes, &item.sid, now, &gap, false);
+                self.record(&mut out, &mut hashes, &item.sid, now, false, |m, _| {
+                    gap_members(m, n);
+                });
             }
             let terminator = match &item.body {
                 Body::Statement(r) => {
-                    let mut m = Vec::with_capacity(256);
-                    statement_members(&mut m, r);
-                    self.record(&mut out, &mut hashes, &item.sid, item.ts, &m, false);
+                    self.record(&mut out, &mut hashes, &item.sid, item.ts, false, |m, t| {
+                        statement_members(m, r, t);
+                    });
                     false
                 }
                 Body::Fragment {
@@ -239,8 +247,10 @@ impl Chain {
                         &mut hashes,
                         &item.sid,
                         item.ts,
-                        members.as_bytes(),
                         *terminator,
+                        |m, _| {
+                            m.extend_from_slice(members.as_bytes());
+                        },
                     );
                     *terminator
                 }
@@ -254,7 +264,9 @@ impl Chain {
         let mut rest: Vec<(Arc<str>, u64)> = dropped.into_iter().collect();
         rest.sort();
         for (sid, n) in rest {
-            self.record(&mut out, &mut hashes, &sid, now, &gap_members(n), false);
+            self.record(&mut out, &mut hashes, &sid, now, false, |m, _| {
+                gap_members(m, n)
+            });
         }
         let batch = self.next_batch;
         self.next_batch += 1;
@@ -278,48 +290,43 @@ impl Chain {
         })
     }
 
+    /// Appends one record (its members written by `members`) and its newline to `out`.
     fn record(
         &mut self,
         out: &mut Vec<u8>,
         hashes: &mut Vec<Hash>,
         sid: &Arc<str>,
         ts: SystemTime,
-        members: &[u8],
         terminator: bool,
+        members: impl FnOnce(&mut Vec<u8>, &mut TimeCache),
     ) {
-        let link = self
+        let link = *self
             .sessions
             .entry(Arc::clone(sid))
             .or_insert(Link { n: 0, prev: None });
-        let mut l = Vec::with_capacity(members.len() + 160);
-        l.extend_from_slice(b"{\"seq\":");
-        json::uint(&mut l, self.next_seq);
-        json::member_str(&mut l, "sid", sid);
-        json::member_u64(&mut l, "n", link.n);
-        json::member_str(&mut l, "ts", &json::timestamp(ts));
-        l.extend_from_slice(b",\"kind\":");
-        l.extend_from_slice(members);
-        json::member_str(
-            &mut l,
-            "prev",
-            &link.prev.map(|h| json::hex(&h)).unwrap_or_default(),
-        );
-        let line = if terminator {
-            self.sign(l)
+        let start = out.len();
+        out.extend_from_slice(b"{\"seq\":");
+        json::uint(out, self.next_seq);
+        json::member_str(out, "sid", sid);
+        json::member_u64(out, "n", link.n);
+        out.extend_from_slice(b",\"ts\":");
+        self.time.append_quoted(out, ts);
+        out.extend_from_slice(b",\"kind\":");
+        members(out, &mut self.time);
+        json::member_hex(out, "prev", link.prev.as_ref().map(|h| &h[..]));
+        if terminator {
+            self.sign_from(out, start);
         } else {
-            l.push(b'}');
-            l
-        };
-        let h = sha256(&line);
-        // the entry is still borrowed mutably above: update through a fresh lookup
-        if let Some(link) = self.sessions.get_mut(sid) {
-            link.n += 1;
-            link.prev = Some(h);
+            out.push(b'}');
+        }
+        let h = sha256(&out[start..]);
+        out.push(b'\n');
+        if let Some(l) = self.sessions.get_mut(sid) {
+            l.n += 1;
+            l.prev = Some(h);
         }
         self.next_seq += 1;
         hashes.push(h);
-        out.extend_from_slice(&line);
-        out.push(b'\n');
     }
 
     fn seal_line(
@@ -355,14 +362,15 @@ impl Chain {
     }
 }
 
-fn gap_members(dropped: u64) -> Vec<u8> {
-    let mut m = b"\"gap\"".to_vec();
-    json::member_u64(&mut m, "dropped", dropped);
-    m
+fn gap_members(m: &mut Vec<u8>, dropped: u64) {
+    m.extend_from_slice(b"\"gap\"");
+    json::member_u64(m, "dropped", dropped);
 }
 
 /// The members of a statement record, after `"kind":`.
-pub fn statement_members(m: &mut Vec<u8>, r: &StatementRecord) {
+///
+/// The record's own `ts` is when the statement ended; it started `duration_us` before.
+pub fn statement_members(m: &mut Vec<u8>, r: &StatementRecord, _time: &mut TimeCache) {
     m.extend_from_slice(b"\"statement\"");
     json::member_u64(m, "stmt", r.stmt);
     json::member_str(m, "path", r.path.as_str());
@@ -373,7 +381,7 @@ pub fn statement_members(m: &mut Vec<u8>, r: &StatementRecord) {
             if t.truncated {
                 m.extend_from_slice(b",\"sql_truncated\":true");
             }
-            json::member_str(m, "fp", &json::hex(&t.fingerprint.to_be_bytes()));
+            json::member_hex(m, "fp", Some(&t.fingerprint.to_be_bytes()));
         }
         None => m.extend_from_slice(b",\"sql\":null"),
     }
@@ -393,11 +401,10 @@ pub fn statement_members(m: &mut Vec<u8>, r: &StatementRecord) {
         }
         m.push(b'}');
     }
-    json::member_str(m, "started", &json::timestamp(r.started));
     json::member_u64(m, "duration_us", r.duration_us);
     json::member_str(m, "status", r.status.as_str());
     if let Some(tag) = &r.tag {
-        json::member_str(m, "tag", tag);
+        json::member_str(m, "tag", &tag.text());
     }
     if r.commands > 1 {
         json::member_u64(m, "commands", u64::from(r.commands));
@@ -440,7 +447,7 @@ mod tests {
                 started: UNIX_EPOCH,
                 duration_us: 5,
                 status: Status::Ok,
-                tag: Some("SELECT 1".into()),
+                tag: Some(crate::record::item::Tag::new(b"SELECT 1")),
                 commands: 1,
                 rows: 1,
                 bytes: 42,

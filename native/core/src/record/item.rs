@@ -106,6 +106,56 @@ impl Status {
     }
 }
 
+/// A command tag (`SELECT 3`, `INSERT 0 1`...) held inline: PostgreSQL's own are at most 64
+/// bytes (``COMPLETION_TAG_BUFSIZE``), a longer one is cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tag {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl Tag {
+    pub fn new(text: &[u8]) -> Tag {
+        let n = text.len().min(64);
+        let mut bytes = [0u8; 64];
+        bytes[..n].copy_from_slice(&text[..n]);
+        // n <= 64
+        #[allow(clippy::cast_possible_truncation)]
+        let len = n as u8;
+        Tag { len, bytes }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The tag as text (bytes that are not UTF-8 replaced).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+
+    /// The row count at its end (`INSERT 0 5` -> 5), if it has one.
+    pub fn count(&self) -> Option<u64> {
+        let b = self.as_bytes();
+        let sp = b.iter().rposition(|&c| c == b' ')?;
+        let digits = &b[sp + 1..];
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(
+            digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+        )
+    }
+}
+
+impl std::fmt::Debug for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tag({:?})", self.text())
+    }
+}
+
 /// One statement as it ended.
 #[derive(Debug, Clone)]
 pub struct StatementRecord {
@@ -119,7 +169,7 @@ pub struct StatementRecord {
     pub duration_us: u64,
     pub status: Status,
     /// The last command tag (`SELECT 3`, `INSERT 0 1`...).
-    pub tag: Option<String>,
+    pub tag: Option<Tag>,
     /// Commands completed (more than one for a multi-statement Query).
     pub commands: u32,
     /// Rows per the command tags, or rows sent when no tag said.

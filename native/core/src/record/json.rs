@@ -1,30 +1,48 @@
 //! The little JSON the record writer needs: escaped strings, integers, RFC 3339 timestamps.
 
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Appends `s` as a JSON string (quotes included).
+/// Bytes that need escaping inside a JSON string: `"`, `\\`, control characters and DEL.
+const fn escape_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+}
+static ESCAPE: [bool; 256] = escape_table();
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `s` as a JSON string (quotes included): runs without escapes are copied whole.
 pub fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
+        if !ESCAPE[usize::from(b)] {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            let mut tmp = String::new();
-            let _ = write!(tmp, "\\u{b:04x}");
-            out.extend_from_slice(tmp.as_bytes());
-        } else {
-            out.extend_from_slice(esc);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]),
         }
         start = i + 1;
     }
@@ -73,13 +91,30 @@ pub fn uint(out: &mut Vec<u8>, v: u64) {
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    hex_into(&mut out, bytes);
+    // only ASCII hex digits were written
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the lower-case hex of `bytes`.
+pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() * 2);
     for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
     }
-    s
+}
+
+/// Appends `,"key":"<hex>"` (empty for None).
+pub fn member_hex(out: &mut Vec<u8>, k: &str, v: Option<&[u8]>) {
+    out.push(b',');
+    key(out, k);
+    out.push(b'"');
+    if let Some(v) = v {
+        hex_into(out, v);
+    }
+    out.push(b'"');
 }
 
 /// Microseconds since the epoch (0 before it).
@@ -90,18 +125,72 @@ pub fn micros(t: SystemTime) -> u64 {
 
 /// `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
 pub fn timestamp(t: SystemTime) -> String {
-    let us = micros(t);
-    let secs = us / 1_000_000;
-    let frac = us % 1_000_000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    let mut out = Vec::with_capacity(27);
+    let mut cache = TimeCache::default();
+    cache.append(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Formats timestamps, remembering the date-and-seconds part of the last one (records written
+/// in one batch mostly share it).
+#[derive(Debug, Default, Clone)]
+pub struct TimeCache {
+    secs: Option<u64>,
+    prefix: [u8; 19],
+}
+
+fn two(out: &mut [u8], v: u64) {
+    // v < 100 by construction
+    #[allow(clippy::cast_possible_truncation)]
+    let v = v as u8;
+    out[0] = b'0' + v / 10;
+    out[1] = b'0' + v % 10;
+}
+
+impl TimeCache {
+    /// Appends `t` quoted as a JSON string.
+    pub fn append_quoted(&mut self, out: &mut Vec<u8>, t: SystemTime) {
+        out.push(b'"');
+        self.append(out, t);
+        out.push(b'"');
+    }
+
+    /// Appends `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    pub fn append(&mut self, out: &mut Vec<u8>, t: SystemTime) {
+        let us = micros(t);
+        let secs = us / 1_000_000;
+        if self.secs != Some(secs) {
+            let days = secs / 86_400;
+            let rem = secs % 86_400;
+            let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
+            let p = &mut self.prefix;
+            let y = u64::try_from(y.clamp(0, 9999)).unwrap_or(0);
+            two(&mut p[0..2], y / 100);
+            two(&mut p[2..4], y % 100);
+            p[4] = b'-';
+            two(&mut p[5..7], u64::from(m));
+            p[7] = b'-';
+            two(&mut p[8..10], u64::from(d));
+            p[10] = b'T';
+            two(&mut p[11..13], rem / 3600);
+            p[13] = b':';
+            two(&mut p[14..16], (rem / 60) % 60);
+            p[16] = b':';
+            two(&mut p[17..19], rem % 60);
+            self.secs = Some(secs);
+        }
+        out.extend_from_slice(&self.prefix);
+        let mut frac = [b'.', 0, 0, 0, 0, 0, 0, b'Z'];
+        let mut f = us % 1_000_000;
+        for i in (1..7).rev() {
+            // f % 10 < 10
+            #[allow(clippy::cast_possible_truncation)]
+            let digit = (f % 10) as u8;
+            frac[i] = b'0' + digit;
+            f /= 10;
+        }
+        out.extend_from_slice(&frac);
+    }
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).

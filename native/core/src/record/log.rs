@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::item::{Body, Decision, Item, Path, Slot, StatementRecord, Status, Totals};
+use super::item::{Body, Decision, Item, Path, Slot, StatementRecord, Status, Tag, Totals};
 use super::queue::RecordQueue;
 use super::sql::statement_text;
 use crate::tags::{backend, frontend};
@@ -74,7 +74,71 @@ pub struct LogConfig {
     pub max_excerpt: usize,
     /// Replace every constant by a `$n` parameter (credentials are always redacted).
     pub redact_literals: bool,
+    /// The control plane decides on Parse and Bind messages (a statement policy): remember
+    /// which statement each one was, by id.  Without a policy nobody asks, and nothing is kept.
+    pub decisions: bool,
 }
+
+/// Prepared statements or portals by name; the unnamed one (the common case: one per
+/// execution with most drivers) is kept apart, without hashing its name.
+#[derive(Debug, Default)]
+struct Names {
+    unnamed: Option<Arc<Slot>>,
+    named: HashMap<Vec<u8>, Arc<Slot>>,
+}
+
+impl Names {
+    fn get(&self, name: &[u8]) -> Option<&Arc<Slot>> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    fn insert(&mut self, name: &[u8], slot: Arc<Slot>) {
+        if name.is_empty() {
+            self.unnamed = Some(slot);
+            return;
+        }
+        if self.named.len() >= NAMES_MAX {
+            self.named.clear();
+        }
+        self.named.insert(name.to_vec(), slot);
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.named.remove(name);
+        }
+    }
+}
+
+/// Hashes `u64` keys the gateway made itself (message ids, fingerprints) with one multiply:
+/// no per-lookup SipHash on the data path.
+#[derive(Debug, Default, Clone, Copy)]
+struct MixHasher(u64);
+
+impl std::hash::Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        self.0 ^= self.0 >> 32;
+    }
+}
+
+type MixMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<MixHasher>>;
 
 #[derive(Debug)]
 struct Entry {
@@ -84,7 +148,7 @@ struct Entry {
     slot: Arc<Slot>,
     decision: Option<Arc<Decision>>,
     started: Instant,
-    tag: Option<String>,
+    tag: Option<Tag>,
     commands: u32,
     tag_rows: Option<u64>,
     rows_sent: u64,
@@ -131,14 +195,14 @@ pub struct StatementLog {
     next_id: u64,
     next_stmt: u64,
     expect: VecDeque<Expect>,
-    statements: HashMap<Vec<u8>, Arc<Slot>>,
-    portals: HashMap<Vec<u8>, Arc<Slot>>,
-    recent: HashMap<u64, Arc<Slot>>,
+    statements: Names,
+    portals: Names,
+    recent: MixMap<Arc<Slot>>,
     recent_order: VecDeque<u64>,
     done: Vec<Item>,
     totals: Totals,
     /// The session's distinct statements (first text seen per fingerprint), bounded.
-    fingerprints: HashMap<u64, Arc<Slot>>,
+    fingerprints: MixMap<Arc<Slot>>,
     copy_in: bool,
     after_execute: bool,
     resp_start: u64,
@@ -169,16 +233,10 @@ fn sqlstate(body: &[u8]) -> Option<[u8; 5]> {
     None
 }
 
-/// The tag text and its row count (`INSERT 0 5` → 5), if it has one.
-fn command_tag(body: &[u8]) -> (String, Option<u64>) {
+/// The tag of a CommandComplete body (up to its NUL).
+fn command_tag(body: &[u8]) -> Tag {
     let end = memchr::memchr(0, body).unwrap_or(body.len());
-    let tag = String::from_utf8_lossy(&body[..end]).into_owned();
-    let count = tag
-        .rsplit(' ')
-        .next()
-        .filter(|_| tag.contains(' '))
-        .and_then(|n| n.parse::<u64>().ok());
-    (tag, count)
+    Tag::new(&body[..end])
 }
 
 /// End position of a message starting at `pos` (from its length field).
@@ -200,13 +258,13 @@ impl StatementLog {
             next_id: 0,
             next_stmt: 0,
             expect: VecDeque::new(),
-            statements: HashMap::new(),
-            portals: HashMap::new(),
-            recent: HashMap::new(),
+            statements: Names::default(),
+            portals: Names::default(),
+            recent: MixMap::default(),
             recent_order: VecDeque::new(),
             done: Vec::new(),
             totals: Totals::default(),
-            fingerprints: HashMap::new(),
+            fingerprints: MixMap::default(),
             copy_in: false,
             after_execute: false,
             resp_start: 0,
@@ -217,6 +275,12 @@ impl StatementLog {
 
     pub fn sid(&self) -> &Arc<str> {
         &self.sid
+    }
+
+    /// The server stream is at `pos` now (what came before, the start-up, is no statement's).
+    pub fn set_server_position(&mut self, pos: u64) {
+        self.resp_start = self.resp_start.max(pos);
+        self.server_end = self.server_end.max(pos);
     }
 
     pub fn totals(&self) -> Totals {
@@ -269,6 +333,9 @@ impl StatementLog {
     }
 
     fn remember(&mut self, id: u64, slot: &Arc<Slot>) {
+        if !self.cfg.decisions {
+            return;
+        }
         self.recent.insert(id, Arc::clone(slot));
         self.recent_order.push_back(id);
         if self.recent_order.len() > RECENT_MAX {
@@ -309,7 +376,7 @@ impl StatementLog {
                 let slot = self.text_slot(text);
                 let e = self.entry(id, Path::Simple, slot, now);
                 // a simple Query drops the unnamed statement
-                self.statements.remove(&b""[..]);
+                self.statements.remove(b"");
                 self.expect.push_back(Expect::Query(e));
                 id
             }
@@ -348,10 +415,7 @@ impl StatementLog {
                     if let Some((stmt, _)) = cstr(body, at) {
                         let slot = self.statement_slot(stmt);
                         self.remember(id, &slot);
-                        if self.portals.len() >= NAMES_MAX {
-                            self.portals.clear();
-                        }
-                        self.portals.insert(portal.to_vec(), slot);
+                        self.portals.insert(portal, slot);
                     }
                 }
                 id
@@ -417,7 +481,8 @@ impl StatementLog {
                 }
             }
             backend::COMMAND_COMPLETE_TAG => {
-                let (tag, count) = command_tag(frame.get(5..).unwrap_or_default());
+                let tag = command_tag(frame.get(5..).unwrap_or_default());
+                let count = tag.count();
                 let execute_done = match self.expect.front_mut() {
                     Some(Expect::Query(e)) => {
                         e.commands += 1;
@@ -458,10 +523,7 @@ impl StatementLog {
                 if let Some(i) = at {
                     if let Some(Expect::Parse { .. }) = self.expect.get(i) {
                         if let Some(Expect::Parse { name, slot, .. }) = self.expect.remove(i) {
-                            if self.statements.len() >= NAMES_MAX {
-                                self.statements.clear();
-                            }
-                            self.statements.insert(name, slot);
+                            self.statements.insert(&name, slot);
                         }
                     }
                 }
@@ -623,9 +685,16 @@ impl StatementLog {
             if e.id() != id {
                 break;
             }
-            if let Expect::Query(e) | Expect::Function(e) | Expect::Execute(e) = e {
-                e.decision = Some(d);
-                return true;
+            match e {
+                Expect::Query(e) | Expect::Function(e) | Expect::Execute(e) => {
+                    e.decision = Some(d);
+                    return true;
+                }
+                Expect::Parse { slot, .. } => {
+                    slot.set_decision(d);
+                    return true;
+                }
+                Expect::Sync { .. } => {}
             }
             at += 1;
         }
@@ -769,6 +838,7 @@ mod tests {
             let cfg = LogConfig {
                 max_excerpt: 1024,
                 redact_literals: false,
+                decisions: true,
             };
             Sim {
                 log: StatementLog::new("s1", Arc::clone(&queue), cfg),
@@ -850,9 +920,10 @@ mod tests {
         assert_eq!((r.stmt, r.path, r.status), (1, Path::Simple, Status::Ok));
         assert_eq!(text(r), Some("select 1"));
         assert_eq!(
-            (r.tag.as_deref(), r.rows, r.bytes),
-            (Some("SELECT 1"), 1, total as u64)
+            r.tag.map(|t| t.text().into_owned()).as_deref(),
+            Some("SELECT 1")
         );
+        assert_eq!((r.rows, r.bytes), (1, total as u64));
         assert!(r.duration_us >= 10);
         assert_eq!(s.log.totals().statements, 1);
     }
