@@ -339,8 +339,6 @@ class AuditConfig:
     """Start a new segment when the current one is this old."""
     retention_days: float | None = field(default=None, metadata={"min": 0.001, "max": 36_500.0})
     """Delete segments older than this (the purge is recorded); none by default."""
-    max_sql_bytes: int = field(default=2048, metadata={"min": 64, "max": 1 << 20})
-    """Longest statement excerpt recorded (credentials are always redacted)."""
     redact_literals: bool = False
     """Record statements with every constant replaced by ``$n`` (pg_stat_statements style)."""
     index: bool = True

@@ -158,7 +158,7 @@ class SessionRecording:
         self.state.start_recording(
             self.recorder.native,
             self.sid,
-            max_excerpt=cfg.max_sql_bytes,
+            max_excerpt=self.session.config.limits.audit_sql_bytes,
             redact_literals=cfg.redact_literals,
             decisions=self.session.enforcer is not None,
         )
