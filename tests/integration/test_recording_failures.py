@@ -37,7 +37,9 @@ from tests.integration.state_fixtures import StatePg
 from tests.integration.state_fixtures import state_pg as state_pg  # the fixture
 
 from veilgate import metrics
-from veilgate.admin.server import HealthState, Request
+from veilgate.admin.health import HealthState
+from veilgate.admin.server import Request
+from veilgate.audit.reader import read_records
 from veilgate.audit.verify import verify
 from veilgate.config_model import AuditFailureMode, StateBackend, StateConfig
 
@@ -204,8 +206,11 @@ def test_continue_mode_serves_counts_drops_and_records_the_gap(
     wait_sessions_ended(handle)
     flush(handle)
     (only,) = sessions(small_fs / "audit").values()
-    gaps = [r for r in only if r["kind"] == "gap"]
-    assert sum(g["dropped"] for g in gaps) == dropped
+    assert any(r["kind"] == "gap" for r in only)
+    # every drop is accounted for by a gap record (in the session, or in the gateway's own
+    # stream for its own events; a few more may have come after the count above)
+    gaps = [r for r in read_records(small_fs / "audit") if r["kind"] == "gap"]
+    assert sum(g["dropped"] for g in gaps) == rec.native.dropped_total - dropped_before >= dropped
     assert any(s["sql"] == "select 'first while full'" for s in statements(only))
     keys = {"k1": (tmp_path / "audit.key").read_bytes().strip()}
     assert verify(small_fs / "audit", keys, allow_open=True).ok
