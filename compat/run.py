@@ -425,6 +425,10 @@ def _end_children() -> None:
             proc.terminate()
 
 
+RERUN_MAX = 200
+"""A run with more extra failures than this is broken in bulk: its failures are not re-run one
+by one (that would double the run's time to learn nothing)."""
+
 MAX_RESTARTS = 20
 """How many times one run goes on after the test process died (each time one test is lost)."""
 
@@ -590,6 +594,8 @@ def print_extras(runs: dict[str, dict[str, Any]]) -> None:
             continue
         extras = run["extra_failures"]
         print(f"\n{mode}: {len(extras)} test(s) pass direct but fail through veilgate")
+        if run.get("not_rerun"):
+            print(f"  (more than {RERUN_MAX}: not re-run, so timing failures are not told apart)")
         by_cause: dict[str, list[dict[str, Any]]] = {}
         for entry in extras:
             by_cause.setdefault(entry["cause"] or "UNEXPLAINED", []).append(entry)
@@ -790,7 +796,16 @@ def rerun_extras(
         )
         return {test for test, entry in results.items() if entry["outcome"] == "passed"}
 
-    wanted = {e["test"] for run in runs.values() for e in run.get("extra_failures") or []}
+    for mode, run in runs.items():
+        if len(run.get("extra_failures") or []) > RERUN_MAX:
+            say(f"{mode}: more than {RERUN_MAX} extra failures: not re-run (no timing check)")
+            run["not_rerun"] = True
+    wanted = {
+        e["test"]
+        for run in runs.values()
+        if not run.get("not_rerun")
+        for e in run.get("extra_failures") or []
+    }
     if not wanted:
         return
     direct = next(t for t in targets if t.gateway is None)
@@ -799,7 +814,7 @@ def rerun_extras(
     for t in targets:
         run = runs[t.mode]
         extras = run.get("extra_failures") or []
-        if t.gateway is None or not extras:
+        if t.gateway is None or not extras or run.get("not_rerun"):
             continue
         say(f"{t.mode}: re-running the {len(extras)} test(s) that failed only through veilgate")
         passed = again(t, [e["test"] for e in extras])
