@@ -1,3 +1,4 @@
+# ruff: noqa: S608 (SQL built from table names the tests generate)
 """Session recording end to end: what psql, psycopg and asyncpg do is recorded, verifiably."""
 
 from __future__ import annotations
@@ -260,3 +261,48 @@ def test_verify_cli_on_a_live_recording(recorded: Any) -> None:
     bad = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert bad.returncode == 1
     assert "TAMPERED OR INCOMPLETE: first problem:" in bad.stdout and "altered" in bad.stdout
+
+
+# --- approvals: a held statement, its approval, the run under the grant -------------------------
+
+
+def test_approval_held_then_run_under_its_grant_is_recorded(
+    gateway_factory: Callable[..., GatewayHandle], tmp_path: Path, pg_cluster: Any
+) -> None:
+    from tests.integration.approvals_support import (
+        jit_gateway,
+        make_table,
+        policy_text,
+        request_id,
+    )
+    from tests.integration.approvals_support import (
+        psql as jit_psql,
+    )
+
+    from veilgate.audit import reader
+
+    audit = audit_config(tmp_path / "audit", make_key(tmp_path))
+    jit = jit_gateway(gateway_factory, tmp_path, policy_text(), transform=with_audit(audit))
+    table = make_table(pg_cluster)
+    held = jit_psql(jit.target(), f"DELETE FROM {table} WHERE id = 1")
+    assert "42Z01" in held.stderr, held.stderr
+    rid = request_id(held.stderr)
+    jit.cli("approve", rid, "--as", "alice")
+    ran = jit_psql(jit.target(), f"DELETE FROM {table} WHERE id = 1")
+    assert ran.returncode == 0 and "DELETE 1" in ran.stdout, ran.stdout + ran.stderr
+    wait_sessions_ended(jit.handle)
+    flush(jit.handle)
+    by_session = reader.sessions(tmp_path / "audit")
+    assert len(by_session) == 2
+    first, second = sorted(by_session.values(), key=lambda recs: recs[0]["seq"])
+    (st1,) = statements(first)
+    assert (st1["status"], st1["sqlstate"]) == ("refused", "42Z01")
+    assert st1["decision"]["action"] == "approve" and st1["decision"]["rule"] == "agent-jit-write"
+    requested = [r for r in first if r["kind"] == "approval" and r["event"] == "request"]
+    assert requested and requested[0]["request_id"] == rid and "sql" not in requested[0]
+    (st2,) = statements(second)
+    assert (st2["status"], st2["tag"], st2["rows"]) == ("ok", "DELETE 1", 1)
+    assert st2["decision"]["action"] == "approve"
+    used = [r for r in second if r["kind"] == "approval" and r["event"] == "grant_used"]
+    assert used and used[0]["request_id"] == rid
+    assert verify(tmp_path / "audit", audit.keyring()).ok

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import veilgate_native as native
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from veilgate.audit.format import GATEWAY_SID, segment_name
 from veilgate.audit.segments import SegmentDir
@@ -251,3 +253,31 @@ def test_crash_leaves_open_sessions_as_warnings(tmp_path: Path) -> None:
     report = verify(d, KEYS)
     assert report.ok, [str(f) for f in report.errors]
     assert any("stopped abnormally" in str(f) and "cccc" in str(f) for f in report.findings)
+
+
+# --- any single changed byte is caught -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    d = tmp_path_factory.mktemp("pristine") / "audit"
+    _recording(d)
+    (seg,) = [p for _, p in SegmentDir(d).segments()]
+    return seg.read_bytes()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(at=st.floats(0, 1, exclude_max=True), value=st.integers(0, 255))
+def test_any_changed_byte_is_caught(
+    pristine: bytes, tmp_path_factory: pytest.TempPathFactory, at: float, value: int
+) -> None:
+    i = int(at * len(pristine))
+    if pristine[i] == value:
+        value ^= 1
+    d = tmp_path_factory.mktemp("flip") / "audit"
+    d.mkdir()
+    (d / segment_name(1)).write_bytes(pristine[:i] + bytes([value]) + pristine[i + 1 :])
+    report = verify(d, KEYS)
+    assert not report.ok, f"byte {i} {pristine[i]!r} -> {value!r} went unnoticed"

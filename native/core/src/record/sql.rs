@@ -190,7 +190,25 @@ impl Lexer<'_> {
                 while self.at(0).is_some_and(ident_cont) {
                     self.i += 1;
                 }
-                Kind::Ident
+                let word = &self.s[start..self.i];
+                if word.len() == 1
+                    && matches!(word[0].to_ascii_lowercase(), b'e' | b'b' | b'x' | b'n')
+                    && self.at(0) == Some(b'\'')
+                {
+                    // E'...', B'...', X'...', N'...': one literal with its prefix
+                    self.string();
+                    Kind::Str
+                } else if word.len() == 1
+                    && word[0].eq_ignore_ascii_case(&b'u')
+                    && self.at(0) == Some(b'&')
+                    && self.at(1) == Some(b'\'')
+                {
+                    self.i += 1;
+                    self.string();
+                    Kind::Str
+                } else {
+                    Kind::Ident
+                }
             }
             _ => {
                 self.i += 1;
@@ -340,16 +358,17 @@ pub fn statement_text(text: &[u8], max_excerpt: usize, redact_literals: bool) ->
     let mut eight = [0u8; 8];
     eight.copy_from_slice(&digest[..8]);
     StatementText {
-        excerpt: utf8_prefix(&out),
+        excerpt: utf8_prefix(&out, max_excerpt),
         truncated,
         len: text.len(),
         fingerprint: u64::from_be_bytes(eight),
     }
 }
 
-/// `bytes` as UTF-8: invalid sequences replaced, a multi-byte character cut at the end dropped.
-fn utf8_prefix(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
+/// `bytes` as UTF-8 of at most `max` bytes: invalid sequences replaced (a replacement
+/// character is 3 bytes: what does not fit is dropped), a character cut at the end dropped.
+fn utf8_prefix(bytes: &[u8], max: usize) -> String {
+    let mut s = match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(e) if e.error_len().is_none() => {
             String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
@@ -362,7 +381,11 @@ fn utf8_prefix(bytes: &[u8]) -> String {
             }
             s
         }
+    };
+    while s.len() > max {
+        s.pop();
     }
+    s
 }
 
 #[cfg(test)]
@@ -424,7 +447,7 @@ mod tests {
             "select * from t where a = $1 and b = $2 and c = $3"
         );
         let t = statement_text(b"select E'a\\'b', $$x$$, 0x1F", 4096, true);
-        assert_eq!(t.excerpt, "select E$1, $2, $3");
+        assert_eq!(t.excerpt, "select $1, $2, $3");
     }
 
     #[test]
@@ -457,6 +480,34 @@ mod tests {
         // a redacted literal is never cut into the excerpt
         let t = statement_text(b"alter role r password 'abcdef'", 25, false);
         assert_eq!(t.excerpt, "alter role r password ");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn excerpts_are_bounded_utf8_for_any_bytes(
+            text in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            max in 0usize..200,
+            redact in proptest::bool::ANY,
+        ) {
+            let t = statement_text(&text, max, redact);
+            proptest::prop_assert!(t.excerpt.len() <= max);
+            proptest::prop_assert_eq!(t.len, text.len());
+        }
+
+        #[test]
+        fn a_password_literal_never_reaches_the_excerpt(
+            before in "[a-z0-9 ,()=.]{0,40}",
+            secret in "[A-Za-z0-9!#%&*+-]{1,24}",
+            quote in proptest::sample::select(vec!["'", "$$", "$q$", "E'"]),
+            after in "[a-z0-9 ,()=.]{0,40}",
+        ) {
+            let close = if quote == "E'" { "'" } else { quote };
+            let sql = format!("{before} password {quote}secret-{secret}{close} {after}");
+            for max in [8, 64, 4096] {
+                let t = statement_text(sql.as_bytes(), max, false);
+                proptest::prop_assert!(!t.excerpt.contains("secret-"), "{:?}", t.excerpt);
+            }
+        }
     }
 
     #[test]
