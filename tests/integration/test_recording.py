@@ -302,7 +302,7 @@ def test_approval_held_then_run_under_its_grant_is_recorded(
     assert requested and requested[0]["request_id"] == rid and "sql" not in requested[0]
     (st2,) = statements(second)
     assert (st2["status"], st2["tag"], st2["rows"]) == ("ok", "DELETE 1", 1)
-    assert st2["decision"]["action"] == "approve"
+    assert st2["decision"]["action"] == "approve" and st2["decision"]["approval"] == rid
     used = [r for r in second if r["kind"] == "approval" and r["event"] == "grant_used"]
     assert used and used[0]["request_id"] == rid
     assert verify(tmp_path / "audit", audit.keyring()).ok

@@ -342,6 +342,9 @@ class ApprovalGate:
                     sql=d.analysis.text,
                 )
             )
+        recording = self.session.recording
+        if recording is not None:  # the statement record names the approval it ran under
+            recording.decision(self.session.current_stmt_id, d, approval=grant.request_id)
         # what it PREPAREs / DEALLOCATEs is the statement mirror's once the server has done it
         self.enforcer.forward(frame)
 

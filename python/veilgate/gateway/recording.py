@@ -183,11 +183,11 @@ class SessionRecording:
 
     # --- decisions ---------------------------------------------------------------------------
 
-    def decision(self, stmt_id: int, d: Decision) -> None:
+    def decision(self, stmt_id: int, d: Decision, *, approval: str | None = None) -> None:
         """The policy decided on the message ``stmt_id`` (what it said, not what the gateway did
-        about it: see :meth:`refused`)."""
+        about it: see :meth:`refused`); ``approval``: the approval request it runs under."""
         if stmt_id:
-            self.state.note_decision(stmt_id, d.action, d.rule_id, d.fingerprint)
+            self.state.note_decision(stmt_id, d.action, d.rule_id, d.fingerprint, None, approval)
 
     def refused(self, sqlstate: str, stmt_id: int | None = None) -> None:
         """The gateway answered the message being handled (or ``stmt_id``) with ``sqlstate``
