@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,8 +95,6 @@ class Recorder:
         self._index_ok = True
         self.failing = False
         """Records (or the index) cannot be written right now."""
-        self.on_change: Callable[[bool], None] | None = None
-        """Called on the event loop when :attr:`blocked` changes."""
         self._dropped_seen = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -236,7 +233,8 @@ class Recorder:
 
     def _writer_state(self, ok: bool, error: str | None) -> None:
         """From the writer thread."""
-        metrics.audit_write_failures_total.inc(0 if ok else 1)
+        if not ok:
+            metrics.audit_write_failures_total.inc()
         self._set_from_thread("writer", ok, error)
 
     def _index_state(self, ok: bool, error: str | None) -> None:
@@ -272,8 +270,6 @@ class Recorder:
         if self.block:
             for rec in list(self._sessions.values()):
                 rec.set_blocked(failing)
-            if self.on_change is not None:
-                self.on_change(failing)
 
     def _written(self, batch: native.SealedBatch) -> None:
         """From the writer thread, after each batch."""

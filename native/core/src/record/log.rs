@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use super::item::{Body, Decision, Item, Path, Slot, StatementRecord, Status, Tag, Totals};
 use super::queue::RecordQueue;
@@ -773,10 +773,6 @@ impl StatementLog {
         }
     }
 
-    pub fn has_done(&self) -> bool {
-        !self.done.is_empty()
-    }
-
     /// Statements waiting for a reply.
     pub fn in_flight(&self) -> usize {
         self.expect
@@ -789,16 +785,12 @@ impl StatementLog {
             })
             .count()
     }
-
-    /// Time since the log started (for tests).
-    pub fn age(&self) -> Duration {
-        self.mono.elapsed()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
