@@ -8,6 +8,7 @@ clients` runs one statement through psql, psycopg and asyncpg in the simple and 
 
 from __future__ import annotations
 
+from tests.adversarial.masking_fixtures import masked, raw, table  # noqa: F401 (fixtures)
 from tests.integration.conftest import (  # noqa: F401 (fixtures)
     direct,
     gateway,

@@ -16,12 +16,11 @@ statements through the unmasked tier run (so the refusal is the masking tier's d
 # ruff: noqa: S608 (SQL built from table names the tests generate)
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from tests.adversarial.masking_clients import MODES, attack, make_table, start_gateway
+from tests.adversarial.masking_clients import MODES, attack
 from tests.integration import pgwire as pw
 
 pytestmark = pytest.mark.pg
@@ -93,29 +92,6 @@ DENIED: dict[str, tuple[str, str]] = {
     "prepare": ("prepare q1 as select id from {t} where ssn = $1", "ssn"),
     "declare": ("declare c1 cursor for select id from {t} order by ssn", "ssn"),
 }
-
-
-@pytest.fixture(scope="module")
-def table(pg_cluster: Any) -> str:
-    return make_table(pg_cluster)
-
-
-def _gateway(base: Any, certs: Any, tmp: Any, role: str) -> Iterator[pw.Target]:
-    handle = start_gateway(base, certs, tmp.mktemp("adv"), role)
-    try:
-        yield pw.gateway_target(handle)
-    finally:
-        handle.thread.stop()
-
-
-@pytest.fixture(scope="module")
-def masked(gateway_base_config: Any, gateway_certs: Any, tmp_path_factory: Any) -> Iterator[Any]:
-    yield from _gateway(gateway_base_config, gateway_certs, tmp_path_factory, "db.masked")
-
-
-@pytest.fixture(scope="module")
-def raw(gateway_base_config: Any, gateway_certs: Any, tmp_path_factory: Any) -> Iterator[Any]:
-    yield from _gateway(gateway_base_config, gateway_certs, tmp_path_factory, "db.raw")
 
 
 def _rows(pg_cluster: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -254,3 +230,27 @@ def test_writing_into_a_column_masked_the_same_way_is_allowed(
     back = attack(masked, "wire-simple", f"select copy_card from {table}_copy")
     assert back.rows and not back.leaked(), back.rows
     assert attack(raw, "wire-simple", f"select copy_card from {table}_copy").leaked()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "set standard_conforming_strings = off",
+        "set local standard_conforming_strings to 'off'",
+        "reset standard_conforming_strings",
+        "select set_config('standard_conforming_strings', 'off', false)",
+    ],
+)
+def test_standard_conforming_strings_stays_on(masked: pw.Target, sql: str) -> None:
+    """Promise: the gateway reads statement text as the server does; with
+    standard_conforming_strings off it would not (a backslash before a quote ends a literal for
+    one and not the other), so turning it off is refused, and turning it on or reading it is
+    not."""
+    out = attack(masked, "wire-simple", sql)
+    assert out.sqlstate == "0A000", (sql, out.message)
+    conn = pw.connect(masked.endpoint())
+    try:
+        assert conn.scalar("show standard_conforming_strings") == "on"
+        assert pw.first_error(conn.simple("set standard_conforming_strings = on")) is None
+    finally:
+        conn.terminate()

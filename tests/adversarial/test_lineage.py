@@ -16,11 +16,8 @@ client received.  The same statements through the unmasked tier show the values 
 # ruff: noqa: S608 (SQL built from table names the tests generate)
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from tests.adversarial.masking_clients import MODES, attack, leaks, make_table, start_gateway
+from tests.adversarial.masking_clients import MODES, attack, leaks
 from tests.integration import pgwire as pw
 
 pytestmark = pytest.mark.pg
@@ -78,33 +75,6 @@ CONSTRUCTS: dict[str, str] = {
     "case": "select case when id = 1 then ssn else email end from {t}",
     "coalesce": "select coalesce(api_secret, ssn), greatest(ssn, email) from {t}",
 }
-
-
-@pytest.fixture(scope="module")
-def table(pg_cluster: Any) -> str:
-    return make_table(pg_cluster)
-
-
-def _gateway(
-    gateway_base_config: Any, gateway_certs: Any, tmp_path_factory: Any, role: str
-) -> Iterator[pw.Target]:
-    handle = start_gateway(gateway_base_config, gateway_certs, tmp_path_factory.mktemp("adv"), role)
-    try:
-        yield pw.gateway_target(handle)
-    finally:
-        handle.thread.stop()
-
-
-@pytest.fixture(scope="module")
-def masked(
-    gateway_base_config: Any, gateway_certs: Any, tmp_path_factory: Any
-) -> Iterator[pw.Target]:
-    yield from _gateway(gateway_base_config, gateway_certs, tmp_path_factory, "db.masked")
-
-
-@pytest.fixture(scope="module")
-def raw(gateway_base_config: Any, gateway_certs: Any, tmp_path_factory: Any) -> Iterator[pw.Target]:
-    yield from _gateway(gateway_base_config, gateway_certs, tmp_path_factory, "db.raw")
 
 
 @pytest.mark.parametrize("name", sorted(CONSTRUCTS))

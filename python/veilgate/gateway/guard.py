@@ -22,12 +22,13 @@ value.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
 from veilgate import log, metrics
+from veilgate.bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from veilgate.gateway import wire
 from veilgate.masking.analysis import AnalysisError
 from veilgate.masking.inference import Denial, judge
@@ -46,6 +47,17 @@ _VERDICTS: Final = 2048
 _P: Final = ord("P")
 RULE_ID: Final = "masked-column-use"
 """The rule id denials are recorded under."""
+_SCS: Final = Denial(
+    column="",
+    message="standard_conforming_strings cannot be changed on a masked session",
+    detail=(
+        "the gateway reads statement text the way the server does only while it is on; a "
+        "session where it is turned off is closed"
+    ),
+    hint="leave standard_conforming_strings on",
+    use="setting",
+    sqlstate="0A000",
+)
 _TOO_COMPLEX: Final = Denial(
     column="",
     message="this statement cannot be checked for uses of masked columns (too deeply nested)",
@@ -60,7 +72,9 @@ class InferenceGuard:
 
     def __init__(self, relay: MaskingRelay) -> None:
         self.relay = relay
-        self._verdicts: OrderedDict[str, tuple[Resolution, Denial | None]] = OrderedDict()
+        self._verdicts: ByteLRU[str, tuple[Resolution, Denial | None]] = ByteLRU(
+            SESSION_CACHE_BYTES
+        )
 
     # --- the call site -----------------------------------------------------------------------
 
@@ -92,16 +106,25 @@ class InferenceGuard:
             # parser could not take in (too deep) cannot be checked: refused
             err = info.error or ""
             return _TOO_COMPLEX if err.startswith("cannot parse") else None
+        if "standard_conforming" in info.text.lower() and _changes_scs(info.text):
+            return _SCS
         planner = self.relay.planner
-        res = planner.analyzer(info.text).cached(info.text)
+        analyzer = planner.analyzer(info.text)
+        res = analyzer.cached(info.text)
         if res is None:
-            return _UNKNOWN
+            # first sight of this text: the catalog's cached facts usually suffice (no hold)
+            try:
+                res = analyzer.try_now(info.text)
+            except AnalysisError:
+                return _TOO_COMPLEX
+            if res is None:
+                return _UNKNOWN
         hit = self._verdicts.get(info.text)
         if hit is not None and hit[0] is res:
             self._verdicts.move_to_end(info.text)
             return hit[1]
         verdict = judge(res, planner)
-        self._verdicts[info.text] = (res, verdict)
+        self._verdicts.put(info.text, (res, verdict), text_cost(info.text))
         if len(self._verdicts) > _VERDICTS:
             self._verdicts.popitem(last=False)
         return verdict
@@ -182,6 +205,31 @@ class InferenceGuard:
             relay.audit.emit(event)
         except (OSError, ValueError) as exc:
             log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
+
+
+def _changes_scs(text: str) -> bool:
+    """Whether a statement may turn standard_conforming_strings off (anything but SHOW and SET
+    ... TO on that names it)."""
+    from veilgate.masking.resolve import parse_tree
+
+    stmts = parse_tree(text)
+    if stmts is None:
+        return True
+    for stmt in stmts:
+        body = stmt.get("VariableSetStmt")
+        if isinstance(body, dict):
+            if body.get("name") != "standard_conforming_strings":
+                continue
+            values = [
+                str(a.get("A_Const", {}).get("sval", {}).get("sval", "")).lower()
+                for a in body.get("args") or ()
+            ]
+            if body.get("kind") == "VAR_SET_VALUE" and values in (["on"], ["true"]):
+                continue
+            return True
+        if "set_config" in json.dumps(stmt).lower():  # set_config('standard_conforming_...')
+            return True
+    return False
 
 
 _UNKNOWN: Final = object()

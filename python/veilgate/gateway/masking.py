@@ -46,6 +46,7 @@ from veilgate.gateway.mirror import ServerMirror
 from veilgate.identity.base import Principal
 from veilgate.masking.lineage import StatementInfo
 from veilgate.masking.planner import MaskRefusal, parse_row_description
+from veilgate.masking.sidechannel import SideChannelMasker
 from veilgate.policy.audit import AuditSink, MaskEvent
 
 if TYPE_CHECKING:
@@ -60,9 +61,11 @@ CLIENT_TAGS: Final = b"QPBDESCHFcf"
 """Client messages a masked session surfaces: statements (Query, Parse), the extended-protocol
 messages that place results (Bind, Describe, Execute, Sync, Close, Flush), FunctionCall, and the
 end of a COPY FROM STDIN (CopyDone, CopyFail: the server ignores Sync until then)."""
-UPSTREAM_TAGS: Final = b"THCsIEZnG"
-"""Server messages a masked session surfaces: result starts, result ends, errors, NoData, and
-CopyInResponse (from then on until CopyDone / CopyFail the server ignores Sync)."""
+UPSTREAM_TAGS: Final = b"THCsIEZnGNAS"
+"""Server messages a masked session surfaces: result starts, result ends, errors, NoData,
+CopyInResponse (from then on until CopyDone / CopyFail the server ignores Sync), and the rare
+messages that may carry values besides rows (NoticeResponse, NotificationResponse,
+ParameterStatus: masked like error fields)."""
 BARRIER_TAGS: Final = b"TH"
 """Server events after which the buffer waits for a plan."""
 
@@ -73,6 +76,8 @@ _SPLIT_CACHE: Final = 1024
 _Q, _P, _B, _D, _E, _S, _C, _H, _F = (ord(c) for c in "QPBDESCHF")
 _T, _s, _I, _Z, _n, _G = (ord(c) for c in "TsIZnG")
 _c, _f = ord("c"), ord("f")
+_N = ord("N")
+_SIDE_TAGS: Final = frozenset(b"NAS")
 _IDLE: Final = ord("I")
 
 REFUSED_FUNCTION_CALL: Final = (
@@ -244,12 +249,16 @@ class MaskingRelay:
         CopyDone / CopyFail)."""
         self._guard = InferenceGuard(self)
         """Masked-column uses refused before the server sees them (issue 10 item 4)."""
+        self._side = SideChannelMasker(planner)
+        """Masks error / notice / notification / parameter messages (issue 10 item 3)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def replace_planner(self, planner: SessionMasking) -> None:
         """A policy reload: results planned from now on follow the new masking rules."""
         self.planner = planner
+        self._side = SideChannelMasker(planner)
+        self._guard = InferenceGuard(self)  # verdicts of the old rules are forgotten
         self._splits.clear()
 
     def close(self) -> None:
@@ -306,9 +315,11 @@ class MaskingRelay:
             self._after_execute = tag == _E
         try:
             if tag == _Q:
-                # masked-column uses are refused before the server sees them
-                if not self._guard.intercept(m, self._query_statements(m), lambda: self._query(m)):
-                    self._query(m)
+                # masked-column uses are refused before the server sees them (the statements
+                # are split once, for both: large texts are not cached)
+                whole, stmts = self._query_statements(m)
+                if not self._guard.intercept(m, stmts, lambda: self._query(m, whole, stmts)):
+                    self._query(m, whole, stmts)
             elif tag == _P:
                 stmts = [self._parse_statement(m)]
                 if not self._guard.intercept(m, stmts, lambda: self._parsed(m)):
@@ -341,13 +352,13 @@ class MaskingRelay:
     def _parsed(self, m: Any) -> None:
         self._forward_client(m)
 
-    def _query_statements(self, m: Any) -> list[StatementInfo]:
-        """The statements of a Query message (as the server will split them)."""
+    def _query_statements(self, m: Any) -> tuple[StatementInfo, list[StatementInfo]]:
+        """A Query message's text and its statements (as the server will split them)."""
         body = m.body
         end = body.find(b"\0")
         text = (body if end < 0 else body[:end]).decode("utf-8", "replace")
         whole = self.planner.statement(text)
-        return self._split(text) if whole.parsed else [whole]
+        return whole, (self._split(text) if whole.parsed else [whole])
 
     def _parse_statement(self, m: Any) -> StatementInfo:
         body = m.body
@@ -424,13 +435,9 @@ class MaskingRelay:
             return _unknown_source("a portal the gateway did not see bound")
         return self._resolve(self.planner.statement(p.query))
 
-    def _query(self, m: Any) -> None:
-        body = m.body
-        end = body.find(b"\0")
-        text = (body if end < 0 else body[:end]).decode("utf-8", "replace")
-        whole = self.planner.statement(text)
+    def _query(self, m: Any, whole: StatementInfo, split: list[StatementInfo]) -> None:
         # FETCH / EXECUTE are resolved when their result arrives (the server's state then)
-        infos = self._split(text) if whole.parsed else [whole]
+        infos = split if whole.parsed else [whole]
         copies = [i for i, info in enumerate(infos) if _is_copy_out(info)]
         if not copies:
             self._requests.append(_Query(whole, infos))
@@ -597,9 +604,14 @@ class MaskingRelay:
                 self._statement_done()
             elif tag == _E:
                 self._result_done()
+                stmt = self._completed_statement()
                 replaced = self._error(m.body)
                 if replaced is not None:
                     return replaced
+                return self._side_masked(self._server_frame(m), stmt)
+            elif tag in _SIDE_TAGS:
+                stmt = self._completed_statement() if tag == _N else None
+                return self._side_masked(self._server_frame(m), stmt)
             elif tag == _G:
                 self._copy_in_started()
             elif tag == _Z:
@@ -821,19 +833,39 @@ class MaskingRelay:
         self.planner.note_command_tag(body, self._completed_statement())
 
     def _completed_statement(self) -> StatementInfo | None:
-        """The statement a CommandComplete answers (the head request's current one)."""
+        """The statement a CommandComplete (an error, a notice) answers: the head request's
+        current one."""
         if not self._settled():
             return None
         head = self._requests[0]
         if isinstance(head, _Query):
             return head.current()
         item = head.expects[0] if head.expects else None
-        if not isinstance(item, _Execute):
+        if item is None:
             return None
         if item.info is not None:
             return item.info
         # what the portal runs, as the mirror has it now
-        return self._portal_info(item.portal) if item.portal is not None else None
+        portal = item.portal
+        return self._portal_info(portal) if portal is not None else None
+
+    def _side_masked(self, frame: bytes, stmt: StatementInfo | None) -> bytes:
+        """An error / notice / notification / parameter frame with what it may echo of masked
+        values masked (see :mod:`veilgate.masking.sidechannel`)."""
+        tag, body = frame[:1], frame[5:]
+        side = self._side
+        if tag in (b"E", b"N"):
+            res = None
+            if stmt is not None and stmt.parsed:
+                res = self.planner.analyzer(stmt.text).cached(stmt.text)
+            new = side.error_or_notice(body, res, stmt.text if stmt is not None else "")
+        elif tag == b"A":
+            new = side.notification(body)
+        elif tag == b"S":
+            new = side.parameter_status(body)
+        else:
+            new = None
+        return frame if new is None else wire.frame(tag, new)
 
     # --- audit ---------------------------------------------------------------------------------
 

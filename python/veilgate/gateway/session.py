@@ -56,6 +56,11 @@ MASKING_ENCODING_REFUSED = wire.fatal(
     "this client_encoding is not supported on a masked session",
     hint="use UTF8 (or another ASCII-safe encoding) as client_encoding",
 )
+MASKING_SCS_REFUSED = wire.fatal(
+    "0A000",
+    "standard_conforming_strings=off is not supported on a masked session",
+    hint="the gateway reads statement text the way the server does only with it on",
+)
 MASKING_NOW_REQUIRED = wire.fatal(
     "57P01",
     "terminating connection: the policy now masks this session's results; reconnect",
@@ -849,7 +854,14 @@ class Session:
         """A masked session in a client-only encoding (SJIS, BIG5, ...) ends: the detectors and
         the COPY parsers read ASCII bytes as ASCII characters, which those encodings break, so
         masking could not be guaranteed (fail closed)."""
-        if self.enforcer is None or not self.enforcer.client_only_encoding:
+        if self.enforcer is None:
+            return
+        if not self.enforcer.ctx.standard_conforming_strings:
+            # the masking analysis parses with it on: a session where it is off ends
+            log.event(logger, "masking_scs_refused", logging.WARNING, peer=self.peer)
+            self.close(MASKING_SCS_REFUSED, "masking_scs")
+            return
+        if not self.enforcer.client_only_encoding:
             return
         log.event(logger, "masking_encoding_refused", logging.WARNING, peer=self.peer)
         self.close(MASKING_ENCODING_REFUSED, "masking_encoding")

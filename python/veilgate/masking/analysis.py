@@ -5,7 +5,10 @@ lacks.  The :class:`Analyzer` of a catalog runs it, fetches what it named (one r
 pass, shared with concurrent sessions by the catalog's batching), and runs it again until it has
 everything (view definitions can name more relations: usually one or two passes).  Results are
 cached per statement text while the catalog's facts stay the same (its ``generation``): the
-steady state is one dictionary lookup per statement and no round trip.
+steady state is one dictionary lookup per statement and no round trip.  Texts that differ only in
+the values of constants (``... WHERE id = 4711`` sent with every id) share one resolution, keyed
+by their literal template (:func:`veilgate.policy.literals.literal_template`: PostgreSQL's own
+scanner), unless the resolution read a constant's value (``ORDER BY 2``).
 
 One analyzer per :class:`~veilgate.masking.catalog.Catalog` (per upstream login), shared by its
 sessions and tiers: a resolution says where values come from and how columns are used, not what
@@ -18,11 +21,15 @@ import weakref
 from typing import Any, Final, Protocol
 
 from ..bytecache import ByteLRU, text_cost
+from ..policy.literals import literal_template
 from .resolve import NeedFacts, Resolution, parse_tree, resolve
 
 __all__ = ["Analyzer", "CatalogLike", "analyzer_for", "view_select"]
 
 CACHE_SIZE: Final = 4096
+TEMPLATE_MAX_CHARS: Final = 8192
+"""Longer texts are not keyed by literal template: scanning them costs more than it saves (texts
+re-sent with other constants are short: an ORM's, pgbench's, an agent's)."""
 MAX_PASSES: Final = 12
 """Lookups one analysis may need (each view nesting level can add one)."""
 
@@ -57,6 +64,8 @@ class Analyzer:
         ``limits.cache_bytes``; see :mod:`veilgate.bytecache`)."""
         self.catalog = catalog
         self._cache: ByteLRU[str, Resolution] = ByteLRU(max_bytes)
+        self._shapes: ByteLRU[Any, Resolution] = ByteLRU(max_bytes)
+        """Resolutions by literal template (see the module docstring)."""
         self._generation = catalog.generation
         self.passes = 0
         """Resolver passes run (cache misses; for tests)."""
@@ -64,13 +73,20 @@ class Analyzer:
     def cached(self, text: str) -> Resolution | None:
         """The resolution of ``text`` if it is cached for the catalog's current facts."""
         if self._generation != self.catalog.generation:
-            self._cache.clear()
-            self._generation = self.catalog.generation
+            self._forget(self.catalog.generation)
             return None
         hit = self._cache.get(text)
         if hit is not None:
             self._cache.move_to_end(text)
-        return hit
+            return hit
+        if self._shapes and len(text) <= TEMPLATE_MAX_CHARS:
+            tmpl = literal_template(text)
+            shape = self._shapes.get(tmpl.key) if tmpl is not None else None
+            if shape is not None:
+                self._shapes.move_to_end(tmpl.key)  # type: ignore[union-attr]
+                self._cache.put(text, shape, text_cost(text, copies=2))
+            return shape
+        return None
 
     def try_now(self, text: str, facts: Any = None) -> Resolution | None:
         """The resolution from facts at hand, or None when the catalog must be asked.
@@ -121,11 +137,21 @@ class Analyzer:
 
     def _remember(self, text: str, result: Resolution, generation: object) -> None:
         if self._generation != generation:
-            self._cache.clear()
-            self._generation = generation
+            self._forget(generation)
         self._cache.put(text, result, text_cost(text, copies=2))
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+        if not result.reads_literals and len(text) <= TEMPLATE_MAX_CHARS:
+            tmpl = literal_template(text)
+            if tmpl is not None:
+                self._shapes.put(tmpl.key, result, text_cost(text, copies=3))
+                if len(self._shapes) > CACHE_SIZE:
+                    self._shapes.popitem(last=False)
+
+    def _forget(self, generation: object) -> None:
+        self._cache.clear()
+        self._shapes.clear()
+        self._generation = generation
 
 
 class _Layered:

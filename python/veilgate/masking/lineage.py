@@ -19,6 +19,7 @@ from typing import Any, Final
 from pglast import parser as _pg
 
 from ..bytecache import ByteLRU, text_cost
+from .resolve import remember_tree
 
 __all__ = ["CopyInfo", "Name", "StatementInfo", "analyze_statement", "statement_info"]
 
@@ -97,6 +98,7 @@ def analyze_statement(sql: str) -> StatementInfo:
         return StatementInfo(sql, False, error=str(exc))
     except (RecursionError, ValueError, MemoryError) as exc:
         return StatementInfo(sql, False, error=f"cannot parse: {type(exc).__name__}")
+    remember_tree(sql, tree)  # the resolver that usually follows reuses it
     relations: set[Name] = set()
     copies: list[CopyInfo] = []
     for raw in tree.get("stmts", []):

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from ..bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from .resolve import FunctionInfo, Name, RelationFacts
 
 __all__ = ["OverlayCatalog", "OverlayFacts", "SessionRelations"]
 
 MAX_RELATIONS: Final = 1024
-"""Beyond this many created relations the oldest are forgotten (statements naming them are then
-of unknown lineage again: fail closed)."""
+"""Beyond this many created relations (or :data:`~veilgate.bytecache.SESSION_CACHE_BYTES` of
+their names) the oldest are forgotten (statements naming them are then of unknown lineage again:
+fail closed)."""
 
 
 class SessionRelations:
     """The relations one session created (by name), newest definition wins."""
 
     def __init__(self) -> None:
-        self._by_name: dict[str, RelationFacts] = {}
+        self._by_name: ByteLRU[str, RelationFacts] = ByteLRU(SESSION_CACHE_BYTES)
         self.version = 0
         """Bumped on every change (analyses that used the overlay are keyed on it)."""
 
@@ -44,9 +46,9 @@ class SessionRelations:
     def add(self, created: tuple[RelationFacts, ...]) -> None:
         for r in created:
             self._by_name.pop(r.table, None)
-            self._by_name[r.table] = r
+            self._by_name.put(r.table, r, text_cost(r.table, *r.columns))
             if len(self._by_name) > MAX_RELATIONS:
-                del self._by_name[next(iter(self._by_name))]
+                self._by_name.popitem(last=False)
             self.version += 1
 
     def matching(self, name: Name) -> tuple[RelationFacts, ...]:

@@ -258,15 +258,23 @@ class SessionMasking:
     ) -> list[ColumnDecision]:
         """:meth:`decide`, analysing the statements it needs on the way (the statement; the
         views some of its columns come from)."""
+        return await self._analysing(
+            lambda analyses: self.decide(fields, stmt, facts, analyses), len(fields) + 2
+        )
+
+    async def _analysing(self, decide: Callable[[dict[str, Resolution]], _T], attempts: int) -> _T:
+        """``decide(analyses)``, analysing each statement it reports missing (NeedCatalog with
+        a statement text) and trying again; any other gap fails closed."""
         analyses: dict[str, Resolution] = {}
-        for _ in range(len(fields) + 2):
+        for _ in range(attempts):
             try:
-                return self.decide(fields, stmt, facts, analyses)
+                return decide(analyses)
             except NeedCatalog as exc:
                 if exc.analysis is None or exc.analysis in analyses:
                     raise CatalogError(f"catalog lookup incomplete: {exc}") from None
                 try:
-                    analyses[exc.analysis] = await self.analyzer(exc.analysis).analyze(exc.analysis)
+                    analyzer = self.analyzer(exc.analysis)
+                    analyses[exc.analysis] = await analyzer.analyze(exc.analysis)
                 except AnalysisError as err:
                     raise CatalogError(str(err)) from None
         raise CatalogError("catalog lookup incomplete: statement analyses")
@@ -447,20 +455,10 @@ class SessionMasking:
         facts = await self.catalog.resolve(fields)
         if copy.relation is not None and not copy.columns:
             fields = _complete(lambda: self._without_generated(fields, facts))
-        analyses: dict[str, Resolution] = {}
-        for _ in range(len(fields) + 2):
-            try:
-                decisions = self._decide_copy(fields, stmt, unqualified, facts, analyses)
-                break
-            except NeedCatalog as exc:
-                if exc.analysis is None or exc.analysis in analyses:
-                    raise CatalogError(f"catalog lookup incomplete: {exc}") from None
-                try:
-                    analyses[exc.analysis] = await self.analyzer(exc.analysis).analyze(exc.analysis)
-                except AnalysisError as err:
-                    raise CatalogError(str(err)) from None
-        else:
-            raise CatalogError("catalog lookup incomplete: statement analyses")
+        decisions = await self._analysing(
+            lambda analyses: self._decide_copy(fields, stmt, unqualified, facts, analyses),
+            len(fields) + 2,
+        )
         return self._build_copy_plan(decisions, fields, copy, binary)
 
     def _without_generated(self, fields: list[Field], facts: Facts) -> list[Field]:

@@ -33,10 +33,12 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from threading import Lock
 from typing import Any, Final, Protocol
 
 from pglast import parser as _pg
 
+from ..bytecache import ByteLRU, text_cost
 from .builtins import (
     ALL_ARGS,
     BUILTIN_TYPES,
@@ -69,7 +71,8 @@ Name = tuple[str | None, str]
 
 MAX_VIEW_DEPTH: Final = 16
 _RECURSION_ROUNDS: Final = 8
-_DEFINITION_CACHE: Final = 1024
+_DEFINITION_BYTES: Final = 8 << 20
+"""Parsed view definitions kept (a parse tree is a few times its text)."""
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -173,6 +176,9 @@ class Resolution:
     uses: tuple[Use, ...] = ()
     writes: tuple[Write, ...] = ()
     parsed: bool = True
+    reads_literals: bool = False
+    """It depends on the value of a constant (``ORDER BY 2``, ``convert_to(x, 'UTF8')``): texts
+    that differ only in constants may not share it."""
     creates: tuple[RelationFacts, ...] = ()
     """Tables it creates (CREATE TABLE, CREATE TABLE AS, SELECT INTO): the side connection
     does not see them before they commit (a temporary table never); see
@@ -255,8 +261,28 @@ class NeedFacts(Exception):
 # --- parse trees -----------------------------------------------------------------------------
 
 
+_RECENT_TREES: Final = 4
+_recent: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+_recent_lock = Lock()  # gateways may run in threads of one process (tests, embedding)
+
+
+def remember_tree(sql: str, tree: dict[str, Any]) -> None:
+    """Keep the JSON tree of a text just parsed elsewhere (the statement facts of
+    :mod:`veilgate.masking.lineage`): its resolution, which usually follows at once, needs no
+    second parse.  Only the last few are kept."""
+    stmts = [s.get("stmt", {}) for s in tree.get("stmts", [])]
+    with _recent_lock:
+        _recent[sql] = stmts
+        while len(_recent) > _RECENT_TREES:
+            _recent.popitem(last=False)
+
+
 def parse_tree(sql: str) -> list[dict[str, Any]] | None:
     """The statements of ``sql`` as pglast JSON (None when it does not parse)."""
+    with _recent_lock:
+        recent = _recent.get(sql)
+    if recent is not None:
+        return recent
     if not sql.strip() or "\x00" in sql:
         return None
     try:
@@ -266,13 +292,16 @@ def parse_tree(sql: str) -> list[dict[str, Any]] | None:
     return [s.get("stmt", {}) for s in tree.get("stmts", [])]
 
 
+_NOT_A_NODE: Final = ("", None)
+
+
 def _kind(node: Any) -> tuple[str, Any]:
     """(node type, body) of a wrapped node; ("", None) for anything else."""
-    if isinstance(node, dict) and len(node) == 1:
-        k, v = next(iter(node.items()))
-        if isinstance(v, dict) and k[:1].isupper():
-            return k, v
-    return "", None
+    if node.__class__ is dict and len(node) == 1:
+        for k, v in node.items():
+            if v.__class__ is dict and "A" <= k[:1] <= "Z":
+                return k, v
+    return _NOT_A_NODE
 
 
 def _bare(node: Any, kind: str) -> dict[str, Any]:
@@ -289,8 +318,8 @@ def _bare(node: Any, kind: str) -> dict[str, Any]:
 def _strings(items: Any) -> list[str]:
     out = []
     for n in items or ():
-        k, v = _kind(n)
-        if k == "String":
+        v = n.get("String") if n.__class__ is dict else None
+        if v.__class__ is dict:
             out.append(str(v.get("sval", "")))
     return out
 
@@ -471,14 +500,14 @@ def resolve(stmts: list[dict[str, Any]] | None, facts: Facts) -> Resolution:
         raise NeedFacts(m.relations, m.functions, m.keys)
     uses = tuple(dict.fromkeys(r.uses))
     writes = tuple(dict.fromkeys(r.writes))
-    creates = tuple(r.creates)
+    kw = {"creates": tuple(r.creates), "reads_literals": r.reads_literals}
     if result is None:
-        return Resolution(None, True, CONST, uses, writes, creates=creates)
+        return Resolution(None, True, CONST, uses, writes, **kw)  # type: ignore[arg-type]
     outputs = tuple(result.outputs)
     lineage = Lineage.union(o.lineage for o in outputs)
     if not result.complete:
         lineage = lineage | OPAQUE
-    return Resolution(outputs, result.complete, lineage, uses, writes, creates=creates)
+    return Resolution(outputs, result.complete, lineage, uses, writes, **kw)  # type: ignore[arg-type]
 
 
 class _Resolver:
@@ -487,6 +516,7 @@ class _Resolver:
         self.uses: list[Use] = []
         self.writes: list[Write] = []
         self.creates: list[RelationFacts] = []
+        self.reads_literals = False
         self.missing = _Missing()
         self.trusted = trusted
         """Resolving a view definition: its predicates are the schema's, fixed, not chosen by
@@ -665,6 +695,7 @@ class _Resolver:
         """``ORDER BY 2``: the output column at that position."""
         kind, body = _kind(node)
         if kind == "A_Const" and "ival" in body:
+            self.reads_literals = True
             n = int(body["ival"].get("ival", 0))
             outs = level.outputs
             return outs[n - 1].lineage if 1 <= n <= len(outs) else OPAQUE
@@ -1340,6 +1371,7 @@ class _Resolver:
             # every character converts to UTF8 (from any server encoding): cannot fail
             kind, const = _kind(raw_args[1])
             target = str((const or {}).get("sval", {}).get("sval", "")) if kind == "A_Const" else ""
+            self.reads_literals = True
             if target.lower().replace("-", "").replace("_", "") in ("utf8", "unicode"):
                 positions = frozenset({0})
         for i, lin in enumerate(args):
@@ -1891,18 +1923,19 @@ def _figure_name(node: Any) -> str:
     return _FIGURE.get(kind, "?column?")
 
 
-_definitions: OrderedDict[str, list[dict[str, Any]] | None] = OrderedDict()
+_definitions: ByteLRU[str, list[dict[str, Any]] | None] = ByteLRU(_DEFINITION_BYTES)
+_definitions_lock = Lock()
 
 
 def _definition_tree(text: str) -> list[dict[str, Any]] | None:
-    """Parsed view definitions, cached by text (bounded LRU)."""
-    if text in _definitions:
-        _definitions.move_to_end(text)
-        return _definitions[text]
+    """Parsed view definitions, cached by text (bounded in bytes)."""
+    with _definitions_lock:
+        if text in _definitions:
+            _definitions.move_to_end(text)
+            return _definitions[text]
     tree = parse_tree(text)
-    _definitions[text] = tree
-    if len(_definitions) > _DEFINITION_CACHE:
-        _definitions.popitem(last=False)
+    with _definitions_lock:
+        _definitions.put(text, tree, text_cost(text, copies=4))
     return tree
 
 
