@@ -14,14 +14,17 @@ timing test that lost a race under load is reported as flaky, not as a differenc
 0 when every extra failure is a known difference, 1 when any is not, 2 when the harness itself
 could not run.
 
-The suite is psycopg's ``tests/`` directory at release 3.3.4 (upstream tag commit
-:data:`SUITE_COMMIT`), vendored as ``compat/psycopg-3.3.4-tests.tar.xz`` and checked against
-:data:`SUITE_SHA256` before use: psycopg's PyPI sdists (psycopg, psycopg-c, psycopg-pool) carry no
-tests, and the one registry that does (Debian's ``psycopg3`` source package) cannot be fetched
-from this project's machines (its orig tarball answers 404 through their archive mirror).  The
-psycopg release the tests belong to and the tools they need are installed from PyPI by hash
-(``compat/requirements.txt``) into ``.compat/venv-psycopg-3.3.4``; the suite and the venv are
-reused until their pins change.
+The suite is psycopg's own test files at release 3.3.4 (upstream tag commit
+:data:`SUITE_COMMIT`; LGPL-3.0, never part of this repository): ``tests/``, the proxy helper
+``tools/pproxy_fix.py`` its connection-loss tests start, ``pyproject.toml`` (its pytest settings)
+and ``LICENSE.txt``.  They are checked against :data:`SUITE_FILES_SHA256` (see
+:func:`files_digest`) and kept in ``.compat/psycopg-3.3.4/``.  Where they come from, first that
+applies: that cache when it still matches; a local psycopg source given with ``--psycopg-src
+DIR`` or ``$COMPAT_PSYCOPG_SRC`` (a source tree at the tag, or a git repository that has the tag
+commit, read with ``git archive``); GitHub's archive of the tag (:data:`SUITE_URL`, downloaded
+once into ``.compat/downloads/``).  psycopg's PyPI sdists carry no tests.  The psycopg release
+the tests belong to and the tools they need are installed from PyPI by hash
+(``compat/requirements.txt``) into ``.compat/venv-psycopg-3.3.4``, reused until the pins change.
 
     python compat/run.py                        # everything (about 10 minutes a run on 2 cores)
     python compat/run.py -k copy                # a subset, for quick iteration
@@ -34,6 +37,7 @@ import argparse
 import contextlib
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -43,6 +47,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,11 +66,17 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 SUITE_VERSION = "3.3.4"
-SUITE_TARBALL = HERE / f"psycopg-{SUITE_VERSION}-tests.tar.xz"
-SUITE_SHA256 = "2951ffb5bb0ff599cab9bc1173d517a844962bc7a06f3a20f95793879d390830"
 SUITE_COMMIT = "83f110367cdd249cc0a352e2246ecea9e878e5a0"
-"""psycopg's tag 3.3.4; the tarball is ``git archive --prefix=psycopg-3.3.4/ 3.3.4 tests
-tools/pproxy_fix.py pyproject.toml LICENSE.txt README.rst | xz -9e`` (LGPL-3.0, unmodified)."""
+"""psycopg's tag 3.3.4."""
+SUITE_URL = f"https://github.com/psycopg/psycopg/archive/refs/tags/{SUITE_VERSION}.tar.gz"
+SUITE_PATHS = ("tests", "tools/pproxy_fix.py", "pyproject.toml", "LICENSE.txt")
+"""What the harness takes from psycopg's source (paths relative to its root)."""
+SUITE_FILES_SHA256 = "68548b6a33bdff555e32afc1726924988cc516454fec9936a6bcd5e977ed0963"
+""":func:`files_digest` of :data:`SUITE_PATHS` at :data:`SUITE_COMMIT`.  A digest of the files,
+not of the archive's bytes: GitHub makes its tag archives on request and does not promise them
+byte for byte (their compression changed once already), and a local source is checked the same
+way."""
+SOURCE_ENV = "COMPAT_PSYCOPG_SRC"
 REQUIREMENTS = HERE / "requirements.txt"
 MASKING_POLICY = HERE / "masking-policy.yaml"
 KNOWN_DIFFERENCES = HERE / "known_differences.yaml"
@@ -114,20 +125,130 @@ def sha256_of(path: Path) -> str:
 # -- the suite and its venv (cached in the work directory) -----------------------------------------
 
 
-def prepare_suite(work: Path) -> Path:
-    """The extracted test suite (checked against :data:`SUITE_SHA256`; extracted once)."""
-    digest = sha256_of(SUITE_TARBALL)
-    if digest != SUITE_SHA256:
-        raise HarnessError(f"{SUITE_TARBALL}: sha256 {digest}, expected {SUITE_SHA256}")
+def files_digest(root: Path) -> str:
+    """The sha256 of the :data:`SUITE_PATHS` files under ``root``, as the shell computes it::
+
+        find tests tools/pproxy_fix.py pyproject.toml LICENSE.txt -type f \\
+            -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum | sha256sum
+
+    (``__pycache__`` left out: running the suite writes it.)"""
+    files: list[str] = []
+    for top in SUITE_PATHS:
+        path = root / top
+        if path.is_file():
+            files.append(top)
+        elif path.is_dir():
+            files += [
+                p.relative_to(root).as_posix()
+                for p in path.rglob("*")
+                if p.is_file() and "__pycache__" not in p.relative_to(root).parts
+            ]
+    listing = "".join(f"{sha256_of(root / f)}  {f}\n" for f in sorted(files, key=str.encode))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def prepare_suite(work: Path, source: Path | None) -> Path:
+    """psycopg's test files in ``work/psycopg-<version>``, checked against
+    :data:`SUITE_FILES_SHA256`: the cached copy, else copied from ``source``, else taken from
+    GitHub's archive of the tag."""
     dest = work / f"psycopg-{SUITE_VERSION}"
-    stamp = dest / ".compat-sha256"
-    if stamp.is_file() and stamp.read_text().strip() == digest:
+    if dest.is_dir() and files_digest(dest) == SUITE_FILES_SHA256:
         return dest
+    staging = work / f".psycopg-{SUITE_VERSION}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    archive: Path | None = None
+    if source is not None:
+        origin = _copy_local_source(source.expanduser().resolve(), staging)
+    else:
+        archive = _download_archive(work)
+        origin = _extract_archive(archive, staging)
+    digest = files_digest(staging)
+    if digest != SUITE_FILES_SHA256:
+        shutil.rmtree(staging, ignore_errors=True)
+        if archive is not None:
+            archive.unlink(missing_ok=True)  # not kept: the next run downloads it again
+        raise HarnessError(
+            f"{origin}: its test files are not psycopg {SUITE_VERSION}'s (files sha256 {digest}, "
+            f"expected {SUITE_FILES_SHA256}); check out tag {SUITE_VERSION} ({SUITE_COMMIT[:8]})"
+        )
     shutil.rmtree(dest, ignore_errors=True)
-    with tarfile.open(SUITE_TARBALL) as tar:
-        tar.extractall(work, filter="data")
-    stamp.write_text(digest + "\n")
+    staging.rename(dest)
+    say(f"psycopg {SUITE_VERSION}'s tests from {origin} (checked) in {dest}")
     return dest
+
+
+def _copy_local_source(source: Path, staging: Path) -> str:
+    """Copy :data:`SUITE_PATHS` from a source tree (``source/tests`` exists) or, from a git
+    repository (bare or not), ``git archive`` them at :data:`SUITE_COMMIT`."""
+    if (source / "tests").is_dir():
+        for top in SUITE_PATHS:
+            src, dst = source / top, staging / top
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            elif src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+        return str(source)
+    if not source.is_dir():
+        raise HarnessError(f"{source}: no such directory (--psycopg-src / ${SOURCE_ENV})")
+    archive = subprocess.run(  # a bare repository (a mirror) or a checkout's
+        ["git", "-C", str(source), "archive", "--format=tar", SUITE_COMMIT, *SUITE_PATHS],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        lines = archive.stderr.decode(errors="replace").strip().splitlines()
+        why = lines[-1] if lines else "git archive failed"
+        raise HarnessError(
+            f"{source}: no psycopg {SUITE_VERSION} there ({why}); "
+            f"give a source tree at tag {SUITE_VERSION} or a git repository that has it"
+        )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(staging, filter="data")
+    return f"{source} (git archive {SUITE_COMMIT[:8]})"
+
+
+def _download_archive(work: Path) -> Path:
+    """GitHub's archive of the tag, downloaded once into ``work/downloads``."""
+    archive = work / "downloads" / f"psycopg-{SUITE_VERSION}.tar.gz"
+    if archive.is_file():
+        return archive
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".part")
+    say(f"downloading {SUITE_URL}")
+    try:
+        with urllib.request.urlopen(SUITE_URL, timeout=30) as resp, partial.open("wb") as f:
+            shutil.copyfileobj(resp, f)
+    except (OSError, ValueError) as e:
+        partial.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise HarnessError(
+            f"cannot download {SUITE_URL} ({reason}); give a local psycopg source at tag "
+            f"{SUITE_VERSION} with --psycopg-src DIR or ${SOURCE_ENV}=DIR"
+        ) from None
+    partial.rename(archive)
+    return archive
+
+
+def _extract_archive(archive: Path, staging: Path) -> str:
+    """:data:`SUITE_PATHS` out of GitHub's archive (whose members sit under ``psycopg-<tag>/``)."""
+    prefix = f"psycopg-{SUITE_VERSION}/"
+    try:
+        with tarfile.open(archive) as tar:
+            members = []
+            for m in tar.getmembers():
+                rel = m.name.removeprefix(prefix)
+                if m.name.startswith(prefix) and any(
+                    rel == top or rel.startswith(top + "/") for top in SUITE_PATHS
+                ):
+                    m.name = rel
+                    members.append(m)
+            tar.extractall(staging, members=members, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        archive.unlink(missing_ok=True)  # a broken download is fetched again next time
+        raise HarnessError(f"{archive}: not a readable archive ({e})") from None
+    return SUITE_URL
 
 
 def prepare_venv(work: Path) -> Path:
@@ -656,6 +777,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "40 s on an idle 2-core machine)",
     )
     p.add_argument("--workdir", type=Path, default=ROOT / ".compat", help="cache and results")
+    p.add_argument(
+        "--psycopg-src",
+        type=Path,
+        default=Path(os.environ[SOURCE_ENV]) if os.environ.get(SOURCE_ENV) else None,
+        metavar="DIR",
+        help=f"psycopg's source at tag {SUITE_VERSION} (a source tree, or a git repository with "
+        f"the tag's commit) instead of downloading it from GitHub (default: ${SOURCE_ENV})",
+    )
     p.add_argument("--no-rerun", action="store_true", help="do not re-run extra failures")
     p.add_argument(
         "--tls-only",
@@ -682,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selection = Selection(args.paths, args.keyword, args.marker, args.everything, args.timeout)
     signal.signal(signal.SIGTERM, _interrupted)  # stop the gateways and clusters on the way out
     try:
-        suite = prepare_suite(work)
+        suite = prepare_suite(work, args.psycopg_src)
         python = prepare_venv(work)
         known = load_known()
         with contextlib.ExitStack() as stack:
@@ -712,7 +841,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         1 for run in runs.values() for e in run.get("extra_failures", []) if e["cause"] is None
     )
     report = {
-        "suite": {"name": "psycopg", "version": SUITE_VERSION, "sha256": SUITE_SHA256},
+        "suite": {
+            "name": "psycopg",
+            "version": SUITE_VERSION,
+            "commit": SUITE_COMMIT,
+            "files_sha256": SUITE_FILES_SHA256,
+        },
         "selection": selection.describe(),
         "runs": {
             mode: {k: v for k, v in run.items() if k != "results"} for mode, run in runs.items()
