@@ -218,6 +218,10 @@ def _register_version(sub: Subparsers) -> None:
 
 DELEGATED: dict[tuple[str, ...], tuple[str, str]] = {
     ("policy", "lint"): ("veilgate.policy.cli:lint_main", "validate a policy file"),
+    ("policy", "confirm"): (
+        "veilgate.policy.cli:confirm_main",
+        "confirm a policy file whose reload removes masking from a tier",
+    ),
     ("policy", "check"): (
         "veilgate.policy.cli:check_main",
         "explain the decision for one identity and statement",

@@ -520,7 +520,13 @@ def _check_policy(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> N
     from veilgate.policy.loader import PolicyError, load_policy
 
     try:
-        load_policy(policy.file)
+        loaded = load_policy(policy.file)
+        if policy.require_end_marker and not loaded.end_marker:
+            w.error(
+                line("policy.require_end_marker", "policy"),
+                "policy.require_end_marker",
+                f"{policy.file} does not end with 'end: true' (the end-of-policy marker)",
+            )
     except PolicyError as e:
         for issue in e.issues:
             w.error(line("policy.file", "policy"), "policy.file", f"invalid policy: {issue}")

@@ -202,6 +202,9 @@ class PolicyConfig:
     """Policy file (YAML, see ``veilgate.policy.model``); reloaded on SIGHUP and when it changes."""
     audit_log: str | None = None
     """File that every decision is appended to as one JSON line (created 0600); none by default."""
+    require_end_marker: bool = False
+    """Every policy file must end with the top-level key ``end: true`` (a file cut short is
+    then never loaded).  Once a loaded policy has the marker, reloads require it anyway."""
 
 
 class StateBackend(StrEnum):

@@ -286,6 +286,7 @@ class Service:
         why it cannot be used."""
         from veilgate.gateway.server import server_ssl_context
         from veilgate.policy.loader import PolicyError, load_policy
+        from veilgate.policy.reload import log_refusal, reload_refusal
 
         generation = self.generation
         source = str(cfg.source)
@@ -301,6 +302,18 @@ class Service:
                 return ReloadOutcome(False, generation, tuple(f"{i}" for i in e.issues))
             except OSError as e:
                 return ReloadOutcome(False, generation, (f"{cfg.policy.file}: {e}",))
+            engine = self._gateway.policy_engine if self._gateway is not None else None
+            if engine is not None:
+                # cut short, or silently unmasking: refused as on a policy file reload
+                refusal = reload_refusal(
+                    engine.policy,
+                    policy,
+                    cfg.policy.file,
+                    require_end_marker=cfg.policy.require_end_marker,
+                )
+                if refusal is not None:
+                    log_refusal(cfg.policy.file, engine.policy, refusal)
+                    return ReloadOutcome(False, generation, (f"{cfg.policy.file}: {refusal}",))
         authenticator: Authenticator | None = None
         if self._rebuild_authenticator and cfg.auth != self.config.auth:
             try:

@@ -260,10 +260,13 @@ def test_file_watcher_keeps_old_policy_on_error(
     f = tmp_path / "policy.yaml"
     f.write_text(POLICY_V1)
     engine = PolicyEngine(load_policy(f))
-    w = PolicyFileWatcher(f, engine)
+    now = [1000.0]
+    w = PolicyFileWatcher(f, engine, clock=lambda: now[0])
     assert w.check() is None
     gen = engine.generation
     f.write_text(POLICY_V1.replace("action: allow", "action: permit") + "\n")
+    assert w.check() is None  # changed: waits for the file to settle
+    now[0] += 2
     with caplog.at_level("ERROR", logger="veilgate.policy"):
         assert w.check() is False
     assert engine.generation == gen
@@ -272,6 +275,8 @@ def test_file_watcher_keeps_old_policy_on_error(
     assert rec and rec[0].fields["line"] == 6  # type: ignore[attr-defined]
     assert engine.decide(AGENT, "select 1").allowed
     f.write_text(POLICY_V2)
+    assert w.check() is None
+    now[0] += 2
     assert w.check() is True
     assert engine.generation == gen + 1
     assert engine.decide(AGENT, "select * from orders").rule_id == "no-orders"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from veilgate import metrics
 from veilgate.gateway import wire
+from veilgate.redact import redact_name
 
 if TYPE_CHECKING:
     import veilgate_native as native
@@ -113,7 +114,9 @@ def start_members(session: Session, node: str) -> str:
             "port": int(port) if port.isdigit() else None,
             "user": session.user,
             "database": startup.database if startup is not None else None,
-            "application_name": startup.application_name if startup is not None else None,
+            "application_name": redact_name(startup.application_name)
+            if startup is not None
+            else None,
             "tls": _tls(session.client_transport),
         },
         "tier": session_tier(session),

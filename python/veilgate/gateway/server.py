@@ -31,6 +31,7 @@ from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator, Principal
 from veilgate.masking.catalog import Catalog
 from veilgate.policy.audit import AuditSink, JsonLinesAuditSink, TeeAuditSink
+from veilgate.policy.diff import policy_changes
 from veilgate.policy.engine import PolicyEngine
 from veilgate.policy.loader import load_policy
 from veilgate.policy.model import Policy
@@ -151,7 +152,11 @@ class Gateway:
 
         assert config.policy is not None
         self.policy_engine = PolicyEngine(policy)
-        self.policy_watcher = PolicyFileWatcher(config.policy.file, self.policy_engine)
+        self.policy_watcher = PolicyFileWatcher(
+            config.policy.file,
+            self.policy_engine,
+            require_end_marker=config.policy.require_end_marker,
+        )
         if config.policy.audit_log is not None:
             self.decision_sink = JsonLinesAuditSink(config.policy.audit_log)
         sinks = [s for s in (self.decision_sink, self.recorder) if s is not None]
@@ -257,19 +262,27 @@ class Gateway:
             self._policy_changed()
             return
         watcher = self.policy_watcher
-        if watcher is None or watcher.path != config.policy.file:
-            self.policy_watcher = PolicyFileWatcher(config.policy.file, engine)
-        previous = engine.policy.digest
-        if policy.digest != previous:
+        if (
+            watcher is None
+            or watcher.path != config.policy.file
+            or watcher.require_end_marker != config.policy.require_end_marker
+        ):
+            self.policy_watcher = PolicyFileWatcher(
+                config.policy.file, engine, require_end_marker=config.policy.require_end_marker
+            )
+        old = engine.policy
+        if policy.digest != old.digest:
+            # the caller checked it with policy.reload.reload_refusal (end marker, masking)
             engine.reload(policy)
             log.event(
                 logger,
                 "policy_reloaded",
                 file=str(config.policy.file),
                 digest=policy.digest[:12],
-                previous=previous[:12],
+                previous=old.digest[:12],
                 tiers=len(policy.tiers),
                 generation=engine.generation,
+                changes={n: ch.as_dict() for n, ch in policy_changes(old, policy).items()},
             )
             self._policy_changed()
 

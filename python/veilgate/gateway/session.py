@@ -39,6 +39,7 @@ from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
 from veilgate.masking.policy import MaskingUnavailable
 from veilgate.policy.names import quote_search_path
+from veilgate.redact import redact_name
 
 if TYPE_CHECKING:
     from veilgate.gateway.recording import SessionRecording
@@ -447,7 +448,8 @@ class Session:
             raise self._refuse(exc.code, exc.message, "startup", reason=exc.reason) from exc
         if self.over_limit:
             raise self._refuse("53300", "sorry, too many clients already", "too_many_connections")
-        self.user = startup.user
+        # a token typed into the user name field must never reach a log or a record
+        self.user = redact_name(startup.user)
         self.startup = startup
         transport = self.client_transport
         if startup.negotiate is not None:
@@ -491,7 +493,7 @@ class Session:
                 "auth_failed",
                 logging.WARNING,
                 peer=self.peer,
-                user=startup.user,
+                user=self.user,
                 database=startup.database,
                 reason=exc.reason,
                 detail=exc.detail,
@@ -500,7 +502,7 @@ class Session:
         except Exception:
             metrics.auth_failures_total.inc(reason="authenticator_error")
             logger.exception(
-                "authenticator raised", extra={"fields": {"peer": self.peer, "user": startup.user}}
+                "authenticator raised", extra={"fields": {"peer": self.peer, "user": self.user}}
             )
             raise _Refuse(failed) from None
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +22,10 @@ from typing import Any, TextIO
 
 from ..identity.base import Principal
 from .engine import PolicyEngine, SessionContext
-from .loader import PolicyError, lint_policy, load_policy
+from .loader import PolicyError, lint_policy, load_policy, load_policy_text
+from .reload import confirm_path, file_digest
 
-__all__ = ["check_main", "lint_main", "principal_from_claims"]
+__all__ = ["check_main", "confirm_main", "lint_main", "principal_from_claims"]
 
 
 def lint_main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
@@ -48,6 +50,39 @@ def lint_main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -
     print(
         f"{args.file}: OK ({len(policy.tiers)} tier(s): {tiers}; {rules} rule(s); "
         f"{len(warnings)} warning(s))",
+        file=out,
+    )
+    return 0
+
+
+def confirm_main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """``veilgate policy confirm FILE``: allow the next reload of exactly this content to take
+    masking away from tiers (see :mod:`veilgate.policy.reload`); writes ``FILE.confirm``."""
+    out = out or sys.stdout
+    ap = argparse.ArgumentParser(
+        prog="veilgate policy confirm",
+        description="Confirm a policy file whose reload removes or weakens masking.",
+    )
+    ap.add_argument("file")
+    args = ap.parse_args(argv)
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+        load_policy_text(text, str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{path}: cannot read: {exc}", file=out)
+        return 2
+    except PolicyError as exc:
+        print(str(exc), file=out)
+        return 2
+    digest = file_digest(text)
+    target = confirm_path(path)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(f"{digest}\n# veilgate policy confirm: a reload of exactly this content may ")
+        fh.write("remove masking\n")
+    print(
+        f"{path}: confirmed sha256 {digest} in {target}; reload the gateway (SIGHUP) to apply",
         file=out,
     )
     return 0

@@ -32,7 +32,7 @@ from .settings import SettingAllowance, SettingsError
 
 __all__ = ["Issue", "PolicyError", "lint_policy", "load_policy", "load_policy_text"]
 
-_TOP_KEYS = ("version", "tiers", "masking")
+_TOP_KEYS = ("version", "tiers", "masking", "end")
 _TIER_KEYS = (
     "name",
     "match",
@@ -255,6 +255,7 @@ class _Compiler:
                     dataclasses.replace(t, masked=True) if masking.applies_to(t.name) else t
                     for t in tiers
                 ]
+        end_marker = self.end_marker(root, top)
         self.lint_tiers(tiers)
         if any(i.severity == "error" for i in self.issues):
             return None, self.issues
@@ -265,8 +266,25 @@ class _Compiler:
             masking=masking,
             source=self.file,
             digest=digest,
+            end_marker=end_marker,
         )
         return policy, self.issues
+
+    def end_marker(self, root: Node, top: dict[str, tuple[Node, Node]]) -> bool:
+        """``end: true``, the file's last key: a file cut short anywhere loses it (see
+        :mod:`veilgate.policy.reload`)."""
+        if "end" not in top:
+            return False
+        kn, vn = top["end"]
+        if not (isinstance(vn, ScalarNode) and self.scalar(vn) is True):
+            self.error(vn, "end", "expected true (the end-of-policy marker)")
+            return False
+        assert isinstance(root, MappingNode)
+        last = root.value[-1][0]
+        if last is not kn:
+            self.error(kn, "end", "must be the last key of the file (it marks the end)")
+            return False
+        return True
 
     def tier(
         self, node: Node, key: str, rule_ids: dict[str, int], names: dict[str, int]

@@ -525,6 +525,8 @@ class Policy:
     """The ``masking:`` section (None: no masking anywhere); see :mod:`veilgate.masking.policy`."""
     source: str = "<memory>"
     digest: str = ""
+    end_marker: bool = False
+    """The file ended with ``end: true`` (a reload of a file without it is refused)."""
 
     def tier_for(self, principal: Principal) -> Tier | None:
         """The first tier whose ``match`` the principal satisfies."""
