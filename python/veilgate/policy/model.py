@@ -14,7 +14,14 @@ Policy file shape (YAML; loaded and validated by :mod:`veilgate.policy.loader`):
           subjects: [<object id>]
           app_only: true            #   app-only (client credentials) tokens only
         default: deny               # deny (default) | allow: what a statement no rule judges gets
-        search_path: [public]       # how unqualified table names resolve (default [public])
+        search_path: [public]       # how unqualified names resolve (default [public])
+        pin_search_path: true       # set search_path upstream at session start; refuse changes
+        settings:                   # settings sessions may change, and to what (absent: the
+          statement_timeout: {min: 1s, max: 10min}   #   rules alone decide)
+          work_mem: {max: 64MB}
+          application_name: any
+        max_connections: 50         # sessions of this tier at once (FATAL 53300 beyond)
+        max_connections_per_principal: 5
         rules:
           - id: ro-no-destruction   # required, unique in the file; reported in DETAIL and audit
             message: "..."          # required; shown to the client (HINT) and in `policy check`
@@ -25,10 +32,18 @@ Policy file shape (YAML; loaded and validated by :mod:`veilgate.policy.loader`):
             functions: ["pg_sleep"]
     masking: {...}                  # optional: what result values are masked for which tiers;
                                     # see veilgate.masking.policy (present = every tier masked)
+    end: true                       # optional end-of-file marker: must be the last key; once a
+                                    # loaded policy has it, reloads without it are refused
 
-Statement classes: ``read write ddl dcl session role_change copy_in copy_out transaction utility
-maintenance prepare call do other``; constructs: see
+Statement classes: ``read write merge ddl dcl session role_change copy_in copy_out transaction
+utility maintenance prepare call do other``; constructs: see
 :data:`veilgate.policy.analysis.CONSTRUCTS`.
+
+Before any rule, a tier applies its own checks (reported as rule ids): ``pinned-search-path``
+(with ``pin_search_path``, any change of search_path is denied) and ``settings`` (with a
+``settings`` allowance, every setting change outside it is denied; see
+:mod:`veilgate.policy.settings`).  After the rules, a masked tier denies statements with the
+``sensitive_catalog`` construct that no allow rule lists (``masked-tier-catalog``).
 
 How a statement is judged by its tier (every rule contributes; the most restrictive wins:
 ``deny`` > ``approve`` > ``allow``; no rule matching gives the tier ``default``):
@@ -44,16 +59,21 @@ How a statement is judged by its tier (every rule contributes; the most restrict
   rule's ``tables``.
 * Tables are globs (``fnmatchcase``) over ``schema.name`` as PostgreSQL stores them (lower case
   unless quoted).  A pattern without a schema is qualified with each schema of the tier's
-  ``search_path``.  An unqualified name in SQL resolves to each schema of the tier's
-  ``search_path`` (plus ``pg_catalog`` for ``pg_*`` names): ``deny`` matches if any candidate does,
-  ``allow`` needs all of them.  Deny ``search_path_change`` (or only allow qualified names) in a
-  tier that relies on table scopes.
+  ``search_path``.  An unqualified name in SQL resolves to each schema the *session's* search_path
+  may hold (:mod:`veilgate.policy.names`: the tier's ``search_path``, plus every path the session
+  set since unless it is pinned; ``pg_catalog`` too for ``pg_*`` names): ``deny`` matches if any
+  candidate does, ``allow`` needs all of them.  After a search_path computed at run time an
+  unqualified name may be in any schema: deny patterns match it by name, allow patterns only with
+  a ``*`` schema.  Pin the search_path (or deny ``search_path_change``) in a tier that relies on
+  table scopes.
 * Functions: a pattern without a dot matches the function's own name in any schema; a dotted
   pattern matches ``schema.name``.  An unqualified call of a PostgreSQL built-in counts as
-  ``pg_catalog.name`` (where PostgreSQL looks first), any other unqualified call as each schema of
-  the tier's ``search_path`` (``allow`` needs all, ``deny`` any; ``deny`` also tries
-  ``pg_catalog``).  Calls of non-built-in functions also carry the ``user_function`` construct, so
-  an allow rule only lets them through when it lists ``user_function``: a user function can write.
+  ``pg_catalog.name`` when ``pg_catalog`` comes first on every path the session may have (the
+  default); a path that lists other schemas before ``pg_catalog`` adds those schemas' candidates
+  and the ``user_function`` construct.  Any other unqualified call counts as each schema of the
+  path (``allow`` needs all, ``deny`` any; ``deny`` also tries ``pg_catalog``).  Calls of
+  non-built-in functions carry the ``user_function`` construct, so an allow rule only lets them
+  through when it lists ``user_function``: a user function can write.
 
 A message (several statements) gets the most restrictive of its statements' actions.
 """
