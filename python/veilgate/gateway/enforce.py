@@ -501,7 +501,9 @@ class PolicyEnforcer:
         else:
             i = body.find(b"\0")
             name, raw = (body[:i], body[i + 1 :]) if i >= 0 else (b"", body)
-        excerpt = sql_excerpt(self._text(raw[: self._audit_sql_bytes + 4].split(b"\0", 1)[0]))
+        limit_bytes = self._audit_sql_bytes
+        head = raw[: limit_bytes + 4].split(b"\0", 1)[0]
+        excerpt = sql_excerpt(self._text(head), limit_bytes)
         d = self.engine.refuse_oversized(self.principal, len(m), limit, excerpt, session=self.ctx)
         self._record(d, sql_len=len(raw))
         marker = wire.cstr(f'SELECT "{self._marker(d)}"')
