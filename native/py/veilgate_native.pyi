@@ -32,6 +32,8 @@ __all__ = [
     "SealedBatch",
     "SessionState",
     "latency_histogram",
+    "shape_key",
+    "sql_tokens",
     "statement_excerpt",
     "stats",
 ]
@@ -609,3 +611,15 @@ def stats() -> dict[str, int]:
 def latency_histogram() -> tuple[list[float], list[int], float, int]:
     """Statement latency (request to ReadyForQuery) across all sessions: bucket upper bounds in
     seconds, cumulative counts per bucket, sum of seconds, total count (Prometheus shape)."""
+
+def sql_tokens(text: bytes) -> list[tuple[int, int, str]] | None:
+    """PostgreSQL's scanner (a native port, standard_conforming_strings on): the tokens of
+    ``text`` as ``(start, end, kind)`` with byte offsets (end exclusive) and pglast's kind names,
+    except that keywords and plain identifiers are ``WORD`` and quoted identifiers ``QIDENT``.
+    None when the server's scanner refuses the text, or it is not UTF-8 or holds a NUL."""
+
+def shape_key(text: bytes) -> bytes | None:
+    """The literal-normalised shape key of ``text``: equal for texts whose tokens differ only in
+    the values of constants (every other token and everything between tokens is kept verbatim).
+    None when ``text`` has none (see :func:`sql_tokens`, and ``U&''`` strings the parser
+    rejects)."""

@@ -19,6 +19,7 @@
 //!   encoded in both wire formats
 //! - [`rewrite`]: DataRow / CopyData rewriting through a column plan
 //! - [`record`]: session recording (statement log, record queue, hash-chained serialisation)
+//! - [`shape`]: PostgreSQL's scanner and the literal-normalised shape key of a statement
 
 pub mod codec;
 pub mod datarow;
@@ -30,6 +31,7 @@ pub mod mask;
 pub mod record;
 pub mod rewrite;
 pub mod session;
+pub mod shape;
 pub mod startup;
 pub mod stats;
 pub mod tags;

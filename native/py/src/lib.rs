@@ -7,7 +7,7 @@
 //! `message` (`Message`), `session` (`SessionState`), `stats` (module functions), `errors`
 //! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`), `codec` (`Codec`),
 //! `recorder` (`AuditRecorder`, `SealedBatch`: the session record queue and its sealing), `json`
-//! (`JsonMasker`).
+//! (`JsonMasker`), `shape` (`sql_tokens`, `shape_key`: the native SQL scanner).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -21,6 +21,7 @@ mod plan;
 mod recorder;
 mod recv;
 mod session;
+mod shape;
 mod stats;
 
 use pyo3::prelude::*;
@@ -45,6 +46,8 @@ mod veilgate_native {
     use crate::recv::RecvBuffer;
     #[pymodule_export]
     use crate::session::SessionState;
+    #[pymodule_export]
+    use crate::shape::{shape_key, sql_tokens};
     #[pymodule_export]
     use crate::stats::{latency_histogram, stats};
 
