@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,7 @@ class Recorder:
         self._index_ok = True
         self.failing = False
         """Records (or the index) cannot be written right now."""
+        self._failing_since: float | None = None
         self._dropped_seen = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -258,6 +260,22 @@ class Recorder:
         if failing == self.failing:
             return
         self.failing = failing
+        # Both ends of a failure are in the gateway's own stream, whichever part failed (the
+        # writer's disk or the index's store): the record of the failure is written once writing
+        # works again (or counted in the gap record), the recovery's right after it.
+        now = time.monotonic()
+        if failing:
+            self._failing_since = now
+            record = gateway_record("audit_failing", part=part, error=error)
+        else:
+            since, self._failing_since = self._failing_since, None
+            record = gateway_record(
+                "audit_recovered",
+                part=part,
+                down_s=round(now - since, 3) if since is not None else None,
+                dropped_total=self.native.dropped_total,
+            )
+        self.push(GATEWAY_SID, record)
         log.event(
             logger,
             "audit_failing" if failing else "audit_healthy",

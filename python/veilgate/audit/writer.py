@@ -280,15 +280,8 @@ class AuditWriter:
         self.healthy = True
         self.last_error = None
         self.failed_since = None
+        # the record of the recovery is the recorder's (it covers the index's failures too)
         log.event(logger, "audit_recovered", down_s=down_s, queued=self.recorder.queued)
-        self.recorder.push(
-            GATEWAY_SID,
-            gateway_record(
-                "audit_recovered",
-                down_s=down_s,
-                dropped_total=self.recorder.dropped_total,
-            ),
-        )
         if self._on_state is not None:
             self._on_state(True, None)
 
