@@ -146,6 +146,11 @@ class TargetConfig:
     """File holding the upstream password (one line)."""
     tls: UpstreamTLSConfig = field(default_factory=UpstreamTLSConfig)
     connect_timeout_s: float = field(default=10.0, metadata=_SECONDS)
+    application_name: str = field(default="client", metadata={"choices": ("client", "tagged")})
+    """The upstream ``application_name``: ``client``, the client's own value verbatim (what
+    ``SHOW application_name`` answers, as direct), ``veilgate(<principal>)`` when it gave none;
+    ``tagged``, ``veilgate(<principal>) <client's value>`` (the principal always in
+    ``pg_stat_activity``; ``SHOW`` then answers the tagged value)."""
     logins: dict[str, TargetLogin] = field(default_factory=dict)
     """Upstream login per tier ``login_role``; ``user``/password above is the default login."""
 

@@ -378,7 +378,7 @@ def test_no_sessions_or_upstreams_leak_after_failures(
     def upstream_backends() -> int:
         row = admin.execute(
             "select count(*) from pg_stat_activity where usename = 'veilgate_app' "
-            "and application_name like 'veilgate(%'"
+            "and application_name not like 'veilgate-%'"  # not the catalog / health sessions
         ).fetchone()
         return int(row[0]) if row else 0
 

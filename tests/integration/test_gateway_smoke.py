@@ -43,8 +43,9 @@ def test_psql_multi_row_and_identity(gateway: GatewayHandle) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "50000|1250025000"
     out = _psql(gateway, "select current_user, current_setting('application_name')")
-    # upstream: the principal's tag, then psql's own application_name
-    assert out.stdout.strip() == "veilgate_app|veilgate(static:itest) psql"
+    # upstream: psql's own application_name, verbatim (the target's default, application_name:
+    # client; tests/integration/test_session_identity.py has the tagged form)
+    assert out.stdout.strip() == "veilgate_app|psql"
 
 
 def test_psql_bad_token(gateway: GatewayHandle) -> None:

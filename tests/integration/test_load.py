@@ -422,7 +422,8 @@ async def test_mixed_concurrent_chaos_leaves_no_leaks(gateway: Any, pg_cluster: 
     admin = pw.superuser_target(pg_cluster)
     aconn = await asyncpg.connect(**admin.asyncpg_kwargs())
     count_upstreams = (
-        "select count(*) from pg_stat_activity where application_name like 'veilgate(%'"
+        "select count(*) from pg_stat_activity where usename = 'veilgate_app' "
+        "and application_name not like 'veilgate-%'"  # not the catalog / health sessions
     )
     try:
         base = (

@@ -406,11 +406,13 @@ def test_startup_user_does_not_select_the_upstream_role(gw: pw.Target, gateway: 
         assert c.scalar("select current_user") == role
 
 
-def test_upstream_application_name_is_tagged_with_the_principal(
+def test_upstream_application_name_is_the_clients_or_the_principals(
     gw: pw.Target, gateway: object
 ) -> None:
     names = [t.name for t in gateway.config.auth.static_tokens]  # type: ignore[attr-defined]
     with pw.connect(gw.endpoint(), params={"application_name": "my-agent"}) as c:
+        assert c.scalar("select current_setting('application_name')") == "my-agent"
+    with pw.connect(gw.endpoint()) as c:
         upstream_name = c.scalar("select current_setting('application_name')") or ""
     assert upstream_name.startswith("veilgate(")
     assert any(n in upstream_name for n in names), upstream_name

@@ -113,9 +113,17 @@ def test_upstream_application_name_truncated_to_63_bytes() -> None:
     assert long.startswith("veilgate(entra:é")
 
 
-def test_upstream_application_name_keeps_the_clients_after_the_tag() -> None:
-    assert upstream_application_name("static:ci", "psql") == "veilgate(static:ci) psql"
+def test_upstream_application_name_is_the_clients_own_untagged() -> None:
+    assert upstream_application_name("static:ci", "psql") == "psql"
+    assert upstream_application_name("static:ci", "é app") == "é app"
+    # a client that gives none: DBAs see the principal
     assert upstream_application_name("static:ci", "") == "veilgate(static:ci)"
+    assert upstream_application_name("static:ci", None) == "veilgate(static:ci)"
+
+
+def test_upstream_application_name_tagged_keeps_the_clients_after_the_tag() -> None:
+    assert upstream_application_name("static:ci", "psql", tagged=True) == "veilgate(static:ci) psql"
+    assert upstream_application_name("static:ci", "", tagged=True) == "veilgate(static:ci)"
 
 
 def _status(name: str, value: str) -> bytes:
@@ -124,7 +132,7 @@ def _status(name: str, value: str) -> bytes:
 
 def test_application_name_reported_to_the_client_as_its_own() -> None:
     frames = [_status("server_version", "15"), _status("application_name", "veilgate(s:x) ??-app")]
-    app = ApplicationName.from_parameters(frames, "s:x", "é-app")
+    app = ApplicationName.from_parameters(frames, "s:x", "é-app", tagged=True)
     # the server cleaned the non-ASCII bytes: the client is told what it would be told directly
     assert app.client == "??-app"
     assert app.client_frame(frames[1]) == _status("application_name", "??-app")
@@ -138,3 +146,13 @@ def test_application_name_reported_to_the_client_as_its_own() -> None:
     assert none.client_frame(_status("application_name", "veilgate(s:x)")) == _status(
         "application_name", ""
     )
+
+
+def test_application_name_untagged_is_the_servers_report() -> None:
+    # untagged, the server was given the client's own value: its report (cleaned by the server,
+    # as direct) is what the client sees, unchanged
+    frames = [_status("application_name", "\\xc3\\xa9-app")]
+    app = ApplicationName.from_parameters(frames, "s:x", "é-app")
+    assert app.client_frame(frames[0]) == frames[0]
+    own = _status("application_name", "renamed")
+    assert app.client_frame(own) == own

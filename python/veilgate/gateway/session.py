@@ -542,7 +542,11 @@ class Session:
             ("database", target.dbname),
             (
                 "application_name",
-                upstream_application_name(principal.label(), startup.application_name),
+                upstream_application_name(
+                    principal.label(),
+                    startup.application_name,
+                    tagged=target.application_name == "tagged",
+                ),
             ),
             *startup.forwarded,
             *self._pinned_parameters(principal),
@@ -579,7 +583,10 @@ class Session:
         key = self.gateway.cancel_registry.register(self, pid)
         self.cancel_key = (pid, key)
         self.application_name = ApplicationName.from_parameters(
-            hs.parameters, principal.label(), startup.application_name
+            hs.parameters,
+            principal.label(),
+            startup.application_name,
+            tagged=target.application_name == "tagged",
         )
         if self._client_in.closed:
             raise _SideClosed

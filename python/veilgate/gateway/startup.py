@@ -7,8 +7,8 @@ Parameter policy (a startup parameter is a GUC the server applies with the login
 privileges, so only harmless ones pass):
 
 * ``user``, ``database``, ``application_name`` are consumed by the gateway (identity context and
-  target selection); the upstream gets the target's role and database and the gateway's own
-  ``application_name``.
+  target selection); the upstream gets the target's role and database, and the client's own
+  ``application_name`` or the principal's tag (:func:`upstream_application_name`).
 * :data:`FORWARDED_PARAMS` are forwarded upstream unchanged.
 * ``replication`` and ``options`` are refused (``28000``): walsender mode and ``-c`` settings
   (``role``, ``search_path``, ``default_transaction_read_only``...) bypass statement policy.
@@ -130,9 +130,17 @@ def _principal_tag(label: str) -> str:
     return raw[:63].decode("utf-8", "ignore")
 
 
-def upstream_application_name(label: str, client_app: str | None = None) -> str:
-    """What DBAs see in ``pg_stat_activity``: ``veilgate(<label>)``, then the client's own
-    ``application_name`` after a space if it gave one (pg_stat_activity shows 63 bytes)."""
+def upstream_application_name(
+    label: str, client_app: str | None = None, *, tagged: bool = False
+) -> str:
+    """The upstream ``application_name`` (what ``pg_stat_activity`` shows).
+
+    Untagged (a target's ``application_name: client``): the client's own value verbatim, so
+    ``SHOW application_name`` answers what it would direct; ``veilgate(<label>)`` when the client
+    gave none.  Tagged: ``veilgate(<label>)`` first, then the client's own after a space: the
+    tag comes first so that the 63 bytes ``pg_stat_activity`` keeps always hold the principal."""
+    if client_app and not tagged:
+        return client_app
     tag = _principal_tag(label)
     return f"{tag} {client_app}" if client_app else tag
 
@@ -156,10 +164,11 @@ class ApplicationName:
 
     @classmethod
     def from_parameters(
-        cls, frames: list[bytes], label: str, client: str | None
+        cls, frames: list[bytes], label: str, client: str | None, *, tagged: bool = False
     ) -> ApplicationName:
-        """From the server's startup ParameterStatus messages, for the principal ``label`` and
-        the client's startup ``application_name``."""
+        """From the server's startup ParameterStatus messages, for the principal ``label``, the
+        client's startup ``application_name`` and the target's mode (see
+        :func:`upstream_application_name`)."""
         reported: str | None = None
         for f in frames:
             try:
@@ -173,6 +182,9 @@ class ApplicationName:
         tag = _principal_tag(label)
         if not client:
             return cls(reported, "")
+        if not tagged:
+            # the server's report of the client's own value (cleaned by it, as direct)
+            return cls(reported, reported)
         prefix = f"{tag} "
         own = reported[len(prefix) :] if reported.startswith(prefix) else client
         return cls(reported, own)
