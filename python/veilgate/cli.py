@@ -15,36 +15,19 @@ import logging
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from veilgate import __version__
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-Subparsers = Any
-"""``argparse._SubParsersAction`` (private in typeshed)."""
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _add(sub: Subparsers, name: str, handler: Handler, **kwargs: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
-    parser.set_defaults(func=handler)
-    return parser
-
-
-def _group(sub: Subparsers, name: str, **kwargs: Any) -> Subparsers:
-    """A command with its own subcommands (``veilgate config check``)."""
-    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
-    parser.set_defaults(func=lambda _args: _usage(parser))
-    return parser.add_subparsers(title="commands", metavar="COMMAND")
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
-
+from veilgate.cliargs import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Handler,
+    Subparsers,
+    add_command,
+    add_group,
+    usage,
+)
 
 # -- serve ---------------------------------------------------------------------------------------
 
@@ -70,7 +53,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _register_serve(sub: Subparsers) -> None:
-    p = _add(
+    p = add_command(
         sub,
         "serve",
         _cmd_serve,
@@ -121,8 +104,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _register_config(sub: Subparsers) -> None:
-    group = _group(sub, "config", help="configuration tools")
-    p = _add(
+    group = add_group(sub, "config", help="configuration tools")
+    p = add_command(
         group,
         "check",
         _cmd_config_check,
@@ -183,8 +166,8 @@ def _cmd_token_new(args: argparse.Namespace) -> int:
 
 
 def _register_token(sub: Subparsers) -> None:
-    group = _group(sub, "token", help="static token tools")
-    _add(
+    group = add_group(sub, "token", help="static token tools")
+    add_command(
         group,
         "hash",
         _cmd_token_hash,
@@ -192,7 +175,7 @@ def _register_token(sub: Subparsers) -> None:
         description="Reads one token from standard input (or prompts without echo on a "
         "terminal) and prints its SHA-256 hex digest, the value for auth.static_tokens[].sha256.",
     )
-    p = _add(group, "new", _cmd_token_new, help="generate a random token and its sha256")
+    p = add_command(group, "new", _cmd_token_new, help="generate a random token and its sha256")
     p.add_argument("--bytes", type=int, default=32, help="random bytes (default 32)")
 
 
@@ -211,7 +194,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def _register_version(sub: Subparsers) -> None:
-    _add(sub, "version", _cmd_version, help="print the version")
+    add_command(sub, "version", _cmd_version, help="print the version")
 
 
 # -- commands that parse their own arguments ----------------------------------------------------
@@ -265,7 +248,7 @@ def _register_delegated(sub: Subparsers) -> None:
         parent = sub
         if len(words) == 2:
             if words[0] not in groups:
-                groups[words[0]] = _group(sub, words[0], help=f"{words[0]} commands")
+                groups[words[0]] = add_group(sub, words[0], help=f"{words[0]} commands")
             parent = groups[words[0]]
         parent.add_parser(words[-1], help=help_text, add_help=False)
 
@@ -300,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Identity-aware PostgreSQL gateway.",
     )
     parser.add_argument("--version", action="version", version=f"veilgate {__version__}")
-    parser.set_defaults(func=lambda _args: _usage(parser))
+    parser.set_defaults(func=lambda _args: usage(parser))
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in COMMANDS:
         register(sub)

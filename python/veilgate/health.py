@@ -21,16 +21,16 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from veilgate import log
 from veilgate.config_model import GatewayConfig, TargetConfig
 
 if TYPE_CHECKING:
-    from veilgate.admin.health import AuditHealth
     from veilgate.policy.model import Policy
 
 __all__ = [
+    "AuditHealth",
     "Check",
     "Readiness",
     "audit_dir_check",
@@ -53,6 +53,15 @@ class Check:
         return {"ok": self.ok, "detail": self.detail} if self.detail else {"ok": self.ok}
 
 
+class AuditHealth(Protocol):
+    """The session recorder, as the probes see it."""
+
+    @property
+    def blocked(self) -> bool: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
 # -- one function per cause ----------------------------------------------------------------------
 
 
@@ -69,8 +78,8 @@ def logins(target: TargetConfig) -> list[tuple[str, TargetConfig]]:
 
 async def upstream_check(name: str, login: TargetConfig) -> Check:
     """Connect and authenticate as ``login``, then hang up."""
-    from veilgate.gateway.upstream import UpstreamError
     from veilgate.masking.sideconn import SideConnection, SideConnectionError
+    from veilgate.pgwire.upstream import UpstreamError
 
     try:
         async with asyncio.timeout(login.connect_timeout_s):

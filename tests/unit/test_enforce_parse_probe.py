@@ -9,7 +9,8 @@ import struct
 
 from tests.unit.test_enforce_stale_portals import _Harness, _Msg, _parse
 
-from veilgate.gateway import enforce, wire
+from veilgate.gateway import enforce
+from veilgate.pgwire import wire
 
 
 def _error(**fields: str) -> _Msg:

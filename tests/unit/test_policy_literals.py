@@ -12,9 +12,9 @@ import pytest
 import yaml
 from pglast import parser as pg
 
-from veilgate.gateway import wire
 from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.identity.base import Principal
+from veilgate.pgwire import wire
 from veilgate.policy.analysis import analyze
 from veilgate.policy.audit import DecisionEvent, MemoryAuditSink
 from veilgate.policy.engine import Decision, PolicyEngine, SessionContext

@@ -6,7 +6,6 @@ import struct
 
 import pytest
 
-from veilgate.gateway import wire
 from veilgate.gateway.startup import (
     FORWARDED_PARAMS,
     ApplicationName,
@@ -14,6 +13,7 @@ from veilgate.gateway.startup import (
     negotiate_startup,
     upstream_application_name,
 )
+from veilgate.pgwire import wire
 
 
 def _packet(major: int, minor: int, **params: str) -> wire.StartupPacket:

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from veilgate.gateway import wire
+from veilgate.pgwire import wire
 
 
 def _split(frame: bytes) -> tuple[bytes, bytes]:

@@ -12,23 +12,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from veilgate.admin.server import Handler, Request, Response, Router
 
 if TYPE_CHECKING:
-    from veilgate.health import Readiness
+    from veilgate.health import AuditHealth, Readiness
 
-__all__ = ["AuditHealth", "HealthState", "gateway_routes", "health_router"]
-
-
-class AuditHealth(Protocol):
-    """The session recorder, as the probes see it."""
-
-    @property
-    def blocked(self) -> bool: ...
-
-    def health(self) -> dict[str, Any]: ...
+__all__ = ["HealthState", "gateway_routes", "health_router"]
 
 
 class HealthState:

@@ -201,10 +201,10 @@ def _cmd_new_key(args: argparse.Namespace) -> int:
 
 def register_sessions(sub: Any) -> None:
     """``veilgate sessions ...``"""
-    from veilgate.cli import _add, _group
+    from veilgate.cliargs import add_command, add_group
 
-    group = _group(sub, "sessions", help="recorded sessions: verify, list, show, export, replay")
-    p = _add(
+    group = add_group(sub, "sessions", help="recorded sessions: verify, list, show, export, replay")
+    p = add_command(
         group,
         "verify",
         lambda a: _run(_cmd_verify, a),
@@ -229,10 +229,10 @@ def register_sessions(sub: Any) -> None:
 
 def register_audit(sub: Any) -> None:
     """``veilgate audit ...``"""
-    from veilgate.cli import _add, _group
+    from veilgate.cliargs import add_command, add_group
 
-    group = _group(sub, "audit", help="the session recorder: rotate, keys, index")
-    p = _add(
+    group = add_group(sub, "audit", help="the session recorder: rotate, keys, index")
+    p = add_command(
         group,
         "rotate",
         lambda a: _run(_cmd_rotate, a),
@@ -240,7 +240,7 @@ def register_audit(sub: Any) -> None:
     )
     _add_location(p)
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait (default 10)")
-    p = _add(
+    p = add_command(
         group,
         "new-key",
         lambda a: _run(_cmd_new_key, a),
@@ -474,17 +474,17 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def _register_list(group: Any) -> None:
-    from veilgate.cli import _add
+    from veilgate.cliargs import add_command
 
-    p = _add(group, "list", lambda a: _run(_cmd_list, a), help="list recorded sessions")
+    p = add_command(group, "list", lambda a: _run(_cmd_list, a), help="list recorded sessions")
     _add_location(p)
     _add_filters(p)
     p.add_argument("--json", action="store_true")
-    p = _add(group, "show", lambda a: _run(_cmd_show, a), help="one session as a timeline")
+    p = add_command(group, "show", lambda a: _run(_cmd_show, a), help="one session as a timeline")
     p.add_argument("sid")
     _add_location(p)
     p.add_argument("--json", action="store_true", help="the session's records as JSON lines")
-    p = _add(
+    p = add_command(
         group,
         "export",
         lambda a: _run(_cmd_export, a),
@@ -495,7 +495,7 @@ def _register_list(group: Any) -> None:
     p.add_argument("--session", metavar="SID", help="only this session")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
-    p = _add(
+    p = add_command(
         group,
         "replay",
         lambda a: _run(_cmd_replay, a),
@@ -516,9 +516,9 @@ def _register_list(group: Any) -> None:
 
 
 def _register_reindex(group: Any) -> None:
-    from veilgate.cli import _add
+    from veilgate.cliargs import add_command
 
-    p = _add(
+    p = add_command(
         group,
         "reindex",
         lambda a: _run(_cmd_reindex, a),

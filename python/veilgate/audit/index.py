@@ -22,19 +22,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from veilgate import log
 from veilgate.state import Migration, StateDB, StateUnavailable, migrate
-
-if TYPE_CHECKING:
-    from veilgate.gateway.session import Session
 
 __all__ = [
     "MIGRATIONS",
     "IndexWriter",
     "SessionFilter",
     "SessionRow",
+    "SessionStart",
     "list_sessions",
     "tables_of",
 ]
@@ -126,22 +124,34 @@ _END_SQL = (
 )
 
 
-def start_row(sid: str, node: str, started: float, session: Session) -> dict[str, Any]:
-    from veilgate.gateway.recording import session_tier
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    """What the index keeps of a session's start (the gateway fills it in: the audit package
+    does not reach up into the session)."""
 
-    p = session.principal
+    provider: str | None
+    tenant: str | None
+    subject: str | None
+    client_app: str | None
+    principal: str | None
+    tier: str | None
+    target: str | None
+    client_addr: str
+
+
+def start_row(sid: str, node: str, started: float, start: SessionStart) -> dict[str, Any]:
     return {
         "sid": sid,
         "node": node,
         "started": started,
-        "provider": p.provider if p else None,
-        "tenant": p.tenant if p else None,
-        "subject": p.subject if p else None,
-        "client_app": p.client_app if p else None,
-        "principal": p.label() if p else None,
-        "tier": session_tier(session),
-        "target": session.target.name if session.target else None,
-        "client_addr": session.peer,
+        "provider": start.provider,
+        "tenant": start.tenant,
+        "subject": start.subject,
+        "client_app": start.client_app,
+        "principal": start.principal,
+        "tier": start.tier,
+        "target": start.target,
+        "client_addr": start.client_addr,
     }
 
 
@@ -259,8 +269,8 @@ class IndexWriter:
         if self._wake is not None and not self._wake.is_set():
             self._wake.set()
 
-    def session_started(self, sid: str, session: Session) -> None:
-        self._queue(start_ops(start_row(sid, self.node, time.time(), session)))
+    def session_started(self, sid: str, start: SessionStart) -> None:
+        self._queue(start_ops(start_row(sid, self.node, time.time(), start)))
 
     def session_ended(self, sid: str, reason: str, totals: dict[str, Any]) -> None:
         self._ends.append((sid, time.time(), reason, totals))

@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import veilgate_native as native
 
@@ -32,17 +32,26 @@ from veilgate.config_model import AuditConfig, AuditFailureMode, StateConfig
 from veilgate.policy.audit import AuditEvent, DecisionEvent, MaskEvent
 
 from .format import GATEWAY_SID
-from .index import IndexWriter
+from .index import IndexWriter, SessionStart
 from .segments import SegmentDir
 from .writer import AuditWriter, WriterSettings, gateway_record
-
-if TYPE_CHECKING:
-    from veilgate.gateway.recording import SessionRecording
-    from veilgate.gateway.session import Session
 
 __all__ = ["Recorder"]
 
 logger = log.get("audit")
+
+
+class SessionRecord(Protocol):
+    """One session's recording as the recorder sees it
+    (:class:`veilgate.gateway.recording.SessionRecording` is one; a protocol, so that the audit
+    package does not import the gateway above it)."""
+
+    @property
+    def sid(self) -> str: ...
+    @property
+    def peer(self) -> str: ...
+    def start(self) -> None: ...
+    def set_blocked(self, on: bool) -> None: ...
 
 
 class Recorder:
@@ -90,7 +99,7 @@ class Recorder:
             self.index = IndexWriter(db, node=self.node, on_state=self._index_state)
         self.block = config.on_failure is AuditFailureMode.BLOCK
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sessions: dict[str, SessionRecording] = {}
+        self._sessions: dict[str, SessionRecord] = {}
         self._by_peer: dict[str, str] = {}
         self._writer_ok = True
         self._index_ok = True
@@ -167,24 +176,21 @@ class Recorder:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def open_session(self, session: Session) -> SessionRecording:
-        """Start recording ``session`` (called when it starts relaying)."""
-        from veilgate.gateway.recording import SessionRecording, new_session_id
-
-        rec = SessionRecording(self, session, new_session_id())
+    def open_session(self, rec: SessionRecord, start: SessionStart) -> None:
+        """Start recording a session (the gateway calls this when it starts relaying, with the
+        recording it made: :func:`veilgate.gateway.recording.open_recording`)."""
         rec.start()
         self._sessions[rec.sid] = rec
-        self._by_peer[session.peer] = rec.sid
+        self._by_peer[rec.peer] = rec.sid
         if self.blocked:
             rec.set_blocked(True)
         if self.index is not None:
-            self.index.session_started(rec.sid, session)
-        return rec
+            self.index.session_started(rec.sid, start)
 
-    def session_closed(self, rec: SessionRecording, reason: str, totals: dict[str, Any]) -> None:
+    def session_closed(self, rec: SessionRecord, reason: str, totals: dict[str, Any]) -> None:
         self._sessions.pop(rec.sid, None)
-        if self._by_peer.get(rec.session.peer) == rec.sid:
-            del self._by_peer[rec.session.peer]
+        if self._by_peer.get(rec.peer) == rec.sid:
+            del self._by_peer[rec.peer]
         if self.index is not None:
             self.index.session_ended(rec.sid, reason, totals)
 

@@ -33,7 +33,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pglast import parser as _pg
 
@@ -51,7 +51,7 @@ from veilgate.approvals.model import (
 )
 from veilgate.approvals.policy import needs_approvals
 from veilgate.approvals.store import display_params
-from veilgate.gateway import wire
+from veilgate.pgwire import wire
 from veilgate.policy.analysis import MessageAnalysis
 from veilgate.policy.approval_spec import ApprovalSpec
 from veilgate.policy.engine import Decision, Verdict
@@ -60,7 +60,11 @@ from veilgate.state import StateUnavailable
 
 if TYPE_CHECKING:
     from veilgate.approvals.service import ApprovalService
-    from veilgate.gateway.enforce import PolicyEnforcer
+    from veilgate.gateway._relay import RelayProtocol
+    from veilgate.gateway.masking import MaskingRelay
+    from veilgate.gateway.recording import SessionRecording
+    from veilgate.identity.base import Principal
+    from veilgate.policy.engine import PolicyEngine, SessionContext
 
 __all__ = [
     "APPROVAL_REQUIRED",
@@ -141,10 +145,43 @@ def _setting_decision(text: str, generation: int, tier: str | None) -> Decision:
     return Decision(verdict, 0.0, False)
 
 
-class ApprovalGate:
-    """Approvals of one session (made by its :class:`PolicyEnforcer`)."""
+class ApprovalSession(Protocol):
+    """What an approval gate needs of its session (:class:`~veilgate.gateway.session.Session`
+    is one; a protocol, so that the gate does not import the session that imports it)."""
 
-    def __init__(self, enforcer: PolicyEnforcer, service: ApprovalService) -> None:
+    @property
+    def peer(self) -> str: ...
+    @property
+    def current_stmt_id(self) -> int: ...
+    @property
+    def client(self) -> RelayProtocol: ...
+    @property
+    def masking(self) -> MaskingRelay | None: ...
+    @property
+    def recording(self) -> SessionRecording | None: ...
+    def write_client(self, data: bytes) -> None: ...
+
+
+class GatedEnforcer(Protocol):
+    """What an approval gate needs of the policy enforcer that makes it
+    (:class:`~veilgate.gateway.enforce.PolicyEnforcer`)."""
+
+    @property
+    def session(self) -> ApprovalSession: ...
+    @property
+    def principal(self) -> Principal: ...
+    @property
+    def engine(self) -> PolicyEngine: ...
+    @property
+    def ctx(self) -> SessionContext: ...
+    def forward(self, frame: bytes) -> None: ...
+    def refuse(self, error: bytes, *, query: bool) -> None: ...
+
+
+class ApprovalGate:
+    """Approvals of one session (made by its :class:`~veilgate.gateway.enforce.PolicyEnforcer`)."""
+
+    def __init__(self, enforcer: GatedEnforcer, service: ApprovalService) -> None:
         self.enforcer = enforcer
         self.service = service
         self.session = enforcer.session

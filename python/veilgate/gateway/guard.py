@@ -22,22 +22,27 @@ value.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from pglast import parser as _pg
 
 from veilgate import log, metrics
 from veilgate.bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
-from veilgate.gateway import wire
 from veilgate.masking.analysis import AnalysisError
 from veilgate.masking.inference import Denial, judge
 from veilgate.masking.lineage import StatementInfo
 from veilgate.masking.resolve import Resolution
+from veilgate.pgwire import wire
 from veilgate.policy.audit import DecisionEvent
 
 if TYPE_CHECKING:
-    from veilgate.gateway.masking import MaskingRelay
+    from veilgate.identity.base import Principal
+    from veilgate.masking.planner import SessionMasking
+    from veilgate.policy.audit import AuditSink
 
 __all__ = ["InferenceGuard"]
 
@@ -67,10 +72,40 @@ _TOO_COMPLEX: Final = Denial(
 )
 
 
+class _Peer(Protocol):
+    @property
+    def peer(self) -> str: ...
+
+
+class GuardedRelay(Protocol):
+    """What the guard needs of its session's masking relay
+    (:class:`~veilgate.gateway.masking.MaskingRelay` is one; a protocol, so that this module
+    does not import the relay that imports it)."""
+
+    @property
+    def session(self) -> _Peer: ...
+    @property
+    def planner(self) -> SessionMasking: ...
+    @property
+    def principal(self) -> Principal: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def audit(self) -> AuditSink | None: ...
+    @property
+    def closed(self) -> bool: ...
+    def spawn(self, coro: Any) -> None: ...
+    def hold_client(self) -> None: ...
+    def release_client(self) -> None: ...
+    def fail(self, reason: str, detail: str | BaseException) -> None: ...
+    def refuse_query(self, error: bytes) -> None: ...
+    def refuse_parse(self, m: Any, error: bytes) -> None: ...
+
+
 class InferenceGuard:
     """The masked-column checks of one session."""
 
-    def __init__(self, relay: MaskingRelay) -> None:
+    def __init__(self, relay: GuardedRelay) -> None:
         self.relay = relay
         self._verdicts: ByteLRU[str, tuple[Resolution, Denial | None]] = ByteLRU(
             SESSION_CACHE_BYTES
@@ -172,7 +207,7 @@ class InferenceGuard:
     def _record(self, info: StatementInfo, d: Denial) -> None:
         relay = self.relay
         principal = relay.principal
-        fingerprint = _fingerprint(info.text)
+        fingerprint = statement_fingerprint(info.text)
         metrics.policy_decisions_total.inc_one("deny")
         log.event(
             logger,
@@ -236,7 +271,10 @@ _UNKNOWN: Final = object()
 """A verdict that needs the catalog first."""
 
 
-def _fingerprint(text: str) -> str:
-    from veilgate.gateway.masking import _fingerprint as fp
-
-    return fp(text)
+def statement_fingerprint(text: str) -> str:
+    """The statement's pg_query fingerprint (a hash of the raw text when it does not parse):
+    what logs and audit events name instead of the text."""
+    try:
+        return str(_pg.fingerprint(text))
+    except Exception:
+        return "raw:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

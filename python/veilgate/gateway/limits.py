@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Final
 
-from veilgate.gateway import wire
+from veilgate.pgwire import wire
 
 __all__ = ["ConnectionCounter", "ConnectionGrant", "SubstituteMessage"]
 

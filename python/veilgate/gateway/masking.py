@@ -34,23 +34,26 @@ import secrets
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pglast import parser as _pg
 
 from veilgate import log, metrics
 from veilgate.bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
-from veilgate.gateway import wire
-from veilgate.gateway.guard import InferenceGuard
+from veilgate.gateway.guard import InferenceGuard, statement_fingerprint
 from veilgate.gateway.mirror import ServerMirror
 from veilgate.identity.base import Principal
 from veilgate.masking.lineage import StatementInfo
 from veilgate.masking.planner import MaskRefusal, parse_row_description
 from veilgate.masking.sidechannel import SideChannelMasker
+from veilgate.pgwire import wire
 from veilgate.policy.audit import AuditSink, MaskEvent
 
 if TYPE_CHECKING:
-    from veilgate.gateway.session import Session
+    import veilgate_native as native
+
+    from veilgate.gateway._relay import RelayProtocol
+    from veilgate.gateway.recording import SessionRecording
     from veilgate.masking.planner import Field, SessionMasking
 
 __all__ = ["BARRIER_TAGS", "CLIENT_TAGS", "UPSTREAM_TAGS", "MaskingRelay"]
@@ -209,12 +212,33 @@ def _copy_format(info: StatementInfo) -> int:
     return 1 if c is not None and c.format == "binary" else 0
 
 
+class MaskedSession(Protocol):
+    """What the masking relay needs of its session (:class:`~veilgate.gateway.session.Session`
+    is one; a protocol, so that this module does not import the session that imports it)."""
+
+    @property
+    def peer(self) -> str: ...
+    @property
+    def state(self) -> native.SessionState: ...
+    @property
+    def client(self) -> RelayProtocol: ...
+    @property
+    def upstream_rb(self) -> Any: ...
+    @property
+    def recording(self) -> SessionRecording | None: ...
+    def upstream_side(self) -> RelayProtocol: ...
+    def write_client(self, data: bytes) -> None: ...
+    def write_upstream(self, data: bytes) -> None: ...
+    def close(self, client_message: bytes | None, reason: str) -> None: ...
+
+
 class MaskingRelay:
-    """Per-session masking state; called by :class:`Session` for the masking events."""
+    """Per-session masking state; called by :class:`~veilgate.gateway.session.Session` for the
+    masking events."""
 
     def __init__(
         self,
-        session: Session,
+        session: MaskedSession,
         planner: SessionMasking,
         principal: Principal,
         tier: str,
@@ -898,7 +922,7 @@ class MaskingRelay:
             self.principal,
             session_id=self.session.peer,
             tier=self.tier,
-            fingerprint=_fingerprint(r.info.text),
+            fingerprint=statement_fingerprint(r.info.text),
             entities=entities,
             columns=columns,
         )
@@ -918,12 +942,3 @@ def _copy_field(index: int, fmt: int) -> Field:
     from veilgate.masking.planner import Field
 
     return Field(f"column{index + 1}", 0, 0, 0, fmt)
-
-
-def _fingerprint(text: str) -> str:
-    try:
-        return str(_pg.fingerprint(text))
-    except Exception:
-        import hashlib
-
-        return "raw:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -24,20 +24,29 @@ import re
 import secrets
 import ssl
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from veilgate import metrics
-from veilgate.gateway import wire
+from veilgate.pgwire import wire
 from veilgate.redact import redact_name
 
 if TYPE_CHECKING:
     import veilgate_native as native
 
     from veilgate.audit.recorder import Recorder
-    from veilgate.gateway.session import Session
-    from veilgate.policy.engine import Decision
+    from veilgate.config_model import GatewayConfig, TargetConfig
+    from veilgate.gateway.mirror import ServerMirror
+    from veilgate.gateway.startup import ClientStartup
+    from veilgate.identity.base import Principal
+    from veilgate.policy.engine import Decision, PolicyEngine
 
-__all__ = ["AUDIT_REFUSED_SQLSTATE", "REFUSED_TAGS", "SessionRecording"]
+__all__ = [
+    "AUDIT_REFUSED_SQLSTATE",
+    "REFUSED_TAGS",
+    "RecordedSession",
+    "SessionRecording",
+    "open_recording",
+]
 
 AUDIT_REFUSED_SQLSTATE: Final = "58030"
 AUDIT_RULE: Final = "audit-unavailable"
@@ -60,7 +69,57 @@ REFUSAL: Final = wire.error_response(
 )
 
 
-def _principal(session: Session) -> dict[str, Any]:
+class _PolicyHost(Protocol):
+    @property
+    def policy_engine(self) -> PolicyEngine | None: ...
+
+
+class RecordedSession(Protocol):
+    """What a recording needs of its session (:class:`~veilgate.gateway.session.Session` is
+    one; a protocol, so that this module does not import the session that imports it)."""
+
+    @property
+    def gateway(self) -> _PolicyHost: ...
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def state(self) -> native.SessionState: ...
+    @property
+    def principal(self) -> Principal | None: ...
+    @property
+    def tier(self) -> str | None: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def target(self) -> TargetConfig | None: ...
+    @property
+    def login(self) -> TargetConfig | None: ...
+    @property
+    def startup(self) -> ClientStartup | None: ...
+    @property
+    def client_transport(self) -> Any: ...
+    @property
+    def client_rb(self) -> Any: ...
+    @property
+    def upstream_rb(self) -> Any: ...
+    @property
+    def upstream_pid(self) -> int | None: ...
+    @property
+    def enforcer(self) -> object | None: ...
+    @property
+    def masking(self) -> object | None: ...
+    @property
+    def mirror(self) -> ServerMirror | None: ...
+    @property
+    def current_stmt_id(self) -> int: ...
+    def set_client_events(self) -> None: ...
+    def set_upstream_events(self) -> None: ...
+    def write_upstream(self, data: bytes) -> None: ...
+
+
+def _principal(session: RecordedSession) -> dict[str, Any]:
     p = session.principal
     if p is None:
         return {}
@@ -91,7 +150,7 @@ def _tls(transport: Any) -> dict[str, Any] | None:
     }
 
 
-def session_tier(session: Session) -> str | None:
+def session_tier(session: RecordedSession) -> str | None:
     """The session's policy tier (what its statements are judged by), else its login tier."""
     engine = session.gateway.policy_engine
     if engine is not None and session.principal is not None:
@@ -101,7 +160,7 @@ def session_tier(session: Session) -> str | None:
     return session.tier
 
 
-def start_members(session: Session, node: str) -> str:
+def start_members(session: RecordedSession, node: str) -> str:
     """The ``session_start`` record: who, from where, over what, as which tier, to what."""
     target = session.target
     login = session.login
@@ -140,10 +199,33 @@ def start_members(session: Session, node: str) -> str:
     return '"session_start",' + body[1:-1]
 
 
+def open_recording(recorder: Recorder, session: RecordedSession) -> SessionRecording:
+    """Start recording ``session`` (when it starts relaying)."""
+    from veilgate.audit.index import SessionStart
+
+    rec = SessionRecording(recorder, session, new_session_id())
+    p = session.principal
+    target = session.target
+    recorder.open_session(
+        rec,
+        SessionStart(
+            provider=p.provider if p else None,
+            tenant=p.tenant if p else None,
+            subject=p.subject if p else None,
+            client_app=p.client_app if p else None,
+            principal=p.label() if p else None,
+            tier=session_tier(session),
+            target=target.name if target else None,
+            client_addr=session.peer,
+        ),
+    )
+    return rec
+
+
 class SessionRecording:
     """The recording of one session, and its refusals while the recorder is blocked."""
 
-    def __init__(self, recorder: Recorder, session: Session, sid: str) -> None:
+    def __init__(self, recorder: Recorder, session: RecordedSession, sid: str) -> None:
         self.recorder = recorder
         self.session = session
         self.sid = sid
@@ -152,6 +234,10 @@ class SessionRecording:
         self._markers: OrderedDict[bytes, int] = OrderedDict()
         self._check_scheduled = False
         self._closed = False
+
+    @property
+    def peer(self) -> str:
+        return self.session.peer
 
     # --- lifecycle -----------------------------------------------------------------------------
 

@@ -18,18 +18,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from veilgate import bytecache, log, metrics
 from veilgate.config_model import GatewayConfig, TargetConfig
-from veilgate.gateway import upstream, wire
 from veilgate.gateway.cancel import CancelRegistry
 from veilgate.gateway.limits import ConnectionCounter
-from veilgate.gateway.negotiate import (
+from veilgate.gateway.recording import open_recording
+from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
+from veilgate.identity.base import Authenticator, Principal
+from veilgate.masking.catalog import Catalog
+from veilgate.pgwire import upstream, wire
+from veilgate.pgwire.negotiate import (
     ClientGone,
     NegotiationError,
     Outcome,
     negotiate,
 )
-from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
-from veilgate.identity.base import Authenticator, Principal
-from veilgate.masking.catalog import Catalog
 from veilgate.policy.audit import AuditSink, JsonLinesAuditSink, TeeAuditSink
 from veilgate.policy.diff import policy_changes
 from veilgate.policy.engine import PolicyEngine
@@ -322,7 +323,9 @@ class Gateway:
 
     def open_recording(self, session: Session) -> SessionRecording | None:
         """Start recording a session that begins relaying (None without an ``audit`` section)."""
-        return self.recorder.open_session(session) if self.recorder is not None else None
+        if self.recorder is None:
+            return None
+        return open_recording(self.recorder, session)
 
     def reopen_audit(self) -> None:
         """SIGHUP: start a new audit segment (and pick up a rotated signing key); reopen the

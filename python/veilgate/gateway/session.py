@@ -16,13 +16,12 @@ import logging
 import time
 from collections import deque
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import veilgate_native as native
 
 from veilgate import log, metrics
 from veilgate.config_model import TargetConfig
-from veilgate.gateway import upstream, wire
 from veilgate.gateway._relay import RelayProtocol, record_sized
 from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
@@ -38,14 +37,21 @@ from veilgate.gateway.startup import (
 from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
 from veilgate.masking.policy import MaskingUnavailable
+from veilgate.pgwire import upstream, wire
 from veilgate.policy.names import quote_search_path
 from veilgate.redact import redact_name
 
 if TYPE_CHECKING:
+    from veilgate.approvals.service import ApprovalService
+    from veilgate.config_model import GatewayConfig
+    from veilgate.gateway.cancel import CancelRegistry
+    from veilgate.gateway.limits import ConnectionCounter
     from veilgate.gateway.recording import SessionRecording
-    from veilgate.gateway.server import Gateway
     from veilgate.gateway.startup import ClientStartup
+    from veilgate.identity.base import Authenticator
     from veilgate.masking.planner import SessionMasking
+    from veilgate.policy.audit import AuditSink
+    from veilgate.policy.engine import PolicyEngine
 
 logger = log.get("gateway.session")
 
@@ -120,10 +126,40 @@ class _Inbox:
             raise _SideClosed from self.error
 
 
+class SessionHost(Protocol):
+    """What a session needs of the gateway that accepted it
+    (:class:`~veilgate.gateway.server.Gateway` is one; a protocol, so that this module does not
+    import the server that imports it)."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def authenticator(self) -> Authenticator: ...
+    @property
+    def cancel_registry(self) -> CancelRegistry[Session]: ...
+    @property
+    def connection_counter(self) -> ConnectionCounter: ...
+    @property
+    def policy_engine(self) -> PolicyEngine | None: ...
+    @property
+    def audit_sink(self) -> AuditSink | None: ...
+    @property
+    def decision_sink(self) -> AuditSink | None: ...
+    @property
+    def approvals(self) -> ApprovalService | None: ...
+    async def handle_cancel(self, packet: bytes) -> None: ...
+    def masking_planner(
+        self, principal: Principal, login: TargetConfig
+    ) -> SessionMasking | None: ...
+    def open_recording(self, session: Session) -> SessionRecording | None: ...
+    def cancel_abandoned(self, session: Session, reason: str) -> None: ...
+    def session_closed(self, session: Session) -> None: ...
+
+
 class Session:
     """One client connection and, once authenticated, its upstream connection."""
 
-    def __init__(self, gateway: Gateway, peer: str) -> None:
+    def __init__(self, gateway: SessionHost, peer: str) -> None:
         self.gateway = gateway
         self.config = gateway.config
         self.peer = peer

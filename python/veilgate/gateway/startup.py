@@ -1,6 +1,6 @@
 """Client StartupMessage handling: protocol version negotiation and the parameter allow-list.
 
-Sans-IO: :func:`negotiate_startup` takes a parsed :class:`~veilgate.gateway.wire.StartupPacket`
+Sans-IO: :func:`negotiate_startup` takes a parsed :class:`~veilgate.pgwire.wire.StartupPacket`
 and returns what to do, or raises :class:`StartupRefused` with the FATAL to send.
 
 Parameter policy (a startup parameter is a GUC the server applies with the login role's
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from veilgate.gateway import wire
+from veilgate.pgwire import wire
 
 SUPPORTED_MAJOR = 3
 NEWEST_MINOR = 0

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from veilgate.config_model import TargetConfig
-from veilgate.gateway.upstream import UpstreamError
+from veilgate.pgwire.upstream import UpstreamError
 
 from .fields import Field, parse_row_description
 from .invalidation import Scope

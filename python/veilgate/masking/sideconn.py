@@ -2,7 +2,7 @@
 
 The catalog must not share the client's upstream connection (it would interleave with the
 client's own protocol stream and transaction), so it opens its own, with the same TLS and SCRAM
-code the gateway uses (:func:`veilgate.gateway.upstream.connect`, :class:`UpstreamHandshake`).
+code the gateway uses (:func:`veilgate.pgwire.upstream.connect`, :class:`UpstreamHandshake`).
 Only what the catalog needs: simple queries with text results, and Parse + Describe of a
 statement.  One request at a time (an :class:`asyncio.Lock`); any protocol surprise closes it.
 """
@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from veilgate.config_model import TargetConfig
-from veilgate.gateway import upstream, wire
+from veilgate.pgwire import upstream, wire
 
 __all__ = ["SideConnection", "SideConnectionError", "SideQueryError"]
 

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
-from veilgate.gateway import wire
+from veilgate.pgwire import wire
 
 MAX_STARTUP_PACKET = 10000
 TLS_HANDSHAKE_RECORD = 0x16

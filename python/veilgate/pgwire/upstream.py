@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from veilgate.config_model import TargetConfig, UpstreamTLSMode
-from veilgate.gateway import wire
+from veilgate.pgwire import wire
 
 ALPN = "postgresql"
 SSL_SHUTDOWN_TIMEOUT_S = 2.0
