@@ -94,8 +94,13 @@ def _tree(path: Path) -> ast.Module:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".pyx":
         # Cython: the Python-level imports (``cimport`` is compile-time only)
-        lines = [m.group(0) for m in _CYTHON_IMPORT.finditer(text) if "cimport" not in m.group(0)]
-        text = "\n".join(lines)
+        # (kept on their own lines, so that the line numbers are the file's)
+        kept = ["" for _ in text.splitlines()]
+        for m in _CYTHON_IMPORT.finditer(text):
+            if "cimport" not in m.group(0):
+                line = text.count("\n", 0, m.start())
+                kept[line] = m.group(0).replace("\n", " ")
+        text = "\n".join(kept)
     return ast.parse(text, filename=str(path))
 
 
