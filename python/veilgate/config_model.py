@@ -351,6 +351,9 @@ class AuditConfig:
     """Record statements with every constant replaced by ``$n`` (pg_stat_statements style)."""
     index: bool = True
     """Keep the session index (``veilgate sessions list``) up to date."""
+    index_grace_s: float = field(default=10.0, metadata={"min": 0.0, "max": 3600.0})
+    """How long index writes may fail and be retried before that counts as a recording failure
+    (``on_failure``): the records are in the segments meanwhile, only the index lags."""
 
     def keyring(self) -> dict[str, bytes]:
         """Every configured key by id (raises ``ValueError`` naming a bad key)."""

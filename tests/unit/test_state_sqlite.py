@@ -209,3 +209,77 @@ def test_long_paths_use_abstract_sockets(tmp_path: Path) -> None:
             await b.close()
 
     run(go())
+
+
+def test_new_file_opened_by_two_connections_at_once(tmp_path: Path) -> None:
+    """Switching a new file to WAL fails at once (no busy wait) while another connection holds
+    its write lock -- the approval store and the session index open the same new file at start:
+    the switch is retried, not reported as the store being down."""
+    import threading
+
+    path = tmp_path / "s.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # still in rollback-journal mode: holds the write lock
+    other.execute("CREATE TABLE elsewhere (x INTEGER)")
+    released = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    released.start()
+
+    async def go() -> None:
+        db = SQLiteDB(path)
+        try:
+            assert await migrate(db, "demo", STEPS) == 2
+        finally:
+            await db.close()
+
+    try:
+        run(go())
+    finally:
+        released.join()
+        other.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_begin_finished_after_its_caller_gave_up_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """An operation the event loop stopped waiting for still runs in the worker thread: a BEGIN
+    that completes after its timeout is rolled back, so neither this connection nor another
+    process is locked out afterwards."""
+    import time
+
+    path = tmp_path / "s.db"
+    db = SQLiteDB(path, timeout_s=0.2)
+    original = db._begin
+    started = []
+
+    def slow_begin() -> None:
+        started.append(1)
+        time.sleep(1.6)  # past the caller's wait (timeout_s + 1 s)
+        original()
+
+    async def go() -> None:
+        try:
+            await migrate(db, "demo", STEPS)
+            db._begin = slow_begin  # type: ignore[method-assign]
+            with pytest.raises(StateUnavailable, match="timed out"):
+                async with db.transaction() as tx:
+                    await tx.execute("INSERT INTO t (id, name) VALUES (1, 'never')")
+            db._begin = original  # type: ignore[method-assign]
+            # the next transaction of this connection works ...
+            await db.execute("INSERT INTO t (id, name) VALUES ($1, $2)", 2, "after")
+            # ... and another process can write (the abandoned BEGIN holds no lock)
+            other = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("INSERT INTO t (id, name) VALUES (3, 'other')")
+                other.execute("COMMIT")
+            finally:
+                other.close()
+            assert [r["name"] for r in await db.fetch("SELECT name FROM t ORDER BY id")] == [
+                "after",
+                "other",
+            ]
+        finally:
+            await db.close()
+
+    run(go())
+    assert started

@@ -10,8 +10,13 @@ record: ``veilgate audit reindex`` rebuilds the index from them.
 Tables touched come from the session's distinct statements (the engine keeps the first text of
 each fingerprint), analysed once per fingerprint with the policy's parser, in a worker thread.
 
-When the store cannot be written (disk full, the database down) the updates wait in memory and
-are retried every second; the recorder treats that as a recording failure (``on_state``).
+When the store cannot be written (disk full, the database down, a lock held too long) the
+updates wait in memory and are retried (quickly at first, then every second).  The records are in
+the segments meanwhile -- only the index lags -- so a write that fails and then works on a retry
+is not a recording failure: the recorder is told (``on_state``) only when writes have kept
+failing for ``grace_s`` (or the updates waiting in memory pass ``MAX_PENDING``), and again when
+they work.  A store that is really down therefore still blocks statements (``on_failure:
+block``), after the grace.
 """
 
 from __future__ import annotations
@@ -79,7 +84,11 @@ MIGRATIONS = (
 )
 
 RETRY_S = 1.0
+RETRY_FIRST_S = 0.1
 COMMIT_EVERY_S = 0.2
+MAX_PENDING = 200_000
+"""Index updates held in memory while the store fails; past this the failure is reported at
+once, whatever the grace."""
 
 Op = tuple[str, tuple[Any, ...]]
 
@@ -212,10 +221,12 @@ class IndexWriter:
         *,
         node: str = "",
         on_state: Callable[[bool, str | None], None] | None = None,
+        grace_s: float = 10.0,
     ) -> None:
         self.db = db
         self.node = node
         self._on_state = on_state
+        self.grace_s = grace_s
         self._ops: list[Op] = []
         self._ends: list[tuple[str, float, str, dict[str, Any]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -227,8 +238,12 @@ class IndexWriter:
         self._migrated = False
         self._idle: asyncio.Event | None = None
         self.healthy = True
+        """False once writes have failed for longer than the grace (the recorder is failing)."""
         self.last_error: str | None = None
         self.failures = 0
+        """Writes that failed (each retried), transient ones included."""
+        self.failing_since: float | None = None
+        """Monotonic time of the first failure of the current run of failures (None: writing)."""
 
     async def start(self) -> None:
         """Run: create or migrate the tables first (a store that is down counts as a failure
@@ -322,14 +337,12 @@ class IndexWriter:
             try:
                 await migrate(self.db, COMPONENT, MIGRATIONS)
                 self._migrated = True
-                if not self.healthy:
-                    self._state(True, None)
+                self._worked()
             except StateUnavailable as exc:
-                if self.healthy:
-                    self._state(False, str(exc))
+                self._failed(exc)
                 if self._stopping:
                     return
-                await asyncio.sleep(RETRY_S)
+                await asyncio.sleep(self._retry_s())
         while True:
             if not self._ops and not self._ends:
                 self._idle.set()
@@ -337,7 +350,7 @@ class IndexWriter:
                     return
                 await self._wake.wait()
                 self._wake.clear()
-            await asyncio.sleep(COMMIT_EVERY_S if self.healthy else RETRY_S)
+            await asyncio.sleep(COMMIT_EVERY_S if self.failing_since is None else self._retry_s())
             while self._ends:
                 self._ops.extend(await self._end_ops(*self._ends.pop(0)))
             ops = self._ops
@@ -348,14 +361,51 @@ class IndexWriter:
                         await tx.execute(sql, *args)
             except StateUnavailable as exc:
                 self._ops[:0] = ops
-                self.failures += 1
-                if self.healthy:
-                    self._state(False, str(exc))
+                self._failed(exc)
                 if self._stopping:
                     return
                 continue
-            if not self.healthy:
-                self._state(True, None)
+            self._worked()
+
+    @property
+    def pending(self) -> int:
+        """Index updates waiting to be written."""
+        return len(self._ops) + len(self._ends)
+
+    def _retry_s(self) -> float:
+        """Quick retries at first (a lock held a moment too long), then every ``RETRY_S``."""
+        since = self.failing_since
+        if since is None or time.monotonic() - since < min(self.grace_s, 2.0):
+            return RETRY_FIRST_S
+        return RETRY_S
+
+    def _failed(self, exc: StateUnavailable) -> None:
+        """A write (or the migration) failed; it is retried.  Reported to the recorder once the
+        failures have lasted ``grace_s`` or too many updates wait."""
+        self.failures += 1
+        self.last_error = str(exc)
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+            log.event(
+                logger,
+                "audit_index_retrying",
+                logging.WARNING,
+                store=self.db.describe(),
+                error=str(exc),
+                grace_s=self.grace_s,
+            )
+        if self.healthy and (
+            now - self.failing_since >= self.grace_s or self.pending > MAX_PENDING
+        ):
+            self._state(False, str(exc))
+
+    def _worked(self) -> None:
+        self.failing_since = None
+        if not self.healthy:
+            self._state(True, None)
+        else:
+            self.last_error = None
 
     def _state(self, ok: bool, error: str | None) -> None:
         self.healthy = ok

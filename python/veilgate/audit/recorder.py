@@ -7,11 +7,13 @@ records of their session.  Decisions do not go through ``emit``: the policy enfo
 them to the engine's statement records (``SessionRecording.decision``).
 
 **Failure policy.**  When the writer cannot write (disk full, permission or volume lost) or the
-index cannot be updated, the recorder is *failing*: ``veilgate_audit_healthy`` is 0, a log line
-says why, and with ``on_failure: block`` (the default) every session refuses new statements
-with ``58030`` and ``/healthz`` answers 503 until writing works again (no restart needed).  With
-``continue`` the gateway keeps serving; records wait in memory up to ``queue_max_records``, then
-are dropped and counted (``veilgate_audit_records_dropped_total``) and the gap is recorded.
+index cannot be updated for longer than ``index_grace_s`` (its writes are retried meanwhile: the
+records are in the segments, only the index lags), the recorder is *failing*:
+``veilgate_audit_healthy`` is 0, a log line says why, and with ``on_failure: block`` (the
+default) every session refuses new statements with ``58030`` and ``/healthz`` answers 503 until
+writing works again (no restart needed).  With ``continue`` the gateway keeps serving; records
+wait in memory up to ``queue_max_records``, then are dropped and counted
+(``veilgate_audit_records_dropped_total``) and the gap is recorded.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ class Recorder:
             # the shared state store (state:); a store that cannot be opened is a recording
             # failure like any other, so it raises here only for a broken configuration
             db = open_state(state if state is not None else StateConfig())
-            self.index = IndexWriter(db, node=self.node, on_state=self._index_state)
+            self.index = IndexWriter(
+                db, node=self.node, on_state=self._index_state, grace_s=config.index_grace_s
+            )
         self.block = config.on_failure is AuditFailureMode.BLOCK
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sessions: dict[str, SessionRecord] = {}
@@ -318,6 +322,7 @@ class Recorder:
             "error": self.writer.last_error or index_error,
             "writer_error": self.writer.last_error,
             "index_error": index_error,
+            "index_pending": self.index.pending if self.index is not None else 0,
             "queued": self.native.queued,
             "dropped": self.native.dropped_total,
             "segment": str(self.writer.current_segment) if self.writer.current_segment else None,

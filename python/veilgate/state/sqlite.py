@@ -4,6 +4,13 @@ All statements run on one connection in one worker thread, so the event loop nev
 disk; an :class:`asyncio.Lock` keeps one transaction at a time in this process, and ``BEGIN
 IMMEDIATE`` with a busy timeout serialises writers across processes (the gateway and the
 ``veilgate approvals`` CLI share the file).  Notifications go through :mod:`veilgate.state.wake`.
+
+Two things SQLite's busy timeout does not cover are handled here: switching a new file to WAL
+mode fails at once (``database is locked``, no busy wait) while another connection opens the
+same file -- the gateway's approval store and its session index do at start -- so the switch is
+retried within the timeout; and an operation the event loop stopped waiting for (timeout) still
+finishes in the worker thread, so a ``BEGIN`` that completed after its caller gave up is rolled
+back before the next transaction (else the connection would hold the write lock for ever).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -82,7 +90,7 @@ class SQLiteDB(StateDB):
         )
         try:
             conn.row_factory = sqlite3.Row
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._wal(conn)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL mode ({mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -93,6 +101,22 @@ class SQLiteDB(StateDB):
             raise
         self._conn = conn
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=WAL``, retried while another connection holds the new file
+        (the switch does not wait on the busy timeout)."""
+        deadline = time.monotonic() + self.timeout_s
+        pause = 0.002
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
         cur = self._connect().execute(sql, args)
@@ -107,7 +131,11 @@ class SQLiteDB(StateDB):
         return rows
 
     def _begin(self) -> None:
-        self._connect().execute("BEGIN IMMEDIATE")
+        conn = self._connect()
+        if conn.in_transaction:
+            # left by a transaction whose caller stopped waiting (see the module docstring)
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
 
     def _end(self, commit: bool) -> None:
         conn = self._conn
@@ -139,7 +167,13 @@ class SQLiteDB(StateDB):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._lock:
-            await self._run(self._begin)
+            try:
+                await self._run(self._begin)
+            except StateUnavailable:
+                # a BEGIN that timed out may still succeed in the worker: roll it back there
+                # (the worker runs one call at a time, so this runs after it)
+                self._abandon()
+                raise
             tx = _SQLiteTx(self)
             try:
                 yield tx
@@ -150,6 +184,16 @@ class SQLiteDB(StateDB):
             await self._run(self._end, True)
         for channel, payload in tx.notices:
             await self._send(channel, payload)
+
+    def _abandon(self) -> None:
+        ex = self._executor
+        if ex is not None and not self._closed:
+            with contextlib.suppress(RuntimeError):  # shut down meanwhile
+                ex.submit(self._end_quietly)
+
+    def _end_quietly(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._end(False)
 
     async def _send(self, channel: str, payload: str) -> None:
         loop = asyncio.get_running_loop()
