@@ -8,20 +8,22 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from veilgate.audit.index import IndexWriter, SessionFilter, list_sessions
+from veilgate.audit.index import IndexWriter, SessionFilter, SessionStart, list_sessions
 from veilgate.state.sqlite import SQLiteDB
 
 
-def _session(peer: str) -> Any:
-    return SimpleNamespace(
+def _session(peer: str) -> SessionStart:
+    return SessionStart(
+        provider=None,
+        tenant=None,
+        subject=None,
+        client_app=None,
         principal=None,
-        target=None,
-        peer=peer,
         tier="t",
-        gateway=SimpleNamespace(policy_engine=None),
+        target=None,
+        client_addr=peer,
     )
 
 
