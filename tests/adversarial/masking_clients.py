@@ -126,21 +126,26 @@ class Outcome:
         return leaks(self.received)
 
 
-def attack(target: pw.Target, mode: str, sql: str, *, in_tx: bool = False) -> Outcome:
-    """Run ``sql`` through ``mode``; see the module docstring."""
+def attack(
+    target: pw.Target, mode: str, sql: str, *, in_tx: bool = False, setup: tuple[str, ...] = ()
+) -> Outcome:
+    """Run ``sql`` through ``mode``; see the module docstring.  ``setup``: statements run
+    first in the same session (in the transaction, with ``in_tx``), each as a simple Query (or
+    the client's plain execute); what they answer is not part of the outcome."""
     if mode == "psql":
-        return _psql(target, sql, in_tx)
+        return _psql(target, sql, in_tx, setup)
     if mode.startswith("psycopg"):
-        return _psycopg(target, sql, mode, in_tx)
+        return _psycopg(target, sql, mode, in_tx, setup)
     if mode == "asyncpg":
-        return asyncio.run(_asyncpg(target, sql, in_tx))
+        return asyncio.run(_asyncpg(target, sql, in_tx, setup))
     if mode.startswith("wire"):
-        return _wire(target, sql, mode, in_tx)
+        return _wire(target, sql, mode, in_tx, setup)
     raise ValueError(mode)
 
 
-def _psql(target: pw.Target, sql: str, in_tx: bool) -> Outcome:
-    script = f"BEGIN;\n{sql};\nCOMMIT;\n" if in_tx else f"{sql};\n"
+def _psql(target: pw.Target, sql: str, in_tx: bool, setup: tuple[str, ...] = ()) -> Outcome:
+    first = "".join(f"{s};\n" for s in setup)
+    script = f"BEGIN;\n{first}{sql};\nCOMMIT;\n" if in_tx else f"{first}{sql};\n"
     res = subprocess.run(
         [
             "psql",
@@ -195,7 +200,9 @@ def _diag_bytes(exc: psycopg.Error) -> bytes:
     return "\x00".join(p for p in parts if p).encode()
 
 
-def _psycopg(target: pw.Target, sql: str, mode: str, in_tx: bool) -> Outcome:
+def _psycopg(
+    target: pw.Target, sql: str, mode: str, in_tx: bool, setup: tuple[str, ...] = ()
+) -> Outcome:
     out = Outcome()
     chunks: list[bytes] = []
     with psycopg.connect(target.conninfo(), autocommit=True) as conn:
@@ -207,6 +214,8 @@ def _psycopg(target: pw.Target, sql: str, mode: str, in_tx: bool) -> Outcome:
         try:
             if in_tx:
                 conn.execute("BEGIN")
+            for s in setup:
+                conn.execute(s)
             cur.execute(sql)
             res = cur.pgresult
             if res is not None and res.nfields:
@@ -231,7 +240,9 @@ def _psycopg(target: pw.Target, sql: str, mode: str, in_tx: bool) -> Outcome:
     return out
 
 
-async def _asyncpg(target: pw.Target, sql: str, in_tx: bool) -> Outcome:
+async def _asyncpg(
+    target: pw.Target, sql: str, in_tx: bool, setup: tuple[str, ...] = ()
+) -> Outcome:
     out = Outcome()
     chunks: list[bytes] = []
     conn = await asyncpg.connect(**target.asyncpg_kwargs())
@@ -239,6 +250,8 @@ async def _asyncpg(target: pw.Target, sql: str, in_tx: bool) -> Outcome:
     try:
         if in_tx:
             await conn.execute("BEGIN")
+        for s in setup:
+            await conn.execute(s)
         try:
             records = await conn.fetch(sql)
             out.rows = [list(r.values()) for r in records]
@@ -258,13 +271,17 @@ async def _asyncpg(target: pw.Target, sql: str, in_tx: bool) -> Outcome:
     return out
 
 
-def _wire(target: pw.Target, sql: str, mode: str, in_tx: bool) -> Outcome:
+def _wire(
+    target: pw.Target, sql: str, mode: str, in_tx: bool, setup: tuple[str, ...] = ()
+) -> Outcome:
     out = Outcome()
     conn = pw.connect(target.endpoint())
     msgs: list[pw.Msg] = []
     try:
         if in_tx:
             msgs += conn.simple("BEGIN")
+        for s in setup:
+            conn.simple(s)
         if mode == "wire-simple":
             msgs += conn.simple(sql)
         else:

@@ -389,8 +389,10 @@ class PolicyEnforcer:
             d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
         if d.allowed:
-            # what it PREPAREs / DEALLOCATEs is the mirror's, once the server has done it
+            # what it PREPAREs / DEALLOCATEs is the mirror's, once the server has done it; a
+            # search_path it may set joins the session's possible paths now (as for a Parse)
             self._write(frame)
+            self.ctx.note_search_path(d)
             return
         if d.rule_id == UNPARSEABLE_RULE:
             probe = parse_probe(b"", frame[5:] if end < 0 else frame[5:end])

@@ -107,7 +107,7 @@ class InferenceGuard:
 
     def __init__(self, relay: GuardedRelay) -> None:
         self.relay = relay
-        self._verdicts: ByteLRU[str, tuple[Resolution, Denial | None]] = ByteLRU(
+        self._verdicts: ByteLRU[str, tuple[Resolution, tuple[str, ...], Denial | None]] = ByteLRU(
             SESSION_CACHE_BYTES
         )
 
@@ -155,11 +155,13 @@ class InferenceGuard:
             if res is None:
                 return _UNKNOWN
         hit = self._verdicts.get(info.text)
-        if hit is not None and hit[0] is res:
+        # where an unqualified CREATE puts its table follows the session's search_path
+        schemas = planner.creation_schemas()
+        if hit is not None and hit[0] is res and hit[1] is schemas:
             self._verdicts.move_to_end(info.text)
-            return hit[1]
+            return hit[2]
         verdict = judge(res, planner)
-        self._verdicts.put(info.text, (res, verdict), text_cost(info.text))
+        self._verdicts.put(info.text, (res, schemas, verdict), text_cost(info.text))
         if len(self._verdicts) > _VERDICTS:
             self._verdicts.popitem(last=False)
         return verdict

@@ -280,6 +280,7 @@ class MaskingRelay:
 
     def replace_planner(self, planner: SessionMasking) -> None:
         """A policy reload: results planned from now on follow the new masking rules."""
+        planner.adopt(self.planner)  # the session's own tables stay known
         self.planner = planner
         self._side = SideChannelMasker(planner)
         self._guard = InferenceGuard(self)  # verdicts of the old rules are forgotten

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +37,7 @@ from veilgate.gateway.startup import (
 )
 from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
+from veilgate.masking.overlay import creation_schemas
 from veilgate.masking.policy import MaskingUnavailable
 from veilgate.pgwire import upstream, wire
 from veilgate.policy.names import quote_search_path
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
     from veilgate.identity.base import Authenticator
     from veilgate.masking.planner import SessionMasking
     from veilgate.policy.audit import AuditSink
-    from veilgate.policy.engine import PolicyEngine
+    from veilgate.policy.engine import PolicyEngine, SessionContext
 
 logger = log.get("gateway.session")
 
@@ -874,6 +876,8 @@ class Session:
         planner, principal = self._planner, self.principal
         if planner is None or principal is None or self.mirror is None:
             return None
+        if self.enforcer is not None and self._login is not None:
+            planner.creation_schemas = _creation_schemas_of(self.enforcer.ctx, self._login.user)
         return MaskingRelay(
             self,
             planner,
@@ -1028,3 +1032,20 @@ class Session:
         for t in (ct, ut):
             if t is not None:
                 t.abort()
+
+
+def _creation_schemas_of(ctx: SessionContext, user: str) -> Callable[[], tuple[str, ...]]:
+    """Where a table the session creates without a schema may go: each schema of each
+    search_path the session may have (:func:`veilgate.masking.overlay.creation_schemas`).  The
+    same tuple object is returned while the path does not change (verdicts are cached on it)."""
+    memo: list[Any] = [None, ()]
+
+    def schemas() -> tuple[str, ...]:
+        path = ctx.search_path
+        if path != memo[0]:
+            memo[0] = path
+            memo[1] = creation_schemas(path.paths, path.unknown, user)
+        result: tuple[str, ...] = memo[1]
+        return result
+
+    return schemas

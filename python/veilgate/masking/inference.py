@@ -136,13 +136,17 @@ def _write(w: Write, planner: SessionMasking) -> Denial | None:
     if not masked:
         return None
     dest = w.dest
-    dest_rule = planner.base_rule(dest) if dest is not None else None
+    # a table created unqualified may be in any schema of the session's search_path: each
+    # candidate must be masked the same way
+    dest_rules = planner.base_rules(dest) if dest is not None else [None]
     for col in masked:
         rule = planner.base_rule(col)
         assert rule is not None
         if "all" in rule.allow:
             continue
-        if dest_rule is not None and _masked_the_same_way(rule, dest_rule, w.source.exact):
+        if dest_rules and all(
+            d is not None and _masked_the_same_way(rule, d, w.source.exact) for d in dest_rules
+        ):
             continue
         return Denial(
             column=col.label(),

@@ -16,12 +16,13 @@ columns are base columns of their own (``pg_temp.t.c``), masked by whatever rule
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Final
 
 from ..bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from .resolve import FunctionInfo, Name, RelationFacts
 
-__all__ = ["OverlayCatalog", "OverlayFacts", "SessionRelations"]
+__all__ = ["ANY_SCHEMA", "OverlayCatalog", "OverlayFacts", "SessionRelations", "creation_schemas"]
 
 MAX_RELATIONS: Final = 1024
 """Beyond this many created relations (or :data:`~veilgate.bytecache.SESSION_CACHE_BYTES` of
@@ -29,11 +30,24 @@ their names) the oldest are forgotten (statements naming them are then of unknow
 fail closed)."""
 
 
+ANY_SCHEMA: Final = "*"
+"""The schema of a table created unqualified while the session's search_path is not known (a
+path computed at run time): column rules match it in any schema (fail closed)."""
+
+
 class SessionRelations:
-    """The relations one session created (by name), newest definition wins."""
+    """The relations one session created (by name; a name may exist in several schemas), newest
+    definition per schema wins.
+
+    A table created without a schema is where the server puts it: the first schema of the
+    session's ``search_path`` that exists.  The gateway does not know which schemas exist, and
+    the path may be one of several (a ``SET`` that may have been rolled back), so such a table is
+    recorded in *every* schema its path may name (``$user`` read as the login's user name,
+    ``pg_temp`` included, :data:`ANY_SCHEMA` when the path is unknown): each column then has the
+    lineage of each candidate, which can only add masking."""
 
     def __init__(self) -> None:
-        self._by_name: ByteLRU[str, RelationFacts] = ByteLRU(SESSION_CACHE_BYTES)
+        self._by_name: ByteLRU[str, tuple[RelationFacts, ...]] = ByteLRU(SESSION_CACHE_BYTES)
         self.version = 0
         """Bumped on every change (analyses that used the overlay are keyed on it)."""
 
@@ -43,24 +57,53 @@ class SessionRelations:
     def names(self) -> frozenset[str]:
         return frozenset(self._by_name)
 
-    def add(self, created: tuple[RelationFacts, ...]) -> None:
+    def add(
+        self, created: tuple[RelationFacts, ...], schemas: tuple[str, ...] = (ANY_SCHEMA,)
+    ) -> None:
+        """Tables the server confirmed it created; ``schemas``: where an unqualified one may
+        be (see :func:`creation_schemas`)."""
         for r in created:
-            self._by_name.pop(r.table, None)
-            self._by_name.put(r.table, r, text_cost(r.table, *r.columns))
+            placed = (
+                tuple(replace(r, schema=s) for s in dict.fromkeys(schemas or (ANY_SCHEMA,)))
+                if r.schema == ""
+                else (r,)
+            )
+            new = {p.schema for p in placed}
+            kept = tuple(o for o in self._by_name.pop(r.table, None) or () if o.schema not in new)
+            facts = kept + placed
+            self._by_name.put(
+                r.table, facts, text_cost(r.table, *(c for f in facts for c in f.columns))
+            )
             if len(self._by_name) > MAX_RELATIONS:
                 self._by_name.popitem(last=False)
             self.version += 1
 
     def matching(self, name: Name) -> tuple[RelationFacts, ...]:
-        r = self._by_name.get(name[1])
-        if r is None:
+        """The session's relations a name may denote (an unqualified name: each of them)."""
+        facts = self._by_name.get(name[1])
+        if not facts:
             return ()
         schema = name[0]
-        if schema is None or schema == r.schema or (schema == "pg_temp" and r.schema == ""):
-            return (r,)
-        if r.schema == "" and schema is not None:
-            return (r,)  # created unqualified: any schema of the search path may hold it
-        return ()
+        if schema is None:
+            return facts
+        return tuple(r for r in facts if r.schema in (schema, ANY_SCHEMA))
+
+
+def creation_schemas(
+    paths: tuple[tuple[str, ...], ...], unknown: bool, user: str
+) -> tuple[str, ...]:
+    """Every schema an unqualified CREATE may put its table in, for a session whose search_path
+    is one of ``paths`` (:class:`~veilgate.policy.names.SearchPath`'s) or ``unknown``: each schema
+    the paths list (``$user`` is the login's own), :data:`ANY_SCHEMA` when unknown."""
+    out: list[str] = []
+    for path in paths:
+        for s in path:
+            s = user if s == "$user" else s
+            if s and s not in out:
+                out.append(s)
+    if unknown or not out:
+        out.append(ANY_SCHEMA)
+    return tuple(out)
 
 
 class OverlayFacts:

@@ -54,7 +54,7 @@ from .codecs import NeedType, codec_for
 from .fields import Field, parse_row_description
 from .invalidation import invalidation_scope
 from .lineage import CopyInfo, StatementInfo, statement_info
-from .overlay import OverlayCatalog, OverlayFacts, SessionRelations
+from .overlay import ANY_SCHEMA, OverlayCatalog, OverlayFacts, SessionRelations
 from .policy import ColumnRule, MaskingUnavailable, TierMasking
 from .resolve import Col, Lineage, Resolution
 
@@ -130,6 +130,10 @@ class _Treatment:
 _KEEP_T: Final = _Treatment("keep", None, "no rule")
 
 
+def _ANY_SCHEMA_ONLY() -> tuple[str, ...]:
+    return (ANY_SCHEMA,)
+
+
 class SessionMasking:
     """The masking planner of one session (one tier, one upstream login's catalog)."""
 
@@ -142,12 +146,25 @@ class SessionMasking:
         """Tables this session created that the catalog may not see (see :mod:`.overlay`)."""
         self._own = Analyzer(OverlayCatalog(catalog, self.relations), max_bytes=SESSION_CACHE_BYTES)
         """Resolutions of statements naming one of those tables (this session's only)."""
+        self.creation_schemas: Callable[[], tuple[str, ...]] = _ANY_SCHEMA_ONLY
+        """Where a table this session creates without a schema may be put (the gateway sets it
+        from the session's search_path, see :func:`~veilgate.masking.overlay.creation_schemas`;
+        until then: any schema, every rule's table pattern matching it)."""
         self._plans: ByteLRU[tuple[Any, ...], Any] = ByteLRU(SESSION_CACHE_BYTES)
         self._plan_labels: dict[int, list[str]] = {}
         self.unseen: set[str] = set()
         """What the last decision could not look up (relations and types the side connection
         cannot see: created in the client's open transaction, temporary): their columns were
         treated as unknown lineage reading masked columns."""
+
+    def adopt(self, old: SessionMasking) -> None:
+        """A policy reload replaced ``old`` with this planner: the session's own tables (and
+        where its unqualified names go) stay what they were."""
+        self.relations = old.relations
+        self._own = Analyzer(
+            OverlayCatalog(self.catalog, self.relations), max_bytes=SESSION_CACHE_BYTES
+        )
+        self.creation_schemas = old.creation_schemas
 
     # -- statements --------------------------------------------------------------------------
 
@@ -175,7 +192,7 @@ class SessionMasking:
             except AnalysisError:
                 res = None
             if res is not None and res.creates:
-                self.relations.add(res.creates)
+                self.relations.add(res.creates, self.creation_schemas())
         scope = invalidation_scope(tag)
         if scope:
             self.catalog.invalidate(scope)
@@ -385,6 +402,13 @@ class SessionMasking:
         """The rule of a base column: a column rule (its own table's, then its ancestors'),
         else a name rule on its name."""
         tier = self.tier
+        if c.schema == ANY_SCHEMA:
+            return self._any_schema_rule(c)
+        if c.schema == "":
+            rules = self.base_rules(c)
+            return next(
+                (r for r in rules if r is not None and r.masks), rules[0] if rules else None
+            )
         rule = tier.column_rule(c.schema, c.table, c.column)
         if rule is None:
             for schema, table in c.ancestors:
@@ -392,6 +416,38 @@ class SessionMasking:
                 if rule is not None:
                     break
         return rule if rule is not None else tier.name_rule(c.column)
+
+    def base_rules(self, c: Col) -> list[ColumnRule | None]:
+        """The rule of a base column in each schema its table may be in: one, except for a
+        table created unqualified (schema ``""``: each schema the session's search_path may
+        create it in) or under an unknown search_path (:data:`ANY_SCHEMA`)."""
+        if c.schema == "":
+            return [
+                self._any_schema_rule(c, every=True)
+                if s == ANY_SCHEMA
+                else self.base_rule(Col(s, c.table, c.column))
+                for s in self.creation_schemas()
+            ]
+        if c.schema == ANY_SCHEMA:
+            return [self._any_schema_rule(c, every=True)]
+        return [self.base_rule(c)]
+
+    def _any_schema_rule(self, c: Col, *, every: bool = False) -> ColumnRule | None:
+        """The rule of a column of a table whose schema is not known.  Read (``every`` False):
+        of the column rules whose table part matches it in some schema, the first that masks
+        (fail closed), else the first, else the name rule.  Written (``every``): only a rule
+        that matches it in every schema (its schema part is ``*``) is sure to apply."""
+        hits = [
+            r
+            for r in self.tier.column_rules
+            if _glob(r.table_pattern.rsplit(".", 1)[-1], c.table)
+            and _glob(r.column_pattern, c.column)
+            and (not every or r.table_pattern.rsplit(".", 1)[0].strip("*") == "")
+        ]
+        if every:
+            return hits[0] if hits else self.tier.name_rule(c.column)
+        rule = next((r for r in hits if r.masks), hits[0] if hits else None)
+        return rule if rule is not None else self.tier.name_rule(c.column)
 
     def masks(self, c: Col) -> bool:
         """Whether this tier masks the base column (a rule other than ``keep``)."""
