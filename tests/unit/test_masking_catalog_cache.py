@@ -142,9 +142,9 @@ class FakeConn:
             elif "pg_get_viewdef" in stmt:
                 out.append([(str(r[0]), *r[1:]) for r in w.relations])
             elif "FROM pg_proc p" in stmt:
-                out.append(list(w.functions))
+                out.append([(*r, None, None, None)[:8] for r in w.functions])
             elif "'t:' ||" in stmt:
-                out.append([(s,) for s in w.namesakes])
+                out.append([(s, None, None, None, None) for s in w.namesakes])
             else:  # pragma: no cover - a query this fake does not know
                 raise AssertionError(stmt)
         return out

@@ -341,9 +341,21 @@ def test_a_shadowed_builtin_is_of_unknown_origin(tier: TierMasking) -> None:
         "SELECT full_name || 'x' FROM customers",
         "SELECT full_name::text FROM customers",
         "SELECT full_name::app.secret_type FROM customers",
-        "SELECT OPERATOR(app.+)(1, 2)",
     ):
         assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "redact")], sql
+    # an operator qualified with another schema: of unknown origin unless every operator of
+    # that name outside pg_catalog is an extension's C function (o: False, e:o: True)
+    cat = FakeCatalog()
+    cat.shadowed = {"o:+", "e:o:+"}
+    sql = "SELECT OPERATOR(app.+)(1, 2)"
+    assert _how(_planner(tier, cat), [_f("x", 0, 0, TEXT)], sql) == [("text", "redact")]
+    cat = FakeCatalog()
+    cat.shadowed = {"e:o:+", "e:o:||"}
+    p = _planner(tier, cat)
+    assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("keep", "keep")]
+    assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT full_name || 'x' FROM customers") == [
+        ("keep", "keep")
+    ]
     assert _how(p, [_f("x", 0, 0, INT4, 1)], "SELECT length(full_name) + 1 FROM customers") == [
         ("keep", "keep")
     ]

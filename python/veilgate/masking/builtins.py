@@ -29,10 +29,12 @@ __all__ = [
     "BUILTIN_TYPES",
     "DATA_READERS",
     "NULLNESS_ONLY",
+    "OPAQUE_EXTENSION_FUNCTIONS",
     "SYSTEM_COLUMNS",
     "TEXT_TYPES",
     "TOTAL_FUNCTIONS",
     "TOTAL_OPERATORS",
+    "opaque_extension_function",
     "total_positions",
 ]
 
@@ -244,3 +246,40 @@ def total_positions(name: str, operator: bool = False) -> frozenset[int]:
     """Argument positions where a masked value is harmless for this built-in (empty: none)."""
     table = TOTAL_OPERATORS if operator else TOTAL_FUNCTIONS
     return table.get(name, frozenset())
+
+
+OPAQUE_EXTENSION_FUNCTIONS: Final = frozenset(
+    {
+        # run SQL given as text (here or on another server)
+        "dblink*",
+        "crosstab*",
+        "connectby",
+        "xpath_table",
+        # other sessions' statement text
+        "pg_stat_statements*",
+        "pg_stat_monitor*",
+        "pg_qualstats*",
+        # raw pages, tuples and WAL: stored values
+        "get_raw_page",
+        "*_page_items",
+        "*_page_items_bytea",
+        "gin_leafpage_items",
+        "tuple_data_split",
+        "heap_page_item_attrs",
+        "pg_get_wal_*",
+        # files and large objects
+        "pg_file_read",
+        "pg_read_*",
+        "lo_*",
+    }
+)
+"""Name globs of extension C functions whose result is not computed from their arguments alone
+(every other C function an extension installed counts as a built-in for lineage)."""
+
+
+def opaque_extension_function(name: str) -> bool:
+    """Whether an extension's C function of this name is of unknown origin (see
+    :data:`OPAQUE_EXTENSION_FUNCTIONS`)."""
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, pattern) for pattern in OPAQUE_EXTENSION_FUNCTIONS)

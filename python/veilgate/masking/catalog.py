@@ -35,6 +35,7 @@ from typing import Final
 from veilgate.config_model import TargetConfig
 from veilgate.pgwire.upstream import UpstreamError
 
+from .builtins import opaque_extension_function
 from .fields import Field, parse_row_description
 from .invalidation import Scope
 from .resolve import FunctionInfo, RelationFacts
@@ -237,6 +238,13 @@ WHERE c.relname = ANY({_names_array(names)})
   AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S');"""  # noqa: S608
 
 
+_EXTENSION_MEMBER: Final = (
+    "EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass"
+    " AND d.objid = p.oid AND d.deptype = 'e')"
+)
+"""SQL: the function ``p`` belongs to an extension."""
+
+
 def _functions_sql(names: Iterable[str]) -> str:
     # result columns: OUT / INOUT / TABLE parameters (two or more), else a composite return
     # type's attributes; NULL for a scalar, '' for a row shape the call must give (record,
@@ -250,10 +258,12 @@ SELECT n.nspname, p.proname, p.pronargs, p.pronargdefaults, p.provariadic <> 0,
                 WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)
             WHEN t.typtype = 'p' AND t.typname NOT IN ('void', 'trigger', 'event_trigger')
               THEN ''
-       END
+       END,
+       l.lanname, {_EXTENSION_MEMBER}
 FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_type t ON t.oid = p.prorettype
+JOIN pg_language l ON l.oid = p.prolang
 CROSS JOIN LATERAL (
   SELECT count(*) AS n,
          string_agg(coalesce(nullif(p.proargnames[i], ''), 'column' || i::text), chr(31)
@@ -264,12 +274,57 @@ WHERE p.proname = ANY({_names_array(names)});"""  # noqa: S608
 
 
 def _namesakes_sql(types: Iterable[str], operators: Iterable[str]) -> str:
+    # one row per type / operator of a wanted name outside pg_catalog; for an operator, the
+    # function it runs: its name, language and whether an extension installed it
     return f"""
-SELECT 't:' || t.typname FROM pg_type t
+SELECT 't:' || t.typname, NULL, NULL, NULL, NULL FROM pg_type t
  WHERE t.typname = ANY({_names_array(types)}) AND t.typnamespace <> 'pg_catalog'::regnamespace
-UNION SELECT 'o:' || o.oprname FROM pg_operator o
+UNION ALL SELECT 'o:' || o.oprname, p.proname, l.lanname, {_EXTENSION_MEMBER}, EXISTS (
+    SELECT 1 FROM pg_type a WHERE a.oid IN (o.oprleft, o.oprright)
+       AND (a.typnamespace = 'pg_catalog'::regnamespace OR EXISTS (
+            SELECT 1 FROM pg_cast c JOIN pg_type s ON s.oid = c.castsource
+             WHERE c.casttarget = a.oid AND c.castcontext = 'i'
+               AND s.typnamespace = 'pg_catalog'::regnamespace)))
+  FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode
+  JOIN pg_language l ON l.oid = p.prolang
  WHERE o.oprname = ANY({_names_array(operators)})
    AND o.oprnamespace <> 'pg_catalog'::regnamespace;"""  # noqa: S608
+
+
+def trusted_function(name: str | None, language: str | None, extension: str | None) -> bool:
+    """Whether a function outside ``pg_catalog`` computes its result from its arguments like a
+    built-in: installed by an extension, written in C (or internal), and not one of the
+    extension functions that run SQL given as text or read data, WAL or pages
+    (:data:`~veilgate.masking.builtins.OPAQUE_EXTENSION_FUNCTIONS`).  Everything else (SQL,
+    PL/pgSQL, functions nobody installed as an extension) may read tables: opaque."""
+    return (
+        extension == "t"
+        and language in ("c", "internal")
+        and not opaque_extension_function(name or "")
+    )
+
+
+def _parse_namesakes(wants: Iterable[str], rows: list[tuple[str | None, ...]]) -> dict[str, bool]:
+    """``t:`` / ``o:`` keys: True when a namesake that may not compute like a built-in exists;
+    ``e:o:`` keys: True when an operator namesake may take a value of a built-in type (an
+    argument of a built-in type, or of a type a built-in one casts to implicitly): the server
+    may pick it for such a value, so the built-in's argument rules do not hold.  (hstore's
+    ``hstore = hstore`` takes none: no built-in type becomes ``hstore`` implicitly.)"""
+    untrusted: set[str] = set()
+    present: set[str] = set()
+    for key, proname, lang, ext, exposed in rows:
+        k = str(key)
+        if exposed != "f":
+            present.add(k)
+        if not k.startswith("o:") or not trusted_function(proname, lang, ext):
+            untrusted.add(k)
+    out: dict[str, bool] = {}
+    for k in wants:
+        base = k[2:] if k.startswith("e:") else k
+        out[base] = base in untrusted
+        if base.startswith("o:"):
+            out["e:" + base] = base in present
+    return out
 
 
 Name = tuple[str | None, str]
@@ -655,8 +710,9 @@ class Catalog:
         """One round trip for everything ``wants`` names."""
         pairs = sorted(wants.pairs)
         want_names = sorted(wants.names, key=lambda n: (n[0] or "", n[1]))
-        types = sorted(k[2:] for k in wants.keys if k.startswith("t:"))
-        operators = sorted(k[2:] for k in wants.keys if k.startswith("o:"))
+        keys = {k[2:] if k.startswith("e:") else k for k in wants.keys}
+        types = sorted(k[2:] for k in keys if k.startswith("t:"))
+        operators = sorted(k[2:] for k in keys if k.startswith("o:"))
         sql = []
         if want_names:
             sql.append(_CATALOG_PATH)
@@ -680,8 +736,7 @@ class Catalog:
         if wants.funcs:
             out.names.funcs.update(_parse_functions(wants.funcs, next(results)))
         if wants.keys:
-            found = {str(r[0]) for r in next(results)}
-            out.names.keys.update({k: k in found for k in wants.keys})
+            out.names.keys.update(_parse_namesakes(wants.keys, next(results)))
         if pairs:
             out.columns.update(_parse_columns(pairs, next(results)))
         if wants.types:
@@ -831,10 +886,16 @@ def _parse_functions(
     names: Iterable[str], rows: list[tuple[str | None, ...]]
 ) -> dict[str, tuple[FunctionInfo, ...]]:
     out: dict[str, list[FunctionInfo]] = {n: [] for n in names}
-    for nsp, name, nargs, ndefaults, variadic, cols in rows:
+    for nsp, name, nargs, ndefaults, variadic, cols, lang, ext in rows:
         columns = None if cols is None else tuple(_split(cols))
         info = FunctionInfo(
-            nsp or "", name or "", int(nargs or 0), int(ndefaults or 0), variadic == "t", columns
+            nsp or "",
+            name or "",
+            int(nargs or 0),
+            int(ndefaults or 0),
+            variadic == "t",
+            columns,
+            nsp != "pg_catalog" and trusted_function(name, lang, ext),
         )
         out.setdefault(info.name, []).append(info)
     return {n: tuple(v) for n, v in out.items()}

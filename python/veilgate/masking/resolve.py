@@ -235,6 +235,10 @@ class FunctionInfo:
     """Result column names when it returns a row type (OUT parameters, a table's row type);
     None when it returns a scalar; ``()`` when the row shape is not fixed (``record``, a
     polymorphic type): a column definition list must give it."""
+    trusted: bool = False
+    """Outside ``pg_catalog`` but computed from its arguments like a built-in: an extension's C
+    function that is not one of :data:`~veilgate.masking.builtins.OPAQUE_EXTENSION_FUNCTIONS`
+    (see :func:`~veilgate.masking.catalog.trusted_function`)."""
 
 
 class Facts(Protocol):
@@ -244,7 +248,8 @@ class Facts(Protocol):
     def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None: ...
     def namesake(self, key: str) -> bool | None:
         """Whether a type (``t:name``) or operator (``o:op``) of that name exists outside
-        ``pg_catalog``."""
+        ``pg_catalog`` that may not compute like a built-in (operators of extensions' C
+        functions do); ``e:o:op``: whether any operator of that name exists outside it."""
         ...
 
 
@@ -1200,7 +1205,10 @@ class _Resolver:
             self.use("compute", f"the pattern of {kind[6:]}", right)
             return (left | right).derived()
         builtin = self._operator_builtin(op)
-        positions = total_positions(name, operator=True) if builtin else frozenset()
+        # an extension's operator of the same name may be the one the server picks: lineage
+        # as a built-in's, but its arguments may fail (no argument is known harmless)
+        sure = builtin and (len(op) >= 2 or not self._namesake("e:o:" + name, True))
+        positions = total_positions(name, operator=True) if sure else frozenset()
         for pos, lin in ((0, left), (1, right)):
             if not (positions == ALL_ARGS or pos in positions):
                 self.use("compute", f"an operand of {name}", lin)
@@ -1208,17 +1216,19 @@ class _Resolver:
         return out if builtin else out | OPAQUE
 
     def _operator_builtin(self, op: list[str]) -> bool:
-        if len(op) >= 2:
-            return op[-2] == "pg_catalog"
+        """Whether the operator computes like a built-in: ``pg_catalog``'s, or an extension's C
+        function (every operator of that name outside ``pg_catalog`` is one: ``o:`` keys)."""
+        if len(op) >= 2 and op[-2] == "pg_catalog":
+            return True
         if not op:
             return False
         return not self._namesake("o:" + op[-1])
 
-    def _namesake(self, key: str) -> bool:
+    def _namesake(self, key: str, unknown: bool = False) -> bool:
         shadow = self.facts.namesake(key)
         if shadow is None:
             self.missing.keys.add(key)
-            return False
+            return unknown
         return shadow
 
     def _bool_expr(self, body: dict[str, Any], level: _Level) -> Lineage:
@@ -1360,7 +1370,8 @@ class _Resolver:
             for s in fc.get("agg_order") or ():
                 ordered = ordered | self.expr(_bare(s, "SortBy").get("node"), level)
         builtin = self._function_builtin(names)
-        positions = total_positions(fname) if builtin else frozenset()
+        sure = builtin and self._only_catalog(names)
+        positions = total_positions(fname) if sure else frozenset()
         if builtin and fname in ("substring", "substr") and len(raw_args) == 2:
             # substring(x FROM pattern) is NULL or not depending on a regular expression match;
             # substring(x, 3) is not: tell them apart by a constant integer second argument
@@ -1377,7 +1388,7 @@ class _Resolver:
         for i, lin in enumerate(args):
             if not (positions == ALL_ARGS or i in positions):
                 self.use("compute", f"an argument of {fname}()", lin)
-        if builtin and fname in NULLNESS_ONLY:
+        if sure and fname in NULLNESS_ONLY:
             return CONST
         out = (Lineage.union(args) | ordered).derived()
         if not builtin or fname in DATA_READERS:
@@ -1397,15 +1408,26 @@ class _Resolver:
     def _function_builtin(self, names: list[str]) -> bool:
         """Whether the call runs a ``pg_catalog`` function (an unqualified name another schema
         also defines may run that one instead)."""
-        if len(names) >= 2:
-            return names[-2] == "pg_catalog"
+        if len(names) >= 2 and names[-2] == "pg_catalog":
+            return True
         if not names:
             return False
         infos = self.facts.functions_named(names[-1])
         if infos is None:
             self.missing.functions.add(names[-1])
             return False
-        return bool(infos) and all(i.schema == "pg_catalog" for i in infos)
+        if len(names) >= 2:
+            infos = tuple(i for i in infos if i.schema == names[-2])
+        # an extension's C function (not one that reads data) computes like a built-in
+        return bool(infos) and all(i.schema == "pg_catalog" or i.trusted for i in infos)
+
+    def _only_catalog(self, names: list[str]) -> bool:
+        """Whether every function the call may run is ``pg_catalog``'s (the built-in argument
+        rules of :mod:`.builtins` hold)."""
+        if len(names) >= 2:
+            return names[-2] == "pg_catalog"
+        infos = self.facts.functions_named(names[-1]) if names else None
+        return infos is not None and bool(infos) and all(i.schema == "pg_catalog" for i in infos)
 
     # -- predicates -----------------------------------------------------------------------------
 
