@@ -60,6 +60,13 @@ tiers:
     search_path: [public]
     rules:
       - {id: pinned-read, action: allow, message: "reads", classes: [read, utility]}
+  - name: unpinned
+    match: {roles: [unpinned]}
+    search_path: [public]
+    settings: {search_path: any}
+    default: allow
+    rules:
+      - {id: no-user-functions, action: deny, message: "user functions", constructs: [user_function]}
 masking:
   apply_to: [agent]
   columns:
@@ -258,6 +265,54 @@ def test_pinned_search_path_defeats_shadowing_schemas(
             assert conn.execute("show search_path").fetchone() == ('"public"',)
     finally:
         # a namesake of a built-in left in the shared database changes what other tests see
+        pg_cluster.execute(f"drop schema {schema} cascade", "app")
+
+
+def test_a_search_path_set_by_any_protocol_is_followed(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    """Promise: without pinning, a path the session set -- by a simple Query as well as by a
+    Parse -- counts from then on: a look-alike of a built-in in a schema put before pg_catalog is
+    judged as the user function it is (denied here), never as the built-in."""
+    schema = "vg_shadow_" + secrets.token_hex(3)
+    pg_cluster.execute(
+        f"create schema {schema};"
+        f"create function {schema}.lower(text) returns text language sql "
+        f"as $$ select 'shadowed' $$;"
+        f"grant usage on schema {schema} to veilgate_app;",
+        "app",
+    )
+    try:
+        target = pw.gateway_target(_gateway(gateway_factory, tmp_path, "unpinned"))
+        set_path = f"set search_path = {schema}, pg_catalog, public"
+        # simple Query (a raw client and psycopg's client-side cursor)
+        with pw.connect(target.endpoint()) as c:
+            assert c.scalar("select lower('ABC')") == "abc"
+            assert pw.first_error(c.simple(set_path)) is None
+            err = pw.first_error(c.simple("select lower('ABC')"))
+            assert err is not None and err["C"] == "42501", err
+        with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+            cur = psycopg.ClientCursor(conn)
+            cur.execute(set_path)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                cur.execute("select lower('ABC')")
+        # extended protocol (psycopg's server-side parameters, asyncpg)
+        with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+            conn.execute(set_path)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select lower(%s)", ("ABC",))
+
+        async def via_asyncpg() -> None:
+            conn = await asyncpg.connect(**target.asyncpg_kwargs())
+            try:
+                await conn.execute(set_path)
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.fetchval("select lower('ABC')")
+            finally:
+                await conn.close()
+
+        asyncio.run(via_asyncpg())
+    finally:
         pg_cluster.execute(f"drop schema {schema} cascade", "app")
 
 
