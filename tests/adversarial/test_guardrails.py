@@ -66,7 +66,7 @@ tiers:
     settings: {search_path: any}
     default: allow
     rules:
-      - {id: no-user-functions, action: deny, message: "user functions", constructs: [user_function]}
+      - {id: no-user-fns, action: deny, message: "user functions", constructs: [user_function]}
 masking:
   apply_to: [agent]
   columns:
