@@ -127,7 +127,8 @@ upstream_connections_active = Gauge(
 )
 cancel_requests_total = Counter(
     "veilgate_cancel_requests_total",
-    "CancelRequests received, by outcome (forwarded, idle, unknown).",
+    "CancelRequests received, by outcome (forwarded, idle, unknown, approval_wait, failed, "
+    "relayed: passed to the other gateways of the shared store, from_peer: one they passed).",
     ("outcome",),
 )
 jwks_fetches_total = Counter(

@@ -270,3 +270,56 @@ def test_racing_gateways_never_use_a_grant_more_than_allowed(state_pg: StatePg) 
                 await s.db.close()
 
     asyncio.run(go())
+
+
+def test_cancel_request_sent_to_the_other_node_ends_the_wait(
+    nodes: tuple[list[Node], str, str], pg_cluster: Any
+) -> None:
+    """A load balancer may send a CancelRequest to any gateway: node B does not hold the
+    session, passes it on through the shared store, and node A ends the wait with 57014.  A
+    CancelRequest with a wrong secret ends nothing."""
+    import asyncio
+    import socket
+    import ssl
+
+    import asyncpg
+    from tests.integration import pgwire as pw
+
+    (a, b), token, ca = nodes
+    table = make_table(pg_cluster)
+
+    def cancel_via(node: Node, pid: int, key: bytes) -> None:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+            s.sendall(pw.cancel_request(pid, key))
+            s.recv(1)  # the gateway closes the connection once it has handled the request
+
+    async def go() -> None:
+        tls = ssl.create_default_context(cafile=ca)
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=a.port, user="agent", password=token, database="app", ssl=tls
+        )
+        notices: list[str] = []
+        conn.add_log_listener(lambda _c, msg: notices.append(str(msg)))
+        try:
+            held = asyncio.ensure_future(conn.execute(f"DELETE FROM {table} WHERE id = 1"))
+            for _ in range(500):
+                if notices:
+                    break
+                await asyncio.sleep(0.02)
+            assert notices, "no approval notice from node A"
+            pid = conn._protocol.backend_pid  # type: ignore[attr-defined]
+            secret = conn._protocol.backend_secret  # type: ignore[attr-defined]
+            key = int(secret).to_bytes(4, "big", signed=True)
+            wrong = bytes(x ^ 0xFF for x in key)
+            await asyncio.to_thread(cancel_via, b, pid, wrong)
+            done, _ = await asyncio.wait({held}, timeout=1.5)
+            assert not done, "a wrong secret ended the wait"
+            await asyncio.to_thread(cancel_via, b, pid, key)
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await asyncio.wait_for(held, 15)
+            assert await conn.fetchval("SELECT 1") == 1  # the session goes on
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+    assert count(pg_cluster, table) == 3  # nothing was deleted

@@ -236,7 +236,9 @@ def test_index_store_that_goes_away_blocks_then_recovers(
     try:
         with psycopg.connect(t.conninfo(), autocommit=True) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
-        wait_until(lambda: rec.index is not None and rec.index.healthy, "the index works")
+        index = rec.index
+        assert index is not None
+        wait_until(lambda: index.migrated and index.pending == 0, "the index works")
         pg_cluster.execute(f"ALTER ROLE {role} NOLOGIN")
         state_pg.terminate_backends()
         with psycopg.connect(t.conninfo(), autocommit=True) as conn:

@@ -49,3 +49,18 @@ def test_worker_id_in_the_secrets_top_bits() -> None:
         assert reg.worker_of(key, 4) == 5
     with pytest.raises(ValueError):
         CancelRegistry(worker_id=16, worker_bits=4)
+
+
+def test_lookup_by_digest_for_a_cancel_another_gateway_received() -> None:
+    from veilgate.gateway.cancel import cancel_digest
+
+    reg: CancelRegistry[str] = CancelRegistry()
+    key = reg.register("s1", 4242)
+    other = reg.register("s2", 4242)
+    digest = cancel_digest(4242, key)
+    assert key.hex() not in digest  # the secret is not in what other gateways are told
+    assert reg.lookup_digest(4242, digest) == "s1"
+    assert reg.lookup_digest(4242, cancel_digest(4242, other)) == "s2"
+    assert reg.lookup_digest(4243, digest) is None  # bound to the pid too
+    assert reg.lookup_digest(4242, cancel_digest(4242, bytes(4))) is None
+    assert reg.lookup_digest(4242, "not hex") is None

@@ -46,6 +46,8 @@ __all__ = ["ApprovalService", "ElevationListener"]
 logger = log.get("approvals")
 
 _FP_CACHE_MAX: Final = 4096
+CANCEL_CHANNEL: Final = "veilgate_cancel"
+"""CancelRequests passed between gateways: ``<pid>:<digest of the secret>``."""
 _DECIDED: Final = ("approved", "denied", "expired")
 
 
@@ -93,6 +95,9 @@ class ApprovalService:
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.webhooks = WebhookSender(config.webhooks, self.how_to_approve)
+        self.cancel_handler: Callable[[int, str], None] | None = None
+        """Called with (pid, digest) for a CancelRequest another gateway received (the gateway
+        looks the session up in its own cancel keys)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -118,6 +123,7 @@ class ApprovalService:
                 store = self.store
                 await store.open()
                 await store.db.listen(CHANNEL, self._on_notify)
+                await store.db.listen(CANCEL_CHANNEL, self._on_cancel)
                 for g in await store.live_grants(KIND_ELEVATION):
                     self._set_elevation(g)
             except StateUnavailable as exc:
@@ -319,6 +325,35 @@ class ApprovalService:
             comment=comment,
             check=check,
         )
+
+    # --- CancelRequests between gateways ----------------------------------------------------------
+
+    async def relay_cancel(self, pid: int, digest: str) -> bool:
+        """Tell every gateway sharing the store of a CancelRequest none here matched (False when
+        the store is not started or fails: the cancel is then ignored, as by the server)."""
+        if not self._started or self._closed:
+            return False
+        try:
+            async with self.store.db.transaction() as tx:
+                tx.notify(CANCEL_CHANNEL, f"{pid}:{digest}")
+        except StateUnavailable as exc:
+            log.event(logger, "cancel_relay_failed", logging.WARNING, error=str(exc))
+            return False
+        return True
+
+    def _on_cancel(self, payload: str | None) -> None:
+        handler = self.cancel_handler
+        if payload is None or handler is None or self._closed:
+            return
+        pid, sep, digest = payload.partition(":")
+        if not sep or len(digest) != 64:
+            return
+        try:
+            handler(int(pid), digest)
+        except ValueError:  # not a pid
+            return
+        except Exception:  # a bug: never crash the listener
+            logger.exception("relayed cancel failed")
 
     # --- notifications ---------------------------------------------------------------------------
 

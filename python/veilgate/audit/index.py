@@ -338,7 +338,7 @@ class IndexWriter:
                 await migrate(self.db, COMPONENT, MIGRATIONS)
                 self._migrated = True
                 self._worked()
-            except StateUnavailable as exc:
+            except Exception as exc:  # StateUnavailable, or a bug: the task must not die
                 self._failed(exc)
                 if self._stopping:
                     return
@@ -359,7 +359,7 @@ class IndexWriter:
                 async with self.db.transaction() as tx:
                     for sql, args in ops:
                         await tx.execute(sql, *args)
-            except StateUnavailable as exc:
+            except Exception as exc:  # StateUnavailable, or a bug: the task must not die
                 self._ops[:0] = ops
                 self._failed(exc)
                 if self._stopping:
@@ -379,9 +379,16 @@ class IndexWriter:
             return RETRY_FIRST_S
         return RETRY_S
 
-    def _failed(self, exc: StateUnavailable) -> None:
+    @property
+    def migrated(self) -> bool:
+        """The index's tables are in place (writes can start)."""
+        return self._migrated
+
+    def _failed(self, exc: Exception) -> None:
         """A write (or the migration) failed; it is retried.  Reported to the recorder once the
         failures have lasted ``grace_s`` or too many updates wait."""
+        if not isinstance(exc, StateUnavailable):
+            logger.exception("audit index write failed unexpectedly", exc_info=exc)
         self.failures += 1
         self.last_error = str(exc)
         now = time.monotonic()

@@ -11,10 +11,16 @@ own pid space): the registry is keyed by the pair, and a secret is drawn again u
 new.  The secret's top ``worker_bits`` bits hold a worker id (0 today, one process), so that a
 later multi-process or multi-node mode can route a CancelRequest that reaches the wrong worker
 (PgBouncer's ``peer_id`` does the same); the rest is random.
+
+Several gateways behind a load balancer: a CancelRequest may reach a gateway that does not hold
+the session.  That gateway passes it on through the shared state store's notifications (with
+approvals' store started) as the pid and :func:`cancel_digest` of the secret -- never the secret
+itself -- and the gateway that holds the session finds it with :meth:`CancelRegistry.lookup_digest`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from typing import Final, Generic, TypeVar
@@ -23,6 +29,11 @@ T = TypeVar("T")
 
 KEY_BYTES: Final = 4
 """Protocol 3.0 cancel keys are 4 bytes."""
+
+
+def cancel_digest(pid: int, key: bytes) -> str:
+    """What another gateway is told of a CancelRequest's secret (SHA-256, hex)."""
+    return hashlib.sha256(b"veilgate-cancel\0%d\0" % pid + key).hexdigest()
 
 
 class CancelRegistry(Generic[T]):
@@ -64,6 +75,18 @@ class CancelRegistry(Generic[T]):
         if len(key) != KEY_BYTES or worker_bits == 0:
             return 0
         return int.from_bytes(key, "big") >> (8 * KEY_BYTES - worker_bits)
+
+    def lookup_digest(self, pid: int, digest: str) -> T | None:
+        """The session whose (pid, secret) has :func:`cancel_digest` ``digest``, or ``None``."""
+        keys = self._by_pid.get(pid)
+        if keys is None:
+            return None
+        found: T | None = None
+        want = digest.encode("ascii", "replace")
+        for k, session in keys.items():
+            if hmac.compare_digest(cancel_digest(pid, k).encode(), want):
+                found = session
+        return found
 
     def lookup(self, pid: int, key: bytes) -> T | None:
         """The session owning (pid, key), or ``None`` (unknown pair, wrong or long key)."""

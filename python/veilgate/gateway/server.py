@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from veilgate import bytecache, log, metrics
 from veilgate.config_model import GatewayConfig, TargetConfig
-from veilgate.gateway.cancel import CancelRegistry
+from veilgate.gateway.cancel import CancelRegistry, cancel_digest
 from veilgate.gateway.limits import ConnectionCounter
 from veilgate.gateway.recording import open_recording
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
@@ -58,6 +58,8 @@ NO_ALPN = wire.fatal(
     "received direct SSL connection request without ALPN protocol negotiation extension",
 )
 CANCEL_FORWARD_TIMEOUT_S = 5.0
+CANCEL_RELAY_PER_S = 64
+"""CancelRequests for unknown sessions passed on to other gateways, at most, per second."""
 POLICY_CHECK_INTERVAL_S = 1.0
 """How often the policy file's mtime/size/inode are looked at for a reload."""
 
@@ -107,6 +109,8 @@ class Gateway:
         self.config = config
         self.authenticator = authenticator
         self.cancel_registry: CancelRegistry[Session] = CancelRegistry()
+        self._relay_window = 0.0
+        self._relayed = 0
         self.connection_counter = ConnectionCounter()
         """Sessions per principal and per policy tier (limits.max_connections_per_principal,
         a tier's max_connections)."""
@@ -166,6 +170,7 @@ class Gateway:
         elif sinks:
             self.audit_sink = sinks[0]
         self.approvals = ApprovalService(config.state, config.approvals, audit=self.audit_sink)
+        self.approvals.cancel_handler = self._relayed_cancel
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -551,8 +556,37 @@ class Gateway:
             return
         session = self.cancel_registry.lookup(request.pid, request.key)
         if session is None:
+            await self._relay_cancel(request.pid, request.key)
+            return
+        await self._cancel_session(session)
+
+    async def _relay_cancel(self, pid: int, key: bytes) -> None:
+        """A CancelRequest for no session of this gateway: with approvals' shared store
+        started, every gateway using it is told (the pid and a digest of the secret), and the
+        one holding the session cancels it (a load balancer sends a CancelRequest to any
+        gateway).  Bounded per second: a flood of made-up keys is not multiplied."""
+        service = self.approvals
+        now = asyncio.get_running_loop().time()
+        if now - self._relay_window >= 1.0:
+            self._relay_window, self._relayed = now, 0
+        if service is None or not service.started or self._relayed >= CANCEL_RELAY_PER_S:
             metrics.cancel_requests_total.inc(outcome="unknown")
             return
+        self._relayed += 1
+        if await service.relay_cancel(pid, cancel_digest(pid, key)):
+            metrics.cancel_requests_total.inc(outcome="relayed")
+        else:
+            metrics.cancel_requests_total.inc(outcome="unknown")
+
+    def _relayed_cancel(self, pid: int, digest: str) -> None:
+        """Another gateway received a CancelRequest: cancel the session here it names, if any."""
+        session = self.cancel_registry.lookup_digest(pid, digest)
+        if session is not None:
+            self._spawn(self._cancel_session(session, relayed=True))
+
+    async def _cancel_session(self, session: Session, *, relayed: bool = False) -> None:
+        if relayed:
+            metrics.cancel_requests_total.inc(outcome="from_peer")
         if session.enforcer is not None and session.enforcer.cancel_wait():
             # the statement waits for an approval in the gateway: it never reached the server
             metrics.cancel_requests_total.inc(outcome="approval_wait")

@@ -101,7 +101,12 @@ class PostgresDB(StateDB):
                 return await aw
         except TimeoutError:
             raise StateUnavailable(f"{self.describe()}: timed out") from None
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,  # a connection left mid-operation
+        ) as exc:
             raise StateUnavailable(f"{self.describe()}: {type(exc).__name__}: {exc}") from None
 
     async def _get_pool(self) -> Any:
@@ -127,6 +132,7 @@ class PostgresDB(StateDB):
     async def transaction(self) -> AsyncIterator[Tx]:
         pool = await self._get_pool()
         conn = await self._call(pool.acquire(timeout=self.timeout_s))
+        broken = False
         try:
             tr = conn.transaction()
             await self._call(tr.start())
@@ -135,12 +141,23 @@ class PostgresDB(StateDB):
                 yield tx
                 for channel, payload in tx.notices:
                     await tx.execute("SELECT pg_notify($1, $2)", channel, payload)
+            except StateUnavailable:
+                # timed out or failed mid-operation: the connection's protocol state is unknown,
+                # so it leaves the pool (a later transaction would fail on it)
+                broken = True
+                raise
             except BaseException:
                 with contextlib.suppress(Exception):
                     await self._call(tr.rollback())
                 raise
             await self._call(tr.commit())
+        except StateUnavailable:
+            broken = True
+            raise
         finally:
+            if broken:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
             with contextlib.suppress(Exception):
                 await pool.release(conn)
 
