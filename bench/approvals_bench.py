@@ -28,12 +28,8 @@ from typing import Any
 
 import yaml
 
-import policy_bench as _policy_bench  # loaded first (it imports this module when needed)
-
-_run = _policy_bench._run
-BenchError = _run.BenchError
-VeilgatePolicyTarget = _policy_bench.VeilgatePolicyTarget
-say = _run.say
+from harness import BenchError
+from policy_targets import POLICY_FILE, VeilgatePolicyTarget
 
 APPROVER = "bench-approver"
 APPROVE_RULE: dict[str, Any] = {
@@ -67,14 +63,14 @@ tiers:
 
 def approve_policy(workdir: Path) -> Path:
     """The guardrail policy with :data:`APPROVE_RULE` first in its tier."""
-    doc = yaml.safe_load(_policy_bench.POLICY_FILE.read_text())
+    doc = yaml.safe_load(POLICY_FILE.read_text())
     doc["tiers"][0]["rules"].insert(0, APPROVE_RULE)
     out = workdir / "policy_approve.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
 
 
-class VeilgateApproveTarget(VeilgatePolicyTarget):  # type: ignore[misc,valid-type]
+class VeilgateApproveTarget(VeilgatePolicyTarget):
     """The guardrail policy plus an approve rule the bench approves once before the runs."""
 
     def __init__(self, env: Any, name: str, *, command: str | None = None) -> None:
@@ -134,7 +130,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 # --- wake-up latency ----------------------------------------------------------------------------
 
 
-class _WaitTarget(VeilgatePolicyTarget):  # type: ignore[misc,valid-type]
+class _WaitTarget(VeilgatePolicyTarget):
     def __init__(self, env: Any, name: str, state_yaml: str, extra_env: dict[str, str]) -> None:
         self.state_yaml = state_yaml
         self.extra_env = extra_env

@@ -40,19 +40,13 @@ from typing import Any, ClassVar
 
 import yaml
 
-import policy_bench  # bench/policy_bench.py: the run.py module and VeilgatePolicyTarget
-
-_run = policy_bench._run
-REPO: Path = _run.REPO
-RESULTS_DIR: Path = _run.RESULTS_DIR
-WORKLOADS_DIR: Path = _run.WORKLOADS_DIR
-BenchError = _run.BenchError
-Workload = _run.Workload
-say = _run.say
+import harness
+import policy_targets
+from harness import REPO, RESULTS_DIR, WORKLOADS_DIR, BenchError, Workload, say
 
 if str(REPO / "tests") not in sys.path:  # tests/masking_data.py: the labelled data
     sys.path.insert(0, str(REPO / "tests"))
-import masking_data  # noqa: E402
+import masking_data
 
 MASK_POLICY = WORKLOADS_DIR / "mask_policy.yaml"
 MASK_KEY_ENV = "VEILGATE_BENCH_MASK_KEY"
@@ -545,7 +539,7 @@ def policy_variant(src: Path, dest: Path, mode: str) -> Path:
     return dest
 
 
-class VeilgateMaskTarget(policy_bench.VeilgatePolicyTarget):
+class VeilgateMaskTarget(policy_targets.VeilgatePolicyTarget):
     """The gateway with the bench policy in one of :data:`TARGET_MODES`.  The hash key reaches
     the gateway through its environment only."""
 
@@ -648,7 +642,7 @@ def masking_problems(
 def masking_check(env: Any, target: Any) -> None:
     """Masking really on through ``veilgate``, really off through ``veilgate-nomask`` (and
     column rules only through ``veilgate-columns``)."""
-    raw = psql_rows(env, _run.DirectTarget(env).endpoint(), SMOKE_SQL)
+    raw = psql_rows(env, harness.DirectTarget(env).endpoint(), SMOKE_SQL)
     seen = psql_rows(env, target.endpoint(), SMOKE_SQL)
     problems = masking_problems(raw, seen, target.mode)
     if problems:
@@ -670,10 +664,10 @@ def check_policy_loads(path: Path = MASK_POLICY) -> None:
     if getattr(policy, "masking", None) is None:
         raise BenchError(f"{path}: no masking section")
     engine = PolicyEngine(policy)
-    who = Principal(provider="static", subject="bench", roles=frozenset(policy_bench.TOKEN_ROLES))
+    who = Principal(provider="static", subject="bench", roles=frozenset(policy_targets.TOKEN_ROLES))
     sql = (WORKLOADS_DIR / "large.pgbench").read_text()
     sql = sql[sql.index("SELECT") :].replace(":start", "1")
-    for stmt in (sql, SMOKE_SQL, *policy_bench.PGBENCH_STATEMENTS):
+    for stmt in (sql, SMOKE_SQL, *policy_targets.PGBENCH_STATEMENTS):
         d = engine.decide(who, stmt, session=SessionContext(session_id="bench-check"))
         if d.action != "allow":
             raise BenchError(f"{path}: {stmt!r} is not allowed ({d.action}, rule {d.rule_id})")
@@ -683,7 +677,7 @@ def mask_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     """Medians over rounds, then each masking target against ``veilgate-nomask``: TPS, p50 and
     p99 ratios, CPU ratio and the extra gateway CPU per transaction; the worst TPS ratio of
     ``veilgate`` (the whole policy) against the bar."""
-    lines, worst = _run.on_off_table(
+    lines, worst = harness.on_off_table(
         samples,
         targets,
         BASELINE,
@@ -703,7 +697,7 @@ def mask_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
 
 def run_e2e(args: argparse.Namespace, output: Path, engine_rows: list[EngineRow]) -> list[Any]:
     targets_wanted = parse_mask_targets(args.targets)
-    workloads = _run.select_workloads(mask_workloads(), args.workloads)
+    workloads = harness.select_workloads(mask_workloads(), args.workloads)
     if args.rounds < 1:
         raise BenchError("--rounds must be at least 1")
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 20.0)
@@ -718,22 +712,22 @@ def run_e2e(args: argparse.Namespace, output: Path, engine_rows: list[EngineRow]
     )
     key = secrets.token_urlsafe(32)
     samples: list[Any] = []
-    with _run.bench_env(scale=scale, keep=args.keep) as env:
-        say(_run.versions(env, ["veilgate"]))
-        with _run.started_targets(
+    with harness.bench_env(scale=scale, keep=args.keep) as env:
+        say(harness.versions(env, ["veilgate"]))
+        with harness.started_targets(
             env,
             targets_wanted,
             lambda n: make_mask_target(n, env, args, key),
             check=masking_check,
         ) as targets:
-            samples = _run.run_matrix(
+            samples = harness.run_matrix(
                 env,
                 targets,
                 workloads,
                 rounds=args.rounds,
                 duration_s=duration,
                 warmup_s=warmup,
-                on_sample=lambda done: _run.write_results(output, [*engine_rows, *done]),
+                on_sample=lambda done: harness.write_results(output, [*engine_rows, *done]),
             )
             for target in targets:
                 counts = masked_values(target)
@@ -774,10 +768,10 @@ def cmd_mask(args: argparse.Namespace) -> int:
     samples: list[Any] = []
     if args.part in ("engine", "all"):
         engine_rows = run_engine(parse_engine_targets(args.engines), args.quick)
-        _run.write_results(output, engine_rows)
+        harness.write_results(output, engine_rows)
     if args.part in ("e2e", "all"):
         samples = run_e2e(args, output, engine_rows)
-    _run.write_results(output, [*engine_rows, *samples])
+    harness.write_results(output, [*engine_rows, *samples])
     say("")
     if engine_rows:
         say(
@@ -807,7 +801,7 @@ def register_mask(sub: Any) -> None:
         "workloads/mask_policy.yaml (target veilgate) vs the same policy without its masking "
         "section (target veilgate-nomask).",
     )
-    _run.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=MASK_TARGETS)
+    harness.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=MASK_TARGETS)
     p.add_argument(
         "--part",
         choices=("engine", "e2e", "all"),

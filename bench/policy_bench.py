@@ -21,47 +21,24 @@ bench/README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import approvals_bench
+import harness
+from harness import RESULTS_DIR, BenchError, Workload, say
+from policy_targets import (
+    DENIED_PROBE,
+    PGBENCH_STATEMENTS,
+    POLICY_FILE,
+    TOKEN_ROLES,
+    VeilgatePolicyTarget,
+)
 
-def _run_module() -> Any:
-    """bench/run.py as already loaded (``__main__`` when run as ``python bench/run.py``), so its
-    classes (``BenchError``...) are the ones its ``main`` catches; imported otherwise."""
-    here = Path(__file__).resolve().with_name("run.py")
-    for mod in list(sys.modules.values()):
-        f = getattr(mod, "__file__", None)
-        if f and Path(f).resolve() == here and hasattr(mod, "VeilgateTarget"):
-            sys.modules.setdefault("run", mod)
-            return mod
-    if str(here.parent) not in sys.path:
-        sys.path.insert(0, str(here.parent))
-    import run
-
-    return run
-
-
-_run = _run_module()
-BENCH_DB = _run.BENCH_DB
-RESULTS_DIR = _run.RESULTS_DIR
-WORKLOADS_DIR = _run.WORKLOADS_DIR
-BenchError = _run.BenchError
-Sample = _run.Sample
-VeilgateTarget = _run.VeilgateTarget
-Workload = _run.Workload
-say = _run.say
-
-POLICY_FILE = WORKLOADS_DIR / "policy_guardrails.yaml"
-TOKEN_ROLES = ("db.readonly",)
-"""App roles of the bench's static token: they select the policy's ``readonly`` tier."""
 POLICY_TARGETS = (
     "veilgate",
     "veilgate-nopolicy",
@@ -76,15 +53,6 @@ BASELINE = "veilgate-nopolicy"
 TPS_BAR = 0.90
 """The issue's bar: policy on keeps at least 90% of the policy-off TPS."""
 
-PGBENCH_STATEMENTS = (
-    "SELECT abalance FROM pgbench_accounts WHERE aid = $1",  # -M prepared (Parse)
-    "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",  # -M simple (Query)
-    "select count(*) from pgbench_branches",  # pgbench's scale probe at start-up
-)
-"""What pgbench -S sends; the bench's policy must allow all of it."""
-DENIED_PROBE = ("DELETE FROM pgbench_history", "ro-no-destruction")
-"""A statement the policy denies (harmless if it runs: ``-S`` never writes history)."""
-
 
 def policy_workloads() -> list[Any]:
     return [
@@ -93,73 +61,6 @@ def policy_workloads() -> list[Any]:
         Workload("select-prepared-c1", ("-S", "-M", "prepared"), 1, 1),
         Workload("select-prepared-c8", ("-S", "-M", "prepared"), 8, 2),
     ]
-
-
-class VeilgatePolicyTarget(VeilgateTarget):  # type: ignore[misc,valid-type]
-    """The gateway with one static token (roles ``db.readonly``) and, optionally, a policy."""
-
-    def __init__(
-        self,
-        env: Any,
-        name: str,
-        *,
-        policy_file: Path | None,
-        audit: bool = False,
-        recording: bool = False,
-        command: str | None = None,
-    ) -> None:
-        self.name = name
-        self.policy_file = policy_file
-        self.audit = audit
-        self.recording = recording
-        super().__init__(env, command)
-        digest = hashlib.sha256(self.token.encode()).hexdigest()
-        roles = ", ".join(TOKEN_ROLES)
-        self.write_config(
-            f"auth:\n  static_tokens:\n    - {{name: bench, sha256: {digest}, roles: [{roles}]}}\n"
-        )
-
-    def write_config(self, auth_section: str) -> None:
-        if self.policy_file is not None:
-            audit = json.dumps(str(self.workdir / "audit.jsonl")) if self.audit else "null"
-            auth_section = (
-                f"{auth_section.rstrip()}\n"
-                f"policy: {{file: {json.dumps(str(self.policy_file))}, audit_log: {audit}}}\n"
-            )
-        if getattr(self, "recording", False):
-            auth_section = auth_section.rstrip() + "\n" + _run.recording_section(self.workdir)
-        super().write_config(auth_section)
-
-    def stop(self, sig: Any = None, grace_s: float = 15.0) -> None:
-        running = self.proc is not None
-        if sig is None:
-            super().stop(grace_s=grace_s)
-        else:
-            super().stop(sig, grace_s)
-        if running and getattr(self, "recording", False):
-            say(f"  {self.name}: recording {_run.verify_recording(self.workdir)}")
-
-    def admin_port(self) -> int:
-        m = re.search(r"^admin: \{host: [^,]+, port: (\d+)\}", self.config.read_text(), re.M)
-        if m is None:
-            raise BenchError(f"{self.name}: no admin port in {self.config}")
-        return int(m.group(1))
-
-    def policy_decisions(self) -> dict[str, float]:
-        """``veilgate_policy_decisions_total`` by action, from the admin endpoint."""
-        url = f"http://127.0.0.1:{self.admin_port()}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return parse_decision_metrics(resp.read().decode())
-
-
-def parse_decision_metrics(text: str) -> dict[str, float]:
-    """``{action: count}`` from a Prometheus exposition's ``veilgate_policy_decisions_total``."""
-    out: dict[str, float] = {}
-    for m in re.finditer(
-        r'^veilgate_policy_decisions_total\{[^}]*action="([^"]+)"[^}]*\} ([0-9.e+]+)$', text, re.M
-    ):
-        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
-    return out
 
 
 def make_policy_target(name: str, env: Any, args: argparse.Namespace) -> Any:
@@ -172,7 +73,7 @@ def make_policy_target(name: str, env: Any, args: argparse.Namespace) -> Any:
             env, name, policy_file=POLICY_FILE, audit=True, command=args.veilgate_cmd
         )
     if name == "veilgate-approve":
-        return _approvals().VeilgateApproveTarget(env, name, command=args.veilgate_cmd)
+        return approvals_bench.VeilgateApproveTarget(env, name, command=args.veilgate_cmd)
     if name == "veilgate-recording":
         return VeilgatePolicyTarget(
             env, name, policy_file=POLICY_FILE, recording=True, command=args.veilgate_cmd
@@ -189,14 +90,6 @@ def parse_policy_targets(spec: str) -> list[str]:
             f"choose from {', '.join(POLICY_TARGETS)}"
         )
     return names
-
-
-def _approvals() -> Any:
-    """bench/approvals_bench.py (it imports this module's classes)."""
-    sys.modules.setdefault("policy_bench", sys.modules[__name__])
-    import approvals_bench
-
-    return approvals_bench
 
 
 def target_check(env: Any, target: Any) -> None:
@@ -255,7 +148,7 @@ def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     """Medians over rounds per workload x target, then each policy target against
     ``veilgate-nopolicy``: TPS ratio (on/off), latency ratios and the extra proxy CPU."""
     first = [t for t in targets if t != "veilgate-recording"]
-    lines, worst = _run.on_off_table(
+    lines, worst = harness.on_off_table(
         samples, first, BASELINE, workload_width=20, label=lambda t: t + "/off"
     )
     for t, tr in worst.items():
@@ -266,9 +159,9 @@ def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
         )
     if "veilgate-recording" in targets and "veilgate" in targets:
         lines += ["", "session recording on the policy path (veilgate-recording vs veilgate):"]
-        lines.append(_run.recording_table(samples))
+        lines.append(harness.recording_table(samples))
     if "veilgate-approve" in targets and "veilgate" in targets:
-        more, worst = _run.on_off_table(
+        more, worst = harness.on_off_table(
             samples,
             ["veilgate", "veilgate-approve"],
             "veilgate",
@@ -291,7 +184,7 @@ def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
 
 def cmd_policy(args: argparse.Namespace) -> int:
     targets_wanted = parse_policy_targets(args.targets)
-    workloads = _run.select_workloads(policy_workloads(), args.workloads)
+    workloads = harness.select_workloads(policy_workloads(), args.workloads)
     if args.rounds < 1:
         raise BenchError("--rounds must be at least 1")
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 20.0)
@@ -303,23 +196,23 @@ def cmd_policy(args: argparse.Namespace) -> int:
     say(
         f"policy: {len(workloads)} workloads x {len(targets_wanted)} targets x {args.rounds} "
         f"rounds, {duration:g} s each (~{est / 60:.1f} min), TLS everywhere, policy "
-        f"{POLICY_FILE.relative_to(_run.REPO)}, {os.cpu_count()} CPUs"
+        f"{POLICY_FILE.relative_to(harness.REPO)}, {os.cpu_count()} CPUs"
     )
     samples: list[Any] = []
     decisions: dict[str, dict[str, float]] = {}
-    with _run.bench_env(scale=scale, keep=args.keep) as env:
-        say(_run.versions(env, ["veilgate"]))
-        with _run.started_targets(
+    with harness.bench_env(scale=scale, keep=args.keep) as env:
+        say(harness.versions(env, ["veilgate"]))
+        with harness.started_targets(
             env, targets_wanted, lambda n: make_policy_target(n, env, args), check=target_check
         ) as targets:
-            samples = _run.run_matrix(
+            samples = harness.run_matrix(
                 env,
                 targets,
                 workloads,
                 rounds=args.rounds,
                 duration_s=duration,
                 warmup_s=warmup,
-                on_sample=lambda done: _run.write_results(output, done),
+                on_sample=lambda done: harness.write_results(output, done),
             )
             for target in targets:
                 decisions[target.name] = target.policy_decisions()
@@ -327,9 +220,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if "veilgate-approve" in targets_wanted and args.wakeup_rounds > 0:
             rounds = args.wakeup_rounds if not args.quick else min(args.wakeup_rounds, 3)
             for backend in ("sqlite", "postgres"):
-                wakeups.append(_approvals().measure_wakeup(env, backend, rounds))
+                wakeups.append(approvals_bench.measure_wakeup(env, backend, rounds))
             (output.parent / "approvals_wakeup.json").write_text(json.dumps(wakeups, indent=2))
-    _run.write_results(output, samples)
+    harness.write_results(output, samples)
     say("")
     say(
         f"policy: medians of {args.rounds} round(s), {duration:g} s runs; proxy CPU = gateway "
@@ -340,7 +233,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(d.items())) or "none"
         say(f"{name}: policy decisions (gateway metrics, incl. warm-up and checks): {counts}")
     if wakeups:
-        say(_approvals().wakeup_table(wakeups))
+        say(approvals_bench.wakeup_table(wakeups))
     say(f"results: {output}")
     return 0
 
@@ -354,7 +247,7 @@ def register_policy(sub: Any) -> None:
         "same gateway without a policy (target veilgate-nopolicy); optional target "
         "veilgate-audit adds the JSON-lines audit log.",
     )
-    _run.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=POLICY_TARGETS)
+    harness.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=POLICY_TARGETS)
     p.add_argument(
         "--wakeup-rounds",
         type=int,

@@ -1,22 +1,21 @@
-"""bench/run.py connect: cycle latencies from pgbench -l logs, and the -C summary line."""
+"""bench/run.py connect (bench/harness.py): cycle latencies from pgbench -l logs, and the -C
+summary line."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
-RUN = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _run_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_run", module)
-    spec.loader.exec_module(module)
-    return module
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import harness
+
+    return harness
 
 
 def test_cycle_latencies_and_including_tps(tmp_path: Path) -> None:
@@ -39,6 +38,8 @@ def test_cycle_latencies_and_including_tps(tmp_path: Path) -> None:
         "tps = 240.5 (including reconnection times)\n"
     )
     assert run.parse_pgbench_output(out)[:2] == (240.5, 1234)
-    names = [w.name for w in run.connect_workloads()]
+    import run as bench_run
+
+    names = [w.name for w in bench_run.connect_workloads()]
     assert names == ["connect-c1", "connect-c8"]
-    assert all("-C" in w.pgbench_args and w.cycle_latency for w in run.connect_workloads())
+    assert all("-C" in w.pgbench_args and w.cycle_latency for w in bench_run.connect_workloads())

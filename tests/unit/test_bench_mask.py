@@ -156,7 +156,7 @@ def test_engine_table_shows_speedups(mb: ModuleType) -> None:
 
 
 def test_mask_table_ratio_and_bar(mb: ModuleType) -> None:
-    s = mb._run.Sample
+    s = mb.harness.Sample
     samples = [
         s("large-c1", "veilgate", 1, 90.0, 10.0, 20.0, 900.0),
         s("large-c1", "veilgate-nomask", 1, 100.0, 9.0, 18.0, 600.0),
@@ -298,7 +298,8 @@ def test_policy_variants_differ_only_in_masking(mb: ModuleType, tmp_path: Path) 
 
 
 def test_mask_subcommand_is_registered(mb: ModuleType) -> None:
-    run = mb._run
+    import run
+
     with pytest.raises(SystemExit) as exc:
         run.main(["mask", "--help"])
     assert exc.value.code == 0

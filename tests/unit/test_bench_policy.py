@@ -49,7 +49,7 @@ def test_policy_allows_pgbench_and_denies_the_probe(pb: ModuleType) -> None:
 
 
 def test_policy_table_ratios_and_verdict(pb: ModuleType) -> None:
-    S = pb.Sample
+    S = pb.harness.Sample
     samples = [
         S("select-simple-c1", "veilgate", 1, 900.0, 0.2, 0.4, 60.0),
         S("select-simple-c1", "veilgate-nopolicy", 1, 1000.0, 0.1, 0.4, 40.0),
@@ -66,6 +66,8 @@ def test_policy_table_ratios_and_verdict(pb: ModuleType) -> None:
 
 
 def test_parse_decision_metrics(pb: ModuleType) -> None:
+    import policy_targets
+
     text = (
         "# HELP veilgate_policy_decisions_total Statement policy decisions.\n"
         "# TYPE veilgate_policy_decisions_total counter\n"
@@ -73,8 +75,8 @@ def test_parse_decision_metrics(pb: ModuleType) -> None:
         'veilgate_policy_decisions_total{action="deny"} 1\n'
         'veilgate_other_total{action="allow"} 5\n'
     )
-    assert pb.parse_decision_metrics(text) == {"allow": 72639.0, "deny": 1.0}
-    assert pb.parse_decision_metrics("") == {}
+    assert policy_targets.parse_decision_metrics(text) == {"allow": 72639.0, "deny": 1.0}
+    assert policy_targets.parse_decision_metrics("") == {}
 
 
 def test_approve_policy_holds_what_pgbench_sends(pb: ModuleType, tmp_path: Path) -> None:
@@ -82,7 +84,7 @@ def test_approve_policy_holds_what_pgbench_sends(pb: ModuleType, tmp_path: Path)
     from veilgate.policy.engine import PolicyEngine, SessionContext
     from veilgate.policy.loader import load_policy
 
-    ab = pb._approvals()
+    ab = pb.approvals_bench
     engine = PolicyEngine(load_policy(ab.approve_policy(tmp_path)))
     who = Principal(provider="static", subject="bench", roles=frozenset(pb.TOKEN_ROLES))
     session = SessionContext(session_id="t")
@@ -99,7 +101,7 @@ def test_approve_policy_holds_what_pgbench_sends(pb: ModuleType, tmp_path: Path)
 
 
 def test_policy_table_compares_approve_with_allow(pb: ModuleType) -> None:
-    S = pb.Sample
+    S = pb.harness.Sample
     samples = [
         S("select-simple-c1", "veilgate", 1, 1000.0, 0.2, 0.4, 60.0),
         S("select-simple-c1", "veilgate-nopolicy", 1, 1100.0, 0.1, 0.4, 40.0),
@@ -115,7 +117,7 @@ def test_policy_table_compares_approve_with_allow(pb: ModuleType) -> None:
 
 
 def test_wakeup_table(pb: ModuleType) -> None:
-    ab = pb._approvals()
+    ab = pb.approvals_bench
     text = ab.wakeup_table(
         [{"backend": "sqlite", "median_ms": 1.5, "p90_ms": 2.0, "max_ms": 3.0, "rounds": 5}]
     )

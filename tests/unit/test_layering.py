@@ -5,6 +5,10 @@ circle, counting every import: module level, inside functions and under ``TYPE_C
 type-only back-import is still a dependency of the design: invert it with a protocol, as
 ``gateway.session.SessionHost`` or ``audit.recorder.SessionRecord`` do).
 
+The same holds for the bench scripts (``bench/*.py``): ``run.py`` is the entry point, the
+bench modules use ``harness.py`` (and ``policy_targets.py``), nothing imports ``run.py`` and
+nothing imports in a circle.
+
 Reading the graph: ``python tests/unit/test_layering.py`` prints every import between the
 project's modules with its layer, and what is wrong.
 """
@@ -246,6 +250,14 @@ def test_wire_layer_is_shared_not_owned() -> None:
         for t, _ in ts
         if not (t.startswith("veilgate.pgwire") or t == "veilgate.config_model")
     ]
+
+
+def test_bench_scripts_have_no_import_circles() -> None:
+    edges = imports(modules_under(BENCH_DIR, None))
+    assert "run" in edges
+    comps = circles(edges)
+    assert not comps, _describe(comps, edges)
+    assert not [m for m, ts in edges.items() for t, _ in ts if t == "run"], "nothing imports run.py"
 
 
 # --- the checker itself can fail ------------------------------------------------------------
