@@ -10,7 +10,7 @@ use pyo3::types::PyBytes;
 use veilgate_core::codec::{self, ArrayCodec, Attribute, Cx, Format, Scratch};
 use veilgate_core::mask::{Outcome, Tally};
 
-use crate::plan::value_mask;
+use crate::json::value_mask;
 
 #[pyclass(module = "veilgate_native", name = "Codec", frozen, eq, hash)]
 #[derive(PartialEq, Eq, Hash)]

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use veilgate_core::mask::{JsonMasker, JsonPath, Outcome, Tally, ValueMask};
 
-use crate::plan::value_mask;
+use crate::masker::{PyMasker, PyOperator};
 
 /// Masks json documents leaf by leaf: `paths` are `(path, mask)` rules (first match wins; a
 /// `None` mask keeps the leaves), every other leaf gets `default` (kept when `None`).
@@ -21,6 +21,25 @@ impl PyJsonMasker {
     pub(crate) fn value_mask(&self) -> Arc<dyn ValueMask> {
         self.inner.clone()
     }
+}
+
+/// The `ValueMask` of a mask argument: a `Masker`, an `Operator` or a `JsonMasker` (here, beside
+/// the mask type that composes the others, so that `codec` and `plan` both take masks without
+/// importing each other).
+pub(crate) fn value_mask(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn ValueMask>> {
+    if let Ok(m) = obj.extract::<PyRef<'_, PyMasker>>() {
+        return Ok(m.value_mask());
+    }
+    if let Ok(o) = obj.extract::<PyRef<'_, PyOperator>>() {
+        return Ok(o.value_mask());
+    }
+    if let Ok(j) = obj.extract::<PyRef<'_, PyJsonMasker>>() {
+        return Ok(j.value_mask());
+    }
+    Err(PyTypeError::new_err(format!(
+        "a column mask must be a Masker, an Operator or a JsonMasker, not {}",
+        obj.get_type().name()?
+    )))
 }
 
 fn mask_or_keep(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Arc<dyn ValueMask>>> {

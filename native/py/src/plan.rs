@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use veilgate_core::mask::{Tally, ValueMask};
+use veilgate_core::mask::Tally;
 use veilgate_core::rewrite::{self, ColumnAction, CopyFormat, Rewriter, TypedColumn};
 
 use crate::codec::{format, PyCodec};
-use crate::json::PyJsonMasker;
-use crate::masker::{PyMasker, PyOperator};
+use crate::json::value_mask;
 
 create_exception!(
     veilgate_native,
@@ -54,24 +53,6 @@ fn take(t: &SharedTallies, columns: usize) -> Vec<HashMap<String, u64>> {
     tallies.iter_mut().for_each(Tally::clear);
     out
 }
-
-/// The `ValueMask` of a `Masker`, an `Operator` or a `JsonMasker`.
-pub(crate) fn value_mask(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn ValueMask>> {
-    if let Ok(m) = obj.extract::<PyRef<'_, PyMasker>>() {
-        return Ok(m.value_mask());
-    }
-    if let Ok(o) = obj.extract::<PyRef<'_, PyOperator>>() {
-        return Ok(o.value_mask());
-    }
-    if let Ok(j) = obj.extract::<PyRef<'_, PyJsonMasker>>() {
-        return Ok(j.value_mask());
-    }
-    Err(PyTypeError::new_err(format!(
-        "a column mask must be a Masker, an Operator or a JsonMasker, not {}",
-        obj.get_type().name()?
-    )))
-}
-
 /// One plan column as Python gives it: `(action, mask)` or `(TYPED, mask, codec, format)`.
 type PyColumn<'py> = (
     u8,

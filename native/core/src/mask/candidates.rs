@@ -155,31 +155,6 @@ impl Kind {
     }
 }
 
-/// Bytes of an email's local part (the candidate's class).
-pub fn is_local_part_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'.' | b'_'
-                | b'%'
-                | b'+'
-                | b'-'
-                | b'\''
-                | b'!'
-                | b'#'
-                | b'$'
-                | b'&'
-                | b'*'
-                | b'?'
-                | b'^'
-                | b'`'
-                | b'{'
-                | b'|'
-                | b'}'
-                | b'~'
-        )
-}
-
 /// Builds the combined automaton over `kinds` (pattern id i is `kinds[i]`).
 pub fn build(kinds: &[Kind]) -> Regex {
     let patterns: Vec<&str> = kinds.iter().map(|k| k.pattern()).collect();

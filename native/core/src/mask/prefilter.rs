@@ -22,8 +22,9 @@
 //!   found backwards from the `:` or `=` that must follow them.
 
 use super::boundary::token_left_ok;
-use super::candidates::{is_local_part_byte, Kind};
+use super::candidates::Kind;
 use super::classify::{classify, Masks};
+use super::validate::email::is_local_part_byte;
 use super::validate::{card, ip, phone};
 
 /// The literals a keyword secret starts with (the `(?i:...)` group of its pattern, expanded).

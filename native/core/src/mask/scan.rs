@@ -14,6 +14,7 @@ use super::boundary::{is_word_byte, word_bounded};
 use super::candidates::{self, Kind, LAZY_DFA_CACHE};
 use super::entity::Builtin;
 use super::prefilter::{shape_ok, Families, Starts};
+use super::validate::email;
 use super::value::EntityId;
 
 /// A sensitive span `[start, end)` of a value (byte offsets) and the entity found there.
@@ -228,7 +229,7 @@ impl BuiltinScanner {
         let next = text.get(e).copied().unwrap_or(b' ');
         if self.kinds[pid] == Kind::Email
             || self.kinds[email] != Kind::Email
-            || !(next == b'@' || candidates::is_local_part_byte(next))
+            || !(next == b'@' || email::is_local_part_byte(next))
             || !local_run.ends_at_at(text, start)
         {
             return found;
@@ -320,7 +321,7 @@ impl LocalRun {
             self.end = start
                 + text[start..]
                     .iter()
-                    .position(|&b| !candidates::is_local_part_byte(b))
+                    .position(|&b| !email::is_local_part_byte(b))
                     .unwrap_or(text.len() - start);
         }
         text.get(self.end) == Some(&b'@')

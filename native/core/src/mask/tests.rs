@@ -602,7 +602,7 @@ fn unfiltered_equal(entities: &[Builtin], v: &[u8]) -> Result<(), TestCaseError>
             && f.start < r.start
             && v[f.start..r.start]
                 .iter()
-                .all(|&b| b >= 0x80 || candidates::is_local_part_byte(b));
+                .all(|&b| b >= 0x80 || validate::email::is_local_part_byte(b));
         let after_previous = i == 0 || fast[i - 1].end <= f.start;
         prop_assert!(
             (f.start == r.start || (widened && after_previous))

@@ -8,7 +8,6 @@
 
 use super::Range;
 use crate::mask::boundary::is_word_byte;
-use crate::mask::candidates::is_local_part_byte;
 
 /// Length of the UTF-8 letter at `text[i]` that may be part of an internationalised domain
 /// label, or 0: two-byte scripts, and three-byte ones except punctuation and symbols (U+2000 to
@@ -71,6 +70,31 @@ fn domain_end(text: &[u8], from: usize) -> Option<usize> {
 /// True if the UTF-8 character ending before `at` is a letter of a two-byte script.
 fn two_byte_letter_before(text: &[u8], at: usize) -> bool {
     at >= 2 && (0x80..0xC0).contains(&text[at - 1]) && (0xC3..=0xDF).contains(&text[at - 2])
+}
+/// Bytes of an email's local part (also the class of the email candidate and the prefilter's
+/// backward walk).
+pub fn is_local_part_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'.' | b'_'
+                | b'%'
+                | b'+'
+                | b'-'
+                | b'\''
+                | b'!'
+                | b'#'
+                | b'$'
+                | b'&'
+                | b'*'
+                | b'?'
+                | b'^'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | b'~'
+        )
 }
 
 pub fn validate(text: &[u8], (mut start, end): Range) -> Option<Range> {
