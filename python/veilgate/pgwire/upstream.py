@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from veilgate.config_model import TargetConfig, UpstreamTLSMode
-from veilgate.pgwire import wire
+from veilgate.pgwire import scram, wire
+from veilgate.pgwire.scram import ScramError
 
 ALPN = "postgresql"
 SSL_SHUTDOWN_TIMEOUT_S = 2.0
@@ -192,7 +193,7 @@ class UpstreamHandshake:
     backend_key: bytes | None = None
     tx_status: bytes = b"I"
     done: bool = False
-    _scram: Any = None
+    _scram: scram.ScramClient | None = None
     _sasl_complete: bool = False
     _authenticated: bool = False
     _cleartext: bool = False
@@ -266,17 +267,16 @@ class UpstreamHandshake:
             if self._scram is None:
                 raise self._fail("upstream_scram", "SASLContinue before SASL start")
             try:
-                self._scram.set_server_first(req.payload.decode("utf-8"))
-                final = self._scram.get_client_final()
-            except Exception as exc:
+                final = self._scram.client_final(req.payload)
+            except ScramError as exc:
                 raise self._fail("upstream_scram", str(exc)) from exc
-            return [wire.sasl_response(final.encode("utf-8"))]
+            return [wire.sasl_response(final)]
         if req.code == wire.AUTH_SASL_FINAL:
             if self._scram is None:
                 raise self._fail("upstream_scram", "SASLFinal before SASL start")
             try:
-                self._scram.set_server_final(req.payload.decode("utf-8"))
-            except Exception as exc:
+                self._scram.verify_server_final(req.payload)
+            except ScramError as exc:
                 raise self._fail("upstream_scram", f"server signature: {exc}") from exc
             self._sasl_complete = True
             return []
@@ -288,27 +288,27 @@ class UpstreamHandshake:
         raise self._fail("upstream_auth_method", f"unsupported authentication request {req.code}")
 
     def _sasl_start(self, offered: list[str]) -> bytes:
-        import scramp
-
         if self._scram is not None:
             raise self._fail("upstream_scram", "second SASL request")
         password = self._need_password()
-        if "SCRAM-SHA-256-PLUS" in offered and self.ssl_object is not None:
-            mechs = ["SCRAM-SHA-256-PLUS"]
-            binding: Any = ("tls-server-end-point", self.ssl_object)
-        elif "SCRAM-SHA-256" in offered:
-            mechs = ["SCRAM-SHA-256"]
-            binding = None
-        else:
+        binding: bytes | None = None
+        if scram.MECH_PLUS in offered and self.ssl_object is not None:
+            der = self.ssl_object.getpeercert(binary_form=True)
+            if der is None:
+                raise self._fail("upstream_scram", "no server certificate to bind to")
+            try:
+                binding = scram.channel_binding_data(der)
+            except Exception as exc:
+                raise self._fail("upstream_scram", f"server certificate: {exc}") from exc
+        elif scram.MECH not in offered:
             raise self._fail("upstream_auth_method", f"no supported SASL mechanism in {offered}")
-        try:
-            self._scram = scramp.ScramClient(
-                mechs, self.target.user, password, channel_binding=binding
-            )
-            first = self._scram.get_client_first()
-        except Exception as exc:
-            raise self._fail("upstream_scram", str(exc)) from exc
-        return wire.sasl_initial_response(self._scram.mechanism_name, first.encode("utf-8"))
+        self._scram = scram.ScramClient(
+            self.target.user or "",
+            password,
+            binding=binding,
+            tls=self.ssl_object is not None,
+        )
+        return wire.sasl_initial_response(self._scram.mechanism_name, self._scram.client_first())
 
 
 async def send_cancel(
