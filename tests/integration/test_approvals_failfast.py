@@ -322,3 +322,94 @@ def test_a_request_nobody_decides_expires(
     again = psql(jit.target(), delete)
     assert "42Z01" in again.stderr and request_id(again.stderr) != rid
     assert count(pg_cluster, table) == 3
+
+
+def test_reason_follows_the_transaction_as_the_server_setting_does(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    """``SET veilgate.reason`` is rolled back with its transaction, ``SET LOCAL`` lasts until the
+    transaction ends, a SET in a failed transaction is refused by the server and taken by
+    nobody: the reason a request carries is the one the server holds (simple protocol through
+    a raw client, extended through psycopg)."""
+    jit = jit_gateway(gateway_factory, tmp_path, policy_text(reason=True))
+    table = make_table(pg_cluster, rows=20)
+    step = iter(range(1, 20))
+
+    def ask(c: Any) -> str | None:
+        """The reason a new request gets (None: refused, no reason), checked against the
+        server's own setting."""
+        server = c.scalar("SELECT coalesce(current_setting('veilgate.reason', true), '')")
+        err = pw.first_error(c.simple(f"DELETE FROM {table} WHERE id = {next(step)}"))
+        assert err is not None and err["C"] in ("42Z01", "42Z03"), err
+        if err["C"] == "42Z03":
+            assert server == "", server  # the gateway has none: neither has the server
+            return None
+        reason = jit.approval_events("request")[-1]["reason"]
+        assert reason == server, (reason, server)
+        return str(reason)
+
+    with pw.connect(jit.target().endpoint()) as c:
+        assert ask(c) is None
+        for sql in ("BEGIN", "SET veilgate.reason = 'rolled back'", "ROLLBACK"):
+            assert pw.first_error(c.simple(sql)) is None
+        assert ask(c) is None
+        for sql in ("BEGIN", "SET veilgate.reason = 'committed'", "COMMIT"):
+            assert pw.first_error(c.simple(sql)) is None
+        assert ask(c) == "committed"
+        # SET LOCAL: seen inside the transaction, gone at its end (committed or not)
+        for sql in ("BEGIN", "SET LOCAL veilgate.reason = 'local'"):
+            assert pw.first_error(c.simple(sql)) is None
+        err = pw.first_error(c.simple(f"DELETE FROM {table} WHERE id = {next(step)}"))
+        assert err is not None and err["C"] == "42Z01", err
+        assert jit.approval_events("request")[-1]["reason"] == "local"
+        assert pw.first_error(c.simple("ROLLBACK")) is None
+        assert ask(c) == "committed"
+        for sql in ("BEGIN", "SET LOCAL veilgate.reason = 'local again'", "COMMIT"):
+            assert pw.first_error(c.simple(sql)) is None
+        assert ask(c) == "committed"
+        # a RESET rolled back leaves the value; one committed clears it
+        for sql in ("BEGIN", "RESET veilgate.reason", "ROLLBACK"):
+            assert pw.first_error(c.simple(sql)) is None
+        assert ask(c) == "committed"
+        assert pw.first_error(c.simple("RESET veilgate.reason")) is None
+        assert ask(c) is None
+        # in a failed transaction the server refuses the SET: nobody takes it
+        assert pw.first_error(c.simple("BEGIN")) is None
+        assert pw.first_error(c.simple("SELECT 1/0")) is not None
+        err = pw.first_error(c.simple("SET veilgate.reason = 'in a failed transaction'"))
+        assert err is not None and err["C"] == "25P02", err
+        assert pw.first_error(c.simple("ROLLBACK")) is None
+        assert ask(c) is None
+        # one Query: the whole transaction at once
+        msgs = c.simple("BEGIN; SET veilgate.reason = 'one message'; ROLLBACK")
+        assert pw.first_error(msgs) is None
+        assert ask(c) is None
+        # a change undone by ROLLBACK TO SAVEPOINT is dropped (never kept wrongly)
+        for sql in (
+            "BEGIN",
+            "SAVEPOINT s",
+            "SET veilgate.reason = 'to a savepoint'",
+            "ROLLBACK TO SAVEPOINT s",
+            "COMMIT",
+        ):
+            assert pw.first_error(c.simple(sql)) is None
+        err = pw.first_error(c.simple(f"DELETE FROM {table} WHERE id = {next(step)}"))
+        assert err is not None and err["C"] == "42Z03", err
+
+    # psycopg, extended protocol, its own BEGIN
+    with psycopg.connect(jit.dsn()) as conn:
+        conn.execute("SET veilgate.reason = 'psycopg rolled back'")
+        conn.rollback()
+        conn.autocommit = True
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(f"DELETE FROM {table} WHERE id = {next(step)}")
+        assert info.value.sqlstate == "42Z03"
+        conn.autocommit = False
+        conn.execute("SET veilgate.reason = 'psycopg committed'")
+        conn.commit()
+        conn.autocommit = True
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(f"DELETE FROM {table} WHERE id = {next(step)}")
+        assert info.value.sqlstate == "42Z01"
+        assert jit.approval_events("request")[-1]["reason"] == "psycopg committed"
+    assert count(pg_cluster, table) == 20

@@ -97,23 +97,24 @@ class PendingApproval:
     param_types: tuple[int, ...]
 
 
-def _settings(text: str) -> list[tuple[str, str | None]] | None:
-    """``[(name, value)]`` when every statement of ``text`` sets or resets a ``veilgate.*``
-    setting (``None`` value: reset); None otherwise."""
+def _settings(text: str) -> list[tuple[str, str | None, bool]] | None:
+    """``[(name, value, local)]`` when every statement of ``text`` sets or resets a
+    ``veilgate.*`` setting (``None`` value: reset; ``local``: ``SET LOCAL``); None otherwise."""
     if _SETTING_RX.match(text) is None or "veilgate." not in text.lower():
         return None
     try:
         tree = json.loads(_pg.parse_sql_json(text))
     except _pg.ParseError:
         return None
-    out: list[tuple[str, str | None]] = []
+    out: list[tuple[str, str | None, bool]] = []
     for raw in tree.get("stmts", ()):
         vs = raw.get("stmt", {}).get("VariableSetStmt")
         if vs is None or not str(vs.get("name", "")).startswith("veilgate."):
             return None
         kind = vs.get("kind")
+        local = bool(vs.get("is_local", False))
         if kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
-            out.append((vs["name"], None))
+            out.append((vs["name"], None, local))
             continue
         args = vs.get("args", [])
         if kind != "VAR_SET_VALUE" or len(args) != 1 or "A_Const" not in args[0]:
@@ -125,8 +126,118 @@ def _settings(text: str) -> list[tuple[str, str | None]] | None:
             value = str(const["ival"].get("ival", 0))
         else:
             return None
-        out.append((vs["name"], value))
+        out.append((vs["name"], value, local))
     return out or None
+
+
+_UNSET: Final[Any] = object()
+_T_BLOCK: Final = ord("T")
+_E_BLOCK: Final = ord("E")
+
+
+class TxSetting:
+    """A session setting the gateway reads (``veilgate.reason``) that follows the server's
+    transactions as the server's own setting of that name does: ``SET`` takes effect at once
+    and is kept at ``COMMIT``, undone by ``ROLLBACK`` or by the failure of the implicit
+    transaction it ran in; ``SET LOCAL`` lasts until the transaction ends; in a failed
+    transaction block the server refuses the ``SET``, so nothing changes.
+
+    The client's ``SET`` is applied when it is sent (a statement behind it in the same
+    transaction sees it); while a change is not settled the gate follows the server's
+    CommandComplete tags (``COMMIT``, ``ROLLBACK``, ``BEGIN``...), errors and ReadyForQuery
+    (:attr:`tracking`), and settles it once the session has no request in flight.  Where
+    the outcome is not certain -- a ``ROLLBACK TO SAVEPOINT`` after the change, several
+    transactions in one pipeline -- a changed value is dropped (fail closed: the agent sets
+    its reason again), never kept wrongly."""
+
+    __slots__ = (
+        "_committed",
+        "_end",
+        "_failed",
+        "_in_block",
+        "_local",
+        "_pending",
+        "_uncertain",
+        "value",
+    )
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        """The value statements sent now see."""
+        self._pending: Any = _UNSET
+        """What the setting is at COMMIT (``_UNSET``: nothing changed since it was settled)."""
+        self._local: Any = _UNSET
+        self._committed: str | None = None
+        self._end: str | None = None
+        self._failed = False
+        self._in_block = False
+        self._uncertain = False
+
+    @property
+    def tracking(self) -> bool:
+        """A change waits for the server's outcome (follow its C, E and Z messages)."""
+        return self._pending is not _UNSET
+
+    def set(self, value: str | None, *, local: bool, tx_status: int, failed_block: bool) -> None:
+        """The client sent ``SET [LOCAL]`` (``value`` None: ``RESET``).  ``tx_status``: the last
+        ReadyForQuery's status; ``failed_block``: the server will refuse it (the session is in
+        a failed transaction block with nothing else in flight)."""
+        if failed_block:
+            return
+        if self._pending is _UNSET:
+            self._pending = self._committed
+            self._end = None
+            self._failed = False
+            self._uncertain = False
+            self._in_block = tx_status == _T_BLOCK
+        if local:
+            self._local = value
+        else:
+            self._pending = value
+            self._local = _UNSET
+        self.value = value
+
+    def server(self, tag: int, body: bytes, idle: bool) -> None:
+        """A CommandComplete (``C``), ErrorResponse (``E``) or ReadyForQuery (``Z``) while
+        :attr:`tracking`; ``idle``: no request is in flight after this message."""
+        if tag == 0x43:  # C
+            if body.startswith((b"COMMIT", b"PREPARE TRANSACTION")):
+                self._end = "commit"
+            elif body.startswith(b"ROLLBACK"):  # a ROLLBACK, or a COMMIT of a failed block
+                self._end = "rollback"
+            elif body.startswith((b"BEGIN", b"START TRANSACTION")):
+                self._in_block = True
+        elif tag == 0x45:  # E
+            if not self._in_block:
+                self._failed = True  # the implicit transaction is rolled back
+        elif tag == 0x5A:  # Z
+            status = body[:1]
+            if status in (b"T", b"E"):
+                self._in_block = True
+                if self._end is not None:
+                    # a ROLLBACK TO SAVEPOINT, or a transaction ended and another began
+                    self._uncertain = True
+                    self._end = None
+                return
+            self._in_block = False
+            if idle:
+                self._settle()
+
+    def _settle(self) -> None:
+        committed = self._committed
+        if self._end == "rollback" or (self._end is None and self._failed):
+            value = committed
+        else:
+            value = self._pending
+            if self._uncertain and value != committed:
+                value = None
+        self._committed = value
+        self.value = value
+        self._pending = _UNSET
+        self._local = _UNSET
+        self._end = None
+        self._failed = False
+        self._uncertain = False
 
 
 def _setting_decision(text: str, generation: int, tier: str | None) -> Decision:
@@ -160,6 +271,9 @@ class ApprovalSession(Protocol):
     @property
     def recording(self) -> SessionRecording | None: ...
     def write_client(self, data: bytes) -> None: ...
+    def set_upstream_events(self) -> None: ...
+    @property
+    def state(self) -> Any: ...
 
 
 class GatedEnforcer(Protocol):
@@ -187,7 +301,7 @@ class ApprovalGate:
         self.session = enforcer.session
         self.principal = enforcer.principal
         self.principal_key = principal_key(self.principal)
-        self.reason: str | None = None
+        self._reason = TxSetting()
         self._task: asyncio.Task[None] | None = None
         self._cancel: asyncio.Future[None] | None = None
         """Set while a statement waits for a decision: a CancelRequest resolves it."""
@@ -207,6 +321,22 @@ class ApprovalGate:
             self.elevation_changed(grant)
 
     @property
+    def reason(self) -> str | None:
+        """``SET veilgate.reason``, as the server's transactions left it."""
+        return self._reason.value
+
+    @property
+    def tracking(self) -> bool:
+        """A ``SET veilgate.reason`` waits for its transaction's outcome: the enforcer passes
+        the server's CommandComplete, ErrorResponse and ReadyForQuery to :meth:`server_event`."""
+        return self._reason.tracking
+
+    def server_event(self, tag: int, body: bytes, idle: bool) -> bool:
+        """Follow the server's message; True while still :attr:`tracking`."""
+        self._reason.server(tag, body, idle)
+        return self._reason.tracking
+
+    @property
     def base_tier(self) -> Tier | None:
         """The tier the principal's claims match under the current policy (not the elevation)."""
         return self.enforcer.engine.tier_for(self.principal)
@@ -221,23 +351,37 @@ class ApprovalGate:
 
     # --- settings ------------------------------------------------------------------------------
 
-    def setting(self, text: str) -> Decision | None:
+    def setting(self, text: str, *, query: bool = False) -> Decision | None:
         """An allow decision for a message of ``SET veilgate.reason`` / ``request_tier``
-        statements (their effect is applied here); None for anything else (other ``veilgate.*``
-        names are judged by the policy like any setting)."""
+        statements (their effect is applied here; the reason follows the transaction, see
+        :class:`TxSetting`); None for anything else (other ``veilgate.*`` names are judged by
+        the policy like any setting)."""
         if self._exact():
             # the gateway's parser may split such a text where the server does not: the
             # policy (which lexes it as the server will) judges it like any statement
             return None
         parsed = _settings(text)
-        if parsed is None or any(name not in _SETTINGS for name, _ in parsed):
+        if parsed is None or any(name not in _SETTINGS for name, _, _ in parsed):
             return None
         requested: str | None = None
-        for name, value in parsed:
+        was_tracking = self._reason.tracking
+        state = self.session.state
+        tx_status = state.tx_status
+        # in a failed block with nothing else in flight (this Query aside) the server refuses
+        # it; a Parse is judged here too, where its SET runs at Execute (right behind it)
+        failed_block = tx_status == _E_BLOCK and state.pending <= (1 if query else 0)
+        for name, value, local in parsed:
             if name == "veilgate.reason":
-                self.reason = value[:_REASON_MAX] if value else None
-            else:
+                self._reason.set(
+                    value[:_REASON_MAX] if value else None,
+                    local=local,
+                    tx_status=tx_status,
+                    failed_block=failed_block,
+                )
+            elif not failed_block:
                 requested = value
+        if self._reason.tracking and not was_tracking:
+            self.session.set_upstream_events()
         if requested:
             self._request_tier(requested)
         ctx = self.enforcer.ctx

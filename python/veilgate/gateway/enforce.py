@@ -105,6 +105,7 @@ _count_decision: Final = metrics.policy_decisions_total.inc_one
 _E, _Z, _S = ord("E"), ord("Z"), ord("S")
 """``_E`` is Execute from a client and ErrorResponse from the server."""
 _IDLE: Final = ord("I")
+_TX_TAGS: Final = frozenset(b"CEZ")
 _RETIRED_MAX: Final = 64
 """Replaced statement texts remembered as possible sources of portals bound before a reload;
 beyond this the gateway refuses such portals rather than grow per session."""
@@ -328,6 +329,9 @@ class PolicyEnforcer:
         return b"P" if self.approvals.active() else b""
 
     def upstream_tags(self) -> bytes:
+        gate = self.approvals
+        if gate is not None and gate.tracking:
+            return b"SEZC"  # a SET veilgate.reason follows its transaction
         if self._markers:
             return b"SEZ"
         return b"SZ" if self._window else b"S"
@@ -384,7 +388,7 @@ class PolicyEnforcer:
         if self._prepared_stale:
             self._sync_prepared()
         gate = self.approvals
-        d = gate.setting(text) if gate is not None else None
+        d = gate.setting(text, query=True) if gate is not None else None
         if d is None:
             d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
@@ -812,6 +816,14 @@ class PolicyEnforcer:
     def server_message(self, m: Any) -> bytes:
         """An event message from the server: what to send the client instead of it."""
         tag = m.tag
+        gate = self.approvals
+        if (
+            gate is not None
+            and gate.tracking
+            and tag in _TX_TAGS
+            and not gate.server_event(tag, bytes(m.body), not self.session.state.busy)
+        ):
+            self.session.set_upstream_events()  # settled: C stops being an event
         if tag == _E:
             markers = self._markers
             body = m.body
