@@ -413,3 +413,73 @@ def test_reason_follows_the_transaction_as_the_server_setting_does(
         assert info.value.sqlstate == "42Z01"
         assert jit.approval_events("request")[-1]["reason"] == "psycopg committed"
     assert count(pg_cluster, table) == 20
+
+
+def _with_rule(policy: str, rule: str) -> str:
+    """``policy`` with ``rule`` (an approve rule, given the template's approval block) added to
+    the agents tier."""
+    i = policy.index("        approval:")
+    j = policy.index("  - name: readwrite")
+    return policy[:j] + rule + policy[i:j] + policy[j:]
+
+
+def test_function_call_matching_an_approve_rule_is_refused_clearly(
+    gateway_factory: Factory, tmp_path: Path
+) -> None:
+    """A protocol-level FunctionCall cannot carry an approval (no text to fingerprint, nothing
+    to show the approver): an approve rule that matches one refuses it with 42501 and says so;
+    no request is made and the session goes on."""
+    import struct
+
+    rule = """      - id: agent-fastpath
+        action: approve
+        message: "fast-path function calls need an approval"
+        classes: [call]
+        constructs: [fastpath_function_call]
+"""
+    jit = jit_gateway(gateway_factory, tmp_path, _with_rule(policy_text(), rule))
+    with pw.connect(jit.target().endpoint()) as c:
+        oid = int(c.scalar("SELECT 'pg_backend_pid'::regproc::oid") or 0)
+        c.send(pw.tagged(b"F", struct.pack("!IhhH", oid, 0, 0, 0)))
+        msgs = c.recv_until_ready()
+        err = pw.first_error(msgs)
+        assert err is not None and err["C"] == "42501", err
+        assert "agent-fastpath" in err["D"]
+        assert "FunctionCall cannot get" in err["H"] and "from SQL" in err["H"]
+        assert not [m for m in msgs if m.tag == "V"]  # the function did not run
+        assert c.scalar("SELECT 1") == "1"
+    assert jit.cli("list").stdout.strip() == "no requests"
+
+
+def test_portal_bound_before_a_reload_that_now_wants_an_approval_is_refused(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    """A portal bound while its statement was allowed, executed after a reload made an approve
+    rule match it, is refused (its Bind was never checked for a grant): bind it again."""
+    from tests.integration.conftest import wait_policy_generation
+
+    v2 = policy_text()
+    v1 = v2.replace('tables: ["public.scratch_*"]', 'tables: ["public.scratch_*", "public.jit_*"]')
+    v1 = v1.replace('        tables: ["public.jit_*"]\n', '        tables: ["public.never_*"]\n')
+    assert v1 != v2
+    jit = jit_gateway(gateway_factory, tmp_path, v1)
+    table = make_table(pg_cluster)
+    engine = jit.handle.thread.gateway.policy_engine  # type: ignore[union-attr]
+    with pw.connect(jit.target().endpoint()) as c:
+        assert pw.first_error(c.simple("BEGIN")) is None
+        c.send(
+            pw.parse("s1", f"DELETE FROM {table} WHERE id = 1") + pw.bind("p1", "s1") + pw.flush()
+        )
+        assert [m.tag for m in c.recv_until("2")] == ["1", "2"]
+        generation = engine.generation
+        jit.policy_file.write_text(v2)
+        wait_policy_generation(jit.handle, generation + 1)
+        c.send(pw.execute("p1") + pw.sync())
+        msgs = c.recv_until_ready()
+        err = pw.first_error(msgs)
+        assert err is not None and err["C"] == "42501", err
+        assert "stale-portal" in err["D"] and "now wants an approval" in err["D"]
+        assert "bind it again" in err["H"]
+        assert not [m for m in msgs if m.tag == "C"]  # nothing ran
+        assert [pw.command_tag(m.body) for m in c.simple("COMMIT") if m.tag == "C"] == ["ROLLBACK"]
+    assert count(pg_cluster, table) == 3
