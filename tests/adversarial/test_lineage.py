@@ -172,3 +172,16 @@ def test_cursors_and_prepared_statements(masked: pw.Target, table: str) -> None:
         assert not leaks(received)
     finally:
         conn.terminate()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_field_of_a_whole_row_is_masked_as_its_column(
+    masked: pw.Target, table: str, mode: str
+) -> None:
+    """``(x).col`` is that column: masked by its own rule (``ssn`` keeps its last four digits)
+    and an unmasked one kept, not the whole row redacted."""
+    out = attack(masked, mode, f"select (x).label, (x.*).ssn, (row(x.id, x.ssn)).f2 from {table} x")
+    assert out.sqlstate is None, out.message
+    assert not out.leaked(), out.received
+    assert b"one" in out.received and b"8141" in out.received, out.received
+    assert b"MASKED" not in out.received, out.received

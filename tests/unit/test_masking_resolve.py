@@ -185,6 +185,14 @@ ID = "public.customers.id"
             [("email", {EMAIL}, "exact")],
         ),
         # composite field selection and whole rows
+        # a field of a whole row is that column, as its table says (not the whole row)
+        ("SELECT (c).ssn FROM customers c", [("ssn", {SSN}, "exact")]),
+        (
+            "SELECT (c.*).email, (customers).id FROM customers c, customers",
+            [("email", {EMAIL}, "exact"), ("id", {ID}, "exact")],
+        ),
+        ("SELECT (ROW(id, ssn)).f2 FROM customers", [("f2", {SSN}, "exact")]),
+        ("SELECT (c).ssn FROM customers c, (SELECT 1 AS c) z", [("ssn", set(), "derived")]),
         ("SELECT (addr).street FROM customers", [("street", {"public.customers.addr"}, "derived")]),
         (
             "SELECT c.addr.street FROM customers c",

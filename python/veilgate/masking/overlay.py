@@ -4,7 +4,8 @@ The side connection reads the catalog from another backend: a table this session
 transaction that has not committed yet is invisible to it, and a temporary table always is (it
 lives in this backend's own ``pg_temp`` schema).  Without them, every statement naming such a
 table would be of unknown lineage (fail closed, masked as a whole).  So a session keeps what its
-own CREATE TABLE / CREATE TABLE AS / SELECT INTO statements defined -- once the server confirmed
+own CREATE TABLE / CREATE TABLE AS / SELECT INTO / CREATE [MATERIALIZED] VIEW statements defined
+(a view by its definition, resolved like a catalog view's) -- once the server confirmed
 them with their CommandComplete -- and the resolver sees those relations *in addition to* what
 the catalog says about the name (the union: a name may also denote a committed table, and a
 creation may since have been rolled back; an extra candidate only adds lineage).
@@ -72,7 +73,13 @@ class SessionRelations:
             kept = tuple(o for o in self._by_name.pop(r.table, None) or () if o.schema not in new)
             facts = kept + placed
             self._by_name.put(
-                r.table, facts, text_cost(r.table, *(c for f in facts for c in f.columns))
+                r.table,
+                facts,
+                text_cost(
+                    r.table,
+                    *(c for f in facts for c in f.columns),
+                    *(f.definition or "" for f in facts),
+                ),
             )
             if len(self._by_name) > MAX_RELATIONS:
                 self._by_name.popitem(last=False)

@@ -130,6 +130,10 @@ class _Treatment:
 _KEEP_T: Final = _Treatment("keep", None, "no rule")
 
 
+_CREATING: Final = (b"CREATE TABLE", b"SELECT ", b"CREATE VIEW", b"CREATE MATERIALIZED VIEW")
+"""Command tags of statements that may create a relation the session's overlay keeps."""
+
+
 def _ANY_SCHEMA_ONLY() -> tuple[str, ...]:
     return (ANY_SCHEMA,)
 
@@ -186,7 +190,7 @@ class SessionMasking:
         after DDL, the catalog facts it may have changed are dropped
         (:func:`~veilgate.masking.invalidation.invalidation_scope`), with this session's plans
         (other sessions' plans are keyed on the catalog generation)."""
-        if stmt is not None and tag.startswith((b"CREATE TABLE", b"SELECT ")):
+        if stmt is not None and tag.startswith(_CREATING):
             try:
                 res = self.analyzer(stmt.text).try_now(stmt.text)
             except AnalysisError:

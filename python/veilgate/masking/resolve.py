@@ -575,10 +575,16 @@ class _Resolver:
             self.creates.append(RelationFacts(0, schema, table, "r", tuple(cols)))
 
     def _create_table_as(self, body: dict[str, Any]) -> None:
-        q = self._query_node(body.get("query"), None)
+        query = body.get("query")
+        q = self._query_node(query, None)
+        into = _bare(body.get("into"), "IntoClause")
         if body.get("objtype") == "OBJECT_MATVIEW":
-            return  # read back through its definition: masked like a view
-        self._into(_bare(body.get("into"), "IntoClause"), q)
+            # read back through its definition: masked like a view
+            self._created_view(
+                _bare(into.get("rel"), "RangeVar"), "m", query, q, into.get("colNames")
+            )
+            return
+        self._into(into, q)
 
     def _create_table(self, body: dict[str, Any]) -> None:
         """CREATE TABLE with its own column list: a table the catalog may not see yet."""
@@ -597,7 +603,25 @@ class _Resolver:
 
     def _view(self, body: dict[str, Any]) -> None:
         # the definition's predicates become fixed ones the client chose: judged now
-        self._query_node(body.get("query"), None)
+        query = body.get("query")
+        q = self._query_node(query, None)
+        self._created_view(_bare(body.get("view"), "RangeVar"), "v", query, q, body.get("aliases"))
+
+    def _created_view(
+        self, rv: dict[str, Any], relkind: str, query: Any, q: _Query, aliases: Any
+    ) -> None:
+        """A view the session created: known (until the catalog sees it) by its definition,
+        kept as its parse tree (:data:`_TREE_DEFINITION`), resolved like a catalog view's."""
+        if self.trusted or not q.complete or not query:
+            return
+        temp = rv.get("relpersistence") == "t"
+        schema = rv.get("schemaname") or ("pg_temp" if temp else "")
+        names = _strings(aliases)
+        cols = tuple(names[i] if i < len(names) else o.name for i, o in enumerate(q.outputs))
+        definition = _TREE_DEFINITION + json.dumps(query)
+        self.creates.append(
+            RelationFacts(0, schema, str(rv.get("relname", "")), relkind, cols, definition)
+        )
 
     def _explain(self, body: dict[str, Any]) -> _Query:
         self.statement(body.get("query"))
@@ -1289,13 +1313,51 @@ class _Resolver:
 
     def _indirection(self, body: dict[str, Any], level: _Level) -> Lineage:
         lin = self.expr(body.get("arg"), level)
-        for ind in body.get("indirection") or ():
+        inds = list(body.get("indirection") or ())
+        field = self._row_field(body.get("arg"), inds[0] if inds else None, lin, level)
+        if field is not None:
+            # (t).col / (t.*).col: that column, as the table says, not the whole row
+            lin = field
+            inds = inds[1:]
+            if not inds:
+                return lin
+        for ind in inds:
             k, v = _kind(ind)
             if k == "A_Indices":
                 for key in ("lidx", "uidx"):
                     if v.get(key):
                         lin = lin | self.expr(v[key], level).derived()
         return lin.derived()
+
+    def _row_field(self, arg: Any, ind: Any, whole: Lineage, level: _Level) -> Lineage | None:
+        """The lineage of ``(t).field`` when ``t`` is the whole row of one FROM item of known
+        shape (the reference bound to that row: its lineage is the row's) or a ``ROW(...)``
+        constructor; None otherwise (the whole value counts)."""
+        k, name = _kind(ind)
+        if k != "String":
+            return None
+        field = str(name.get("sval", ""))
+        kind, body = _kind(arg)
+        if kind == "RowExpr":
+            args = body.get("args") or []
+            names = _strings(body.get("colnames"))
+            if not names:
+                names = [f"f{i + 1}" for i in range(len(args))]
+            if field in names and len(names) == len(args):
+                return self.expr(args[names.index(field)], level)
+            return None
+        if kind != "ColumnRef":
+            return None
+        names = _strings(body.get("fields"))
+        if _is_star(body):
+            names = names[:-1] if names and names[-1] == "*" else names
+        if not names:
+            return None
+        rels = self._rels_named(names, level)
+        if len(rels) != 1 or not rels[0].complete or rels[0].whole() != whole:
+            return None
+        hits = rels[0].column(field)
+        return hits[0] if len(hits) == 1 else None
 
     def _sublink(self, body: dict[str, Any], level: _Level) -> Lineage:
         q = self._query_node(body.get("subselect"), level)
@@ -1949,8 +2011,19 @@ _definitions: ByteLRU[str, list[dict[str, Any]] | None] = ByteLRU(_DEFINITION_BY
 _definitions_lock = Lock()
 
 
+_TREE_DEFINITION: Final = "\x00tree:"
+"""Prefix of a view definition kept as its parse tree (JSON) rather than as SQL: a view the
+session created itself (no SQL text holds a NUL, so no catalog definition starts so)."""
+
+
 def _definition_tree(text: str) -> list[dict[str, Any]] | None:
     """Parsed view definitions, cached by text (bounded in bytes)."""
+    if text.startswith(_TREE_DEFINITION):
+        try:
+            node = json.loads(text[len(_TREE_DEFINITION) :])
+        except ValueError:
+            return None
+        return [node] if isinstance(node, dict) else None
     with _definitions_lock:
         if text in _definitions:
             _definitions.move_to_end(text)
