@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import platform
 import pwd
 import re
 import secrets
@@ -46,7 +47,9 @@ if importlib.util.find_spec("veilgate") is None:  # not installed: run from the 
 
 from veilgate.certs import CertPair, make_ca, make_cert  # noqa: E402
 from veilgate.testing.cluster import (  # noqa: E402
+    ClusterError,
     TempCluster,
+    find_pg_bindir,
     free_port,
     quote_literal,
 )
@@ -54,7 +57,9 @@ from veilgate.testing.cluster import (  # noqa: E402
 BENCH_DB = "bench"
 BENCH_ROLE = "veilgate_bench"
 PASSWORD_ENV = "VEILGATE_BENCH_PASSWORD"
-ALL_TARGETS = ("direct", "veilgate", "pgbouncer", "veilgate-recording")
+ALL_TARGETS = ("direct", "veilgate", "pgbouncer", "pgbouncer-tx", "veilgate-recording")
+PGBOUNCER_PREPARED_TX = (1, 21)
+"""The first PgBouncer that keeps protocol-level prepared statements in transaction mode."""
 RECORDING_BAR = 0.95
 """Issue 14's bar: session recording on keeps at least 95% of the recording-off TPS."""
 
@@ -187,6 +192,10 @@ class Target(ABC):
     def log_tail(self) -> str:
         return ""
 
+    def unsupported(self, workload: Workload) -> str | None:
+        """Why this target cannot run ``workload`` (None: it can); the matrix skips it."""
+        return None
+
 
 class DirectTarget(Target):
     name = "direct"
@@ -311,15 +320,27 @@ def find_pgbouncer() -> str:
     return exe
 
 
+def pgbouncer_version(exe: str) -> tuple[int, ...]:
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", _first_line([exe, "--version"]))
+    return tuple(int(g) for g in m.groups() if g is not None) if m else ()
+
+
 class PgBouncerTarget(ProcessTarget):
-    """PgBouncer in session mode, TLS on both sides, SCRAM for clients (plain auth_file)."""
+    """PgBouncer in session mode (``pgbouncer``) or transaction mode (``pgbouncer-tx``), TLS on
+    both sides, SCRAM for clients (plain auth_file)."""
 
     name = "pgbouncer"
     ok_exit_codes = (0, 1)  # SIGTERM is PgBouncer's "fast exit": status 1
 
-    def __init__(self, env: BenchEnv) -> None:
+    def __init__(self, env: BenchEnv, mode: str = "session") -> None:
         self.exe = find_pgbouncer()
+        self.mode = mode
+        self.name = "pgbouncer" if mode == "session" else "pgbouncer-tx"
+        self.version = pgbouncer_version(self.exe)
         super().__init__(env)
+        prepared = ""
+        if mode == "transaction" and self.version >= PGBOUNCER_PREPARED_TX:
+            prepared = "max_prepared_statements = 200\n"
         self._ids = _pg_os_user()
         cert = make_cert(self.workdir, "pgbouncer", ["localhost", "127.0.0.1"], env.ca)
         users = self.workdir / "users.txt"
@@ -338,8 +359,8 @@ listen_port = {self.port}
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {users}
-pool_mode = session
-max_client_conn = 1000
+pool_mode = {mode}
+{prepared}max_client_conn = 1000
 default_pool_size = 64
 max_db_connections = 0
 pkt_buf = 65536
@@ -364,6 +385,14 @@ stats_period = 3600
 
     def command(self) -> list[str]:
         return [self.exe, str(self.workdir / "pgbouncer.ini")]
+
+    def unsupported(self, workload: Workload) -> str | None:
+        args = workload.pgbench_args
+        prepared = any(a == "prepared" and args[i - 1] == "-M" for i, a in enumerate(args) if i)
+        if self.mode == "transaction" and prepared and self.version < PGBOUNCER_PREPARED_TX:
+            shown = ".".join(map(str, self.version)) or "?"
+            return f"PgBouncer {shown} < 1.21 keeps no prepared statements in transaction mode"
+        return None
 
     def popen_kwargs(self) -> dict[str, Any]:
         if self._ids is None:
@@ -613,7 +642,7 @@ def _first_line(argv: list[str]) -> str:
 def versions(env: BenchEnv, targets: Sequence[str]) -> str:
     """One line naming the versions under test (no secrets)."""
     parts = [_first_line([str(env.bindir / "postgres"), "--version"])]
-    if "pgbouncer" in targets:
+    if any(t.startswith("pgbouncer") for t in targets):
         parts.append(_first_line([find_pgbouncer(), "--version"]))
     if any(t.startswith("veilgate") for t in targets):
         rev = _first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
@@ -626,6 +655,8 @@ def make_target(name: str, env: BenchEnv, args: argparse.Namespace) -> Target:
         return DirectTarget(env)
     if name == "pgbouncer":
         return PgBouncerTarget(env)
+    if name == "pgbouncer-tx":
+        return PgBouncerTarget(env, "transaction")
     if name == "veilgate":
         if getattr(args, "veilgate_auth", "static") == "oidc":
             return VeilgateOIDCTarget(env, command=args.veilgate_cmd)
@@ -858,8 +889,10 @@ def run_matrix(
     (the starting target rotates from round to round)."""
     if warmup_s > 0:
         warm = Workload("warmup", ("-S", "-M", "prepared"), clients=4, threads=2)
+        simple = Workload("warmup", ("-S", "-M", "simple"), clients=4, threads=2)
         for t in targets:
-            run_pgbench(env, t.endpoint(), warm, warmup_s, env.workdir)
+            w0 = warm if t.unsupported(warm) is None else simple
+            run_pgbench(env, t.endpoint(), w0, warmup_s, env.workdir)
     samples: list[Sample] = []
     total = rounds * len(workloads) * len(targets)
     n = 0
@@ -869,6 +902,11 @@ def run_matrix(
         for w in workloads:
             for t in order:
                 n += 1
+                why = t.unsupported(w)
+                if why is not None:
+                    if rnd == 1:
+                        say(f"  [{n:3}/{total}] {w.name:<20} {t.name:<10} skipped: {why}")
+                    continue
                 s = measure(env, t, w, duration_s, rnd)
                 samples.append(s)
                 cpu = (
@@ -892,11 +930,21 @@ def _fmt(v: float | None, spec: str) -> str:
     return format(v, spec)
 
 
+def spread_pct(values: Sequence[float | None]) -> float | None:
+    """(max - min) / median of the rounds, in percent (None with fewer than two rounds)."""
+    xs = [v for v in values if v is not None and not math.isnan(v)]
+    if len(xs) < 2:
+        return None
+    m = statistics.median(xs)
+    return (max(xs) - min(xs)) / m * 100 if m else None
+
+
 def round_medians(
     samples: Sequence[Sample], targets: Sequence[str]
 ) -> tuple[list[str], dict[tuple[str, str], dict[str, float | None]]]:
     """Workloads in run order, and per (workload, target) the medians over rounds of tps, p50,
-    p99 and proxy CPU per transaction (keys ``tps``, ``p50``, ``p99``, ``cpu``)."""
+    p99 and proxy CPU per transaction (keys ``tps``, ``p50``, ``p99``, ``cpu``), and the TPS
+    spread over rounds (``spread``: (max - min) / median, percent)."""
     workloads = list(dict.fromkeys(s.workload for s in samples))
     med: dict[tuple[str, str], dict[str, float | None]] = {}
     for w in workloads:
@@ -905,6 +953,7 @@ def round_medians(
             if ss:
                 med[w, t] = {
                     "tps": median_or_none([s.tps for s in ss]),
+                    "spread": spread_pct([s.tps for s in ss]),
                     "p50": median_or_none([s.p50_ms for s in ss]),
                     "p99": median_or_none([s.p99_ms for s in ss]),
                     "cpu": median_or_none([s.proxy_cpu_us_per_txn for s in ss]),
@@ -926,7 +975,7 @@ def on_off_table(
     workloads, m = round_medians(samples, targets)
     ww = workload_width
     head = (
-        f"{'workload':<{ww}} {'target':<17} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'workload':<{ww}} {'target':<17} {'tps':>10} {'±%':>6} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'cpu µs/txn':>11}"
     )
     lines = [head, "-" * len(head)]
@@ -936,8 +985,8 @@ def on_off_table(
             r = m.get((w, t))
             if r is not None:
                 lines.append(
-                    f"{w:<{ww}} {t:<17} {_fmt(r['tps'], '10.1f')} {_fmt(r['p50'], '9.3f')} "
-                    f"{_fmt(r['p99'], '9.3f')} {_fmt(r['cpu'], '11.1f')}"
+                    f"{w:<{ww}} {t:<17} {_fmt(r['tps'], '10.1f')} {_fmt(r['spread'], '6.1f')} "
+                    f"{_fmt(r['p50'], '9.3f')} {_fmt(r['p99'], '9.3f')} {_fmt(r['cpu'], '11.1f')}"
                 )
         off = m.get((w, baseline))
         for t in targets:
@@ -959,10 +1008,11 @@ def on_off_table(
 
 
 def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
-    """Medians of rounds per workload x target, then veilgate/pgbouncer and veilgate/direct."""
+    """Medians of rounds per workload x target (±%: the TPS spread over rounds), then
+    veilgate/pgbouncer and veilgate/direct."""
     workloads, med = round_medians(samples, targets)
     head = (
-        f"{'workload':<20} {'target':<18} {'tps':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'workload':<20} {'target':<18} {'tps':>10} {'±%':>6} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'cpu µs/txn':>11}"
     )
     lines = [head, "-" * len(head)]
@@ -972,11 +1022,11 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
             if m is None:
                 continue
             lines.append(
-                f"{w:<20} {t:<18} {_fmt(m['tps'], '10.1f')} {_fmt(m['p50'], '9.3f')} "
-                f"{_fmt(m['p99'], '9.3f')} {_fmt(m['cpu'], '11.1f')}"
+                f"{w:<20} {t:<18} {_fmt(m['tps'], '10.1f')} {_fmt(m['spread'], '6.1f')} "
+                f"{_fmt(m['p50'], '9.3f')} {_fmt(m['p99'], '9.3f')} {_fmt(m['cpu'], '11.1f')}"
             )
         vg = med.get((w, "veilgate"))
-        for other in ("pgbouncer", "direct"):
+        for other in ("pgbouncer", "pgbouncer-tx", "direct"):
             o = med.get((w, other))
             if vg is None or o is None:
                 continue
@@ -985,7 +1035,7 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
                 f"p50 {_fmt(ratio(vg['p50'], o['p50']), '.2f')}",
                 f"p99 {_fmt(ratio(vg['p99'], o['p99']), '.2f')}",
             ]
-            if other == "pgbouncer":
+            if other.startswith("pgbouncer"):
                 parts.append(f"cpu {_fmt(ratio(vg['cpu'], o['cpu']), '.2f')}")
             lines.append(f"{'':<20} {'veilgate/' + other:<20} " + "  ".join(parts))
         lines.append("")
@@ -1027,10 +1077,159 @@ def recording_table(samples: Sequence[Sample], baseline: str = "veilgate") -> st
     return "\n".join(lines)
 
 
-def write_results(path: Path, samples: list[Sample]) -> None:
+# --- results files ------------------------------------------------------------------------------
+
+
+def _cmd_first_line(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if out.returncode == 0 and text else None
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def run_meta(
+    env: BenchEnv | None, *, quick: bool, argv: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """What a results file says about its run: commit and dirty flag, versions (Python, Rust,
+    PostgreSQL, PgBouncer, veilgate), CPU model and cores, date (UTC) and the command line."""
+    import veilgate
+
+    porcelain = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        pgbouncer: str | None = _cmd_first_line([find_pgbouncer(), "--version"])
+    except BenchError:
+        pgbouncer = None
+    try:
+        bindir = env.bindir if env is not None else find_pg_bindir()
+        postgres = _cmd_first_line([str(bindir / "postgres"), "--version"])
+    except ClusterError:
+        postgres = None
+    return {
+        "commit": _cmd_first_line(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
+        "dirty": bool(porcelain.stdout.strip()) if porcelain.returncode == 0 else None,
+        "quick": quick,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": shlex.join(sys.argv if argv is None else argv),
+        "versions": {
+            "python": platform.python_version(),
+            "rust": _cmd_first_line(["rustc", "--version"]),
+            "postgres": postgres,
+            "pgbouncer": pgbouncer,
+            "veilgate": getattr(veilgate, "__version__", None),
+        },
+        "cpu": {
+            "model": cpu_model(),
+            "cores": os.cpu_count(),
+            "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        },
+    }
+
+
+def results_path(args: argparse.Namespace, name: str) -> Path:
+    """``--output``, else ``results/NAME.json`` (full runs) or ``results/NAME.quick.json``."""
+    if args.output is not None:
+        return Path(args.output)
+    return RESULTS_DIR / (f"{name}.quick.json" if args.quick else f"{name}.json")
+
+
+def read_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(meta, rows)`` of a results file (files written before the metadata: ``{}``, rows)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path}: cannot read results: {exc}") from exc
+    if isinstance(doc, list):
+        return {}, doc
+    if isinstance(doc, dict) and isinstance(doc.get("samples"), list):
+        return dict(doc.get("meta") or {}), doc["samples"]
+    raise BenchError(f"{path}: not a results file")
+
+
+def compare_table(a: Path, b: Path) -> str:
+    """Two results files side by side: per workload x target the medians over rounds of each,
+    and B/A ratios of TPS, p50, p99 and proxy CPU per transaction (rows in both only)."""
+    (meta_a, rows_a), (meta_b, rows_b) = read_results(a), read_results(b)
+
+    def medians(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float | None]]:
+        out: dict[tuple[str, str], dict[str, float | None]] = {}
+        keys = [(r["workload"], r["target"]) for r in rows if "target" in r and "tps" in r]
+        for key in dict.fromkeys(keys):
+            rs = [r for r in rows if (r.get("workload"), r.get("target")) == key]
+            out[key] = {
+                "tps": median_or_none([r.get("tps") for r in rs]),
+                "spread": spread_pct([r.get("tps") for r in rs]),
+                "p50": median_or_none([r.get("p50_ms") for r in rs]),
+                "p99": median_or_none([r.get("p99_ms") for r in rs]),
+                "cpu": median_or_none([r.get("proxy_cpu_us_per_txn") for r in rs]),
+            }
+        return out
+
+    def describe(tag: str, path: Path, meta: dict[str, Any]) -> str:
+        if not meta:
+            return f"{tag}: {path} (no metadata: written before results carried it)"
+        commit = str(meta.get("commit") or "?")[:12] + ("+dirty" if meta.get("dirty") else "")
+        kind = "quick" if meta.get("quick") else "full"
+        cpu = meta.get("cpu") or {}
+        return (
+            f"{tag}: {path} ({kind}, {commit}, {meta.get('date', '?')}, "
+            f"{cpu.get('cores', '?')} cores {cpu.get('model') or '?'})"
+        )
+
+    ma, mb = medians(rows_a), medians(rows_b)
+    head = (
+        f"{'workload':<20} {'target':<18} {'tps A':>10} {'±%':>5} {'tps B':>10} {'±%':>5} "
+        f"{'B/A tps':>8} {'p50':>6} {'p99':>6} {'cpu':>6}"
+    )
+    lines = [describe("A", a, meta_a), describe("B", b, meta_b), "", head, "-" * len(head)]
+    shared = [k for k in ma if k in mb]
+    if not shared:
+        return "\n".join([*lines, "(no workload x target in both files)"])
+    for w, t in shared:
+        x, y = ma[w, t], mb[w, t]
+        lines.append(
+            f"{w:<20} {t:<18} {_fmt(x['tps'], '10.1f')} {_fmt(x['spread'], '5.1f')} "
+            f"{_fmt(y['tps'], '10.1f')} {_fmt(y['spread'], '5.1f')} "
+            f"{_fmt(ratio(y['tps'], x['tps']), '8.3f')} {_fmt(ratio(y['p50'], x['p50']), '6.2f')} "
+            f"{_fmt(ratio(y['p99'], x['p99']), '6.2f')} {_fmt(ratio(y['cpu'], x['cpu']), '6.2f')}"
+        )
+    only = [f"{w}/{t}" for w, t in [*ma, *mb] if (w, t) not in shared]
+    if only:
+        lines.append("")
+        lines.append("in one file only: " + ", ".join(dict.fromkeys(only)))
+    return "\n".join(lines)
+
+
+def write_results(path: Path, samples: Sequence[Any], meta: dict[str, Any]) -> None:
+    """Write ``{"meta": ..., "samples": [...]}``.  A quick run never replaces a full run's file
+    (one written before the metadata counts as full): it fails with the way out."""
+    if meta.get("quick") and path.exists():
+        old, _ = read_results(path)
+        if not old.get("quick"):
+            raise BenchError(
+                f"{path} holds a full run; a --quick run does not overwrite it "
+                "(leave --output out: quick runs go to results/NAME.quick.json)"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [s.as_json() if hasattr(s, "as_json") else s for s in samples]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([s.as_json() for s in samples], indent=1) + "\n")
+    tmp.write_text(json.dumps({"meta": meta, "samples": rows}, indent=1) + "\n")
     tmp.replace(path)
 
 
@@ -1150,8 +1349,8 @@ def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) ->
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 20.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
     scale = args.scale if args.scale is not None else (1 if args.quick else 10)
-    output = args.output or RESULTS_DIR / f"{name}.json"
-    if "pgbouncer" in targets_wanted:
+    output = results_path(args, name)
+    if any(t.startswith("pgbouncer") for t in targets_wanted):
         find_pgbouncer()  # fail before the cluster starts
     est = args.rounds * len(workloads) * len(targets_wanted) * (duration + 0.5)
     say(
@@ -1163,6 +1362,7 @@ def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) ->
     samples: list[Sample] = []
     with bench_env(scale=scale, keep=args.keep) as env:
         say(versions(env, targets_wanted))
+        meta = run_meta(env, quick=args.quick)
         with started_targets(env, targets_wanted, lambda t: make_target(t, env, args)) as targets:
             samples = run_matrix(
                 env,
@@ -1171,9 +1371,9 @@ def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) ->
                 rounds=args.rounds,
                 duration_s=duration,
                 warmup_s=warmup,
-                on_sample=lambda done: write_results(output, done),
+                on_sample=lambda done: write_results(output, done, meta),
             )
-    write_results(output, samples)
+    write_results(output, samples, meta)
     say("")
     say(
         f"{name}: medians of {args.rounds} round(s), {duration:g} s runs; proxy CPU = proxy "

@@ -42,7 +42,7 @@ import yaml
 
 import harness
 import policy_targets
-from harness import REPO, RESULTS_DIR, WORKLOADS_DIR, BenchError, Workload, say
+from harness import REPO, WORKLOADS_DIR, BenchError, Workload, say
 
 if str(REPO / "tests") not in sys.path:  # tests/masking_data.py: the labelled data
     sys.path.insert(0, str(REPO / "tests"))
@@ -695,7 +695,9 @@ def mask_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def run_e2e(args: argparse.Namespace, output: Path, engine_rows: list[EngineRow]) -> list[Any]:
+def run_e2e(
+    args: argparse.Namespace, output: Path, engine_rows: list[EngineRow], meta: dict[str, Any]
+) -> list[Any]:
     targets_wanted = parse_mask_targets(args.targets)
     workloads = harness.select_workloads(mask_workloads(), args.workloads)
     if args.rounds < 1:
@@ -727,7 +729,7 @@ def run_e2e(args: argparse.Namespace, output: Path, engine_rows: list[EngineRow]
                 rounds=args.rounds,
                 duration_s=duration,
                 warmup_s=warmup,
-                on_sample=lambda done: harness.write_results(output, [*engine_rows, *done]),
+                on_sample=lambda done: harness.write_results(output, [*engine_rows, *done], meta),
             )
             for target in targets:
                 counts = masked_values(target)
@@ -763,15 +765,16 @@ def parse_engine_targets(spec: str) -> list[str]:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    output = args.output or RESULTS_DIR / "mask.json"
+    output = harness.results_path(args, "mask")
+    meta = harness.run_meta(None, quick=args.quick)
     engine_rows: list[EngineRow] = []
     samples: list[Any] = []
     if args.part in ("engine", "all"):
         engine_rows = run_engine(parse_engine_targets(args.engines), args.quick)
-        harness.write_results(output, engine_rows)
+        harness.write_results(output, engine_rows, meta)
     if args.part in ("e2e", "all"):
-        samples = run_e2e(args, output, engine_rows)
-    harness.write_results(output, [*engine_rows, *samples])
+        samples = run_e2e(args, output, engine_rows, meta)
+    harness.write_results(output, [*engine_rows, *samples], meta)
     say("")
     if engine_rows:
         say(

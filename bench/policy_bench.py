@@ -30,7 +30,7 @@ from typing import Any
 
 import approvals_bench
 import harness
-from harness import RESULTS_DIR, BenchError, Workload, say
+from harness import BenchError, Workload, say
 from policy_targets import (
     DENIED_PROBE,
     PGBENCH_STATEMENTS,
@@ -190,7 +190,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 20.0)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
     scale = args.scale if args.scale is not None else (1 if args.quick else 10)
-    output = args.output or RESULTS_DIR / "policy.json"
+    output = harness.results_path(args, "policy")
     check_policy_allows()
     est = args.rounds * len(workloads) * len(targets_wanted) * (duration + 0.5)
     say(
@@ -202,6 +202,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     decisions: dict[str, dict[str, float]] = {}
     with harness.bench_env(scale=scale, keep=args.keep) as env:
         say(harness.versions(env, ["veilgate"]))
+        meta = harness.run_meta(env, quick=args.quick)
         with harness.started_targets(
             env, targets_wanted, lambda n: make_policy_target(n, env, args), check=target_check
         ) as targets:
@@ -212,7 +213,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
                 rounds=args.rounds,
                 duration_s=duration,
                 warmup_s=warmup,
-                on_sample=lambda done: harness.write_results(output, done),
+                on_sample=lambda done: harness.write_results(output, done, meta),
             )
             for target in targets:
                 decisions[target.name] = target.policy_decisions()
@@ -222,7 +223,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
             for backend in ("sqlite", "postgres"):
                 wakeups.append(approvals_bench.measure_wakeup(env, backend, rounds))
             (output.parent / "approvals_wakeup.json").write_text(json.dumps(wakeups, indent=2))
-    harness.write_results(output, samples)
+    harness.write_results(output, samples, meta)
     say("")
     say(
         f"policy: medians of {args.rounds} round(s), {duration:g} s runs; proxy CPU = gateway "

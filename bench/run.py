@@ -32,6 +32,7 @@ from harness import (  # noqa: E402
     BenchError,
     Workload,
     add_common_args,
+    compare_table,
     run_bench,
 )
 from veilgate.testing.cluster import ClusterError  # noqa: E402
@@ -107,12 +108,35 @@ def register_mask(sub: Any) -> None:
     register(sub)
 
 
+# --- compare -----------------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    print(compare_table(args.a, args.b))
+    return 0
+
+
+def register_compare(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="two results files side by side (e.g. two commits): medians and B/A ratios",
+        description="Reads two results files of the same bench (results/relay.json and another "
+        "run's copy, say) and prints, per workload x target in both, the median TPS of each with "
+        "its spread over rounds and the B/A ratios of TPS, p50, p99 and proxy CPU per "
+        "transaction, under each file's commit, date and machine.  Runs nothing.",
+    )
+    p.add_argument("a", type=Path, metavar="A.json")
+    p.add_argument("b", type=Path, metavar="B.json")
+    p.set_defaults(func=cmd_compare)
+
+
 # Later benches add a register_* function here.
 REGISTRY: list[Callable[[Any], None]] = [
     register_relay,
     register_connect,
     register_policy,
     register_mask,
+    register_compare,
 ]
 
 
