@@ -538,11 +538,13 @@ AUDIT_COMMANDS: list[Any] = [_register_reindex]
 
 def simulate_main(argv: list[str] | None = None) -> int:
     """``veilgate policy simulate --policy NEW.yaml --sessions FILTER (--config FILE | --dir
-    DIR)``: exit 0 when nothing would be newly allowed, 1 otherwise, 2 on bad input."""
+    DIR)``: exit 0 when nothing would be newly allowed or unmasked, 1 otherwise, 2 on bad
+    input."""
     ap = argparse.ArgumentParser(
         prog="veilgate policy simulate",
         description="Judge the statements of recorded sessions by a new policy and report, per "
-        "rule and principal, what would change.  Exit 1 when a statement would newly be allowed.",
+        "rule and principal, what would change.  Exit 1 when a statement would newly be allowed "
+        "or a session's results newly unmasked.",
     )
     ap.add_argument("--policy", required=True, metavar="FILE", help="the new policy file")
     ap.add_argument(
@@ -586,4 +588,4 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     else:
         for line in render(report):
             print(line)
-    return EXIT_FAILED if report.newly_allowed else EXIT_OK
+    return EXIT_FAILED if report.widens else EXIT_OK

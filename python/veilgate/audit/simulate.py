@@ -8,7 +8,13 @@ from the session's start record), by the new policy, and compared with what happ
   without one (this is what widens access: the command exits 1, so it can gate a pipeline);
 * **newly held** -- it ran without an approval and would now need one;
 * **masking added / removed** -- the session's tier is masked under the new policy and was not
-  (or the other way round); reported once per session with its statement count.
+  (or the other way round); reported once per session with its statement count.  Removed
+  masking widens access too: results would be shown unmasked, so it also makes the command
+  exit 1.
+
+What is compared is the policy's decision: a statement the policy allowed but the gateway
+refused for another reason (recording failing, a masked column's filter refused by masking)
+counts as allowed then, so simulating the same policy reports no change.
 
 Statements recorded without a policy count as allowed.  Statements that cannot be judged are
 counted, not guessed: an excerpt that was cut off, a text that was never seen (SQL PREPARE).
@@ -64,6 +70,15 @@ class SimulationReport:
     def newly_allowed(self) -> int:
         return sum(1 for c in self.changes if c.kind == "newly_allowed")
 
+    @property
+    def masking_removed(self) -> int:
+        return sum(1 for c in self.changes if c.kind == "masking_removed")
+
+    @property
+    def widens(self) -> bool:
+        """Something would run that did not, or be shown unmasked: exit status 1."""
+        return bool(self.newly_allowed or self.masking_removed)
+
     def grouped(self) -> dict[tuple[str, str, str], list[Change]]:
         """Changes by (kind, rule, principal)."""
         out: dict[tuple[str, str, str], list[Change]] = defaultdict(list)
@@ -80,6 +95,8 @@ class SimulationReport:
             "not_judged": dict(self.not_judged),
             "judged_from_redacted_text": self.redacted,
             "newly_allowed": self.newly_allowed,
+            "masking_removed": self.masking_removed,
+            "widens": self.widens,
             "changes": [
                 {
                     "kind": k,
@@ -126,8 +143,8 @@ def _old_action(r: Record) -> str:
     action = str(d.get("action")) if isinstance(d, Mapping) else "allow"
     if action == "approve" and r.get("status") != "refused":
         return "allow-approved"  # ran under a grant
-    if action == "allow" and r.get("status") == "refused":
-        return "refuse"  # refused by the gateway for another reason (masking, audit down)
+    # a statement the policy allowed and the gateway refused for another reason (recording
+    # failing, masking's guard) is compared as allowed: that refusal is not the policy's
     return action
 
 
@@ -251,3 +268,5 @@ def render(report: SimulationReport) -> Iterable[str]:
             yield f"    ... {len(cs) - 3} more"
     if report.newly_allowed:
         yield f"NEWLY ALLOWED: {report.newly_allowed} statement(s) would run that did not"
+    if report.masking_removed:
+        yield f"MASKING REMOVED: {report.masking_removed} session(s) would see results unmasked"
