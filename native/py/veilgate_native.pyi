@@ -36,6 +36,10 @@ __all__ = [
     "sql_tokens",
     "statement_excerpt",
     "stats",
+    "TlsClientConfig",
+    "TlsConnection",
+    "TlsError",
+    "TlsServerConfig",
 ]
 
 CLIENT: Final[int]
@@ -48,6 +52,10 @@ MAX_STARTUP_PACKET: Final[int]
 
 class FramingError(ValueError):
     """Malformed input: a length below 4, a message over ``max_message``, a bad startup length."""
+
+class TlsError(FramingError):
+    """The peer broke TLS (a bad record, a failed handshake, a refused certificate).  The
+    connection then only hands out the alert it owes the peer."""
 
 class MaskingError(ValueError):
     """A row could not be masked (no plan while masking is required, a column count other than
@@ -179,8 +187,14 @@ class RecvBuffer:
     def __buffer__(self, flags: int, /) -> memoryview:
         """The writable free tail, as ``memoryview(rb)`` (so a ``RecvBuffer`` is a
         ``collections.abc.Buffer`` and can be returned from ``get_buffer``)."""
-    def advance(self, n: int) -> None | bytes | list[bytes | Message]:
+    def advance(self, n: int, encrypt: bool = False) -> None | bytes | list[bytes | Message]:
         """Account for ``n`` bytes just received and frame everything complete.
+
+        With TLS attached (:meth:`attach_tls`) the ``n`` bytes are ciphertext, decrypted first
+        (a bad record raises :class:`TlsError`).  With ``encrypt`` and an output connection
+        (:meth:`set_output_tls`), a batch with no event comes back as the TLS records to write
+        to the peer instead of its plaintext (write them at once: records are numbered); a
+        batch with events still comes back as the plaintext list.
 
         Returns ``None`` when there is nothing to do yet, ``bytes`` when everything framed is to be
         forwarded as is (the fast path: one call, one write), or a list, in stream order, of byte
@@ -261,6 +275,96 @@ class RecvBuffer:
     @property
     def exports(self) -> int:
         """Live buffer-protocol exports (1 while the loop is reading into it)."""
+    def attach_tls(self, conn: TlsConnection) -> int:
+        """This side's TLS connection, after its handshake: the loop then reads ciphertext into
+        a buffer of its own (what ``len()`` and the buffer protocol give), and :meth:`advance`
+        decrypts it here.  Plaintext the connection decrypted already is received at once; its
+        length is returned.  ``ValueError`` if one is attached already, ``BufferError`` while
+        exported."""
+    def set_output_tls(self, conn: TlsConnection | None) -> None:
+        """The peer's TLS connection, which ``advance(n, encrypt=True)`` encrypts into."""
+    @property
+    def tls(self) -> bool:
+        """A TLS connection is attached."""
+
+# --- TLS: the record layer of both sides (veilgate_core::tls, rustls) ---
+
+@final
+class TlsServerConfig:
+    """The gateway's client-facing TLS: TLS 1.2 and 1.3, ALPN ``postgresql`` (a client
+    offering only other protocols is refused), records of at most 8 KiB of plaintext."""
+
+    def __new__(cls, cert_pem: bytes, key_pem: bytes) -> TlsServerConfig:
+        """A PEM certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1);
+        ``ValueError`` naming what cannot be used (never quoting key material)."""
+    @property
+    def certificate(self) -> bytes:
+        """The leaf certificate (DER)."""
+
+@final
+class TlsClientConfig:
+    """An upstream TLS configuration (rustls resumes sessions per configuration)."""
+
+    def __new__(
+        cls,
+        mode: str,
+        ca_pem: bytes | None = None,
+        *,
+        cert_pem: bytes | None = None,
+        key_pem: bytes | None = None,
+    ) -> TlsClientConfig:
+        """``mode`` is PostgreSQL's ``require`` (any certificate), ``verify-ca`` (the chain) or
+        ``verify-full`` (chain and host name); the last two need ``ca_pem``.  ``cert_pem`` and
+        ``key_pem`` give a client certificate.  ALPN ``postgresql``, TLS 1.2 and 1.3."""
+
+@final
+class TlsConnection:
+    """One TLS connection, sans-IO: :meth:`feed` ciphertext from the peer, write what
+    :meth:`take_ciphertext` returns, until :attr:`handshaking` is false; then attach it to the
+    side's :class:`RecvBuffer`.  Also the ``ssl_object`` of its transport (the methods named
+    as ``ssl.SSLObject``'s)."""
+
+    @staticmethod
+    def server(config: TlsServerConfig) -> TlsConnection:
+        """The gateway's end of a client's connection."""
+    @staticmethod
+    def client(config: TlsClientConfig, server_name: str) -> TlsConnection:
+        """The gateway's end of an upstream connection; ``server_name`` (DNS name or IP
+        address) is what ``verify-full`` checks."""
+    def feed(self, data: bytes) -> int:
+        """Ciphertext from the peer; returns the plaintext waiting for :meth:`take_plaintext`.
+        :class:`TlsError` on a bad record or a failed handshake (:meth:`take_ciphertext` then
+        has the alert for the peer), and on every call after."""
+    def take_plaintext(self) -> bytes: ...
+    def write_plaintext(self, data: bytes) -> None:
+        """Queue plaintext to send (records of at most 8 KiB)."""
+    def take_ciphertext(self) -> bytes:
+        """The records waiting to be sent (handshake, alerts, application data)."""
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """:meth:`write_plaintext` then :meth:`take_ciphertext`.  On a broken connection: only
+        the alert owed to the peer, no exception, the plaintext dropped."""
+    def close_notify(self) -> bytes:
+        """close_notify (and whatever waited before it), to write before closing."""
+    @property
+    def handshaking(self) -> bool: ...
+    @property
+    def peer_closed(self) -> bool:
+        """The peer sent close_notify."""
+    @property
+    def failed(self) -> str | None:
+        """The first error, if any."""
+    @property
+    def server_side(self) -> bool: ...
+    @property
+    def certificate(self) -> bytes | None:
+        """The gateway's own certificate (DER), on the server side."""
+    def selected_alpn_protocol(self) -> str | None: ...
+    def version(self) -> str | None:
+        """``TLSv1.2`` or ``TLSv1.3``."""
+    def cipher(self) -> tuple[str, str, int] | None:
+        """(suite, protocol version, secret bits), as ``ssl.SSLObject.cipher()``."""
+    def getpeercert(self, binary_form: bool = False) -> bytes | None:
+        """The peer's certificate (DER); only ``binary_form=True`` is supported."""
 
 # --- Masking: Masker / Operator (veilgate_core::mask) ---
 

@@ -20,6 +20,7 @@
 //! - [`rewrite`]: DataRow / CopyData rewriting through a column plan
 //! - [`record`]: session recording (statement log, record queue, hash-chained serialisation)
 //! - [`shape`]: PostgreSQL's scanner and the literal-normalised shape key of a statement
+//! - [`tls`]: the TLS record layer of both connection sides (rustls)
 
 pub mod codec;
 pub mod datarow;
@@ -36,6 +37,7 @@ pub mod startup;
 pub mod stats;
 pub mod tags;
 pub mod tagset;
+pub mod tls;
 
 pub use datarow::{DataRowError, DataRowRanges};
 pub use direction::Direction;

@@ -55,6 +55,19 @@ impl RawBuf {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), end - start) }
     }
 
+    /// The bytes `[start, end)`, writable.
+    ///
+    /// # Safety
+    /// Nothing else may access these bytes while the returned slice lives (no buffer-protocol
+    /// export may cover them, no other slice of them may be alive).
+    #[inline]
+    pub unsafe fn slice_mut(&mut self, start: usize, end: usize) -> &mut [u8] {
+        assert!(start <= end && end <= self.cap);
+        // SAFETY: in bounds (checked above); initialized (zeroed at allocation); exclusive by
+        // the caller's guarantee and `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), end - start) }
+    }
+
     /// Moves `[start, end)` to offset 0.
     ///
     /// # Safety

@@ -7,7 +7,8 @@
 //! `message` (`Message`), `session` (`SessionState`), `stats` (module functions), `errors`
 //! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`), `codec` (`Codec`),
 //! `recorder` (`AuditRecorder`, `SealedBatch`: the session record queue and its sealing), `json`
-//! (`JsonMasker`), `shape` (`sql_tokens`, `shape_key`: the native SQL scanner).
+//! (`JsonMasker`), `shape` (`sql_tokens`, `shape_key`: the native SQL scanner), `tls`
+//! (`TlsServerConfig`, `TlsClientConfig`, `TlsConnection`, `TlsError`: the TLS record layer).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -23,6 +24,7 @@ mod recv;
 mod session;
 mod shape;
 mod stats;
+mod tls;
 
 use pyo3::prelude::*;
 
@@ -50,12 +52,15 @@ mod veilgate_native {
     use crate::shape::{shape_key, sql_tokens};
     #[pymodule_export]
     use crate::stats::{latency_histogram, stats};
+    #[pymodule_export]
+    use crate::tls::{TlsClientConfig, TlsConnection, TlsServerConfig};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
         m.add("FramingError", py.get_type::<crate::errors::FramingError>())?;
         m.add("MaskingError", py.get_type::<crate::plan::MaskingError>())?;
+        m.add("TlsError", py.get_type::<crate::tls::TlsError>())?;
         m.add("KEEP", crate::plan::KEEP)?;
         m.add("NULL", crate::plan::NULL)?;
         m.add("TEXT", crate::plan::TEXT)?;

@@ -11,8 +11,16 @@
 //! and `advance` rewrites them into `rewritten`, then builds one bytes object per run of
 //! forwarded and rewritten messages (one write per read when no event interrupts).  With no
 //! plan installed none of this runs: the pass-through path is the same as without masking.
+//!
+//! TLS (`attach_tls`): the loop reads ciphertext into a second allocation (`cipher`, then the
+//! only part ever exported), and `advance` decrypts it into `[end, cap)` of the framing buffer,
+//! growing that buffer when needed (it is never exported while TLS is attached).  With the
+//! peer's connection set as the output (`set_output_tls`), `advance(n, encrypt=True)` returns
+//! the TLS records of a batch that has no event instead of its plaintext: what arrived in one
+//! read leaves in one write, with no Python call per record.
 
 use std::ffi::{c_int, c_void};
+use std::io::{self, Read};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +32,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use veilgate_core::record::log::{CLIENT_RECORDED_WHOLE, SERVER_RECORDED, SERVER_RECORDED_WHOLE};
 use veilgate_core::session::{CLIENT_TRACKED, SERVER_TRACKED, SERVER_WHOLE};
+use veilgate_core::tls::PlainSink;
 use veilgate_core::{
     startup, stats, Action, Direction, FrameError, FrameOutcome, Framer, SessionTracker, TagSet,
 };
@@ -33,6 +42,7 @@ use crate::errors::framing_error;
 use crate::message::Message;
 use crate::plan::{install, Installed, MaskingError};
 use crate::session::{lock, SessionState};
+use crate::tls::{self as ptls, SharedTls, TlsConnection, TlsError};
 
 pub const CLIENT: u8 = 0;
 pub const SERVER: u8 = 1;
@@ -85,6 +95,53 @@ pub struct RecvBuffer {
     /// Client side, recording: (offset in the last `frame`'s input, statement-log id) of the
     /// messages that got an id, in stream order; stamped on the events built from them.
     ids: Vec<(usize, u64)>,
+    /// This side's TLS connection and the ciphertext buffer the loop reads into.
+    tls_in: Option<TlsIn>,
+    /// The peer's TLS connection: forwarded batches are encrypted into it.
+    tls_out: Option<SharedTls>,
+    /// Reused: the plaintext of a batch of several pieces, and the records of a batch.
+    scratch: Vec<u8>,
+    records: Vec<u8>,
+}
+
+struct TlsIn {
+    core: SharedTls,
+    cipher: RawBuf,
+}
+
+/// The free tail of the framing buffer as the sink of decrypted plaintext: compacted or grown
+/// on demand (legal only while nothing is exported from it, i.e. with TLS attached).
+struct PlainTail<'a> {
+    buf: &'a mut RawBuf,
+    start: &'a mut usize,
+    end: &'a mut usize,
+    added: usize,
+}
+
+impl PlainSink for PlainTail<'_> {
+    fn fill_from(&mut self, n: usize, src: &mut dyn Read) -> io::Result<usize> {
+        let cap = self.buf.capacity();
+        if cap - *self.end < n {
+            let live = *self.end - *self.start;
+            if cap - live >= n {
+                // SAFETY: with TLS attached the framing buffer is never exported.
+                unsafe { self.buf.compact(*self.start, *self.end) };
+            } else {
+                let new_cap = (live + n).max(cap.saturating_mul(2));
+                // SAFETY: as above; `[start, end)` is kept at offset 0.
+                unsafe { self.buf.reallocate(new_cap, *self.start, *self.end) };
+            }
+            *self.start = 0;
+            *self.end = live;
+        }
+        // SAFETY: `[end, end + n)` is in bounds (made so above), beyond the received data, and
+        // not exported (TLS attached): nothing else accesses it.
+        let region = unsafe { self.buf.slice_mut(*self.end, *self.end + n) };
+        let k = src.read(region)?;
+        *self.end += k;
+        self.added += k;
+        Ok(k)
+    }
 }
 
 impl RecvBuffer {
@@ -208,7 +265,12 @@ impl RecvBuffer {
     /// The Python value for the actions of the last `frame` (ranges relative to `start`):
     /// `None`, one `bytes`, or a list in which every run of forwarded and rewritten messages
     /// is one `bytes` and every event a `Message`.
-    fn build_result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn build_result<'py>(&mut self, py: Python<'py>, encrypt: bool) -> PyResult<Bound<'py, PyAny>> {
+        if encrypt && !self.actions.is_empty() {
+            if let Some(out) = self.encrypted_result(py)? {
+                return Ok(out.into_any());
+            }
+        }
         let unparsed = self.unparsed();
         let mut ids = self.ids.iter().peekable();
         match self.actions.as_slice() {
@@ -249,6 +311,91 @@ impl RecvBuffer {
                 Ok(list.into_any())
             }
         }
+    }
+
+    /// The records of the last `frame`'s batch, encrypted into the peer's connection, when the
+    /// batch has no event (`None`: it has one, the plaintext list is built instead).
+    fn encrypted_result<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        if self.actions.iter().any(|a| matches!(a, Action::Event(_))) {
+            return Ok(None);
+        }
+        let Some(out) = self.tls_out.as_ref() else {
+            return Err(PyRuntimeError::new_err(
+                "advance(encrypt=True) with no output TLS connection (set_output_tls)",
+            ));
+        };
+        // SAFETY: as in `unparsed`; borrowed field by field.
+        let unparsed = unsafe { self.buf.slice(self.start, self.end) };
+        let mut rows = self.rewritten_at.iter();
+        let plain: &[u8] = match self.actions.as_slice() {
+            [Action::Forward(r)] => &unparsed[r.clone()],
+            actions => {
+                // one write of the whole batch: rustls makes a record per write
+                self.scratch.clear();
+                for a in actions {
+                    match a {
+                        Action::Forward(r) => self.scratch.extend_from_slice(&unparsed[r.clone()]),
+                        Action::Rewrite(_) => {
+                            let Some(r) = rows.next() else {
+                                return Err(PyRuntimeError::new_err(
+                                    "row to rewrite with no plan installed",
+                                ));
+                            };
+                            self.scratch.extend_from_slice(&self.rewritten[r.clone()]);
+                        }
+                        Action::Event(_) => {}
+                    }
+                }
+                &self.scratch
+            }
+        };
+        self.records.clear();
+        let written = ptls::lock(out).tls.encrypt(plain, &mut self.records);
+        if let Err(e) = written {
+            return Err(TlsError::new_err(e.to_string()));
+        }
+        let bytes = PyBytes::new(py, &self.records);
+        if self.scratch.capacity() > MAX_KEPT_REWRITE.max(self.base_capacity) {
+            self.scratch = Vec::new();
+        }
+        if self.records.capacity() > MAX_KEPT_REWRITE.max(self.base_capacity) {
+            self.records = Vec::new();
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Decrypts the `n` ciphertext bytes the loop read into `cipher` into the framing buffer;
+    /// returns the plaintext length.
+    fn decrypt(&mut self, n: usize) -> PyResult<usize> {
+        let RecvBuffer {
+            tls_in,
+            buf,
+            start,
+            end,
+            ..
+        } = self;
+        let Some(tls) = tls_in.as_ref() else {
+            return Ok(0);
+        };
+        let free = tls.cipher.capacity();
+        if n > free {
+            return Err(PyValueError::new_err(format!(
+                "advance({n}) exceeds the {free} free bytes"
+            )));
+        }
+        // SAFETY: the loop wrote `[0, n)` before calling `buffer_updated`; it writes nothing
+        // while we run (we hold the GIL), and `[0, n)` is not referenced elsewhere.
+        let data = unsafe { tls.cipher.slice(0, n) };
+        let mut sink = PlainTail {
+            buf,
+            start,
+            end,
+            added: 0,
+        };
+        let fed = ptls::lock(&tls.core).tls.feed(data, &mut sink);
+        let added = sink.added;
+        fed.map_err(|e| TlsError::new_err(e.to_string()))?;
+        Ok(added)
     }
 
     /// `start <= end <= cap` (with the `debug-invariants` feature).
@@ -323,6 +470,10 @@ impl RecvBuffer {
             at_barrier: false,
             server_tracked: SERVER_TRACKED,
             ids: Vec::new(),
+            tls_in: None,
+            tls_out: None,
+            scratch: Vec::new(),
+            records: Vec::new(),
         })
     }
 
@@ -382,7 +533,10 @@ impl RecvBuffer {
     }
 
     fn __len__(&self) -> usize {
-        self.buf.capacity() - self.end
+        match &self.tls_in {
+            Some(t) => t.cipher.capacity(),
+            None => self.buf.capacity() - self.end,
+        }
     }
 
     /// Exports the writable free tail `[end, cap)`.
@@ -392,14 +546,18 @@ impl RecvBuffer {
         flags: c_int,
     ) -> PyResult<()> {
         let this = slf.try_borrow()?;
-        let len = this.buf.capacity() - this.end;
+        let (ptr, len) = match &this.tls_in {
+            // TLS: the loop reads ciphertext, decrypted by `advance`
+            Some(t) => (t.cipher.ptr_at(0), t.cipher.capacity()),
+            None => (this.buf.ptr_at(this.end), this.buf.capacity() - this.end),
+        };
         if len == 0 {
             // Both loops treat an empty buffer as fatal; say why.
             return Err(PyBufferError::new_err(
                 "receive buffer is full: call prepare() first",
             ));
         }
-        let ptr = this.buf.ptr_at(this.end).cast::<c_void>();
+        let ptr = ptr.cast::<c_void>();
         let len = isize::try_from(len).map_err(|_| PyBufferError::new_err("buffer too large"))?;
         // SAFETY: `view` is the valid, writable `Py_buffer` CPython passes to bf_getbuffer;
         // `ptr..ptr+len` is the free tail of our allocation, which stays allocated and unmoved
@@ -420,14 +578,31 @@ impl RecvBuffer {
         self.exports.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn advance<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
-        let free = self.buf.capacity() - self.end;
-        if n > free {
-            return Err(PyValueError::new_err(format!(
-                "advance({n}) exceeds the {free} free bytes"
-            )));
-        }
-        self.end += n;
+    #[pyo3(signature = (n, encrypt=false))]
+    fn advance<'py>(
+        &mut self,
+        py: Python<'py>,
+        n: usize,
+        encrypt: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n = if self.tls_in.is_some() {
+            match self.decrypt(n) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.at_barrier = false;
+                    return Err(e);
+                }
+            }
+        } else {
+            let free = self.buf.capacity() - self.end;
+            if n > free {
+                return Err(PyValueError::new_err(format!(
+                    "advance({n}) exceeds the {free} free bytes"
+                )));
+            }
+            self.end += n;
+            n
+        };
         let before = self.framer.messages();
         if self.mode != Mode::Framing {
             stats::add_traffic(self.direction, n as u64, 0);
@@ -459,7 +634,7 @@ impl RecvBuffer {
                 self.at_barrier = false;
                 return Err(MaskingError::new_err(e));
             }
-            let out = self.build_result(py);
+            let out = self.build_result(py, encrypt);
             self.rewritten_at.clear();
             if self.rewritten.capacity() > MAX_KEPT_REWRITE.max(self.base_capacity) {
                 // After a huge row: memory per connection stays bounded.
@@ -470,10 +645,52 @@ impl RecvBuffer {
             self.check_invariants();
             return out;
         }
-        let out = self.build_result(py);
+        let out = self.build_result(py, encrypt);
         self.start += consumed;
         self.check_invariants();
         out
+    }
+
+    /// Attaches this side's TLS connection (after its handshake): from now on the loop reads
+    /// ciphertext and `advance` decrypts it.  Plaintext the connection decrypted already (the
+    /// client's first message often came with its Finished) is received at once.  Returns its
+    /// length.
+    fn attach_tls(&mut self, conn: &TlsConnection) -> PyResult<usize> {
+        self.check_not_exported()?;
+        if self.tls_in.is_some() {
+            return Err(PyValueError::new_err(
+                "a TLS connection is attached already",
+            ));
+        }
+        let core = Arc::clone(&conn.core);
+        let plain = std::mem::take(&mut ptls::lock(&core).plain);
+        let mut sink = PlainTail {
+            buf: &mut self.buf,
+            start: &mut self.start,
+            end: &mut self.end,
+            added: 0,
+        };
+        let mut src: &[u8] = &plain;
+        while !src.is_empty() {
+            sink.fill_from(src.len(), &mut src)
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        }
+        self.tls_in = Some(TlsIn {
+            core,
+            cipher: RawBuf::new(self.base_capacity.max(MIN_FREE)),
+        });
+        Ok(plain.len())
+    }
+
+    /// The peer's TLS connection, into which `advance(n, encrypt=True)` encrypts (None: stop).
+    fn set_output_tls(&mut self, conn: Option<&TlsConnection>) {
+        self.tls_out = conn.map(|c| Arc::clone(&c.core));
+    }
+
+    /// Whether a TLS connection is attached (the loop reads ciphertext).
+    #[getter]
+    fn tls(&self) -> bool {
+        self.tls_in.is_some()
     }
 
     fn take_startup<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
