@@ -32,6 +32,13 @@ class UpstreamTLSMode(StrEnum):
     """TLS, certificate chain and host name verified (the default)."""
 
 
+class TLSEngine(StrEnum):
+    PYTHON = "python"
+    """asyncio's TLS (OpenSSL through memory BIOs, driven from Python)."""
+    NATIVE = "native"
+    """rustls in the native engine: records decrypted and encrypted without a Python call."""
+
+
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
     host: str = "127.0.0.1"
@@ -48,6 +55,8 @@ class ClientTLSConfig:
     key_file: Path | None = None
     allow_plaintext_loopback: bool = False
     """Development switch: accept plaintext from loopback peers.  Off by default."""
+    engine: TLSEngine = TLSEngine.PYTHON
+    """Where TLS runs, on both sides (clients and upstream servers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,10 @@ class UpstreamTLSConfig:
     ca_file: Path | None = None
     server_name: str | None = None
     """Host name to verify; defaults to the target's host."""
+    cert_file: Path | None = None
+    """Client certificate (PEM, chain) presented to the server, e.g. for ``cert`` auth."""
+    key_file: Path | None = None
+    """Its private key (PEM); defaults to ``cert_file``."""
 
 
 _ENV_NAME: dict[str, Any] = {

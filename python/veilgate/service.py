@@ -281,7 +281,7 @@ class Service:
 
     async def _prepare(
         self, cfg: GatewayConfig
-    ) -> tuple[ssl.SSLContext | None, Any, Authenticator | None] | ReloadOutcome:
+    ) -> tuple[Any, Any, Authenticator | None] | ReloadOutcome:
         """Load what the new generation needs (certificate, policy, authenticator), or say
         why it cannot be used."""
         from veilgate.gateway.server import server_ssl_context

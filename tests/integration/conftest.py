@@ -5,6 +5,10 @@
   private CA.  Clients connect as any user with the token as the password.
 * ``gateway_factory``: starts extra gateways with a modified configuration (drain tests,
   plaintext-loopback, small limits...); each is stopped at the end of the test.
+* ``engine_gw`` (parametrised over ``tls.engine``: python, native): the shared gateway's
+  configuration served by each TLS engine, for the files that test TLS itself.
+
+``VEILGATE_TEST_TLS_ENGINE=native`` runs the whole suite with TLS in the native engine.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from veilgate.config_model import (
     StateConfig,
     StaticToken,
     TargetConfig,
+    TLSEngine,
     UpstreamTLSConfig,
     UpstreamTLSMode,
 )
@@ -40,6 +45,9 @@ from veilgate.identity.static import StaticTokenAuthenticator, token_digest
 APP_ROLE = "veilgate_app"
 APP_DB = "app"
 PASSWORD_ENV = "VEILGATE_TEST_APP_PASSWORD"
+TLS_ENGINE = TLSEngine(os.environ.get("VEILGATE_TEST_TLS_ENGINE", "python"))
+"""The TLS engine of the suite's gateways (``tls.engine``)."""
+ENGINES = [e.value for e in TLSEngine]
 
 
 def _quote(value: str) -> str:
@@ -133,7 +141,9 @@ def gateway_base_config(pg_cluster: Any, gateway_certs: Any) -> tuple[GatewayCon
     token = "vg-test-" + secrets.token_urlsafe(24)
     config = GatewayConfig(
         listen=ListenConfig(host="127.0.0.1", port=0, handshake_timeout_s=15.0),
-        tls=ClientTLSConfig(cert_file=Path(cert.cert_file), key_file=Path(cert.key_file)),
+        tls=ClientTLSConfig(
+            cert_file=Path(cert.cert_file), key_file=Path(cert.key_file), engine=TLS_ENGINE
+        ),
         auth=AuthConfig(
             static_tokens=(StaticToken("itest", token_digest(token), frozenset({"tester"})),)
         ),
@@ -180,6 +190,35 @@ def gateway(
         yield handle
     finally:
         handle.thread.stop()
+
+
+@pytest.fixture(scope="session")
+def gateways_by_engine(
+    gateway_base_config: tuple[GatewayConfig, str], gateway_certs: Any
+) -> Iterator[Callable[[str], GatewayHandle]]:
+    """``get(engine)``: the base configuration with ``tls.engine`` set, one gateway per engine
+    for the whole session."""
+    base, token = gateway_base_config
+    ca, _ = gateway_certs
+    started: dict[str, GatewayHandle] = {}
+
+    def get(engine: str) -> GatewayHandle:
+        if engine not in started:
+            config = replace(base, tls=replace(base.tls, engine=TLSEngine(engine)))
+            started[engine] = _start(config, token, str(ca.cert_file))
+        return started[engine]
+
+    try:
+        yield get
+    finally:
+        for handle in started.values():
+            handle.thread.stop()
+
+
+@pytest.fixture(params=ENGINES)
+def engine_gw(request: pytest.FixtureRequest, gateways_by_engine: Any) -> pw.Target:
+    """A gateway with TLS in each engine, as a raw-protocol / DSN target."""
+    return pw.gateway_target(gateways_by_engine(request.param))
 
 
 @pytest.fixture

@@ -20,6 +20,13 @@ from tests.integration import pgwire as pw
 
 pytestmark = pytest.mark.pg
 
+
+@pytest.fixture
+def gw(engine_gw: pw.Target) -> pw.Target:
+    """Every test of this file against both TLS engines (``tls.engine``)."""
+    return engine_gw
+
+
 PLAINTEXT_MAX = 8192
 EXPANSION_MAX = 256
 """RFC 8446 5.2 / RFC 5246 6.2.3: a record's ciphertext is at most 256 bytes longer than its

@@ -17,6 +17,12 @@ from tests.integration import pgwire as pw
 pytestmark = pytest.mark.pg
 
 
+@pytest.fixture
+def gw(engine_gw: pw.Target) -> pw.Target:
+    """Every test of this file against both TLS engines (``tls.engine``)."""
+    return engine_gw
+
+
 def _assert_session_works(c: pw.RawConn) -> None:
     assert c.scalar("select 40 + 2") == "42"
 

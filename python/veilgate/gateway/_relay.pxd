@@ -10,6 +10,8 @@ cdef class RelaySide:
     """The other RelaySide, when the session gave it (backpressure composes with holds)."""
     cdef object owner
     cdef object _peer_write
+    cdef object _peer_raw_write
+    cdef bint _encrypt
     cdef bint _relaying
     cdef bint _closed
     cdef bint _paused_peer
@@ -32,3 +34,12 @@ cdef class RecordSizedTransport:
     """The wrapped TLS transport."""
     cdef object _write
     cdef object _writelines
+
+
+cdef class NativeTlsTransport:
+    cdef readonly object transport
+    """The wrapped plain transport."""
+    cdef readonly object tls
+    """The native TlsConnection."""
+    cdef object _write
+    cdef object _encrypt

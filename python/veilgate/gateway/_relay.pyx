@@ -75,6 +75,50 @@ cdef class RecordSizedTransport:
         return getattr(self.transport, name)
 
 
+cdef class NativeTlsTransport:
+    """A plain transport carrying the TLS records of a native ``TlsConnection``
+    (``tls.engine: native``); every other attribute is the wrapped transport's.
+
+    The relay's forwarded batches are encrypted by the engine (``RecvBuffer.advance(n,
+    encrypt=True)``) and written with the raw transport's ``write``; what the control plane
+    writes itself (events, errors, handshake messages) goes through :meth:`write`, which
+    encrypts it on the spot.  Both take the connection's lock and write at once, so records
+    leave in the order they were made.  ``get_extra_info("ssl_object")`` is the connection
+    (ALPN, version, cipher, peer certificate).
+    """
+
+    def __init__(self, transport, tls):
+        self.transport = transport
+        self.tls = tls
+        self._write = transport.write
+        self._encrypt = tls.encrypt
+
+    def write(self, data):
+        out = self._encrypt(data)
+        if out:
+            self._write(out)
+
+    def writelines(self, list_of_data):
+        self.write(b"".join(list_of_data))
+
+    def close(self):
+        """close_notify, then close (what is buffered is sent first)."""
+        transport = self.transport
+        if not transport.is_closing():
+            out = self.tls.close_notify()
+            if out:
+                transport.write(out)
+        transport.close()
+
+    def get_extra_info(self, name, default=None):
+        if name == "ssl_object":
+            return self.tls
+        return self.transport.get_extra_info(name, default)
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
 def record_sized(transport):
     """``transport`` wrapped in :class:`RecordSizedTransport` when it is a TLS transport."""
     if transport.get_extra_info("ssl_object") is None:
@@ -101,6 +145,8 @@ cdef class RelaySide:
         self.peer = None
         self.peer_side = None
         self._peer_write = None
+        self._peer_raw_write = None
+        self._encrypt = False
         self._relaying = False
         self._closed = False
         self._paused_peer = False
@@ -120,11 +166,21 @@ cdef class RelaySide:
         self.peer = peer
         self.peer_side = peer_side
         self._peer_write = peer.write
+        if type(peer) is NativeTlsTransport:
+            # forwarded batches leave encrypted by the engine, in one raw write per read
+            self.rb.set_output_tls((<NativeTlsTransport>peer).tls)
+            self._peer_raw_write = (<NativeTlsTransport>peer).transport.write
+            self._encrypt = True
+        else:
+            self._peer_raw_write = peer.write
+            self._encrypt = False
         self._relaying = True
 
     def stop_relay(self):
         self._relaying = False
+        self._encrypt = False
         self._peer_write = None
+        self._peer_raw_write = None
 
     @property
     def relaying(self):
@@ -242,8 +298,11 @@ cdef class RelaySide:
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef object r
+        # the engine encrypts a batch with no event only when it is written right here: a
+        # batch kept for later (a hold) must be encrypted when it is written, in order
+        cdef bint encrypt = self._encrypt and self._relaying and not self._held
         try:
-            r = self.rb.advance(nbytes)
+            r = self.rb.advance(nbytes, encrypt)
         except _MaskingError as exc:
             self.owner.masking_error(self, exc)
             return
@@ -254,7 +313,8 @@ cdef class RelaySide:
             if r is None:
                 return
             if type(r) is bytes and not self._held:
-                self._peer_write(r)
+                # encrypted records when `encrypt`, else plaintext for a plain transport
+                self._peer_raw_write(r)
                 return
         self._dispatch(r)
         if self._barriers:
@@ -305,7 +365,9 @@ cdef class RelaySide:
     def connection_lost(self, exc):
         self._closed = True
         self._relaying = False
+        self._encrypt = False
         self._peer_write = None
+        self._peer_raw_write = None
         self.owner.side_lost(self, exc)
 
     def pause_writing(self):

@@ -26,6 +26,8 @@ import ssl
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import veilgate_native as native
+
 from veilgate import metrics
 from veilgate.pgwire import wire
 from veilgate.redact import redact_name
@@ -140,7 +142,7 @@ def _principal(session: RecordedSession) -> dict[str, Any]:
 
 def _tls(transport: Any) -> dict[str, Any] | None:
     obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    if not isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
+    if not isinstance(obj, ssl.SSLObject | ssl.SSLSocket | native.TlsConnection):
         return None
     cipher = obj.cipher()
     return {

@@ -16,6 +16,8 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import veilgate_native as native
+
 from veilgate import bytecache, log, metrics
 from veilgate.config_model import GatewayConfig, TargetConfig
 from veilgate.gateway.cancel import CancelRegistry, cancel_digest
@@ -24,7 +26,7 @@ from veilgate.gateway.recording import open_recording
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator, Principal
 from veilgate.masking.catalog import Catalog
-from veilgate.pgwire import upstream, wire
+from veilgate.pgwire import tlsnative, upstream, wire
 from veilgate.pgwire.negotiate import (
     ClientGone,
     NegotiationError,
@@ -70,11 +72,19 @@ def _over_limit_margin(limit: int) -> int:
     return max(16, limit // 10)
 
 
-def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
-    """The client-facing TLS context (ALPN ``postgresql``), or ``None`` without a certificate."""
+ServerTLS = ssl.SSLContext | native.TlsServerConfig
+"""The client-facing TLS of one configuration generation: Python's or the native engine's."""
+
+
+def server_ssl_context(config: GatewayConfig) -> ServerTLS | None:
+    """The client-facing TLS context (ALPN ``postgresql``), or ``None`` without a certificate:
+    a ``native.TlsServerConfig`` with ``tls.engine: native``.  Raises ``ssl.SSLError``,
+    ``OSError`` or ``ValueError`` for files that cannot be used."""
     tls = config.tls
     if tls.cert_file is None:
         return None
+    if tlsnative.uses_native(config):
+        return tlsnative.server_config(config)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
@@ -245,7 +255,7 @@ class Gateway:
         self._spawn(self._start_approvals())
 
     def reconfigure(
-        self, config: GatewayConfig, ssl_context: ssl.SSLContext | None, policy: Policy | None
+        self, config: GatewayConfig, ssl_context: ServerTLS | None, policy: Policy | None
     ) -> None:
         """Serve new sessions with ``config`` (a reload; see :mod:`veilgate.reload`).
 
@@ -511,19 +521,29 @@ class Gateway:
         session.handshake_task = asyncio.current_task()
         self._sessions.add(session)
         metrics.connections_active.inc()
+        server_tls = self._ssl
         try:
             if neg.outcome is Outcome.PLAIN:
+                await loop.connect_accepted_socket(lambda: session.client, sock)
+            elif isinstance(server_tls, native.TlsServerConfig):
+                # the handshake on the raw socket; then a plain transport whose buffer
+                # decrypts (the configuration of this moment: a reload serves new sessions)
+                conn = native.TlsConnection.server(server_tls)
+                async with asyncio.timeout_at(deadline):
+                    await tlsnative.handshake(loop, sock, conn)
+                session.client_rb.attach_tls(conn)
+                session.client_tls = conn
                 await loop.connect_accepted_socket(lambda: session.client, sock)
             else:
                 remaining = max(deadline - loop.time(), 0.001)
                 await loop.connect_accepted_socket(
                     lambda: session.client,
                     sock,
-                    ssl=self._ssl,
+                    ssl=server_tls,
                     ssl_handshake_timeout=remaining,
                     ssl_shutdown_timeout=upstream.SSL_SHUTDOWN_TIMEOUT_S,
                 )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, native.TlsError) as exc:
             metrics.errors_total.inc(kind="tls")
             log.event(logger, "tls_failed", logging.INFO, peer=peer, error=str(exc))
             sock.close()

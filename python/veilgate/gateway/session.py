@@ -23,7 +23,7 @@ import veilgate_native as native
 
 from veilgate import log, metrics
 from veilgate.config_model import TargetConfig
-from veilgate.gateway._relay import RelayProtocol, record_sized
+from veilgate.gateway._relay import NativeTlsTransport, RelayProtocol, record_sized
 from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
@@ -39,7 +39,7 @@ from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
 from veilgate.masking.overlay import creation_schemas
 from veilgate.masking.policy import MaskingUnavailable
-from veilgate.pgwire import upstream, wire
+from veilgate.pgwire import tlsnative, upstream, wire
 from veilgate.policy.names import quote_search_path
 from veilgate.redact import redact_name
 
@@ -177,6 +177,10 @@ class Session:
         self._wrap_view = not _is_uvloop(asyncio.get_running_loop())
         self.client = RelayProtocol(self, self.client_rb, self._wrap_view)
         self.client_transport: Any = None
+        self.client_tls: native.TlsConnection | None = None
+        """The client's TLS connection when TLS runs in the native engine (set before the
+        transport starts: the client buffer has it attached)."""
+        self.upstream_tls: native.TlsConnection | None = None
         self.upstream_rb: Any = None
         self.upstream: RelayProtocol | None = None
         self.upstream_transport: Any = None
@@ -232,9 +236,15 @@ class Session:
         limits = self.config.limits
         transport.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
         if side is self.client:
-            # TLS records no larger than PostgreSQL's (libpq's async API hangs on larger ones)
-            self.client_transport = record_sized(transport)
+            if self.client_tls is not None:
+                self.client_transport = NativeTlsTransport(transport, self.client_tls)
+            else:
+                # TLS records no larger than PostgreSQL's (libpq's async API hangs on larger
+                # ones); the native engine's are so already
+                self.client_transport = record_sized(transport)
         else:
+            if self.upstream_tls is not None:
+                transport = NativeTlsTransport(transport, self.upstream_tls)
             self.upstream_transport = transport
             if self.phase is Phase.CLOSED:
                 # the session ended while the upstream connection was being opened
@@ -345,6 +355,15 @@ class Session:
             inbox = self._client_in if from_client else self._upstream_in
             inbox.error = exc
             inbox.wake()
+            return
+        if isinstance(exc, native.TlsError):
+            # a bad record: the client's connection only carries the alert it is owed
+            msg = (
+                None
+                if from_client
+                else wire.fatal("08006", "the TLS connection to the upstream server failed")
+            )
+            self.close(msg, "tls")
             return
         if from_client:
             msg = wire.fatal("08P01", f"invalid frontend message: {exc}")
@@ -733,7 +752,23 @@ class Session:
         self.upstream_rb.set_all_events(True)
         side = RelayProtocol(self, self.upstream_rb, self._wrap_view)
         self.upstream = side
-        transport, _ = await upstream.connect(loop, target, lambda: side)
+        if tlsnative.uses_native(self.config) and upstream.client_ssl_context(target) is not None:
+            sock, conn = await tlsnative.connect_upstream(loop, target)
+            self.upstream_rb.attach_tls(conn)
+            self.upstream_tls = conn
+            try:
+                await loop.create_connection(lambda: side, sock=sock)
+            except OSError as exc:
+                sock.close()
+                raise upstream.UpstreamError(
+                    "08001",
+                    f'could not connect to the upstream server for database "{target.name}"',
+                    "unreachable",
+                    str(exc),
+                ) from exc
+            transport = self.upstream_transport
+        else:
+            transport, _ = await upstream.connect(loop, target, lambda: side)
         metrics.upstream_connections_active.inc()
         hs = upstream.UpstreamHandshake(
             target, target.password(), transport.get_extra_info("ssl_object")

@@ -46,7 +46,7 @@ def tune_socket(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
-_ctx_cache: dict[tuple[str, str | None], ssl.SSLContext] = {}
+_ctx_cache: dict[tuple[str, str | None, str | None, str | None], ssl.SSLContext] = {}
 
 
 def client_ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
@@ -55,7 +55,9 @@ def client_ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
     if mode is UpstreamTLSMode.DISABLE:
         return None
     ca = str(target.tls.ca_file) if target.tls.ca_file is not None else None
-    key = (mode.value, ca)
+    cert = str(target.tls.cert_file) if target.tls.cert_file is not None else None
+    cert_key = str(target.tls.key_file) if target.tls.key_file is not None else None
+    key = (mode.value, ca, cert, cert_key)
     ctx = _ctx_cache.get(key)
     if ctx is not None:
         return ctx
@@ -69,6 +71,8 @@ def client_ssl_context(target: TargetConfig) -> ssl.SSLContext | None:
         ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols([ALPN])
+    if cert is not None:
+        ctx.load_cert_chain(cert, cert_key)
     _ctx_cache[key] = ctx
     return ctx
 
