@@ -50,6 +50,7 @@ logger = log.get("gateway.masking")
 
 _VERDICTS: Final = 2048
 _P: Final = ord("P")
+_B: Final = ord("B")
 RULE_ID: Final = "masked-column-use"
 """The rule id denials are recorded under."""
 _SCS: Final = Denial(
@@ -100,6 +101,7 @@ class GuardedRelay(Protocol):
     def fail(self, reason: str, detail: str | BaseException) -> None: ...
     def refuse_query(self, error: bytes) -> None: ...
     def refuse_parse(self, m: Any, error: bytes) -> None: ...
+    def refuse_bind(self, error: bytes) -> None: ...
 
 
 class InferenceGuard:
@@ -132,6 +134,12 @@ class InferenceGuard:
         relay.hold_client()
         relay.spawn(self._judge_later(m, infos, go_on))
         return True
+
+    def judged(self, text: str) -> bool:
+        """Whether this guard (this policy's) allowed ``text`` already: a Bind of it needs no
+        new judgement."""
+        hit = self._verdicts.get(text)
+        return hit is not None and hit[2] is None
 
     # --- verdicts ------------------------------------------------------------------------------
 
@@ -203,6 +211,8 @@ class InferenceGuard:
         error = wire.error_response("ERROR", d.sqlstate, d.message, d.detail, d.hint)
         if m.tag == _P:
             relay.refuse_parse(m, error)
+        elif m.tag == _B:
+            relay.refuse_bind(error)
         else:
             relay.refuse_query(error)
 

@@ -77,6 +77,8 @@ _MARKER_PREFIX_B: Final = MARKER_PREFIX.encode()
 _SPLIT_CACHE: Final = 1024
 
 _Q, _P, _B, _D, _E, _S, _C, _H, _F = (ord(c) for c in "QPBDESCHF")
+_SOURCE_HEADS: Final = frozenset("fFmMeE")
+"""First letters of FETCH, MOVE and EXECUTE (statements that run another's SQL)."""
 _T, _s, _I, _Z, _n, _G = (ord(c) for c in "TsIZnG")
 _c, _f = ord("c"), ord("f")
 _N = ord("N")
@@ -343,14 +345,15 @@ class MaskingRelay:
                 # masked-column uses are refused before the server sees them (the statements
                 # are split once, for both: large texts are not cached)
                 whole, stmts = self._query_statements(m)
-                if not self._guard.intercept(m, stmts, lambda: self._query(m, whole, stmts)):
+                judged = self._with_sources(stmts)
+                if not self._guard.intercept(m, judged, lambda: self._query(m, whole, stmts)):
                     self._query(m, whole, stmts)
             elif tag == _P:
                 stmts = [self._parse_statement(m)]
-                if not self._guard.intercept(m, stmts, lambda: self._parsed(m)):
+                if not self._guard.intercept(m, self._with_sources(stmts), lambda: self._parsed(m)):
                     self._parsed(m)
             elif tag == _B:  # the mirror follows what Parse / Bind do once the server has
-                self._forward_client(m)
+                self._bind(m)
             elif tag == _D:
                 self._segment().expects.append(_Describe(False, None))
                 self._forward_client(m)
@@ -376,6 +379,45 @@ class MaskingRelay:
 
     def _parsed(self, m: Any) -> None:
         self._forward_client(m)
+
+    def _with_sources(self, stmts: list[StatementInfo]) -> list[StatementInfo]:
+        """``stmts`` and, for a FETCH / MOVE / EXECUTE among them, the statement it runs as the
+        mirror has it now: a cursor declared or a statement prepared under an older policy is
+        judged again by the current one (a verdict this guard already gave is cached)."""
+        out = stmts
+        for info in stmts:
+            head = info.text.lstrip()[:1]
+            if head not in _SOURCE_HEADS or not info.parsed:
+                continue
+            obj = self._sql_object_of(info)
+            if obj is None or obj[0] in ("declare", "prepare"):
+                continue
+            source = self._resolve(info)
+            if source is not info and source.parsed:
+                out = [*out, source]
+        return out
+
+    def _bind(self, m: Any) -> None:
+        """A Bind of a statement parsed under an older policy (a reload since) is judged by the
+        current one first (the guard of that policy has no verdict on its text yet)."""
+        _, pos = _cstring(m.body, 0)
+        sname, _ = _cstring(m.body, pos)
+        stmt = self.mirror.projected_statement(sname)
+        if stmt is None or self._guard.judged(stmt.query):
+            self._forward_client(m)
+            return
+        info = self._resolve(self.planner.statement(stmt.query))
+        if not info.parsed or not self._guard.intercept(m, [info], lambda: self._forward_client(m)):
+            self._forward_client(m)
+
+    def refuse_bind(self, error: bytes) -> None:
+        """Answer a Bind with ``error``: a Parse that fails under a name of its own goes
+        upstream in its place (the server skips to Sync as for the Bind's own error; the
+        client's statements and portals stay as they were)."""
+        nonce = self._marker(error)
+        marker = wire.cstr(nonce) + wire.cstr(f'SELECT "{nonce}"') + b"\0\0"
+        self._segment()
+        self.session.write_upstream(wire.frame(b"P", marker))
 
     def _query_statements(self, m: Any) -> tuple[StatementInfo, list[StatementInfo]]:
         """A Query message's text and its statements (as the server will split them)."""
