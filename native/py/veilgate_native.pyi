@@ -499,7 +499,9 @@ class Codec:
     ``float4``, ``float8``, ``bool``, ``date``, ``time``, ``timetz``, ``timestamp``,
     ``timestamptz``, ``interval`` (a content scan keeps these; a column rule gives a value of the
     type), ``array`` and ``composite`` (element by element), ``record`` (an anonymous record:
-    attribute types from each binary value), ``other`` (kept by a scan, NULL under a rule),
+    attribute types from each binary value), ``range`` and ``multirange`` (over a scannable
+    subtype: a masked range is ``empty``, a masked multirange drops it), ``hstore`` (keys and
+    values as text), ``other`` (kept by a scan, NULL under a rule),
     ``unknown`` (cannot be read: NULL whenever it must be masked).  A value that does not decode
     as its type is masked to NULL."""
 
@@ -516,6 +518,12 @@ class Codec:
     @staticmethod
     def composite(attributes: Sequence[tuple[int, Codec]]) -> Codec:
         """A named composite: ``(type OID, codec)`` per attribute, in order (OID 0 accepts any)."""
+    @staticmethod
+    def range(subtype: Codec) -> Codec:
+        """A range over ``subtype``: kept unless a bound is masked, then the empty range."""
+    @staticmethod
+    def multirange(subtype: Codec) -> Codec:
+        """A multirange over ranges of ``subtype``: a range with a masked bound is dropped."""
     @property
     def kind(self) -> str:
         """The codec's kind (see the class)."""

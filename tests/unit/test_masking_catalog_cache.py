@@ -135,7 +135,10 @@ class FakeConn:
                 )
             elif "WITH RECURSIVE need(" in stmt:
                 out.append(
-                    [(str(o), n, n, "S", str(o), "0", "b", ",", None) for o, n in w.types.items()]
+                    [
+                        (str(o), n, n, "S", str(o), "0", "b", ",", None, None)
+                        for o, n in w.types.items()
+                    ]
                 )
             elif "set_config('search_path'" in stmt:
                 out.append([("pg_catalog",)])

@@ -79,6 +79,16 @@ impl PyCodec {
         ))
     }
 
+    #[staticmethod]
+    fn range(subtype: PyRef<'_, Self>) -> Self {
+        PyCodec::wrap(codec::Codec::Range(Box::new((*subtype.inner).clone())))
+    }
+
+    #[staticmethod]
+    fn multirange(subtype: PyRef<'_, Self>) -> Self {
+        PyCodec::wrap(codec::Codec::Multirange(Box::new((*subtype.inner).clone())))
+    }
+
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.name()

@@ -103,6 +103,8 @@ class TypeInfo:
     """The element type's delimiter in an array's text form."""
     attributes: tuple[int, ...] = ()
     """A composite's attribute type OIDs, in order (dropped columns left out)."""
+    range_oid: int = 0
+    """A range's subtype, a multirange's range type (0 otherwise)."""
 
     @property
     def text_like(self) -> bool:
@@ -172,6 +174,8 @@ WITH RECURSIVE need(oid, depth) AS (
     UNION ALL SELECT t.typelem WHERE t.typelem <> 0 AND t.typcategory = 'A' AND t.typlen = -1
     UNION ALL SELECT a.atttypid FROM pg_attribute a
      WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE t.typtype = 'r' AND r.rngtypid = t.oid
+    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE t.typtype = 'm' AND r.rngmultitypid = t.oid
   ) x(oid)
   WHERE n.depth < 16),
 d(orig, cur, depth) AS (
@@ -182,7 +186,9 @@ d(orig, cur, depth) AS (
 SELECT o.oid, o.typname, b.typname, b.typcategory, b.oid, b.typelem, b.typtype,
   COALESCE(e.typdelim, ','),
   (SELECT string_agg(a.atttypid::text, ',' ORDER BY a.attnum) FROM pg_attribute a
-    WHERE b.typtype = 'c' AND a.attrelid = b.typrelid AND a.attnum > 0 AND NOT a.attisdropped)
+    WHERE b.typtype = 'c' AND a.attrelid = b.typrelid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT CASE b.typtype WHEN 'r' THEN r.rngsubtype ELSE r.rngtypid END FROM pg_range r
+    WHERE (b.typtype = 'r' AND r.rngtypid = b.oid) OR (b.typtype = 'm' AND r.rngmultitypid = b.oid))
 FROM d JOIN pg_type b ON b.oid = d.cur JOIN pg_type o ON o.oid = d.orig
 LEFT JOIN pg_type e ON e.oid = b.typelem
 WHERE b.typtype <> 'd';"""  # noqa: S608
@@ -836,7 +842,7 @@ def _parse_columns(
 
 def _parse_types(oids: list[int], rows: list[tuple[str | None, ...]]) -> dict[int, TypeInfo]:
     out: dict[int, TypeInfo] = dict.fromkeys(oids, _MISSING_TYPE)
-    for oid, name, base, category, base_oid, elem, typtype, delim, attrs in rows:
+    for oid, name, base, category, base_oid, elem, typtype, delim, attrs, rng in rows:
         out[int(oid or 0)] = TypeInfo(
             int(oid or 0),
             name or "",
@@ -847,6 +853,7 @@ def _parse_types(oids: list[int], rows: list[tuple[str | None, ...]]) -> dict[in
             typtype or "b",
             delim or ",",
             tuple(int(a) for a in attrs.split(",")) if attrs else (),
+            int(rng or 0),
         )
     return out
 

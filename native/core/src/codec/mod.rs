@@ -18,6 +18,8 @@
 //!   [`interval`]: types that cannot carry a detectable entity: a content scan keeps them, a
 //!   column rule gives a value of the type
 //! - [`mod@array`], [`composite`] (named composites and anonymous records): element by element
+//! - [`range`]: ranges and multiranges over a scannable subtype (a masked range is `empty`)
+//! - [`hstore`]: the extension's key/value type, keys and values as text
 //! - [`builtin`]: the codec of each built-in type OID
 //!
 //! Fail closed: a value that does not decode as its declared type becomes NULL (counted as
@@ -33,11 +35,13 @@ mod cx;
 pub mod datetime;
 pub mod decimal;
 pub mod float;
+pub mod hstore;
 pub mod inet;
 pub mod int;
 pub mod interval;
 pub mod json;
 pub mod numeric;
+pub mod range;
 pub mod text;
 pub mod uuid;
 
@@ -107,6 +111,12 @@ pub enum Codec {
     Composite(Box<[Attribute]>),
     /// An anonymous record (`ROW(...)`): attribute types come with each binary value.
     Record,
+    /// A range over a subtype a content scan reads (a masked range is `empty`: [`range`]).
+    Range(Box<Codec>),
+    /// A multirange over such a range type (masked ranges are dropped: [`range`]).
+    Multirange(Box<Codec>),
+    /// The `hstore` extension's type: keys and values masked as text ([`hstore`]).
+    Hstore,
     /// A known type that cannot carry a detectable entity and has no masked form of its own
     /// (ranges, geometric types, money, bit strings...): a content scan keeps its values, a
     /// column rule makes them NULL.
@@ -132,6 +142,7 @@ impl Codec {
             | Codec::Inet
             | Codec::Cidr
             | Codec::Record
+            | Codec::Hstore
             | Codec::Unknown => true,
             Codec::Uuid
             | Codec::Float4
@@ -145,6 +156,7 @@ impl Codec {
             | Codec::Interval
             | Codec::Other => false,
             Codec::Array(a) => a.elem.scannable(),
+            Codec::Range(sub) | Codec::Multirange(sub) => sub.scannable(),
             Codec::Composite(attrs) => attrs.iter().any(|a| a.codec.scannable()),
         }
     }
@@ -175,6 +187,9 @@ impl Codec {
             Codec::Array(_) => "array",
             Codec::Composite(_) => "composite",
             Codec::Record => "record",
+            Codec::Range(_) => "range",
+            Codec::Multirange(_) => "multirange",
+            Codec::Hstore => "hstore",
             Codec::Other => "other",
             Codec::Unknown => "unknown",
         }
@@ -204,6 +219,7 @@ impl Codec {
             "timestamptz" => Codec::TimestampTz,
             "interval" => Codec::Interval,
             "record" => Codec::Record,
+            "hstore" => Codec::Hstore,
             "other" => Codec::Other,
             "unknown" => Codec::Unknown,
             _ => return None,
@@ -247,6 +263,9 @@ impl Codec {
             Codec::Array(a) => array::mask(a, fmt, value, cx, out),
             Codec::Composite(attrs) => composite::mask(Some(attrs), fmt, value, cx, out),
             Codec::Record => composite::mask(None, fmt, value, cx, out),
+            Codec::Range(sub) => range::mask(sub, fmt, value, cx, out),
+            Codec::Multirange(sub) => range::mask_multi(sub, fmt, value, cx, out),
+            Codec::Hstore => hstore::mask(fmt, value, cx, out),
             Codec::Other => other(cx),
             Codec::Unknown => text::mask_unknown(fmt, value, cx),
         }
@@ -288,6 +307,9 @@ impl Codec {
             Codec::Array(_)
             | Codec::Composite(_)
             | Codec::Record
+            | Codec::Range(_)
+            | Codec::Multirange(_)
+            | Codec::Hstore
             | Codec::Other
             | Codec::Unknown => false,
         };
@@ -299,6 +321,8 @@ impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Codec::Array(a) => write!(f, "{}[]", a.elem),
+            Codec::Range(sub) => write!(f, "range({sub})"),
+            Codec::Multirange(sub) => write!(f, "multirange({sub})"),
             Codec::Composite(attrs) => {
                 f.write_str("(")?;
                 for (i, a) in attrs.iter().enumerate() {

@@ -798,14 +798,113 @@ fn all_codecs() -> Vec<Codec> {
     v.push(text_array(Codec::Int8, 20));
     v.push(text_array(Codec::Text, 25));
     v.push(composite(&[(25, Codec::Text), (1700, Codec::Numeric)]));
+    v.push(Codec::Range(Box::new(Codec::Text)));
+    v.push(Codec::Multirange(Box::new(Codec::Text)));
+    v.push(Codec::Hstore);
     v
+}
+
+fn bin_range(flags: u8, bounds: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![flags];
+    for b in bounds {
+        v.extend_from_slice(&i32::try_from(b.len()).unwrap().to_be_bytes());
+        v.extend_from_slice(b);
+    }
+    v
+}
+
+#[test]
+fn ranges_of_text_are_kept_or_empty() {
+    let r = Codec::Range(Box::new(Codec::Text));
+    let m = Codec::Multirange(Box::new(Codec::Text));
+    let s = scanner();
+    // nothing found: kept as they are, in both formats (quoted bounds, infinite bounds)
+    for v in [
+        &b"[\"a b\",c)"[..],
+        b"(,zz]",
+        b"empty",
+        b"[\"x\"\"y\",\"q\\\\\")",
+    ] {
+        assert_eq!(
+            run(&r, T, v, &s).as_deref(),
+            Some(v),
+            "{}",
+            String::from_utf8_lossy(v)
+        );
+    }
+    let plain = bin_range(0x02, &[b"a b", b"c"]);
+    assert_eq!(run(&r, B, &plain, &s), Some(plain.clone()));
+    assert_eq!(run(&r, B, &[0x01], &s), Some(vec![0x01]));
+    assert_eq!(run(&r, B, &[0x08 | 0x10], &s), Some(vec![0x18]));
+    // an entity in a bound: the empty range
+    assert_eq!(
+        run(&r, T, b"[\"mail ann@example.org\",zz)", &s).unwrap(),
+        b"empty"
+    );
+    let found = bin_range(0x02, &[b"ann@example.org", b"zz"]);
+    assert_eq!(run(&r, B, &found, &s).unwrap(), vec![0x01]);
+    // a column rule: empty; null: NULL
+    for (name, op) in ops() {
+        assert_eq!(run(&r, T, b"[a,b)", &op).unwrap(), b"empty", "{name}");
+        assert_eq!(run(&r, B, &plain, &op).unwrap(), vec![0x01], "{name}");
+        assert_eq!(run(&m, T, b"{[a,b)}", &op).unwrap(), b"{}", "{name}");
+    }
+    assert_eq!(run(&r, T, b"[a,b)", &rule(Operator::Null)), None);
+    // a multirange leaves the masked range out
+    let text = b"{[\"a b\",c],[\"mail ann@example.org\",zz)}";
+    assert_eq!(run(&m, T, text, &s).unwrap(), b"{[\"a b\",c]}");
+    assert_eq!(run(&m, T, b"{}", &s).unwrap(), b"{}");
+    let mut bin = 2i32.to_be_bytes().to_vec();
+    for r in [&plain, &found] {
+        bin.extend_from_slice(&i32::try_from(r.len()).unwrap().to_be_bytes());
+        bin.extend_from_slice(r);
+    }
+    let mut want = 1i32.to_be_bytes().to_vec();
+    want.extend_from_slice(&i32::try_from(plain.len()).unwrap().to_be_bytes());
+    want.extend_from_slice(&plain);
+    assert_eq!(run(&m, B, &bin, &s).unwrap(), want);
+    // not a range: NULL
+    for v in [&b"[a,b"[..], b"a,b)", b"[a,b,c)", b"emptyx"] {
+        assert_eq!(run(&r, T, v, &s), None);
+    }
+    assert_eq!(run(&r, B, &[0x02, 0, 0, 0, 9, b'a'], &s), None);
+}
+
+#[test]
+fn hstore_keys_and_values_masked_as_text() {
+    let h = Codec::Hstore;
+    let s = scanner();
+    let plain = br#""a\"b"=>"c\\d", "n"=>NULL"#;
+    assert_eq!(run(&h, T, plain, &s).as_deref(), Some(&plain[..]));
+    assert_eq!(run(&h, T, b"", &s).as_deref(), Some(&b""[..]));
+    assert_eq!(
+        run(&h, T, br#""mail"=>"ann@example.org", "n"=>NULL"#, &s).unwrap(),
+        br#""mail"=>"<EMAIL>", "n"=>NULL"#
+    );
+    let mut bin = 2i32.to_be_bytes().to_vec();
+    for (k, v) in [(&b"ann@example.org"[..], Some(&b"x"[..])), (b"n", None)] {
+        bin.extend_from_slice(&i32::try_from(k.len()).unwrap().to_be_bytes());
+        bin.extend_from_slice(k);
+        match v {
+            Some(v) => {
+                bin.extend_from_slice(&i32::try_from(v.len()).unwrap().to_be_bytes());
+                bin.extend_from_slice(v);
+            }
+            None => bin.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    let out = run(&h, B, &bin, &s).unwrap();
+    assert_eq!(&out[..8], &[0, 0, 0, 2, 0, 0, 0, 7]);
+    assert_eq!(&out[8..15], b"<EMAIL>");
+    assert_eq!(run(&h, T, br#""a"=>"b""#, &rule(Operator::Null)), None);
+    assert_eq!(run(&h, T, br#""a"=>"b"#, &s), None);
 }
 
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_and_outputs_decode(
         value in proptest::collection::vec(any::<u8>(), 0..64),
-        which in 0usize..26,
+        which in 0usize..29,
         binary in any::<bool>(),
         op in 0usize..6,
     ) {
