@@ -194,6 +194,14 @@ audit_dropped_total = Counter(
 audit_queued_records = Gauge(
     "veilgate_audit_queued_records", "Session records waiting to be written."
 )
+audit_index_retries_total = Counter(
+    "veilgate_audit_index_retries_total",
+    "Session index writes that failed and were retried (the index lags; a recording failure "
+    "only past audit.index_grace_s).",
+)
+audit_index_pending = Gauge(
+    "veilgate_audit_index_pending", "Session index updates waiting to be written."
+)
 audit_log_failures_total = Counter(
     "veilgate_audit_log_failures_total",
     "Events the JSON-lines audit log (policy.audit_log) could not write.",
@@ -236,6 +244,8 @@ REGISTRY: list[_Metric] = [
     audit_dropped_total,
     audit_queued_records,
     audit_refused_total,
+    audit_index_retries_total,
+    audit_index_pending,
     config_generation,
     config_reloads_total,
     audit_log_failures_total,

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from veilgate import metrics
 from veilgate.audit.index import IndexWriter, SessionFilter, SessionStart, list_sessions
 from veilgate.state.sqlite import SQLiteDB
 
@@ -72,6 +73,8 @@ def _run(path: Path, grace_s: float, scenario: Any) -> list[tuple[bool, str | No
 def test_a_lock_held_for_a_moment_is_retried_not_reported(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
 
+    retries = metrics.audit_index_retries_total.get()
+
     async def scenario(index: IndexWriter, db: SQLiteDB) -> None:
         locker = _Locker(path)
         locker.hold()
@@ -88,6 +91,7 @@ def test_a_lock_held_for_a_moment_is_retried_not_reported(tmp_path: Path) -> Non
 
     states = _run(path, 60.0, scenario)
     assert states == []  # never reported as a recording failure
+    assert metrics.audit_index_retries_total.get() >= retries + 2  # but counted
 
 
 def test_a_store_failing_past_the_grace_is_reported_then_recovers(

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from veilgate import log
+from veilgate import log, metrics
 from veilgate.state import Migration, StateDB, StateUnavailable, migrate
 
 __all__ = [
@@ -390,6 +390,7 @@ class IndexWriter:
         if not isinstance(exc, StateUnavailable):
             logger.exception("audit index write failed unexpectedly", exc_info=exc)
         self.failures += 1
+        metrics.audit_index_retries_total.inc()
         self.last_error = str(exc)
         now = time.monotonic()
         if self.failing_since is None:

@@ -312,6 +312,8 @@ class Recorder:
             metrics.audit_dropped_total.inc(dropped - self._dropped_seen)
             self._dropped_seen = dropped
         metrics.audit_queued_records.set(self.native.queued)
+        if self.index is not None:
+            metrics.audit_index_pending.set(self.index.pending)
 
     def health(self) -> dict[str, Any]:
         """For ``/healthz`` and ``/metrics``."""
