@@ -141,6 +141,17 @@ class TargetLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """Upstream connection reuse in session mode (``targets.<name>.pool``)."""
+
+    size: int = field(default=0, metadata={"min": 0, "max": 10000})
+    """Idle connections kept per login, database and startup parameters; 0 (the default): no
+    reuse, every session opens its own upstream connection and closes it at the end."""
+    idle_timeout_s: float = field(default=60.0, metadata={"min": 0.1, "max": 86400.0})
+    """A connection idle in the pool longer than this is closed."""
+
+
+@dataclass(frozen=True, slots=True)
 class TargetConfig:
     """An upstream database; the client's startup ``database`` names it."""
 
@@ -166,6 +177,8 @@ class TargetConfig:
     ``pg_stat_activity``; ``SHOW`` then answers the tagged value)."""
     logins: dict[str, TargetLogin] = field(default_factory=dict)
     """Upstream login per tier ``login_role``; ``user``/password above is the default login."""
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    """Upstream connection reuse (off unless ``size`` > 0)."""
 
     def password(self) -> str | None:
         """Read the upstream password from the environment or file, at use time."""

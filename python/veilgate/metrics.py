@@ -125,6 +125,12 @@ errors_total = Counter(
 upstream_connections_active = Gauge(
     "veilgate_upstream_connections_active", "Upstream connections open now."
 )
+upstream_pool_total = Counter(
+    "veilgate_upstream_pool_total",
+    "Upstream connection reuse (targets.<name>.pool): kept (reset with DISCARD ALL and kept "
+    "idle), reused (taken by a new session), closed (a reset failed, idle too long, pool full).",
+    ("outcome",),
+)
 cancel_requests_total = Counter(
     "veilgate_cancel_requests_total",
     "CancelRequests received, by outcome (forwarded, idle, unknown, approval_wait, failed, "

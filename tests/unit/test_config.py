@@ -509,3 +509,20 @@ def test_tls_files_must_load(confdir: Path) -> None:
     text = replace(VALID, "ca_file: certs/db-ca.crt", "ca_file: certs/garbage.pem")
     (err,) = errors_of(write(confdir, text))
     assert err.startswith("veilgate.yaml:24: targets.app.tls.ca_file: not a PEM CA certificate")
+
+
+def test_target_pool_section(tmp_path: Path) -> None:
+    base = f"""\
+tls: {{allow_plaintext_loopback: true}}
+auth: {{static_tokens: [{{name: a, sha256: {DIGEST}}}]}}
+"""
+    cfg = config.load_str(base + "targets: {db: {host: localhost}}\n", "pool.yaml")
+    assert cfg.targets["db"].pool.size == 0  # reuse is off unless asked for
+    cfg = config.load_str(
+        base + "targets: {db: {host: localhost, pool: {size: 8, idle_timeout_s: 30}}}\n",
+        "pool.yaml",
+    )
+    assert (cfg.targets["db"].pool.size, cfg.targets["db"].pool.idle_timeout_s) == (8, 30.0)
+    with pytest.raises(config.ConfigError) as err:
+        config.load_str(base + "targets: {db: {host: localhost, pool: {size: -1}}}\n", "p.yaml")
+    assert "targets.db.pool.size" in str(err.value)

@@ -22,6 +22,7 @@ from veilgate import bytecache, log, metrics
 from veilgate.config_model import GatewayConfig, TargetConfig
 from veilgate.gateway.cancel import CancelRegistry, cancel_digest
 from veilgate.gateway.limits import ConnectionCounter
+from veilgate.gateway.pool import UpstreamPool
 from veilgate.gateway.recording import open_recording
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator, Principal
@@ -122,6 +123,8 @@ class Gateway:
         self._relay_window = 0.0
         self._relayed = 0
         self.connection_counter = ConnectionCounter()
+        self.upstream_pool = UpstreamPool()
+        """Idle upstream connections for reuse (targets' ``pool``; empty when it is off)."""
         """Sessions per principal and per policy tier (limits.max_connections_per_principal,
         a tier's max_connections)."""
         self._ssl = server_ssl_context(config)
@@ -397,6 +400,7 @@ class Gateway:
         """Stop accepting; end idle sessions with 57P01 now and busy ones at their next
         ReadyForQuery; at the deadline close whatever is left."""
         self._stop_accepting()
+        self.upstream_pool.close()
         log.event(logger, "draining", sessions=len(self._sessions), timeout_s=timeout)
         for session in list(self._sessions):
             session.drain()
@@ -421,6 +425,7 @@ class Gateway:
     async def close(self) -> None:
         """Stop accepting and drop every session now."""
         self._stop_accepting()
+        self.upstream_pool.close()
         for session in list(self._sessions):
             session.close(ADMIN_SHUTDOWN, "gateway_close")
         await self._await_cancels()

@@ -28,6 +28,7 @@ from veilgate.gateway.enforce import PolicyEnforcer
 from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
 from veilgate.gateway.mirror import Desynchronised, ServerMirror
+from veilgate.gateway.pool import PooledConnection, PoolKey, pool_key
 from veilgate.gateway.recording import REFUSED_TAGS
 from veilgate.gateway.startup import (
     ApplicationName,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from veilgate.config_model import GatewayConfig
     from veilgate.gateway.cancel import CancelRegistry
     from veilgate.gateway.limits import ConnectionCounter
+    from veilgate.gateway.pool import UpstreamPool
     from veilgate.gateway.recording import SessionRecording
     from veilgate.gateway.startup import ClientStartup
     from veilgate.identity.base import Authenticator
@@ -76,6 +78,7 @@ MASKING_NOW_REQUIRED = wire.fatal(
 )
 _Z = ord("Z")
 _S = ord("S")
+_X = ord("X")
 _IDLE = ord("I")
 _UPSTREAM_GONE = frozenset({"upstream_closed"})
 
@@ -149,6 +152,8 @@ class SessionHost(Protocol):
     def decision_sink(self) -> AuditSink | None: ...
     @property
     def approvals(self) -> ApprovalService | None: ...
+    @property
+    def upstream_pool(self) -> UpstreamPool: ...
     async def handle_cancel(self, packet: bytes) -> None: ...
     def masking_planner(
         self, principal: Principal, login: TargetConfig
@@ -229,6 +234,9 @@ class Session:
         self._max_statement = limits.max_statement_bytes
         self._connection_grant: ConnectionGrant | None = None
         self._started = asyncio.get_running_loop().time()
+        self._pool_key: PoolKey | None = None
+        """Set when the login reuses upstream connections (its target's ``pool``)."""
+        self.upstream_reused = False
 
     # --- callbacks from RelayProtocol ------------------------------------------------------------
 
@@ -266,6 +274,9 @@ class Session:
         masking = self.masking
         recording = self.recording
         mirror = self.mirror
+        if message.tag == _X and side is self.client:
+            self.close(None, "client_terminate")
+            return
         if mirror is not None and not self._mirror_message(side is self.client, message):
             return
         if side is self.client:
@@ -608,9 +619,14 @@ class Session:
             *startup.forwarded,
             *self._pinned_parameters(principal),
         ]
+        hs: upstream.UpstreamHandshake | PooledConnection | None = None
+        if login.pool.size > 0:
+            self._pool_key = pool_key(login, params)
+            hs = await self._reuse_upstream(login, dict(params)["application_name"])
         try:
             async with asyncio.timeout(target.connect_timeout_s):
-                hs = await self._connect_upstream(login, params)
+                if hs is None:
+                    hs = await self._connect_upstream(login, params)
         except TimeoutError:
             raise self._upstream_failed(
                 upstream.UpstreamError(
@@ -632,6 +648,7 @@ class Session:
                 )
             ) from None
 
+        assert hs is not None
         self.upstream_pid, self.upstream_key = hs.backend_pid, hs.backend_key
         self.upstream_parameters = hs.parameters
         # the server's own pid (pg_backend_pid(), NOTIFY pids agree), the gateway's own secret
@@ -786,6 +803,28 @@ class Session:
             )
         return hs
 
+    async def _reuse_upstream(self, login: TargetConfig, app_name: str) -> PooledConnection | None:
+        """An idle upstream connection of the pool, with ``application_name`` set, taken over by
+        this session (None: open a new one)."""
+        assert self._pool_key is not None
+        conn = await self.gateway.upstream_pool.acquire(self._pool_key, login, app_name)
+        if conn is None:
+            return None
+        if self.phase is not Phase.HANDSHAKE or self._client_in.closed:
+            self.gateway.upstream_pool.release(self._pool_key, login, conn)
+            raise _SideClosed
+        self.upstream_rb = native.RecvBuffer(
+            native.SERVER, self.state, capacity=self.config.limits.read_buffer_bytes
+        )
+        self.upstream_rb.set_all_events(True)
+        side = RelayProtocol(self, self.upstream_rb, self._wrap_view)
+        self.upstream = side
+        conn.transport.set_protocol(side)
+        side.connection_made(conn.transport)
+        metrics.upstream_connections_active.inc()
+        self.upstream_reused = True
+        return conn
+
     def _upstream_failed(self, exc: upstream.UpstreamError) -> _Refuse:
         metrics.errors_total.inc(kind="upstream")
         log.event(
@@ -864,6 +903,8 @@ class Session:
             # what the mirror asks for applies to the rest of the read (see gateway.mirror)
             tags += self.mirror.client_tags()
             barriers += self.mirror.client_barriers()
+        if self._pool_key is not None:
+            tags += b"X"  # a Terminate ends the session here: its connection may be reused
         self.client_rb.set_events(tags)
         if barriers != self._client_barriers:
             # the enforcer changes which tags it needs after some events (an approve-matched
@@ -1031,7 +1072,9 @@ class Session:
         ut = self.upstream_transport
         if ut is not None:
             self.upstream_transport = None
-            if not ut.is_closing():
+            if not ut.is_closing() and self._give_back(ut, reason, was_relaying):
+                pass
+            elif not ut.is_closing():
                 if reason in _UPSTREAM_GONE:
                     ut.close()
                 elif self.state.busy:
@@ -1059,6 +1102,32 @@ class Session:
                 reason=reason,
                 duration_s=round(asyncio.get_running_loop().time() - self._started, 3),
             )
+
+    def _give_back(self, transport: Any, reason: str, was_relaying: bool) -> bool:
+        """Hand the upstream connection to the pool: only after a clean end by the client
+        (Terminate or disconnect) of a relaying session whose server is idle (ReadyForQuery
+        ``I``, nothing outstanding, no COPY); the pool resets it and keeps it, or closes it."""
+        login = self._login
+        if (
+            self._pool_key is None
+            or login is None
+            or not was_relaying
+            or reason not in ("client_terminate", "client_closed")
+            or self.draining
+            or self.state.busy
+            or self.state.tx_status != _IDLE
+            or self.upstream_pid is None
+            or self.upstream_key is None
+        ):
+            return False
+        conn = PooledConnection(
+            transport,
+            self.upstream_pid,
+            self.upstream_key,
+            list(self.upstream_parameters),
+            "reused",
+        )
+        return self.gateway.upstream_pool.release(self._pool_key, login, conn)
 
     def abort(self) -> None:
         """Hard stop (deadline passed): drop both connections without flushing."""
