@@ -1118,6 +1118,9 @@ class Session:
             or self.state.tx_status != _IDLE
             or self.upstream_pid is None
             or self.upstream_key is None
+            # the native TLS engine keeps the connection's TLS state in this session's buffer:
+            # the pool cannot read it (reuse is for the python TLS engine for now)
+            or self.upstream_tls is not None
         ):
             return False
         conn = PooledConnection(
