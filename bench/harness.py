@@ -58,6 +58,8 @@ BENCH_DB = "bench"
 BENCH_ROLE = "veilgate_bench"
 PASSWORD_ENV = "VEILGATE_BENCH_PASSWORD"
 ALL_TARGETS = ("direct", "veilgate", "pgbouncer", "pgbouncer-tx", "veilgate-recording")
+CONNECT_TARGETS = (*ALL_TARGETS, "veilgate-reuse")
+"""The connect bench adds the gateway reusing upstream connections."""
 PGBOUNCER_PREPARED_TX = (1, 21)
 """The first PgBouncer that keeps protocol-level prepared statements in transaction mode."""
 RECORDING_BAR = 0.95
@@ -416,6 +418,9 @@ class VeilgateTarget(ProcessTarget):
     name = "veilgate"
     hint = " (build it with `make build`, or leave it out with --targets direct,pgbouncer)"
 
+    pool_size = 0
+    """``targets.bench.pool.size`` (upstream connection reuse; 0: off, the default)."""
+
     def __init__(self, env: BenchEnv, command: str | None = None) -> None:
         super().__init__(env)
         self._command = command
@@ -451,6 +456,7 @@ targets:
     user: {BENCH_ROLE}
     password_env: {PASSWORD_ENV}
     tls: {{mode: verify-full, ca_file: {q(c.ca_file)}, server_name: {c.server_hostname}}}
+    pool: {{size: {self.pool_size}, idle_timeout_s: 60}}
 shutdown: {{drain_timeout_s: 2}}
 logging: {{level: warning, format: text}}
 """
@@ -540,6 +546,21 @@ class VeilgateOIDCTarget(VeilgateTarget):
     def stop(self, sig: signal.Signals = signal.SIGTERM, grace_s: float = 15.0) -> None:
         super().stop(sig, grace_s)
         self._identity.stop()
+
+
+class VeilgateReuseOIDCTarget(VeilgateOIDCTarget):
+    """``veilgate-reuse``: the OIDC gateway reusing upstream connections (``pool.size`` 16):
+    a new client connection costs TLS + token validation, not a new upstream login."""
+
+    name = "veilgate-reuse"
+    pool_size = 16
+
+
+class VeilgateReuseTarget(VeilgateTarget):
+    """``veilgate-reuse`` with the static token."""
+
+    name = "veilgate-reuse"
+    pool_size = 16
 
 
 # --- the bench environment ---------------------------------------------------------------------
@@ -663,7 +684,11 @@ def make_target(name: str, env: BenchEnv, args: argparse.Namespace) -> Target:
         return VeilgateTarget(env, command=args.veilgate_cmd)
     if name == "veilgate-recording":
         return VeilgateRecordingTarget(env, command=args.veilgate_cmd)
-    raise BenchError(f"unknown target {name!r} (choose from {', '.join(ALL_TARGETS)})")
+    if name == "veilgate-reuse":
+        if getattr(args, "veilgate_auth", "static") == "oidc":
+            return VeilgateReuseOIDCTarget(env, command=args.veilgate_cmd)
+        return VeilgateReuseTarget(env, command=args.veilgate_cmd)
+    raise BenchError(f"unknown target {name!r} (choose from {', '.join(CONNECT_TARGETS)})")
 
 
 def smoke_check(env: BenchEnv, target: Target) -> None:
@@ -1009,7 +1034,8 @@ def on_off_table(
 
 def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
     """Medians of rounds per workload x target (±%: the TPS spread over rounds), then
-    veilgate/pgbouncer and veilgate/direct."""
+    veilgate against PgBouncer (both modes) and direct, and veilgate-reuse (the connect bench)
+    against veilgate, PgBouncer and direct."""
     workloads, med = round_medians(samples, targets)
     head = (
         f"{'workload':<20} {'target':<18} {'tps':>10} {'±%':>6} {'p50 ms':>9} {'p99 ms':>9} "
@@ -1025,19 +1051,23 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
                 f"{w:<20} {t:<18} {_fmt(m['tps'], '10.1f')} {_fmt(m['spread'], '6.1f')} "
                 f"{_fmt(m['p50'], '9.3f')} {_fmt(m['p99'], '9.3f')} {_fmt(m['cpu'], '11.1f')}"
             )
-        vg = med.get((w, "veilgate"))
-        for other in ("pgbouncer", "pgbouncer-tx", "direct"):
-            o = med.get((w, other))
-            if vg is None or o is None:
-                continue
-            parts = [
-                f"tps {_fmt(ratio(vg['tps'], o['tps']), '.2f')}",
-                f"p50 {_fmt(ratio(vg['p50'], o['p50']), '.2f')}",
-                f"p99 {_fmt(ratio(vg['p99'], o['p99']), '.2f')}",
-            ]
-            if other.startswith("pgbouncer"):
-                parts.append(f"cpu {_fmt(ratio(vg['cpu'], o['cpu']), '.2f')}")
-            lines.append(f"{'':<20} {'veilgate/' + other:<20} " + "  ".join(parts))
+        for mine, others in (
+            ("veilgate", ("pgbouncer", "pgbouncer-tx", "direct")),
+            ("veilgate-reuse", ("veilgate", "pgbouncer", "direct")),
+        ):
+            vg = med.get((w, mine))
+            for other in others:
+                o = med.get((w, other))
+                if vg is None or o is None:
+                    continue
+                parts = [
+                    f"tps {_fmt(ratio(vg['tps'], o['tps']), '.2f')}",
+                    f"p50 {_fmt(ratio(vg['p50'], o['p50']), '.2f')}",
+                    f"p99 {_fmt(ratio(vg['p99'], o['p99']), '.2f')}",
+                ]
+                if other.startswith("pgbouncer") or other.startswith("veilgate"):
+                    parts.append(f"cpu {_fmt(ratio(vg['cpu'], o['cpu']), '.2f')}")
+                lines.append(f"{'':<20} {mine + '/' + other:<24} " + "  ".join(parts))
         lines.append("")
     return "\n".join(lines)
 
@@ -1292,13 +1322,12 @@ def add_common_args(
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
 
 
-def parse_targets(spec: str) -> list[str]:
+def parse_targets(spec: str, known: Sequence[str] = ALL_TARGETS) -> list[str]:
     names = [t.strip() for t in spec.split(",") if t.strip()]
-    bad = [t for t in names if t not in ALL_TARGETS]
+    bad = [t for t in names if t not in known]
     if bad or not names:
         raise BenchError(
-            f"--targets: unknown {', '.join(bad) or '(empty)'}; "
-            f"choose from {', '.join(ALL_TARGETS)}"
+            f"--targets: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(known)}"
         )
     return list(dict.fromkeys(names))
 
@@ -1340,9 +1369,14 @@ def started_targets(
             target.stop()
 
 
-def run_bench(args: argparse.Namespace, name: str, workloads: list[Workload]) -> int:
+def run_bench(
+    args: argparse.Namespace,
+    name: str,
+    workloads: list[Workload],
+    known: Sequence[str] = ALL_TARGETS,
+) -> int:
     """Shared driver: environment, targets, matrix, table, JSON."""
-    targets_wanted = parse_targets(args.targets)
+    targets_wanted = parse_targets(args.targets, known)
     workloads = select_workloads(workloads, args.workloads)
     if args.rounds < 1:
         raise BenchError("--rounds must be at least 1")

@@ -28,6 +28,7 @@ if str(BENCH_DIR) not in sys.path:  # loaded by path (tests): the bench modules 
 
 from harness import (  # noqa: E402
     ALL_TARGETS,
+    CONNECT_TARGETS,
     WORKLOADS_DIR,
     BenchError,
     Workload,
@@ -80,7 +81,7 @@ def connect_workloads() -> list[Workload]:
 
 def cmd_connect(args: argparse.Namespace) -> int:
     args.veilgate_auth = "oidc"
-    return run_bench(args, "connect", connect_workloads())
+    return run_bench(args, "connect", connect_workloads(), CONNECT_TARGETS)
 
 
 def register_connect(sub: Any) -> None:
@@ -88,11 +89,12 @@ def register_connect(sub: Any) -> None:
         "connect",
         help="connection setup: new TLS connections per second, OIDC token vs SCRAM",
         description="pgbench -C (a new TLS connection for every one-statement transaction), 1 and "
-        "8 clients: veilgate validating a dev-IdP RS256 access token (then SCRAM upstream) vs "
-        "direct PostgreSQL with SCRAM vs PgBouncer (session mode, SCRAM). tps = connections "
-        "per second; p50/p99 = connect + SELECT 1 + disconnect latency.",
+        "8 clients: veilgate validating a dev-IdP RS256 access token (then SCRAM upstream; "
+        "veilgate-reuse: an idle upstream connection reused instead) vs direct PostgreSQL with "
+        "SCRAM vs PgBouncer (session mode, SCRAM). tps = connections per second; p50/p99 = "
+        "connect + SELECT 1 + disconnect latency.",
     )
-    add_common_args(p, default_targets=ALL_TARGETS)
+    add_common_args(p, default_targets=CONNECT_TARGETS, known_targets=CONNECT_TARGETS)
     p.set_defaults(func=cmd_connect)
 
 

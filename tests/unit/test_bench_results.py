@@ -112,3 +112,24 @@ def test_pgbouncer_transaction_mode_skips_prepared_before_1_21(h: ModuleType) ->
     t.mode, t.version = "session", (1, 18, 0)
     assert t.unsupported(prepared) is None
     assert "pgbouncer-tx" in h.ALL_TARGETS
+
+
+def test_connect_bench_has_the_reuse_target(h: ModuleType) -> None:
+    import run
+
+    assert "veilgate-reuse" in h.CONNECT_TARGETS and "veilgate-reuse" not in h.ALL_TARGETS
+    assert h.parse_targets("direct,veilgate-reuse", h.CONNECT_TARGETS) == [
+        "direct",
+        "veilgate-reuse",
+    ]
+    with pytest.raises(h.BenchError):
+        h.parse_targets("veilgate-reuse")  # relay: not one of its targets
+    assert h.VeilgateReuseOIDCTarget.pool_size > 0 and h.VeilgateTarget.pool_size == 0
+    S = h.Sample
+    rows = [
+        S("connect-c1", "veilgate", 1, 100.0, 10.0, 20.0, 800.0),
+        S("connect-c1", "veilgate-reuse", 1, 300.0, 4.0, 8.0, 200.0),
+    ]
+    table = h.summary_table(rows, ["veilgate", "veilgate-reuse"])
+    assert "veilgate-reuse/veilgate" in table and "tps 3.00" in table and "cpu 0.25" in table
+    assert run.REGISTRY  # the entry point loads
