@@ -188,3 +188,31 @@ def test_other_clients_reuse_too(gateway_factory: Any, client: str) -> None:
         _wait(lambda: _idle(handle) == 1, "kept")
         with pw.connect(gw.endpoint()) as c:
             assert int(str(c.scalar("select pg_backend_pid()"))) == p1
+
+
+def test_masked_tier_reuses_and_still_masks(
+    gateway_factory: Any, pg_cluster: Any, tmp_path: Any
+) -> None:
+    """A masked-tier session on a reused connection: the server state of the previous session is
+    gone (its prepared statement), and masking, policy and the mirror start fresh."""
+    from tests.integration.conftest import with_policy
+    from tests.integration.masking_setup import POLICY_FILE, SSN, make_table
+
+    table = make_table(pg_cluster)
+    policy = with_policy(POLICY_FILE, tmp_path / "audit.jsonl", "db.masked")
+    handle = gateway_factory(lambda cfg: _pooled()(policy(cfg)))
+    gw = pw.gateway_target(handle)
+    with psycopg.connect(gw.conninfo(), autocommit=True) as a:
+        pid = a.execute("select pg_backend_pid()").fetchone()[0]
+        a.execute(f"prepare mine as select ssn from {table} order by id")  # noqa: S608
+        first = a.execute("execute mine").fetchall()
+        assert SSN not in str(first)
+    _wait(lambda: _idle(handle) == 1, "the masked session's connection was not kept")
+    with psycopg.connect(gw.conninfo(), autocommit=True) as b:
+        assert b.info.backend_pid == pid
+        # the new session's mirror knows no "mine" (the policy refuses it), nor does the server
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            b.execute("execute mine")
+        assert b.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
+        rows = b.execute(f"select ssn, email from {table} order by id").fetchall()  # noqa: S608
+        assert rows and SSN not in str(rows)
