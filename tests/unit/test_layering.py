@@ -56,6 +56,7 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "veilgate.cliargs",
             "veilgate.reload",
             "veilgate.testing",
+            "veilgate.sdnotify",  # systemd readiness notification (ops)
         ),
     ),
 )
