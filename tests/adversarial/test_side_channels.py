@@ -83,6 +83,20 @@ def test_errors_do_not_echo_masked_values(
     assert not out.leaked(), (name, mode, out.leaked(), out.received[:400])
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_errors_inside_a_transaction_do_not_echo_masked_values(
+    masked: pw.Target, table: str, name: str, mode: str
+) -> None:
+    """The same inside BEGIN ... COMMIT: the error fails the transaction (COMMIT answers
+    ROLLBACK) and carries no raw value."""
+    sql, code = ATTACKS[name]
+    out = attack(masked, mode, sql.format(t=table), in_tx=True)
+    assert out.sqlstate == code, (mode, out.sqlstate, out.message)
+    assert out.commit == "ROLLBACK", out.commit
+    assert not out.leaked(), (name, mode, out.leaked(), out.received[:400])
+
+
 def test_unique_violation_shows_the_column_rule(masked: pw.Target, table: str) -> None:
     out = attack(masked, "wire-simple", ATTACKS["unique violation"][0].format(t=table))
     assert out.detail == "Key (copy_card)=(<CARD>) already exists.", out.detail
