@@ -172,3 +172,39 @@ def test_catalog_lookup_never_waits_on_the_clients_own_lock(target: pw.Target, t
         rows = _rows(c.simple(f"select ssn from {table} order by id"))
         assert len(rows) == 2 and not leaked(b"".join(r[0] or b"" for r in rows))
         c.simple("rollback")
+
+
+def test_a_gap_in_planning_nulls_the_result_and_the_session_goes_on(
+    target: pw.Target, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Promise: when a result's plan cannot be made although the catalog answered (a gap in
+    the analysis), every column of that result is NULL -- no value passes -- and the session
+    is not ended (no XX000): the next statement works."""
+    from veilgate.masking.planner import SessionMasking
+
+    def broken(self: Any, *args: Any, **kw: Any) -> Any:
+        raise KeyError("a parse tree the resolver has no rule for")
+
+    monkeypatch.setattr(SessionMasking, "decide", broken)
+    monkeypatch.setattr(SessionMasking, "_decide_fetching", broken)
+    with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+        rows = conn.execute(f"select id, ssn from {table} order by id").fetchall()
+        assert rows == [(None, None), (None, None)], rows
+        with conn.cursor(binary=True) as cur:
+            assert cur.execute(f"select ssn from {table}").fetchall() == [(None,), (None,)]
+        monkeypatch.undo()
+        assert conn.execute("select 40 + 2").fetchone() == (42,)
+
+    async def run() -> None:
+        monkeypatch.setattr(SessionMasking, "decide", broken)
+        monkeypatch.setattr(SessionMasking, "_decide_fetching", broken)
+        conn = await asyncpg.connect(**target.asyncpg_kwargs())
+        try:
+            rows = await conn.fetch(f"select ssn, email from {table}")
+            assert [tuple(r) for r in rows] == [(None, None), (None, None)]
+            monkeypatch.undo()
+            assert await conn.fetchval("select 42") == 42
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

@@ -43,8 +43,11 @@ from veilgate.bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from veilgate.gateway.guard import InferenceGuard, statement_fingerprint
 from veilgate.gateway.mirror import ServerMirror
 from veilgate.identity.base import Principal
+from veilgate.masking.catalog import CatalogError
+from veilgate.masking.fields import Field
 from veilgate.masking.lineage import StatementInfo
 from veilgate.masking.planner import MaskRefusal, parse_row_description
+from veilgate.masking.policy import MaskingUnavailable
 from veilgate.masking.sidechannel import SideChannelMasker
 from veilgate.pgwire import wire
 from veilgate.policy.audit import AuditSink, MaskEvent
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
 
     from veilgate.gateway._relay import RelayProtocol
     from veilgate.gateway.recording import SessionRecording
-    from veilgate.masking.planner import Field, SessionMasking
+    from veilgate.masking.planner import SessionMasking
 
 __all__ = ["BARRIER_TAGS", "CLIENT_TAGS", "UPSTREAM_TAGS", "MaskingRelay"]
 
@@ -376,6 +379,26 @@ class MaskingRelay:
             self._forward_client(m)
         except Exception as exc:
             self.fail("internal", exc)
+
+    def _fallback_plan(self, fields: list[Field], exc: Exception) -> Any:
+        """A result whose plan failed: every column NULL (the session goes on), unless the
+        catalog cannot be reached or masking cannot be built, which end the session
+        (:meth:`fail`: the error is raised again)."""
+        if isinstance(exc, MaskingUnavailable) or (
+            isinstance(exc, CatalogError) and not str(exc).startswith("catalog lookup incomplete")
+        ):
+            raise exc
+        log.event(
+            logger,
+            "masking_plan_fallback",
+            logging.WARNING,
+            peer=self.session.peer,
+            principal=self.principal.label(),
+            tier=self.tier,
+            error=type(exc).__name__,
+            columns=len(fields),
+        )
+        return self.planner.fallback_plan(fields)
 
     def _parsed(self, m: Any) -> None:
         self._forward_client(m)
@@ -737,7 +760,10 @@ class MaskingRelay:
             swallow = True
             info = self._described(d.info, d.portal)
         fields = parse_row_description(m.body)
-        plan = self.planner.row_plan_cached(fields, info)
+        try:
+            plan = self.planner.row_plan_cached(fields, info)
+        except Exception as exc:
+            plan = self._fallback_plan(fields, exc)
         if plan is not None:
             self._install(plan, fields, info)
             self._notice_unseen()
@@ -753,8 +779,11 @@ class MaskingRelay:
         try:
             plan = await self.planner.row_plan(fields, info)
         except Exception as exc:
-            self.fail("row_plan", exc)
-            return
+            try:
+                plan = self._fallback_plan(fields, exc)
+            except Exception as again:
+                self.fail("row_plan", again)
+                return
         if self._closed:
             return
         self._install(plan, fields, info)

@@ -222,6 +222,14 @@ class SessionMasking:
             self._remember(key, plan, fields)
         return plan
 
+    def fallback_plan(self, fields: list[Field]) -> Any:
+        """A plan that makes every column NULL: for a result whose plan could not be made
+        although the catalog answered (a gap in the analysis).  No value passes, and the
+        session goes on (fail closed means mask, not disconnect)."""
+        self.unseen = set()
+        decisions = [ColumnDecision(NULL, "null", None, "no plan could be made") for _ in fields]
+        return self._build_row_plan(decisions, fields)
+
     async def row_plan(self, fields: list[Field], stmt: StatementInfo) -> Any:
         """The native ``RowPlan``, fetching catalog facts as needed.
 
