@@ -115,3 +115,58 @@ def test_a_store_failing_past_the_grace_is_reported_then_recovers(
     assert reported.is_set()
     assert [ok for ok, _ in states] == [False, True]
     assert states[0][1] is not None and "locked" in states[0][1]
+
+
+def test_sessions_purged_by_retention_leave_the_index(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+
+    async def scenario(index: IndexWriter, db: SQLiteDB) -> None:
+        for sid in ("old", "new", "open"):
+            index.session_started(sid, _session(sid))
+        for sid in ("old", "new"):
+            index.session_ended(sid, "client_closed", {"fingerprints": [("fp-" + sid, "SELECT 1")]})
+        assert await index.flush()
+        index.terminated(["old"], 10)
+        index.terminated(["new"], 20)
+        assert await index.flush()
+        index.purged(15)  # the segments up to seq 15 were deleted
+        assert await index.flush()
+        assert [r.sid for r in await list_sessions(db, SessionFilter())] == ["new", "open"]
+        fps = await db.fetch("SELECT sid FROM veilgate_session_fingerprints ORDER BY sid")
+        assert [r["sid"] for r in fps] == ["new"]
+
+    assert _run(path, 60.0, scenario) == []
+
+
+def test_the_writer_reports_what_retention_purged(tmp_path: Path) -> None:
+    import os
+
+    import veilgate_native as native
+
+    from veilgate.audit.segments import SegmentDir
+    from veilgate.audit.writer import AuditWriter, WriterSettings
+
+    purged: list[int] = []
+    d = SegmentDir(tmp_path / "audit")
+    rec = native.AuditRecorder("node-a", "k1", b"k" * 32)
+    w = AuditWriter(
+        d,
+        rec,
+        WriterSettings(interval_s=0.01, fsync=False, retention_s=3600.0),
+        on_purged=purged.append,
+    )
+    w.start()
+    try:
+        rec.push("aaaa", '"session_start","tier":"ro"')
+        rec.push("aaaa", '"session_end","reason":"client_closed"', terminator=True)
+        assert w.flush()  # written to the first segment
+        w.request_rotate()
+        assert w.flush()
+        first = d.segments()[0][1]
+        old = first.stat().st_mtime - 7200
+        os.utime(first, (old, old))
+        w.request_rotate()  # rotation purges
+        assert w.flush()
+    finally:
+        w.stop()
+    assert len(purged) == 1 and purged[0] >= 3  # audit_started, start, end

@@ -250,8 +250,7 @@ class IndexWriter:
         and is retried, like any write)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle = asyncio.Event()  # set once the tables are in place and nothing waits
         self._task = self._loop.create_task(self._run())
 
     async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -303,10 +302,35 @@ class IndexWriter:
         with contextlib.suppress(RuntimeError):  # the loop is closing
             loop.call_soon_threadsafe(self._queue, ops)
 
+    def purged(self, last_seq: int) -> None:
+        """From the writer thread: retention deleted the segments up to ``last_seq``; the
+        sessions of this node that ended in them leave the index too (their records are gone:
+        ``list`` must not offer what ``show`` cannot read)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        gone = (
+            "SELECT sid FROM veilgate_sessions WHERE node = $1 AND terminator_seq IS NOT NULL "
+            "AND terminator_seq <= $2"
+        )
+        args = (self.node, last_seq)
+        ops: list[Op] = [
+            (f"DELETE FROM veilgate_session_tables WHERE sid IN ({gone})", args),  # noqa: S608
+            (f"DELETE FROM veilgate_session_fingerprints WHERE sid IN ({gone})", args),  # noqa: S608
+            (
+                "DELETE FROM veilgate_sessions WHERE node = $1 AND terminator_seq IS NOT NULL "
+                "AND terminator_seq <= $2",
+                args,
+            ),
+        ]
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._queue, ops)
+
     async def flush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109
         """Wait until what was queued before the call is stored (tests)."""
         if self._idle is None:
             return True
+        await asyncio.sleep(0)  # updates handed over from the writer thread join the queue
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()

@@ -89,7 +89,12 @@ class Recorder:
             retention_s=config.retention_days * 86_400 if config.retention_days else None,
         )
         self.writer = AuditWriter(
-            self.dir, self.native, settings, on_state=self._writer_state, on_written=self._written
+            self.dir,
+            self.native,
+            settings,
+            on_state=self._writer_state,
+            on_written=self._written,
+            on_purged=self._purged,
         )
         self.index: IndexWriter | None = None
         if config.index:
@@ -305,6 +310,11 @@ class Recorder:
         metrics.audit_bytes_written_total.inc(len(batch.data))
         if self.index is not None and batch.ended:
             self.index.terminated(batch.ended, batch.last_seq)
+
+    def _purged(self, last_seq: int) -> None:
+        """From the writer thread: segments up to ``last_seq`` were deleted (retention)."""
+        if self.index is not None:
+            self.index.purged(last_seq)
 
     def _update_gauges(self) -> None:
         dropped = self.native.dropped_total

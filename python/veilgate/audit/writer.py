@@ -88,12 +88,15 @@ class AuditWriter:
         *,
         on_state: Callable[[bool, str | None], None] | None = None,
         on_written: Callable[[native.SealedBatch], None] | None = None,
+        on_purged: Callable[[int], None] | None = None,
     ) -> None:
         self.dir = directory
         self.recorder = recorder
         self.settings = settings
         self._on_state = on_state
         self._on_written = on_written
+        self._on_purged = on_purged
+        """Called (from this thread) with the last seq of the segments a purge deleted."""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._rotate = threading.Event()
@@ -401,6 +404,12 @@ class AuditWriter:
                 GATEWAY_SID,
                 gateway_record("purge", retention_days=keep_s / 86_400, segments=purged),
             )
+            last = max((p["last_seq"] for p in purged if p.get("last_seq") is not None), default=0)
+            if self._on_purged is not None and last:
+                try:
+                    self._on_purged(int(last))
+                except Exception:
+                    logger.exception("audit on_purged callback failed")
 
 
 def _segment_facts(path: Path) -> dict[str, Any]:
