@@ -28,6 +28,7 @@ from veilgate.masking.fields import Field, parse_row_description
 from veilgate.masking.invalidation import Scope
 from veilgate.masking.planner import MaskRefusal, SessionMasking
 from veilgate.masking.policy import OperatorSpec, TierMasking
+from veilgate.masking.resolve import Col
 from veilgate.policy.loader import load_policy_text
 
 POLICY = """\
@@ -744,3 +745,47 @@ def test_real_engine_plans(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         cplan = asyncio.run(p.copy_plan(p.statement(sql), 0, []))
         assert isinstance(cplan, native.CopyPlan) and cplan.format == fmt
+
+
+# --- tables the session created without a schema -------------------------------------------
+
+
+def test_creation_schemas_follow_the_search_path() -> None:
+    from veilgate.masking.overlay import ANY_SCHEMA, creation_schemas
+
+    assert creation_schemas((("public",),), False, "u") == ("public",)
+    assert creation_schemas((("$user", "public"), ("app",)), False, "u") == ("u", "public", "app")
+    assert creation_schemas((("public",),), True, "u") == ("public", ANY_SCHEMA)
+    assert creation_schemas((), False, "u") == (ANY_SCHEMA,)
+
+
+def test_a_table_created_unqualified_is_in_each_schema_of_the_path() -> None:
+    from veilgate.masking.overlay import ANY_SCHEMA, SessionRelations
+
+    rels = SessionRelations()
+    rels.add((RelationInfo(0, "", "t", "r", ("id", "ssn")),), ("app", "public"))
+    assert {r.schema for r in rels.matching((None, "t"))} == {"app", "public"}
+    assert [r.schema for r in rels.matching(("public", "t"))] == ["public"]
+    assert rels.matching(("other", "t")) == ()
+    # a later CREATE in one schema replaces that schema's definition only
+    rels.add((RelationInfo(0, "public", "t", "r", ("id",)),))
+    by_schema = {r.schema: r.columns for r in rels.matching((None, "t"))}
+    assert by_schema == {"app": ("id", "ssn"), "public": ("id",)}
+    rels.add((RelationInfo(0, "", "u", "r", ("x",)),), (ANY_SCHEMA,))
+    assert [r.schema for r in rels.matching(("anything", "u"))] == [ANY_SCHEMA]
+
+
+def test_rules_of_a_table_whose_schema_is_not_certain(tier: TierMasking) -> None:
+    p = _planner(tier)
+    # created unqualified: the rule of every schema it may be in
+    p.creation_schemas = lambda: ("app", "public")
+    rules = p.base_rules(Col("", "customers", "ssn"))
+    assert [r.op.kind if r and r.op else None for r in rules] == [None, "partial"]
+    # read: the most masking of them
+    rule = p.base_rule(Col("", "customers", "ssn"))
+    assert rule is not None and rule.masks
+    # any schema (a path computed at run time): read -> any matching rule; written -> only a
+    # rule whose schema part matches every schema (none here)
+    assert p.masks(Col("*", "customers", "ssn"))
+    p.creation_schemas = lambda: ("*",)
+    assert p.base_rules(Col("", "customers", "ssn")) == [None]
