@@ -249,3 +249,19 @@ def test_certificate_reload_serves_new_sessions(
     running.close()
     with psycopg.connect(t.conninfo()) as conn:
         assert conn.execute("select 3").fetchone() == (3,)
+
+
+def test_native_tls_on_the_stdlib_loop(gateway_factory: Any) -> None:
+    """Both loops hand the engine ciphertext (uvloop and asyncio differ in how they read into
+    a buffer: asyncio gets a memoryview of it)."""
+    handle = gateway_factory(
+        transform=lambda c: replace(c, tls=replace(c.tls, engine=TLSEngine.NATIVE)),
+        use_uvloop=False,
+    )
+    t = pw.gateway_target(handle)
+    with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+        rows = conn.execute("select g from generate_series(1, 30000) g").fetchall()
+        assert len(rows) == 30000
+        assert conn.execute(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+        ).fetchone() == (True,)
