@@ -32,7 +32,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from veilgate.config_model import GatewayConfig, UpstreamTLSMode
+from veilgate.config_model import GatewayConfig, TLSEngine, UpstreamTLSMode
 
 __all__ = ["RULES", "ConfigError", "Issue", "is_loopback", "load", "load_str", "warnings"]
 
@@ -635,6 +635,22 @@ def _no_passphrase() -> str:
     raise ValueError("encrypted private keys are not supported (no passphrase prompt)")
 
 
+def _check_native_tls(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
+    """``tls.engine: native``: rustls must accept the files too (it reads fewer key formats)."""
+    import veilgate_native as native
+
+    tls = cfg.tls
+    assert tls.cert_file is not None and tls.key_file is not None
+    try:
+        native.TlsServerConfig(Path(tls.cert_file).read_bytes(), Path(tls.key_file).read_bytes())
+    except (ValueError, OSError) as e:
+        w.error(
+            line("tls.engine", "tls"),
+            "tls",
+            f"cannot use cert_file/key_file with tls.engine native: {e}",
+        )
+
+
 def _check_tls_files(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -> None:
     """Load the PEM files now, so a wrong or mismatched file is a config error with a line."""
     tls = cfg.tls
@@ -646,6 +662,25 @@ def _check_tls_files(cfg: GatewayConfig, w: _Walker, line: Callable[..., int]) -
             w.error(
                 line("tls.cert_file", "tls"),
                 "tls",
+                f"cannot use cert_file/key_file: {_ssl_reason(e)} (PEM certificate chain and "
+                "its unencrypted private key expected)",
+            )
+        else:
+            if tls.engine is TLSEngine.NATIVE:
+                _check_native_tls(cfg, w, line)
+    for name, target in cfg.targets.items():
+        cert, key = target.tls.cert_file, target.tls.key_file
+        path = f"targets.{name}.tls.cert_file"
+        if cert is None or w.path_failed(path):
+            continue
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                cert, key, password=_no_passphrase
+            )
+        except (ssl.SSLError, ValueError, OSError) as e:
+            w.error(
+                line(path, f"targets.{name}.tls"),
+                path,
                 f"cannot use cert_file/key_file: {_ssl_reason(e)} (PEM certificate chain and "
                 "its unencrypted private key expected)",
             )

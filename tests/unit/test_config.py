@@ -526,3 +526,28 @@ auth: {{static_tokens: [{{name: a, sha256: {DIGEST}}}]}}
     with pytest.raises(config.ConfigError) as err:
         config.load_str(base + "targets: {db: {host: localhost, pool: {size: -1}}}\n", "p.yaml")
     assert "targets.db.pool.size" in str(err.value)
+
+
+def test_tls_engine_and_upstream_client_certificate(confdir: Path) -> None:
+    text = replace(
+        VALID, "  key_file: certs/server.key\n", "  key_file: certs/server.key\n  engine: native\n"
+    )
+    text = replace(
+        text,
+        "      ca_file: certs/db-ca.crt\n",
+        "      ca_file: certs/db-ca.crt\n      cert_file: certs/server.crt\n"
+        "      key_file: certs/server.key\n",
+    )
+    cfg = config.load(write(confdir, text))
+    assert cfg.tls.engine.value == "native"
+    assert cfg.targets["app"].tls.cert_file == (confdir / "certs/server.crt").resolve()
+    # a client certificate whose key file holds no key is an error naming the certificate
+    bad = replace(text, "      key_file: certs/server.key\n", "      key_file: certs/db-ca.key\n")
+    (confdir / "certs/db-ca.key").write_bytes(b"not a key")
+    errors = errors_of(write(confdir, bad))
+    assert any("targets.app.tls.cert_file: cannot use cert_file/key_file" in e for e in errors), (
+        errors
+    )
+    # an unknown engine is refused with the choices
+    errors = errors_of(write(confdir, replace(text, "engine: native", "engine: openssl")))
+    assert any("tls.engine" in e and "native" in e for e in errors), errors
