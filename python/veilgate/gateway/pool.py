@@ -98,6 +98,9 @@ class PooledConnection:
     idle_since: float = 0.0
     tx_status: bytes = b"I"
     done: bool = True
+    tls: Any = None
+    """The native ``TlsConnection`` when TLS runs in the engine (``transport`` then encrypts
+    what is written; what is read is decrypted with it)."""
 
     def __repr__(self) -> str:
         return f"<PooledConnection pid={self.backend_pid}>"
@@ -110,13 +113,22 @@ class PooledConnection:
 class _Exchange(asyncio.Protocol):
     """Reads whole backend messages while the pool owns the connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
         self._buf = bytearray()
         self._messages: deque[tuple[int, bytes]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.lost = False
+        self._tls = tls
 
     def data_received(self, data: bytes) -> None:
+        if self._tls is not None:
+            try:
+                self._tls.feed(data)
+            except ValueError:  # native.TlsError: a bad record, the connection is unusable
+                self.lost = True
+                self._wake()
+                return
+            data = self._tls.take_plaintext()
         self._buf += data
         while len(self._buf) >= 5:
             n = _I32.unpack_from(self._buf, 1)[0]
@@ -240,7 +252,7 @@ class UpstreamPool:
             return False
         if slot is not None and len(slot.idle) >= login.pool.size:
             return False
-        ex = _Exchange()
+        ex = _Exchange(conn.tls)
         try:
             conn.transport.set_protocol(ex)
             conn.transport.resume_reading()

@@ -819,8 +819,15 @@ class Session:
         self.upstream_rb.set_all_events(True)
         side = RelayProtocol(self, self.upstream_rb, self._wrap_view)
         self.upstream = side
+        transport = conn.transport
+        if conn.tls is not None:
+            # the TLS connection goes on in this session's buffer (side_connected wraps the
+            # plain transport again)
+            self.upstream_rb.attach_tls(conn.tls)
+            self.upstream_tls = conn.tls
+            transport = transport.transport
         conn.transport.set_protocol(side)
-        side.connection_made(conn.transport)
+        side.connection_made(transport)
         metrics.upstream_connections_active.inc()
         self.upstream_reused = True
         return conn
@@ -1118,9 +1125,6 @@ class Session:
             or self.state.tx_status != _IDLE
             or self.upstream_pid is None
             or self.upstream_key is None
-            # the native TLS engine keeps the connection's TLS state in this session's buffer:
-            # the pool cannot read it (reuse is for the python TLS engine for now)
-            or self.upstream_tls is not None
         ):
             return False
         conn = PooledConnection(
@@ -1129,6 +1133,9 @@ class Session:
             self.upstream_key,
             list(self.upstream_parameters),
             "reused",
+            # native TLS: the pool decrypts with the connection while it owns it, and the
+            # next session's buffer takes the connection over (transport encrypts writes)
+            tls=self.upstream_tls,
         )
         return self.gateway.upstream_pool.release(self._pool_key, login, conn)
 
