@@ -216,3 +216,18 @@ def test_masked_tier_reuses_and_still_masks(
         assert b.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
         rows = b.execute(f"select ssn, email from {table} order by id").fetchall()  # noqa: S608
         assert rows and SSN not in str(rows)
+
+
+def test_the_gauge_counts_idle_pooled_connections(gateway_factory: Any) -> None:
+    handle = gateway_factory(_pooled())
+    gw = pw.gateway_target(handle)
+    gauge = metrics.upstream_connections_active
+    before = gauge.get()
+    _pid(gw.conninfo())
+    _wait(lambda: _idle(handle) == 1, "kept")
+    assert gauge.get() == before + 1  # idle in the pool, still open
+    with psycopg.connect(gw.conninfo()):
+        assert gauge.get() == before + 1  # taken by the session: counted once
+    _wait(lambda: _idle(handle) == 1, "kept again")
+    handle.thread.stop()
+    assert gauge.get() == before

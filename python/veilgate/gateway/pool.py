@@ -9,14 +9,14 @@ notification, any other message, a timeout or a connection in any other state is
 reused.  While idle in the pool the connection's ``application_name`` is ``veilgate-pool`` (no
 principal's name lingers in ``pg_stat_activity``).
 
-A new session of the same login, database and startup parameters (everything but
-``application_name``: the server's defaults come from the startup packet, and ``DISCARD ALL``
-returns to them) takes the most recently idle connection, sets its own ``application_name`` on it
-(one round trip, a parameter of an extended-protocol query: no quoting), and skips TCP, TLS and
-SCRAM.  The client gets the server's ParameterStatus values as the connection has them now, and a
-BackendKeyData with the server's real pid and a fresh gateway secret; the cancel registry maps that
-secret to the session that now owns the pid, so a CancelRequest from an earlier client of the same
-connection matches nothing.
+A new session of the same target, policy tier, login, database and startup parameters
+(everything but ``application_name``: the server's defaults come from the startup packet, and
+``DISCARD ALL`` returns to them) takes the most recently idle connection, sets its own
+``application_name`` on it (one round trip, a parameter of an extended-protocol query: no
+quoting), and skips TCP, TLS and SCRAM.  The client gets the server's ParameterStatus values as
+the connection has them now, and a BackendKeyData with the server's real pid and a fresh gateway
+secret; the cancel registry maps that secret to the session that now owns the pid, so a
+CancelRequest from an earlier client of the same connection matches nothing.
 
 At most ``pool.size`` idle connections are kept per key; one idle longer than
 ``pool.idle_timeout_s`` is closed.  ``size: 0`` (the default) turns reuse off.
@@ -49,12 +49,14 @@ _I16 = struct.Struct("!h")
 PoolKey = tuple[Any, ...]
 
 
-def pool_key(login: TargetConfig, params: Iterable[tuple[str, str]]) -> PoolKey:
-    """Connections are interchangeable when they reach the same server as the same login with
-    the same startup parameters (``application_name`` aside: it is set per session)."""
+def pool_key(login: TargetConfig, tier: str | None, params: Iterable[tuple[str, str]]) -> PoolKey:
+    """Connections are interchangeable within one target and policy tier when they reach the
+    same server as the same login with the same startup parameters (``application_name`` aside:
+    it is set per session)."""
     tls = login.tls
     return (
         login.name,
+        tier,
         login.host,
         login.port,
         login.dbname,
@@ -96,6 +98,8 @@ class PooledConnection:
     """ParameterStatus frames, updated by whatever the server reported since."""
     mechanism: str
     idle_since: float = 0.0
+    counted: bool = False
+    """Counted in ``veilgate_upstream_connections_active`` while idle in the pool."""
     tx_status: bytes = b"I"
     done: bool = True
     tls: Any = None
@@ -239,6 +243,7 @@ class UpstreamPool:
                 self._close(conn, f"prepare: {exc}")
                 continue
             metrics.upstream_pool_total.inc(outcome="reused")
+            self._uncount(conn)  # the session counts it from now on
             return conn
         return None
 
@@ -282,6 +287,8 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         conn.idle_since = loop.time()
         slot.idle.append(conn)
+        conn.counted = True
+        metrics.upstream_connections_active.inc()
         metrics.upstream_pool_total.inc(outcome="kept")
         loop.call_later(login.pool.idle_timeout_s + 0.05, self._expire, key, login, conn)
 
@@ -293,7 +300,14 @@ class UpstreamPool:
             slot.idle.remove(conn)
             self._close(conn, "idle_timeout")
 
+    @staticmethod
+    def _uncount(conn: PooledConnection) -> None:
+        if conn.counted:
+            conn.counted = False
+            metrics.upstream_connections_active.dec()
+
     def _close(self, conn: PooledConnection, why: str) -> None:
+        self._uncount(conn)
         metrics.upstream_pool_total.inc(outcome="closed")
         log.event(logger, "upstream_pool_closed", upstream_pid=conn.backend_pid, reason=why)
         t = conn.transport

@@ -621,7 +621,7 @@ class Session:
         ]
         hs: upstream.UpstreamHandshake | PooledConnection | None = None
         if login.pool.size > 0:
-            self._pool_key = pool_key(login, params)
+            self._pool_key = pool_key(login, self.tier, params)
             hs = await self._reuse_upstream(login, dict(params)["application_name"])
         try:
             async with asyncio.timeout(target.connect_timeout_s):
@@ -1122,7 +1122,9 @@ class Session:
             or reason not in ("client_terminate", "client_closed")
             or self.draining
             or self.state.busy
-            or self.state.tx_status != _IDLE
+            # no ReadyForQuery seen yet (0) on a reused connection: nothing was sent since the
+            # pool left it idle
+            or self.state.tx_status not in ((_IDLE, 0) if self.upstream_reused else (_IDLE,))
             or self.upstream_pid is None
             or self.upstream_key is None
         ):
