@@ -49,8 +49,11 @@ def _pid(conninfo: str, **kw: Any) -> int:
         return int(conn.execute("select pg_backend_pid()").fetchone()[0])
 
 
-def test_a_client_per_task_reuses_the_reset_connection(gateway_factory: Any) -> None:
-    handle = gateway_factory(_pooled())
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_client_per_task_reuses_the_reset_connection(
+    gateway_factory: Any, use_uvloop: bool
+) -> None:
+    handle = gateway_factory(_pooled(), use_uvloop=use_uvloop)
     gw = pw.gateway_target(handle)
     with psycopg.connect(gw.conninfo(application_name="first")) as a:
         pid = a.execute("select pg_backend_pid()").fetchone()[0]
