@@ -31,7 +31,9 @@ __all__ = [
     "RowPlan",
     "SealedBatch",
     "SessionState",
+    "VerdictCache",
     "latency_histogram",
+    "may_have_effects",
     "shape_key",
     "sql_tokens",
     "statement_excerpt",
@@ -40,6 +42,7 @@ __all__ = [
     "TlsConnection",
     "TlsError",
     "TlsServerConfig",
+    "verdict_hits",
 ]
 
 CLIENT: Final[int]
@@ -227,6 +230,29 @@ class RecvBuffer:
         no statement's response)."""
     def set_all_events(self, on: bool) -> None:
         """Surface every message as an event (handshake phases), overriding :meth:`set_events`."""
+    def set_verdicts(
+        self,
+        cache: VerdictCache | None,
+        scope: int = 0,
+        *,
+        max_frame: int = ...,
+        events: bool = False,
+    ) -> None:
+        """Client buffers: forward, without surfacing it, every Query that ``cache`` allows
+        under decision scope ``scope`` (its decision goes to the statement log at once); None
+        surfaces every Query again.  Query messages larger than ``max_frame`` bytes, text that
+        is not UTF-8 or whose namespace effects the mirror must see always surface, as does
+        every Query once the cache was cleared after arming.  ``events``: keep each hit's
+        verdict and text for :meth:`take_verdict_hits`.  ``ValueError`` on a server buffer."""
+    @property
+    def verdicts_armed(self) -> bool:
+        """A verdict cache is installed (:meth:`set_verdicts`)."""
+    @property
+    def verdict_events(self) -> int:
+        """Answered Queries waiting with their verdicts (armed with ``events``)."""
+    def take_verdict_hits(self) -> tuple[int, list[tuple[Any, bytes]]]:
+        """The Queries answered natively since the last call: their count, and (verdict, text)
+        of each in order when armed with ``events``."""
     def set_barrier_events(self, tags: bytes) -> None:
         """Event tags after which :meth:`advance` stops: it returns the actions up to and
         including such an event and leaves the rest unframed (:attr:`at_barrier` is then true).
@@ -729,6 +755,41 @@ def sql_tokens(text: bytes) -> list[tuple[int, int, str]] | None:
     ``text`` as ``(start, end, kind)`` with byte offsets (end exclusive) and pglast's kind names,
     except that keywords and plain identifiers are ``WORD`` and quoted identifiers ``QIDENT``.
     None when the server's scanner refuses the text, or it is not UTF-8 or holds a NUL."""
+
+@final
+class VerdictCache:
+    """Allowed Query texts a client :class:`RecvBuffer` answers without calling Python, keyed
+    by (decision scope, literal-normalised shape) or (decision scope, exact text); bounded by
+    ``max_entries`` and ``max_bytes`` (an arbitrary entry goes first)."""
+
+    def __new__(cls, *, max_entries: int = 16384, max_bytes: int = ...) -> VerdictCache: ...
+    def insert(
+        self, scope: int, text: bytes, shape: bool, verdict: Any, rule: str, fingerprint: str
+    ) -> bool:
+        """``verdict`` (an allow) answers ``text`` under ``scope``: by its shape key when
+        ``shape``, else by the exact text.  ``rule`` and ``fingerprint`` are what the statement
+        log records for each hit.  False when the text cannot be keyed."""
+    def lookup(self, scope: int, text: bytes) -> Any | None:
+        """The verdict an armed buffer would answer the Query ``text`` with (None: it would
+        surface it); the buffer's own path, without counting a hit."""
+    def clear(self) -> None:
+        """Drop every entry and bump :attr:`generation` (a policy reload)."""
+    @property
+    def generation(self) -> int: ...
+    @property
+    def hits(self) -> int: ...
+    @property
+    def inserts(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    def __len__(self) -> int: ...
+
+def verdict_hits() -> int:
+    """Queries answered by every verdict cache of the process so far."""
+
+def may_have_effects(body: bytes) -> bool:
+    """Whether a Query body (with its NUL) may change the server's statement / portal
+    namespace (the native port of the mirror's prefilter)."""
 
 def shape_key(text: bytes) -> bytes | None:
     """The literal-normalised shape key of ``text``: equal for texts whose tokens differ only in

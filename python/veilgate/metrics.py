@@ -268,6 +268,10 @@ def _native_lines() -> Iterable[str]:
         yield f"# TYPE {name} counter"
         for direction in ("client", "server"):
             yield f'{name}{{direction="{direction}"}} {stats[f"{direction}_{metric}"]}'
+    name = "veilgate_policy_native_verdicts_total"
+    yield f"# HELP {name} Statements allowed by the native verdict cache (no Python call each)."
+    yield f"# TYPE {name} counter"
+    yield f"{name} {veilgate_native.verdict_hits()}"
     bounds, cumulative, total, count = veilgate_native.latency_histogram()
     name = "veilgate_statement_duration_seconds"
     yield f"# HELP {name} Time from a request (Query, Sync, FunctionCall) to its ReadyForQuery."
@@ -281,6 +285,23 @@ def _native_lines() -> Iterable[str]:
 
 COLLECTORS: list[Callable[[], None]] = []
 """Called before each exposition to refresh gauges kept elsewhere (the audit queue)."""
+
+_native_verdicts_counted = 0
+
+
+def _count_native_verdicts() -> None:
+    """Queries the client buffers allowed from the verdict cache (no Python call each) join
+    ``veilgate_policy_decisions_total{action="allow"}``."""
+    global _native_verdicts_counted
+    import veilgate_native
+
+    hits = veilgate_native.verdict_hits()
+    if hits > _native_verdicts_counted:
+        policy_decisions_total.inc(hits - _native_verdicts_counted, action="allow")
+        _native_verdicts_counted = hits
+
+
+COLLECTORS.append(_count_native_verdicts)
 
 
 def render() -> str:

@@ -236,6 +236,7 @@ impl Framer {
         &mut self,
         tag: u8,
         whole: Range<usize>,
+        answered: bool,
         run: &mut Option<usize>,
         actions: &mut Vec<Action>,
     ) -> Result<bool, FrameError> {
@@ -249,7 +250,7 @@ impl Framer {
                 self.rows = TagSet::EMPTY;
                 self.refresh_sets();
             }
-            if !self.surfaced.contains(tag) {
+            if answered || !self.surfaced.contains(tag) {
                 run.get_or_insert(whole.start);
                 return Ok(false);
             }
@@ -336,10 +337,30 @@ impl Framer {
         &mut self,
         buf: &[u8],
         actions: &mut Vec<Action>,
-        observe: F,
+        mut observe: F,
     ) -> Result<FrameOutcome, FrameError>
     where
         F: FnMut(u8, &[u8]),
+    {
+        self.frame_answering(buf, actions, |tag, bytes| {
+            observe(tag, bytes);
+            false
+        })
+    }
+
+    /// [`Framer::frame`] where `observe` may answer an event message itself: when it returns
+    /// true for a whole message whose tag is surfaced, the message is forwarded like a
+    /// pass-through one (no [`Action::Event`], no barrier stop).  The verdict cache uses it: a
+    /// Query it allows natively never reaches the control plane.
+    #[inline]
+    pub fn frame_answering<F>(
+        &mut self,
+        buf: &[u8],
+        actions: &mut Vec<Action>,
+        observe: F,
+    ) -> Result<FrameOutcome, FrameError>
+    where
+        F: FnMut(u8, &[u8]) -> bool,
     {
         // The only state the walk changes before committing: a row plan it ends.
         let rows = self.rows;
@@ -359,7 +380,7 @@ impl Framer {
         mut observe: F,
     ) -> Result<FrameOutcome, FrameError>
     where
-        F: FnMut(u8, &[u8]),
+        F: FnMut(u8, &[u8]) -> bool,
     {
         let len = buf.len();
         #[cfg(any(test, feature = "debug-invariants"))]
@@ -392,10 +413,16 @@ impl Framer {
                 let tag = h.tag();
                 let flen = h.frame_len();
                 if rest.len() >= flen {
-                    observe(tag, &rest[..flen]);
+                    let answered = observe(tag, &rest[..flen]);
                     messages += 1;
                     if special.contains(tag) {
-                        let stop = self.special_message(tag, pos..pos + flen, &mut run, actions)?;
+                        let stop = self.special_message(
+                            tag,
+                            pos..pos + flen,
+                            answered,
+                            &mut run,
+                            actions,
+                        )?;
                         special = self.special;
                         pos += flen;
                         if stop {
@@ -415,7 +442,7 @@ impl Framer {
                     need = flen;
                     break;
                 } else {
-                    observe(tag, rest);
+                    let _ = observe(tag, rest);
                     messages += 1;
                     if run.is_none() {
                         run = Some(pos);

@@ -8,7 +8,8 @@
 //! (`FramingError`), `plan` (`RowPlan`, `CopyPlan`, `MaskingError`), `codec` (`Codec`),
 //! `recorder` (`AuditRecorder`, `SealedBatch`: the session record queue and its sealing), `json`
 //! (`JsonMasker`), `shape` (`sql_tokens`, `shape_key`: the native SQL scanner), `tls`
-//! (`TlsServerConfig`, `TlsClientConfig`, `TlsConnection`, `TlsError`: the TLS record layer).
+//! (`TlsServerConfig`, `TlsClientConfig`, `TlsConnection`, `TlsError`: the TLS record layer),
+//! `verdict` (`VerdictCache`: allowed Queries answered without the control plane).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -25,6 +26,7 @@ mod session;
 mod shape;
 mod stats;
 mod tls;
+mod verdict;
 
 use pyo3::prelude::*;
 
@@ -54,6 +56,8 @@ mod veilgate_native {
     use crate::stats::{latency_histogram, stats};
     #[pymodule_export]
     use crate::tls::{TlsClientConfig, TlsConnection, TlsServerConfig};
+    #[pymodule_export]
+    use crate::verdict::{py_may_have_effects, verdict_hits, VerdictCache};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

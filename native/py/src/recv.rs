@@ -43,8 +43,11 @@ use crate::message::Message;
 use crate::plan::{install, Installed, MaskingError};
 use crate::session::{lock, SessionState};
 use crate::tls::{self as ptls, SharedTls, TlsConnection, TlsError};
+use crate::verdict::{drain_events, Armed, HitEvents, Hits, VerdictCache};
 
 pub const CLIENT: u8 = 0;
+/// A simple Query (the message the verdict cache may answer).
+const QUERY_TAG: u8 = b'Q';
 pub const SERVER: u8 = 1;
 
 /// The free tail `prepare` guarantees at least (when the capacity allows it).
@@ -102,6 +105,10 @@ pub struct RecvBuffer {
     /// Reused: the plaintext of a batch of several pieces, and the records of a batch.
     scratch: Vec<u8>,
     records: Vec<u8>,
+    /// Client side: the verdict cache Queries are answered from (None: every Query surfaces).
+    verdicts: Option<Armed>,
+    /// Queries answered natively since the control plane last drained them.
+    hits: Hits,
 }
 
 struct TlsIn {
@@ -170,7 +177,7 @@ impl RecvBuffer {
     }
 
     /// Frames `[start, end)` into `self.actions`, feeding the session tracker.
-    fn frame(&mut self) -> Result<FrameOutcome, FrameError> {
+    fn frame(&mut self, py: Python<'_>) -> Result<FrameOutcome, FrameError> {
         self.actions.clear();
         // SAFETY: as in `unparsed`; borrowed field by field so the framer can be `&mut`.
         let unparsed = unsafe { self.buf.slice(self.start, self.end) };
@@ -178,26 +185,53 @@ impl RecvBuffer {
         let actions = &mut self.actions;
         let ids = &mut self.ids;
         ids.clear();
+        let verdicts = &mut self.verdicts;
+        let hits = &mut self.hits;
         let origin = unparsed.as_ptr() as usize;
         let outcome = match (&self.session, self.direction) {
+            (None, Direction::Client) if verdicts.is_some() => {
+                framer.frame_answering(unparsed, actions, |tag, bytes| {
+                    tag == QUERY_TAG
+                        && verdicts
+                            .as_mut()
+                            .is_some_and(|v| v.answer(py, bytes, hits).is_some())
+                })?
+            }
             (None, _) => framer.frame(unparsed, actions, |_, _| {})?,
             (Some(session), direction) => {
                 // Lock at most once per read, and only if a tracked message went by.
                 let mut guard: Option<MutexGuard<'_, SessionTracker>> = None;
                 let mut now: Option<Instant> = None;
                 let outcome = match direction {
-                    Direction::Client => framer.frame(unparsed, actions, |tag, bytes| {
-                        if CLIENT_TRACKED.contains(tag) {
-                            let t = *now.get_or_insert_with(Instant::now);
-                            let g = guard.get_or_insert_with(|| lock(session));
-                            g.on_client(tag, t);
-                            if let Some(log) = g.log.as_mut() {
-                                let id = log.on_client(tag, bytes, t);
-                                if id != 0 {
-                                    ids.push((bytes.as_ptr() as usize - origin, id));
-                                }
+                    Direction::Client => framer.frame_answering(unparsed, actions, |tag, bytes| {
+                        if !CLIENT_TRACKED.contains(tag) {
+                            return false;
+                        }
+                        let t = *now.get_or_insert_with(Instant::now);
+                        let g = guard.get_or_insert_with(|| lock(session));
+                        g.on_client(tag, t);
+                        let mut id = 0;
+                        if let Some(log) = g.log.as_mut() {
+                            id = log.on_client(tag, bytes, t);
+                            if id != 0 {
+                                ids.push((bytes.as_ptr() as usize - origin, id));
                             }
                         }
+                        if tag != QUERY_TAG {
+                            return false;
+                        }
+                        let Some(v) = verdicts.as_mut() else {
+                            return false;
+                        };
+                        let Some(decision) = v.answer(py, bytes, hits) else {
+                            return false;
+                        };
+                        if id != 0 {
+                            if let Some(log) = g.log.as_mut() {
+                                log.decide(id, decision);
+                            }
+                        }
+                        true
                     }),
                     Direction::Server => {
                         let tracked = self.server_tracked;
@@ -474,6 +508,8 @@ impl RecvBuffer {
             tls_out: None,
             scratch: Vec::new(),
             records: Vec::new(),
+            verdicts: None,
+            hits: Hits::new(),
         })
     }
 
@@ -613,7 +649,7 @@ impl RecvBuffer {
             }
             return Ok(py.None().into_bound(py));
         }
-        let consumed = match self.frame() {
+        let consumed = match self.frame(py) {
             Ok(o) => o.consumed,
             Err(e) => {
                 stats::add_traffic(self.direction, n as u64, 0);
@@ -745,6 +781,45 @@ impl RecvBuffer {
                 self.server_tracked = tracked;
             }
         }
+    }
+
+    /// Client side: answer Queries the verdict `cache` allows under decision `scope` without
+    /// surfacing them (None: surface every Query again).  `max_frame`: larger Query messages
+    /// surface (the statement size limit); `events`: keep each hit's verdict and text for
+    /// `take_verdict_hits` (else only their count).
+    #[pyo3(signature = (cache, scope=0, *, max_frame=usize::MAX, events=false))]
+    fn set_verdicts(
+        &mut self,
+        cache: Option<PyRef<'_, VerdictCache>>,
+        scope: u64,
+        max_frame: usize,
+        events: bool,
+    ) -> PyResult<()> {
+        if self.direction != Direction::Client {
+            return Err(PyValueError::new_err(
+                "set_verdicts is for a CLIENT buffer (Queries come from the client)",
+            ));
+        }
+        self.verdicts = cache.map(|c| c.arm(scope, max_frame, events));
+        Ok(())
+    }
+
+    #[getter]
+    fn verdicts_armed(&self) -> bool {
+        self.verdicts.is_some()
+    }
+
+    /// Hits waiting with their verdicts (`events` armed): the control plane drains them.
+    #[getter]
+    fn verdict_events(&self) -> usize {
+        self.hits.events.len()
+    }
+
+    /// The Queries answered natively since the last call: (count, [(verdict, text), ...]); the
+    /// list holds the hits kept with their verdicts (`events` armed), in order.
+    fn take_verdict_hits(&mut self, py: Python<'_>) -> (u64, HitEvents) {
+        let count = std::mem::take(&mut self.hits.count);
+        (count, drain_events(py, &mut self.hits))
     }
 
     fn set_all_events(&mut self, on: bool) {

@@ -18,6 +18,7 @@ cdef class RelaySide:
     cdef bint _wrap_view
     cdef bint _barriers
     cdef bint _held
+    cdef bint _drain_hits
     cdef int _holds
     cdef int _pauses
     cdef list _backlog

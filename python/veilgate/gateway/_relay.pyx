@@ -16,6 +16,8 @@ Owner callbacks (all called with the side as first argument):
 * ``masking_error(side, exc)`` -- the engine refused to forward a row it has no plan for
 * ``side_eof(side)`` -- the peer half-closed; the side is then closed
 * ``side_lost(side, exc)``
+* ``verdict_hits(side)`` -- Queries the buffer answered from the verdict cache wait with their
+  verdicts (after a read, when ``set_verdict_drain(True)``)
 """
 
 import asyncio
@@ -152,6 +154,7 @@ cdef class RelaySide:
         self._paused_peer = False
         self._barriers = False
         self._held = False
+        self._drain_hits = False
         self._holds = 0
         self._pauses = 0
         self._backlog = None
@@ -210,6 +213,11 @@ cdef class RelaySide:
         """Handle ``items`` (events, bytes) as if just framed (messages read during the
         handshake); what a hold stops waits in the backlog."""
         self._dispatch(list(items))
+
+    def set_verdict_drain(self, bint on):
+        """After each read, hand the owner the Queries the buffer answered natively, if any
+        wait with their verdicts (their decision events: one call per read)."""
+        self._drain_hits = on
 
     def set_barriers(self, bint on):
         """The buffer stops at barrier events (masked sessions): frame again after each."""
@@ -315,10 +323,14 @@ cdef class RelaySide:
             if type(r) is bytes and not self._held:
                 # encrypted records when `encrypt`, else plaintext for a plain transport
                 self._peer_raw_write(r)
+                if self._drain_hits and self.rb.verdict_events:
+                    self.owner.verdict_hits(self)
                 return
         self._dispatch(r)
         if self._barriers:
             self._past_barriers()
+        if self._drain_hits and self.rb.verdict_events:
+            self.owner.verdict_hits(self)
 
     cdef _dispatch(self, object r):
         cdef object item

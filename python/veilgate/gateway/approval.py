@@ -825,6 +825,10 @@ class ApprovalGate:
             return
         ctx.elevated_tier = tier
         ctx.tier_generation = -1
+        # Queries answered natively were answered under the old tier's scope
+        arm = getattr(self.session, "arm_verdicts", None)
+        if arm is not None:
+            arm()
         event_grant = grant if tier is not None else self._elevation
         self._elevation = grant if tier is not None else None
         if event_grant is not None:

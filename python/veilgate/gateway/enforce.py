@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from veilgate import log, metrics
 from veilgate.gateway.limits import SubstituteMessage
 from veilgate.gateway.mirror import ServerMirror, Statement
+from veilgate.gateway.sqleffects import may_have_effects
 from veilgate.identity.base import Principal
 from veilgate.pgwire import wire
 from veilgate.policy.analysis import MessageAnalysis
@@ -384,15 +385,20 @@ class PolicyEnforcer:
         # one copy of the message (frame), not two (body and frame): this runs per Query
         frame = m.frame()
         end = frame.find(b"\0", 5)
-        text = self._text(frame[5:] if end < 0 else frame[5:end])
+        raw = frame[5:] if end < 0 else frame[5:end]
+        text = self._text(raw)
         if self._prepared_stale:
             self._sync_prepared()
         gate = self.approvals
         d = gate.setting(text, query=True) if gate is not None else None
+        native = d is None
         if d is None:
             d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
         if d.allowed:
+            if native and end == len(frame) - 1 and not may_have_effects(frame[5:]):
+                # the next Query of this shape is answered by the client buffer (when armed)
+                self.engine.remember_native(d, raw, self.ctx)
             # what it PREPAREs / DEALLOCATEs is the mirror's, once the server has done it; a
             # search_path it may set joins the session's possible paths now (as for a Parse)
             self._write(frame)
@@ -692,6 +698,45 @@ class PolicyEnforcer:
             code = "42501" if isinstance(d, Decision) else _sqlstate(d)
             recording.refused(code)
         return nonce
+
+    # --- the verdict cache ---------------------------------------------------------------------
+
+    def native_scope(self) -> int | None:
+        """The decision scope under which the client buffer may answer Queries from the
+        engine's verdict cache, or None while every Query must come here: a stale window,
+        markers or probes outstanding, text the cache cannot lex as the server does, or a
+        mirror that must see Queries."""
+        ctx = self.ctx
+        if (
+            self._window
+            or self._markers
+            or self._probes
+            or not ctx.standard_conforming_strings
+            or not ctx.normalize_literals
+            or not self.mirror.quiet_for_queries
+        ):
+            return None
+        return self.engine.session_scope(self.principal, ctx)
+
+    def native_hits(self, hits: list[tuple[Verdict, bytes]]) -> None:
+        """Queries the client buffer answered from the verdict cache: their decision events
+        (the statement record has their decisions already; the metric counts them natively)."""
+        audit = self.audit
+        if audit is None:
+            return
+        for verdict, raw in hits:
+            try:
+                audit.emit(
+                    DecisionEvent.from_verdict(
+                        verdict,
+                        self._text(raw),
+                        self.principal,
+                        session_id=self.ctx.session_id,
+                        max_sql_bytes=self._audit_sql_bytes,
+                    )
+                )
+            except (OSError, ValueError) as exc:
+                log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
 
     # --- for the approval gate ----------------------------------------------------------------
 

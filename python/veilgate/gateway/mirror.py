@@ -300,6 +300,20 @@ class ServerMirror:
         return dict(self._portals)
 
     @property
+    def quiet_for_queries(self) -> bool:
+        """A Query without effects (``may_have_effects`` false) would change nothing here:
+        nothing awaits a reply, requests are not all followed, there is no unnamed statement or
+        portal for it to drop.  While this holds, such Queries need not be surfaced (the verdict
+        cache answers them natively)."""
+        return not (
+            self._ops
+            or self._always
+            or self._after_execute
+            or b"" in self._statements
+            or b"" in self._portals
+        )
+
+    @property
     def settled(self) -> bool:
         """Nothing is waiting for the server's answer."""
         return not self._ops

@@ -237,6 +237,9 @@ class Session:
         self._pool_key: PoolKey | None = None
         """Set when the login reuses upstream connections (its target's ``pool``)."""
         self.upstream_reused = False
+        self._armed: tuple[int, int] | None = None
+        """(scope, cache generation) the client buffer answers Queries under (None: it
+        surfaces every Query; see :meth:`arm_verdicts`)."""
 
     # --- callbacks from RelayProtocol ------------------------------------------------------------
 
@@ -270,6 +273,17 @@ class Session:
         return self._login
 
     def relay_event(self, side: RelayProtocol, message: Any) -> None:
+        enforcer = self.enforcer
+        if enforcer is not None and self.masking is None:
+            if side is self.client and self._armed is not None:
+                # decisions in stream order: the Queries answered natively before this one
+                self.verdict_hits(side)
+            self._relay_event(side, message)
+            self.arm_verdicts()
+            return
+        self._relay_event(side, message)
+
+    def _relay_event(self, side: RelayProtocol, message: Any) -> None:
         enforcer = self.enforcer
         masking = self.masking
         recording = self.recording
@@ -317,6 +331,47 @@ class Session:
             self.close(ADMIN_SHUTDOWN, "drain")
         elif message.tag == _Z and self._lifetime_end is not None and self._idle():
             self.close(*self._lifetime_end)
+
+    # --- the verdict cache (allowed Queries answered natively) ---------------------------------
+
+    def arm_verdicts(self) -> None:
+        """Let the client buffer answer the Queries the engine's verdict cache allows, without
+        surfacing them, while nothing about this session needs to see them: a policy session
+        without masking, relaying, its recording not refusing, and the enforcer's and the
+        mirror's state quiet (:meth:`PolicyEnforcer.native_scope`).  Otherwise every Query
+        surfaces, as before.  Called after every event handled here and whenever what the
+        buffers surface changes; a reload disarms by itself (the cache's generation)."""
+        enforcer = self.enforcer
+        scope: int | None = None
+        if (
+            enforcer is not None
+            and self.masking is None
+            and self.phase is Phase.RELAY
+            and (
+                self.recording is None or not (self.recording.blocked or self.recording.outstanding)
+            )
+        ):
+            scope = enforcer.native_scope()
+        rb = self.client_rb
+        if scope is None:
+            if self._armed is not None:
+                self._armed = None
+                rb.set_verdicts(None)
+                self.client.set_verdict_drain(False)
+            return
+        cache = enforcer.engine.native_verdicts  # type: ignore[union-attr]
+        armed = (scope, cache.generation)
+        if armed != self._armed:
+            events = enforcer.audit is not None  # type: ignore[union-attr]
+            rb.set_verdicts(cache, scope, max_frame=self._max_statement, events=events)
+            self.client.set_verdict_drain(events)
+            self._armed = armed
+
+    def verdict_hits(self, side: RelayProtocol | None = None) -> None:
+        """Queries the client buffer answered natively: their decision events."""
+        _count, hits = self.client_rb.take_verdict_hits()
+        if hits and self.enforcer is not None:
+            self.enforcer.native_hits(hits)
 
     def _mirror_message(self, from_client: bool, message: Any) -> bool:
         """Feed the statement / portal mirror (before anyone reads it for this message).
@@ -894,6 +949,7 @@ class Session:
         if self.masking is not None:
             self._check_masked_encoding()
         if self.phase is Phase.RELAY:
+            self.arm_verdicts()
             self.client_transport.resume_reading()
         if self.draining:
             self.drain()
@@ -913,6 +969,7 @@ class Session:
         if self._pool_key is not None:
             tags += b"X"  # a Terminate ends the session here: its connection may be reused
         self.client_rb.set_events(tags)
+        self.arm_verdicts()
         if barriers != self._client_barriers:
             # the enforcer changes which tags it needs after some events (an approve-matched
             # Parse wants its Bind): framing stops after them so the rest is framed anew
@@ -939,6 +996,7 @@ class Session:
         if self.mirror is not None:
             tags += self.mirror.upstream_tags()
         self.upstream_rb.set_events(tags)
+        self.arm_verdicts()
 
     def _masking_planner(self, principal: Principal, login: TargetConfig) -> SessionMasking | None:
         """The masking planner for this session's policy tier (None: not masked).  A tier that
@@ -976,7 +1034,9 @@ class Session:
         if self.phase is not Phase.RELAY:
             return
         if self.enforcer is not None:
+            self.verdict_hits()
             self.enforcer.policy_reloaded()
+            self.arm_verdicts()
         if self.masking is not None:
             self._masking_reloaded()
         else:
@@ -1059,6 +1119,9 @@ class Session:
         was_relaying = self.phase is Phase.RELAY
         was_handshaking = self.phase is Phase.HANDSHAKE
         self.phase = Phase.CLOSED
+        if self._armed is not None:
+            self.verdict_hits()
+            self.arm_verdicts()  # disarmed: the session is closed
         if self.recording is not None:
             self.recording.close(reason, asyncio.get_running_loop().time() - self._started)
         task = self.handshake_task

@@ -30,7 +30,7 @@ import veilgate_native
 
 from .. import log, metrics
 from ..identity.base import Principal
-from .engine import Decision
+from .engine import Decision, Verdict
 from .excerpt import DEFAULT_AUDIT_SQL_BYTES, utf8_length
 
 __all__ = [
@@ -106,6 +106,37 @@ class DecisionEvent:
             reason=decision.reason,
             sql=redacted_excerpt(text, max_sql_bytes),
             sql_len=utf8_length(text) if sql_len is None else sql_len,
+        )
+
+    @classmethod
+    def from_verdict(
+        cls,
+        verdict: Verdict,
+        text: str,
+        principal: Principal,
+        *,
+        session_id: str = "",
+        ts: float | None = None,
+        max_sql_bytes: int = DEFAULT_AUDIT_SQL_BYTES,
+    ) -> DecisionEvent:
+        """The event of a Query the verdict cache answered natively with ``verdict`` (a cached
+        decision for ``text`` or for a text of the same shape): what :meth:`from_decision`
+        gives for the cached decision of ``text``, without rebinding the verdict to it."""
+        return cls(
+            ts=time.time() if ts is None else ts,
+            principal_key=principal.key,
+            principal_label=principal.label(),
+            session_id=session_id,
+            fingerprint=verdict.fingerprint,
+            statement_classes=verdict.statement_classes,
+            action=verdict.action,
+            rule_id=verdict.rule_id,
+            tier=verdict.tier,
+            decision_us=0.0,
+            cached=True,
+            reason=verdict.reason,
+            sql=redacted_excerpt(text, max_sql_bytes),
+            sql_len=utf8_length(text),
         )
 
     def to_json(self, *, record_sql: bool = True) -> str:

@@ -35,11 +35,14 @@ decision carries the new text (audit) and is returned with ``cached=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
+
+import veilgate_native
 
 from ..bytecache import ByteLRU, budget, text_cost
 from ..identity.base import Principal
@@ -92,6 +95,8 @@ class Verdict:
     :meth:`SessionContext.apply` records (nothing to do when False)."""
     sqlstate: str = "42501"
     """SQLSTATE of the refusal (54000 for a statement over the size limit)."""
+    shared: bool = False
+    """Texts with this text's literal-normalised key share it (the shape cache holds it)."""
 
     @property
     def statement_classes(self) -> tuple[str, ...]:
@@ -352,6 +357,11 @@ class PolicyEngine:
         self._analysis_max = max(1, analysis_cache_size)
         self._decision_max = max(1, decision_cache_size)
         self._shape_max = max(1, shape_cache_size)
+        self.native_verdicts = veilgate_native.VerdictCache(
+            max_entries=self._decision_max, max_bytes=max(4096, shapes)
+        )
+        """Allowed Query texts answered by the client buffers without calling Python
+        (:meth:`remember_native`); emptied by every :meth:`reload`."""
 
     @property
     def policy(self) -> Policy:
@@ -366,6 +376,47 @@ class PolicyEngine:
         """Swap in a new policy (already validated) and drop all cached decisions."""
         self._state = _State(
             policy, self._state.generation + 1, self._decision_bytes, self._shape_bytes
+        )
+        # buffers armed under the old generation answer nothing from now on
+        self.native_verdicts.clear()
+
+    def session_scope(self, principal: Principal, session: SessionContext) -> int:
+        """The decision scope ``decide`` would use for ``session`` now (its tier, search path
+        and shadows under the current policy), refreshed as ``decide`` refreshes it."""
+        state = self._state
+        if session.tier_generation != state.generation or session.principal is not principal:
+            session.tier = _session_tier(state.policy, principal, session)
+            session.tier_generation = state.generation
+            session.principal = principal
+            session.scope = self._scope(state, session.tier, session.search_path, session.shadows)
+        return session.scope
+
+    def remember_native(self, decision: Decision, text: bytes, session: SessionContext) -> bool:
+        """Let client buffers answer ``text`` (a Query the session just ran ``decide`` on)
+        natively from now on, when that is sound: an allow, cacheable, that changes nothing in
+        the session, sets and executes nothing, decided under the session's current scope and
+        the current policy, with the text lexed as the server will.  Keyed by shape when texts
+        that differ only in constants share the verdict, else by the exact text."""
+        v = decision._verdict
+        state = self._state
+        if (
+            v.action != "allow"
+            or not v.cacheable
+            or v.changes_session
+            or v.analysis.needs_session
+            or v.generation != state.generation
+            or session.tier_generation != state.generation
+            or not session.standard_conforming_strings
+            or not session.normalize_literals
+            or not v.statements
+            or any(
+                s.analysis.settings or s.analysis.executes or s.analysis.unresolved
+                for s in v.statements
+            )
+        ):
+            return False
+        return bool(
+            self.native_verdicts.insert(session.scope, text, v.shared, v, v.rule_id, v.fingerprint)
         )
 
     def tier_for(self, principal: Principal) -> Tier | None:
@@ -412,15 +463,8 @@ class PolicyEngine:
         t0 = _perf_ns()
         state = self._state
         if session is not None:
-            if session.tier_generation != state.generation or session.principal is not principal:
-                session.tier = _session_tier(state.policy, principal, session)
-                session.tier_generation = state.generation
-                session.principal = principal
-                session.scope = self._scope(
-                    state, session.tier, session.search_path, session.shadows
-                )
+            scope = self.session_scope(principal, session)
             tier = session.tier
-            scope = session.scope
             scs = session.standard_conforming_strings
             normalize = scs and session.normalize_literals
         else:
@@ -454,11 +498,14 @@ class PolicyEngine:
                 return Decision(verdict, (_perf_ns() - t0) / 1000.0, True, sql=sql, texts=texts)
         verdict = self._judge(state, tier, scope, sql, scs, session)
         if verdict.cacheable:
+            shared = template is not None and _shareable(verdict, template)
+            if shared:
+                verdict = dataclasses.replace(verdict, shared=True)
             # the verdict holds the text and its statements' texts (2 copies), the key one more
             decisions.put(key, verdict, text_cost(sql, copies=2))
             if len(decisions) > self._decision_max:
                 decisions.popitem(last=False)
-            if template is not None and _shareable(verdict, template):
+            if shared:
                 shapes = state.shapes
                 # the template text, its token kinds (~1 per 4 characters) and the verdict
                 shapes.put(shape_key, verdict, text_cost(sql, copies=4))
@@ -740,4 +787,5 @@ def _rebind(v: Verdict, sql: str, texts: tuple[str, ...]) -> Verdict:
         v.cacheable,
         v.changes_session,
         v.sqlstate,
+        v.shared,
     )

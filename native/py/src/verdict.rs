@@ -1,0 +1,424 @@
+//! `VerdictCache`: allowed statements answered natively (issue 15 item 2).
+//!
+//! The policy engine fills it with what it allowed (a Query text's verdict, under the decision
+//! scope of the session: tier, search path, shadows), keyed by the literal-normalised shape
+//! ([`veilgate_core::shape`]) when the engine shares that verdict between texts that differ only
+//! in constants, else by the exact text.  A client `RecvBuffer` armed with it
+//! (`set_verdicts`) forwards a Query whose key is in it without surfacing it: the control plane
+//! is not called, the statement log gets the decision at once, and the hit waits in the buffer
+//! for the control plane's decision event (drained in one call per read, `take_verdict_hits`).
+//!
+//! Only `allow` verdicts are ever inserted (the engine's side decides which: never an approval,
+//! never one that changes the session, never one that depends on session state).  A miss, or
+//! anything unusual about the message (too large, no terminator, not UTF-8, a NUL, text the
+//! namespace mirror would have to see), surfaces the Query as before: any doubt is a miss.
+//! `clear` (policy reload) drops every entry at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use veilgate_core::record::Decision;
+use veilgate_core::shape::Shaper;
+
+/// Queries answered natively by every cache of the process (the metrics' count).
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+const SHAPE: u8 = b'S';
+const EXACT: u8 = b'E';
+
+/// Fixed cost charged per entry besides its key (the map slot, the decision, the verdict
+/// reference).
+const ENTRY_OVERHEAD: usize = 160;
+
+struct Entry {
+    verdict: Py<PyAny>,
+    decision: Arc<Decision>,
+}
+
+struct Inner {
+    map: HashMap<Vec<u8>, Entry>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+    generation: u64,
+    hits: u64,
+    inserts: u64,
+}
+
+impl Inner {
+    fn evict_for(&mut self, cost: usize) {
+        while !self.map.is_empty()
+            && (self.map.len() >= self.max_entries || self.bytes + cost > self.max_bytes)
+        {
+            // any entry: a dropped entry only costs a miss
+            let Some(k) = self.map.keys().next().cloned() else {
+                break;
+            };
+            if self.map.remove(&k).is_some() {
+                self.bytes = self.bytes.saturating_sub(k.len() + ENTRY_OVERHEAD);
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[inline]
+fn find_byte(b: u8, s: &[u8]) -> Option<usize> {
+    s.iter().position(|&x| x == b)
+}
+
+/// Python's `bytes.isspace` set (what `bytes.strip()` strips).
+#[inline]
+fn py_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+const EFFECT_WORDS: [&[u8]; 13] = [
+    b"prepare",
+    b"deallocate",
+    b"declare",
+    b"close",
+    b"discard",
+    b"begin",
+    b"start",
+    b"commit",
+    b"end",
+    b"rollback",
+    b"abort",
+    b"savepoint",
+    b"release",
+];
+
+/// `veilgate.gateway.sqleffects.may_have_effects` on a Query body (with its NUL): whether the
+/// namespace mirror must see this Query.  Ported byte for byte (the mirror's own fast path).
+pub fn may_have_effects(body: &[u8]) -> bool {
+    let start = body
+        .iter()
+        .position(|&b| !py_space(b))
+        .unwrap_or(body.len());
+    let mut head = &body[start..];
+    match head.first() {
+        None | Some(0) => return false,
+        Some(b'/' | b'-') => return true,
+        _ => {}
+    }
+    if let Some(end) = find_byte(0, head) {
+        head = &head[..end];
+    }
+    let mut t = head;
+    while let [rest @ .., last] = t {
+        if py_space(*last) {
+            t = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., b';'] = t {
+        t = rest;
+    }
+    if find_byte(b';', t).is_some() {
+        return true;
+    }
+    let first = &head[..head.len().min(12)];
+    let word_end = first
+        .iter()
+        .position(|&b| py_space(b))
+        .unwrap_or(first.len());
+    let word = &first[..word_end];
+    if word.is_empty() {
+        return false;
+    }
+    EFFECT_WORDS
+        .iter()
+        .any(|w| word.len() >= w.len() && word[..w.len()].eq_ignore_ascii_case(w))
+}
+
+/// The text of a Query body (up to its NUL), if it may be keyed: UTF-8, one terminator at the
+/// end.
+fn query_text(body: &[u8]) -> Option<&[u8]> {
+    let end = find_byte(0, body)?;
+    if end + 1 != body.len() {
+        return None;
+    }
+    let text = &body[..end];
+    std::str::from_utf8(text).ok()?;
+    Some(text)
+}
+
+/// Reusable key buffers of one reader.
+#[derive(Default)]
+pub struct Keyer {
+    shaper: Shaper,
+    shape: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl Keyer {
+    /// The entry for `text` under `scope`: its shape key first, then the exact text.
+    fn find<'a>(&mut self, inner: &'a Inner, scope: u64, text: &[u8]) -> Option<&'a Entry> {
+        if self.shaper.key(text, &mut self.shape) {
+            self.key.clear();
+            self.key.extend_from_slice(&scope.to_le_bytes());
+            self.key.push(SHAPE);
+            self.key.extend_from_slice(&self.shape);
+            if let Some(e) = inner.map.get(&self.key) {
+                return Some(e);
+            }
+        }
+        if find_byte(0, text).is_some() {
+            return None;
+        }
+        self.key.clear();
+        self.key.extend_from_slice(&scope.to_le_bytes());
+        self.key.push(EXACT);
+        self.key.extend_from_slice(text);
+        inner.map.get(&self.key)
+    }
+}
+
+/// A client buffer's arming: which cache, under which scope, with which limits.
+pub struct Armed {
+    cache: Arc<Mutex<Inner>>,
+    generation: u64,
+    scope: u64,
+    max_frame: usize,
+    events: bool,
+    keyer: Keyer,
+}
+
+/// What the buffer keeps per answered Query until the control plane drains it.
+pub struct Hits {
+    /// (verdict, the Query's text) per hit, when the control plane wants events.
+    pub events: Vec<(Py<PyAny>, Vec<u8>)>,
+    /// Hits since the last drain.
+    pub count: u64,
+}
+
+impl Hits {
+    pub fn new() -> Hits {
+        Hits {
+            events: Vec::new(),
+            count: 0,
+        }
+    }
+}
+
+impl Armed {
+    /// Answers the whole Query message `frame` if the cache allows it: the decision for the
+    /// statement log, after noting the hit.  None: surface it.
+    pub fn answer(
+        &mut self,
+        py: Python<'_>,
+        frame: &[u8],
+        hits: &mut Hits,
+    ) -> Option<Arc<Decision>> {
+        if frame.len() > self.max_frame {
+            return None;
+        }
+        let body = frame.get(5..)?;
+        if may_have_effects(body) {
+            return None;
+        }
+        let text = query_text(body)?;
+        let inner = lock(&self.cache);
+        if inner.generation != self.generation {
+            return None; // reloaded since the session was armed: the control plane re-arms
+        }
+        let entry = self.keyer.find(&inner, self.scope, text)?;
+        let decision = Arc::clone(&entry.decision);
+        if self.events {
+            hits.events
+                .push((entry.verdict.clone_ref(py), text.to_vec()));
+        }
+        drop(inner);
+        hits.count += 1;
+        HITS.fetch_add(1, Ordering::Relaxed);
+        lock(&self.cache).hits += 1;
+        Some(decision)
+    }
+}
+
+#[pyclass(module = "veilgate_native", frozen)]
+pub struct VerdictCache {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl VerdictCache {
+    pub fn arm(&self, scope: u64, max_frame: usize, events: bool) -> Armed {
+        let generation = lock(&self.inner).generation;
+        Armed {
+            cache: Arc::clone(&self.inner),
+            generation,
+            scope,
+            max_frame,
+            events,
+            keyer: Keyer::default(),
+        }
+    }
+}
+
+#[pymethods]
+impl VerdictCache {
+    #[new]
+    #[pyo3(signature = (*, max_entries=16384, max_bytes=8 << 20))]
+    fn new(max_entries: usize, max_bytes: usize) -> PyResult<Self> {
+        if max_entries == 0 {
+            return Err(PyValueError::new_err("max_entries must be positive"));
+        }
+        Ok(VerdictCache {
+            inner: Arc::new(Mutex::new(Inner {
+                map: HashMap::new(),
+                bytes: 0,
+                max_entries,
+                max_bytes,
+                generation: 0,
+                hits: 0,
+                inserts: 0,
+            })),
+        })
+    }
+
+    /// Remembers that `verdict` (an allow) answers `text` under `scope`: keyed by its shape
+    /// when `shape` (the engine shares the verdict between texts that differ only in
+    /// constants), else by the exact text.  `rule` and `fingerprint` go to the statement log of
+    /// each hit.  False when the text cannot be keyed (not UTF-8, a NUL, no shape).
+    #[pyo3(signature = (scope, text, shape, verdict, rule, fingerprint))]
+    fn insert(
+        &self,
+        scope: u64,
+        text: &[u8],
+        shape: bool,
+        verdict: Py<PyAny>,
+        rule: &str,
+        fingerprint: &str,
+    ) -> bool {
+        if std::str::from_utf8(text).is_err() || find_byte(0, text).is_some() {
+            return false;
+        }
+        let mut key = Vec::with_capacity(text.len() + 16);
+        key.extend_from_slice(&scope.to_le_bytes());
+        if shape {
+            let mut k = Vec::new();
+            if !Shaper::new().key(text, &mut k) {
+                return false;
+            }
+            key.push(SHAPE);
+            key.extend_from_slice(&k);
+        } else {
+            key.push(EXACT);
+            key.extend_from_slice(text);
+        }
+        let cost = key.len() + ENTRY_OVERHEAD;
+        let mut inner = lock(&self.inner);
+        if cost > inner.max_bytes {
+            return false;
+        }
+        let decision = Arc::new(Decision {
+            action: "allow".to_owned(),
+            rule: rule.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            sqlstate: None,
+            approval: None,
+        });
+        if let Some(old) = inner.map.remove(&key) {
+            drop(old);
+            inner.bytes = inner.bytes.saturating_sub(cost);
+        }
+        inner.evict_for(cost);
+        inner.map.insert(key, Entry { verdict, decision });
+        inner.bytes += cost;
+        inner.inserts += 1;
+        true
+    }
+
+    /// The verdict a client buffer armed with `scope` would answer the Query text `text` with
+    /// (None: it would surface it).  The same path as the buffer's, for tests and tools.
+    fn lookup(&self, py: Python<'_>, scope: u64, text: &[u8]) -> Option<Py<PyAny>> {
+        let mut frame = Vec::with_capacity(text.len() + 6);
+        frame.push(b'Q');
+        frame.extend_from_slice(&u32::try_from(text.len() + 5).ok()?.to_be_bytes());
+        frame.extend_from_slice(text);
+        frame.push(0);
+        let mut armed = self.arm(scope, usize::MAX, true);
+        let mut hits = Hits::new();
+        armed.answer(py, &frame, &mut hits)?;
+        // a lookup is not a hit of the data path
+        HITS.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.inner).hits -= 1;
+        hits.events.pop().map(|(v, _)| v)
+    }
+
+    /// Drops every entry (a policy reload): buffers armed before answer nothing until re-armed.
+    fn clear(&self) {
+        let mut inner = lock(&self.inner);
+        inner.map.clear();
+        inner.bytes = 0;
+        inner.generation += 1;
+    }
+
+    #[getter]
+    fn generation(&self) -> u64 {
+        lock(&self.inner).generation
+    }
+
+    #[getter]
+    fn hits(&self) -> u64 {
+        lock(&self.inner).hits
+    }
+
+    #[getter]
+    fn inserts(&self) -> u64 {
+        lock(&self.inner).inserts
+    }
+
+    #[getter]
+    fn bytes(&self) -> usize {
+        lock(&self.inner).bytes
+    }
+
+    fn __len__(&self) -> usize {
+        lock(&self.inner).map.len()
+    }
+
+    fn __repr__(&self) -> String {
+        let inner = lock(&self.inner);
+        format!(
+            "<VerdictCache entries={} bytes={} generation={} hits={}>",
+            inner.map.len(),
+            inner.bytes,
+            inner.generation,
+            inner.hits
+        )
+    }
+}
+
+/// Queries answered natively so far by every verdict cache of the process.
+#[pyfunction]
+pub fn verdict_hits() -> u64 {
+    HITS.load(Ordering::Relaxed)
+}
+
+/// The native `may_have_effects` (for the differential test against the mirror's).
+#[pyfunction]
+#[pyo3(name = "may_have_effects")]
+pub fn py_may_have_effects(body: &[u8]) -> bool {
+    may_have_effects(body)
+}
+
+/// Drained hits as Python values: (verdict, text bytes) pairs, in order.
+pub type HitEvents = Vec<(Py<PyAny>, Py<PyBytes>)>;
+
+/// Drains the kept hits as Python values.
+pub fn drain_events(py: Python<'_>, hits: &mut Hits) -> HitEvents {
+    hits.events
+        .drain(..)
+        .map(|(v, t)| (v, PyBytes::new(py, &t).unbind()))
+        .collect()
+}
