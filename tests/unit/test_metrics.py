@@ -93,6 +93,9 @@ class FakeNative(types.ModuleType):
     def latency_histogram(self) -> tuple[list[float], list[int], float, int]:
         return [0.0001, 0.001, 0.01], [1, 5, 7], 0.0421, 8
 
+    def verdict_hits(self) -> int:
+        return 7
+
 
 @pytest.fixture
 def fake_native(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNative]:
@@ -120,6 +123,9 @@ def test_render_parses_as_prometheus_text(fake_native: FakeNative) -> None:
     buckets = [(s[1]["le"], s[2]) for s in samples if s[0].endswith("_bucket")]
     assert buckets == [("0.0001", 1), ("0.001", 5), ("0.01", 7), ("+Inf", 8)]
     assert ("veilgate_statement_duration_seconds_count", {}, 8.0) in samples
+    assert families["veilgate_policy_native_verdicts_total"]["samples"] == [
+        ("veilgate_policy_native_verdicts_total", {}, 7.0)
+    ]
 
 
 def test_unlabelled_metrics_render_zero_before_use(fake_native: FakeNative) -> None:
