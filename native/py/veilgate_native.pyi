@@ -764,11 +764,20 @@ class VerdictCache:
 
     def __new__(cls, *, max_entries: int = 16384, max_bytes: int = ...) -> VerdictCache: ...
     def insert(
-        self, scope: int, text: bytes, shape: bool, verdict: Any, rule: str, fingerprint: str
+        self,
+        scope: int,
+        text: bytes,
+        shape: bool,
+        verdict: Any,
+        rule: str,
+        fingerprint: str,
+        cost: int = 0,
     ) -> bool:
         """``verdict`` (an allow) answers ``text`` under ``scope``: by its shape key when
         ``shape``, else by the exact text.  ``rule`` and ``fingerprint`` are what the statement
-        log records for each hit.  False when the text cannot be keyed."""
+        log records for each hit; ``cost`` is what the verdict keeps alive, charged with the
+        key against ``max_bytes``.  False when the text cannot be keyed or the entry alone is
+        over the budget."""
     def lookup(self, scope: int, text: bytes) -> Any | None:
         """The verdict an armed buffer would answer the Query ``text`` with (None: it would
         surface it); the buffer's own path, without counting a hit."""

@@ -315,3 +315,17 @@ def test_new_literals_native_equals_python(
 @given(st.binary(max_size=40) | st.sampled_from([b"  begin;", b"\tcommit\0", b"select ';'\0"]))
 def test_native_may_have_effects_equals_the_mirrors(body: bytes) -> None:
     assert native.may_have_effects(body) == may_have_effects(body)
+
+
+def test_the_cache_is_bounded_by_what_its_verdicts_keep_alive() -> None:
+    cache = native.VerdictCache(max_entries=1000, max_bytes=64 * 1024)
+    for i in range(200):
+        assert cache.insert(1, f"select {i} as c{i}".encode(), True, object(), "r", "f", 4096)
+        assert cache.bytes <= 64 * 1024
+    assert len(cache) <= 16
+    # an entry alone over the budget is not kept
+    assert not cache.insert(1, b"select 1 as big", True, object(), "r", "f", 1 << 20)
+    counted = native.VerdictCache(max_entries=3)
+    for i in range(10):
+        counted.insert(1, f"select {i} as c{i}".encode(), True, object(), "r", "f")
+    assert len(counted) <= 3

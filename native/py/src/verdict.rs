@@ -37,6 +37,8 @@ const ENTRY_OVERHEAD: usize = 160;
 struct Entry {
     verdict: Py<PyAny>,
     decision: Arc<Decision>,
+    /// What the entry is charged (its key, the verdict it keeps alive, the overhead).
+    cost: usize,
 }
 
 struct Inner {
@@ -58,8 +60,8 @@ impl Inner {
             let Some(k) = self.map.keys().next().cloned() else {
                 break;
             };
-            if self.map.remove(&k).is_some() {
-                self.bytes = self.bytes.saturating_sub(k.len() + ENTRY_OVERHEAD);
+            if let Some(old) = self.map.remove(&k) {
+                self.bytes = self.bytes.saturating_sub(old.cost);
             }
         }
     }
@@ -288,8 +290,10 @@ impl VerdictCache {
     /// Remembers that `verdict` (an allow) answers `text` under `scope`: keyed by its shape
     /// when `shape` (the engine shares the verdict between texts that differ only in
     /// constants), else by the exact text.  `rule` and `fingerprint` go to the statement log of
-    /// each hit.  False when the text cannot be keyed (not UTF-8, a NUL, no shape).
-    #[pyo3(signature = (scope, text, shape, verdict, rule, fingerprint))]
+    /// each hit; `cost`: the bytes the verdict keeps alive (charged with the key).  False when
+    /// the text cannot be keyed (not UTF-8, a NUL, no shape) or the entry alone is over budget.
+    #[pyo3(signature = (scope, text, shape, verdict, rule, fingerprint, cost=0))]
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         scope: u64,
@@ -298,6 +302,7 @@ impl VerdictCache {
         verdict: Py<PyAny>,
         rule: &str,
         fingerprint: &str,
+        cost: usize,
     ) -> bool {
         if std::str::from_utf8(text).is_err() || find_byte(0, text).is_some() {
             return false;
@@ -315,7 +320,7 @@ impl VerdictCache {
             key.push(EXACT);
             key.extend_from_slice(text);
         }
-        let cost = key.len() + ENTRY_OVERHEAD;
+        let cost = key.len() + ENTRY_OVERHEAD + cost;
         let mut inner = lock(&self.inner);
         if cost > inner.max_bytes {
             return false;
@@ -328,11 +333,17 @@ impl VerdictCache {
             approval: None,
         });
         if let Some(old) = inner.map.remove(&key) {
-            drop(old);
-            inner.bytes = inner.bytes.saturating_sub(cost);
+            inner.bytes = inner.bytes.saturating_sub(old.cost);
         }
         inner.evict_for(cost);
-        inner.map.insert(key, Entry { verdict, decision });
+        inner.map.insert(
+            key,
+            Entry {
+                verdict,
+                decision,
+                cost,
+            },
+        );
         inner.bytes += cost;
         inner.inserts += 1;
         true

@@ -415,8 +415,12 @@ class PolicyEngine:
             )
         ):
             return False
+        # the verdict it keeps alive holds the text and its statements' texts
+        cost = text_cost(v.analysis.text, copies=2)
         return bool(
-            self.native_verdicts.insert(session.scope, text, v.shared, v, v.rule_id, v.fingerprint)
+            self.native_verdicts.insert(
+                session.scope, text, v.shared, v, v.rule_id, v.fingerprint, cost
+            )
         )
 
     def tier_for(self, principal: Principal) -> Tier | None:
