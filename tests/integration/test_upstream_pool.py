@@ -234,3 +234,35 @@ def test_the_gauge_counts_idle_pooled_connections(gateway_factory: Any) -> None:
     _wait(lambda: _idle(handle) == 1, "kept again")
     handle.thread.stop()
     assert gauge.get() == before
+
+
+def test_a_reload_closes_what_the_old_configuration_made(gateway_factory: Any) -> None:
+    from veilgate.gateway.server import server_ssl_context
+
+    handle = gateway_factory(_pooled())
+    gw = pw.gateway_target(handle)
+    a, b = psycopg.connect(gw.conninfo()), psycopg.connect(gw.conninfo())
+    old = {a.info.backend_pid, b.info.backend_pid}
+    a.close()
+    b.close()
+    _wait(lambda: _idle(handle) == 2, "both kept")
+    running = psycopg.connect(gw.conninfo(), autocommit=True)
+    assert running.info.backend_pid in old
+    assert _idle(handle) == 1
+    gateway = handle.thread.gateway
+    config = gateway.config
+
+    async def reload() -> None:
+        gateway.reconfigure(config, server_ssl_context(config), None)
+
+    handle.thread.call(reload())
+    assert _idle(handle) == 0  # the idle one was closed
+    # the session that started before the reload goes on, but its connection is not kept
+    assert running.execute("select 1").fetchone() == (1,)
+    running.close()
+    time.sleep(0.3)
+    assert _idle(handle) == 0
+    fresh = _pid(gw.conninfo())
+    assert fresh not in old
+    _wait(lambda: _idle(handle) == 1, "sessions of the new configuration are kept")
+    assert _pid(gw.conninfo()) == fresh

@@ -316,6 +316,12 @@ class UpstreamPool:
                 t.write(wire.TERMINATE)
             t.close()
 
+    def flush(self) -> None:
+        """Close every idle connection (a configuration reload); keep taking new ones."""
+        for slot in self._slots.values():
+            while slot.idle:
+                self._close(slot.idle.pop(), "reload")
+
     def close(self) -> None:
         """Close every idle connection and stop taking any (the gateway stops)."""
         self._closed = True

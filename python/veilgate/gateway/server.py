@@ -268,6 +268,9 @@ class Gateway:
         self.config = config
         self._ssl = ssl_context
         self.generation += 1
+        # idle upstream connections were made under the old configuration (logins, passwords,
+        # TLS): closed; sessions of the old generation close theirs at their end
+        self.upstream_pool.flush()
         bytecache.set_total_budget(config.limits.cache_bytes)
         if config.policy is None or policy is None:
             return

@@ -154,6 +154,8 @@ class SessionHost(Protocol):
     def approvals(self) -> ApprovalService | None: ...
     @property
     def upstream_pool(self) -> UpstreamPool: ...
+    @property
+    def generation(self) -> int: ...
     async def handle_cancel(self, packet: bytes) -> None: ...
     def masking_planner(
         self, principal: Principal, login: TargetConfig
@@ -236,6 +238,8 @@ class Session:
         self._started = asyncio.get_running_loop().time()
         self._pool_key: PoolKey | None = None
         """Set when the login reuses upstream connections (its target's ``pool``)."""
+        self._pool_generation = 0
+        """The configuration generation the session's login comes from."""
         self.upstream_reused = False
         self._armed: tuple[int, int] | None = None
         """(scope, cache generation) the client buffer answers Queries under (None: it
@@ -677,6 +681,7 @@ class Session:
         hs: upstream.UpstreamHandshake | PooledConnection | None = None
         if login.pool.size > 0:
             self._pool_key = pool_key(login, self.tier, params)
+            self._pool_generation = self.gateway.generation
             hs = await self._reuse_upstream(login, dict(params)["application_name"])
         try:
             async with asyncio.timeout(target.connect_timeout_s):
@@ -1184,6 +1189,7 @@ class Session:
             or not was_relaying
             or reason not in ("client_terminate", "client_closed")
             or self.draining
+            or self._pool_generation != self.gateway.generation  # made under an older config
             or self.state.busy
             # no ReadyForQuery seen yet (0) on a reused connection: nothing was sent since the
             # pool left it idle
