@@ -22,12 +22,16 @@ cdef class RelaySide:
     cdef int _holds
     cdef int _pauses
     cdef list _backlog
+    cdef bint _lost
+    cdef bint _deliver_before_loss
+    cdef object _lost_exc
 
     cdef _dispatch(self, object r)
     cdef _keep(self, list items, Py_ssize_t start)
     cdef _pause(self, int reason)
     cdef _unpause(self, int reason)
     cdef _past_barriers(self)
+    cdef _end(self, object exc)
 
 
 cdef class RecordSizedTransport:

@@ -219,6 +219,13 @@ cdef class RelaySide:
         wait with their verdicts (their decision events: one call per read)."""
         self._drain_hits = on
 
+    def deliver_before_loss(self, bint on):
+        """When the connection ends while this side is held, keep what it sent until the hold
+        is released, then report the loss (the server's side: its FATAL reaches the client).
+        Off for the client's side: a client gone is acted on at once (its statements are
+        cancelled upstream), whatever holds it."""
+        self._deliver_before_loss = on
+
     def set_barriers(self, bint on):
         """The buffer stops at barrier events (masked sessions): frame again after each."""
         self._barriers = on
@@ -250,11 +257,17 @@ cdef class RelaySide:
         if backlog:
             self._backlog = None
             self._dispatch(backlog)
-        if self._held or not self._relaying:
+        if self._held:
             return
-        self.flush_buffered()
-        if not self._held:
+        if self._relaying:
+            self.flush_buffered()
+            if self._held:
+                return
             self._unpause(_PAUSE_HELD)
+        if self._lost:
+            # the connection ended during the hold: reported now, after what it sent
+            self._lost = False
+            self._end(self._lost_exc)
 
     cdef _pause(self, int reason):
         cdef int was = self._pauses
@@ -376,6 +389,16 @@ cdef class RelaySide:
 
     def connection_lost(self, exc):
         self._closed = True
+        if self._held and self._relaying and self._deliver_before_loss:
+            # A hold (a result waiting for its masking plan) keeps what the peer sent last
+            # unframed, its goodbye included (a FATAL ErrorResponse): that reaches the other
+            # side, in order, when the hold is released, and the loss is reported after it.
+            self._lost = True
+            self._lost_exc = exc
+            return
+        self._end(exc)
+
+    cdef _end(self, object exc):
         self._relaying = False
         self._encrypt = False
         self._peer_write = None

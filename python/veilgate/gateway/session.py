@@ -932,6 +932,8 @@ class Session:
             upstream_rb.set_barrier_events(BARRIER_TAGS)
             upstream_rb.set_mask_required(True)
             self.upstream.set_barriers(True)
+        # the server's last words (a FATAL) reach the client even when a plan holds them
+        self.upstream.deliver_before_loss(True)
         self.set_client_events()
         self.set_upstream_events()
         self.phase = Phase.RELAY
