@@ -297,7 +297,8 @@ impl PyMasker {
             .collect::<PyResult<Vec<&str>>>()?;
         let inner = &*self.inner;
         let (out, results) = py.detach(|| {
-            let mut out = Vec::new();
+            // Masked values are about as long as their inputs: one allocation for the batch.
+            let mut out = Vec::with_capacity(strs.iter().map(|s| s.len()).sum::<usize>() + 64);
             let results: Vec<Masked> = strs
                 .iter()
                 .map(|s| mask_into(inner, s.as_bytes(), &mut out))

@@ -1,6 +1,7 @@
 //! [`Masker`]: detectors + per-entity operators, and [`ColumnOperator`]: one operator for a
 //! whole value.  Both implement [`ValueMask`], the interface the row rewriters call per value.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -10,6 +11,9 @@ use super::json;
 use super::operator::Operator;
 use super::scan::{resolve_overlaps, BuiltinScanner, DictionaryScanner, RegexScanner, Span};
 use super::value::{entity_id, EntityId, Finding, Outcome, Tally, ValueMask};
+
+/// Span buffers larger than this (a value with that many findings) are not kept per thread.
+const MAX_KEPT_SPANS: usize = 4096;
 
 /// What a [`Masker`] detects and how it masks each entity.
 #[derive(Debug, Clone, Default)]
@@ -179,13 +183,16 @@ impl Masker {
 
     /// The sensitive spans of `text`: sorted, never overlapping (the longest wins a clash).
     pub fn scan(&self, text: &[u8]) -> Vec<Span> {
-        self.scan_folding(text).0
+        let mut spans = Vec::new();
+        self.scan_folding(text, &mut spans);
+        spans
     }
 
-    /// [`Masker::scan`], and the folded copy the built-in detectors read when `text` holds
-    /// full-width forms (see [`super::fold`]); spans are offsets of `text` either way.
-    fn scan_folding(&self, text: &[u8]) -> (Vec<Span>, Option<Folded>) {
-        let mut spans = Vec::new();
+    /// [`Masker::scan`] into `spans` (cleared first), and the folded copy the built-in
+    /// detectors read when `text` holds full-width forms (see [`super::fold`]); spans are
+    /// offsets of `text` either way.
+    fn scan_folding(&self, text: &[u8], spans: &mut Vec<Span>) -> Option<Folded> {
+        spans.clear();
         let folded = if self.builtin.is_empty() {
             None
         } else {
@@ -202,7 +209,7 @@ impl Masker {
             }),
         }
         if self.regexes.is_none() && self.dictionary.is_none() {
-            return (spans, folded); // already ordered and disjoint
+            return folded; // already ordered and disjoint
         }
         if let Some(r) = &self.regexes {
             r.scan(text, |s| spans.push(s));
@@ -210,8 +217,8 @@ impl Masker {
         if let Some(d) = &self.dictionary {
             d.scan(text, |s| spans.push(s));
         }
-        resolve_overlaps(&mut spans);
-        (spans, folded)
+        resolve_overlaps(spans);
+        folded
     }
 
     /// The name of an entity id found by [`Masker::scan`] (`"?"` if it is not one of ours).
@@ -287,14 +294,35 @@ impl ValueMask for TextOnly<'_> {
 impl Masker {
     /// Masks `value` as text: every span found, with its entity's operator.
     fn mask_text(&self, value: &[u8], out: &mut Vec<u8>, tally: &mut Tally) -> Outcome {
-        let (spans, folded) = self.scan_folding(value);
+        thread_local! {
+            /// The spans of the value being masked: one buffer per thread, so that masking a
+            /// value allocates nothing but its output.
+            static SPANS: Cell<Vec<Span>> = const { Cell::new(Vec::new()) };
+        }
+        // Taken, not borrowed: a nested call (none today) would start from an empty buffer.
+        let mut spans = SPANS.take();
+        let outcome = self.mask_spans(value, &mut spans, out, tally);
+        if spans.capacity() <= MAX_KEPT_SPANS {
+            SPANS.set(spans);
+        }
+        outcome
+    }
+
+    fn mask_spans(
+        &self,
+        value: &[u8],
+        spans: &mut Vec<Span>,
+        out: &mut Vec<u8>,
+        tally: &mut Tally,
+    ) -> Outcome {
+        let folded = self.scan_folding(value, spans);
         if spans.is_empty() {
             return Outcome::Unchanged;
         }
         let mark = out.len();
         out.reserve(value.len() + 8 * spans.len());
         let mut pos = 0;
-        for s in &spans {
+        for s in spans.iter() {
             out.extend_from_slice(&value[pos..s.start]);
             let rule = self.rule(s.entity);
             tally.add(s.entity, 1);

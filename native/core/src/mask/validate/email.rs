@@ -72,8 +72,27 @@ fn two_byte_letter_before(text: &[u8], at: usize) -> bool {
     at >= 2 && (0x80..0xC0).contains(&text[at - 1]) && (0xC3..=0xDF).contains(&text[at - 2])
 }
 /// Bytes of an email's local part (also the class of the email candidate and the prefilter's
-/// backward walk).
+/// backward walk): by table, the scans test it per byte of long runs.
+#[inline]
 pub fn is_local_part_byte(b: u8) -> bool {
+    LOCAL_PART[usize::from(b)]
+}
+
+/// [`local_part_byte`] of every byte value.
+static LOCAL_PART: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        #[allow(clippy::cast_possible_truncation)] // b < 256
+        {
+            t[b] = local_part_byte(b as u8);
+        }
+        b += 1;
+    }
+    t
+};
+
+const fn local_part_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
