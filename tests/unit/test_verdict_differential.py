@@ -329,3 +329,40 @@ def test_the_cache_is_bounded_by_what_its_verdicts_keep_alive() -> None:
     for i in range(10):
         counted.insert(1, f"select {i} as c{i}".encode(), True, object(), "r", "f")
     assert len(counted) <= 3
+
+
+def test_decision_event_of_a_native_hit_is_the_cached_decisions_event(
+    policy: Policy, tmp_path: Path
+) -> None:
+    """``DecisionEvent.from_verdict`` (a hit) gives what ``from_decision`` gives for the cached
+    decision of the same text, and ``emit_many`` writes what ``emit`` writes."""
+    import dataclasses
+    import json
+
+    from veilgate.policy.audit import DecisionEvent, JsonLinesAuditSink
+
+    engine = PolicyEngine(policy)
+    rw = PRINCIPALS["rw"]
+    ctx = SessionContext(session_id="s1")
+    assert _enforcer_step(engine, rw, "select * from orders where id = 1", ctx)
+    scope = engine.session_scope(rw, ctx)
+    text = "select * from orders where id = 2 -- password 'x'"
+    hit = engine.native_verdicts.lookup(scope, text.encode())
+    if hit is None:  # a comment is kept verbatim in the key: use the plain variant
+        text = "select * from orders where id = 2"
+        hit = engine.native_verdicts.lookup(scope, text.encode())
+    assert hit is not None
+    d = engine.decide(rw, text, session=ctx)
+    assert d.cached
+    want = DecisionEvent.from_decision(d, rw, session_id="s1", ts=1.0)
+    got = DecisionEvent.from_verdict(hit, text, rw, session_id="s1", ts=1.0)
+    assert dataclasses.replace(got, decision_us=want.decision_us) == want
+    as_dict = dataclasses.asdict(got)
+    assert json.loads(got.to_json()) == json.loads(json.dumps(as_dict))
+    assert list(json.loads(got.to_json())) == list(as_dict)
+    one, many = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    with JsonLinesAuditSink(one) as a, JsonLinesAuditSink(many) as b:
+        a.emit(got)
+        a.emit(want)
+        b.emit_many([got, want])
+    assert one.read_text() == many.read_text()

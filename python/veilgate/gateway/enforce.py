@@ -60,6 +60,7 @@ import logging
 import re
 import secrets
 import struct
+import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -724,19 +725,28 @@ class PolicyEnforcer:
         audit = self.audit
         if audit is None:
             return
-        for verdict, raw in hits:
-            try:
-                audit.emit(
-                    DecisionEvent.from_verdict(
-                        verdict,
-                        self._text(raw),
-                        self.principal,
-                        session_id=self.ctx.session_id,
-                        max_sql_bytes=self._audit_sql_bytes,
-                    )
-                )
-            except (OSError, ValueError) as exc:
-                log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
+        principal, sid, limit = self.principal, self.ctx.session_id, self._audit_sql_bytes
+        ts = time.time()
+        events = [
+            DecisionEvent.from_verdict(
+                verdict,
+                self._text(raw),
+                principal,
+                session_id=sid,
+                ts=ts,
+                max_sql_bytes=limit,
+            )
+            for verdict, raw in hits
+        ]
+        many = getattr(audit, "emit_many", None)
+        try:
+            if many is not None:
+                many(events)
+            else:
+                for event in events:
+                    audit.emit(event)
+        except (OSError, ValueError) as exc:
+            log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
 
     # --- for the approval gate ----------------------------------------------------------------
 
