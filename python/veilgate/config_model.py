@@ -55,7 +55,7 @@ class ClientTLSConfig:
     key_file: Path | None = None
     allow_plaintext_loopback: bool = False
     """Development switch: accept plaintext from loopback peers.  Off by default."""
-    engine: TLSEngine = TLSEngine.PYTHON
+    engine: TLSEngine = TLSEngine.NATIVE
     """Where TLS runs, on both sides (clients and upstream servers)."""
 
 

@@ -8,7 +8,8 @@
 * ``engine_gw`` (parametrised over ``tls.engine``: python, native): the shared gateway's
   configuration served by each TLS engine, for the files that test TLS itself.
 
-``VEILGATE_TEST_TLS_ENGINE=native`` runs the whole suite with TLS in the native engine.
+``VEILGATE_TEST_TLS_ENGINE=python`` runs the whole suite with asyncio's TLS instead of the
+default native engine.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from veilgate.identity.static import StaticTokenAuthenticator, token_digest
 APP_ROLE = "veilgate_app"
 APP_DB = "app"
 PASSWORD_ENV = "VEILGATE_TEST_APP_PASSWORD"
-TLS_ENGINE = TLSEngine(os.environ.get("VEILGATE_TEST_TLS_ENGINE", "python"))
-"""The TLS engine of the suite's gateways (``tls.engine``)."""
+TLS_ENGINE = TLSEngine(os.environ.get("VEILGATE_TEST_TLS_ENGINE", ClientTLSConfig().engine.value))
+"""The TLS engine of the suite's gateways (``tls.engine``; the configuration's default)."""
 ENGINES = [e.value for e in TLSEngine]
 
 
