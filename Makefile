@@ -4,7 +4,8 @@ PY ?= python3
 PIP = $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: all deps build native python demo test test-native test-python lint bench compat wheels clean
+.PHONY: all deps build native python demo test test-native test-python lint bench compat wheels \
+	wheels-check clean
 
 all: build
 
@@ -49,10 +50,19 @@ COMPAT_ARGS ?=
 compat: build
 	$(PY) compat/run.py $(COMPAT_ARGS)
 
-wheels: deps
-	rm -rf wheels && mkdir -p wheels
-	$(PIP) wheel --no-deps --no-build-isolation -w wheels ./native/py .
+# Release wheels + sdists of both distributions into wheels/ (scripts/build_wheels.sh: abi3
+# veilgate-native, one veilgate wheel per CPython in WHEEL_PYTHONS, auditwheel-repaired to
+# manylinux, stripped).  Needs Rust and the CPython versions, not PostgreSQL.
+WHEEL_PYTHONS ?= 3.11 3.12 3.13
+wheels:
+	WHEEL_PYTHONS="$(WHEEL_PYTHONS)" bash scripts/build_wheels.sh
+
+# Install the built wheels into a fresh venv per CPython version and smoke-test them (serve,
+# connect through it, mask) against the throwaway cluster; run once by .ci/run, not by pytest.
+wheels-check: wheels
+	$(PY) -m pytest -x -q -p no:cacheprovider tests/wheels --wheels-dir wheels \
+		--wheel-pythons "$(WHEEL_PYTHONS)"
 
 clean:
 	cargo clean
-	rm -rf build dist wheels .compat python/*.egg-info python/veilgate/gateway/_relay.c python/veilgate/gateway/_relay*.so
+	rm -rf build dist wheels .wheel-build .compat python/*.egg-info python/veilgate/gateway/_relay.c python/veilgate/gateway/_relay*.so

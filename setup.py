@@ -15,7 +15,9 @@ extensions = [
     Extension(
         "veilgate.gateway._relay",
         ["python/veilgate/gateway/_relay.pyx"],
-        extra_compile_args=["-O2"],
+        # release builds carry no debug info or symbol table (wheels are stripped)
+        extra_compile_args=["-O2"] if DEBUG else ["-O2", "-g0"],
+        extra_link_args=[] if DEBUG else ["-Wl,-s"],
     ),
 ]
 

@@ -741,6 +741,11 @@ def load_str(text: str, source: str = "<config>", base_dir: Path | None = None) 
         # relative to the configuration file, like every other path
         audit_log = str((w.base_dir / Path(cfg.policy.audit_log).expanduser()).resolve())
         cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, audit_log=audit_log))
+    if cfg.listen.handover_socket is not None:
+        handover = str((w.base_dir / Path(cfg.listen.handover_socket).expanduser()).resolve())
+        cfg = dataclasses.replace(
+            cfg, listen=dataclasses.replace(cfg.listen, handover_socket=handover)
+        )
     state_path = str((w.base_dir / Path(cfg.state.path).expanduser()).resolve())
     cfg = dataclasses.replace(cfg, state=dataclasses.replace(cfg.state, path=state_path))
     if cfg.audit is not None:

@@ -47,6 +47,10 @@ class ListenConfig:
     handshake_timeout_s: float = field(default=15.0, metadata=_SECONDS)
     """Time allowed from accept to an authenticated session."""
     max_connections: int = field(default=10000, metadata={"min": 1, "max": 1_000_000})
+    handover_socket: str | None = None
+    """Unix socket of the zero-downtime upgrade: a new ``veilgate serve`` with the same value
+    takes the listening sockets over from the process serving on it (which then drains); see
+    :mod:`veilgate.handover`.  Relative to the configuration file."""
 
 
 @dataclass(frozen=True, slots=True)

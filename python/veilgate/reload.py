@@ -25,7 +25,7 @@ from veilgate.config_model import GatewayConfig
 __all__ = ["ReloadOutcome", "refused_changes", "restart_required", "without_restart_changes"]
 
 _RESTART_KEYS: dict[str, tuple[str, ...] | None] = {
-    "listen": ("host", "port", "backlog"),
+    "listen": ("host", "port", "backlog", "handover_socket"),
     "admin": None,
     "state": None,
     "approvals": None,
@@ -100,7 +100,11 @@ def refused_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 def without_restart_changes(old: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
     """``new`` with the running values of everything :func:`restart_required` reports."""
     listen = dataclasses.replace(
-        new.listen, host=old.listen.host, port=old.listen.port, backlog=old.listen.backlog
+        new.listen,
+        host=old.listen.host,
+        port=old.listen.port,
+        backlog=old.listen.backlog,
+        handover_socket=old.listen.handover_socket,
     )
     audit = old.audit
     if old.audit is not None and new.audit is not None:

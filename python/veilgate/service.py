@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from veilgate.admin.health import HealthState, health_router
 from veilgate.admin.metrics import metrics_router
 from veilgate.admin.server import AdminServer, Router
 from veilgate.config_model import GatewayConfig
+from veilgate.handover import HandoverClient, HandoverError, HandoverServer
 from veilgate.health import Readiness
 from veilgate.identity.live import LiveAuthenticator, aclose
 from veilgate.reload import (
@@ -33,12 +35,16 @@ from veilgate.reload import (
     restart_required,
     without_restart_changes,
 )
+from veilgate.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from veilgate.gateway.server import Gateway
     from veilgate.identity.base import Authenticator
 
 _log = log.get("service")
+
+HANDOVER = "handover"
+"""Stop reason: a new process took the listening sockets over (drain waits for the clients)."""
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
@@ -92,6 +98,9 @@ class Service:
         self.readiness: Readiness | None = None
         self._requests: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._signals_installed: list[signal.Signals] = []
+        self._handover: HandoverServer | None = None
+        self.notifier = Notifier.from_env()
+        """systemd's NOTIFY_SOCKET (READY / RELOADING / STOPPING / WATCHDOG); inert without it."""
 
     @property
     def port(self) -> int:
@@ -111,15 +120,76 @@ class Service:
 
     async def start(self) -> None:
         """Bind both listeners; raises ``OSError`` (after cleaning up) if one cannot bind."""
-        from veilgate.gateway.server import Gateway
-
         cfg = self.config
         # warm the JWKS caches; failures are logged and retried on first use
         warm = await self._authenticator.prefetch()
         if warm:
             log.event(_log, "identity_prefetched", caches=warm)
+        handover: HandoverClient | None = None
+        inherited: dict[str, socket.socket] = {}
+        if cfg.listen.handover_socket is not None:
+            handover, inherited = await self._take_over(cfg.listen.handover_socket)
+        try:
+            await self._start(cfg, handover, inherited)
+        except BaseException:
+            if handover is not None:
+                handover.close()  # the old process keeps serving (or resumes)
+            for sock in inherited.values():
+                sock.close()
+            raise
+        if cfg.listen.handover_socket is not None:
+            server = HandoverServer(
+                cfg.listen.handover_socket,
+                self._handover_sockets,
+                self._pause_accepting,
+                self._resume_soon,
+                lambda pid: self.stop(HANDOVER),
+            )
+            try:
+                await server.start()
+            except OSError as e:  # serving matters more than the next upgrade
+                log.event(_log, "handover_unavailable", logging.ERROR, error=str(e))
+            else:
+                self._handover = server
+        if handover is not None:
+            await asyncio.to_thread(handover.done)
+            log.event(_log, "took_over", pid=handover.old_pid)
+        fields: dict[str, Any] = {"host": cfg.listen.host, "port": self.port}
+        if self._admin is not None:
+            fields.update(admin_host=cfg.admin.host, admin_port=self._admin.port)
+            log.event(_log, "admin_listening", host=cfg.admin.host, port=self._admin.port)
+        log.event(_log, "ready", targets=sorted(cfg.targets), **fields)
+        self.notifier.ready(self._status())
+        interval = Notifier.watchdog_interval()
+        if interval is not None and self.notifier.enabled:
+            self.spawn(self._watchdog(interval))
+
+    async def _take_over(self, path: str) -> tuple[HandoverClient | None, dict[str, socket.socket]]:
+        """The listening sockets of the process serving on ``path`` (none: nobody serves)."""
+        try:
+            client = await asyncio.to_thread(HandoverClient.connect, path)
+        except OSError as e:
+            raise OSError(e.errno, f"hand-over socket {path}: {e.strerror}") from e
+        if client is None:
+            return None, {}
+        try:
+            socks = await asyncio.to_thread(client.take)
+        except (HandoverError, OSError, ValueError) as e:
+            client.close()
+            raise OSError(f"hand-over from the serving process failed: {e}") from e
+        log.event(_log, "taking_over", pid=client.old_pid, sockets=sorted(socks))
+        return client, socks
+
+    async def _start(
+        self,
+        cfg: GatewayConfig,
+        handover: HandoverClient | None,
+        inherited: dict[str, socket.socket],
+    ) -> None:
+        from veilgate.gateway.server import Gateway
+
         gateway = Gateway(cfg, self._authenticator)
-        await gateway.start()
+        await gateway.start(inherited.pop("listen", None), accept=handover is None)
         self._gateway = gateway
         self._install_quiet_signals()
         metrics.config_generation.set(gateway.generation)
@@ -131,25 +201,59 @@ class Service:
             lambda: gateway.recorder,
         )
         self.spawn(self.readiness.run())
-        if cfg.admin.enabled:
-            admin = AdminServer(
-                cfg.admin.host,
-                cfg.admin.port,
-                {},
-                self._admin_routers(gateway),
-            )
-            try:
-                await admin.start()
-            except BaseException:
-                await gateway.close()
-                raise
-            self._admin = admin
-        # the gateway logs its own `listening` event; `ready` says everything is up
-        fields: dict[str, Any] = {"host": cfg.listen.host, "port": gateway.port}
+        try:
+            if cfg.admin.enabled:
+                routers = self._admin_routers(gateway)
+                admin = AdminServer(cfg.admin.host, cfg.admin.port, {}, routers)
+                await admin.start(inherited.pop("admin", None), serve=handover is None)
+                self._admin = admin
+            if handover is not None:
+                # everything is ready: the old process stops accepting, this one starts
+                await asyncio.to_thread(handover.stop_old)
+                await self._resume_accepting()
+        except BaseException:
+            await self.close()
+            raise
+        # the gateway logs its own `listening` event; `ready` (in start) says everything is up
+
+    def _handover_sockets(self) -> list[tuple[str, socket.socket]]:
+        out: list[tuple[str, socket.socket]] = []
+        if self._gateway is not None and self._gateway.listening_socket is not None:
+            out.append(("listen", self._gateway.listening_socket))
+        if self._admin is not None and self._admin.listening_socket is not None:
+            out.append(("admin", self._admin.listening_socket))
+        return out
+
+    def _pause_accepting(self) -> None:
+        if self._gateway is not None:
+            self._gateway.pause_accepting()
         if self._admin is not None:
-            fields.update(admin_host=cfg.admin.host, admin_port=self._admin.port)
-            log.event(_log, "admin_listening", host=cfg.admin.host, port=self._admin.port)
-        log.event(_log, "ready", targets=sorted(cfg.targets), **fields)
+            self._admin.pause()
+
+    def _resume_soon(self) -> None:
+        self.spawn(self._resume_accepting())
+
+    async def _resume_accepting(self) -> None:
+        if self._gateway is not None:
+            self._gateway.resume_accepting()
+        if self._admin is not None:
+            await self._admin.resume()
+
+    def _status(self) -> str:
+        """One line for systemd's STATUS=."""
+        gateway = self._gateway
+        if gateway is None:
+            return "stopped"
+        return (
+            f"serving on {self.config.listen.host}:{gateway.port}, generation "
+            f"{gateway.generation}, {gateway.session_count()} sessions"
+        )
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 while the event loop runs (a stuck loop stops it; systemd restarts)."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
 
     def _admin_routers(self, gateway: Gateway) -> list[Router]:
         """The admin listener's routers, one per concern (each in its own module)."""
@@ -202,11 +306,16 @@ class Service:
         """Re-read the configuration file and apply it (see :mod:`veilgate.reload`).  A file
         that does not validate changes nothing; the outcome says which generation is live."""
         async with self._reload_lock:
+            self.notifier.reloading()
             try:
                 outcome = await self._reload()
             except Exception as e:  # a bug here must never end the process
                 _log.exception("config reload failed")
                 outcome = ReloadOutcome(False, self.generation, (f"internal error: {e!r}",))
+            status = self._status()
+            if not outcome.ok:
+                status += "; last reload failed"
+            self.notifier.ready(status)
         source = str(self.config.source) if self.config.source else None
         # one line per reload whatever logging.level says (an operator looks for it)
         always = min(max(logging.INFO, _log.getEffectiveLevel()), logging.CRITICAL)
@@ -359,6 +468,7 @@ class Service:
                 self.health.draining = True
             if self.readiness is not None:
                 self.readiness.draining = True
+            self.notifier.stopping(f"draining ({reason})")
             timeout = self.config.shutdown.drain_timeout_s
             if not immediate:
                 log.event(
@@ -368,7 +478,9 @@ class Service:
                     timeout_s=timeout,
                     sessions=gateway.session_count(),
                 )
-                drain = asyncio.create_task(gateway.drain(timeout))
+                drain = asyncio.create_task(
+                    gateway.drain(timeout, wait_for_clients=reason == HANDOVER)
+                )
                 second = asyncio.create_task(self._requests.get())
                 done, _ = await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
                 if drain in done:
@@ -395,6 +507,9 @@ class Service:
 
     async def close(self) -> None:
         """Close every session and both listeners now (idempotent)."""
+        if self._handover is not None:
+            handover, self._handover = self._handover, None
+            await handover.close()
         if self._gateway is not None:
             gateway, self._gateway = self._gateway, None
             try:

@@ -73,8 +73,16 @@ class StubGateway:
         self.drain_release = asyncio.Event()
         StubGateway.instances.append(self)
 
-    async def start(self) -> None:
+    async def start(self, sock: Any = None, *, accept: bool = True) -> None:
         self.calls.append("start")
+
+    listening_socket = None
+
+    def pause_accepting(self) -> None:
+        self.calls.append("pause")
+
+    def resume_accepting(self) -> None:
+        self.calls.append("resume")
 
     @property
     def port(self) -> int:
@@ -83,7 +91,12 @@ class StubGateway:
     def session_count(self) -> int:
         return self.sessions
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the Gateway API)
+    async def drain(
+        self,
+        timeout: float,  # noqa: ASYNC109 (the Gateway API)
+        *,
+        wait_for_clients: bool = False,
+    ) -> None:
         self.calls.append(f"drain({timeout:g})")
         try:
             await asyncio.wait_for(self.drain_release.wait(), timeout)

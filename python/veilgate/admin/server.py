@@ -133,6 +133,7 @@ class AdminServer:
         self.routes = dict(routes)
         self.routers = list(routers)
         self._server: asyncio.Server | None = None
+        self._listen: socket.socket | None = None
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -141,21 +142,50 @@ class AdminServer:
         """The bound port (after :meth:`start`)."""
         return self._port
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self._port, limit=MAX_HEAD_BYTES + 1024, backlog=128
-        )
-        sock: socket.socket = self._server.sockets[0]
-        self._port = int(sock.getsockname()[1])
+    async def start(self, sock: socket.socket | None = None, *, serve: bool = True) -> None:
+        """Bind ``host:port``, or serve on ``sock`` (handed over by the previous process);
+        accept unless ``serve`` is false (then :meth:`resume`)."""
+        from veilgate.gateway.listener import bind_listener
 
-    async def close(self) -> None:
+        if sock is None:
+            sock = await bind_listener(self.host, self._port, 128)
+        self._listen = sock
+        self._port = int(sock.getsockname()[1])
+        if serve:
+            await self.resume()
+
+    @property
+    def listening_socket(self) -> socket.socket | None:
+        """The listening socket (for a hand-over to the next process)."""
+        return self._listen
+
+    async def resume(self) -> None:
+        """Accept on the listening socket (again)."""
+        if self._server is not None or self._listen is None:
+            return
+        # the asyncio server owns (and closes) a duplicate: pausing keeps the socket open
+        self._server = await asyncio.start_server(
+            self._handle, sock=self._listen.dup(), limit=MAX_HEAD_BYTES + 1024
+        )
+
+    def pause(self) -> None:
+        """Stop accepting, keep the socket (its queue waits for whoever accepts next)."""
         if self._server is not None:
             self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
             self._server = None
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -23,6 +23,7 @@ from veilgate.config_model import GatewayConfig, TargetConfig
 from veilgate.gateway.cancel import CancelRegistry, cancel_digest
 from veilgate.gateway.limits import ConnectionCounter
 from veilgate.gateway.pool import UpstreamPool
+from veilgate.gateway.listener import bind_listener
 from veilgate.gateway.recording import open_recording
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator, Principal
@@ -63,6 +64,10 @@ NO_ALPN = wire.fatal(
 CANCEL_FORWARD_TIMEOUT_S = 5.0
 CANCEL_RELAY_PER_S = 64
 """CancelRequests for unknown sessions passed on to other gateways, at most, per second."""
+ACCEPT_BATCH = 64
+"""Connections taken off the accept queue per readiness callback."""
+ACCEPT_BACKOFF_S = 0.05
+"""Pause after a failed accept (out of file descriptors...)."""
 POLICY_CHECK_INTERVAL_S = 1.0
 """How often the policy file's mtime/size/inode are looked at for a reload."""
 
@@ -133,9 +138,10 @@ class Gateway:
         self._cancels: set[asyncio.Task[Any]] = set()
         """Cancels of statements whose session ended (awaited by drain / close)."""
         self._lsock: socket.socket | None = None
-        self._accept_task: asyncio.Task[None] | None = None
         self._port = 0
         self._accepting = False
+        self._closing = False
+        """Draining (or closing): a handshake that completes now gets 57P01."""
         self._all_closed: asyncio.Event | None = None
         self.policy_engine: PolicyEngine | None = None
         self.policy_watcher: PolicyFileWatcher | None = None
@@ -187,23 +193,17 @@ class Gateway:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind ``config.listen`` (port 0 picks an ephemeral port) and start accepting."""
+    async def start(self, sock: socket.socket | None = None, *, accept: bool = True) -> None:
+        """Bind ``config.listen`` (port 0 picks an ephemeral port), or serve on ``sock`` (a
+        listening socket handed over by the process serving before this one); start accepting
+        unless ``accept`` is false (then :meth:`resume_accepting` starts)."""
         loop = asyncio.get_running_loop()
         listen = self.config.listen
-        infos = await loop.getaddrinfo(
-            listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, _, _, _, addr = infos[0]
-        lsock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind(addr)
-            lsock.listen(listen.backlog)
+        if sock is not None:
+            lsock = sock
             lsock.setblocking(False)
-        except OSError:
-            lsock.close()
-            raise
+        else:
+            lsock = await bind_listener(listen.host, listen.port, listen.backlog)
         if self.recorder is not None:
             try:
                 await self.recorder.start()
@@ -212,8 +212,8 @@ class Gateway:
                 raise
         self._lsock = lsock
         self._port = lsock.getsockname()[1]
-        self._accepting = True
-        self._accept_task = loop.create_task(self._accept_loop(lsock))
+        if accept:
+            self.resume_accepting()
         if self.policy_watcher is not None:
             self._policy_timer = loop.call_later(POLICY_CHECK_INTERVAL_S, self._policy_tick)
         await self._start_approvals()
@@ -229,6 +229,27 @@ class Gateway:
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def listening_socket(self) -> socket.socket | None:
+        """The listening socket (for a hand-over to the next process)."""
+        return self._lsock
+
+    def resume_accepting(self) -> None:
+        """Accept connections on the listening socket (again)."""
+        if self._lsock is None or self._accepting:
+            return
+        self._accepting = True
+        asyncio.get_running_loop().add_reader(self._lsock.fileno(), self._accept_ready)
+
+    def pause_accepting(self) -> None:
+        """Stop taking connections off the queue, keep the socket: connections that arrive wait
+        in the kernel's accept queue for whoever accepts next (this process again, or the one
+        it handed the socket to).  Sessions accepted before keep going.  Accepting is a
+        readiness callback, not a task, so pausing never loses a connection already accepted."""
+        if self._accepting and self._lsock is not None:
+            asyncio.get_running_loop().remove_reader(self._lsock.fileno())
+        self._accepting = False
 
     def session_count(self) -> int:
         return len(self._sessions)
@@ -360,7 +381,7 @@ class Gateway:
     def _policy_tick(self) -> None:
         self._policy_timer = None
         self.reload_policy(force=False)
-        if self._accepting or self._sessions:
+        if self._lsock is not None or self._sessions:
             loop = asyncio.get_running_loop()
             self._policy_timer = loop.call_later(POLICY_CHECK_INTERVAL_S, self._policy_tick)
 
@@ -391,31 +412,29 @@ class Gateway:
             await recorder.stop()
 
     def _stop_accepting(self) -> None:
-        self._accepting = False
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            self._accept_task = None
+        self.pause_accepting()
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (the public API)
+    async def drain(self, timeout: float, *, wait_for_clients: bool = False) -> None:  # noqa: ASYNC109
         """Stop accepting; end idle sessions with 57P01 now and busy ones at their next
-        ReadyForQuery; at the deadline close whatever is left."""
+        ReadyForQuery; at the deadline close whatever is left.
+
+        ``wait_for_clients`` (after a hand-over to a new process): first let every session,
+        handshakes in progress included, go on until its client ends it, for up to ``timeout``;
+        only then drain what is left as above."""
         self._stop_accepting()
         self.upstream_pool.close()
+        if wait_for_clients and self._sessions:
+            log.event(logger, "handover_wait", sessions=len(self._sessions), timeout_s=timeout)
+            await self._wait_all_closed(timeout)
+        self._closing = True
         log.event(logger, "draining", sessions=len(self._sessions), timeout_s=timeout)
         for session in list(self._sessions):
             session.drain()
-        if self._sessions:
-            self._all_closed = asyncio.Event()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._all_closed.wait()
-            except TimeoutError:
-                log.event(logger, "drain_deadline", logging.WARNING, sessions=len(self._sessions))
-            finally:
-                self._all_closed = None
+        if not await self._wait_all_closed(timeout):
+            log.event(logger, "drain_deadline", logging.WARNING, sessions=len(self._sessions))
         for session in list(self._sessions):
             session.abort()
         await self._await_cancels()
@@ -425,10 +444,25 @@ class Gateway:
         await self._close_recorder()
         await self._close_catalogs()
 
+    async def _wait_all_closed(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until no session is left (True) or ``timeout`` passed (False)."""
+        if not self._sessions:
+            return True
+        self._all_closed = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._all_closed.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._all_closed = None
+        return True
+
     async def close(self) -> None:
         """Stop accepting and drop every session now."""
         self._stop_accepting()
         self.upstream_pool.close()
+        self._closing = True
         for session in list(self._sessions):
             session.close(ADMIN_SHUTDOWN, "gateway_close")
         await self._await_cancels()
@@ -461,25 +495,36 @@ class Gateway:
 
     # --- accepting -------------------------------------------------------------------------------
 
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while self._accepting:
+    def _accept_ready(self) -> None:
+        """The listening socket is readable: accept what is queued (bounded per wake-up)."""
+        lsock = self._lsock
+        for _ in range(ACCEPT_BATCH):
+            if not self._accepting or lsock is None:
+                return
             try:
-                sock, addr = await loop.sock_accept(lsock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as exc:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS...: back off, the queue keeps them
                 log.event(logger, "accept_failed", logging.ERROR, error=str(exc))
-                await asyncio.sleep(0.05)
-                continue
-            metrics.connections_total.inc()
-            limit = self.config.listen.max_connections
-            if len(self._sessions) >= limit + _over_limit_margin(limit):
-                # far over the limit: not even a polite refusal (bounded work under a flood)
-                metrics.errors_total.inc(kind="too_many_connections")
-                sock.close()
-                continue
-            self._spawn(self._handle(sock, addr, over_limit=len(self._sessions) >= limit))
+                self.pause_accepting()
+                asyncio.get_running_loop().call_later(ACCEPT_BACKOFF_S, self._accept_again, lsock)
+                return
+            self._accepted(sock, addr)
+
+    def _accept_again(self, lsock: socket.socket) -> None:
+        if self._lsock is lsock and not self._closing:
+            self.resume_accepting()
+
+    def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        metrics.connections_total.inc()
+        limit = self.config.listen.max_connections
+        if len(self._sessions) >= limit + _over_limit_margin(limit):
+            # far over the limit: not even a polite refusal (bounded work under a flood)
+            metrics.errors_total.inc(kind="too_many_connections")
+            sock.close()
+            return
+        self._spawn(self._handle(sock, addr, over_limit=len(self._sessions) >= limit))
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -568,7 +613,7 @@ class Gateway:
                 log.event(logger, "direct_tls_without_alpn", logging.INFO, peer=peer)
                 session.close(NO_ALPN, "no_alpn")
                 return
-        if not self._accepting:
+        if self._closing:
             session.close(ADMIN_SHUTDOWN, "drain")
             return
         await session.run_handshake(neg.packet if neg.outcome is Outcome.PLAIN else None, deadline)
