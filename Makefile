@@ -60,8 +60,8 @@ wheels:
 # Install the built wheels into a fresh venv per CPython version and smoke-test them (serve,
 # connect through it, mask) against the throwaway cluster; run once by .ci/run, not by pytest.
 wheels-check: wheels
-	$(PY) -m pytest -x -q -p no:cacheprovider tests/wheels --wheels-dir wheels \
-		--wheel-pythons "$(WHEEL_PYTHONS)"
+	VEILGATE_WHEELS_DIR=wheels VEILGATE_WHEEL_PYTHONS="$(WHEEL_PYTHONS)" \
+		$(PY) -m pytest -x -q -p no:cacheprovider tests/wheels
 
 clean:
 	cargo clean

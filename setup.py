@@ -5,11 +5,32 @@ Set VEILGATE_DEBUG=1 to compile the Cython modules with invariant checks
 """
 
 import os
+import subprocess
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("VEILGATE_DEBUG") == "1"
+
+
+def _write_commit() -> None:
+    """veilgate/_commit.txt: the source commit (veilgate.buildinfo), when built from git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return  # an sdist: keep the file it carries
+    with open(os.path.join(here, "python", "veilgate", "_commit.txt"), "w") as f:
+        f.write(commit + "\n")
+
+
+_write_commit()
 
 extensions = [
     Extension(

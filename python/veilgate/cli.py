@@ -189,7 +189,13 @@ def _cmd_version(args: argparse.Namespace) -> int:
         native = getattr(veilgate_native, "__version__", "installed")
     except ImportError:
         native = "not installed"
-    print(f"veilgate {__version__} (native engine: {native}; python {sys.version.split()[0]})")
+    from veilgate.buildinfo import build_info
+
+    commit = build_info()["commit"][:12]
+    print(
+        f"veilgate {__version__} (native engine: {native}; python {sys.version.split()[0]}; "
+        f"commit {commit})"
+    )
     return EXIT_OK
 
 
@@ -228,6 +234,14 @@ DELEGATED: dict[tuple[str, ...], tuple[str, str]] = {
     ("approvals",): (
         "veilgate.approvals.cli:main",
         "list, show, approve or deny just-in-time approval requests",
+    ),
+    ("admin",): (
+        "veilgate.admin.cli:main",
+        "a running gateway's sessions, targets and configuration (the admin console)",
+    ),
+    ("reload",): (
+        "veilgate.admin.cli:reload_main",
+        "reload a running gateway's configuration (through its admin console)",
     ),
 }
 """Commands whose module parses its own arguments: ``words -> (module:function, help)``."""

@@ -68,6 +68,13 @@ class AdminConfig:
     host: str = "127.0.0.1"
     port: int = field(default=9187, metadata=_PORT_OR_EPHEMERAL)
     enabled: bool = True
+    token_file: Path | None = None
+    """File holding the admin console's bearer token (re-read when it changes: rotate by
+    replacing the file)."""
+    token_env: str | None = None
+    """Environment variable holding the admin console's bearer token."""
+    roles: tuple[str, ...] = ()
+    """OIDC roles or groups whose tokens (validated like a client's) may use the console."""
 
 
 @dataclass(frozen=True, slots=True)

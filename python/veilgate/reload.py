@@ -26,7 +26,7 @@ __all__ = ["ReloadOutcome", "refused_changes", "restart_required", "without_rest
 
 _RESTART_KEYS: dict[str, tuple[str, ...] | None] = {
     "listen": ("host", "port", "backlog", "handover_socket"),
-    "admin": None,
+    "admin": ("host", "port", "enabled"),
     "state": None,
     "approvals": None,
 }
@@ -115,7 +115,9 @@ def without_restart_changes(old: GatewayConfig, new: GatewayConfig) -> GatewayCo
     return dataclasses.replace(
         new,
         listen=listen,
-        admin=old.admin,
+        admin=dataclasses.replace(
+            new.admin, host=old.admin.host, port=old.admin.port, enabled=old.admin.enabled
+        ),
         state=old.state,
         approvals=old.approvals,
         audit=audit,

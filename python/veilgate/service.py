@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from veilgate import config as config_loader
 from veilgate import log, metrics
+from veilgate.admin.console import AdminConsole
 from veilgate.admin.health import HealthState, health_router
 from veilgate.admin.metrics import metrics_router
 from veilgate.admin.server import AdminServer, Router
@@ -258,7 +259,11 @@ class Service:
     def _admin_routers(self, gateway: Gateway) -> list[Router]:
         """The admin listener's routers, one per concern (each in its own module)."""
         assert self.health is not None
-        routers = [health_router(self.health, self.readiness), metrics_router()]
+        routers = [
+            health_router(self.health, self.readiness),
+            metrics_router(),
+            AdminConsole(self, self._authenticator).router(),
+        ]
         approvals = getattr(gateway, "approvals", None)
         if approvals is not None and self.config.approvals.api:
             from veilgate.approvals.api import ApprovalsAPI
@@ -297,6 +302,11 @@ class Service:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    @property
+    def gateway(self) -> Gateway | None:
+        """The running gateway (None before start and after close)."""
+        return self._gateway
 
     @property
     def generation(self) -> int:

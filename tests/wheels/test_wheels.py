@@ -33,9 +33,13 @@ import pytest
 WHEELS = os.environ.get("VEILGATE_WHEELS_DIR")
 PYTHONS = os.environ.get("VEILGATE_WHEEL_PYTHONS", "3.11 3.12 3.13").split()
 
-pytestmark = pytest.mark.skipif(
-    not WHEELS, reason="VEILGATE_WHEELS_DIR not set (make wheels-check runs these)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not WHEELS, reason="VEILGATE_WHEELS_DIR not set (make wheels-check runs these)"
+    ),
+    # a venv's first test installs the dependencies from the package index
+    pytest.mark.timeout(900),
+]
 
 POLICY = """\
 version: 1

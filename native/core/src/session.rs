@@ -40,11 +40,21 @@ pub const CLIENT_TRACKED: TagSet = TagSet::from_tags(&[
 ]);
 
 /// Backend tags the tracker looks at.
-pub const SERVER_TRACKED: TagSet =
-    TagSet::from_tags(&[backend::READY_FOR_QUERY_TAG, backend::COPY_IN_RESPONSE_TAG]);
+pub const SERVER_TRACKED: TagSet = TagSet::from_tags(&[
+    backend::READY_FOR_QUERY_TAG,
+    backend::COPY_IN_RESPONSE_TAG,
+    backend::ERROR_RESPONSE_TAG,
+]);
 
 /// Backend tags whose body the tracker reads: they must be framed whole.
-pub const SERVER_WHOLE: TagSet = TagSet::from_tags(&[backend::READY_FOR_QUERY_TAG]);
+pub const SERVER_WHOLE: TagSet =
+    TagSet::from_tags(&[backend::READY_FOR_QUERY_TAG, backend::ERROR_RESPONSE_TAG]);
+
+/// Distinct SQLSTATE classes a session counts; later ones count as [`OTHER_CLASS`].
+pub const MAX_ERROR_CLASSES: usize = 32;
+
+/// The class of an error whose SQLSTATE is missing or not two ASCII letters/digits.
+pub const OTHER_CLASS: [u8; 2] = *b"??";
 
 /// One request the server answers with one ReadyForQuery.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +78,11 @@ pub struct SessionTracker {
     copy_in: bool,
     /// Status byte of the last ReadyForQuery; 0 before any.
     tx_status: u8,
+    /// Requests the server answered (one per ReadyForQuery that popped one).
+    statements: u64,
+    /// Errors by SQLSTATE class (the server's ErrorResponses and the gateway's own refusals),
+    /// at most [`MAX_ERROR_CLASSES`] entries.
+    error_classes: Vec<([u8; 2], u64)>,
     /// The session's statement log while it is recorded ([`crate::record`]); the receive
     /// buffers feed it under the same lock.
     pub log: Option<Box<StatementLog>>,
@@ -127,12 +142,16 @@ impl SessionTracker {
     #[inline]
     pub fn on_server(&mut self, tag: u8, frame: &[u8], now: Instant) {
         match tag {
+            backend::ERROR_RESPONSE_TAG => {
+                self.count_error(error_class(frame.get(5..).unwrap_or_default()));
+            }
             backend::READY_FOR_QUERY_TAG => {
                 if let Some(&status) = frame.get(5) {
                     self.tx_status = status;
                 }
                 self.copy_in = false;
                 if let Some(r) = self.pending.pop_front() {
+                    self.statements += 1;
                     stats::record_latency(now.saturating_duration_since(r.sent));
                 }
             }
@@ -155,6 +174,33 @@ impl SessionTracker {
         self.pending.pop_front().is_some()
     }
 
+    /// Counts one error of SQLSTATE class `class` (the gateway's own refusals call this).
+    pub fn count_error(&mut self, class: [u8; 2]) {
+        let class = if class.iter().all(u8::is_ascii_alphanumeric) {
+            class
+        } else {
+            OTHER_CLASS
+        };
+        if let Some(entry) = self.error_classes.iter_mut().find(|(c, _)| *c == class) {
+            entry.1 += 1;
+        } else if self.error_classes.len() < MAX_ERROR_CLASSES {
+            self.error_classes.push((class, 1));
+        } else {
+            self.count_error(OTHER_CLASS);
+        }
+    }
+
+    /// Requests the server answered with ReadyForQuery.
+    #[inline]
+    pub fn statements(&self) -> u64 {
+        self.statements
+    }
+
+    /// Errors by SQLSTATE class, in first-seen order.
+    pub fn error_classes(&self) -> &[([u8; 2], u64)] {
+        &self.error_classes
+    }
+
     /// Requests not yet answered by ReadyForQuery.
     #[inline]
     pub fn pending(&self) -> usize {
@@ -174,9 +220,52 @@ impl SessionTracker {
     }
 }
 
+/// The SQLSTATE class (first two characters of the `C` field) of an ErrorResponse body;
+/// [`OTHER_CLASS`] when it has none.
+fn error_class(body: &[u8]) -> [u8; 2] {
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        if code == b'C' && end >= 2 {
+            return [tail[0], tail[1]];
+        }
+        rest = &tail[end + 1..];
+    }
+    OTHER_CLASS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_and_error_classes_are_counted() {
+        let now = Instant::now();
+        let mut s = SessionTracker::new();
+        s.on_server(b'Z', Z_IDLE, now); // start-up: no statement
+        s.on_client(b'Q', now);
+        let mut e = vec![b'E', 0, 0, 0, 0];
+        e.extend_from_slice(b"SERROR\0C42P01\0Mno such table\0\0");
+        s.on_server(b'E', &e, now);
+        s.on_server(b'Z', Z_IDLE, now);
+        s.on_client(b'Q', now);
+        s.on_server(b'E', &[b'E', 0, 0, 0, 5, 0], now); // no code at all
+        s.on_server(b'Z', Z_IDLE, now);
+        s.count_error(*b"\x00\xff");
+        assert_eq!(s.statements(), 2);
+        assert_eq!(s.error_classes(), &[(*b"42", 1), (OTHER_CLASS, 2)]);
+        for i in 0..100u8 {
+            s.count_error([b'A' + i % 26, b'0' + i / 26]);
+        }
+        assert_eq!(s.error_classes().len(), MAX_ERROR_CLASSES);
+        let total: u64 = s.error_classes().iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 103);
+    }
 
     const Z_IDLE: &[u8] = &[b'Z', 0, 0, 0, 5, b'I'];
     const Z_IN_TX: &[u8] = &[b'Z', 0, 0, 0, 5, b'T'];

@@ -62,6 +62,7 @@ mod veilgate_native {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("FramingError", py.get_type::<crate::errors::FramingError>())?;
         m.add("MaskingError", py.get_type::<crate::plan::MaskingError>())?;
         m.add("TlsError", py.get_type::<crate::tls::TlsError>())?;

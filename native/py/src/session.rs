@@ -46,10 +46,26 @@ impl SessionState {
         lock(&self.inner).tx_status()
     }
 
+    #[getter]
+    fn statements(&self) -> u64 {
+        lock(&self.inner).statements()
+    }
+
+    fn error_classes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (class, n) in lock(&self.inner).error_classes() {
+            out.set_item(String::from_utf8_lossy(class), n)?;
+        }
+        Ok(out)
+    }
+
     #[pyo3(signature = (sqlstate=None))]
     fn discard_request(&self, sqlstate: Option<&str>) -> PyResult<bool> {
         let state = sqlstate.map(sqlstate_bytes).transpose()?;
         let mut t = lock(&self.inner);
+        if let Some(s) = state {
+            t.count_error([s[0], s[1]]);
+        }
         if let Some(log) = t.log.as_mut() {
             log.discard(state, Instant::now());
             log.flush();

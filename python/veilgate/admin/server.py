@@ -38,6 +38,7 @@ MAX_CONNECTIONS = 64
 
 _REASONS = {
     200: "OK",
+    202: "Accepted",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",

@@ -25,6 +25,8 @@ cdef class RelaySide:
     cdef bint _lost
     cdef bint _deliver_before_loss
     cdef object _lost_exc
+    cdef readonly unsigned long long received
+    """Bytes read from this side (the admin console's per-session byte counts)."""
 
     cdef _dispatch(self, object r)
     cdef _keep(self, list items, Py_ssize_t start)

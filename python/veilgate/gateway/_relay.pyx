@@ -322,6 +322,7 @@ cdef class RelaySide:
         # the engine encrypts a batch with no event only when it is written right here: a
         # batch kept for later (a hold) must be encrypted when it is written, in order
         cdef bint encrypt = self._encrypt and self._relaying and not self._held
+        self.received += nbytes
         try:
             r = self.rb.advance(nbytes, encrypt)
         except _MaskingError as exc:

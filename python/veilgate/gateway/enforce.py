@@ -277,6 +277,8 @@ class PolicyEnforcer:
         self.mirror.on_change = self._namespace_changed
         self.mirror.on_drop = self._dropped
         self._prepared_stale = False
+        self.last_fingerprint = ""
+        """Fingerprint of the latest statement judged (the admin console's current statement)."""
         self._stale_names: set[bytes] | None = set()
         """Names whose entry in ``ctx.prepared`` must be looked up again (None: all)."""
         self.engine = engine
@@ -943,6 +945,7 @@ class PolicyEnforcer:
 
     def _record(self, d: Decision, sql_len: int | None = None) -> None:
         _count_decision(d.action)
+        self.last_fingerprint = d.fingerprint
         recording = self.session.recording
         if recording is not None:
             recording.decision(self.session.current_stmt_id, d)

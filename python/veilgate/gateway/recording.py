@@ -205,7 +205,7 @@ def open_recording(recorder: Recorder, session: RecordedSession) -> SessionRecor
     """Start recording ``session`` (when it starts relaying)."""
     from veilgate.audit.index import SessionStart
 
-    rec = SessionRecording(recorder, session, new_session_id())
+    rec = SessionRecording(recorder, session, getattr(session, "id", None) or new_session_id())
     p = session.principal
     target = session.target
     recorder.open_session(

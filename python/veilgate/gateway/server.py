@@ -61,6 +61,7 @@ NO_ALPN = wire.fatal(
     "08P01",
     "received direct SSL connection request without ALPN protocol negotiation extension",
 )
+TERMINATED_BY_ADMIN = wire.fatal("57P01", "terminating connection due to administrator command")
 CANCEL_FORWARD_TIMEOUT_S = 5.0
 CANCEL_RELAY_PER_S = 64
 """CancelRequests for unknown sessions passed on to other gateways, at most, per second."""
@@ -108,6 +109,10 @@ def _is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
+def _name(session: Session) -> str | None:
+    return session.target.name if session.target is not None else None
+
+
 def _send_and_close(sock: socket.socket, data: bytes) -> None:
     try:
         if data:
@@ -141,6 +146,8 @@ class Gateway:
         self._port = 0
         self._accepting = False
         self._closing = False
+        self.paused_targets: dict[str, asyncio.Event] = {}
+        """Targets an administrator paused: new sessions wait for the event (set on resume)."""
         """Draining (or closing): a handshake that completes now gets 57P01."""
         self._all_closed: asyncio.Event | None = None
         self.policy_engine: PolicyEngine | None = None
@@ -617,6 +624,54 @@ class Gateway:
             session.close(ADMIN_SHUTDOWN, "drain")
             return
         await session.run_handshake(neg.packet if neg.outcome is Outcome.PLAIN else None, deadline)
+
+    # --- the admin console ----------------------------------------------------------------------
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions)
+
+    def find_session(self, session_id: str) -> Session | None:
+        for session in self._sessions:
+            if session.id == session_id:
+                return session
+        return None
+
+    def terminate_session(self, session: Session, by: str) -> None:
+        """End a session now (57P01), as pg_terminate_backend does."""
+        log.event(logger, "session_terminated", id=session.id, by=by, target=_name(session))
+        session.close(TERMINATED_BY_ADMIN, "terminated")
+
+    async def cancel_session(self, session: Session, by: str) -> str:
+        """Cancel the session's running statement upstream: ``cancelled``, ``idle`` (nothing
+        runs) or ``failed``."""
+        if session.enforcer is not None and session.enforcer.cancel_wait():
+            return "cancelled"  # it waited for an approval in the gateway
+        if not session.state.busy or session.upstream_pid is None:
+            return "idle"
+        if not await self._send_upstream_cancel(session):
+            return "failed"
+        metrics.cancel_requests_total.inc(outcome="admin")
+        log.event(logger, "session_cancelled", id=session.id, by=by, target=_name(session))
+        return "cancelled"
+
+    def pause_target(self, name: str, by: str) -> bool:
+        """New sessions for ``name`` wait (up to their handshake deadline) until resumed;
+        running sessions go on.  False when there is no such target."""
+        if name not in self.config.targets:
+            return False
+        if name not in self.paused_targets:
+            self.paused_targets[name] = asyncio.Event()
+            log.event(logger, "target_paused", logging.WARNING, target=name, by=by)
+        return True
+
+    def resume_target(self, name: str, by: str) -> bool:
+        if name not in self.config.targets and name not in self.paused_targets:
+            return False
+        event = self.paused_targets.pop(name, None)
+        if event is not None:
+            event.set()
+            log.event(logger, "target_resumed", target=name, by=by)
+        return True
 
     # --- cancel -----------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
 from veilgate.gateway.mirror import Desynchronised, ServerMirror
 from veilgate.gateway.pool import PooledConnection, PoolKey, pool_key
-from veilgate.gateway.recording import REFUSED_TAGS
+from veilgate.gateway.recording import REFUSED_TAGS, new_session_id
 from veilgate.gateway.startup import (
     ApplicationName,
     StartupRefused,
@@ -197,6 +197,9 @@ class Session:
         self.principal: Principal | None = None
         self.target: TargetConfig | None = None
         self.tier: str | None = None
+        self.tier_label = ""
+        """The session's tier as operators see it (metrics label, admin console): the policy
+        tier at start, else the identity tier, else empty."""
         self._lifetime_timer: asyncio.TimerHandle | None = None
         self._lifetime_end: tuple[bytes, str] | None = None
         """Set once the session outlived its token / max age: (FATAL to send, reason)."""
@@ -244,6 +247,10 @@ class Session:
         self._armed: tuple[int, int] | None = None
         """(scope, cache generation) the client buffer answers Queries under (None: it
         surfaces every Query; see :meth:`arm_verdicts`)."""
+        self.id = new_session_id()
+        """Random 16 hex digits: the admin console's and the session recording's id."""
+        self._deadline: float | None = None
+        """End of the handshake (a paused target waits for at most this)."""
 
     # --- callbacks from RelayProtocol ------------------------------------------------------------
 
@@ -530,6 +537,7 @@ class Session:
 
     async def run_handshake(self, first_packet: bytes | None, deadline: float) -> None:
         """Startup, client authentication, upstream connection; then relay (or close)."""
+        self._deadline = deadline
         try:
             async with asyncio.timeout_at(deadline):
                 await self._handshake(first_packet)
@@ -661,8 +669,13 @@ class Session:
                 detail=exc.detail,
             ) from None
         self.tier = grant.tier if grant else None
+        engine = self.gateway.policy_engine
+        policy_tier = engine.tier_for(principal) if engine is not None else None
+        self.tier_label = policy_tier.name if policy_tier is not None else (self.tier or "")
         self._login = login
         self._planner = self._masking_planner(principal, login)
+        if target.name in self.gateway.paused_targets:
+            await self._wait_target(target.name, principal)
 
         params = [
             ("user", login.user),
@@ -1115,6 +1128,57 @@ class Session:
                 self.close(ADMIN_SHUTDOWN, "drain")
             else:
                 self.set_upstream_events()
+
+    async def _wait_target(self, name: str, principal: Principal) -> None:
+        """The target is paused by an administrator: wait (within the handshake's deadline, less
+        a moment to answer) for it to resume, else refuse with 57P03."""
+        resumed = self.gateway.paused_targets.get(name)
+        if resumed is None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = (self._deadline or loop.time()) - loop.time() - 0.25
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                await resumed.wait()
+        except TimeoutError:
+            raise self._refuse(
+                "57P03",
+                f'database "{name}" is paused by an administrator; try again later',
+                "target_paused",
+                principal=principal.label(),
+            ) from None
+
+    def info(self) -> dict[str, Any]:
+        """What the admin console shows of this session (no secret, no statement text)."""
+        p = self.principal
+        if self.phase is Phase.HANDSHAKE:
+            state = "handshake"
+        elif self.phase is Phase.CLOSED:
+            state = "closed"
+        elif self.state.busy:
+            state = "active"
+        else:
+            state = {ord("T"): "idle_in_transaction", ord("E"): "idle_in_failed_transaction"}.get(
+                self.state.tx_status, "idle"
+            )
+        return {
+            "id": self.id,
+            "client": self.peer,
+            "state": state,
+            "draining": self.draining,
+            "principal": p.label() if p else None,
+            "provider": p.provider if p else None,
+            "tenant": p.tenant if p else None,
+            "subject": p.subject if p else None,
+            "tier": self.tier_label or None,
+            "target": self.target.name if self.target else None,
+            "login_role": self._login.user if self._login else None,
+            "upstream_pid": self.upstream_pid,
+            "statement_fingerprint": self.enforcer.last_fingerprint if self.enforcer else None,
+            "age_s": round(asyncio.get_running_loop().time() - self._started, 3),
+            "bytes_from_client": self.client.received,
+            "bytes_from_server": self.upstream.received if self.upstream is not None else 0,
+        }
 
     def close(self, client_message: bytes | None, reason: str) -> None:
         """End the session: optional last message to the client, Terminate upstream, close both."""
