@@ -56,7 +56,9 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "veilgate.cliargs",
             "veilgate.reload",
             "veilgate.testing",
-            "veilgate.sdnotify",  # systemd readiness notification (ops)
+            "veilgate.buildinfo",
+            "veilgate.handover",
+            "veilgate.sdnotify",
         ),
     ),
 )
