@@ -113,6 +113,9 @@ class SessionState:
     @property
     def statements(self) -> int:
         """Requests the server answered with ReadyForQuery (the session's statement count)."""
+    def latency(self) -> tuple[list[int], float]:
+        """This session's statement latencies: non-cumulative counts per bucket of
+        :func:`latency_histogram`'s bounds plus one for ``+Inf``, and their sum in seconds."""
     def error_classes(self) -> dict[str, int]:
         """Errors by SQLSTATE class (``"42"``; ``"??"`` without a valid code): the server's
         ErrorResponses and the gateway's own refusals (``discard_request(sqlstate)``); at most

@@ -7,7 +7,8 @@ are read only when ``/metrics`` is scraped, so the hot path pays nothing for the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import bisect
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -34,6 +35,12 @@ class _Metric:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"{self.name}: labels {sorted(labels)} != {list(self.labelnames)}")
         return tuple(str(labels[n]) for n in self.labelnames)
+
+    def add(self, amount: float, *label_values: str) -> None:
+        """Add ``amount`` to the series of ``label_values`` (``labelnames`` order)."""
+        if len(label_values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(label_values)} label values for {self.labelnames}")
+        self.values[label_values] = self.values.get(label_values, 0.0) + amount
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
@@ -109,10 +116,60 @@ class Histogram(_Metric):
         yield f"{self.name}_count {self.count}"
 
 
+class LabelledHistogram(_Metric):
+    """A histogram per label set (cumulative buckets, sum, count in the exposition)."""
+
+    def __init__(
+        self, name: str, help: str, labelnames: tuple[str, ...], buckets: Sequence[float]
+    ) -> None:
+        super().__init__(name, help, "histogram", labelnames)
+        self.buckets = tuple(sorted(buckets))
+        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        """label values -> (non-cumulative counts, one more for +Inf; [sum])."""
+
+    def _slot(self, labels: tuple[str, ...]) -> tuple[list[int], list[float]]:
+        slot = self.series.get(labels)
+        if slot is None:
+            if len(labels) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(labels)} label values for {self.labelnames}")
+            slot = self.series[labels] = ([0] * (len(self.buckets) + 1), [0.0])
+        return slot
+
+    def observe(self, value: float, *labels: str) -> None:
+        counts, total = self._slot(labels)
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        total[0] += value
+
+    def add_histogram(self, counts: Sequence[int], total: float, *labels: str) -> None:
+        """Add a histogram kept elsewhere (same bounds; non-cumulative, +Inf last)."""
+        mine, s = self._slot(labels)
+        if len(counts) != len(mine):
+            raise ValueError(f"{self.name}: {len(counts)} buckets, expected {len(mine)}")
+        for i, c in enumerate(counts):
+            mine[i] += c
+        s[0] += total
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        for key, (counts, total) in sorted(self.series.items()):
+            labels = _labels(self.labelnames, key)[1:-1]
+            acc = 0
+            for bound, c in zip(self.buckets, counts, strict=False):
+                acc += c
+                yield f'{self.name}_bucket{{{labels},le="{bound:g}"}} {acc}'
+            acc += counts[-1]
+            yield f'{self.name}_bucket{{{labels},le="+Inf"}} {acc}'
+            yield f"{self.name}_sum{{{labels}}} {total[0]:g}"
+            yield f"{self.name}_count{{{labels}}} {acc}"
+
+
 connections_total = Counter("veilgate_client_connections_total", "Client TCP connections accepted.")
 connections_active = Gauge("veilgate_client_connections_active", "Client connections open now.")
 sessions_total = Counter(
-    "veilgate_sessions_total", "Authenticated sessions relayed to an upstream.", ("target",)
+    "veilgate_sessions_total",
+    "Authenticated sessions relayed to an upstream, by target and tier.",
+    ("target", "tier"),
 )
 auth_failures_total = Counter(
     "veilgate_auth_failures_total", "Client authentication failures by reason.", ("reason",)
@@ -227,6 +284,83 @@ config_reloads_total = Counter(
     ("result",),
 )
 
+# --- per target and tier ------------------------------------------------------------------------
+# Labels are bounded: target names come from the configuration, tiers from the policy (or the
+# identity tiers; "" for none), SQLSTATE classes are two characters (at most 32 per session),
+# entities are the detectors' and the policy's, decisions allow / deny / approve.  The session
+# counters below are rebuilt at each scrape from the sessions' own counts (kept natively or once
+# per result; nothing per row or message in Python): see :data:`SESSION_ROLLUPS`.
+
+sessions_active = Gauge(
+    "veilgate_sessions_active", "Sessions relaying now, by target and tier.", ("target", "tier")
+)
+statements_total = Counter(
+    "veilgate_statements_total",
+    "Requests the server answered (one per ReadyForQuery), by target and tier.",
+    ("target", "tier"),
+)
+statement_decisions_total = Counter(
+    "veilgate_statement_decisions_total",
+    "Policy decisions on statements, by target, tier and decision (allow, deny, approve).",
+    ("target", "tier", "decision"),
+)
+statement_errors_total = Counter(
+    "veilgate_statement_errors_total",
+    "Errors sent to clients (the server's and the gateway's refusals) by target, tier and "
+    "SQLSTATE class ('??': none or malformed).",
+    ("target", "tier", "class"),
+)
+session_bytes_total = Counter(
+    "veilgate_session_bytes_total",
+    "Bytes received from clients (direction=in) and from the server (direction=out) by relaying "
+    "sessions, by target and tier.",
+    ("target", "tier", "direction"),
+)
+target_masked_values_total = Counter(
+    "veilgate_target_masked_values_total",
+    "Result values masked, by target, tier and entity (COLUMN for column rules).",
+    ("target", "tier", "entity"),
+)
+LATENCY_BOUNDS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""The native engine's statement latency buckets (``veilgate_native.latency_histogram()``)."""
+target_statement_duration = LabelledHistogram(
+    "veilgate_target_statement_duration_seconds",
+    "Time from a request (Query, Sync, FunctionCall) to its ReadyForQuery, by target and tier.",
+    ("target", "tier"),
+    LATENCY_BOUNDS,
+)
+upstream_connect_seconds = LabelledHistogram(
+    "veilgate_upstream_connect_seconds",
+    "Time to open an upstream session (TCP, TLS, SCRAM, start-up), by target and result.",
+    ("target", "result"),
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+token_validations_total = Counter(
+    "veilgate_token_validations_total",
+    "Client token validations by provider and outcome (valid, or the failure reason).",
+    ("provider", "outcome"),
+)
+build_info = Gauge(
+    "veilgate_build_info",
+    "Always 1; the labels say what runs (version, commit, native engine version, Python).",
+    ("version", "commit", "native_version", "python"),
+)
+
+SESSION_ROLLUPS: list[Callable[[], None]] = []
+"""Called at each scrape after the session metrics were cleared; each adds its sessions' totals
+(a gateway: its ended sessions' sums and its live sessions' counts)."""
+_ROLLED_UP: tuple[_Metric, ...] = (
+    sessions_active,
+    statements_total,
+    statement_decisions_total,
+    statement_errors_total,
+    session_bytes_total,
+    target_masked_values_total,
+)
+
 REGISTRY: list[_Metric] = [
     connections_total,
     connections_active,
@@ -255,6 +389,16 @@ REGISTRY: list[_Metric] = [
     config_generation,
     config_reloads_total,
     audit_log_failures_total,
+    sessions_active,
+    statements_total,
+    statement_decisions_total,
+    statement_errors_total,
+    session_bytes_total,
+    target_masked_values_total,
+    target_statement_duration,
+    upstream_connect_seconds,
+    token_validations_total,
+    build_info,
 ]
 
 
@@ -308,6 +452,22 @@ def render() -> str:
     """The whole exposition, for ``GET /metrics``."""
     for collect in list(COLLECTORS):
         collect()
+    for m in _ROLLED_UP:
+        m.values.clear()
+    target_statement_duration.series.clear()
+    for rollup in list(SESSION_ROLLUPS):
+        rollup()
+    if not build_info.values:
+        from veilgate.buildinfo import build_info as info
+
+        b = info()
+        build_info.set(
+            1,
+            version=b["version"],
+            commit=b["commit"],
+            native_version=b["native_version"],
+            python=b["python"],
+        )
     lines: list[str] = []
     for metric in REGISTRY:
         lines.extend(metric.render())

@@ -395,7 +395,7 @@ def test_serve_end_to_end_and_sigterm(
         assert metric(text, "veilgate_client_connections_total") >= 2
         assert metric(text, "veilgate_bytes_received_total", '{direction="client"}') > 0
         assert metric(text, "veilgate_bytes_received_total", '{direction="server"}') > 0
-        assert metric(text, "veilgate_sessions_total", '{target="app"}') >= 2
+        assert metric(text, "veilgate_sessions_total", '{target="app",tier=""}') >= 2
 
         t0 = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)

@@ -83,6 +83,10 @@ pub struct SessionTracker {
     /// Errors by SQLSTATE class (the server's ErrorResponses and the gateway's own refusals),
     /// at most [`MAX_ERROR_CLASSES`] entries.
     error_classes: Vec<([u8; 2], u64)>,
+    /// This session's statement latencies: non-cumulative counts per bucket of
+    /// [`stats::LATENCY_BUCKETS`] (the last one `+Inf`), and their sum.
+    latency_buckets: [u64; stats::LATENCY_BUCKETS.len() + 1],
+    latency_sum_ns: u64,
     /// The session's statement log while it is recorded ([`crate::record`]); the receive
     /// buffers feed it under the same lock.
     pub log: Option<Box<StatementLog>>,
@@ -152,7 +156,9 @@ impl SessionTracker {
                 self.copy_in = false;
                 if let Some(r) = self.pending.pop_front() {
                     self.statements += 1;
-                    stats::record_latency(now.saturating_duration_since(r.sent));
+                    let (i, ns) = stats::record_latency(now.saturating_duration_since(r.sent));
+                    self.latency_buckets[i] += 1;
+                    self.latency_sum_ns = self.latency_sum_ns.saturating_add(ns);
                 }
             }
             backend::COPY_IN_RESPONSE_TAG => {
@@ -194,6 +200,12 @@ impl SessionTracker {
     #[inline]
     pub fn statements(&self) -> u64 {
         self.statements
+    }
+
+    /// This session's latency histogram: non-cumulative bucket counts (last: `+Inf`) and the
+    /// sum in nanoseconds.
+    pub fn latency(&self) -> (&[u64], u64) {
+        (&self.latency_buckets, self.latency_sum_ns)
     }
 
     /// Errors by SQLSTATE class, in first-seen order.
@@ -258,6 +270,8 @@ mod tests {
         s.on_server(b'Z', Z_IDLE, now);
         s.count_error(*b"\x00\xff");
         assert_eq!(s.statements(), 2);
+        let (buckets, _sum) = s.latency();
+        assert_eq!(buckets.iter().sum::<u64>(), 2);
         assert_eq!(s.error_classes(), &[(*b"42", 1), (OTHER_CLASS, 2)]);
         for i in 0..100u8 {
             s.count_error([b'A' + i % 26, b'0' + i / 26]);

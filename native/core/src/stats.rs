@@ -78,14 +78,16 @@ pub fn traffic() -> Traffic {
     }
 }
 
-/// Records one statement's latency (request to ReadyForQuery).
+/// Records one statement's latency (request to ReadyForQuery); returns its bucket index (the
+/// last one is `+Inf`) and the latency in nanoseconds, for a session's own histogram.
 #[inline]
-pub fn record_latency(latency: Duration) {
+pub fn record_latency(latency: Duration) -> (usize, u64) {
     let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
     let i = LATENCY_BUCKETS_NS.partition_point(|&bound| bound < ns);
     BUCKETS[i].fetch_add(1, Relaxed);
     LATENCY_SUM_NS.fetch_add(ns, Relaxed);
     LATENCY_COUNT.fetch_add(1, Relaxed);
+    (i, ns)
 }
 
 /// A Prometheus-shaped view of the latency histogram.

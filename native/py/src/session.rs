@@ -51,6 +51,15 @@ impl SessionState {
         lock(&self.inner).statements()
     }
 
+    /// This session's statement latencies: non-cumulative counts per bucket of
+    /// `latency_histogram()`'s bounds (one more for `+Inf`) and their sum in seconds.
+    fn latency(&self) -> (Vec<u64>, f64) {
+        let t = lock(&self.inner);
+        let (buckets, ns) = t.latency();
+        #[allow(clippy::cast_precision_loss)]
+        (buckets.to_vec(), ns as f64 / 1e9)
+    }
+
     fn error_classes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         for (class, n) in lock(&self.inner).error_classes() {

@@ -278,6 +278,8 @@ class PolicyEnforcer:
         self.mirror.on_drop = self._dropped
         self._prepared_stale = False
         self.last_fingerprint = ""
+        self.decisions: dict[str, int] = {}
+        """Decisions of this session by action (per-target metrics)."""
         """Fingerprint of the latest statement judged (the admin console's current statement)."""
         self._stale_names: set[bytes] | None = set()
         """Names whose entry in ``ctx.prepared`` must be looked up again (None: all)."""
@@ -946,6 +948,8 @@ class PolicyEnforcer:
     def _record(self, d: Decision, sql_len: int | None = None) -> None:
         _count_decision(d.action)
         self.last_fingerprint = d.fingerprint
+        decisions = self.decisions
+        decisions[d.action] = decisions.get(d.action, 0) + 1
         recording = self.session.recording
         if recording is not None:
             recording.decision(self.session.current_stmt_id, d)

@@ -264,6 +264,8 @@ class MaskingRelay:
         self._server_frame = server_frame
         """What the client gets for a server event (the enforcer's rewrite when there is one)."""
         self._requests: deque[_Query | _Segment] = deque()
+        self.masked: dict[str, int] = {}
+        """Values masked in this session by entity (per-target metrics)."""
         self._result: _Result | None = None
         self._markers: OrderedDict[bytes, bytes] = OrderedDict()
         """Refusal markers sent upstream: nonce -> the ErrorResponse the client gets instead."""
@@ -986,8 +988,10 @@ class MaskingRelay:
                     entities[e] = entities.get(e, 0) + n
         if not entities:
             return
+        masked = self.masked
         for e, n in entities.items():
             metrics.masked_values_total.inc(n, entity=e)
+            masked[e] = masked.get(e, 0) + n
         if self.audit is None:
             return
         event = MaskEvent.create(

@@ -20,6 +20,7 @@ import veilgate_native as native
 
 from veilgate import bytecache, log, metrics
 from veilgate.config_model import GatewayConfig, TargetConfig
+from veilgate.gateway.accounting import Accounting
 from veilgate.gateway.cancel import CancelRegistry, cancel_digest
 from veilgate.gateway.limits import ConnectionCounter
 from veilgate.gateway.pool import UpstreamPool
@@ -147,6 +148,8 @@ class Gateway:
         self._accepting = False
         self._closing = False
         self.paused_targets: dict[str, asyncio.Event] = {}
+        self.accounting = Accounting(lambda: self._sessions)
+        """Per target and tier session metrics (ended sessions' totals + live counts)."""
         """Targets an administrator paused: new sessions wait for the event (set on resume)."""
         """Draining (or closing): a handshake that completes now gets 57P01."""
         self._all_closed: asyncio.Event | None = None
@@ -219,6 +222,7 @@ class Gateway:
                 raise
         self._lsock = lsock
         self._port = lsock.getsockname()[1]
+        metrics.SESSION_ROLLUPS.append(self.accounting.rollup)
         if accept:
             self.resume_accepting()
         if self.policy_watcher is not None:
@@ -420,6 +424,7 @@ class Gateway:
 
     def _stop_accepting(self) -> None:
         self.pause_accepting()
+        self._closing_metrics()
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None
@@ -478,6 +483,7 @@ class Gateway:
         self._close_policy()
         await self._close_recorder()
         await self._close_catalogs()
+        self.accounting.detach()
         await asyncio.sleep(0)
 
     async def _await_cancels(self) -> None:
@@ -495,6 +501,7 @@ class Gateway:
 
     def session_closed(self, session: Session) -> None:
         if session in self._sessions:
+            self.accounting.session_ended(session)
             self._sessions.discard(session)
             metrics.connections_active.dec()
             if not self._sessions and self._all_closed is not None:
@@ -624,6 +631,10 @@ class Gateway:
             session.close(ADMIN_SHUTDOWN, "drain")
             return
         await session.run_handshake(neg.packet if neg.outcome is Outcome.PLAIN else None, deadline)
+
+    def _closing_metrics(self) -> None:
+        """Stopped accepting: the totals stay in the exposition (counters never go back while
+        the process runs); the live sessions are counted until they end."""
 
     # --- the admin console ----------------------------------------------------------------------
 

@@ -625,6 +625,7 @@ class Session:
             principal = await self.gateway.authenticator.authenticate(token, ctx)
         except AuthError as exc:
             metrics.auth_failures_total.inc(reason=exc.reason)
+            metrics.token_validations_total.add(1, getattr(exc, "provider", "") or "", exc.reason)
             log.event(
                 logger,
                 "auth_failed",
@@ -644,6 +645,7 @@ class Session:
             raise _Refuse(failed) from None
         finally:
             del token
+        metrics.token_validations_total.add(1, principal.provider, "valid")
         self.principal = principal
         self._count_connection(principal)
 
@@ -698,10 +700,13 @@ class Session:
             self._pool_key = pool_key(login, self.tier, params)
             self._pool_generation = self.gateway.generation
             hs = await self._reuse_upstream(login, dict(params)["application_name"])
+        started = asyncio.get_running_loop().time()
+        connected = "reused" if hs is not None else "failed"
         try:
             async with asyncio.timeout(target.connect_timeout_s):
                 if hs is None:
                     hs = await self._connect_upstream(login, params)
+                    connected = "ok"
         except TimeoutError:
             raise self._upstream_failed(
                 upstream.UpstreamError(
@@ -722,6 +727,9 @@ class Session:
                     "upstream_closed",
                 )
             ) from None
+        finally:
+            elapsed = asyncio.get_running_loop().time() - started
+            metrics.upstream_connect_seconds.observe(elapsed, target.name, connected)
 
         assert hs is not None
         self.upstream_pid, self.upstream_key = hs.backend_pid, hs.backend_key
@@ -751,7 +759,7 @@ class Session:
         )
         self._start_relay()
         self._arm_lifetime(principal)
-        metrics.sessions_total.inc(target=target.name)
+        metrics.sessions_total.inc(target=target.name, tier=self.tier_label)
         log.event(
             logger,
             "session_started",
