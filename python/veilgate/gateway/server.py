@@ -23,8 +23,8 @@ from veilgate.config_model import GatewayConfig, TargetConfig
 from veilgate.gateway.accounting import Accounting
 from veilgate.gateway.cancel import CancelRegistry, cancel_digest
 from veilgate.gateway.limits import ConnectionCounter
-from veilgate.gateway.pool import UpstreamPool
 from veilgate.gateway.listener import bind_listener
+from veilgate.gateway.pool import UpstreamPool
 from veilgate.gateway.recording import open_recording
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator, Principal
