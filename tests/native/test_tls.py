@@ -345,3 +345,80 @@ def test_arbitrary_bytes_never_crash(pki: dict[str, CertPair], garbage: bytes, c
             conn.encrypt(b"x")
             with pytest.raises(native.TlsError):
                 conn.feed(b"\x17\x03\x03\x00\x01x")
+
+
+def _native_pair(pki: dict[str, CertPair]) -> tuple[native.TlsConnection, native.TlsConnection]:
+    server = native.TlsConnection.server(_server_config(pki))
+    client = native.TlsConnection.client(native.TlsClientConfig("require"), "db.example")
+    for _ in range(10):
+        server.feed(client.take_ciphertext())
+        client.feed(server.take_ciphertext())
+        if not server.handshaking and not client.handshaking:
+            server.feed(client.take_ciphertext())
+            return server, client
+    raise AssertionError("handshake did not finish")
+
+
+def _query(sql: bytes) -> bytes:
+    return b"Q" + struct.pack("!i", len(sql) + 5) + sql + b"\0"
+
+
+@given(
+    sizes=st.lists(st.integers(0, 20000), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(1, 70000), max_size=20),
+    hint=st.sampled_from([-1, 1, 4096, 65536]),
+)
+def test_recvbuffer_decrypts_whatever_the_reads(
+    pki: dict[str, CertPair], sizes: list[int], cuts: list[int], hint: int
+) -> None:
+    """A RecvBuffer with TLS attached, fed ciphertext the way the loop feeds it (prepare, write
+    into the exported buffer, advance) in arbitrary reads: what it forwards is the plaintext
+    stream, whole, in order; the batches it encrypts into the peer's connection decrypt to the
+    same; no export is left behind."""
+    server, client = _native_pair(pki)
+    peer_server, peer_client = _native_pair(pki)
+    stream = b"".join(_query(b"x" * n) for n in sizes)
+    wire = client.encrypt(stream)
+    rb = native.RecvBuffer(native.CLIENT)
+    assert rb.attach_tls(server) == 0
+    rb.set_output_tls(peer_server)
+    forwarded = bytearray()
+    at, i = 0, 0
+    while at < len(wire):
+        rb.prepare(hint)
+        with memoryview(rb) as mv:
+            n = min(len(mv), len(wire) - at, cuts[i % len(cuts)] if cuts else len(wire))
+            mv[:n] = wire[at : at + n]
+        at += n
+        i += 1
+        out = rb.advance(n, True)
+        assert rb.exports == 0
+        if out is not None:
+            assert isinstance(out, bytes)
+            peer_client.feed(out)
+            forwarded += peer_client.take_plaintext()
+    assert bytes(forwarded) == stream
+    assert rb.buffered == 0
+
+
+def test_recvbuffer_never_hands_out_plaintext_as_records(pki: dict[str, CertPair]) -> None:
+    """encrypt=True with no output connection is an error, never plaintext for a TLS peer;
+    a second attach is refused; a forged record is a TlsError (a FramingError)."""
+    server, client = _native_pair(pki)
+    rb = native.RecvBuffer(native.CLIENT)
+    rb.attach_tls(server)
+    with pytest.raises(ValueError, match="attached"):
+        rb.attach_tls(server)
+    wire = client.encrypt(_query(b"select 1"))
+    rb.prepare(-1)
+    with memoryview(rb) as mv:
+        mv[: len(wire)] = wire
+    with pytest.raises(RuntimeError, match="output"):
+        rb.advance(len(wire), True)
+    forged = bytearray(client.encrypt(_query(b"select 2")))
+    forged[-1] ^= 1
+    rb.prepare(-1)
+    with memoryview(rb) as mv:
+        mv[: len(forged)] = forged
+    with pytest.raises(native.FramingError):
+        rb.advance(len(forged))
