@@ -330,7 +330,7 @@ def test_a_pass_through_keeps_its_column_rule(tier: TierMasking) -> None:
 def test_a_shadowed_builtin_is_of_unknown_origin(tier: TierMasking) -> None:
     # app.upper(varchar) would be picked over pg_catalog.upper(text) for a varchar argument
     cat = FakeCatalog()
-    cat.shadowed = {"f:upper", "o:||", "t:text"}
+    cat.shadowed = {"f:upper", "o:||", "t:text", "c:secret_type"}
     p = _planner(tier, cat)
     sql = "SELECT upper(full_name) FROM customers"
     assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "redact")]
@@ -344,6 +344,15 @@ def test_a_shadowed_builtin_is_of_unknown_origin(tier: TierMasking) -> None:
         "SELECT full_name::app.secret_type FROM customers",
     ):
         assert _how(p, [_f("x", 0, 0, TEXT)], sql) == [("text", "redact")], sql
+    # a cast to a user type reads its input (C input functions) unless a cast function or a
+    # domain's constraints may run other code (c: keys)
+    p = _planner(tier, FakeCatalog())
+    assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT full_name::app.mood FROM customers") == [
+        ("keep", "keep")
+    ]
+    assert _how(p, [_f("x", 0, 0, TEXT)], "SELECT ssn::app.mood FROM customers") == [
+        ("text", "redact")
+    ]
     # an operator qualified with another schema: of unknown origin unless every operator of
     # that name outside pg_catalog is an extension's C function (o: False, e:o: True)
     cat = FakeCatalog()

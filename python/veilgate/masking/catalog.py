@@ -279,7 +279,9 @@ CROSS JOIN LATERAL (
 WHERE p.proname = ANY({_names_array(names)});"""  # noqa: S608
 
 
-def _namesakes_sql(types: Iterable[str], operators: Iterable[str]) -> str:
+def _namesakes_sql(
+    types: Iterable[str], operators: Iterable[str], casts: Iterable[str] = ()
+) -> str:
     # one row per type / operator of a wanted name outside pg_catalog; for an operator, the
     # function it runs: its name, language and whether an extension installed it
     return f"""
@@ -294,7 +296,17 @@ UNION ALL SELECT 'o:' || o.oprname, p.proname, l.lanname, {_EXTENSION_MEMBER}, E
   FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode
   JOIN pg_language l ON l.oid = p.prolang
  WHERE o.oprname = ANY({_names_array(operators)})
-   AND o.oprnamespace <> 'pg_catalog'::regnamespace;"""  # noqa: S608
+   AND o.oprnamespace <> 'pg_catalog'::regnamespace
+UNION ALL SELECT 'c:' || t.typname, NULL, NULL, NULL, NULL FROM pg_type t
+ WHERE t.typname = ANY({_names_array(casts)})
+   AND (t.typtype = 'p' OR t.typtype = 'd' AND EXISTS (
+          SELECT 1 FROM pg_constraint k WHERE k.contypid = t.oid)
+        OR EXISTS (
+          SELECT 1 FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
+            JOIN pg_language l ON l.oid = p.prolang
+           WHERE c.casttarget = t.oid
+             AND NOT (l.lanname IN ('c', 'internal') AND {_EXTENSION_MEMBER})
+             AND p.pronamespace <> 'pg_catalog'::regnamespace));"""  # noqa: S608
 
 
 def trusted_function(name: str | None, language: str | None, extension: str | None) -> bool:
@@ -311,7 +323,10 @@ def trusted_function(name: str | None, language: str | None, extension: str | No
 
 
 def _parse_namesakes(wants: Iterable[str], rows: list[tuple[str | None, ...]]) -> dict[str, bool]:
-    """``t:`` / ``o:`` keys: True when a namesake that may not compute like a built-in exists;
+    """``c:`` keys: True when a cast to a type of that name (outside the built-ins) may run
+    code other than C input functions: a cast function that is not an extension's C function,
+    a domain with constraints (they may call functions), a pseudo-type.
+    ``t:`` / ``o:`` keys: True when a namesake that may not compute like a built-in exists;
     ``e:o:`` keys: True when an operator namesake may take a value of a built-in type (an
     argument of a built-in type, or of a type a built-in one casts to implicitly): the server
     may pick it for such a value, so the built-in's argument rules do not hold.  (hstore's
@@ -719,6 +734,7 @@ class Catalog:
         keys = {k[2:] if k.startswith("e:") else k for k in wants.keys}
         types = sorted(k[2:] for k in keys if k.startswith("t:"))
         operators = sorted(k[2:] for k in keys if k.startswith("o:"))
+        casts = sorted(k[2:] for k in keys if k.startswith("c:"))
         sql = []
         if want_names:
             sql.append(_CATALOG_PATH)
@@ -726,7 +742,7 @@ class Catalog:
         if wants.funcs:
             sql.append(_functions_sql(wants.funcs))
         if wants.keys:
-            sql.append(_namesakes_sql(types, operators))
+            sql.append(_namesakes_sql(types, operators, casts))
         if pairs:
             sql.append(_columns_sql(pairs))
         if wants.types:

@@ -1302,7 +1302,22 @@ class _Resolver:
         if not (builtin and tname in TEXT_TYPES and not array):
             self.use("compute", f"a cast to {tname}{'[]' if array else ''}", lin)
         out = lin.derived()
-        return out if builtin else out | OPAQUE
+        if builtin or self._user_type_cast(names):
+            return out
+        return out | OPAQUE
+
+    def _user_type_cast(self, names: list[str]) -> bool:
+        """Whether a cast to a type outside the built-ins only reads its input: an enum, a
+        composite, a range, a domain without constraints, an extension's type -- their input
+        functions are C code -- with no cast function into it that someone wrote in SQL or
+        PL (``c:`` keys).  A built-in's type name is judged by :meth:`_type_builtin`."""
+        if (
+            not names
+            or names[-1] in BUILTIN_TYPES
+            or (len(names) >= 2 and names[-2] == "pg_catalog")
+        ):
+            return False
+        return not self._namesake("c:" + names[-1], True)
 
     def _type_builtin(self, names: list[str]) -> bool:
         if not names or names[-1] not in BUILTIN_TYPES:
