@@ -297,16 +297,20 @@ UNION ALL SELECT 'o:' || o.oprname, p.proname, l.lanname, {_EXTENSION_MEMBER}, E
   JOIN pg_language l ON l.oid = p.prolang
  WHERE o.oprname = ANY({_names_array(operators)})
    AND o.oprnamespace <> 'pg_catalog'::regnamespace
-UNION ALL SELECT 'c:' || t.typname, NULL, NULL, NULL, NULL FROM pg_type t
- WHERE t.typname = ANY({_names_array(casts)})
-   AND (t.typtype = 'p' OR t.typtype = 'd' AND EXISTS (
-          SELECT 1 FROM pg_constraint k WHERE k.contypid = t.oid)
-        OR EXISTS (
-          SELECT 1 FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
-            JOIN pg_language l ON l.oid = p.prolang
-           WHERE c.casttarget = t.oid
-             AND NOT (l.lanname IN ('c', 'internal') AND {_EXTENSION_MEMBER})
-             AND p.pronamespace <> 'pg_catalog'::regnamespace));"""  # noqa: S608
+UNION ALL SELECT 'c:' || w.name, NULL, NULL, NULL, NULL
+  FROM unnest({_names_array(casts)}) AS w(name)
+ WHERE EXISTS (SELECT 1 FROM pg_type t WHERE t.typname = w.name)
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_type t
+        WHERE t.typname = w.name
+          AND (t.typtype = 'p' OR t.typtype = 'd' AND EXISTS (
+                 SELECT 1 FROM pg_constraint k WHERE k.contypid = t.oid)
+               OR EXISTS (
+                 SELECT 1 FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
+                   JOIN pg_language l ON l.oid = p.prolang
+                  WHERE c.casttarget = t.oid
+                    AND NOT (l.lanname IN ('c', 'internal') AND {_EXTENSION_MEMBER})
+                    AND p.pronamespace <> 'pg_catalog'::regnamespace)));"""  # noqa: S608
 
 
 def trusted_function(name: str | None, language: str | None, extension: str | None) -> bool:
@@ -323,9 +327,11 @@ def trusted_function(name: str | None, language: str | None, extension: str | No
 
 
 def _parse_namesakes(wants: Iterable[str], rows: list[tuple[str | None, ...]]) -> dict[str, bool]:
-    """``c:`` keys: True when a cast to a type of that name (outside the built-ins) may run
-    code other than C input functions: a cast function that is not an extension's C function,
-    a domain with constraints (they may call functions), a pseudo-type.
+    """``c:`` keys: True unless every type of that name exists for the catalog and a cast to
+    it runs only C input functions (rows list those names): not a cast function that is not an
+    extension's C function, a domain with constraints (they may call functions), a pseudo-type;
+    a type the catalog cannot see (created in the client's open transaction, with a cast
+    function maybe) is of unknown origin.
     ``t:`` / ``o:`` keys: True when a namesake that may not compute like a built-in exists;
     ``e:o:`` keys: True when an operator namesake may take a value of a built-in type (an
     argument of a built-in type, or of a type a built-in one casts to implicitly): the server
@@ -333,14 +339,21 @@ def _parse_namesakes(wants: Iterable[str], rows: list[tuple[str | None, ...]]) -
     ``hstore = hstore`` takes none: no built-in type becomes ``hstore`` implicitly.)"""
     untrusted: set[str] = set()
     present: set[str] = set()
+    safe_casts: set[str] = set()
     for key, proname, lang, ext, exposed in rows:
         k = str(key)
+        if k.startswith("c:"):
+            safe_casts.add(k)
+            continue
         if exposed != "f":
             present.add(k)
         if not k.startswith("o:") or not trusted_function(proname, lang, ext):
             untrusted.add(k)
     out: dict[str, bool] = {}
     for k in wants:
+        if k.startswith("c:"):
+            out[k] = k not in safe_casts
+            continue
         base = k[2:] if k.startswith("e:") else k
         out[base] = base in untrusted
         if base.startswith("o:"):
