@@ -678,6 +678,38 @@ mod tests {
     }
 
     #[test]
+    fn an_answered_event_is_forwarded_without_a_barrier_stop() {
+        // Q (answered) Q (not answered: an event and a barrier) Q
+        let q1 = msg(b'Q', b"select 1\0");
+        let q2 = msg(b'Q', b"select 2\0");
+        let mut stream = q1.clone();
+        stream.extend(&q2);
+        stream.extend(&q1);
+        let mut f = Framer::new();
+        f.set_events(TagSet::from_tags(b"Q"));
+        f.set_barrier(TagSet::from_tags(b"Q"));
+        let mut actions = Vec::new();
+        let mut seen = 0;
+        let out = f
+            .frame_answering(&stream, &mut actions, |tag, bytes| {
+                seen += 1;
+                tag == b'Q' && bytes == q1.as_slice()
+            })
+            .unwrap();
+        let a = q1.len();
+        let b = a + q2.len();
+        assert_eq!(actions, vec![Action::Forward(0..a), Action::Event(a..b)]);
+        assert_eq!((out.consumed, out.barrier, seen), (b, true, 2));
+        // answered messages coalesce with pass-through bytes into one forwarded run
+        let mut rest = stream[b..].to_vec();
+        rest.extend(msg(b'S', b""));
+        let mut actions = Vec::new();
+        let out = f.frame_answering(&rest, &mut actions, |_, _| true).unwrap();
+        assert_eq!(actions, vec![Action::Forward(0..rest.len())]);
+        assert!(!out.barrier);
+    }
+
+    #[test]
     fn a_row_plan_hands_rows_out_until_the_result_set_ends() {
         let d = msg(b'D', b"row");
         let n = msg(b'N', b"notice");
