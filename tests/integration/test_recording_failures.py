@@ -194,9 +194,15 @@ def test_continue_mode_serves_counts_drops_and_records_the_gap(
         wait_until(lambda: rec.failing, "the writer notices the full disk")
         assert not rec.blocked and health(handle)[0] == 200
         assert health(handle)[1]["audit"]["healthy"] is False
-        with conn.pipeline():
-            for i in range(1500):
-                conn.execute("select %s::int", (i,))
+        # more records than the queue holds, while nothing can be written: how many it takes
+        # depends on how far the writer got before the disk filled, so send batches until the
+        # recorder drops (bounded: 20 batches is 13x the queue)
+        for batch in range(20):
+            with conn.pipeline():
+                for i in range(1000):
+                    conn.execute("select %s::int", (batch * 1000 + i,))
+            if rec.native.dropped_total > dropped_before:
+                break
         assert conn.execute("select 'served'").fetchone() == ("served",)
         dropped = rec.native.dropped_total - dropped_before
         assert dropped > 0
