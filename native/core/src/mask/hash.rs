@@ -7,7 +7,10 @@
 //! is kept.  Equal values under one key give equal outputs (joins and GROUP BY still work) and
 //! the output has the value's shape and length.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -18,17 +21,36 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone)]
 pub struct HashKey {
     mac: HmacSha256,
+    /// Identifies the key in the per-thread cache of results (clones share it).
+    id: u64,
 }
 
 impl HashKey {
     pub fn new(key: &[u8]) -> HashKey {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         HashKey {
             mac: HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length"),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// Appends the format-shaped hash of `value` to `out` (same length as `value`).
+    ///
+    /// Values repeat in result sets (a customer's email on each of their orders), so results
+    /// for short values are kept in a small per-thread cache (see [`ShapeCache`]): a repeated
+    /// value costs two SipHash passes instead of an HMAC.
     pub fn shape(&self, value: &[u8], out: &mut Vec<u8>) {
+        if value.len() > ShapeCache::MAX_VALUE {
+            return self.shape_uncached(value, out);
+        }
+        SHAPES.with(|cache| match cache.try_borrow_mut() {
+            Ok(mut cache) => cache.shape(self, value, out),
+            // Re-entered (never today): compute without the cache.
+            Err(_) => self.shape_uncached(value, out),
+        });
+    }
+
+    fn shape_uncached(&self, value: &[u8], out: &mut Vec<u8>) {
         let mut mac = self.mac.clone();
         mac.update(value);
         let seed: [u8; 32] = mac.finalize().into_bytes().into();
@@ -69,6 +91,82 @@ impl HashKey {
         // 128 random bits reduced modulo n < 2^64: the bias is below 2^-64.
         let wide = u128::from_le_bytes(bytes) % u128::from(n);
         u64::try_from(wide).expect("below n, which is a u64")
+    }
+}
+
+thread_local! {
+    static SHAPES: RefCell<ShapeCache> = RefCell::new(ShapeCache::new());
+}
+
+/// Recent results of [`HashKey::shape`] on one thread: a two-way set-associative table of
+/// [`ShapeCache::SLOTS`] entries of at most [`ShapeCache::MAX_VALUE`] bytes (at most about
+/// 450 KiB per thread), no allocation once each slot has held a value.
+///
+/// An entry holds the key's id, a 128-bit fingerprint of the value (two SipHash-1-3 passes
+/// under this thread's random keys) and the masked output; never the value itself, so the
+/// cache keeps no unmasked data.  A lookup compares id, fingerprint and length: two values that
+/// differ but share a 128-bit keyed fingerprint are not a practical concern.
+struct ShapeCache {
+    fingerprint: (RandomState, RandomState),
+    /// Pairs of ways; the first of a pair is the more recently used.
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    key: u64,
+    fingerprint: u128,
+    output: Vec<u8>,
+}
+
+impl Slot {
+    fn holds(&self, key: u64, fingerprint: u128, len: usize) -> bool {
+        self.key == key && self.fingerprint == fingerprint && self.output.len() == len
+    }
+}
+
+impl ShapeCache {
+    const SLOTS: usize = 4096;
+    const MAX_VALUE: usize = 64;
+
+    fn new() -> ShapeCache {
+        ShapeCache {
+            fingerprint: (RandomState::new(), RandomState::new()),
+            slots: Vec::new(),
+        }
+    }
+
+    fn shape(&mut self, key: &HashKey, value: &[u8], out: &mut Vec<u8>) {
+        let (a, b) = &self.fingerprint;
+        let fingerprint = u128::from(a.hash_one(value)) << 64 | u128::from(b.hash_one(value));
+        if self.slots.is_empty() {
+            self.slots.resize_with(Self::SLOTS, || Slot {
+                key: 0, // no key has id 0
+                fingerprint: 0,
+                output: Vec::new(),
+            });
+        }
+        // The low bits of a SipHash output are as good as any.
+        #[allow(clippy::cast_possible_truncation)]
+        let set = fingerprint as usize % (Self::SLOTS / 2) * 2;
+        let ways = &mut self.slots[set..set + 2];
+        if ways[0].holds(key.id, fingerprint, value.len()) {
+            out.extend_from_slice(&ways[0].output);
+            return;
+        }
+        // The second way becomes the first: a hit there, or the slot a miss reuses (the
+        // least recently used of the two).
+        ways.swap(0, 1);
+        if ways[0].holds(key.id, fingerprint, value.len()) {
+            out.extend_from_slice(&ways[0].output);
+            return;
+        }
+        let at = out.len();
+        key.shape_uncached(value, out);
+        let slot = &mut ways[0];
+        slot.key = key.id;
+        slot.fingerprint = fingerprint;
+        slot.output.clear();
+        slot.output.extend_from_slice(&out[at..]);
     }
 }
 
@@ -114,6 +212,31 @@ impl<'a> KeyStream<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_results_equal_computed_ones() {
+        let k1 = HashKey::new(b"k1");
+        let k2 = HashKey::new(b"k2");
+        let values: Vec<Vec<u8>> = (0..3000)
+            .map(|i| format!("user{}@example.com", i % 700).into_bytes())
+            .chain([vec![b'7'; 64], vec![b'7'; 65], Vec::new(), b"x".to_vec()])
+            .collect();
+        for round in 0..2 {
+            for v in &values {
+                for k in [&k1, &k2, &k1.clone()] {
+                    let (mut cached, mut direct) = (b"prefix".to_vec(), b"prefix".to_vec());
+                    k.shape(v, &mut cached);
+                    k.shape_uncached(v, &mut direct);
+                    assert_eq!(cached, direct, "round {round}");
+                }
+            }
+        }
+        // Two keys never share an entry: the same value under each gives each key's result.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        k1.shape(b"same value", &mut a);
+        k2.shape(b"same value", &mut b);
+        assert_ne!(a, b);
+    }
 
     fn shaped(key: &[u8], v: &str) -> String {
         let mut out = Vec::new();
