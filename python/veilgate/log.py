@@ -9,13 +9,29 @@ every string field and redact credential-looking values of the client-chosen nam
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
+import os
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from .redact import redact_name, scrub
+
+SESSION: ContextVar[dict[str, Any] | None] = ContextVar("veilgate_session", default=None)
+"""The session a line is logged for: a dict the session fills in as it learns (``session`` id,
+``tenant``, ``subject``, ``tier``, ``target``).  Set in the task that accepts the connection, so
+every callback of its transports (which copy that context) shares the same dict; the JSON
+formatter adds its fields to each line (explicit fields win)."""
+
+
+def rfc3339(ts: float) -> str:
+    """``2026-12-07T17:40:00.123456Z`` (UTC, microseconds)."""
+    stamp = _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="microseconds")
+    return stamp.replace("+00:00", "Z")
+
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
@@ -23,11 +39,15 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": round(record.created, 6),
+            "ts": rfc3339(record.created),
             "level": record.levelname.lower(),
+            "pid": record.process if record.process is not None else os.getpid(),
             "logger": record.name,
             "event": record.getMessage(),
         }
+        session = SESSION.get()
+        if session:
+            out.update(_safe_fields(session))
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out.update(_safe_fields(fields))

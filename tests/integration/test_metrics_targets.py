@@ -116,6 +116,14 @@ def test_per_target_and_tier_metrics(sd: ServeDir) -> None:
         build = re.search(r"^veilgate_build_info\{(.*)\} 1$", text, re.M)
         assert build is not None
         assert 'native_version="0.' in build.group(1) and 'commit="' in build.group(1)
+        # log lines: RFC 3339, pid, and the session's id, subject, tier, target on each of its
+        # lines (start, denial, end)
+        by = {e["event"]: e for e in p.events() if "session" in e}
+        started, denied, ended = by["session_started"], by["policy_denied"], by["session_ended"]
+        assert started["session"] == denied["session"] == ended["session"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", started["ts"])
+        assert started["pid"] == p.proc.pid
+        assert (denied["subject"], denied["tier"], denied["target"]) == ("agent-a", "agents", "app")
         # bounded labels: no principal, no statement text, no token in any series
         for bad in ("agent-a", "bob@example.org", "select", "drop", sd.token):
             assert not re.search(rf"^veilgate_\w+\{{[^}}]*{re.escape(bad)}", text, re.M), bad

@@ -296,3 +296,48 @@ async def test_admin_slow_client_times_out(monkeypatch: pytest.MonkeyPatch) -> N
         assert data.startswith(b"HTTP/1.1 408 ")
     finally:
         await server.close()
+
+
+def test_json_log_lines_carry_rfc3339_pid_and_the_session() -> None:
+    """Log lines: RFC 3339 UTC timestamps, level, pid; inside a session's context its id,
+    tenant, subject, tier and target (explicit fields win); nothing outside it."""
+    import io
+    import logging
+
+    from veilgate import log
+
+    stream = io.StringIO()
+    root = logging.getLogger("veilgate")
+    saved = (list(root.handlers), root.level, root.propagate)
+    log.setup("debug", "json", stream)
+    logger = log.get("test")
+    try:
+        _log_lines(log, logger, stream)
+    finally:
+        root.handlers[:], root.propagate = saved[0], saved[2]
+        root.setLevel(saved[1])
+
+
+def _log_lines(log: object, logger: object, stream: object) -> None:
+    import contextvars
+    import datetime as dt
+    import json
+    import logging
+    import os
+
+    def in_session() -> None:
+        ctx = {"session": "0123456789abcdef", "tenant": "t1", "subject": "oid-1"}
+        log.SESSION.set(ctx)
+        ctx.update(tier="agents", target="app")  # filled in as the session learns them
+        log.event(logger, "session_started", target="explicit")
+
+    contextvars.copy_context().run(in_session)
+    log.event(logger, "reload", logging.WARNING)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", first["ts"])
+    when = dt.datetime.fromisoformat(first["ts"].replace("Z", "+00:00"))
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 60
+    assert first["pid"] == os.getpid() and first["level"] == "info"
+    assert first["session"] == "0123456789abcdef" and first["subject"] == "oid-1"
+    assert (first["tenant"], first["tier"], first["target"]) == ("t1", "agents", "explicit")
+    assert second["level"] == "warning" and "session" not in second

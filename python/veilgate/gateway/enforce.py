@@ -950,6 +950,16 @@ class PolicyEnforcer:
         self.last_fingerprint = d.fingerprint
         decisions = self.decisions
         decisions[d.action] = decisions.get(d.action, 0) + 1
+        if logger.isEnabledFor(logging.DEBUG):  # debug traces every statement of a session
+            log.event(
+                logger,
+                "statement",
+                logging.DEBUG,
+                action=d.action,
+                rule_id=d.rule_id,
+                fingerprint=d.fingerprint,
+                tier=d.tier,
+            )
         recording = self.session.recording
         if recording is not None:
             recording.decision(self.session.current_stmt_id, d)

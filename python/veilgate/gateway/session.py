@@ -251,6 +251,9 @@ class Session:
         surfaces every Query; see :meth:`arm_verdicts`)."""
         self.id = new_session_id()
         """Random 16 hex digits: the admin console's and the session recording's id."""
+        self.log_context: dict[str, Any] = {"session": self.id}
+        """What every log line of this session carries (:data:`veilgate.log.SESSION`)."""
+        log.SESSION.set(self.log_context)  # the accepting task: its transports copy it
         self._deadline: float | None = None
         """End of the handshake (a paused target waits for at most this)."""
 
@@ -646,6 +649,7 @@ class Session:
         finally:
             del token
         metrics.token_validations_total.add(1, principal.provider, "valid")
+        self.log_context.update(tenant=principal.tenant, subject=principal.subject)
         self.principal = principal
         self._count_connection(principal)
 
@@ -676,6 +680,7 @@ class Session:
         engine = self.gateway.policy_engine
         policy_tier = engine.tier_for(principal) if engine is not None else None
         self.tier_label = policy_tier.name if policy_tier is not None else (self.tier or "")
+        self.log_context.update(tier=self.tier_label or None, target=target.name)
         self._login = login
         self._planner = self._masking_planner(principal, login)
         if target.name in self.gateway.paused_targets:
