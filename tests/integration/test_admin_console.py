@@ -177,6 +177,7 @@ def test_sessions_and_targets(sd: ServeDir, served: tuple[ServeProcess, int, int
         (t,) = body["targets"]
         assert (t["name"], t["sessions"], t["upstream_connections"]) == ("app", 1, 1)
         assert t["sessions_by_tier"] == {"agents": 1} and t["paused"] is False
+        assert (t["pool_size"], t["pool_idle"]) == (0, 0)  # no pool configured
         out = cli(sd, admin, "sessions")
         assert out.returncode == 0, out.stderr
         assert s["id"] in out.stdout and "static:agent-a" in out.stdout

@@ -269,6 +269,7 @@ class AdminConsole:
             by_target.setdefault(info["target"], Counter())[info["tier"] or ""] += 1
             if info["upstream_pid"] is not None:
                 upstream[info["target"]] += 1
+        pooled = gateway.upstream_pool.idle_by_target()
         targets = []
         for name, t in sorted(self.host.config.targets.items()):
             tiers = by_target.get(name, Counter())
@@ -283,6 +284,8 @@ class AdminConsole:
                     "sessions": sum(tiers.values()),
                     "sessions_by_tier": dict(sorted(tiers.items())),
                     "upstream_connections": upstream[name],
+                    "pool_size": t.pool.size,
+                    "pool_idle": pooled.get(name, 0),
                 }
             )
         return Response.json(200, {"targets": targets})

@@ -215,6 +215,13 @@ class UpstreamPool:
             return len(slot.idle) if slot else 0
         return sum(len(s.idle) for s in self._slots.values())
 
+    def idle_by_target(self) -> dict[str, int]:
+        """Idle connections per target name (the admin console's upstream pools)."""
+        out: dict[str, int] = {}
+        for key, slot in self._slots.items():
+            out[str(key[0])] = out.get(str(key[0]), 0) + len(slot.idle)
+        return out
+
     # --- taking one -------------------------------------------------------------------------
 
     async def acquire(
