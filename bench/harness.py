@@ -1137,7 +1137,19 @@ def run_meta(
     import veilgate
 
     porcelain = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        # the bench's own results files do not make the code dirty (one bench of a session
+        # rewrites them before the next one starts)
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)bench/results",
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -7,6 +7,7 @@ cached shape at once."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,16 @@ def test_new_literals_answered_natively_then_reload_denies_the_cached_shape(
         assert veilgate_native.verdict_hits() - process_before >= 29
         exposition = metrics.render()
         assert "veilgate_policy_native_verdicts_total" in exposition
+        # the per-target decision counts include what the cache answered
+        allowed = sum(
+            float(m.group(1))
+            for m in re.finditer(
+                r'^veilgate_statement_decisions_total\{[^}]*decision="allow"[^}]*\} (\S+)$',
+                exposition,
+                re.M,
+            )
+        )
+        assert allowed >= 31, allowed
 
         # a denied shape is never answered natively: denied every time
         for _ in range(3):

@@ -725,7 +725,11 @@ class PolicyEnforcer:
 
     def native_hits(self, hits: list[tuple[Verdict, bytes]]) -> None:
         """Queries the client buffer answered from the verdict cache: their decision events
-        (the statement record has their decisions already; the metric counts them natively)."""
+        (the statement record has their decisions already; the process-wide metric counts them
+        natively).  The per-target counts read ``decisions``: the hits are in it too."""
+        decisions = self.decisions
+        for verdict, _raw in hits:
+            decisions[verdict.action] = decisions.get(verdict.action, 0) + 1
         audit = self.audit
         if audit is None:
             return
