@@ -31,4 +31,4 @@ fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 python3 -m pip --disable-pip-version-check install -q -U \
-  "setuptools>=68" wheel "maturin>=1.7,<2" "Cython>=3.0" 2>&1 | grep -v "Running pip as the 'root'" || true
+  "setuptools>=77" wheel "maturin>=1.7,<2" "Cython>=3.0" 2>&1 | grep -v "Running pip as the 'root'" || true
