@@ -277,27 +277,29 @@ def test_many_results_in_one_read(conn: pw.RawConn, table: str) -> None:
     assert not leaked(_all_bytes(msgs))
 
 
-# --- COPY refused before it runs -----------------------------------------------------------------
+# --- COPY of a table the gateway cannot describe ------------------------------------------------
 
 
-def test_copy_refused_outside_transaction(conn: pw.RawConn) -> None:
-    """A COPY whose columns cannot be known is refused (0A000) and never reaches the server."""
+def test_copy_of_a_missing_table_gets_the_servers_error(conn: pw.RawConn) -> None:
+    """A COPY whose columns the gateway cannot describe (here: no such table) is not refused by
+    the gateway: it is planned from the server's CopyOutResponse if there is one, and the server
+    answers this one with its own error (42P01), as it would directly."""
     msgs = conn.simple("copy (select * from vg_mask_no_such_table) to stdout")
     assert _tags(msgs) == "EZ", msgs
     err = pw.first_error(msgs)
-    assert err is not None and err["C"] == "0A000", err
+    assert err is not None and err["C"] == "42P01", err
     assert msgs[-1].body == b"I"
     assert conn.scalar("select 3") == "3"
 
 
-def test_copy_refused_inside_transaction_fails_it(conn: pw.RawConn, table: str) -> None:
-    """Inside a transaction block the refusal fails the transaction on the server too: a later
-    COMMIT rolls back what came before."""
+def test_copy_of_a_missing_table_inside_transaction_fails_it(conn: pw.RawConn, table: str) -> None:
+    """Inside a transaction block the error fails the transaction: a later COMMIT rolls back
+    what came before."""
     conn.simple("begin")
     conn.simple(f"insert into {table} (id) values (77)")
     msgs = conn.simple("copy (select * from vg_mask_no_such_table) to stdout")
     err = pw.first_error(msgs)
-    assert err is not None and err["C"] == "0A000", err
+    assert err is not None and err["C"] == "42P01", err
     assert "veilgate-masking" not in repr(msgs)
     assert msgs[-1].tag == "Z" and msgs[-1].body == b"E"
     done = conn.simple("commit")
@@ -305,7 +307,7 @@ def test_copy_refused_inside_transaction_fails_it(conn: pw.RawConn, table: str) 
     assert conn.rows(f"select id from {table} where id = 77") == []
 
 
-def test_copy_refused_in_extended_protocol(conn: pw.RawConn) -> None:
+def test_copy_of_a_missing_table_in_extended_protocol(conn: pw.RawConn) -> None:
     conn.send(
         pw.parse("", "copy (select * from vg_mask_no_such_table) to stdout")
         + pw.bind("", "")
@@ -314,7 +316,7 @@ def test_copy_refused_in_extended_protocol(conn: pw.RawConn) -> None:
     )
     msgs = conn.recv_until_ready()
     err = pw.first_error(msgs)
-    assert err is not None and err["C"] == "0A000", err
+    assert err is not None and err["C"] == "42P01", err
     assert "H" not in _tags(msgs) and "d" not in _tags(msgs)
     assert conn.scalar("select 4") == "4"
 

@@ -19,6 +19,10 @@ and keeps the protocol in step:
   swallowed: it is the portal's real RowDescription, result formats included.
 * **COPY TO STDOUT** is planned before the statement is forwarded (the client side is held):
   when masking cannot be guaranteed the client gets ``0A000`` and the server never runs it.
+  Columns the side connection cannot describe (a table of the client's open transaction, a
+  temporary one, one the client holds a lock on) are planned from the server's
+  CopyOutResponse and the statement's lineage instead, with a notice; one that does not exist
+  gets the server's own error.
 * **Fail closed.**  The buffer refuses rows when no plan is installed (``mask_required``); a
   planning failure or a response the FIFO did not expect ends the session with a FATAL.
 
@@ -115,7 +119,8 @@ class _Query:
         self.infos = infos
         self.index = 0
         self.copy_plans: dict[int, tuple[Any, int]] = {}
-        """Statement index -> (CopyPlan, overall format) computed before forwarding."""
+        """Statement index -> (CopyPlan, overall format) computed before forwarding (plan
+        ``None``: the side connection could not describe its columns)."""
 
     def current(self) -> StatementInfo:
         if self.index < len(self.infos):
@@ -146,6 +151,8 @@ class _Execute:
     ) -> None:
         self.info = info
         self.copy_plan = copy_plan
+        """(CopyPlan, overall format) computed before the Execute (plan ``None``: the side
+        connection could not describe its columns)."""
         self.portal = portal
 
 
@@ -856,12 +863,14 @@ class MaskingRelay:
         overall, formats = _copy_out_formats(m.body)
         frame = self._server_frame(m)
         fields = [_copy_field(i, f) for i, f in enumerate(formats)]
-        if planned is not None and planned[1] == overall:
+        if planned is not None and planned[0] is not None and planned[1] == overall:
             self._install(planned[0], fields, info)
             return frame
-        # not planned ahead (COPY reached through a function, a rule...) or another format
+        # not planned ahead (COPY reached through a function, a rule...), another format, or
+        # columns the side connection could not describe (it is not asked again)
+        describe = planned is None or planned[0] is not None
         self.session.upstream_side().hold()
-        self._spawn(self._plan_copy(info, overall, formats, fields, frame))
+        self._spawn(self._plan_copy(info, overall, formats, fields, frame, describe))
         return None
 
     async def _plan_copy(
@@ -871,9 +880,12 @@ class MaskingRelay:
         formats: list[int],
         fields: list[Field],
         frame: bytes,
+        describe: bool,
     ) -> None:
         try:
-            plan = await self.planner.copy_plan(info, overall, formats)
+            plan = await self.planner.copy_plan(info, overall, formats) if describe else None
+            if plan is None:  # from the CopyOutResponse's columns and the statement's lineage
+                plan = await self.planner.copy_plan_undescribed(info, overall, formats)
         except MaskRefusal as exc:
             # the server is already streaming: the session cannot continue unmasked
             self.fail("copy_refused", exc.message)
@@ -884,6 +896,7 @@ class MaskingRelay:
         if self._closed:
             return
         self._install(plan, fields, info)
+        self._notice_unseen()
         self.session.write_client(frame)
         self.session.upstream_side().release()
 

@@ -44,7 +44,7 @@ their codec says; a type the engine cannot read becomes NULL when it must be mas
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol, TypeVar
 
 from ..bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
@@ -56,7 +56,7 @@ from .invalidation import invalidation_scope
 from .lineage import CopyInfo, StatementInfo, statement_info
 from .overlay import ANY_SCHEMA, OverlayCatalog, OverlayFacts, SessionRelations
 from .policy import ColumnRule, MaskingUnavailable, TierMasking
-from .resolve import Col, Lineage, Resolution
+from .resolve import OPAQUE, Col, Lineage, Resolution
 
 __all__ = [
     "ColumnDecision",
@@ -487,19 +487,19 @@ class SessionMasking:
 
     async def copy_plan(
         self, stmt: StatementInfo, overall_format: int, column_formats: list[int]
-    ) -> Any:
-        """The native ``CopyPlan`` for a ``COPY ... TO STDOUT`` statement.
+    ) -> Any | None:
+        """The native ``CopyPlan`` for a ``COPY ... TO STDOUT`` statement, from its columns as
+        the gateway's side connection describes them.
 
         ``column_formats`` may be empty (planned before the statement is sent: the format then
-        comes from the statement).  Raises :class:`MaskRefusal` (0A000) when the output's
-        lineage cannot be known, :class:`CatalogError` when the catalog is unreachable."""
-        copy = stmt.copy
-        if not stmt.parsed or copy is None:
-            raise MaskRefusal(
-                "0A000", "COPY output cannot be masked: the statement is not understood"
-            )
-        if copy.is_from or not copy.to_stdout:
-            raise MaskRefusal("0A000", "only COPY ... TO STDOUT is supported on a masked session")
+        comes from the statement).  ``None`` when the side connection cannot describe the
+        columns (a table of the client's open transaction, a temporary one, one the client
+        holds a lock on, one that does not exist): plan it from the server's CopyOutResponse
+        with :meth:`copy_plan_undescribed` (or let the server refuse it).  Raises
+        :class:`MaskRefusal` (0A000) when the output's lineage cannot be known,
+        :class:`CatalogError` when the catalog is unreachable."""
+        self.unseen = set()
+        copy = _copy_out_of(stmt)
         sql = _copy_describe_sql(copy)
         if sql is None:
             raise MaskRefusal("0A000", "COPY output cannot be masked: its query cannot be analysed")
@@ -508,9 +508,7 @@ class SessionMasking:
         except CatalogError as exc:
             if "connection" in str(exc):
                 raise
-            raise MaskRefusal(
-                "0A000", "COPY output cannot be masked: its columns cannot be determined"
-            ) from None
+            return None
         binary = copy.format == "binary" or overall_format == 1
         fmts = column_formats if len(column_formats) == len(fields) else None
         fields = [
@@ -527,6 +525,43 @@ class SessionMasking:
             lambda analyses: self._decide_copy(fields, stmt, unqualified, facts, analyses),
             len(fields) + 2,
         )
+        return self._build_copy_plan(decisions, fields, copy, binary)
+
+    async def copy_plan_undescribed(
+        self, stmt: StatementInfo, overall_format: int, column_formats: list[int]
+    ) -> Any:
+        """The ``CopyPlan`` of a COPY the side connection could not describe, from what the
+        server's CopyOutResponse says (``column_formats``: one per column) and the statement's
+        lineage, as the session sees it (its own tables included, see :mod:`.overlay`).
+
+        The column types are not known: a column the policy leaves alone passes as it is, any
+        other is NULL (a value of unknown type cannot be masked as a valid value of it), and
+        :attr:`unseen` names what could not be looked up, for the client's notice."""
+        self.unseen = set()
+        copy = _copy_out_of(stmt)
+        binary = copy.format == "binary" or overall_format == 1
+        names = sorted(".".join(p for p in rel if p) for rel in stmt.relations)
+        unseen = {f"relation {n}" for n in names} or {"the columns of the COPY's query"}
+        count = len(column_formats)
+        fields = [Field(f"column{i + 1}", 0, 0, 0, f) for i, f in enumerate(column_formats)]
+
+        def decide(found: dict[str, Resolution]) -> list[ColumnDecision]:
+            res = self._analysis(stmt.text, found, self.catalog)
+            outs = res.outputs if res.shape_known else None
+            if outs is not None and len(outs) == count:  # name rules follow the names
+                fields[:] = [replace(f, name=o.name) for f, o in zip(fields, outs, strict=True)]
+            return self._decide_copy(fields, stmt, set(), self.catalog, found)
+
+        try:
+            decisions = await self._analysing(decide, count + 2)
+        except CatalogError as exc:
+            if "connection" in str(exc):
+                raise
+            # not analysable: every column of unknown lineage (fail closed)
+            decisions = [
+                self._decision(self.lineage_treatment(OPAQUE), f.format, None) for f in fields
+            ]
+        self.unseen = unseen
         return self._build_copy_plan(decisions, fields, copy, binary)
 
     def _without_generated(self, fields: list[Field], facts: Facts) -> list[Field]:
@@ -653,6 +688,16 @@ class SessionMasking:
         if len(self._plan_labels) > 4 * PLAN_CACHE:
             self._plan_labels.clear()
         return plan
+
+
+def _copy_out_of(stmt: StatementInfo) -> CopyInfo:
+    """The COPY of a statement planned as ``COPY ... TO STDOUT`` (else :class:`MaskRefusal`)."""
+    copy = stmt.copy
+    if not stmt.parsed or copy is None:
+        raise MaskRefusal("0A000", "COPY output cannot be masked: the statement is not understood")
+    if copy.is_from or not copy.to_stdout:
+        raise MaskRefusal("0A000", "only COPY ... TO STDOUT is supported on a masked session")
+    return copy
 
 
 def _complete(decide: Callable[[], _T]) -> _T:
