@@ -283,6 +283,10 @@ config_reloads_total = Counter(
     "Configuration reloads (SIGHUP, veilgate reload) by result (applied, failed).",
     ("result",),
 )
+masking_key_generation = Gauge(
+    "veilgate_masking_key_generation",
+    "Generation of the hash operator's key new sessions use (0: none loaded; +1 per changed key).",
+)
 
 # --- per target and tier ------------------------------------------------------------------------
 # Labels are bounded: target names come from the configuration, tiers from the policy (or the
@@ -388,6 +392,7 @@ REGISTRY: list[_Metric] = [
     audit_index_pending,
     config_generation,
     config_reloads_total,
+    masking_key_generation,
     audit_log_failures_total,
     sessions_active,
     statements_total,

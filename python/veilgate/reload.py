@@ -49,6 +49,10 @@ class ReloadOutcome:
     """Top-level sections whose values changed."""
     restart_required: tuple[str, ...] = ()
     """Changed keys that keep their running value until a restart."""
+    masking_key: dict[str, Any] | None = None
+    """The masking hash key generation live after the request (generation, source,
+    fingerprint, ``changed`` by this request, ``error`` of the last read; never the key);
+    None when the policy does not hash."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,7 @@ class ReloadOutcome:
             "errors": list(self.errors),
             "changed": list(self.changed),
             "restart_required": list(self.restart_required),
+            "masking_key": self.masking_key,
         }
 
 

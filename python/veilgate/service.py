@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veilgate import config as config_loader
@@ -29,6 +31,7 @@ from veilgate.config_model import GatewayConfig
 from veilgate.handover import HandoverClient, HandoverError, HandoverServer
 from veilgate.health import Readiness
 from veilgate.identity.live import LiveAuthenticator, aclose
+from veilgate.masking.keys import MaskingUnavailable, read_key
 from veilgate.reload import (
     ReloadOutcome,
     changed_sections,
@@ -41,6 +44,7 @@ from veilgate.sdnotify import Notifier
 if TYPE_CHECKING:
     from veilgate.gateway.server import Gateway
     from veilgate.identity.base import Authenticator
+    from veilgate.masking.policy import MaskingPolicy
 
 _log = log.get("service")
 
@@ -317,11 +321,13 @@ class Service:
         that does not validate changes nothing; the outcome says which generation is live."""
         async with self._reload_lock:
             self.notifier.reloading()
+            key_before = self._key_generation()
             try:
                 outcome = await self._reload()
             except Exception as e:  # a bug here must never end the process
                 _log.exception("config reload failed")
                 outcome = ReloadOutcome(False, self.generation, (f"internal error: {e!r}",))
+            outcome = dataclasses.replace(outcome, masking_key=self._masking_key(key_before))
             status = self._status()
             if not outcome.ok:
                 status += "; last reload failed"
@@ -341,6 +347,7 @@ class Service:
                 generation=outcome.generation,
                 changed=list(outcome.changed),
                 restart_required=list(outcome.restart_required),
+                masking_key=outcome.masking_key,
             )
             if outcome.restart_required:
                 log.event(
@@ -361,8 +368,25 @@ class Service:
                 file=source,
                 generation=outcome.generation,
                 errors=list(outcome.errors),
+                masking_key=outcome.masking_key,
             )
         return outcome
+
+    def _key_generation(self) -> int:
+        live = self._gateway.hash_keys.live if self._gateway is not None else None
+        return live.generation if live is not None else 0
+
+    def _masking_key(self, before: int) -> dict[str, Any] | None:
+        """What a reload result says of the masking hash key (None: nothing hashes)."""
+        gateway = self._gateway
+        if gateway is None:
+            return None
+        engine = gateway.policy_engine
+        masking = engine.policy.masking if engine is not None else None
+        keys = gateway.hash_keys
+        if keys.live is None and keys.error is None and (masking is None or not masking.uses_hash):
+            return None
+        return {**keys.describe(), "changed": self._key_generation() != before}
 
     async def _reload(self) -> ReloadOutcome:
         gateway = self._gateway
@@ -380,9 +404,9 @@ class Service:
         ready = await self._prepare(live)
         if isinstance(ready, ReloadOutcome):
             return ready
-        ssl_context, policy, authenticator = ready
+        ssl_context, policy, authenticator, hash_key = ready
         # nothing below can fail: the new generation is applied whole
-        gateway.reconfigure(live, ssl_context, policy)
+        gateway.reconfigure(live, ssl_context, policy, hash_key)
         self.config = live
         if authenticator is not None:
             previous, self._authenticator.current = self._authenticator.current, authenticator
@@ -400,9 +424,9 @@ class Service:
 
     async def _prepare(
         self, cfg: GatewayConfig
-    ) -> tuple[Any, Any, Authenticator | None] | ReloadOutcome:
-        """Load what the new generation needs (certificate, policy, authenticator), or say
-        why it cannot be used."""
+    ) -> tuple[Any, Any, Authenticator | None, tuple[bytes, str] | None] | ReloadOutcome:
+        """Load what the new generation needs (certificate, policy, masking hash key,
+        authenticator), or say why it cannot be used."""
         from veilgate.gateway.server import server_ssl_context
         from veilgate.policy.loader import PolicyError, load_policy
         from veilgate.policy.reload import log_refusal, reload_refusal
@@ -433,6 +457,13 @@ class Service:
                 if refusal is not None:
                     log_refusal(cfg.policy.file, engine.policy, refusal)
                     return ReloadOutcome(False, generation, (f"{cfg.policy.file}: {refusal}",))
+        hash_key: tuple[bytes, str] | None = None
+        if policy is not None and policy.masking is not None and policy.masking.uses_hash:
+            assert cfg.policy is not None
+            read = await self._read_hash_key(policy.masking, cfg.policy.file)
+            if isinstance(read, ReloadOutcome):
+                return read
+            hash_key = read
         authenticator: Authenticator | None = None
         if self._rebuild_authenticator and cfg.auth != self.config.auth:
             try:
@@ -442,7 +473,35 @@ class Service:
             warm = await LiveAuthenticator(authenticator).prefetch()
             if warm:
                 log.event(_log, "identity_prefetched", caches=warm)
-        return ssl_context, policy, authenticator
+        return ssl_context, policy, authenticator, hash_key
+
+    async def _read_hash_key(
+        self, masking: MaskingPolicy, policy_file: Path
+    ) -> tuple[bytes, str] | ReloadOutcome | None:
+        """The masking hash key for the new generation, read whole and valid.  One that cannot
+        be used refuses the reload while a key is live (that key stays, as a broken policy file
+        keeps the old policy); with none live yet the reload goes on without (masked sessions
+        stay refused) and says why."""
+        try:
+            material = await asyncio.to_thread(
+                read_key, masking.hash_key_env, masking.hash_key_file
+            )
+        except MaskingUnavailable as e:
+            keys = self._gateway.hash_keys if self._gateway is not None else None
+            if keys is None:
+                return None
+            keys.failed(str(e), "reload")
+            if keys.live is None:
+                return None
+            return ReloadOutcome(
+                False,
+                self.generation,
+                (
+                    f"{policy_file}: masking.hash_key: {e}; the running key (generation "
+                    f"{keys.live.generation}, fingerprint {keys.live.fingerprint}) stays",
+                ),
+            )
+        return material, masking.key_source
 
     @staticmethod
     async def _close_later(authenticator: Authenticator) -> None:

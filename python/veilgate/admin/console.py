@@ -16,7 +16,8 @@ actions are, with who did them (``admin-token`` or the principal's label).
                                        upstream connections
 ``POST /v1/admin/targets/{name}/pause``     new sessions wait (up to their handshake timeout)
 ``POST /v1/admin/targets/{name}/resume``    ... and go on
-``GET  /v1/admin/config``              generation, version, commit, native engine, file, pid
+``GET  /v1/admin/config``              generation, masking key generation, version, commit,
+                                       native engine, file, pid
 ``POST /v1/admin/reload``              reload the configuration (as SIGHUP); the outcome
 ``POST /v1/admin/drain``               drain and exit (as SIGTERM)
 =====================================  =========================================================
@@ -310,10 +311,12 @@ class AdminConsole:
         from veilgate.buildinfo import build_info
 
         cfg = self.host.config
+        gateway = self.host.gateway
         return Response.json(
             200,
             {
                 "generation": self.host.generation,
+                "masking_key": gateway.hash_keys.describe() if gateway is not None else None,
                 "file": str(cfg.source) if cfg.source else None,
                 "pid": os.getpid(),
                 "started_at": self._started,
@@ -331,6 +334,7 @@ class AdminConsole:
             "changed": list(outcome.changed),
             "restart_required": list(outcome.restart_required),
             "errors": list(outcome.errors),
+            "masking_key": outcome.masking_key,
         }
         return Response.json(200 if outcome.ok else 409, body)
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -29,6 +30,7 @@ from veilgate.gateway.recording import open_recording
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
 from veilgate.identity.base import Authenticator, Principal
 from veilgate.masking.catalog import Catalog
+from veilgate.masking.keys import HashKey, KeyGenerations, MaskingUnavailable
 from veilgate.pgwire import tlsnative, upstream, wire
 from veilgate.pgwire.negotiate import (
     ClientGone,
@@ -167,6 +169,8 @@ class Gateway:
         """Masking catalogs, one per upstream login (shared by that login's sessions)."""
         self.approvals: ApprovalService | None = None
         """Just-in-time approvals (with a policy); its store opens when a rule needs it."""
+        self.hash_keys = KeyGenerations()
+        """The masking hash key's generations (read at start, on reloads and on first use)."""
         bytecache.set_total_budget(config.limits.cache_bytes)
         self.generation = 1
         """The configuration generation serving new sessions (bumped by each applied reload)."""
@@ -178,6 +182,7 @@ class Gateway:
         if config.policy is not None:
             # raises PolicyError (file, line, key): `veilgate serve` validated it already
             self._setup_policy(config, load_policy(config.policy.file))
+            self._load_hash_key()
 
     def _setup_policy(self, config: GatewayConfig, policy: Policy) -> None:
         """The policy engine, its file watcher, the decision log and approvals (at start, or
@@ -284,22 +289,39 @@ class Gateway:
             self._policy_changed()
         return result
 
+    def _load_hash_key(self) -> None:
+        """Read the masking hash key at start, so that the log and the admin console name its
+        generation; one that cannot be read is logged, and read again by the next masked
+        session (refused until then: fail closed)."""
+        masking = self.policy_engine.policy.masking if self.policy_engine is not None else None
+        if masking is not None and masking.uses_hash:
+            with contextlib.suppress(MaskingUnavailable):
+                self.hash_keys.for_session(masking.hash_key_env, masking.hash_key_file)
+
     def _policy_changed(self) -> None:
         for session in list(self._sessions):
             session.policy_reloaded()
         self._spawn(self._start_approvals())
 
     def reconfigure(
-        self, config: GatewayConfig, ssl_context: ServerTLS | None, policy: Policy | None
+        self,
+        config: GatewayConfig,
+        ssl_context: ServerTLS | None,
+        policy: Policy | None,
+        hash_key: tuple[bytes, str] | None = None,
     ) -> None:
         """Serve new sessions with ``config`` (a reload; see :mod:`veilgate.reload`).
 
-        Everything that can fail (the certificate, the policy file) was loaded by the caller, so
-        this swaps without failing.  Running sessions keep their principal, tier and upstream
-        login; the new policy applies to their next statements, as on a policy file reload."""
+        Everything that can fail (the certificate, the policy file, the masking hash key) was
+        loaded by the caller, so this swaps without failing.  Running sessions keep their
+        principal, tier, upstream login and hash key; the new policy applies to their next
+        statements, as on a policy file reload.  ``hash_key``: the key (and its source) read
+        whole for this generation: a changed one is the next key generation (:mod:`.keys`)."""
         self.config = config
         self._ssl = ssl_context
         self.generation += 1
+        if hash_key is not None:
+            self.hash_keys.install(*hash_key, "reload")
         # idle upstream connections were made under the old configuration (logins, passwords,
         # TLS): closed; sessions of the old generation close theirs at their end
         self.upstream_pool.flush()
@@ -349,18 +371,24 @@ class Gateway:
         if engine is not None and service is not None and needs_approvals(engine.policy):
             await service.start()
 
-    def masking_planner(self, principal: Principal, login: TargetConfig) -> SessionMasking | None:
+    def masking_planner(
+        self, principal: Principal, login: TargetConfig, key: HashKey | None = None
+    ) -> SessionMasking | None:
         """A masking planner for a session of ``principal`` upstream as ``login``, or None when
-        its policy tier is not masked.  Raises ``MaskingUnavailable`` when the tier is masked
-        but the masking cannot be built (the session is then refused)."""
+        its policy tier is not masked.  ``key``: the hash key generation the session started
+        with (a running session keeps it across reloads); None: the live one.  Raises
+        ``MaskingUnavailable`` when the tier is masked but the masking cannot be built (the
+        session is then refused)."""
         engine = self.policy_engine
         if engine is None:
             return None
         masking = engine.policy.masking
         tier = engine.tier_for(principal)
-        if masking is None or tier is None:
+        if masking is None or tier is None or not masking.applies_to(tier.name):
             return None
-        tier_masking = masking.for_tier(tier.name)
+        if key is None and masking.uses_hash:
+            key = self.hash_keys.for_session(masking.hash_key_env, masking.hash_key_file)
+        tier_masking = masking.for_tier(tier.name, key)
         if tier_masking is None:
             return None
         # build the native maskers now (hash key included): a tier that cannot be masked
@@ -368,10 +396,10 @@ class Gateway:
         tier_masking.scanner  # noqa: B018
         from veilgate.masking.planner import SessionMasking
 
-        key = (login.name, login.host, login.port, login.dbname, login.user)
-        catalog = self._catalogs.get(key)
+        where = (login.name, login.host, login.port, login.dbname, login.user)
+        catalog = self._catalogs.get(where)
         if catalog is None:
-            catalog = self._catalogs[key] = Catalog.for_target(login)
+            catalog = self._catalogs[where] = Catalog.for_target(login)
         return SessionMasking(tier_masking, catalog)
 
     def open_recording(self, session: Session) -> SessionRecording | None:

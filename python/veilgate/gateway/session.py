@@ -38,8 +38,8 @@ from veilgate.gateway.startup import (
 )
 from veilgate.identity.base import AuthContext, AuthError, Principal
 from veilgate.identity.combined import LoginDenied, grant_for, upstream_login
+from veilgate.masking.keys import HashKey, MaskingUnavailable
 from veilgate.masking.overlay import creation_schemas
-from veilgate.masking.policy import MaskingUnavailable
 from veilgate.pgwire import tlsnative, upstream, wire
 from veilgate.policy.names import quote_search_path
 from veilgate.redact import redact_name
@@ -160,7 +160,7 @@ class SessionHost(Protocol):
     def paused_targets(self) -> dict[str, asyncio.Event]: ...
     async def handle_cancel(self, packet: bytes) -> None: ...
     def masking_planner(
-        self, principal: Principal, login: TargetConfig
+        self, principal: Principal, login: TargetConfig, key: HashKey | None = None
     ) -> SessionMasking | None: ...
     def open_recording(self, session: Session) -> SessionRecording | None: ...
     def cancel_abandoned(self, session: Session, reason: str) -> None: ...
@@ -224,6 +224,8 @@ class Session:
         """Result masking of this session (only when its policy tier is masked)."""
         self._planner: SessionMasking | None = None
         """The masking planner, when the session's tier is masked (made during the handshake)."""
+        self._hash_key: HashKey | None = None
+        """The masking hash key generation this session started with (kept across reloads)."""
         self._login: TargetConfig | None = None
         self._client_barriers = b""
         self.startup: ClientStartup | None = None
@@ -683,6 +685,7 @@ class Session:
         self.log_context.update(tier=self.tier_label or None, target=target.name)
         self._login = login
         self._planner = self._masking_planner(principal, login)
+        self._hash_key = self._planner.tier.hash_key if self._planner is not None else None
         if target.name in self.gateway.paused_targets:
             await self._wait_target(target.name, principal)
 
@@ -1120,12 +1123,15 @@ class Session:
         session that started unmasked stays so until it reconnects."""
         assert self.masking is not None and self.principal is not None and self._login
         try:
-            planner = self.gateway.masking_planner(self.principal, self._login)
+            # the hash key it started with stays (its tokens stay joinable within the session)
+            planner = self.gateway.masking_planner(self.principal, self._login, self._hash_key)
         except MaskingUnavailable as exc:
             log.event(logger, "masking_reload_failed", logging.ERROR, error=str(exc))
             return
         if planner is not None:
             self.masking.replace_planner(planner)
+            if self._hash_key is None:
+                self._hash_key = planner.tier.hash_key
 
     # --- shutdown ------------------------------------------------------------------------------
 

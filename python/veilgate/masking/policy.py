@@ -28,14 +28,14 @@ Shape (validated by :mod:`veilgate.masking.section`, which names file:line:key o
 A section that is present (even ``masking: {}``) masks every tier unless ``apply_to`` narrows
 it: forgetting a tier name must not leak data (fail closed).
 
-The native objects (``veilgate_native.Operator`` / ``Masker``) are built lazily, once per policy
-and tier, by :class:`TierMasking`; the hash key is read then (never at lint time), and a missing
+The native objects (``veilgate_native.Operator`` / ``Masker``) are built lazily, once per policy,
+tier and hash key generation, by :class:`TierMasking`; the gateway hands it the key generation a
+session uses (:mod:`.keys`), other callers have the key read then (never at lint time); a missing
 key raises :class:`MaskingUnavailable` so the gateway refuses the session instead of passing data.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +43,8 @@ from fnmatch import translate
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
+
+from .keys import HashKey, MaskingUnavailable, key_source, read_key
 
 __all__ = [
     "ALLOWED_USES",
@@ -92,10 +94,6 @@ ALLOWED_USES: Final = ("equals", "join", "group", "order", "filter", "compute", 
 
 REDACTED: Final = "<MASKED>"
 """What ``unknown_lineage: redact`` turns a whole value into."""
-
-
-class MaskingUnavailable(Exception):
-    """The masking engine cannot be built (hash key missing, native engine absent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,45 +232,44 @@ class MaskingPolicy:
     def applies_to(self, tier: str) -> bool:
         return self.apply_to is None or tier in self.apply_to
 
-    def for_tier(self, name: str) -> TierMasking | None:
-        """The masking of sessions in tier ``name``; ``None`` when the tier is not masked."""
+    def for_tier(self, name: str, key: HashKey | None = None) -> TierMasking | None:
+        """The masking of sessions in tier ``name``; ``None`` when the tier is not masked.
+        ``key``: the key generation its hash operators use (the gateway's, see
+        :mod:`.keys`); None: the key is read when the native objects are built."""
         if not self.applies_to(name):
             return None
-        tiers: dict[str, TierMasking] = self._tiers  # type: ignore[attr-defined]
-        tm = tiers.get(name)
+        tiers: dict[tuple[str, bytes | None], TierMasking] = self._tiers  # type: ignore[attr-defined]
+        cache_key = (name, key.digest if key is not None else None)
+        tm = tiers.get(cache_key)
         if tm is None:
-            tm = tiers[name] = TierMasking(self, name)
+            if len(tiers) >= 64:  # key generations of running sessions: bounded
+                tiers.clear()
+            tm = tiers[cache_key] = TierMasking(self, name, key)
         return tm
 
+    @property
+    def key_source(self) -> str:
+        """Where the hash key comes from, as messages name it."""
+        return key_source(self.hash_key_env, self.hash_key_file)
+
     def hash_key(self) -> bytes | None:
-        """The HMAC key, read now from the environment or file (None when unused)."""
+        """The HMAC key, read now from the environment or file (None when unused); raises
+        :class:`MaskingUnavailable` (see :func:`.keys.read_key`)."""
         if not self.uses_hash:
             return None
-        raw: str | bytes | None = None
-        if self.hash_key_env is not None:
-            raw = os.environ.get(self.hash_key_env)
-            where = f"environment variable {self.hash_key_env}"
-        elif self.hash_key_file is not None:
-            where = f"file {self.hash_key_file}"
-            try:
-                raw = self.hash_key_file.read_bytes().strip()
-            except OSError as exc:
-                raise MaskingUnavailable(
-                    f"cannot read the masking hash key {where}: {exc}"
-                ) from None
-        else:  # the loader refuses this; defensive
-            where = "(none configured)"
-        if not raw:
-            raise MaskingUnavailable(f"masking hash key missing: {where} is empty or unset")
-        return raw.encode("utf-8") if isinstance(raw, str) else raw
+        if self.hash_key_env is None and self.hash_key_file is None:  # the loader refuses this
+            raise MaskingUnavailable("masking hash key missing: none configured")
+        return read_key(self.hash_key_env, self.hash_key_file)
 
 
 class TierMasking:
     """The masking of one tier: rule lookups plus the native objects, built once."""
 
-    def __init__(self, policy: MaskingPolicy, tier: str) -> None:
+    def __init__(self, policy: MaskingPolicy, tier: str, key: HashKey | None = None) -> None:
         self.policy = policy
         self.tier = tier
+        self.hash_key = key
+        """The key generation of the hash operators (None: read by :attr:`key`)."""
         self.column_rules = tuple(r for r in policy.columns if r.by == "column")
         self.name_rules = tuple(r for r in policy.columns if r.by == "name")
         self._col_cache: dict[str, ColumnRule | None] = {}
@@ -346,6 +343,10 @@ class TierMasking:
 
     @cached_property
     def key(self) -> bytes | None:
+        if not self.policy.uses_hash:
+            return None
+        if self.hash_key is not None:
+            return self.hash_key.material
         return self.policy.hash_key()
 
     @cached_property
