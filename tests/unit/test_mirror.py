@@ -238,3 +238,29 @@ def test_a_function_call_replaced_by_a_query_drops_the_unnamed_statement() -> No
     t.error()
     t.server("Z", b"I")
     assert t.m.statement(b"") is None and t.m.settled
+
+
+@pytest.mark.parametrize("track", [False, True])
+def test_messages_sent_after_an_error_before_its_sync_are_skipped(track: bool) -> None:
+    """libpq's pipeline mode: a Parse fails, the client reads the error (Flush, no Sync yet)
+    and goes on sending; the server skips all of it up to the Sync, whose ReadyForQuery ends
+    the batch.  Nothing skipped is installed; the session stays in step."""
+    t = _M(track_portals=track)
+    t.parse("ok", "select 1")
+    t.server("1")
+    t.parse("bad", "select * from nowhere")
+    t.error()
+    assert b"S" in t.m.client_tags()  # the Sync that ends the skipping is surfaced
+    t.parse("later", "select 2")
+    t.bind("", "later")
+    t.execute("")
+    t.sync()
+    t.server("Z", b"I")
+    assert t.m.desync is None
+    assert t.names() == ({"ok": "select 1"}, {})
+    # the next batch is tracked as usual
+    t.parse("after", "select 4")
+    t.sync()
+    t.server("1")
+    t.server("Z", b"I")
+    assert set(t.names()[0]) == {"ok", "after"}

@@ -231,6 +231,10 @@ class ServerMirror:
         tracked ones'."""
         self._effectful = 0
         """Statements (confirmed or pending) whose execution changes the namespace."""
+        self._skipping = False
+        """An extended-protocol message failed and the client has not sent the Sync after it
+        yet: the server skips every message it gets until that Sync (libpq's pipeline mode
+        goes on sending after it has read the error), so those change nothing."""
         self._tags: tuple[bytes, bytes] = (b"", b"")
         self.desync: str | None = None
         self._tags = self._compute_tags()
@@ -263,7 +267,7 @@ class ServerMirror:
         upstream = b""
         if self._tracking_binds():
             client += b"BE"
-        if self._ops or self._always:
+        if self._ops or self._always or self._skipping:
             client += b"Scf"
             upstream = _REPLY_TAGS
         elif self._tx_sensitive():
@@ -308,6 +312,7 @@ class ServerMirror:
         return not (
             self._ops
             or self._always
+            or self._skipping
             or self._after_execute
             or b"" in self._statements
             or b"" in self._portals
@@ -387,6 +392,9 @@ class ServerMirror:
         instead fails where the client's message could succeed, so it changes nothing more).
         ``pending``: the native tracker's count of unanswered requests, read at this message
         (a barrier, so nothing after it is counted yet)."""
+        if self._skipping and tag != _H:
+            self._skipped(tag, body)
+            return
         # the fast path of a Query on a policy session: nothing to follow unless it changes the
         # namespace or drops an unnamed statement / portal
         if (
@@ -418,6 +426,21 @@ class ServerMirror:
         self._ops.append(op)
         self._retag()
         self._op_changes(op)
+
+    def _skipped(self, tag: int, body: bytes) -> None:
+        """A client message while the server skips to Sync (see :attr:`_skipping`): the Sync
+        ends the skipping (its ReadyForQuery is awaited as usual); anything else is ignored by
+        the server, and so here (a Parse's statement is never installed)."""
+        if tag == _S:
+            self._skipping = False
+            self._retag()
+            self.client_message(tag, body, 0)
+            return
+        if tag == _P:
+            name, text = _two_strings(body)
+            if text is not None:
+                text_s = text.decode("utf-8", "replace")
+                self.last_parsed = Statement(name, text_s, text_s, "parse")
 
     def _has_sync(self) -> bool:
         return any(o.kind in (_SYNC, _QUERY, _FCALL) for o in self._ops)
@@ -579,9 +602,12 @@ class ServerMirror:
         if head.kind in (_SYNC, _FCALL):
             head.failed = True
             return
-        # extended protocol: the server skips everything up to Sync (Queries included)
+        # extended protocol: the server skips everything up to Sync (Queries included), and
+        # what the client sends until then
         while self._ops and self._ops[0].kind not in (_SYNC, _SKIP):
             self._drop(self._ops.popleft())
+        if not self._ops:
+            self._skipping = True
 
     def _drop(self, op: _Op) -> None:
         """A request the server skipped or refused: its changes never happen."""
