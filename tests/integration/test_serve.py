@@ -283,9 +283,12 @@ logging: {{level: info, format: json}}
 class ServeProcess:
     """``python -m veilgate serve`` with its JSON log lines collected."""
 
-    def __init__(self, config_file: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, config_file: Path, env: dict[str, str], argv: list[str] | None = None
+    ) -> None:
+        """``argv``: the command line to run instead of ``python -m veilgate serve --config``."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "veilgate", "serve", "--config", str(config_file)],
+            argv or [sys.executable, "-m", "veilgate", "serve", "--config", str(config_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
