@@ -51,6 +51,7 @@ from veilgate.approvals.model import (
 )
 from veilgate.approvals.policy import needs_approvals
 from veilgate.approvals.store import display_params
+from veilgate.gateway.protocols import ApprovalSession
 from veilgate.pgwire import wire
 from veilgate.policy.analysis import MessageAnalysis
 from veilgate.policy.approval_spec import ApprovalSpec
@@ -60,9 +61,6 @@ from veilgate.state import StateUnavailable
 
 if TYPE_CHECKING:
     from veilgate.approvals.service import ApprovalService
-    from veilgate.gateway._relay import RelayProtocol
-    from veilgate.gateway.masking import MaskingRelay
-    from veilgate.gateway.recording import SessionRecording
     from veilgate.identity.base import Principal
     from veilgate.policy.engine import PolicyEngine, SessionContext
 
@@ -254,26 +252,6 @@ def _setting_decision(text: str, generation: int, tier: str | None) -> Decision:
         cacheable=False,
     )
     return Decision(verdict, 0.0, False)
-
-
-class ApprovalSession(Protocol):
-    """What an approval gate needs of its session (:class:`~veilgate.gateway.session.Session`
-    is one; a protocol, so that the gate does not import the session that imports it)."""
-
-    @property
-    def peer(self) -> str: ...
-    @property
-    def current_stmt_id(self) -> int: ...
-    @property
-    def client(self) -> RelayProtocol: ...
-    @property
-    def masking(self) -> MaskingRelay | None: ...
-    @property
-    def recording(self) -> SessionRecording | None: ...
-    def write_client(self, data: bytes) -> None: ...
-    def set_upstream_events(self) -> None: ...
-    @property
-    def state(self) -> Any: ...
 
 
 class GatedEnforcer(Protocol):

@@ -62,11 +62,12 @@ import secrets
 import struct
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from veilgate import log, metrics
 from veilgate.gateway.limits import SubstituteMessage
 from veilgate.gateway.mirror import ServerMirror, Statement
+from veilgate.gateway.protocols import EnforcedSession
 from veilgate.gateway.sqleffects import may_have_effects
 from veilgate.identity.base import Principal
 from veilgate.pgwire import wire
@@ -76,13 +77,8 @@ from veilgate.policy.engine import Decision, PolicyEngine, SessionContext, Verdi
 from veilgate.policy.excerpt import DEFAULT_AUDIT_SQL_BYTES, sql_excerpt
 
 if TYPE_CHECKING:
-    import veilgate_native as native
-
     from veilgate.approvals.service import ApprovalService
-    from veilgate.gateway._relay import RelayProtocol
     from veilgate.gateway.approval import ApprovalGate, PendingApproval
-    from veilgate.gateway.masking import MaskingRelay
-    from veilgate.gateway.recording import SessionRecording
 
 __all__ = [
     "MARKER_PREFIX",
@@ -230,32 +226,6 @@ class _Stmt:
         self.denied: Decision | None = None
         self.approval: PendingApproval | None = None
         """An approve rule matched it: each Bind is checked for a grant (gateway.approval)."""
-
-
-class EnforcedSession(Protocol):
-    """What the enforcer needs of its session (:class:`~veilgate.gateway.session.Session` is
-    one; a protocol, so that this module does not import the session that imports it).  It
-    includes what the approval gate needs (:class:`~veilgate.gateway.approval.ApprovalSession`)."""
-
-    @property
-    def peer(self) -> str: ...
-    @property
-    def current_stmt_id(self) -> int: ...
-    @property
-    def client(self) -> RelayProtocol: ...
-    @property
-    def masking(self) -> MaskingRelay | None: ...
-    @property
-    def recording(self) -> SessionRecording | None: ...
-    def write_client(self, data: bytes) -> None: ...
-    @property
-    def state(self) -> native.SessionState: ...
-    @property
-    def upstream_parameters(self) -> list[bytes]: ...
-    @property
-    def upstream_transport(self) -> Any: ...
-    def set_client_events(self) -> None: ...
-    def set_upstream_events(self) -> None: ...
 
 
 class PolicyEnforcer:
