@@ -721,3 +721,24 @@ def test_masked_ranges_are_values_of_their_type(direct: str, table: str, binary:
                     )
                     assert back.status == psycopg.pq.ExecStatus.TUPLES_OK, back.error_message
                     assert EMAIL.encode() not in (back.get_value(0, 0) or b"")
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_range_constructors_keep_their_arguments_lineage(
+    gw: pw.Target, table: str, binary: bool
+) -> None:
+    """The constructors PostgreSQL makes for a range type (``CREATE TYPE ... AS RANGE``: the
+    range and multirange constructors, C functions in the user's schema) compute their value
+    from their arguments: a range built from constants is the client's value, not redacted as
+    of unknown origin (it came back as the empty range)."""
+    t = table
+    with _connect(gw.conninfo(), t) as conn, conn.cursor(binary=binary) as cur:
+        cur.execute(
+            f"select {t}_trange('a', 'b') as r, {t}_trange('a', 'b', '[]') as r3,"
+            f" {t}_tmulti({t}_trange('a', 'b'), {t}_trange('c', 'd')) as m, {t}_tmulti() as m0"
+        )
+        row = _rows(cur)[0]
+    assert row["r"] == Range("a", "b")
+    assert row["r3"] == Range("a", "b", "[]")
+    assert row["m"] == Multirange([Range("a", "b"), Range("c", "d")])
+    assert row["m0"] == Multirange()

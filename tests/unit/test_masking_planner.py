@@ -693,12 +693,32 @@ def test_copy_refusals(tier: TierMasking, sql: str) -> None:
     assert err.value.sqlstate == "0A000"
 
 
-def test_copy_refused_when_the_query_cannot_be_described(tier: TierMasking) -> None:
+def test_copy_not_described_is_planned_from_the_servers_columns(tier: TierMasking) -> None:
+    """A COPY the side connection cannot describe (a table of the client's open transaction,
+    one it has locked): no plan ahead (``None``, never a refusal); from the CopyOutResponse's
+    column count and the statement's lineage, a column no rule masks is kept, a masked one is
+    NULL (its type is unknown), and :attr:`unseen` names the relation for the notice."""
     cat = FakeCatalog()
-    cat.describe_result = CatalogError("cannot describe the query: 42P01 relation does not exist")
+    cat.describe_result = CatalogError("cannot describe the query: 55P03 lock not available")
     p = _planner(tier, cat)
-    with pytest.raises(MaskRefusal, match="columns cannot be determined"):
-        asyncio.run(p.copy_plan(p.statement("COPY (SELECT * FROM tmp_t) TO STDOUT"), 0, []))
+    stmt = p.statement("COPY (SELECT id, ssn, full_name FROM customers) TO STDOUT")
+    assert asyncio.run(p.copy_plan(stmt, 0, [])) is None
+    plan = asyncio.run(p.copy_plan_undescribed(stmt, 0, [0, 0, 0]))
+    assert plan.format == "text"
+    assert plan.columns == [("KEEP", None), ("NULL", None), ("KEEP", None)]
+    assert p.unseen == {"relation customers"}
+    # another column count than the statement shows: every column of unknown lineage
+    plan = asyncio.run(p.copy_plan_undescribed(stmt, 1, [1, 1]))
+    assert plan.format == "binary"
+    assert [c[0] for c in plan.columns] == ["NULL", "NULL"]
+
+
+def test_copy_plan_still_fails_when_the_catalog_is_unreachable(tier: TierMasking) -> None:
+    cat = FakeCatalog()
+    cat.describe_result = CatalogError("catalog connection failed: refused")
+    p = _planner(tier, cat)
+    with pytest.raises(CatalogError):
+        asyncio.run(p.copy_plan(p.statement("COPY customers TO STDOUT"), 0, []))
 
 
 def test_parse_row_description() -> None:

@@ -250,6 +250,14 @@ _EXTENSION_MEMBER: Final = (
 )
 """SQL: the function ``p`` belongs to an extension."""
 
+_RANGE_CONSTRUCTOR: Final = (
+    "(p.prolang = 12 AND p.prosrc IN ('range_constructor2', 'range_constructor3',"
+    " 'multirange_constructor0', 'multirange_constructor1', 'multirange_constructor2'))"
+)
+"""SQL: the function ``p`` is a constructor PostgreSQL made for a range or multirange type
+(``CREATE TYPE ... AS RANGE``): internal code that builds the value from its arguments, in the
+type's own schema (no extension installs it)."""
+
 
 def _functions_sql(names: Iterable[str]) -> str:
     # result columns: OUT / INOUT / TABLE parameters (two or more), else a composite return
@@ -265,7 +273,7 @@ SELECT n.nspname, p.proname, p.pronargs, p.pronargdefaults, p.provariadic <> 0,
             WHEN t.typtype = 'p' AND t.typname NOT IN ('void', 'trigger', 'event_trigger')
               THEN ''
        END,
-       l.lanname, {_EXTENSION_MEMBER}
+       l.lanname, {_EXTENSION_MEMBER} OR {_RANGE_CONSTRUCTOR}
 FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_type t ON t.oid = p.prorettype
@@ -318,7 +326,9 @@ def trusted_function(name: str | None, language: str | None, extension: str | No
     built-in: installed by an extension, written in C (or internal), and not one of the
     extension functions that run SQL given as text or read data, WAL or pages
     (:data:`~veilgate.masking.builtins.OPAQUE_EXTENSION_FUNCTIONS`).  Everything else (SQL,
-    PL/pgSQL, functions nobody installed as an extension) may read tables: opaque."""
+    PL/pgSQL, functions nobody installed as an extension) may read tables: opaque.  The range
+    and multirange constructors PostgreSQL makes for a user's range type count as installed
+    (``extension`` true: see ``_RANGE_CONSTRUCTOR``)."""
     return (
         extension == "t"
         and language in ("c", "internal")
