@@ -15,7 +15,7 @@ import logging
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from veilgate import __version__
 from veilgate.cliargs import (
@@ -28,6 +28,9 @@ from veilgate.cliargs import (
     add_group,
     usage,
 )
+
+if TYPE_CHECKING:
+    from veilgate.config_model import GatewayConfig
 
 # -- serve ---------------------------------------------------------------------------------------
 
@@ -46,10 +49,60 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return EXIT_USAGE
     log.setup(args.log_level or cfg.logging.level, args.log_format or cfg.logging.format)
+    overrides = (args.log_level, args.log_format)
+    if args.worker is not None:
+        return _serve_worker(cfg, args.worker, overrides)
     logger = log.get("config")
     for warning in config.warnings(cfg):
         log.event(logger, "config_warning", logging.WARNING, file=args.config, warning=warning)
-    return run(cfg, (args.log_level, args.log_format))
+    from veilgate.workers import resolve_workers
+
+    workers = resolve_workers(cfg.server.workers if args.workers is None else args.workers)
+    if workers == 1:
+        return run(cfg, overrides)
+    if cfg.listen.handover_socket is not None:
+        print(
+            f"{args.config}: listen.handover_socket works with one worker only "
+            f"(--workers {workers}); set server.workers: 1 or pass --workers 1",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from veilgate.workers import supervise
+
+    return supervise(cfg, workers, overrides)
+
+
+def _serve_worker(
+    cfg: GatewayConfig, spec_text: str, overrides: tuple[str | None, str | None]
+) -> int:
+    """One worker under ``serve --workers N`` (started by the supervisor, never by hand)."""
+    import os
+
+    from veilgate.gateway.workerlink import WorkerSpec
+    from veilgate.service import run
+    from veilgate.workers import set_parent_death_signal
+
+    try:
+        spec = WorkerSpec.decode(spec_text)
+    except ValueError as e:
+        print(f"veilgate: --worker: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    set_parent_death_signal()
+    if os.getppid() != spec.parent_pid:  # the supervisor died before the line above
+        return EXIT_FAILURE
+    return run(cfg, overrides, worker=spec)
+
+
+def _workers_arg(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of processes or 'auto'") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError("expected 1 to 256 (or 'auto')")
+    return n
 
 
 def _register_serve(sub: Subparsers) -> None:
@@ -68,6 +121,14 @@ def _register_serve(sub: Subparsers) -> None:
         help="override logging.level",
     )
     p.add_argument("--log-format", choices=("json", "text"), help="override logging.format")
+    p.add_argument(
+        "--workers",
+        type=_workers_arg,
+        metavar="N",
+        help="gateway processes sharing the port (SO_REUSEPORT); 'auto': one per CPU core; "
+        "overrides server.workers (default 1: one process)",
+    )
+    p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
 
 
 # -- config --------------------------------------------------------------------------------------

@@ -411,8 +411,19 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The gateway's processes (``veilgate serve --workers`` overrides ``workers``)."""
+
+    workers: int = field(default=1, metadata={"min": 0, "max": 256})
+    """Worker processes sharing the listening port (``SO_REUSEPORT``; a supervisor process
+    starts them, restarts one that dies, forwards signals and fronts their admin servers); 0:
+    one per CPU core; 1 (the default): one process, no supervisor.  Needs a restart."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)

@@ -191,7 +191,9 @@ upstream_pool_total = Counter(
 cancel_requests_total = Counter(
     "veilgate_cancel_requests_total",
     "CancelRequests received, by outcome (forwarded, idle, unknown, approval_wait, failed, "
-    "relayed: passed to the other gateways of the shared store, from_peer: one they passed).",
+    "relayed: passed to the other gateways of the shared store, from_peer: one they passed; "
+    "serve --workers N: to_worker: passed to the worker owning the session, from_worker: one "
+    "a sibling worker passed here, then counted again by what became of it).",
     ("outcome",),
 )
 jwks_fetches_total = Counter(

@@ -29,6 +29,7 @@ _RESTART_KEYS: dict[str, tuple[str, ...] | None] = {
     "admin": ("host", "port", "enabled"),
     "state": None,
     "approvals": None,
+    "server": None,
 }
 """Sections (and their keys; None = every key) a running process cannot take over."""
 
@@ -125,6 +126,7 @@ def without_restart_changes(old: GatewayConfig, new: GatewayConfig) -> GatewayCo
         ),
         state=old.state,
         approvals=old.approvals,
+        server=old.server,
         audit=audit,
         policy=policy,
     )

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -43,6 +45,7 @@ from veilgate.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from veilgate.gateway.server import Gateway
+    from veilgate.gateway.workerlink import WorkerSpec
     from veilgate.identity.base import Authenticator
     from veilgate.masking.policy import MaskingPolicy
 
@@ -88,8 +91,12 @@ class Service:
         authenticator: Authenticator | None = None,
         *,
         log_override: tuple[str | None, str | None] = (None, None),
+        worker: WorkerSpec | None = None,
     ) -> None:
         self.config = config
+        self.worker = worker
+        """One worker of ``serve --workers N`` (its admin server on a unix socket the
+        supervisor fronts; no hand-over; no systemd notifications), or None."""
         self._authenticator = LiveAuthenticator(authenticator or build_authenticator(config))
         self._rebuild_authenticator = authenticator is None
         """A reload builds a new authenticator from the file (not when one was handed in)."""
@@ -132,8 +139,9 @@ class Service:
             log.event(_log, "identity_prefetched", caches=warm)
         handover: HandoverClient | None = None
         inherited: dict[str, socket.socket] = {}
-        if cfg.listen.handover_socket is not None:
-            handover, inherited = await self._take_over(cfg.listen.handover_socket)
+        handover_socket = cfg.listen.handover_socket if self.worker is None else None
+        if handover_socket is not None:
+            handover, inherited = await self._take_over(handover_socket)
         try:
             await self._start(cfg, handover, inherited)
         except BaseException:
@@ -142,9 +150,9 @@ class Service:
             for sock in inherited.values():
                 sock.close()
             raise
-        if cfg.listen.handover_socket is not None:
+        if handover_socket is not None:
             server = HandoverServer(
-                cfg.listen.handover_socket,
+                handover_socket,
                 self._handover_sockets,
                 self._pause_accepting,
                 self._resume_soon,
@@ -160,6 +168,10 @@ class Service:
             await asyncio.to_thread(handover.done)
             log.event(_log, "took_over", pid=handover.old_pid)
         fields: dict[str, Any] = {"host": cfg.listen.host, "port": self.port}
+        if self.worker is not None:
+            log.event(_log, "worker_ready", worker=self.worker.id, pid=os.getpid(), **fields)
+            self._tell_supervisor({"event": "ready", "pid": os.getpid()})
+            return
         if self._admin is not None:
             fields.update(admin_host=cfg.admin.host, admin_port=self._admin.port)
             log.event(_log, "admin_listening", host=cfg.admin.host, port=self._admin.port)
@@ -168,6 +180,16 @@ class Service:
         interval = Notifier.watchdog_interval()
         if interval is not None and self.notifier.enabled:
             self.spawn(self._watchdog(interval))
+
+    def _tell_supervisor(self, event: dict[str, Any]) -> None:
+        """One JSON line on the worker's status pipe (nothing without a supervisor)."""
+        fd = self.worker.status_fd if self.worker is not None else None
+        if fd is None:
+            return
+        try:
+            os.write(fd, json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        except OSError as e:  # the supervisor is gone: PDEATHSIG drains this worker
+            log.event(_log, "supervisor_unreachable", logging.WARNING, error=str(e))
 
     async def _take_over(self, path: str) -> tuple[HandoverClient | None, dict[str, socket.socket]]:
         """The listening sockets of the process serving on ``path`` (none: nobody serves)."""
@@ -193,7 +215,10 @@ class Service:
     ) -> None:
         from veilgate.gateway.server import Gateway
 
-        gateway = Gateway(cfg, self._authenticator)
+        if self.worker is None:
+            gateway = Gateway(cfg, self._authenticator)
+        else:
+            gateway = Gateway(cfg, self._authenticator, self.worker)
         await gateway.start(inherited.pop("listen", None), accept=handover is None)
         self._gateway = gateway
         self._install_quiet_signals()
@@ -210,7 +235,10 @@ class Service:
             if cfg.admin.enabled:
                 routers = self._admin_routers(gateway)
                 admin = AdminServer(cfg.admin.host, cfg.admin.port, {}, routers)
-                await admin.start(inherited.pop("admin", None), serve=handover is None)
+                admin_sock = inherited.pop("admin", None)
+                if self.worker is not None:
+                    admin_sock = _unix_listener(self.worker.admin_path())
+                await admin.start(admin_sock, serve=handover is None)
                 self._admin = admin
             if handover is not None:
                 # everything is ready: the old process stops accepting, this one starts
@@ -332,6 +360,9 @@ class Service:
             if not outcome.ok:
                 status += "; last reload failed"
             self.notifier.ready(status)
+            self._tell_supervisor(
+                {"event": "reloaded", "ok": outcome.ok, "generation": outcome.generation}
+            )
         source = str(self.config.source) if self.config.source else None
         # one line per reload whatever logging.level says (an operator looks for it)
         always = min(max(logging.INFO, _log.getEffectiveLevel()), logging.CRITICAL)
@@ -604,9 +635,10 @@ async def serve(
     authenticator: Authenticator | None = None,
     on_ready: Callable[[Service], None] | None = None,
     log_override: tuple[str | None, str | None] = (None, None),
+    worker: WorkerSpec | None = None,
 ) -> int:
     """Run the gateway until a signal (or ``service.stop()`` from ``on_ready``'s holder)."""
-    service = Service(config, authenticator, log_override=log_override)
+    service = Service(config, authenticator, log_override=log_override, worker=worker)
     service.install_signal_handlers()  # before binding: a signal during startup still drains
     try:
         await service.start()
@@ -630,6 +662,22 @@ async def serve(
         service.remove_signal_handlers()
 
 
+def _unix_listener(path: Path) -> socket.socket:
+    """A listening unix socket at ``path`` (0600; whatever was there is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop
@@ -639,7 +687,11 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def run(config: GatewayConfig, log_override: tuple[str | None, str | None] = (None, None)) -> int:
+def run(
+    config: GatewayConfig,
+    log_override: tuple[str | None, str | None] = (None, None),
+    worker: WorkerSpec | None = None,
+) -> int:
     """Run the gateway on uvloop until SIGTERM/SIGINT; returns the process exit code."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve(config, log_override=log_override))
+        return runner.run(serve(config, log_override=log_override, worker=worker))

@@ -32,7 +32,13 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (
         6,
         "service",
-        ("veilgate.service", "veilgate.admin", "veilgate.health", "veilgate.approvals.api"),
+        (
+            "veilgate.service",
+            "veilgate.workers",
+            "veilgate.admin",
+            "veilgate.health",
+            "veilgate.approvals.api",
+        ),
     ),
     (5, "gateway", ("veilgate.gateway",)),
     (4, "audit/approvals", ("veilgate.audit", "veilgate.approvals")),

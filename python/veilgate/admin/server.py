@@ -151,7 +151,8 @@ class AdminServer:
         if sock is None:
             sock = await bind_listener(self.host, self._port, 128)
         self._listen = sock
-        self._port = int(sock.getsockname()[1])
+        # a unix socket (a worker's, behind the supervisor's listener) has no port
+        self._port = int(sock.getsockname()[1]) if sock.family != socket.AF_UNIX else 0
         if serve:
             await self.resume()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-__all__ = ["bind_listener", "listener_address"]
+__all__ = ["bind_listener", "listener_address", "reserve_address"]
 
 
 async def bind_listener(
@@ -43,3 +43,21 @@ def listener_address(sock: socket.socket) -> tuple[str, int]:
     """``(host, port)`` a listening socket is bound to."""
     name = sock.getsockname()
     return str(name[0]), int(name[1])
+
+
+def reserve_address(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with ``SO_REUSEPORT`` but not listening: it holds the
+    port (0: an ephemeral one, then shared by every worker) for ``serve --workers N`` while the
+    workers' own listening sockets come and go; the kernel gives connections only to listening
+    sockets.  Blocking (the supervisor calls it before its loop runs).  Raises ``OSError``."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock

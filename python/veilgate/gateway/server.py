@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import veilgate_native as native
 
 from veilgate import bytecache, log, metrics
-from veilgate.config_model import GatewayConfig, TargetConfig
+from veilgate.config_model import AuditConfig, GatewayConfig, TargetConfig
 from veilgate.gateway.accounting import Accounting
 from veilgate.gateway.cancel import CancelRegistry, cancel_digest
 from veilgate.gateway.limits import ConnectionCounter
@@ -28,6 +30,7 @@ from veilgate.gateway.listener import bind_listener
 from veilgate.gateway.pool import UpstreamPool
 from veilgate.gateway.recording import open_recording
 from veilgate.gateway.session import ADMIN_SHUTDOWN, Session
+from veilgate.gateway.workerlink import WorkerCancelServer, WorkerSpec, forward_cancel
 from veilgate.identity.base import Authenticator, Principal
 from veilgate.masking.catalog import Catalog
 from veilgate.masking.keys import HashKey, KeyGenerations, MaskingUnavailable
@@ -129,10 +132,20 @@ def _send_and_close(sock: socket.socket, data: bytes) -> None:
 class Gateway:
     """An identity-aware PostgreSQL gateway listening on ``config.listen``."""
 
-    def __init__(self, config: GatewayConfig, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        authenticator: Authenticator,
+        worker: WorkerSpec | None = None,
+    ) -> None:
         self.config = config
         self.authenticator = authenticator
-        self.cancel_registry: CancelRegistry[Session] = CancelRegistry()
+        self.worker = worker
+        """This process's place among ``serve --workers N`` (None: the only process)."""
+        self.cancel_registry: CancelRegistry[Session] = (
+            CancelRegistry(worker.id, worker.bits) if worker is not None else CancelRegistry()
+        )
+        self._worker_cancels: WorkerCancelServer | None = None
         self._relay_window = 0.0
         self._relayed = 0
         self.connection_counter = ConnectionCounter()
@@ -178,11 +191,23 @@ class Gateway:
             from veilgate.audit.recorder import Recorder
 
             # raises ValueError naming a bad key (`veilgate serve` validated the config)
-            self.recorder = Recorder(config.audit, state=config.state, config_source=config.source)
+            self.recorder = Recorder(
+                self._worker_audit(config.audit), state=config.state, config_source=config.source
+            )
         if config.policy is not None:
             # raises PolicyError (file, line, key): `veilgate serve` validated it already
             self._setup_policy(config, load_policy(config.policy.file))
             self._load_hash_key()
+
+    def _worker_audit(self, audit: AuditConfig) -> AuditConfig:
+        """With ``--workers N`` (N > 1) worker ``k`` records into ``<audit.dir>/worker-<k>``:
+        a recording directory has one writer (its lock), each with its own hash chain."""
+        worker = self.worker
+        if worker is None or worker.count <= 1:
+            return audit
+        base = Path(audit.dir)
+        base.mkdir(mode=0o700, parents=False, exist_ok=True)
+        return dataclasses.replace(audit, dir=str(base / f"worker-{worker.id}"))
 
     def _setup_policy(self, config: GatewayConfig, policy: Policy) -> None:
         """The policy engine, its file watcher, the decision log and approvals (at start, or
@@ -217,14 +242,24 @@ class Gateway:
         if sock is not None:
             lsock = sock
             lsock.setblocking(False)
+        elif self.worker is not None:
+            # every worker binds the same address; the kernel spreads connections over them
+            lsock = await bind_listener(
+                listen.host, self.worker.port, listen.backlog, reuse_port=True
+            )
         else:
             lsock = await bind_listener(listen.host, listen.port, listen.backlog)
-        if self.recorder is not None:
-            try:
+        try:
+            if self.worker is not None:
+                cancels = WorkerCancelServer(self.worker, self._forwarded_cancel)
+                await cancels.start()
+                self._worker_cancels = cancels
+            if self.recorder is not None:
                 await self.recorder.start()
-            except BaseException:
-                lsock.close()
-                raise
+        except BaseException:
+            lsock.close()
+            await self._close_worker_cancels()
+            raise
         self._lsock = lsock
         self._port = lsock.getsockname()[1]
         metrics.SESSION_ROLLUPS.append(self.accounting.rollup)
@@ -457,6 +492,12 @@ class Gateway:
             self._lsock.close()
             self._lsock = None
 
+    async def _close_worker_cancels(self) -> None:
+        """The last thing to go: a sibling may pass a cancel on until the sessions are gone."""
+        if self._worker_cancels is not None:
+            cancels, self._worker_cancels = self._worker_cancels, None
+            await cancels.close()
+
     async def drain(self, timeout: float, *, wait_for_clients: bool = False) -> None:  # noqa: ASYNC109
         """Stop accepting; end idle sessions with 57P01 now and busy ones at their next
         ReadyForQuery; at the deadline close whatever is left.
@@ -483,6 +524,7 @@ class Gateway:
         self._close_policy()
         await self._close_recorder()
         await self._close_catalogs()
+        await self._close_worker_cancels()
 
     async def _wait_all_closed(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until no session is left (True) or ``timeout`` passed (False)."""
@@ -511,6 +553,7 @@ class Gateway:
         self._close_policy()
         await self._close_recorder()
         await self._close_catalogs()
+        await self._close_worker_cancels()
         self.accounting.detach()
         await asyncio.sleep(0)
 
@@ -714,8 +757,11 @@ class Gateway:
 
     # --- cancel -----------------------------------------------------------------------------------
 
-    async def handle_cancel(self, packet: bytes) -> None:
-        """Forward a CancelRequest for a known, busy session; ignore everything else."""
+    async def handle_cancel(self, packet: bytes, *, from_worker: bool = False) -> None:
+        """Forward a CancelRequest for a known, busy session; ignore everything else.
+
+        With ``--workers N``, a key whose worker bits name a sibling goes to that worker
+        (``from_worker``: a sibling passed it here; it is never passed on to a worker again)."""
         try:
             request = wire.parse_cancel_request(packet)
         except wire.WireError:
@@ -723,9 +769,19 @@ class Gateway:
             return
         session = self.cancel_registry.lookup(request.pid, request.key)
         if session is None:
+            worker = self.worker
+            if worker is not None and not from_worker:
+                owner = self.cancel_registry.worker_of(request.key, worker.bits)
+                if owner != worker.id and await forward_cancel(worker, owner, packet):
+                    metrics.cancel_requests_total.inc(outcome="to_worker")
+                    return
             await self._relay_cancel(request.pid, request.key)
             return
         await self._cancel_session(session)
+
+    async def _forwarded_cancel(self, packet: bytes) -> None:
+        metrics.cancel_requests_total.inc(outcome="from_worker")
+        await self.handle_cancel(packet, from_worker=True)
 
     async def _relay_cancel(self, pid: int, key: bytes) -> None:
         """A CancelRequest for no session of this gateway: with approvals' shared store
