@@ -57,8 +57,15 @@ from veilgate.testing.cluster import (  # noqa: E402
 BENCH_DB = "bench"
 BENCH_ROLE = "veilgate_bench"
 PASSWORD_ENV = "VEILGATE_BENCH_PASSWORD"
-ALL_TARGETS = ("direct", "veilgate", "pgbouncer", "pgbouncer-tx", "veilgate-recording")
-CONNECT_TARGETS = (*ALL_TARGETS, "veilgate-reuse")
+ALL_TARGETS = (
+    "direct",
+    "veilgate",
+    "pgbouncer",
+    "pgbouncer-tx",
+    "veilgate-recording",
+    "veilgate-w2",
+)
+CONNECT_TARGETS = (*(t for t in ALL_TARGETS if t != "veilgate-w2"), "veilgate-reuse")
 """The connect bench adds the gateway reusing upstream connections."""
 PGBOUNCER_PREPARED_TX = (1, 21)
 """The first PgBouncer that keeps protocol-level prepared statements in transaction mode."""
@@ -556,6 +563,46 @@ class VeilgateReuseOIDCTarget(VeilgateOIDCTarget):
     pool_size = 16
 
 
+class VeilgateWorkersTarget(VeilgateTarget):
+    """``veilgate-w2``: the same gateway as ``veilgate`` (``--workers 1``, the default) run as
+    ``serve --workers 2`` (two processes on one port, SO_REUSEPORT).  Only the workloads named
+    ``*-c16`` run on it: the workers comparison (``veilgate-w2/veilgate`` in the table)."""
+
+    name = "veilgate-w2"
+    workers = 2
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--workers", str(self.workers)]
+
+    def unsupported(self, workload: Workload) -> str | None:
+        if not workload.name.endswith("-c16"):
+            return "the workers comparison runs the -c16 workloads only"
+        return None
+
+    def start(self) -> None:
+        # the port answers once one worker listens: wait until the supervisor's admin
+        # listener is up, which it opens only when every worker is ready (else pgbench's
+        # connections could all land on the first worker)
+        super().start()
+        m = re.search(r"^admin: \{host: [^,]+, port: (\d+)\}", self.config.read_text(), re.M)
+        if m is None:
+            raise BenchError(f"{self.name}: no admin port in {self.config}")
+        deadline = time.monotonic() + 60
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=0.5),
+            ):
+                return
+            if time.monotonic() > deadline or self.proc is None or self.proc.poll() is not None:
+                self.stop()
+                raise BenchError(
+                    f"{self.name}: its workers were not all ready within 60 s\n"
+                    f"--- {self.name} log ---\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+
 class VeilgateReuseTarget(VeilgateTarget):
     """``veilgate-reuse`` with the static token."""
 
@@ -684,6 +731,8 @@ def make_target(name: str, env: BenchEnv, args: argparse.Namespace) -> Target:
         return VeilgateTarget(env, command=args.veilgate_cmd)
     if name == "veilgate-recording":
         return VeilgateRecordingTarget(env, command=args.veilgate_cmd)
+    if name == "veilgate-w2":
+        return VeilgateWorkersTarget(env, command=args.veilgate_cmd)
     if name == "veilgate-reuse":
         if getattr(args, "veilgate_auth", "static") == "oidc":
             return VeilgateReuseOIDCTarget(env, command=args.veilgate_cmd)
@@ -1054,6 +1103,7 @@ def summary_table(samples: list[Sample], targets: Sequence[str]) -> str:
         for mine, others in (
             ("veilgate", ("pgbouncer", "pgbouncer-tx", "direct")),
             ("veilgate-reuse", ("veilgate", "pgbouncer", "direct")),
+            ("veilgate-w2", ("veilgate", "pgbouncer", "direct")),
         ):
             vg = med.get((w, mine))
             for other in others:

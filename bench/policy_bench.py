@@ -8,6 +8,11 @@ that differ only in their ``policy`` section:
 * ``veilgate-nopolicy``: no ``policy`` section, every statement is relayed undecided;
 * ``veilgate-audit`` (only with ``--targets``): the same policy plus ``audit_log``, one JSON line
   per decision;
+* ``veilgate-rw`` / ``veilgate-rw-recording``: pgbench's own TPC-B script (``-b tpcb-like -M
+  simple``: BEGIN, three UPDATEs, a SELECT, an INSERT, END, new literals in every statement)
+  through the read-write tier of ``workloads/policy_readwrite.yaml`` (the same guardrails as the
+  read-only tier, writes with a WHERE clause allowed), without and with session recording,
+  against ``veilgate-nopolicy`` (TPC-B workloads only; the read-only targets skip them);
 * ``veilgate-approve``: the same policy plus an ``approve`` rule on the pgbench reads, approved
   once before the runs: every statement runs on its grant (bench/approvals_bench.py), compared
   with ``veilgate`` (the reads allowed by a plain rule).  With it, the run ends with the wake-up
@@ -35,7 +40,10 @@ from policy_targets import (
     DENIED_PROBE,
     PGBENCH_STATEMENTS,
     POLICY_FILE,
+    READWRITE_POLICY_FILE,
+    READWRITE_ROLES,
     TOKEN_ROLES,
+    TPCB_STATEMENTS,
     VeilgatePolicyTarget,
 )
 
@@ -45,8 +53,17 @@ POLICY_TARGETS = (
     "veilgate-audit",
     "veilgate-approve",
     "veilgate-recording",
+    "veilgate-rw",
+    "veilgate-rw-recording",
 )
-DEFAULT_TARGETS = ("veilgate", "veilgate-nopolicy", "veilgate-approve", "veilgate-recording")
+DEFAULT_TARGETS = (
+    "veilgate",
+    "veilgate-nopolicy",
+    "veilgate-approve",
+    "veilgate-recording",
+    "veilgate-rw",
+    "veilgate-rw-recording",
+)
 APPROVE_BAR = 0.95
 """Issue 13's bar: the grant check on the allowed path costs at most 5% TPS vs a plain allow."""
 BASELINE = "veilgate-nopolicy"
@@ -60,6 +77,8 @@ def policy_workloads() -> list[Any]:
         Workload("select-simple-c8", ("-S", "-M", "simple"), 8, 2),
         Workload("select-prepared-c1", ("-S", "-M", "prepared"), 1, 1),
         Workload("select-prepared-c8", ("-S", "-M", "prepared"), 8, 2),
+        Workload("tpcb-simple-c1", ("-b", "tpcb-like", "-M", "simple"), 1, 1),
+        Workload("tpcb-simple-c8", ("-b", "tpcb-like", "-M", "simple"), 8, 2),
     ]
 
 
@@ -77,6 +96,15 @@ def make_policy_target(name: str, env: Any, args: argparse.Namespace) -> Any:
     if name == "veilgate-recording":
         return VeilgatePolicyTarget(
             env, name, policy_file=POLICY_FILE, recording=True, command=args.veilgate_cmd
+        )
+    if name in ("veilgate-rw", "veilgate-rw-recording"):
+        return VeilgatePolicyTarget(
+            env,
+            name,
+            policy_file=READWRITE_POLICY_FILE,
+            recording=name.endswith("-recording"),
+            readwrite=True,
+            command=args.veilgate_cmd,
         )
     raise BenchError(f"unknown target {name!r} (choose from {', '.join(POLICY_TARGETS)})")
 
@@ -102,7 +130,7 @@ def target_check(env: Any, target: Any) -> None:
 def denial_check(env: Any, target: Any) -> None:
     """A guarded statement through psql: denied with 42501 and the rule id when the target has a
     policy, run when it has none (so the two gateways really differ only in policy)."""
-    sql, rule = DENIED_PROBE
+    sql, rule = DENIED_PROBE[0], getattr(target, "denied_rule", DENIED_PROBE[1])
     ep = target.endpoint()
     proc = subprocess.run(
         [
@@ -127,15 +155,19 @@ def denial_check(env: Any, target: Any) -> None:
         )
 
 
-def check_policy_allows(path: Path = POLICY_FILE) -> None:
+def check_policy_allows(
+    path: Path = POLICY_FILE,
+    roles: Sequence[str] = TOKEN_ROLES,
+    statements: Sequence[str] = PGBENCH_STATEMENTS,
+) -> None:
     """The bench policy must allow what pgbench sends (else the bench measures denials)."""
     from veilgate.identity.base import Principal
     from veilgate.policy.engine import PolicyEngine, SessionContext
     from veilgate.policy.loader import load_policy
 
     engine = PolicyEngine(load_policy(path))
-    who = Principal(provider="static", subject="bench", roles=frozenset(TOKEN_ROLES))
-    for sql in PGBENCH_STATEMENTS:
+    who = Principal(provider="static", subject="bench", roles=frozenset(roles))
+    for sql in statements:
         d = engine.decide(who, sql, session=SessionContext(session_id="bench-check"))
         if d.action != "allow":
             raise BenchError(f"{path}: {sql!r} is not allowed ({d.action}, rule {d.rule_id})")
@@ -160,6 +192,16 @@ def policy_table(samples: Sequence[Any], targets: Sequence[str]) -> str:
     if "veilgate-recording" in targets and "veilgate" in targets:
         lines += ["", "session recording on the policy path (veilgate-recording vs veilgate):"]
         lines.append(harness.recording_table(samples))
+    if "veilgate-rw-recording" in targets and "veilgate-rw" in targets:
+        more, _ = harness.on_off_table(
+            samples,
+            ["veilgate-rw", "veilgate-rw-recording"],
+            "veilgate-rw",
+            workload_width=20,
+            label=lambda t: t + "/rw",
+        )
+        lines += ["", "session recording on TPC-B (veilgate-rw-recording vs veilgate-rw):"]
+        lines += more
     if "veilgate-approve" in targets and "veilgate" in targets:
         more, worst = harness.on_off_table(
             samples,
@@ -192,6 +234,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     scale = args.scale if args.scale is not None else (1 if args.quick else 10)
     output = harness.results_path(args, "policy")
     check_policy_allows()
+    check_policy_allows(READWRITE_POLICY_FILE, READWRITE_ROLES, TPCB_STATEMENTS)
     est = args.rounds * len(workloads) * len(targets_wanted) * (duration + 0.5)
     say(
         f"policy: {len(workloads)} workloads x {len(targets_wanted)} targets x {args.rounds} "
@@ -246,7 +289,10 @@ def register_policy(sub: Any) -> None:
         description="pgbench -S (simple and prepared, 1 and 8 clients) through veilgate with the "
         "guardrail policy workloads/policy_guardrails.yaml (target veilgate) and through the "
         "same gateway without a policy (target veilgate-nopolicy); optional target "
-        "veilgate-audit adds the JSON-lines audit log.",
+        "veilgate-audit adds the JSON-lines audit log.  pgbench's TPC-B script (tpcb-like, "
+        "simple protocol, 1 and 8 clients) through the read-write tier of "
+        "workloads/policy_readwrite.yaml (veilgate-rw, and veilgate-rw-recording with session "
+        "recording) against veilgate-nopolicy.",
     )
     harness.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=POLICY_TARGETS)
     p.add_argument(

@@ -19,6 +19,25 @@ from harness import WORKLOADS_DIR, BenchError, VeilgateTarget, say
 POLICY_FILE = WORKLOADS_DIR / "policy_guardrails.yaml"
 TOKEN_ROLES = ("db.readonly",)
 """App roles of the bench's static token: they select the policy's ``readonly`` tier."""
+READWRITE_POLICY_FILE = WORKLOADS_DIR / "policy_readwrite.yaml"
+READWRITE_ROLES = ("db.readwrite",)
+"""App roles of the TPC-B targets' token: the read-write policy's ``readwrite`` tier."""
+TPCB_STATEMENTS = (
+    "BEGIN;",
+    "UPDATE pgbench_accounts SET abalance = abalance + -4062 WHERE aid = 87105;",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 87105;",
+    "UPDATE pgbench_tellers SET tbalance = tbalance + -4062 WHERE tid = 3;",
+    "UPDATE pgbench_branches SET bbalance = bbalance + -4062 WHERE bid = 1;",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+    "VALUES (3, 1, 87105, -4062, CURRENT_TIMESTAMP);",
+    "END;",
+    "select count(*) from pgbench_branches",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+)
+"""What ``pgbench -b tpcb-like -M simple`` (and the warm-up's ``-S``) sends: the read-write
+policy must allow all of it."""
+TPCB_PREFIX = "tpcb-"
+"""Workloads named so run pgbench's TPC-B script: writes, so only on read-write targets."""
 PGBENCH_STATEMENTS = (
     "SELECT abalance FROM pgbench_accounts WHERE aid = $1",  # -M prepared (Parse)
     "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",  # -M simple (Query)
@@ -40,15 +59,19 @@ class VeilgatePolicyTarget(VeilgateTarget):
         policy_file: Path | None,
         audit: bool = False,
         recording: bool = False,
+        readwrite: bool = False,
         command: str | None = None,
     ) -> None:
         self.name = name
+        self.readwrite = readwrite
+        """The ``db.readwrite`` token (TPC-B workloads only) instead of ``db.readonly``."""
+        self.denied_rule = "rw-no-destruction" if readwrite else DENIED_PROBE[1]
         self.policy_file = policy_file
         self.audit = audit
         self.recording = recording
         super().__init__(env, command)
         digest = hashlib.sha256(self.token.encode()).hexdigest()
-        roles = ", ".join(TOKEN_ROLES)
+        roles = ", ".join(READWRITE_ROLES if readwrite else TOKEN_ROLES)
         self.write_config(
             f"auth:\n  static_tokens:\n    - {{name: bench, sha256: {digest}, roles: [{roles}]}}\n"
         )
@@ -72,6 +95,14 @@ class VeilgatePolicyTarget(VeilgateTarget):
             super().stop(sig, grace_s)
         if running and getattr(self, "recording", False):
             say(f"  {self.name}: recording {harness.verify_recording(self.workdir)}")
+
+    def unsupported(self, workload: Any) -> str | None:
+        tpcb = workload.name.startswith(TPCB_PREFIX)
+        if self.readwrite and not tpcb:
+            return "the read-write targets run the TPC-B workloads only"
+        if tpcb and not self.readwrite and self.policy_file is not None:
+            return "the read-only tier denies TPC-B's writes"
+        return None
 
     def admin_port(self) -> int:
         m = re.search(r"^admin: \{host: [^,]+, port: (\d+)\}", self.config.read_text(), re.M)

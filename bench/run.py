@@ -50,6 +50,9 @@ def relay_workloads() -> list[Workload]:
         Workload("select-prepared-c8", ("-S", "-M", "prepared"), 8, 2),
         Workload("large-c1", ("-f", large, "-M", "prepared"), 1, 1),
         Workload("large-c8", ("-f", large, "-M", "prepared"), 8, 2),
+        # the workers comparison: veilgate (--workers 1) vs veilgate-w2 (--workers 2)
+        Workload("select-simple-c16", ("-S", "-M", "simple"), 16, 2),
+        Workload("select-prepared-c16", ("-S", "-M", "prepared"), 16, 2),
     ]
 
 
@@ -62,7 +65,9 @@ def register_relay(sub: Any) -> None:
         "relay",
         help="pass-through cost: pgbench select-only and a large-result workload",
         description="pgbench -S (simple and prepared, 1 and 8 clients) and a 1,000-row x 6-column "
-        "result workload against direct Postgres, veilgate and PgBouncer (session mode).",
+        "result workload against direct Postgres, veilgate and PgBouncer (session mode); "
+        "pgbench -S at 16 clients adds veilgate-w2 (serve --workers 2) for the workers ratio "
+        "veilgate-w2/veilgate.",
     )
     add_common_args(p, default_targets=ALL_TARGETS)
     p.set_defaults(func=cmd_relay)

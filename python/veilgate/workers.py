@@ -440,8 +440,14 @@ class Supervisor:
                 await self._changed.wait()
 
     def _status(self) -> str:
+        """One line for systemd's STATUS= (the generation of each worker as it reported it)."""
         live = self._live()
-        return f"serving on {self.config.listen.host}:{self.port}, {len(live)}/{self.count} workers"
+        gens = sorted({w.generation for w in live if w.generation is not None})
+        which = ", ".join(str(g) for g in gens) or "?"
+        return (
+            f"serving on {self.config.listen.host}:{self.port}, {len(live)}/{self.count} "
+            f"workers, generation {which}"
+        )
 
     # --- run --------------------------------------------------------------------------------------
 

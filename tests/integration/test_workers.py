@@ -304,3 +304,90 @@ def test_sigterm_drains_every_worker(sd: ServeDir, tmp_path: Path) -> None:
     finally:
         p.stop()
         sd.write(server="server: {workers: 2}")
+
+
+def test_systemd_notifications_and_admin_console_span_the_workers(
+    sd: ServeDir, tmp_path: Path
+) -> None:
+    """Under systemd the supervisor speaks for all workers (READY=1 once every worker is up,
+    RELOADING=1 then READY=1 once every worker reloaded, STOPPING=1); the admin console behind
+    it lists the sessions of both workers and terminates one on whichever worker has it."""
+    import json
+    import socket
+    import urllib.request
+
+    import psycopg
+
+    notify = str(tmp_path / "notify.sock")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(notify)
+    ns.settimeout(60)
+    admin_token = "admin-" + os.urandom(12).hex()
+    (sd.directory / "admin-token").write_text(admin_token + "\n")
+    sd.write(
+        server="server: {workers: 2}",
+        admin="admin: {host: 127.0.0.1, port: 0, token_file: admin-token}",
+    )
+    env = {**sd.env, "NOTIFY_SOCKET": notify}
+
+    def receive(key: str) -> dict[str, str]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            data = ns.recv(4096).decode()
+            fields = dict(line.split("=", 1) for line in data.split("\n") if "=" in line)
+            if key in fields:
+                return fields
+        raise AssertionError(f"no {key} notification")
+
+    def console(method: str, path: str) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{admin}{path}",
+            method=method,
+            data=b"" if method == "POST" else None,
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+                return int(r.status), json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), json.loads(e.read())
+
+    p = WorkersProcess(sd.config_file, env)
+    conns: list[Any] = []
+    try:
+        ready = receive("READY")
+        ev = p.wait_event("ready", timeout=30)
+        port, admin = int(ev["port"]), int(ev["admin_port"])
+        assert f":{port}" in ready["STATUS"] and "2/2 workers" in ready["STATUS"], ready
+        assert sum(1 for e in p.events() if e.get("event") == "worker_ready") == 2
+        conns = [psycopg.connect(sd.dsn(port), autocommit=True) for _ in range(CONNECTIONS)]
+        status, body = console("GET", "/v1/admin/sessions")
+        assert status == 200, body
+        assert body["count"] == CONNECTIONS
+        by_worker = {s["worker"] for s in body["sessions"]}
+        assert by_worker == {0, 1}, body
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/v1/admin/sessions")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req, timeout=30)  # noqa: S310
+        assert exc.value.code == 401  # each worker authorises; no token, no list
+        # terminate one session of worker 1 through the supervisor
+        victim = next(s for s in body["sessions"] if s["worker"] == 1)
+        status, out = console("POST", f"/v1/admin/sessions/{victim['id']}/terminate")
+        assert status == 200 and out["result"] == "terminated", out
+        status, after = console("GET", "/v1/admin/sessions")
+        assert after["count"] == CONNECTIONS - 1
+        assert victim["id"] not in {s["id"] for s in after["sessions"]}
+        # reload through systemd's protocol
+        p.proc.send_signal(signal.SIGHUP)
+        assert receive("RELOADING")["RELOADING"] == "1"
+        again = receive("READY")
+        assert "generation 2" in again["STATUS"] and "last reload failed" not in again["STATUS"]
+        p.proc.send_signal(signal.SIGTERM)
+        assert receive("STOPPING")["STOPPING"] == "1"
+        assert p.proc.wait(60) == 0
+    finally:
+        for c in conns:
+            c.close()
+        p.stop()
+        ns.close()
+        sd.write(server="server: {workers: 2}")

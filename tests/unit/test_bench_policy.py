@@ -122,3 +122,47 @@ def test_wakeup_table(pb: ModuleType) -> None:
         [{"backend": "sqlite", "median_ms": 1.5, "p90_ms": 2.0, "max_ms": 3.0, "rounds": 5}]
     )
     assert "sqlite" in text and "median    1.50 ms" in text and "(5 decisions)" in text
+
+
+def test_readwrite_policy_allows_tpcb_and_denies_the_probe(pb: ModuleType) -> None:
+    """The TPC-B targets' tier allows every statement of ``pgbench -b tpcb-like`` (else the
+    bench would measure denials) and still denies the destructive probe."""
+    from veilgate.identity.base import Principal
+    from veilgate.policy.cli import lint_main
+    from veilgate.policy.engine import PolicyEngine, SessionContext
+    from veilgate.policy.loader import load_policy
+
+    out = io.StringIO()
+    assert lint_main([str(pb.READWRITE_POLICY_FILE), "--strict"], out=out) == 0, out.getvalue()
+    pb.check_policy_allows(pb.READWRITE_POLICY_FILE, pb.READWRITE_ROLES, pb.TPCB_STATEMENTS)
+    engine = PolicyEngine(load_policy(pb.READWRITE_POLICY_FILE))
+    who = Principal(provider="static", subject="bench", roles=frozenset(pb.READWRITE_ROLES))
+    d = engine.decide(who, pb.DENIED_PROBE[0], session=SessionContext(session_id="t"))
+    assert (d.action, d.rule_id) == ("deny", "rw-no-destruction")
+    # the read-only token gets no tier here: nothing is allowed by accident
+    ro = Principal(provider="static", subject="bench", roles=frozenset(pb.TOKEN_ROLES))
+    d = engine.decide(ro, pb.TPCB_STATEMENTS[1], session=SessionContext(session_id="t"))
+    assert d.action == "deny"
+
+
+def test_tpcb_workloads_run_only_where_they_can(pb: ModuleType) -> None:
+    from policy_targets import VeilgatePolicyTarget
+
+    names = [w.name for w in pb.policy_workloads()]
+    assert "tpcb-simple-c1" in names and "tpcb-simple-c8" in names
+    tpcb = next(w for w in pb.policy_workloads() if w.name.startswith("tpcb-"))
+    select = pb.policy_workloads()[0]
+    assert tpcb.pgbench_args == ("-b", "tpcb-like", "-M", "simple")
+
+    def target(**kw: object) -> VeilgatePolicyTarget:
+        t = VeilgatePolicyTarget.__new__(VeilgatePolicyTarget)
+        t.readwrite = bool(kw.get("readwrite", False))
+        t.policy_file = kw.get("policy_file")  # type: ignore[assignment]
+        return t
+
+    rw = target(readwrite=True, policy_file=pb.READWRITE_POLICY_FILE)
+    ro = target(policy_file=pb.POLICY_FILE)
+    off = target()
+    assert rw.unsupported(tpcb) is None and rw.unsupported(select) is not None
+    assert ro.unsupported(tpcb) is not None and ro.unsupported(select) is None
+    assert off.unsupported(tpcb) is None and off.unsupported(select) is None
