@@ -12,7 +12,7 @@
 //! does not decode) becomes NULL; a value that does not parse is NULL.
 
 use super::builtin::builtin_ref;
-use super::{be_i32, nested, write_element, Codec, Cx, Format};
+use super::{be_i32, nested, read_field, write_element, Codec, Cx, Format};
 use crate::mask::Outcome;
 
 /// One attribute of a named composite type.
@@ -109,49 +109,10 @@ fn walk_text(
         };
         let start = pos;
         field.clear();
-        let mut in_quotes = false;
-        let mut was_quoted = false;
         // One field, up to a comma or the closing parenthesis outside quotes.
-        let end = loop {
-            let c = *value.get(pos)?;
-            if in_quotes {
-                match c {
-                    b'"' if value.get(pos + 1) == Some(&b'"') => {
-                        field.push(b'"');
-                        pos += 2;
-                    }
-                    b'"' => {
-                        in_quotes = false;
-                        pos += 1;
-                    }
-                    b'\\' => {
-                        field.push(*value.get(pos + 1)?);
-                        pos += 2;
-                    }
-                    _ => {
-                        field.push(c);
-                        pos += 1;
-                    }
-                }
-                continue;
-            }
-            match c {
-                b',' | b')' => break c,
-                b'"' => {
-                    in_quotes = true;
-                    was_quoted = true;
-                    pos += 1;
-                }
-                b'\\' => {
-                    field.push(*value.get(pos + 1)?);
-                    pos += 2;
-                }
-                _ => {
-                    field.push(c);
-                    pos += 1;
-                }
-            }
-        };
+        let (end_at, was_quoted) = read_field(value, pos, field, |c| Some(c == b',' || c == b')'))?;
+        pos = end_at;
+        let end = value[pos];
         let raw = &value[start..pos];
         if raw.is_empty() && !was_quoted {
             // NULL: nothing to mask

@@ -403,6 +403,52 @@ pub(crate) fn be_i32(b: &[u8], at: usize) -> Option<i32> {
     Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// Reads one field of a composite or range literal in the text format, from `pos`: inside
+/// double quotes `""` is a quote, and a backslash takes the next byte anywhere; what the field
+/// says (quotes and escapes removed) goes to `field`.  `stop` is asked about every other byte
+/// outside quotes: `Some(true)` ends the field there, `Some(false)` takes it, `None` rejects the
+/// literal.  Returns the terminator's position and whether any part of the field was quoted (a
+/// quoted empty field is an empty string, an unquoted one is absent); `None` when the literal
+/// ends first or `stop` rejects it.
+pub(crate) fn read_field(
+    value: &[u8],
+    mut pos: usize,
+    field: &mut Vec<u8>,
+    stop: impl Fn(u8) -> Option<bool>,
+) -> Option<(usize, bool)> {
+    let mut in_quotes = false;
+    let mut quoted = false;
+    loop {
+        let c = *value.get(pos)?;
+        match c {
+            b'\\' => {
+                field.push(*value.get(pos + 1)?);
+                pos += 2;
+                continue;
+            }
+            b'"' if in_quotes && value.get(pos + 1) == Some(&b'"') => {
+                field.push(b'"');
+                pos += 2;
+                continue;
+            }
+            b'"' => {
+                in_quotes = !in_quotes;
+                quoted = true;
+                pos += 1;
+                continue;
+            }
+            _ if in_quotes => {}
+            _ => {
+                if stop(c)? {
+                    return Some((pos, quoted));
+                }
+            }
+        }
+        field.push(c);
+        pos += 1;
+    }
+}
+
 /// A type without a masked form: kept by a content scan, NULL under a column rule.
 fn other(cx: &mut Cx<'_>) -> Outcome {
     match cx.mask.whole() {

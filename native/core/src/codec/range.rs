@@ -15,7 +15,7 @@
 //! inside) when needed, an absent bound empty.  A multirange: binary Int32 count then each
 //! range as an Int32 length and its binary form; text `{` ranges separated by `,` `}`.
 
-use super::{be_i32, invalid, nested, rule, Codec, Cx, Format};
+use super::{be_i32, invalid, nested, read_field, rule, Codec, Cx, Format};
 use crate::mask::{Operator, Outcome};
 
 const EMPTY: u8 = 0x01;
@@ -142,54 +142,19 @@ fn parse_text(value: &[u8]) -> Option<[Option<Vec<u8>>; 2]> {
 
 /// One text bound from `pos` up to `end` (or `)` for the upper bound) outside quotes: the
 /// bound (`None` when absent) and the position of its terminator.
-fn text_bound(value: &[u8], mut pos: usize, end: u8) -> Option<(Option<Vec<u8>>, usize)> {
+fn text_bound(value: &[u8], pos: usize, end: u8) -> Option<(Option<Vec<u8>>, usize)> {
     let mut field = Vec::new();
-    let mut in_quotes = false;
-    let mut quoted = false;
-    loop {
-        let c = *value.get(pos)?;
-        if in_quotes {
-            match c {
-                b'"' if value.get(pos + 1) == Some(&b'"') => {
-                    field.push(b'"');
-                    pos += 2;
-                }
-                b'"' => {
-                    in_quotes = false;
-                    pos += 1;
-                }
-                b'\\' => {
-                    field.push(*value.get(pos + 1)?);
-                    pos += 2;
-                }
-                _ => {
-                    field.push(c);
-                    pos += 1;
-                }
-            }
-            continue;
-        }
+    let (pos, quoted) = read_field(value, pos, &mut field, |c| {
         if c == end || (end == b']' && c == b')') {
-            let absent = field.is_empty() && !quoted;
-            return Some(((!absent).then_some(field), pos));
+            Some(true)
+        } else if matches!(c, b',' | b'[' | b'(' | b']' | b')') {
+            None
+        } else {
+            Some(false)
         }
-        match c {
-            b'"' => {
-                in_quotes = true;
-                quoted = true;
-                pos += 1;
-            }
-            b'\\' => {
-                field.push(*value.get(pos + 1)?);
-                pos += 2;
-            }
-            b',' | b'[' | b'(' | b']' | b')' => return None,
-            _ => {
-                field.push(c);
-                pos += 1;
-            }
-        }
-    }
+    })?;
+    let absent = field.is_empty() && !quoted;
+    Some(((!absent).then_some(field), pos))
 }
 
 /// The ranges of a multirange, each as the bytes of its own form (binary: without the length

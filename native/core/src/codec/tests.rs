@@ -1035,3 +1035,147 @@ fn nesting_is_bounded() {
     let deep = run(&Codec::Record, B, &nest(2000), &m).unwrap();
     assert!(!deep.windows(15).any(|w| w == b"ann@example.org"));
 }
+
+// -- read_field: the composite and range text walks it replaced, as references -----------------
+
+fn old_text_bound(value: &[u8], mut pos: usize, end: u8) -> Option<(Option<Vec<u8>>, usize)> {
+    let mut field = Vec::new();
+    let mut in_quotes = false;
+    let mut quoted = false;
+    loop {
+        let c = *value.get(pos)?;
+        if in_quotes {
+            match c {
+                b'"' if value.get(pos + 1) == Some(&b'"') => {
+                    field.push(b'"');
+                    pos += 2;
+                }
+                b'"' => {
+                    in_quotes = false;
+                    pos += 1;
+                }
+                b'\\' => {
+                    field.push(*value.get(pos + 1)?);
+                    pos += 2;
+                }
+                _ => {
+                    field.push(c);
+                    pos += 1;
+                }
+            }
+            continue;
+        }
+        if c == end || (end == b']' && c == b')') {
+            let absent = field.is_empty() && !quoted;
+            return Some(((!absent).then_some(field), pos));
+        }
+        match c {
+            b'"' => {
+                in_quotes = true;
+                quoted = true;
+                pos += 1;
+            }
+            b'\\' => {
+                field.push(*value.get(pos + 1)?);
+                pos += 2;
+            }
+            b',' | b'[' | b'(' | b']' | b')' => return None,
+            _ => {
+                field.push(c);
+                pos += 1;
+            }
+        }
+    }
+}
+
+/// The composite field walk before [`read_field`]: (terminator position, quoted, field).
+fn old_composite_field(value: &[u8], mut pos: usize) -> Option<(usize, bool, Vec<u8>)> {
+    let mut field = Vec::new();
+    let mut in_quotes = false;
+    let mut was_quoted = false;
+    loop {
+        let c = *value.get(pos)?;
+        if in_quotes {
+            match c {
+                b'"' if value.get(pos + 1) == Some(&b'"') => {
+                    field.push(b'"');
+                    pos += 2;
+                }
+                b'"' => {
+                    in_quotes = false;
+                    pos += 1;
+                }
+                b'\\' => {
+                    field.push(*value.get(pos + 1)?);
+                    pos += 2;
+                }
+                _ => {
+                    field.push(c);
+                    pos += 1;
+                }
+            }
+            continue;
+        }
+        match c {
+            b',' | b')' => return Some((pos, was_quoted, field)),
+            b'"' => {
+                in_quotes = true;
+                was_quoted = true;
+                pos += 1;
+            }
+            b'\\' => {
+                field.push(*value.get(pos + 1)?);
+                pos += 2;
+            }
+            _ => {
+                field.push(c);
+                pos += 1;
+            }
+        }
+    }
+}
+
+fn literal_bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just(b'a'),
+            Just(b' '),
+            Just(b','),
+            Just(b'('),
+            Just(b')'),
+            Just(b'['),
+            Just(b']'),
+            Just(b'"'),
+            Just(b'\\'),
+        ],
+        0..24,
+    )
+}
+
+proptest! {
+    #[test]
+    fn read_field_walks_as_the_composite_and_range_walks_did(
+        value in literal_bytes(), pos in 0usize..4, end in prop_oneof![Just(b','), Just(b']')]
+    ) {
+        let mut field = Vec::new();
+        let new = read_field(&value, pos, &mut field, |c| Some(c == b',' || c == b')'))
+            .map(|(at, quoted)| (at, quoted, field.clone()));
+        prop_assert_eq!(new, old_composite_field(&value, pos));
+
+        let mut field = Vec::new();
+        let new = read_field(&value, pos, &mut field, |c| {
+            if c == end || (end == b']' && c == b')') {
+                Some(true)
+            } else if matches!(c, b',' | b'[' | b'(' | b']' | b')') {
+                None
+            } else {
+                Some(false)
+            }
+        })
+        .map(|(at, quoted)| {
+            let absent = field.is_empty() && !quoted;
+            ((!absent).then_some(field.clone()), at)
+        });
+        prop_assert_eq!(new, old_text_bound(&value, pos, end));
+    }
+}
