@@ -339,6 +339,9 @@ class Supervisor:
         """Notice exited workers: done (drain, exit 0) or to be restarted."""
         now = time.monotonic()
         for w in self.workers:
+            if self._draining and w.restart_at is not None:
+                w.restart_at, w.stopped = None, True  # was waiting to restart: stays down
+                continue
             if w.proc is None or w.stopped or w.restart_at is not None:
                 continue
             code = w.proc.poll()
@@ -377,9 +380,13 @@ class Supervisor:
                     log.event(_log, "worker_spawn_failed", logging.ERROR, worker=w.id, error=str(e))
                     w.restart_at = now + BACKOFF_MAX_S
 
-    def _signal_workers(self, sig: signal.Signals) -> None:
+    def _signal_workers(self, sig: signal.Signals, *, ready_only: bool = False) -> None:
+        """``ready_only``: not to a worker still starting (SIGHUP would end its interpreter
+        before veilgate ignores it; it reads the file as it is now anyway)."""
         for w in self._live():
             assert w.proc is not None
+            if ready_only and not w.ready:
+                continue
             with contextlib.suppress(ProcessLookupError):
                 w.proc.send_signal(sig)
 
@@ -415,7 +422,7 @@ class Supervisor:
         live = [w for w in self._live() if w.ready]
         before = {w.id: len(w.events) for w in live}
         log.event(_log, "reload_requested", trigger=trigger, workers=[w.id for w in live])
-        self._signal_workers(signal.SIGHUP)
+        self._signal_workers(signal.SIGHUP, ready_only=True)
         deadline = time.monotonic() + RELOAD_TIMEOUT_S
         while time.monotonic() < deadline:
             pending = [w for w in live if len(w.events) == before[w.id] and w in self._live()]

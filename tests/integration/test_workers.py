@@ -391,3 +391,78 @@ def test_systemd_notifications_and_admin_console_span_the_workers(
         p.stop()
         ns.close()
         sd.write(server="server: {workers: 2}")
+
+
+def test_recording_with_two_workers_verifies_and_reads_back(sd: ServeDir) -> None:
+    """Each worker records into its own ``worker-<k>`` directory (its own writer lock and hash
+    chain); ``veilgate sessions verify --config`` checks every worker's chain, tampering in one
+    fails it, and the readers (``sessions list --scan``, ``sessions show``) see both."""
+    import json
+    import secrets as _secrets
+
+    import psycopg
+
+    from veilgate.audit.segments import SegmentDir
+
+    key = sd.directory / "audit.key"
+    key.write_text(_secrets.token_hex(32) + "\n")
+    key.chmod(0o600)
+    sd.write(
+        server="server: {workers: 2}",
+        logging="logging: {level: info, format: json}\n"
+        "audit: {dir: recording, key: {id: k1, file: audit.key}, flush_interval_ms: 20}\n"
+        "state: {path: state.db}",
+    )
+    p = WorkersProcess(sd.config_file, sd.env)
+    marker = "workers_marker_" + _secrets.token_hex(4)
+    try:
+        ready = p.wait_event("ready", timeout=90)
+        port, admin = int(ready["port"]), int(ready["admin_port"])
+        for i in range(CONNECTIONS):
+            with psycopg.connect(sd.dsn(port), autocommit=True) as conn:
+                conn.execute(f"select {i} as {marker}")
+        served = samples(scrape(admin), "veilgate_client_connections_total")
+        assert served.get("0", 0) > 0 and served.get("1", 0) > 0, served
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.proc.wait(60) == 0
+    finally:
+        p.stop()
+        sd.write(server="server: {workers: 2}")
+    rec = sd.directory / "recording"
+    assert sorted(d.name for d in rec.iterdir() if d.is_dir()) == ["worker-0", "worker-1"]
+
+    def vg(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "veilgate", *args],
+            env=sd.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    config = sd.directory / "recorded.yaml"
+    config.write_text(
+        sd.text(
+            server="server: {workers: 2}",
+            logging="audit: {dir: recording, key: {id: k1, file: audit.key}}\n"
+            "state: {path: state.db}",
+        )
+    )
+    ok = vg("sessions", "verify", "--config", str(config))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "worker-0" in ok.stdout and "worker-1" in ok.stdout, ok.stdout
+    listed = vg("sessions", "list", "--config", str(config), "--scan", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    rows = rows if isinstance(rows, list) else rows.get("sessions", [])
+    assert len(rows) >= CONNECTIONS, rows
+    # tamper with one statement in worker 1's chain: verify must fail
+    segs = [s for _, s in SegmentDir(rec / "worker-1").segments()]
+    assert segs, list((rec / "worker-1").iterdir())
+    text = segs[0].read_text()
+    assert marker in text
+    segs[0].write_text(text.replace(marker, marker.upper(), 1))
+    bad = vg("sessions", "verify", "--config", str(config))
+    assert bad.returncode == 1, bad.stdout
+    assert "FAILED" in bad.stdout and "worker-1" in bad.stdout

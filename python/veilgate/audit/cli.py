@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .segments import ROTATE_REQUEST, SegmentDir
+from .segments import ROTATE_REQUEST, SegmentDir, worker_dirs
 
 __all__ = ["register_audit", "register_sessions"]
 
@@ -109,6 +109,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     where = _where(args, need_keys=True, path=args.path)
     if not where.dir.exists():
         raise UsageError(f"{where.dir}: no such file or directory")
+    workers = worker_dirs(where.dir)
+    if workers:
+        own = [where.dir] if SegmentDir(where.dir).segments() else []  # before --workers
+        return _verify_workers(args, where, own + workers)
     report = verify(where.dir, where.keys, session=args.session, allow_open=args.allow_open)
     if args.json:
         out = {
@@ -152,11 +156,51 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def _verify_workers(args: argparse.Namespace, where: Where, dirs: list[Path]) -> int:
+    """``serve --workers N``'s recording: each worker's directory is its own hash chain, and
+    each must verify (with ``--session``: the directory holding that session)."""
+    from .reader import read_records
+    from .verify import verify
+
+    if args.session:
+        dirs = [d for d in dirs if next(read_records(d, sid=args.session), None) is not None]
+        if not dirs:
+            print(f"FAILED: session {args.session}: no records in {where.dir}")
+            return EXIT_FAILED
+    ok = True
+    out: dict[str, Any] = {}
+    for d in dirs:
+        report = verify(d, where.keys, session=args.session, allow_open=args.allow_open)
+        ok = ok and report.ok
+        out[d.name] = {"ok": report.ok, "records": report.records, "errors": report.errors}
+        if not args.json:
+            state = "OK" if report.ok else "FAILED"
+            print(
+                f"{state}: {d}: {report.records} records in {report.batches} sealed batches, "
+                f"{report.segments} segment(s), {report.sessions} session(s), "
+                f"{report.terminated} terminated"
+            )
+            for f in report.findings[: args.max_findings]:
+                print(f"  {f}")
+    if args.json:
+        print(json.dumps({"ok": ok, "workers": out}, indent=2, default=str))
+    elif not ok:
+        print(f"FAILED: {where.dir}: a worker's recording does not verify")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 # --- audit rotate / new-key --------------------------------------------------------------------
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
     where = _where(args)
+    workers = worker_dirs(where.dir)
+    if workers:  # serve --workers N: every worker rotates its own directory
+        code = EXIT_OK
+        for d in workers:
+            one = argparse.Namespace(**{**vars(args), "dir": str(d), "config": None})
+            code = max(code, _cmd_rotate(one))
+        return code
     seg_dir = SegmentDir(where.dir)
     before = seg_dir.segments()
     request = where.dir / ROTATE_REQUEST

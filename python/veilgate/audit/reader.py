@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .format import GATEWAY_SID
-from .segments import SegmentDir, read_lines
+from .segments import SegmentDir, read_lines, worker_dirs
 
 __all__ = ["Record", "read_records", "segment_paths", "session_records", "sessions"]
 
@@ -18,10 +18,12 @@ Record = dict[str, Any]
 
 
 def segment_paths(path: str | Path) -> list[Path]:
-    """The segment files of a directory in order, or the file itself."""
+    """The segment files of a directory in order, or the file itself; with ``serve --workers
+    N`` workers' recordings (``worker-<k>`` subdirectories) also worker 0's, worker 1's..."""
     p = Path(path)
     if p.is_dir():
-        return [seg for _, seg in SegmentDir(p).segments()]
+        own = [seg for _, seg in SegmentDir(p).segments()]
+        return own + [seg for d in worker_dirs(p) for _, seg in SegmentDir(d).segments()]
     return [p]
 
 

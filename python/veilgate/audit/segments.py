@@ -10,11 +10,25 @@ from pathlib import Path
 
 from .format import Line, parse_line, segment_name, segment_number
 
-__all__ = ["AuditDirLocked", "ResumePoint", "SegmentDir", "read_lines"]
+__all__ = ["AuditDirLocked", "ResumePoint", "SegmentDir", "read_lines", "worker_dirs"]
 
 LOCK_FILE = ".lock"
 ROTATE_REQUEST = "rotate.request"
 """``veilgate audit rotate`` creates this file; the running gateway rotates and removes it."""
+
+
+def worker_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """``serve --workers N`` records worker ``k`` into ``<audit.dir>/worker-<k>`` (one writer,
+    one hash chain per directory): those subdirectories of ``path`` by worker number."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    found = []
+    for e in os.scandir(p):
+        name = e.name
+        if name.startswith("worker-") and name[7:].isdigit() and e.is_dir(follow_symlinks=False):
+            found.append((int(name[7:]), Path(e.path)))
+    return [d for _, d in sorted(found)]
 
 
 class AuditDirLocked(RuntimeError):
