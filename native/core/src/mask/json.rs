@@ -373,25 +373,7 @@ fn leaf_string(
     out: &mut Vec<u8>,
     tally: &mut Tally,
 ) -> bool {
-    let Some(mask) = mask else {
-        out.extend_from_slice(raw);
-        return false;
-    };
-    masked.clear();
-    match mask.mask_value(decoded, masked, tally) {
-        Outcome::Unchanged => {
-            out.extend_from_slice(raw);
-            false
-        }
-        Outcome::Written => {
-            json_string(masked, out);
-            true
-        }
-        Outcome::Null => {
-            out.extend_from_slice(b"null");
-            true
-        }
-    }
+    leaf(raw, decoded, mask, masked, out, tally, json_string)
 }
 
 /// Masks a number leaf; a masked number stays a number.  True if it changed.
@@ -402,29 +384,45 @@ fn leaf_number(
     out: &mut Vec<u8>,
     tally: &mut Tally,
 ) -> bool {
+    leaf(raw, raw, mask, masked, out, tally, |masked, out| {
+        if is_number(masked) {
+            out.extend_from_slice(masked);
+        } else {
+            // Keep what the operator kept of the digits (`partial` keeps the last four,
+            // `hash` writes digits), as the numeric codecs do; nothing kept: 0.
+            let digits = masked.iter().filter(|b| b.is_ascii_digit());
+            let mut kept = digits.skip_while(|&&b| b == b'0').peekable();
+            if kept.peek().is_none() {
+                out.push(b'0');
+            }
+            out.extend(kept);
+        }
+    })
+}
+
+/// Masks one leaf: `raw` as written is kept when nothing masks it, `value` (what the mask
+/// reads) masked is re-encoded by `encode`, a NULL becomes JSON `null`.  True if it changed.
+fn leaf(
+    raw: &[u8],
+    value: &[u8],
+    mask: Option<&dyn ValueMask>,
+    masked: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    tally: &mut Tally,
+    encode: impl FnOnce(&[u8], &mut Vec<u8>),
+) -> bool {
     let Some(mask) = mask else {
         out.extend_from_slice(raw);
         return false;
     };
     masked.clear();
-    match mask.mask_value(raw, masked, tally) {
+    match mask.mask_value(value, masked, tally) {
         Outcome::Unchanged => {
             out.extend_from_slice(raw);
             false
         }
         Outcome::Written => {
-            if is_number(masked) {
-                out.extend_from_slice(masked);
-            } else {
-                // Keep what the operator kept of the digits (`partial` keeps the last four,
-                // `hash` writes digits), as the numeric codecs do; nothing kept: 0.
-                let digits = masked.iter().filter(|b| b.is_ascii_digit());
-                let mut kept = digits.skip_while(|&&b| b == b'0').peekable();
-                if kept.peek().is_none() {
-                    out.push(b'0');
-                }
-                out.extend(kept);
-            }
+            encode(masked, out);
             true
         }
         Outcome::Null => {
