@@ -275,6 +275,51 @@ def with_policy(
     return transform
 
 
+@dataclass(frozen=True)
+class PolicyGateway:
+    """A gateway serving a policy file (:func:`policy_gateway`)."""
+
+    handle: GatewayHandle
+    target: pw.Target
+    policy_file: Path
+    audit_log: Path
+
+
+@pytest.fixture
+def policy_gateway(
+    gateway_factory: Callable[..., GatewayHandle], tmp_path: Path
+) -> Callable[..., PolicyGateway]:
+    """``policy_gateway(text, *roles, audit_log="audit.jsonl", transform=None, **kw)`` → a new
+    gateway serving the policy ``text`` from ``tmp_path/policy.yaml`` (written unless it holds
+    ``text`` already, so that gateways of one test can share the file) with its decision log
+    at ``tmp_path/audit_log``; the static token gets ``roles`` (which pick the tier).
+    ``transform`` changes the configuration further; ``kw`` go to ``gateway_factory``."""
+    policy_file = tmp_path / "policy.yaml"
+
+    def start(
+        text: str,
+        *roles: str,
+        audit_log: str = "audit.jsonl",
+        transform: Callable[[GatewayConfig], GatewayConfig] | None = None,
+        **kw: Any,
+    ) -> PolicyGateway:
+        if not policy_file.exists() or policy_file.read_text() != text:
+            policy_file.write_text(text)
+        log = tmp_path / audit_log
+        configure = with_policy(policy_file, log, *roles)
+        if transform is not None:
+            then = transform
+
+            def configure_more(cfg: GatewayConfig) -> GatewayConfig:
+                return then(with_policy(policy_file, log, *roles)(cfg))
+
+            configure = configure_more
+        handle = gateway_factory(configure, **kw)
+        return PolicyGateway(handle, pw.gateway_target(handle), policy_file, log)
+
+    return start
+
+
 def wait_policy_generation(handle: GatewayHandle, generation: int, timeout: float = 10.0) -> None:
     """Wait until the gateway's policy engine has loaded ``generation`` (a reload happened)."""
     assert handle.thread.gateway is not None

@@ -18,7 +18,7 @@ import asyncpg
 import psycopg
 import pytest
 from tests.integration import pgwire as pw
-from tests.integration.conftest import GatewayHandle, wait_policy_generation, with_policy
+from tests.integration.conftest import PolicyGateway, wait_policy_generation
 
 from veilgate import metrics
 
@@ -67,41 +67,30 @@ POLICY_V2 = POLICY.replace(
 """,
 )
 
-Factory = Callable[..., GatewayHandle]
+
+@pytest.fixture
+def rw_gw(policy_gateway: Callable[..., PolicyGateway]) -> PolicyGateway:
+    return policy_gateway(POLICY, "db.readwrite")
 
 
 @pytest.fixture
-def policy_file(tmp_path: Path) -> Path:
-    p = tmp_path / "policy.yaml"
-    p.write_text(POLICY)
-    return p
+def rw(rw_gw: PolicyGateway) -> pw.Target:
+    return rw_gw.target
 
 
 @pytest.fixture
-def audit_log(tmp_path: Path) -> Path:
-    return tmp_path / "audit.jsonl"
-
-
-def _gateway(
-    factory: Factory, policy: Path, audit: Path, *roles: str, use_uvloop: bool = True
-) -> pw.Target:
-    handle = factory(with_policy(policy, audit, *roles), use_uvloop=use_uvloop)
-    target = pw.gateway_target(handle)
-    target_handles[id(target)] = handle
-    return target
-
-
-target_handles: dict[int, GatewayHandle] = {}
+def ro(policy_gateway: Callable[..., PolicyGateway]) -> pw.Target:
+    return policy_gateway(POLICY, "db.readonly").target
 
 
 @pytest.fixture
-def rw(gateway_factory: Factory, policy_file: Path, audit_log: Path) -> pw.Target:
-    return _gateway(gateway_factory, policy_file, audit_log, "db.readwrite")
+def policy_file(rw_gw: PolicyGateway) -> Path:
+    return rw_gw.policy_file
 
 
 @pytest.fixture
-def ro(gateway_factory: Factory, policy_file: Path, audit_log: Path) -> pw.Target:
-    return _gateway(gateway_factory, policy_file, audit_log, "db.readonly")
+def audit_log(rw_gw: PolicyGateway) -> Path:
+    return rw_gw.audit_log
 
 
 @pytest.fixture
@@ -291,9 +280,9 @@ def test_marker_skipped_after_an_earlier_error_then_next_denial_replaced(
 
 
 def test_denials_on_the_stdlib_event_loop(
-    gateway_factory: Factory, policy_file: Path, audit_log: Path, table: str
+    policy_gateway: Callable[..., PolicyGateway], table: str
 ) -> None:
-    t = _gateway(gateway_factory, policy_file, audit_log, "db.readwrite", use_uvloop=False)
+    t = policy_gateway(POLICY, "db.readwrite", use_uvloop=False).target
     with pw.connect(t.endpoint()) as c:
         _assert_denied(pw.first_error(c.simple(f"select 1; drop table {table}")), "rw-no-drop")
         c.send(pw.parse("s", f"truncate {table}") + pw.bind("", "s") + pw.execute() + pw.sync())
@@ -345,9 +334,9 @@ def test_function_call_denied(rw: pw.Target) -> None:
 
 
 def test_statement_prepared_before_reload_judged_by_new_policy(
-    rw: pw.Target, policy_file: Path
+    rw: pw.Target, rw_gw: PolicyGateway, policy_file: Path
 ) -> None:
-    handle = target_handles[id(rw)]
+    handle = rw_gw.handle
     secret = "vg_secret_" + secrets.token_hex(4)
     with psycopg.connect(rw.conninfo(), autocommit=True) as conn:
         conn.execute(f"create table {secret} (id int)")
@@ -381,9 +370,9 @@ def test_statement_prepared_before_reload_judged_by_new_policy(
 
 
 def test_broken_policy_on_reload_changes_nothing(
-    rw: pw.Target, policy_file: Path, table: str
+    rw: pw.Target, rw_gw: PolicyGateway, policy_file: Path, table: str
 ) -> None:
-    handle = target_handles[id(rw)]
+    handle = rw_gw.handle
     gateway = handle.thread.gateway
     assert gateway is not None and gateway.policy_engine is not None
     generation = gateway.policy_engine.generation

@@ -18,7 +18,7 @@ import asyncpg
 import psycopg
 import pytest
 from tests.integration import pgwire as pw
-from tests.integration.conftest import GatewayHandle, with_policy
+from tests.integration.conftest import GatewayHandle, PolicyGateway
 from tests.integration.masking_setup import (
     POLICY_FILE,
     SECOND_SSN,
@@ -55,20 +55,23 @@ Factory = Callable[..., GatewayHandle]
 
 
 @pytest.fixture
-def policy_file(tmp_path: Path) -> Path:
-    p = tmp_path / "policy.yaml"
-    p.write_text(POLICY)
-    return p
+def started(policy_gateway: Callable[..., PolicyGateway]) -> PolicyGateway:
+    return policy_gateway(POLICY, "db.readwrite")
 
 
 @pytest.fixture
-def gw(gateway_factory: Factory, policy_file: Path, tmp_path: Path) -> GatewayHandle:
-    return gateway_factory(with_policy(policy_file, tmp_path / "audit.jsonl", "db.readwrite"))
+def policy_file(started: PolicyGateway) -> Path:
+    return started.policy_file
 
 
 @pytest.fixture
-def target(gw: GatewayHandle) -> pw.Target:
-    return pw.gateway_target(gw)
+def gw(started: PolicyGateway) -> GatewayHandle:
+    return started.handle
+
+
+@pytest.fixture
+def target(started: PolicyGateway) -> pw.Target:
+    return started.target
 
 
 @pytest.fixture

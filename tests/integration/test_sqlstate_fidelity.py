@@ -13,13 +13,12 @@ import asyncio
 import secrets
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
 from tests.integration import pgwire as pw
-from tests.integration.conftest import GatewayHandle, with_policy
+from tests.integration.conftest import PolicyGateway
 
 pytestmark = pytest.mark.pg
 
@@ -54,15 +53,10 @@ BAD_SQL = [
 """Texts the server's parser refuses (one per line of the grammar's error paths: scanner,
 grammar, end of input, multibyte text before the error, a parameter reference)."""
 
-Factory = Callable[..., GatewayHandle]
-
 
 @pytest.fixture
-def gwp(gateway_factory: Factory, tmp_path: Path) -> pw.Target:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    handle = gateway_factory(with_policy(policy, tmp_path / "audit.jsonl", "db.readwrite"))
-    return pw.gateway_target(handle)
+def gwp(policy_gateway: Callable[..., PolicyGateway]) -> pw.Target:
+    return policy_gateway(POLICY, "db.readwrite").target
 
 
 Answer = tuple[str | None, str | None, str | None]

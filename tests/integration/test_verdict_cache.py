@@ -16,8 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 import veilgate_native
-from tests.integration import pgwire as pw
-from tests.integration.conftest import GatewayHandle, wait_policy_generation, with_policy
+from tests.integration.conftest import GatewayHandle, PolicyGateway, wait_policy_generation
 from tests.integration.recording_setup import (
     audit_config,
     flush,
@@ -60,8 +59,6 @@ POLICY_V2 = POLICY.replace(
 """,
 )
 
-Factory = Callable[..., GatewayHandle]
-
 
 def _engine(handle: GatewayHandle) -> Any:
     gw = handle.thread.gateway
@@ -69,19 +66,11 @@ def _engine(handle: GatewayHandle) -> Any:
     return gw.policy_engine
 
 
-@pytest.fixture
-def policy_file(tmp_path: Path) -> Path:
-    p = tmp_path / "policy.yaml"
-    p.write_text(POLICY)
-    return p
-
-
 def test_new_literals_answered_natively_then_reload_denies_the_cached_shape(
-    gateway_factory: Factory, policy_file: Path, tmp_path: Path
+    policy_gateway: Callable[..., PolicyGateway],
 ) -> None:
-    decisions = tmp_path / "decisions.jsonl"
-    handle = gateway_factory(with_policy(policy_file, decisions, "db.readwrite"))
-    t = pw.gateway_target(handle)
+    g = policy_gateway(POLICY, "db.readwrite", audit_log="decisions.jsonl")
+    handle, t, policy_file, decisions = g.handle, g.target, g.policy_file, g.audit_log
     engine = _engine(handle)
     secret = "vg_secret_" + secrets.token_hex(4)
     with psycopg.connect(t.conninfo(), autocommit=True) as conn:
@@ -144,12 +133,13 @@ def test_new_literals_answered_natively_then_reload_denies_the_cached_shape(
 
 
 def test_statements_answered_natively_are_recorded_with_their_decision(
-    gateway_factory: Factory, policy_file: Path, tmp_path: Path
+    policy_gateway: Callable[..., PolicyGateway], tmp_path: Path
 ) -> None:
     audit = audit_config(tmp_path / "audit", make_key(tmp_path))
-    with_pol = with_policy(policy_file, tmp_path / "decisions.jsonl", "db.readwrite")
-    handle = gateway_factory(transform=lambda c: with_audit(audit)(with_pol(c)))
-    t = pw.gateway_target(handle)
+    g = policy_gateway(
+        POLICY, "db.readwrite", audit_log="decisions.jsonl", transform=with_audit(audit)
+    )
+    handle, t = g.handle, g.target
     engine = _engine(handle)
     hits = engine.native_verdicts.hits
     with psycopg.connect(t.conninfo(), autocommit=True) as conn:
@@ -171,13 +161,13 @@ def test_statements_answered_natively_are_recorded_with_their_decision(
 
 
 def test_session_state_keeps_queries_in_python(
-    gateway_factory: Factory, policy_file: Path, tmp_path: Path
+    policy_gateway: Callable[..., PolicyGateway],
 ) -> None:
     """While the unnamed statement exists (the mirror must see a Query drop it) or a statement
     is in flight, Queries are not answered natively; once the session is quiet again they
     are."""
-    handle = gateway_factory(with_policy(policy_file, tmp_path / "d.jsonl", "db.readwrite"))
-    t = pw.gateway_target(handle)
+    g = policy_gateway(POLICY, "db.readwrite", audit_log="d.jsonl")
+    handle, t = g.handle, g.target
     engine = _engine(handle)
     with psycopg.connect(t.conninfo(), autocommit=True) as conn:
         conn.execute("select 1 as warm").fetchone()
