@@ -735,9 +735,14 @@ def test_range_constructors_keep_their_arguments_lineage(
     with _connect(gw.conninfo(), t) as conn, conn.cursor(binary=binary) as cur:
         cur.execute(
             f"select {t}_trange('a', 'b') as r, {t}_trange('a', 'b', '[]') as r3,"
-            f" {t}_tmulti({t}_trange('a', 'b'), {t}_trange('c', 'd')) as m, {t}_tmulti() as m0"
+            f" {t}_tmulti({t}_trange('a', 'b'), {t}_trange('c', 'd')) as m, {t}_tmulti() as m0,"
+            # a cast to the multirange type: its cast from the range type runs a constructor
+            f" '{{}}'::{t}_tmulti = '{{}}'::{t}_tmulti as eq,"
+            f" {t}_trange('a', 'b')::{t}_tmulti as cast"
         )
         row = _rows(cur)[0]
+    assert row["eq"] is True
+    assert row["cast"] == Multirange([Range("a", "b")])
     assert row["r"] == Range("a", "b")
     assert row["r3"] == Range("a", "b", "[]")
     assert row["m"] == Multirange([Range("a", "b"), Range("c", "d")])

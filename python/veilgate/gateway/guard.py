@@ -23,7 +23,6 @@ value.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -53,17 +52,6 @@ _P: Final = ord("P")
 _B: Final = ord("B")
 RULE_ID: Final = "masked-column-use"
 """The rule id denials are recorded under."""
-_SCS: Final = Denial(
-    column="",
-    message="standard_conforming_strings cannot be changed on a masked session",
-    detail=(
-        "the gateway reads statement text the way the server does only while it is on; a "
-        "session where it is turned off is closed"
-    ),
-    hint="leave standard_conforming_strings on",
-    use="setting",
-    sqlstate="0A000",
-)
 _TOO_COMPLEX: Final = Denial(
     column="",
     message="this statement cannot be checked for uses of masked columns (too deeply nested)",
@@ -149,8 +137,6 @@ class InferenceGuard:
             # parser could not take in (too deep) cannot be checked: refused
             err = info.error or ""
             return _TOO_COMPLEX if err.startswith("cannot parse") else None
-        if "standard_conforming" in info.text.lower() and _changes_scs(info.text):
-            return _SCS
         planner = self.relay.planner
         analyzer = planner.analyzer(info.text)
         res = analyzer.cached(info.text)
@@ -252,31 +238,6 @@ class InferenceGuard:
             relay.audit.emit(event)
         except (OSError, ValueError) as exc:
             log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
-
-
-def _changes_scs(text: str) -> bool:
-    """Whether a statement may turn standard_conforming_strings off (anything but SHOW and SET
-    ... TO on that names it)."""
-    from veilgate.masking.resolve import parse_tree
-
-    stmts = parse_tree(text)
-    if stmts is None:
-        return True
-    for stmt in stmts:
-        body = stmt.get("VariableSetStmt")
-        if isinstance(body, dict):
-            if body.get("name") != "standard_conforming_strings":
-                continue
-            values = [
-                str(a.get("A_Const", {}).get("sval", {}).get("sval", "")).lower()
-                for a in body.get("args") or ()
-            ]
-            if body.get("kind") == "VAR_SET_VALUE" and values in (["on"], ["true"]):
-                continue
-            return True
-        if "set_config" in json.dumps(stmt).lower():  # set_config('standard_conforming_...')
-            return True
-    return False
 
 
 _UNKNOWN: Final = object()

@@ -23,6 +23,11 @@ and keeps the protocol in step:
   temporary one, one the client holds a lock on) are planned from the server's
   CopyOutResponse and the statement's lineage instead, with a notice; one that does not exist
   gets the server's own error.
+* **standard_conforming_strings.**  Statement text is read as the server reads it: with the
+  setting off, ordinary literals are rewritten to their ``E'...'`` form before analysis.  A text
+  that reads differently with it on and off (:func:`scs_dependent`) is read only when no request
+  before it is in flight (the server reports a change at the ReadyForQuery that ends it): it
+  waits for them, or, inside an unsynced pipeline, is refused with ``0A000``.
 * **Fail closed.**  The buffer refuses rows when no plan is installed (``mask_required``); a
   planning failure or a response the FIFO did not expect ends the session with a FATAL.
 
@@ -38,7 +43,7 @@ import secrets
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from pglast import parser as _pg
 
@@ -54,6 +59,7 @@ from veilgate.masking.planner import MaskRefusal, parse_row_description
 from veilgate.masking.policy import MaskingUnavailable
 from veilgate.masking.sidechannel import SideChannelMasker
 from veilgate.pgwire import wire
+from veilgate.policy.analysis import rewrite_nonstandard_strings
 from veilgate.policy.audit import AuditSink, MaskEvent
 
 if TYPE_CHECKING:
@@ -91,6 +97,13 @@ _c, _f = ord("c"), ord("f")
 _N = ord("N")
 _SIDE_TAGS: Final = frozenset(b"NAS")
 _IDLE: Final = ord("I")
+
+SCS_UNKNOWN: Final = (
+    "this statement's text reads differently with standard_conforming_strings on and off, "
+    "and a request still in flight may change that setting: it cannot be checked for masking"
+)
+SCS_UNKNOWN_HINT: Final = "send Sync (end the pipeline) before it, or write the literal as E'...'"
+_MISSING: Final = object()
 
 REFUSED_FUNCTION_CALL: Final = (
     "the FunctionCall protocol message is not available on a masked session: "
@@ -289,6 +302,17 @@ class MaskingRelay:
         """Masked-column uses refused before the server sees them (issue 10 item 4)."""
         self._side = SideChannelMasker(planner)
         """Masks error / notice / notification / parameter messages (issue 10 item 3)."""
+        self.scs_on: Callable[[], bool] = lambda: True
+        """The server's ``standard_conforming_strings`` as it last confirmed it (the session
+        sets it to read the policy enforcer's picture of the server's ParameterStatus)."""
+        self._lexed: ByteLRU[str, str | None] = ByteLRU(SESSION_CACHE_BYTES)
+        """Statement texts that read differently with standard_conforming_strings on and off
+        (see :func:`scs_dependent`), as the server read them: the text -> its standard form
+        (``None``: read both ways in this session, or not at all).  The mirror keeps the texts
+        as the client sent them; a statement bound or executed later is analysed from this."""
+        self._waiting: Callable[[], None] | None = None
+        """A client message held until every request before it is answered (the setting it
+        is read with is known only then)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -349,6 +373,8 @@ class MaskingRelay:
 
     def client_message(self, m: Any) -> None:
         tag = m.tag
+        if tag in (_Q, _P) and not self._scs_known(m):
+            return  # held until the setting is known, or refused
         if tag != _H:  # (Flush aside) did an Execute come last, for a Sync behind it
             self._sync_after_execute = tag == _S and self._after_execute
             self._after_execute = tag == _E
@@ -388,6 +414,82 @@ class MaskingRelay:
             self._forward_client(m)
         except Exception as exc:
             self.fail("internal", exc)
+
+    # --- standard_conforming_strings ----------------------------------------------------------
+
+    def _scs_known(self, m: Any) -> bool:
+        """Whether a Query / Parse can be read now: its text does not depend on
+        standard_conforming_strings, or no request before it is still in flight (the server's
+        ParameterStatus for a change comes with the ReadyForQuery of the request that made it,
+        so until then the gateway cannot know how the server reads the text).  Otherwise the
+        message waits (client held) for the requests in flight to be answered, when they all
+        end in a Sync or are Queries; when some are an unsynced pipeline (whose end the client
+        may be waiting on) it is refused (0A000): fail closed, never read the wrong way."""
+        if not self._requests or not scs_dependent(_message_text(m)):
+            return True
+        reqs = self._requests
+        if all(not isinstance(r, _Segment) or r.synced for r in reqs) and not self._copy_in:
+            self.session.client.hold()
+            self._waiting = lambda: self.client_message(m)
+            return False
+        error = wire.error_response("ERROR", "0A000", SCS_UNKNOWN, hint=SCS_UNKNOWN_HINT)
+        log.event(
+            logger,
+            "masking_refused",
+            logging.INFO,
+            peer=self.session.peer,
+            principal=self.principal.label(),
+            sqlstate="0A000",
+            reason="standard_conforming_strings unknown",
+        )
+        if m.tag == _Q:
+            self._refuse_request("", error=error)
+        else:
+            self.refuse_parse(m, error)
+        return False
+
+    def _resume_waiting(self) -> None:
+        """Every request is answered: the held message is read now, then the client."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is None:
+            return
+
+        async def resume() -> None:
+            try:
+                waiting()
+            finally:
+                self._release_client()
+
+        self._spawn(resume())
+
+    def _standard(self, text: str) -> str:
+        """``text`` as the server reads it now, in the form the analysis reads (with
+        standard_conforming_strings on); remembered for the mirror's later lookups."""
+        if not scs_dependent(text):
+            return text
+        std: str | None = text
+        if not self.scs_on():
+            try:
+                std = rewrite_nonstandard_strings(text)
+            except ValueError:  # U&'' with the setting off: the server refuses it too
+                std = None
+        known = self._lexed.get(text, _MISSING)
+        self._lexed.put(
+            text, std if known is _MISSING or known == std else None, text_cost(text, copies=2)
+        )
+        return text if std is None else std
+
+    def _statement_of(self, query: str) -> StatementInfo:
+        """The statement the server has for a text the mirror kept (as the client sent it)."""
+        std = self._lexed.get(query, _MISSING) if "\\" in query else _MISSING
+        if isinstance(std, str):
+            return self.planner.statement(std)
+        if std is not _MISSING or scs_dependent(query):  # read both ways, or forgotten
+            return _unknown_source(
+                "a statement whose text reads differently with standard_conforming_strings "
+                "on and off"
+            )
+        return self.planner.statement(query)
 
     def _fallback_plan(self, fields: list[Field], exc: Exception) -> Any:
         """A result whose plan failed: every column NULL (the session goes on), unless the
@@ -438,7 +540,7 @@ class MaskingRelay:
         if stmt is None or self._guard.judged(stmt.query):
             self._forward_client(m)
             return
-        info = self._resolve(self.planner.statement(stmt.query))
+        info = self._resolve(self._statement_of(stmt.query))
         if not info.parsed or not self._guard.intercept(m, [info], lambda: self._forward_client(m)):
             self._forward_client(m)
 
@@ -455,7 +557,7 @@ class MaskingRelay:
         """A Query message's text and its statements (as the server will split them)."""
         body = m.body
         end = body.find(b"\0")
-        text = (body if end < 0 else body[:end]).decode("utf-8", "replace")
+        text = self._standard((body if end < 0 else body[:end]).decode("utf-8", "replace"))
         whole = self.planner.statement(text)
         return whole, (self._split(text) if whole.parsed else [whole])
 
@@ -463,7 +565,7 @@ class MaskingRelay:
         body = m.body
         _, pos = _cstring(body, 0)
         text, _ = _cstring(body, pos)
-        return self.planner.statement(text.decode("utf-8", "replace"))
+        return self.planner.statement(self._standard(text.decode("utf-8", "replace")))
 
     def _sync(self) -> None:
         # client_message has already reset _after_execute: the Sync's own tag is not E
@@ -525,14 +627,14 @@ class MaskingRelay:
             query = stmt.query if stmt is not None else None
         if query is None:
             return _unknown_source(f"{kind} of {name!r}, which the gateway did not see made")
-        return self._resolve(self.planner.statement(query), depth + 1)
+        return self._resolve(self._statement_of(query), depth + 1)
 
     def _portal_info(self, portal: bytes) -> StatementInfo:
         """What an Execute of ``portal`` runs, as the server has it now."""
         p = self.mirror.portal(portal)
         if p is None or not p.known:
             return _unknown_source("a portal the gateway did not see bound")
-        return self._resolve(self.planner.statement(p.query))
+        return self._resolve(self._statement_of(p.query))
 
     def _query(self, m: Any, whole: StatementInfo, split: list[StatementInfo]) -> None:
         # FETCH / EXECUTE are resolved when their result arrives (the server's state then)
@@ -638,9 +740,7 @@ class MaskingRelay:
         portal, _ = _cstring(body, 0)
         # a COPY is planned before it runs: from the portal the server will have by then
         for cand in self.mirror.portal_candidates(portal):
-            info = (
-                self._resolve(self.planner.statement(cand.query)) if cand and cand.known else None
-            )
+            info = self._resolve(self._statement_of(cand.query)) if cand and cand.known else None
             if _is_copy_out(info):
                 assert info is not None
                 self.session.client.hold()
@@ -720,6 +820,8 @@ class MaskingRelay:
                     self._requests.popleft()
                 if self._markers and not self._requests:
                     self._markers.clear()
+                if self._waiting is not None and not self._settled():
+                    self._resume_waiting()
         except _Mismatch as exc:
             self.fail("protocol", str(exc))
             return None
@@ -1025,6 +1127,38 @@ def _unknown_source(why: str) -> StatementInfo:
     """Lineage of a result whose SQL the gateway does not know: unknown (not parsed), so the
     planner treats every computed column as derived from a masked one."""
     return StatementInfo(f"-- {why}", False, error=why)
+
+
+def scs_dependent(text: str) -> bool:
+    """Whether ``text`` reads differently with standard_conforming_strings on and off: an
+    ordinary ``'...'`` (or ``N'...'``) literal, as read with it on, holds a backslash (with it
+    off a backslash escapes the next character, a quote included, so even where the literal
+    ends differs).  Without one, both read the same tokens (escape strings, dollar quotes,
+    identifiers and comments do not depend on it).  Text that cannot be read with a backslash
+    in it counts as dependent."""
+    if "\\" not in text:
+        return False
+    try:
+        tokens = _pg.scan(text)
+    except Exception:
+        return True
+    for t in tokens:
+        piece = text[t.start : t.end + 1]
+        if "\\" in piece and (piece[:1] == "'" or piece[:2] in ("N'", "n'")):
+            return True
+    return False
+
+
+def _message_text(m: Any) -> str:
+    """The statement text of a Query or Parse message ('' when malformed)."""
+    body = cast(bytes, m.body)
+    if m.tag == _P:
+        start = body.find(b"\0") + 1
+        if start <= 0:
+            return ""
+        body = body[start:]
+    end = body.find(b"\0")
+    return (body if end < 0 else body[:end]).decode("utf-8", "replace")
 
 
 def _copy_field(index: int, fmt: int) -> Field:

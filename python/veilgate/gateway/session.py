@@ -67,11 +67,6 @@ MASKING_ENCODING_REFUSED = wire.fatal(
     "this client_encoding is not supported on a masked session",
     hint="use UTF8 (or another ASCII-safe encoding) as client_encoding",
 )
-MASKING_SCS_REFUSED = wire.fatal(
-    "0A000",
-    "standard_conforming_strings=off is not supported on a masked session",
-    hint="the gateway reads statement text the way the server does only with it on",
-)
 MASKING_NOW_REQUIRED = wire.fatal(
     "57P01",
     "terminating connection: the policy now masks this session's results; reconnect",
@@ -1057,7 +1052,7 @@ class Session:
             return None
         if self.enforcer is not None and self._login is not None:
             planner.creation_schemas = _creation_schemas_of(self.enforcer.ctx, self._login.user)
-        return MaskingRelay(
+        relay = MaskingRelay(
             self,
             planner,
             principal,
@@ -1067,6 +1062,10 @@ class Session:
             self.server_frame,
             self.mirror,
         )
+        enforcer = self.enforcer
+        if enforcer is not None:  # it follows the server's ParameterStatus
+            relay.scs_on = lambda: enforcer.ctx.standard_conforming_strings
+        return relay
 
     def policy_reloaded(self) -> None:
         if self.phase is not Phase.RELAY:
@@ -1085,11 +1084,6 @@ class Session:
         the COPY parsers read ASCII bytes as ASCII characters, which those encodings break, so
         masking could not be guaranteed (fail closed)."""
         if self.enforcer is None:
-            return
-        if not self.enforcer.ctx.standard_conforming_strings:
-            # the masking analysis parses with it on: a session where it is off ends
-            log.event(logger, "masking_scs_refused", logging.WARNING, peer=self.peer)
-            self.close(MASKING_SCS_REFUSED, "masking_scs")
             return
         if not self.enforcer.client_only_encoding:
             return

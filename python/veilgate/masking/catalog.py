@@ -317,7 +317,8 @@ UNION ALL SELECT 'c:' || w.name, NULL, NULL, NULL, NULL
                  SELECT 1 FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
                    JOIN pg_language l ON l.oid = p.prolang
                   WHERE c.casttarget = t.oid
-                    AND NOT (l.lanname IN ('c', 'internal') AND {_EXTENSION_MEMBER})
+                    AND NOT (l.lanname IN ('c', 'internal')
+                             AND ({_EXTENSION_MEMBER} OR {_RANGE_CONSTRUCTOR}))
                     AND p.pronamespace <> 'pg_catalog'::regnamespace)));"""  # noqa: S608
 
 
@@ -341,7 +342,8 @@ def _parse_namesakes(wants: Iterable[str], rows: list[tuple[str | None, ...]]) -
     it runs only C input functions (rows list those names): not a cast function that is not an
     extension's C function, a domain with constraints (they may call functions), a pseudo-type;
     a type the catalog cannot see (created in the client's open transaction, with a cast
-    function maybe) is of unknown origin.
+    function maybe) is of unknown origin.  (The cast PostgreSQL makes from a range type to its
+    multirange runs the multirange's constructor: it only reads its input.)
     ``t:`` / ``o:`` keys: True when a namesake that may not compute like a built-in exists;
     ``e:o:`` keys: True when an operator namesake may take a value of a built-in type (an
     argument of a built-in type, or of a type a built-in one casts to implicitly): the server
