@@ -120,3 +120,17 @@ def test_text_inside_an_unsynced_pipeline_is_refused(target: pw.Target, table: s
         # the session goes on; with nothing in flight the same text is read and masked
         rows = _rows(c.simple(sql))
         assert len(rows) == 1 and not leaked(repr(rows)), rows
+
+
+def test_text_held_behind_a_copy_in_does_not_hang(target: pw.Target) -> None:
+    """A client that sends a setting-dependent Parse right behind a COPY FROM STDIN Query
+    (breaking the protocol: the server wants copy data): the gateway does not wait for the
+    copy's end (the client, held, could never send it): the session gets an error and goes
+    on, and the other sessions are not affected."""
+    with pw.connect(target.endpoint()) as c:
+        c.simple("create temp table vg_scs_in (v text)")
+        c.send(pw.query("copy vg_scs_in from stdin") + pw.parse("", "select 'a\\b'") + pw.sync())
+        msgs = c.recv_until("E", timeout=10)
+        assert pw.first_error(msgs) is not None, msgs
+    with pw.connect(target.endpoint()) as other:
+        assert other.scalar("select 42") == "42"

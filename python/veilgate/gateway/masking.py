@@ -1007,6 +1007,10 @@ class MaskingRelay:
         right behind the COPY's Execute (libpq does) was read in copy-in mode: it ends nothing,
         so the head segment goes on into the next one."""
         self._copy_in = True
+        if self._waiting is not None:
+            # a statement held for the setting would wait for the copy's end, which the
+            # client (held) cannot send: read it now (it is refused, nothing is guessed)
+            self._resume_waiting()
         head = self._requests[0] if self._settled() else None
         if isinstance(head, _Segment) and head.synced and head.sync_after_execute:
             head.synced = False
