@@ -71,6 +71,9 @@ STABLE_AFTER_S = 30.0
 """A worker that ran this long before dying restarts after the first back-off again."""
 POLL_S = 0.2
 ADMIN_TIMEOUT_S = 30.0
+"""A worker's answer to a POST (a reload loads the policy and identity keys first)."""
+ADMIN_READ_TIMEOUT_S = 5.0
+"""A worker's answer to a GET (a scrape must not wait on one stuck worker for long)."""
 MAX_ADMIN_RESPONSE = 64 << 20
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _QUIET = (signal.SIGUSR1, signal.SIGUSR2)
@@ -165,8 +168,9 @@ async def _ask(path: Path, request: Request, target: str | None = None) -> _Repl
     if request.body or request.method == "POST":
         head.append(f"Content-Length: {len(request.body)}")
     data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + request.body
+    timeout = ADMIN_TIMEOUT_S if request.method == "POST" else ADMIN_READ_TIMEOUT_S
     try:
-        async with asyncio.timeout(ADMIN_TIMEOUT_S):
+        async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(path))
             try:
                 writer.write(data)

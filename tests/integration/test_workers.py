@@ -466,3 +466,31 @@ def test_recording_with_two_workers_verifies_and_reads_back(sd: ServeDir) -> Non
     bad = vg("sessions", "verify", "--config", str(config))
     assert bad.returncode == 1, bad.stdout
     assert "FAILED" in bad.stdout and "worker-1" in bad.stdout
+
+
+def test_handover_socket_needs_one_worker(sd: ServeDir) -> None:
+    """The zero-downtime hand-over passes one process's sockets: with --workers 2 it is refused
+    at start with a clear message (exit 2); --workers 1 is the single process as before."""
+    listen = "listen: {host: 127.0.0.1, port: 0, handover_socket: handover.sock}"
+    sd.write(server="server: {workers: 2}", listen=listen)
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "veilgate", "serve", "--config", str(sd.config_file)],
+            env=sd.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert "handover_socket works with one worker only" in refused.stderr
+        p = WorkersProcess(sd.config_file, sd.env, "--workers", "1")
+        try:
+            ready = p.wait_event("ready", timeout=60)
+            assert "workers" not in ready  # no supervisor: today's single process
+            assert not any(e.get("event") == "worker_started" for e in p.events())
+            assert query(sd, int(ready["port"]), "select 11") == 11
+        finally:
+            p.stop()
+    finally:
+        sd.write(server="server: {workers: 2}")
