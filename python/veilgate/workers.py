@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -87,6 +88,16 @@ def resolve_workers(n: int) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - Linux has it
         return max(1, os.cpu_count() or 1)
+
+
+def _accepts(host: str, port: int) -> bool:
+    """Something accepts TCP connections on ``host:port`` (a wildcard host: on loopback)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def set_parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> None:
@@ -261,7 +272,6 @@ class Supervisor:
         self._signals_seen = 0
         self._changed = asyncio.Event()
         self.notifier = Notifier.from_env()
-        self._reloading = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- the worker processes --------------------------------------------------------------------
@@ -466,6 +476,12 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         cfg = self.config
         try:
+            if cfg.listen.port and await asyncio.to_thread(
+                _accepts, cfg.listen.host, cfg.listen.port
+            ):
+                # SO_REUSEPORT would let this gateway join another one's port (a second
+                # `serve --workers` by the same user) and split its traffic: refuse
+                raise OSError(errno.EADDRINUSE, "another process accepts connections there")
             self._reserved = reserve_address(cfg.listen.host, cfg.listen.port)
         except OSError as e:
             log.event(

@@ -494,3 +494,26 @@ def test_handover_socket_needs_one_worker(sd: ServeDir) -> None:
             p.stop()
     finally:
         sd.write(server="server: {workers: 2}")
+
+
+def test_second_supervisor_on_the_same_port_is_refused(
+    sd: ServeDir, served: tuple[WorkersProcess, int, int]
+) -> None:
+    """SO_REUSEPORT would let a second ``serve --workers`` of the same user join the port and
+    take half its connections: it is refused at start (exit 1, ``start_failed``)."""
+    _p, port, _admin = served
+    other = sd.directory / "second.yaml"
+    other.write_text(
+        sd.text(server="server: {workers: 2}", listen=f"listen: {{host: 127.0.0.1, port: {port}}}")
+    )
+    second = subprocess.run(
+        [sys.executable, "-m", "veilgate", "serve", "--config", str(other)],
+        env=sd.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 1, second.stderr
+    assert "start_failed" in second.stderr and "worker_started" not in second.stderr
+    assert query(sd, port, "select 12") == 12  # the first one serves on
