@@ -11,6 +11,8 @@ import asyncio
 import json
 import secrets
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +197,24 @@ def test_key_file_rotation_on_sighup(sd: ServeDir) -> None:
                 assert masked_email(sd, port) == h2
                 assert email_of(old_session) == h1
 
-            # the first key again: a new generation (3) that hashes as generation 1 did
+            # the first key again, through `veilgate reload`: a new generation (3) that hashes
+            # as generation 1 did
             write_atomic(key_file, keys[0])
-            ev = hup(p)
+            before = len(reload_events(p))
+            done = subprocess.run(
+                [
+                    *(sys.executable, "-m", "veilgate", "reload"),
+                    *("--config", str(sd.config_file), "--url", f"http://127.0.0.1:{admin}"),
+                ],
+                env=sd.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "masking hash key: generation 3 (fingerprint" in done.stdout, done.stdout
+            wait_for(lambda: len(reload_events(p)) > before, what="a reload event")
+            ev = reload_events(p)[-1]
             assert ev["event"] == "config_reloaded", ev
             assert ev["masking_key"]["generation"] == 3 and ev["masking_key"]["error"] is None
             assert masked_email(sd, port) == h1

@@ -151,6 +151,15 @@ def _print(command: str, body: Any, as_json: bool, out: TextIO) -> None:
             print(f"reloaded: generation {body['generation']}", file=out)
             for key in body.get("restart_required", []):
                 print(f"restart required: {key}", file=out)
+            mask_key = body.get("masking_key") or {}
+            if mask_key.get("changed"):
+                print(
+                    f"masking hash key: generation {mask_key['generation']} "
+                    f"(fingerprint {mask_key['fingerprint']}) for new sessions",
+                    file=out,
+                )
+            if mask_key.get("error"):
+                print(f"masking hash key: {mask_key['error']}", file=out)
         else:
             for e in body.get("errors", []):
                 print(e, file=out)
