@@ -25,6 +25,7 @@ __all__ = [
     "TYPED",
     "Codec",
     "CopyPlan",
+    "DecisionLog",
     "FramingError",
     "MaskingError",
     "JsonMasker",
@@ -251,13 +252,21 @@ class RecvBuffer:
         *,
         max_frame: int = ...,
         events: bool = False,
+        log: DecisionLog | None = None,
+        log_prefix: bytes = ...,
+        max_sql_bytes: int = 4096,
+        record_sql: bool = True,
     ) -> None:
         """Client buffers: forward, without surfacing it, every Query that ``cache`` allows
         under decision scope ``scope`` (its decision goes to the statement log at once); None
         surfaces every Query again.  Query messages larger than ``max_frame`` bytes, text that
         is not UTF-8 or whose namespace effects the mirror must see always surface, as does
         every Query once the cache was cleared after arming.  ``events``: keep each hit's
-        verdict and text for :meth:`take_verdict_hits`.  ``ValueError`` on a server buffer."""
+        verdict and text for :meth:`take_verdict_hits`.  ``log``: write each hit's
+        decision-log line to it natively (``{"ts":..., <log_prefix>, <the entry's event>,
+        "sql":<excerpt of at most max_sql_bytes, credentials redacted>, "sql_len":...}``, the
+        ``sql`` member only with ``record_sql``), the lines of a read in one write; entries
+        inserted without ``event`` then surface.  ``ValueError`` on a server buffer."""
     @property
     def verdicts_armed(self) -> bool:
         """A verdict cache is installed (:meth:`set_verdicts`)."""
@@ -786,12 +795,14 @@ class VerdictCache:
         rule: str,
         fingerprint: str,
         cost: int = 0,
+        event: bytes | None = None,
     ) -> bool:
         """``verdict`` (an allow) answers ``text`` under ``scope``: by its shape key when
         ``shape``, else by the exact text.  ``rule`` and ``fingerprint`` are what the statement
         log records for each hit; ``cost`` is what the verdict keeps alive, charged with the
-        key against ``max_bytes``.  False when the text cannot be keyed or the entry alone is
-        over the budget."""
+        key against ``max_bytes``; ``event``: the verdict's members of a decision-log line
+        (buffers armed with a :class:`DecisionLog` answer only entries that have them).  False
+        when the text cannot be keyed or the entry alone is over the budget."""
     def lookup(self, scope: int, text: bytes) -> Any | None:
         """The verdict an armed buffer would answer the Query ``text`` with (None: it would
         surface it); the buffer's own path, without counting a hit."""
@@ -806,6 +817,35 @@ class VerdictCache:
     @property
     def bytes(self) -> int: ...
     def __len__(self) -> int: ...
+
+@final
+class DecisionLog:
+    """The JSON-lines decision log's writer: appends to ``path`` (created 0600), one
+    ``write(2)`` per call; client buffers armed with it write the lines of the Queries their
+    verdict cache answers (see :meth:`RecvBuffer.set_verdicts`).  ``OSError`` when the path
+    cannot be opened."""
+
+    def __new__(cls, path: str) -> DecisionLog: ...
+    def write(self, data: bytes) -> bool:
+        """Append ``data`` (whole lines) in one write; False when it failed (counted in
+        :attr:`failures`, the data dropped); ``ValueError`` once closed."""
+    def reopen(self) -> None:
+        """Open the path again (after rotation); ``OSError`` if it cannot (the old file stays)."""
+    def close(self) -> None:
+        """Close the file: later writes raise, armed buffers drop their lines."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def lines(self) -> int:
+        """Lines written so far (by Python and by client buffers)."""
+    @property
+    def failures(self) -> int:
+        """Writes that failed so far."""
+    @property
+    def last_error(self) -> str:
+        """The error of the last failed write ("" before any)."""
+    @property
+    def path(self) -> str: ...
 
 def verdict_hits() -> int:
     """Queries answered by every verdict cache of the process so far."""

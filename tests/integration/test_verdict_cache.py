@@ -132,6 +132,48 @@ def test_new_literals_answered_natively_then_reload_denies_the_cached_shape(
     assert denied and denied[0]["action"] == "deny" and denied[0]["rule_id"] == "rw-no-secrets"
 
 
+def test_decision_log_lines_of_answered_queries_are_written_natively(
+    policy_gateway: Callable[..., PolicyGateway],
+) -> None:
+    """With the JSON-lines decision log on, the client buffer writes the lines of the Queries
+    it answers itself (no Python per read): every statement has its line, in order, with the
+    session's identity as the line Python wrote for the first one, credentials redacted."""
+    g = policy_gateway(POLICY, "db.readwrite", audit_log="decisions.jsonl")
+    handle, t, decisions = g.handle, g.target, g.audit_log
+    engine = _engine(handle)
+    gw = handle.thread.gateway
+    assert gw is not None
+    log = gw.decision_sink.native_log  # type: ignore[union-attr]
+    assert log is not None
+    hits = engine.native_verdicts.hits
+    lines = log.lines
+    with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+        for i in range(25):
+            uri = f"postgresql://bob:pw{i}zz@db.example/app"
+            assert conn.execute(f"select {i} as n, '{uri}' as u").fetchone() == (i, uri)
+        answered = engine.native_verdicts.hits - hits
+        assert answered >= 24
+        # one line per statement, written while the session is open (not at its end)
+        assert log.lines - lines >= 25
+    raw = decisions.read_text()
+    assert "zz@" not in raw  # the credential in each statement is redacted, natively too
+    events = [json.loads(x) for x in raw.splitlines() if x]
+    mine = [e for e in events if e["sql"].startswith("select ") and " as n," in e["sql"]]
+    assert len(mine) == 25, [e["sql"] for e in mine]
+    assert [e["sql"].split(" as n")[0] for e in mine] == [f"select {i}" for i in range(25)]
+    first, rest = mine[0], mine[1:]
+    assert first["cached"] is False  # judged in Python
+    cached = [e for e in rest if e["cached"]]
+    assert len(cached) >= 24
+    for e in cached:
+        assert list(e) == list(first)  # the same members, in the same order
+        for k in ("principal_key", "principal_label", "session_id", "fingerprint", "tier"):
+            assert e[k] == first[k], k
+        assert e["action"] == "allow" and e["rule_id"] == "rw-all" and e["decision_us"] == 0.0
+        assert e["sql_len"] > len("select 1 as n")
+    assert [e["ts"] for e in mine] == sorted(e["ts"] for e in mine)
+
+
 def test_statements_answered_natively_are_recorded_with_their_decision(
     policy_gateway: Callable[..., PolicyGateway], tmp_path: Path
 ) -> None:

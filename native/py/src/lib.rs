@@ -9,12 +9,14 @@
 //! `recorder` (`AuditRecorder`, `SealedBatch`: the session record queue and its sealing), `json`
 //! (`JsonMasker`), `shape` (`sql_tokens`, `shape_key`: the native SQL scanner), `tls`
 //! (`TlsServerConfig`, `TlsClientConfig`, `TlsConnection`, `TlsError`: the TLS record layer),
-//! `verdict` (`VerdictCache`: allowed Queries answered without the control plane).
+//! `verdict` (`VerdictCache`: allowed Queries answered without the control plane), `decision_log`
+//! (`DecisionLog`: the JSON-lines decision log's writer; answered Queries' lines rendered natively).
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod buffer;
 mod codec;
+mod decision_log;
 mod errors;
 mod json;
 mod masker;
@@ -36,6 +38,8 @@ mod veilgate_native {
 
     #[pymodule_export]
     use crate::codec::PyCodec;
+    #[pymodule_export]
+    use crate::decision_log::DecisionLog;
     #[pymodule_export]
     use crate::json::PyJsonMasker;
     #[pymodule_export]

@@ -38,6 +38,7 @@ use veilgate_core::{
 };
 
 use crate::buffer::RawBuf;
+use crate::decision_log::DecisionLog;
 use crate::errors::framing_error;
 use crate::message::Message;
 use crate::plan::{install, Installed, MaskingError};
@@ -195,9 +196,9 @@ impl RecvBuffer {
                         && verdicts
                             .as_mut()
                             .is_some_and(|v| v.answer(py, bytes, hits).is_some())
-                })?
+                })
             }
-            (None, _) => framer.frame(unparsed, actions, |_, _| {})?,
+            (None, _) => framer.frame(unparsed, actions, |_, _| {}),
             (Some(session), direction) => {
                 // Lock at most once per read, and only if a tracked message went by.
                 let mut guard: Option<MutexGuard<'_, SessionTracker>> = None;
@@ -253,9 +254,14 @@ impl RecvBuffer {
                 if let Some(log) = guard.as_mut().and_then(|g| g.log.as_mut()) {
                     log.flush();
                 }
-                outcome?
+                outcome
             }
         };
+        // the decision-log lines of the Queries this read answered: one write
+        if let Some(v) = verdicts.as_mut() {
+            v.flush_log();
+        }
+        let outcome = outcome?;
         self.at_barrier = outcome.barrier;
         Ok(outcome)
     }
@@ -787,20 +793,38 @@ impl RecvBuffer {
     /// surfacing them (None: surface every Query again).  `max_frame`: larger Query messages
     /// surface (the statement size limit); `events`: keep each hit's verdict and text for
     /// `take_verdict_hits` (else only their count).
-    #[pyo3(signature = (cache, scope=0, *, max_frame=usize::MAX, events=false))]
+    ///
+    /// `log`: the decision log the lines of answered Queries are written to natively (each
+    /// line carries `log_prefix`, the session's members, and a `sql` excerpt of at most
+    /// `max_sql_bytes` bytes when `record_sql`); entries without a rendered line then surface.
+    #[pyo3(signature = (
+        cache, scope=0, *, max_frame=usize::MAX, events=false, log=None, log_prefix=&b""[..],
+        max_sql_bytes=4096, record_sql=true
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn set_verdicts(
         &mut self,
         cache: Option<PyRef<'_, VerdictCache>>,
         scope: u64,
         max_frame: usize,
         events: bool,
+        log: Option<PyRef<'_, DecisionLog>>,
+        log_prefix: &[u8],
+        max_sql_bytes: usize,
+        record_sql: bool,
     ) -> PyResult<()> {
         if self.direction != Direction::Client {
             return Err(PyValueError::new_err(
                 "set_verdicts is for a CLIENT buffer (Queries come from the client)",
             ));
         }
-        self.verdicts = cache.map(|c| c.arm(scope, max_frame, events));
+        self.verdicts = cache.map(|c| {
+            let armed = c.arm(scope, max_frame, events);
+            match &log {
+                Some(l) => armed.with_log(l.hit_log(log_prefix, max_sql_bytes, record_sql)),
+                None => armed,
+            }
+        });
         Ok(())
     }
 

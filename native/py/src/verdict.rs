@@ -24,6 +24,8 @@ use pyo3::types::PyBytes;
 use veilgate_core::record::Decision;
 use veilgate_core::shape::Shaper;
 
+use crate::decision_log::HitLog;
+
 /// Queries answered natively by every cache of the process (the metrics' count).
 static HITS: AtomicU64 = AtomicU64::new(0);
 
@@ -37,6 +39,10 @@ const ENTRY_OVERHEAD: usize = 160;
 struct Entry {
     verdict: Py<PyAny>,
     decision: Arc<Decision>,
+    /// The verdict's members of a decision-log line (`"fingerprint":...` to `"reason":...`),
+    /// rendered by the control plane: a buffer armed with a decision log answers only entries
+    /// that have them.
+    event: Option<Box<[u8]>>,
     /// What the entry is charged (its key, the verdict it keeps alive, the overhead).
     cost: usize,
 }
@@ -193,6 +199,8 @@ pub struct Armed {
     max_frame: usize,
     events: bool,
     keyer: Keyer,
+    /// Where the lines of answered Queries go (the decision log), if anywhere natively.
+    log: Option<HitLog>,
 }
 
 /// What the buffer keeps per answered Query until the control plane drains it.
@@ -234,6 +242,10 @@ impl Armed {
             return None; // reloaded since the session was armed: the control plane re-arms
         }
         let entry = self.keyer.find(&inner, self.scope, text)?;
+        if let Some(log) = self.log.as_mut() {
+            // no line, no answer: the control plane logs it
+            log.hit(entry.event.as_deref()?, text);
+        }
         let decision = Arc::clone(&entry.decision);
         if self.events {
             hits.events
@@ -244,6 +256,21 @@ impl Armed {
         HITS.fetch_add(1, Ordering::Relaxed);
         lock(&self.cache).hits += 1;
         Some(decision)
+    }
+
+    /// The lines of answered Queries written to `log` (a decision log's handle for this
+    /// session).
+    pub fn with_log(mut self, log: HitLog) -> Armed {
+        self.log = Some(log);
+        self
+    }
+
+    /// Writes the decision-log lines of the Queries answered since the last call (one write;
+    /// called at the end of each read's framing).
+    pub fn flush_log(&mut self) {
+        if let Some(log) = self.log.as_mut() {
+            log.flush();
+        }
     }
 }
 
@@ -262,6 +289,7 @@ impl VerdictCache {
             max_frame,
             events,
             keyer: Keyer::default(),
+            log: None,
         }
     }
 }
@@ -290,9 +318,11 @@ impl VerdictCache {
     /// Remembers that `verdict` (an allow) answers `text` under `scope`: keyed by its shape
     /// when `shape` (the engine shares the verdict between texts that differ only in
     /// constants), else by the exact text.  `rule` and `fingerprint` go to the statement log of
-    /// each hit; `cost`: the bytes the verdict keeps alive (charged with the key).  False when
-    /// the text cannot be keyed (not UTF-8, a NUL, no shape) or the entry alone is over budget.
-    #[pyo3(signature = (scope, text, shape, verdict, rule, fingerprint, cost=0))]
+    /// each hit; `cost`: the bytes the verdict keeps alive (charged with the key); `event`: the
+    /// verdict's members of a decision-log line (buffers armed with a decision log answer only
+    /// entries that have them).  False when the text cannot be keyed (not UTF-8, a NUL, no
+    /// shape) or the entry alone is over budget.
+    #[pyo3(signature = (scope, text, shape, verdict, rule, fingerprint, cost=0, event=None))]
     #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
@@ -303,6 +333,7 @@ impl VerdictCache {
         rule: &str,
         fingerprint: &str,
         cost: usize,
+        event: Option<&[u8]>,
     ) -> bool {
         if std::str::from_utf8(text).is_err() || find_byte(0, text).is_some() {
             return false;
@@ -320,7 +351,8 @@ impl VerdictCache {
             key.push(EXACT);
             key.extend_from_slice(text);
         }
-        let cost = key.len() + ENTRY_OVERHEAD + cost;
+        let event: Option<Box<[u8]>> = event.map(Box::from);
+        let cost = key.len() + ENTRY_OVERHEAD + cost + event.as_ref().map_or(0, |e| e.len());
         let mut inner = lock(&self.inner);
         if cost > inner.max_bytes {
             return false;
@@ -341,6 +373,7 @@ impl VerdictCache {
             Entry {
                 verdict,
                 decision,
+                event,
                 cost,
             },
         );

@@ -47,6 +47,8 @@ class _Totals:
             self.bytes_out += session.upstream.received
         _merge(self.errors, state.error_classes())
         if session.enforcer is not None:
+            # Queries the client buffer answered since its last event are counted there
+            session.verdict_hits()
             _merge(self.decisions, session.enforcer.decisions)
         if session.masking is not None:
             _merge(self.masked, session.masking.masked)

@@ -72,11 +72,13 @@ from veilgate.gateway.sqleffects import may_have_effects
 from veilgate.identity.base import Principal
 from veilgate.pgwire import wire
 from veilgate.policy.analysis import MessageAnalysis
-from veilgate.policy.audit import AuditSink, DecisionEvent
+from veilgate.policy.audit import AuditSink, DecisionEvent, session_members, verdict_members
 from veilgate.policy.engine import Decision, PolicyEngine, SessionContext, Verdict
 from veilgate.policy.excerpt import DEFAULT_AUDIT_SQL_BYTES, sql_excerpt
 
 if TYPE_CHECKING:
+    import veilgate_native as native
+
     from veilgate.approvals.service import ApprovalService
     from veilgate.gateway.approval import ApprovalGate, PendingApproval
 
@@ -262,6 +264,8 @@ class PolicyEnforcer:
             started_search_path=getattr(session, "pinned_search_path", None),
         )
         self._audit_sql_bytes: int = getattr(session, "audit_sql_bytes", DEFAULT_AUDIT_SQL_BYTES)
+        self._log_prefix: bytes | None = None
+        """The session's members of a natively written decision-log line (rendered once)."""
         self._codec: str | None = None
         for frame in session.upstream_parameters:
             self._parameter_status(frame[5:])
@@ -373,7 +377,8 @@ class PolicyEnforcer:
         if d.allowed:
             if native and end == len(frame) - 1 and not may_have_effects(frame[5:]):
                 # the next Query of this shape is answered by the client buffer (when armed)
-                self.engine.remember_native(d, raw, self.ctx)
+                event = verdict_members(d.verdict) if self.audit is not None else None
+                self.engine.remember_native(d, raw, self.ctx, event)
             # what it PREPAREs / DEALLOCATEs is the mirror's, once the server has done it; a
             # search_path it may set joins the session's possible paths now (as for a Parse)
             self._write(frame)
@@ -693,13 +698,27 @@ class PolicyEnforcer:
             return None
         return self.engine.session_scope(self.principal, ctx)
 
-    def native_hits(self, hits: list[tuple[Verdict, bytes]]) -> None:
-        """Queries the client buffer answered from the verdict cache: their decision events
-        (the statement record has their decisions already; the process-wide metric counts them
-        natively).  The per-target counts read ``decisions``: the hits are in it too."""
-        decisions = self.decisions
-        for verdict, _raw in hits:
-            decisions[verdict.action] = decisions.get(verdict.action, 0) + 1
+    def native_log(self) -> tuple[native.DecisionLog, bytes, int, bool] | None:
+        """Where the client buffer writes the decision-log lines of the Queries it answers
+        (the log, the session's members of each line, the SQL excerpt's bound, whether lines
+        carry SQL), or None: no log, or one that takes events from here (:meth:`native_hits`)."""
+        audit = self.audit
+        log = getattr(audit, "native_log", None)
+        if log is None:
+            return None
+        if self._log_prefix is None:
+            self._log_prefix = session_members(self.principal, self.ctx.session_id)
+        record_sql = bool(getattr(audit, "record_sql", True))
+        return log, self._log_prefix, self._audit_sql_bytes, record_sql
+
+    def native_hits(self, count: int, hits: list[tuple[Verdict, bytes]]) -> None:
+        """``count`` Queries the client buffer answered from the verdict cache (allows: only
+        allows are cached), with the verdict and text of each when the buffer keeps them: their
+        decision events (the statement record has their decisions already, the process-wide
+        metric counts them natively, a native decision log has their lines).  The per-target
+        counts read ``decisions``: the hits are in it too."""
+        if count:
+            self.decisions["allow"] = self.decisions.get("allow", 0) + count
         audit = self.audit
         if audit is None:
             return

@@ -372,19 +372,35 @@ class Session:
                 rb.set_verdicts(None)
                 self.client.set_verdict_drain(False)
             return
-        cache = enforcer.engine.native_verdicts  # type: ignore[union-attr]
+        assert enforcer is not None
+        cache = enforcer.engine.native_verdicts
         armed = (scope, cache.generation)
         if armed != self._armed:
-            events = enforcer.audit is not None  # type: ignore[union-attr]
-            rb.set_verdicts(cache, scope, max_frame=self._max_statement, events=events)
+            native_log = enforcer.native_log()
+            if native_log is not None:
+                # the buffer writes the hits' decision-log lines itself: no events, no drain
+                log_, prefix, max_sql, record_sql = native_log
+                rb.set_verdicts(
+                    cache,
+                    scope,
+                    max_frame=self._max_statement,
+                    log=log_,
+                    log_prefix=prefix,
+                    max_sql_bytes=max_sql,
+                    record_sql=record_sql,
+                )
+                events = False
+            else:
+                events = enforcer.audit is not None
+                rb.set_verdicts(cache, scope, max_frame=self._max_statement, events=events)
             self.client.set_verdict_drain(events)
             self._armed = armed
 
     def verdict_hits(self, side: RelayProtocol | None = None) -> None:
         """Queries the client buffer answered natively: their decision events."""
-        _count, hits = self.client_rb.take_verdict_hits()
-        if hits and self.enforcer is not None:
-            self.enforcer.native_hits(hits)
+        count, hits = self.client_rb.take_verdict_hits()
+        if count and self.enforcer is not None:
+            self.enforcer.native_hits(count, hits)
 
     def _mirror_message(self, from_client: bool, message: Any) -> bool:
         """Feed the statement / portal mirror (before anyone reads it for this message).

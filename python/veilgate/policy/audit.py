@@ -11,20 +11,20 @@ with ``user:secret@``), or left out with ``record_sql=False`` (then only the fin
 identifies the statement).
 
 The JSON-lines log is a convenience stream for tools that tail a file; it is written on the
-event loop as decisions happen.  The tamper-evident record, written off the loop and protected by
-the ``audit.on_failure`` policy, is the session recording (:mod:`veilgate.audit`).
+event loop as decisions happen, through a native writer that client buffers share (a Query the
+verdict cache answers gets its line rendered and written natively, one write per read).  The
+tamper-evident record, written off the loop and protected by the ``audit.on_failure`` policy,
+is the session recording (:mod:`veilgate.audit`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import veilgate_native
 
@@ -42,6 +42,8 @@ __all__ = [
     "MemoryAuditSink",
     "TeeAuditSink",
     "redacted_excerpt",
+    "session_members",
+    "verdict_members",
 ]
 
 _logger = log.get("policy.audit")
@@ -226,7 +228,13 @@ class AuditSink(Protocol):
 
 
 class JsonLinesAuditSink:
-    """Append events as JSON lines to ``path`` (created 0600 if missing, line-buffered).
+    """Append events as JSON lines to ``path`` (created 0600 if missing).
+
+    Lines go through a native writer (:class:`veilgate_native.DecisionLog`, one write per call,
+    ``O_APPEND``), which client buffers share: a Query the verdict cache answers has its line
+    rendered and written natively (:attr:`native_log`; the verdict's members come from
+    :func:`verdict_members`, the session's from :func:`session_members`), in stream order with
+    the lines written here.
 
     A ``sql`` member of any event is redacted (:func:`redacted_excerpt`).  A write that fails (disk
     full, the file's directory gone) is counted (``veilgate_audit_log_failures_total``) and
@@ -238,85 +246,100 @@ class JsonLinesAuditSink:
         self.record_sql = record_sql
         self._lock = threading.Lock()
         self._failing = False
-        self._fh: IO[str] | None = self._open()
+        self._failures_seen = 0
+        self._native: veilgate_native.DecisionLog = veilgate_native.DecisionLog(str(self.path))
 
-    def _open(self) -> IO[str]:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+    @property
+    def native_log(self) -> veilgate_native.DecisionLog | None:
+        """The writer client buffers log answered Queries to (None once closed)."""
+        return None if self._native.closed else self._native
 
     def emit(self, event: AuditEvent) -> None:
         line = event.to_json(record_sql=self.record_sql)
         if not isinstance(event, DecisionEvent | MaskEvent) and '"sql":' in line:
             line = _redact_sql_member(line)
-        with self._lock:
-            if self._fh is None:
-                raise ValueError("audit sink is closed")
-            try:
-                self._fh.write(line + "\n")
-            except OSError as exc:
-                metrics.audit_log_failures_total.inc()
-                if not self._failing:
-                    self._failing = True
-                    log.event(
-                        _logger, "audit_log_write_failed", 40, path=str(self.path), error=str(exc)
-                    )
-                return
-            if self._failing:
-                self._failing = False
-                log.event(_logger, "audit_log_write_recovered", path=str(self.path))
+        self._write(line + "\n")
 
     def emit_many(self, events: list[DecisionEvent]) -> None:
-        """Decision events in order, written in one call (the verdict cache's batch of a
-        read); failures as for :meth:`emit`."""
+        """Decision events in order, written in one call; failures as for :meth:`emit`."""
         if not events:
             return
         record_sql = self.record_sql
-        text = "".join([e.to_json(record_sql=record_sql) + "\n" for e in events])
+        self._write("".join([e.to_json(record_sql=record_sql) + "\n" for e in events]))
+
+    def _write(self, text: str) -> None:
         with self._lock:
-            if self._fh is None:
-                raise ValueError("audit sink is closed")
-            try:
-                self._fh.write(text)
-            except OSError as exc:
-                metrics.audit_log_failures_total.inc()
-                if not self._failing:
-                    self._failing = True
-                    log.event(
-                        _logger, "audit_log_write_failed", 40, path=str(self.path), error=str(exc)
-                    )
-                return
-            if self._failing:
-                self._failing = False
-                log.event(_logger, "audit_log_write_recovered", path=str(self.path))
+            ok = self._native.write(text.encode("utf-8", "surrogatepass"))
+            self._account(ok)
+
+    def _account(self, ok: bool) -> None:
+        """Count failed writes (also those of client buffers, seen here first); log once per
+        failure streak."""
+        failures = self._native.failures
+        new = failures - self._failures_seen
+        self._failures_seen = failures
+        if new > 0:
+            metrics.audit_log_failures_total.inc(new)
+        if not ok or new > 0:
+            if not self._failing:
+                self._failing = True
+                log.event(
+                    _logger,
+                    "audit_log_write_failed",
+                    40,
+                    path=str(self.path),
+                    error=self._native.last_error,
+                )
+            return
+        if self._failing:
+            self._failing = False
+            log.event(_logger, "audit_log_write_recovered", path=str(self.path))
 
     def reopen(self) -> None:
         """Open the path again (the old file was rotated away); the old handle is closed."""
         with self._lock:
-            if self._fh is None:
-                return
             try:
-                fh = self._open()
+                self._native.reopen()
             except OSError as exc:
                 log.event(
                     _logger, "audit_log_reopen_failed", 40, path=str(self.path), error=str(exc)
                 )
-                return
-            old, self._fh = self._fh, fh
-            with contextlib.suppress(OSError):
-                old.close()
 
     def close(self) -> None:
         with self._lock:
-            if self._fh is not None:
-                with contextlib.suppress(OSError):
-                    self._fh.close()
-                self._fh = None
+            self._native.close()
 
     def __enter__(self) -> JsonLinesAuditSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def verdict_members(verdict: Verdict) -> bytes:
+    """The members of a decision-log line a Query answered natively with ``verdict`` gets
+    (``fingerprint`` to ``reason``, as :meth:`DecisionEvent.from_verdict` renders them)."""
+    d = {
+        "fingerprint": verdict.fingerprint,
+        "statement_classes": list(verdict.statement_classes),
+        "action": verdict.action,
+        "rule_id": verdict.rule_id,
+        "tier": verdict.tier,
+        "decision_us": 0.0,
+        "cached": True,
+        "reason": verdict.reason,
+    }
+    return json.dumps(d, separators=(",", ":"), ensure_ascii=False)[1:-1].encode()
+
+
+def session_members(principal: Principal, session_id: str) -> bytes:
+    """The session's members of a decision-log line (``principal_key`` to ``session_id``)."""
+    d = {
+        "principal_key": list(principal.key),
+        "principal_label": principal.label(),
+        "session_id": session_id,
+    }
+    return json.dumps(d, separators=(",", ":"), ensure_ascii=False)[1:-1].encode()
 
 
 def _redact_sql_member(line: str) -> str:

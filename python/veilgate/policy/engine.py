@@ -391,12 +391,20 @@ class PolicyEngine:
             session.scope = self._scope(state, session.tier, session.search_path, session.shadows)
         return session.scope
 
-    def remember_native(self, decision: Decision, text: bytes, session: SessionContext) -> bool:
+    def remember_native(
+        self,
+        decision: Decision,
+        text: bytes,
+        session: SessionContext,
+        event: bytes | None = None,
+    ) -> bool:
         """Let client buffers answer ``text`` (a Query the session just ran ``decide`` on)
         natively from now on, when that is sound: an allow, cacheable, that changes nothing in
         the session, sets and executes nothing, decided under the session's current scope and
         the current policy, with the text lexed as the server will.  Keyed by shape when texts
-        that differ only in constants share the verdict, else by the exact text."""
+        that differ only in constants share the verdict, else by the exact text.  ``event``:
+        the verdict's members of a decision-log line (``veilgate.policy.audit.verdict_members``;
+        buffers that log natively answer only entries that have them)."""
         v = decision._verdict
         state = self._state
         if (
@@ -419,7 +427,7 @@ class PolicyEngine:
         cost = text_cost(v.analysis.text, copies=2)
         return bool(
             self.native_verdicts.insert(
-                session.scope, text, v.shared, v, v.rule_id, v.fingerprint, cost
+                session.scope, text, v.shared, v, v.rule_id, v.fingerprint, cost, event
             )
         )
 
