@@ -4,13 +4,15 @@ ExecStart / ExecReload command lines, with ``%i`` and the installed paths mapped
 checkout, run for ``blue`` and then ``green`` while clients connect in a loop (the hand-over drops
 no attempt, blue exits 0, a reload reaches green); the script, with a stand-in ``systemctl`` that
 records what it is asked, picks the other instance, checks the configuration with that
-instance's veilgate first and starts nothing when it fails.  What systemd itself does with the
+instance's veilgate first and starts nothing when it fails; ``systemd-analyze verify`` (where
+installed) reads both unit files without a complaint.  What systemd itself does when it runs the
 unit (Type=notify, the shared runtime directory, exit 0 = inactive) is not run here."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +182,28 @@ def test_upgrade_script_switches_to_the_other_instance(sd: ServeDir, tmp_path: P
         assert not any(c.startswith("start") for c in calls), calls
     finally:
         sd.config_file.write_text(good)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+@pytest.mark.parametrize(
+    ("unit", "instance"), [("veilgate.service", ""), ("veilgate@.service", "blue")]
+)
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str, instance: str) -> None:
+    """systemd's own reading of the unit files: no unknown key or bad value (the installed
+    veilgate executable is all it may miss here)."""
+    copy = tmp_path / unit
+    copy.write_text((UNIT.parent / unit).read_text())
+    name = unit.replace("@.", f"@{instance}.")
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    exe = f"{INSTALLED_PREFIX}/{instance + '/' if instance else ''}bin/veilgate"
+    complaints = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and f"Command {exe} is not executable" not in line
+    ]
+    assert complaints == [], complaints
