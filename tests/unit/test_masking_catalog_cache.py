@@ -143,9 +143,11 @@ class FakeConn:
             elif "set_config('search_path'" in stmt:
                 out.append([("pg_catalog",)])
             elif "pg_get_viewdef" in stmt:
-                out.append([(str(r[0]), *r[1:]) for r in w.relations])
+                out.append([(str(r[0]), *r[1:], None)[:9] for r in w.relations])
             elif "FROM pg_proc p" in stmt:
-                out.append([(*r, None, None, None)[:8] for r in w.functions])
+                # (schema, name, nargs, defaults, variadic, columns, language, extension,
+                # SQL body, input names)
+                out.append([(*r, None, None, None, None, None)[:10] for r in w.functions])
             elif "'t:' ||" in stmt:
                 out.append([(s, None, None, None, None) for s in w.namesakes])
             else:  # pragma: no cover - a query this fake does not know

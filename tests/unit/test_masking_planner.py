@@ -182,6 +182,15 @@ class FakeCatalog:
     def expire_if_stale(self) -> None:
         pass
 
+    check_interval_s = 1.0
+    checks = 0
+
+    def check_due(self, definitions: bool = False) -> bool:
+        return definitions
+
+    async def check(self, max_age_s: float = 0.0) -> None:
+        self.checks += 1
+
 
 class FakeNative:
     """Stands in for veilgate_native's plan classes: records what the planner asked for."""

@@ -64,6 +64,32 @@ MAX_AGE_S: Final = 300.0
 other connections (another gateway, a migration tool) is picked up within this bound."""
 
 
+CHECK_INTERVAL_S: Final = 1.0
+"""Cached facts are checked against the catalog (:meth:`Catalog.check`) when they are used and
+the last check is older than this; a plan made through a view's definition or a SQL function's
+body is checked before every use."""
+
+_FINGERPRINT_SQL: Final = """
+SELECT count(*), coalesce(sum(hashtextextended(x::text || ':' || k::text, 0)), 0)
+FROM (SELECT xmin, oid::int8 FROM pg_class WHERE oid >= 16384
+      UNION ALL SELECT xmin, attrelid::int8 * 4096 + attnum FROM pg_attribute
+       WHERE attrelid >= 16384
+      UNION ALL SELECT xmin, oid::int8 FROM pg_proc WHERE oid >= 16384
+      UNION ALL SELECT xmin, oid::int8 FROM pg_rewrite WHERE oid >= 16384
+      UNION ALL SELECT xmin, oid::int8 FROM pg_operator WHERE oid >= 16384
+      UNION ALL SELECT xmin, oid::int8 FROM pg_type WHERE oid >= 16384
+      UNION ALL SELECT xmin, oid::int8 FROM pg_namespace WHERE oid >= 16384
+      UNION ALL SELECT xmin, oid::int8 FROM pg_cast WHERE oid >= 16384
+      UNION ALL SELECT xmin, inhrelid::int8 FROM pg_inherits
+      UNION ALL SELECT xmin, indexrelid::int8 FROM pg_index WHERE indexrelid >= 16384
+      UNION ALL SELECT xmin, oid::int8 FROM pg_constraint WHERE oid >= 16384) AS c(x, k);"""
+"""A fingerprint of the catalog rows cached facts come from: every row version of the user's
+relations, columns, routines, view rules, operators, types, schemas, casts, inheritance,
+indexes and constraints (``xmin`` with the row's key, hashed and summed, and the count).  Any
+DDL committed anywhere writes or deletes such a row, so the fingerprint changes; objects below
+``FirstNormalObjectId`` (the built-ins) are left out to keep it cheap."""
+
+
 class CatalogError(Exception):
     """A catalog lookup failed: the caller must fail closed."""
 
@@ -238,7 +264,12 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
             JOIN pg_class fc ON fc.oid = f.confrelid
             JOIN pg_namespace fn ON fn.oid = fc.relnamespace
             JOIN pg_attribute fa ON fa.attrelid = f.confrelid AND fa.attnum = f.confkey[j]
-           WHERE f.conrelid = c.oid AND f.contype = 'f') probes)
+           WHERE f.conrelid = c.oid AND f.contype = 'f') probes),
+       (SELECT string_agg(CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace
+                                AND t.typtype = 'b' THEN t.typname ELSE '' END,
+                          chr(31) ORDER BY a.attnum)
+          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = ANY({_names_array(names)})
   AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S');"""  # noqa: S608
@@ -273,7 +304,14 @@ SELECT n.nspname, p.proname, p.pronargs, p.pronargdefaults, p.provariadic <> 0,
             WHEN t.typtype = 'p' AND t.typname NOT IN ('void', 'trigger', 'event_trigger')
               THEN ''
        END,
-       l.lanname, {_EXTENSION_MEMBER} OR {_RANGE_CONSTRUCTOR}
+       l.lanname, {_EXTENSION_MEMBER} OR {_RANGE_CONSTRUCTOR},
+       CASE WHEN l.lanname = 'sql' AND NOT p.prosecdef AND p.prokind IN ('f', 'p') THEN
+         CASE WHEN p.prosqlbody IS NOT NULL THEN chr(1) || pg_get_function_sqlbody(p.oid)
+              ELSE p.prosrc END
+       END,
+       (SELECT string_agg(coalesce(p.proargnames[i], ''), chr(31) ORDER BY i)
+          FROM generate_series(1, coalesce(array_length(p.proargmodes, 1), p.pronargs)) AS i
+         WHERE p.proargmodes IS NULL OR p.proargmodes[i] IN ('i', 'b', 'v'))
 FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_type t ON t.oid = p.prorettype
@@ -320,6 +358,22 @@ UNION ALL SELECT 'c:' || w.name, NULL, NULL, NULL, NULL
                     AND NOT (l.lanname IN ('c', 'internal')
                              AND ({_EXTENSION_MEMBER} OR {_RANGE_CONSTRUCTOR}))
                     AND p.pronamespace <> 'pg_catalog'::regnamespace)));"""  # noqa: S608
+
+
+def _exact_operators_sql(keys: Iterable[str]) -> str:
+    # keys "op US left US right" (pg_catalog type names): those for which pg_catalog has an
+    # operator of exactly these operand types and no other schema has one
+    return f"""
+SELECT w.k FROM unnest({_names_array(keys)}) AS w(k)
+CROSS JOIN LATERAL (
+  SELECT split_part(w.k, chr(31), 1) AS op,
+         to_regtype('pg_catalog.' || quote_ident(split_part(w.k, chr(31), 2))) AS l,
+         to_regtype('pg_catalog.' || quote_ident(split_part(w.k, chr(31), 3))) AS r) s
+WHERE s.l IS NOT NULL AND s.r IS NOT NULL
+  AND EXISTS (SELECT 1 FROM pg_operator o WHERE o.oprname = s.op AND o.oprleft = s.l
+                 AND o.oprright = s.r AND o.oprnamespace = 'pg_catalog'::regnamespace)
+  AND NOT EXISTS (SELECT 1 FROM pg_operator o WHERE o.oprname = s.op AND o.oprleft = s.l
+                 AND o.oprright = s.r AND o.oprnamespace <> 'pg_catalog'::regnamespace);"""  # noqa: S608
 
 
 def trusted_function(name: str | None, language: str | None, extension: str | None) -> bool:
@@ -555,8 +609,17 @@ class Catalog:
         *,
         query_timeout_s: float = QUERY_TIMEOUT_S,
         max_age_s: float = MAX_AGE_S,
+        check_interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
         self._connect = connect
+        self.check_interval_s = check_interval_s
+        """See :data:`CHECK_INTERVAL_S`."""
+        self._checked_at = float("-inf")
+        """When the last completed fingerprint check was sent (monotonic)."""
+        self._fingerprint: tuple[str | None, ...] | None = None
+        self._check_task: asyncio.Task[None] | None = None
+        self.checks = 0
+        """Fingerprint checks sent (for tests and metrics)."""
         self._timeout = query_timeout_s
         self._max_age = max_age_s
         self._since = time.monotonic()
@@ -685,6 +748,37 @@ class Catalog:
         except ValueError as exc:
             raise CatalogError(str(exc)) from None
 
+    def check_due(self, definitions: bool = False) -> bool:
+        """Whether cached facts must be checked (:meth:`check`) before a plan uses them: always
+        for a plan that went through view definitions or SQL function bodies, else when the
+        last check is older than ``check_interval_s``."""
+        return definitions or time.monotonic() - self._checked_at > self.check_interval_s
+
+    async def check(self, max_age_s: float = 0.0) -> None:
+        """Make sure a fingerprint check (:data:`_FINGERPRINT_SQL`) sent at most ``max_age_s``
+        ago has completed; when the fingerprint changed since the previous one, every cached
+        fact is forgotten (DDL committed by any connection: another gateway, a migration, a
+        function run by a client).  Concurrent callers share one round trip.  Raises
+        :class:`CatalogError` (fail closed) when the catalog cannot be reached."""
+        want = time.monotonic() - max_age_s
+        while self._checked_at < want:
+            task = self._check_task
+            if task is None or task.done():
+                task = self._check_task = asyncio.get_running_loop().create_task(self._run_check())
+            await asyncio.shield(task)
+
+    async def _run_check(self) -> None:
+        sent = time.monotonic()
+        self.checks += 1
+        results = await self._query(_FINGERPRINT_SQL)
+        rows = results[0] if results else []
+        fingerprint = tuple(rows[0]) if rows else None
+        if fingerprint is None or fingerprint != self._fingerprint:
+            # the first check forgets what was cached before it (read at an unknown state)
+            self.invalidate()
+            self._fingerprint = fingerprint
+        self._checked_at = max(self._checked_at, sent)
+
     def expire_if_stale(self) -> None:
         """:meth:`invalidate` when the cache is older than ``max_age_s`` (called per plan)."""
         if time.monotonic() - self._since > self._max_age:
@@ -702,6 +796,11 @@ class Catalog:
         self._cache = self._cache.forget(scope)
 
     async def close(self) -> None:
+        check, self._check_task = self._check_task, None
+        if check is not None and not check.done():
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CatalogError):
+                await check
         worker, self._worker = self._worker, None
         if worker is not None and not worker.done():
             worker.cancel()
@@ -756,18 +855,23 @@ class Catalog:
         """One round trip for everything ``wants`` names."""
         pairs = sorted(wants.pairs)
         want_names = sorted(wants.names, key=lambda n: (n[0] or "", n[1]))
-        keys = {k[2:] if k.startswith("e:") else k for k in wants.keys}
+        exact = sorted(k[2:] for k in wants.keys if k.startswith("x:"))
+        keys = {k[2:] if k.startswith("e:") else k for k in wants.keys if not k.startswith("x:")}
         types = sorted(k[2:] for k in keys if k.startswith("t:"))
         operators = sorted(k[2:] for k in keys if k.startswith("o:"))
         casts = sorted(k[2:] for k in keys if k.startswith("c:"))
         sql = []
-        if want_names:
+        if want_names or wants.funcs:
+            # view definitions and SQL-standard function bodies deparsed schema-qualified
             sql.append(_CATALOG_PATH)
+        if want_names:
             sql.append(_relations_sql({n[1] for n in want_names}))
         if wants.funcs:
             sql.append(_functions_sql(wants.funcs))
-        if wants.keys:
+        if keys:
             sql.append(_namesakes_sql(types, operators, casts))
+        if exact:
+            sql.append(_exact_operators_sql(exact))
         if pairs:
             sql.append(_columns_sql(pairs))
         if wants.types:
@@ -777,13 +881,18 @@ class Catalog:
             return out
         self.round_trips += 1
         results = iter(await self._query("".join(sql)))
-        if want_names:
+        if want_names or wants.funcs:
             next(results)  # set_config
+        if want_names:
             out.names.rels.update(_parse_relations(want_names, next(results)))
         if wants.funcs:
             out.names.funcs.update(_parse_functions(wants.funcs, next(results)))
-        if wants.keys:
-            out.names.keys.update(_parse_namesakes(wants.keys, next(results)))
+        if keys:
+            plain = {k for k in wants.keys if not k.startswith("x:")}
+            out.names.keys.update(_parse_namesakes(plain, next(results)))
+        if exact:
+            certain = {"x:" + str(row[0]) for row in next(results)}
+            out.names.keys.update({"x:" + k: "x:" + k in certain for k in exact})
         if pairs:
             out.columns.update(_parse_columns(pairs, next(results)))
         if wants.types:
@@ -907,7 +1016,7 @@ def _parse_relations(
     names: list[Name], rows: list[tuple[str | None, ...]]
 ) -> dict[Name, tuple[RelationFacts, ...]]:
     infos = []
-    for oid, nsp, rel, kind, cols, definition, anc, probes in rows:
+    for oid, nsp, rel, kind, cols, definition, anc, probes, types in rows:
         ancestors = tuple(tuple(a.split("\x1e", 1)) for a in _split(anc) if "\x1e" in a)
         probe_items = tuple(
             tuple(p.split("\x1e", 3)) for p in _split(probes) if p.count("\x1e") == 3
@@ -922,6 +1031,7 @@ def _parse_relations(
                 definition,
                 ancestors,  # type: ignore[arg-type]
                 probe_items,  # type: ignore[arg-type]
+                tuple(types.split("\x1f")) if types is not None else (),
             )
         )
     return {
@@ -934,16 +1044,20 @@ def _parse_functions(
     names: Iterable[str], rows: list[tuple[str | None, ...]]
 ) -> dict[str, tuple[FunctionInfo, ...]]:
     out: dict[str, list[FunctionInfo]] = {n: [] for n in names}
-    for nsp, name, nargs, ndefaults, variadic, cols, lang, ext in rows:
+    for nsp, name, nargs, ndefaults, variadic, cols, lang, ext, body, argnames in rows:
         columns = None if cols is None else tuple(_split(cols))
+        n = int(nargs or 0)
+        names = (argnames or "").split("\x1f") if n else []
         info = FunctionInfo(
             nsp or "",
             name or "",
-            int(nargs or 0),
+            n,
             int(ndefaults or 0),
             variadic == "t",
             columns,
             nsp != "pg_catalog" and trusted_function(name, lang, ext),
+            body if nsp != "pg_catalog" else None,
+            tuple(names) if len(names) == n else ("",) * n,
         )
         out.setdefault(info.name, []).append(info)
     return {n: tuple(v) for n, v in out.items()}

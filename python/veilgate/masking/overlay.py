@@ -17,13 +17,21 @@ columns are base columns of their own (``pg_temp.t.c``), masked by whatever rule
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Final
 
 from ..bytecache import SESSION_CACHE_BYTES, ByteLRU, text_cost
 from .resolve import FunctionInfo, Name, RelationFacts
 
-__all__ = ["ANY_SCHEMA", "OverlayCatalog", "OverlayFacts", "SessionRelations", "creation_schemas"]
+__all__ = [
+    "ANY_SCHEMA",
+    "OverlayCatalog",
+    "OverlayFacts",
+    "SessionRelations",
+    "creation_schemas",
+    "functions_defined",
+]
 
 MAX_RELATIONS: Final = 1024
 """Beyond this many created relations (or :data:`~veilgate.bytecache.SESSION_CACHE_BYTES` of
@@ -51,9 +59,39 @@ class SessionRelations:
         self._by_name: ByteLRU[str, tuple[RelationFacts, ...]] = ByteLRU(SESSION_CACHE_BYTES)
         self.version = 0
         """Bumped on every change (analyses that used the overlay are keyed on it)."""
+        self.functions: set[str] = set()
+        """Names of functions this session created, replaced, renamed, moved or dropped: the
+        catalog's side connection may see another body (the committed one) than this
+        session's backend runs (see :meth:`define_functions`)."""
+        self.all_functions = False
+        """This session ran code that may have defined any function (``DO``, ``CALL``, an
+        extension script, more names than are kept): no user function's body is trusted."""
 
     def __bool__(self) -> bool:
         return bool(self._by_name)
+
+    @property
+    def defines_functions(self) -> bool:
+        return self.all_functions or bool(self.functions)
+
+    def define_functions(self, names: Iterable[str] | None) -> None:
+        """Functions of these names (None: any) were (re)defined by this session: for the rest
+        of the session they are of unknown origin (a body defined in an open transaction is
+        invisible to the catalog's connection; after the commit, unknown when it is seen)."""
+        if names is None:
+            if not self.all_functions:
+                self.all_functions = True
+                self.version += 1
+            return
+        new = set(names) - self.functions
+        if new:
+            self.functions |= new
+            if len(self.functions) > MAX_RELATIONS:
+                self.all_functions = True
+            self.version += 1
+
+    def function_opaque(self, name: str) -> bool:
+        return self.all_functions or name in self.functions
 
     def names(self) -> frozenset[str]:
         return frozenset(self._by_name)
@@ -131,6 +169,9 @@ class OverlayFacts:
 
     def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
         result: tuple[FunctionInfo, ...] | None = self.base.functions_named(name)
+        if result is not None and self.overlay.function_opaque(name):
+            # one more candidate of any arity whose body is not known: calls are opaque
+            return (*result, FunctionInfo("", name, 0, 0, True, None))
         return result
 
     def namesake(self, key: str) -> bool | None:
@@ -157,3 +198,45 @@ class OverlayCatalog:
 
     async def resolve(self, *args: Any, **kw: Any) -> OverlayFacts:
         return OverlayFacts(await self.catalog.resolve(*args, **kw), self.overlay)
+
+
+_FUNCTION_OBJECTS: Final = frozenset(
+    {"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE"}
+)
+
+
+def functions_defined(stmts: list[dict[str, Any]] | None) -> set[str] | None:
+    """The names of functions these statements may (re)define: ``CREATE [OR REPLACE]
+    FUNCTION / PROCEDURE``, and every routine an ``ALTER`` / ``DROP`` / rename / ``SET SCHEMA``
+    names (the new name too); None when that cannot be told (a text that does not parse)."""
+    if stmts is None:
+        return None
+    out: set[str] = set()
+    for node in _nodes(stmts):
+        for kind, body in node.items():
+            if not isinstance(body, dict):
+                continue
+            if kind == "CreateFunctionStmt":
+                out.update(_last(body.get("funcname")))
+            elif kind == "ObjectWithArgs":
+                out.update(_last(body.get("objname")))
+            elif kind == "RenameStmt" and body.get("renameType") in _FUNCTION_OBJECTS:
+                out.add(str(body.get("newname", "")))
+    return out
+
+
+def _last(names: Any) -> list[str]:
+    items = [n.get("String", {}).get("sval") for n in names or () if isinstance(n, dict)]
+    return [str(items[-1])] if items and items[-1] else []
+
+
+def _nodes(value: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in a JSON parse tree."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            yield v
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)

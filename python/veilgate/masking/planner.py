@@ -54,9 +54,15 @@ from .codecs import NeedType, codec_for
 from .fields import Field, parse_row_description
 from .invalidation import invalidation_scope
 from .lineage import CopyInfo, StatementInfo, statement_info
-from .overlay import ANY_SCHEMA, OverlayCatalog, OverlayFacts, SessionRelations
+from .overlay import (
+    ANY_SCHEMA,
+    OverlayCatalog,
+    OverlayFacts,
+    SessionRelations,
+    functions_defined,
+)
 from .policy import ColumnRule, MaskingUnavailable, TierMasking
-from .resolve import OPAQUE, Col, Lineage, Resolution
+from .resolve import OPAQUE, Col, Lineage, Resolution, parse_tree
 
 __all__ = [
     "ColumnDecision",
@@ -130,6 +136,9 @@ class _Treatment:
 _KEEP_T: Final = _Treatment("keep", None, "no rule")
 
 
+_RUNS_CODE: Final = frozenset({b"DO", b"CALL", b"CREATE EXTENSION", b"ALTER EXTENSION"})
+"""Tags of statements that may define functions the gateway cannot name."""
+
 _CREATING: Final = (b"CREATE TABLE", b"SELECT ", b"CREATE VIEW", b"CREATE MATERIALIZED VIEW")
 """Command tags of statements that may create a relation the session's overlay keeps."""
 
@@ -156,6 +165,9 @@ class SessionMasking:
         until then: any schema, every rule's table pattern matching it)."""
         self._plans: ByteLRU[tuple[Any, ...], Any] = ByteLRU(SESSION_CACHE_BYTES)
         self._plan_labels: dict[int, list[str]] = {}
+        self._definitions = False
+        """The last decision read a resolution made through view definitions or SQL function
+        bodies (its plan is checked against the catalog before each use)."""
         self.unseen: set[str] = set()
         """What the last decision could not look up (relations and types the side connection
         cannot see: created in the client's open transaction, temporary): their columns were
@@ -179,6 +191,8 @@ class SessionMasking:
     def analyzer(self, text: str) -> Analyzer:
         """The analyzer for a statement text: this session's own when it names a table the
         session created (see :mod:`.overlay`), else the one its login's sessions share."""
+        if self.relations.defines_functions:
+            return self._own
         if self.relations and not self.relations.names().isdisjoint(
             n for _, n in statement_info(text).relations
         ):
@@ -199,27 +213,51 @@ class SessionMasking:
                 self.relations.add(res.creates, self.creation_schemas())
         scope = invalidation_scope(tag)
         if scope:
+            self._note_functions(tag, stmt)
             self.catalog.invalidate(scope)
             self._plans.clear()
             self._plan_labels.clear()
 
+    def _note_functions(self, tag: bytes, stmt: StatementInfo | None) -> None:
+        """DDL confirmed by the server: the functions it may have (re)defined are of unknown
+        origin for the rest of this session (see :meth:`SessionRelations.define_functions`);
+        code that may define anything (``DO``, ``CALL``, an extension script) makes every
+        user function so."""
+        t = tag.rstrip(b"\0").strip().upper()
+        if t in _RUNS_CODE or stmt is None:
+            self.relations.define_functions(None)
+            return
+        self.relations.define_functions(functions_defined(parse_tree(stmt.text)))
+
     # -- row plans ---------------------------------------------------------------------------
 
-    def row_plan_cached(self, fields: list[Field], stmt: StatementInfo) -> Any | None:
-        """The native ``RowPlan`` from cached facts, or ``None`` when the catalog must be asked."""
-        self.catalog.expire_if_stale()
-        key = (self.catalog.generation, stmt.text, tuple(fields))
-        plan = self._plans.get(key)
-        if plan is not None:
+    def row_plan_cached(
+        self, fields: list[Field], stmt: StatementInfo, *, checked: bool = False
+    ) -> Any | None:
+        """The native ``RowPlan`` from cached facts, or ``None`` when the catalog must be asked
+        (facts missing, or the cache must be checked first: see
+        :meth:`~veilgate.masking.catalog.Catalog.check_due`).  ``checked``: the caller has just
+        checked the cache."""
+        catalog = self.catalog
+        catalog.expire_if_stale()
+        if not checked and catalog.check_due():
+            return None
+        key = (catalog.generation, stmt.text, tuple(fields))
+        entry = self._plans.get(key)
+        if entry is not None:
             self._plans.move_to_end(key)
-            return plan
+            plan, definitions = entry
+            return plan if checked or not definitions else None
         try:
             decisions = self.decide(fields, stmt)
         except NeedCatalog:
             return None
+        definitions = self._definitions
+        if definitions and not checked:
+            return None
         plan = self._build_row_plan(decisions, fields)
         if not self.unseen:
-            self._remember(key, plan, fields)
+            self._remember(key, plan, fields, definitions)
         return plan
 
     def fallback_plan(self, fields: list[Field]) -> Any:
@@ -235,7 +273,13 @@ class SessionMasking:
 
         Raises :class:`~veilgate.masking.catalog.CatalogError` (fail closed) or
         :class:`~veilgate.masking.policy.MaskingUnavailable`."""
-        plan = self.row_plan_cached(fields, stmt)
+        # a change another connection committed (a view or function replaced, a table
+        # renamed) is noticed before the plan uses cached facts: a plan through definitions
+        # checks every time, any other at most every check_interval_s
+        await self.catalog.check(self.catalog.check_interval_s)
+        if self._definitions_at(fields, stmt):
+            await self.catalog.check(0.0)
+        plan = self.row_plan_cached(fields, stmt, checked=True)
         if plan is not None:
             return plan
         # Sessions of the same login share the catalog, and their DDL (temp tables too) may
@@ -247,8 +291,15 @@ class SessionMasking:
         decisions = await self._decide_fetching(fields, stmt, facts)
         plan = self._build_row_plan(decisions, fields)
         if self.catalog.generation == generation and not self.unseen:
-            self._remember((generation, stmt.text, tuple(fields)), plan, fields)
+            key = (generation, stmt.text, tuple(fields))
+            self._remember(key, plan, fields, self._definitions)
         return plan
+
+    def _definitions_at(self, fields: list[Field], stmt: StatementInfo) -> bool:
+        """Whether the cached plan for this result went through view definitions or SQL
+        function bodies (unknown: False, the plan is made afresh from checked facts)."""
+        entry = self._plans.get((self.catalog.generation, stmt.text, tuple(fields)))
+        return bool(entry is not None and entry[1])
 
     def decide(
         self,
@@ -266,6 +317,7 @@ class SessionMasking:
         count = len(fields)
         out = []
         self.unseen = set()
+        self._definitions = False
         for i, f in enumerate(fields):
             t = self._treatment(f, self._output_lineage(stmt, found, facts, i, count), facts, found)
             out.append(self._decision(t, f.format, self._codec_for(t, f, facts)))
@@ -322,6 +374,8 @@ class SessionMasking:
                 raise CatalogError(str(exc)) from None
         if hit is None:
             raise NeedCatalog(f"analysis of {text[:40]!r}", analysis=text)
+        if hit.definitions:
+            self._definitions = True
         return hit
 
     def _codec_for(self, t: _Treatment, f: Field, facts: Facts) -> Any:
@@ -516,6 +570,7 @@ class SessionMasking:
             for i, f in enumerate(fields)
         ]
         unqualified = {rel[1] for rel in stmt.relations if rel[0] is None}
+        await self.catalog.check()  # COPY is planned afresh each time: facts checked first
         # one lookup (usually nothing to fetch); its facts serve this plan even if DDL
         # invalidates the catalog meanwhile (see row_plan)
         facts = await self.catalog.resolve(fields)
@@ -630,18 +685,20 @@ class SessionMasking:
 
     # -- native objects ----------------------------------------------------------------------
 
-    def _remember(self, key: tuple[Any, ...], plan: Any, fields: list[Field]) -> None:
+    def _remember(
+        self, key: tuple[Any, ...], plan: Any, fields: list[Field], definitions: bool = False
+    ) -> None:
         # the key holds the statement text; a plan and its labels cost about a field's worth
         # of bytes each per column
         cost = text_cost(str(key[1]), *(f.name for f in fields)) + 256 * len(fields)
         labels = self._plan_labels
-        if not self._plans.put(key, plan, cost):
+        if not self._plans.put(key, (plan, definitions), cost):
             return
         labels[id(plan)] = _labels(fields)
         while len(self._plans) > PLAN_CACHE:
             self._plans.popitem(last=False)
         if len(labels) > len(self._plans):
-            live = {id(p) for p in self._plans.values()}
+            live = {id(p[0]) for p in self._plans.values()}
             for pid in [pid for pid in labels if pid not in live]:
                 del labels[pid]
 

@@ -70,6 +70,12 @@ Name = tuple[str | None, str]
 """A relation as written: (schema or None, name)."""
 
 MAX_VIEW_DEPTH: Final = 16
+MAX_FUNCTION_BODIES: Final = 64
+"""SQL function bodies one statement's resolution may expand (nested and repeated calls
+included); beyond, a call is of unknown origin."""
+SQL_BODY: Final = "\x01"
+"""Prefix of a :attr:`FunctionInfo.body` that is a SQL-standard body (``BEGIN ATOMIC ... END``
+or ``RETURN expr``) rather than a ``prosrc`` string."""
 _RECURSION_ROUNDS: Final = 8
 _DEFINITION_BYTES: Final = 8 << 20
 """Parsed view definitions kept (a parse tree is a few times its text)."""
@@ -179,6 +185,11 @@ class Resolution:
     reads_literals: bool = False
     """It depends on the value of a constant (``ORDER BY 2``, ``convert_to(x, 'UTF8')``): texts
     that differ only in constants may not share it."""
+    definitions: bool = False
+    """Its lineage went through a view's definition or a SQL function's body: catalog rows
+    another connection may replace without changing any OID a RowDescription names (a plan
+    made from it is checked against the catalog before each use, see
+    :meth:`~veilgate.masking.catalog.Catalog.check`)."""
     creates: tuple[RelationFacts, ...] = ()
     """Tables it creates (CREATE TABLE, CREATE TABLE AS, SELECT INTO): the side connection
     does not see them before they commit (a temporary table never); see
@@ -216,6 +227,15 @@ class RelationFacts:
     """(column, schema, table, column probed): a value written to the column is compared with
     stored values of the probed column (a unique / exclusion index: the column itself; a foreign
     key: the referenced column); column ``*`` for an expression index (any column)."""
+    types: tuple[str, ...] = ()
+    """Each column's type name when it is a ``pg_catalog`` base type (``""`` otherwise: a
+    domain, an enum, an extension's type...); empty when not known."""
+
+    def type_of(self, column: str) -> str:
+        """The ``pg_catalog`` base type name of a column (``""``: another type or unknown)."""
+        if len(self.types) != len(self.columns) or column not in self.columns:
+            return ""
+        return self.types[self.columns.index(column)]
 
     @property
     def is_view(self) -> bool:
@@ -239,6 +259,13 @@ class FunctionInfo:
     """Outside ``pg_catalog`` but computed from its arguments like a built-in: an extension's C
     function that is not one of :data:`~veilgate.masking.builtins.OPAQUE_EXTENSION_FUNCTIONS`
     (see :func:`~veilgate.masking.catalog.trusted_function`)."""
+    body: str | None = None
+    """The body of a ``LANGUAGE sql`` function that is not ``SECURITY DEFINER``: its ``prosrc``,
+    or :data:`SQL_BODY` + ``pg_get_function_sqlbody`` for a ``BEGIN ATOMIC`` / ``RETURN`` body.
+    Its result is resolved through the body, with the parameters bound to the arguments'
+    lineage.  None: the function is opaque (any other language, SECURITY DEFINER, unknown)."""
+    argnames: tuple[str, ...] = ()
+    """Names of its input parameters in order (``""`` for an unnamed one)."""
 
 
 class Facts(Protocol):
@@ -505,7 +532,11 @@ def resolve(stmts: list[dict[str, Any]] | None, facts: Facts) -> Resolution:
         raise NeedFacts(m.relations, m.functions, m.keys)
     uses = tuple(dict.fromkeys(r.uses))
     writes = tuple(dict.fromkeys(r.writes))
-    kw = {"creates": tuple(r.creates), "reads_literals": r.reads_literals}
+    kw = {
+        "creates": tuple(r.creates),
+        "reads_literals": r.reads_literals,
+        "definitions": r.budget[1] > 0,
+    }
     if result is None:
         return Resolution(None, True, CONST, uses, writes, **kw)  # type: ignore[arg-type]
     outputs = tuple(result.outputs)
@@ -516,8 +547,28 @@ def resolve(stmts: list[dict[str, Any]] | None, facts: Facts) -> Resolution:
 
 
 class _Resolver:
-    def __init__(self, facts: Facts, *, trusted: bool = False, depth: int = 0) -> None:
+    def __init__(
+        self,
+        facts: Facts,
+        *,
+        trusted: bool = False,
+        depth: int = 0,
+        params: tuple[Lineage, ...] | None = None,
+        param_names: tuple[str, ...] = (),
+        function: str = "",
+        budget: list[int] | None = None,
+    ) -> None:
         self.facts = facts
+        self.params = params
+        """Resolving a SQL function's body: the lineage of each of its parameters."""
+        self.param_names = param_names
+        self.function = function
+        self.budget = budget if budget is not None else [MAX_FUNCTION_BODIES, 0]
+        self.last_call: tuple[Lineage, list[Lineage]] | None = None
+        """(arguments, body outputs) of the last user SQL function call resolved (per-column
+        lineage of a function in FROM)."""
+        """[SQL function bodies this statement may still expand, views and bodies expanded]
+        (shared with nested resolvers)."""
         self.uses: list[Use] = []
         self.writes: list[Write] = []
         self.creates: list[RelationFacts] = []
@@ -917,12 +968,13 @@ class _Resolver:
 
     def view_outputs(self, r: RelationFacts) -> tuple[OutCol, ...] | None:
         """The output lineage of a view's definition (None: it cannot be resolved)."""
+        self.budget[1] += 1
         if r.definition is None or self.depth >= MAX_VIEW_DEPTH:
             return None
         stmts = _definition_tree(r.definition)
         if not stmts:
             return None
-        inner = _Resolver(self.facts, trusted=True, depth=self.depth + 1)
+        inner = _Resolver(self.facts, trusted=True, depth=self.depth + 1, budget=self.budget)
         result = None
         for s in stmts:
             result = inner.statement(s)
@@ -964,9 +1016,15 @@ class _Resolver:
                 # unnest(a, b, ...) in FROM is ROWS FROM (unnest(a), unnest(b), ...)
                 cols.extend(("unnest", self.expr(a, level).derived()) for a in args)
                 continue
+            self.last_call = None
             lin = self.func(fc, level)
+            call = self._take_call()
             names, known = self._function_columns(fc, defs, alias if single else {})
             complete = complete and known
+            if call is not None and len(call[1]) == len(names) > 1:
+                # a SQL function returning rows: each column its own output's lineage
+                cols.extend((n, call[0] | o.derived()) for n, o in zip(names, call[1], strict=True))
+                continue
             cols.extend((n, lin) for n in names)
         if body.get("ordinality"):
             cols.append(("ordinality", CONST))
@@ -1185,6 +1243,8 @@ class _Resolver:
                 rels = self._rels_named(names, level)
             return Lineage.union(r.whole() for r in rels) if rels else OPAQUE
         found = self._lookup(names, level)
+        if found is None:
+            found = self._param_named(names)
         return found if found is not None else OPAQUE
 
     def _lookup(self, names: list[str], level: _Level | None) -> Lineage | None:
@@ -1232,12 +1292,59 @@ class _Resolver:
         # an extension's operator of the same name may be the one the server picks: lineage
         # as a built-in's, but its arguments may fail (no argument is known harmless)
         sure = builtin and (len(op) >= 2 or not self._namesake("e:o:" + name, True))
+        if not sure and len(op) == 1 and self._exact_builtin(name, body, left, right, level):
+            builtin = sure = True
         positions = total_positions(name, operator=True) if sure else frozenset()
         for pos, lin in ((0, left), (1, right)):
             if not (positions == ALL_ARGS or pos in positions):
                 self.use("compute", f"an operand of {name}", lin)
         out = (left | right).derived()
         return out if builtin else out | OPAQUE
+
+    def _exact_builtin(
+        self, name: str, body: dict[str, Any], left: Lineage, right: Lineage, level: _Level
+    ) -> bool:
+        """Whether the server surely runs ``pg_catalog``'s operator ``name`` for these operands,
+        resolved as the server does: both operand types known (a column of a built-in type, a
+        cast to one, a typed constant; an untyped literal takes the other side's type), an
+        operator of exactly those types in ``pg_catalog`` and none elsewhere (``x:`` keys).
+        The exact match is found before any search_path order or implicit cast matters."""
+        lt = self._operand_type(body.get("lexpr"), left)
+        rt = self._operand_type(body.get("rexpr"), right)
+        if lt == "unknown":
+            lt = rt
+        if rt == "unknown":
+            rt = lt
+        if not lt or not rt or "unknown" in (lt, rt):
+            return False
+        return self._namesake(f"x:{name}\x1f{lt}\x1f{rt}", False)
+
+    def _operand_type(self, node: Any, lin: Lineage) -> str:
+        """The ``pg_catalog`` type name of an operand, ``unknown`` for an untyped literal, ""
+        when not known."""
+        kind, body = _kind(node)
+        if kind == "A_Const":
+            if body.get("isnull") or "sval" in body:
+                return "unknown"
+            if "ival" in body:
+                return "int4"
+            if "fval" in body:
+                return "numeric"
+            if "boolval" in body:
+                return "bool"
+            return ""
+        if kind == "TypeCast":
+            tn = _bare(body.get("typeName"), "TypeName")
+            names = _strings(tn.get("names"))
+            if tn.get("arrayBounds") or tn.get("typmods") or not self._type_builtin(names):
+                return ""
+            return names[-1]
+        if kind == "ColumnRef" and lin.exact and not lin.opaque and len(lin.cols) == 1:
+            (col,) = lin.cols
+            rels = self._relations((col.schema, col.table))
+            types = {r.type_of(col.column) for r in rels if r.schema == col.schema}
+            return types.pop() if len(types) == 1 else ""
+        return ""
 
     def _operator_builtin(self, op: list[str]) -> bool:
         """Whether the operator computes like a built-in: ``pg_catalog``'s, or an extension's C
@@ -1468,9 +1575,106 @@ class _Resolver:
         if sure and fname in NULLNESS_ONLY:
             return CONST
         out = (Lineage.union(args) | ordered).derived()
-        if not builtin or fname in DATA_READERS:
-            out = out | OPAQUE
-        return out
+        if builtin:
+            return out | OPAQUE if fname in DATA_READERS else out
+        body = self._user_function(names, list(fc.get("args") or ()), args)
+        if body is None:
+            return out | OPAQUE
+        self.last_call = (out, body)
+        return out | Lineage.union(body).derived()
+
+    def _user_function(
+        self, names: list[str], raw_args: list[Any], args: list[Lineage]
+    ) -> list[Lineage] | None:
+        """The output lineage of a call that may run a function outside the built-ins: every
+        overload of the name (in every schema, for an unqualified name: the server picks one by
+        argument types and search_path) that fits the call's arity, each resolved through its
+        SQL body with the parameters bound to the arguments' lineage; ``[]`` when only
+        built-ins fit.  None (unknown origin) when one of them cannot be analysed (another
+        language, SECURITY DEFINER, a body that does not parse, too deep) or none is known."""
+        if not names:
+            return None
+        infos = self.facts.functions_named(names[-1])
+        if infos is None:
+            self.missing.functions.add(names[-1])
+            return None
+        if len(names) >= 2:
+            infos = tuple(i for i in infos if i.schema == names[-2])
+        if not infos:
+            return None  # not in the catalog the side connection sees
+        nargs = len(raw_args)
+        fit = [i for i in infos if _arity_fits(i, nargs)]
+        if not fit:
+            return None  # none the catalog knows fits: the server sees another one
+        fits = [i for i in fit if not (i.schema == "pg_catalog" or i.trusted)]
+        outs: list[list[Lineage]] = []
+        for info in fits:
+            one = self._function_body(info, raw_args, args)
+            if one is None:
+                return None
+            outs.append(one)
+        if len({len(o) for o in outs}) > 1:
+            return [Lineage.union(lin for o in outs for lin in o)]
+        merged: list[Lineage] = []
+        for o in outs:
+            merged = [a | b for a, b in zip(merged, o, strict=True)] if merged else list(o)
+        return merged
+
+    def _function_body(
+        self, info: FunctionInfo, raw_args: list[Any], args: list[Lineage]
+    ) -> list[Lineage] | None:
+        """The output lineage of one SQL function's body for these arguments (None: opaque)."""
+        self.budget[1] += 1
+        if info.body is None or self.depth >= MAX_VIEW_DEPTH or self.budget[0] <= 0:
+            return None
+        self.budget[0] -= 1
+        stmts = _function_tree(info.body)
+        if not stmts:
+            return None
+        params = _bind_params(info, raw_args, args)
+        inner = _Resolver(
+            self.facts,
+            trusted=True,
+            depth=self.depth + 1,
+            params=params,
+            param_names=info.argnames,
+            function=info.name,
+            budget=self.budget,
+        )
+        result = None
+        for st in stmts:
+            result = inner.statement(st)
+        self.missing.absorb(inner.missing)
+        if result is None:
+            return []  # the last statement returns no rows (void)
+        if not result.complete:
+            return None
+        return [o.lineage for o in result.outputs]
+
+    def _take_call(self) -> tuple[Lineage, list[Lineage]] | None:
+        call, self.last_call = self.last_call, None
+        return call
+
+    def _param_ref(self, body: dict[str, Any], level: _Level) -> Lineage:
+        """``$n``: a client's bind parameter (a constant), or in a SQL function's body the
+        lineage of the argument bound to it."""
+        if self.params is None:
+            return CONST
+        n = int(body.get("number", 0) or 0)
+        return self.params[n - 1] if 1 <= n <= len(self.params) else OPAQUE
+
+    def _param_named(self, names: list[str]) -> Lineage | None:
+        """In a SQL function's body, a name no column has that names a parameter (``p`` or
+        ``fname.p``): the argument's lineage."""
+        if self.params is None or not names:
+            return None
+        if len(names) == 2 and names[0] != self.function:
+            return None
+        if len(names) > 2 or not names[-1]:
+            return None
+        hits = [self.params[i] for i, n in enumerate(self.param_names) if n == names[-1]]
+        hits = [h for i, h in enumerate(hits) if i < len(self.params)]
+        return Lineage.union(hits) if hits else None
 
     def _aggregate_clauses(self, fc: dict[str, Any], level: _Level, what: str) -> None:
         if fc.get("agg_filter"):
@@ -1954,6 +2158,30 @@ def _arity_fits(info: FunctionInfo, nargs: int) -> bool:
     return info.nargs - info.nargdefaults <= nargs <= info.nargs
 
 
+def _bind_params(
+    info: FunctionInfo, raw_args: list[Any], args: list[Lineage]
+) -> tuple[Lineage, ...]:
+    """The lineage of each parameter of ``info`` for a call with these arguments: positional
+    ones in order, a VARIADIC parameter the union of the rest, named ones (``p => x``) by
+    name; a parameter left to its default (or any mapping not certain) is of unknown origin."""
+    n = info.nargs
+    named = [_kind(a)[0] == "NamedArgExpr" for a in raw_args]
+    bound: list[Lineage] = [OPAQUE] * n
+    if any(named):
+        everything = Lineage.union(args)
+        for i in range(n):
+            bound[i] = everything | OPAQUE if i >= len(args) else everything
+        return tuple(bound)
+    for i, lin in enumerate(args):
+        if i < n:
+            bound[i] = lin
+        elif n:
+            bound[n - 1] = bound[n - 1] | lin
+    if info.variadic and n and len(args) >= n:
+        bound[n - 1] = Lineage.union(args[n - 1 :]).derived()
+    return tuple(bound)
+
+
 def _is_star(cr: dict[str, Any]) -> bool:
     fields = cr.get("fields") or []
     return bool(fields) and _kind(fields[-1])[0] == "A_Star"
@@ -2049,6 +2277,35 @@ def _definition_tree(text: str) -> list[dict[str, Any]] | None:
     return tree
 
 
+_function_bodies: ByteLRU[str, list[dict[str, Any]] | None] = ByteLRU(_DEFINITION_BYTES)
+
+
+def _function_tree(body: str) -> list[dict[str, Any]] | None:
+    """The statements of a SQL function's body (cached by text, bounded in bytes): a
+    ``prosrc`` string parses as statements; a SQL-standard body (:data:`SQL_BODY`) inside a
+    ``CREATE FUNCTION`` around it, ``RETURN expr`` read as ``SELECT expr``."""
+    with _definitions_lock:
+        if body in _function_bodies:
+            _function_bodies.move_to_end(body)
+            return _function_bodies[body]
+    if body.startswith(SQL_BODY):
+        stmts: list[dict[str, Any]] | None = None
+        tree = parse_tree("CREATE FUNCTION pg_temp.vg() RETURNS int LANGUAGE sql " + body[1:])
+        if tree and len(tree) == 1:
+            fn = _bare(tree[0].get("CreateFunctionStmt"), "CreateFunctionStmt")
+            kind, sb = _kind(fn.get("sql_body"))
+            if kind == "ReturnStmt":
+                target = {"ResTarget": {"val": sb.get("returnval")}}
+                stmts = [{"SelectStmt": {"targetList": [target], "op": "SETOP_NONE"}}]
+            elif kind == "List":
+                stmts = [s for part in _items(fn.get("sql_body")) for s in _items(part)]
+    else:
+        stmts = parse_tree(body)
+    with _definitions_lock:
+        _function_bodies.put(body, stmts, text_cost(body, copies=4))
+    return stmts
+
+
 # --- dispatch tables -------------------------------------------------------------------------
 
 Handler = Callable[..., Any]
@@ -2056,7 +2313,7 @@ Handler = Callable[..., Any]
 _EXPRESSIONS: Final[dict[str, Handler]] = {
     "ColumnRef": _Resolver.column_ref,
     "A_Const": _Resolver._const,
-    "ParamRef": _Resolver._const,
+    "ParamRef": _Resolver._param_ref,
     "SetToDefault": _Resolver._const,
     "CurrentOfExpr": _Resolver._const,
     "MergeSupportFunc": _Resolver._const,
