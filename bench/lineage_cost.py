@@ -31,7 +31,11 @@ COLS = ("id", "ssn", "email", "card", "notes", "api_secret", "label")
 RELS = {
     "t": r.RelationFacts(1, "public", "t", "r", COLS),
     "t_v": r.RelationFacts(
-        2, "public", "t_v", "v", ("id", "ssn", "le"),
+        2,
+        "public",
+        "t_v",
+        "v",
+        ("id", "ssn", "le"),
         definition="SELECT t.id, t.ssn, lower(t.email) AS le FROM public.t",
     ),
 }

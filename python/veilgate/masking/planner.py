@@ -592,6 +592,7 @@ class SessionMasking:
         The column types are not known: a column the policy leaves alone passes as it is, any
         other is NULL (a value of unknown type cannot be masked as a valid value of it), and
         :attr:`unseen` names what could not be looked up, for the client's notice."""
+        await self.catalog.check()  # planned afresh each time: facts checked first
         self.unseen = set()
         copy = _copy_out_of(stmt)
         binary = copy.format == "binary" or overall_format == 1
