@@ -303,3 +303,19 @@ def test_psycopg_copy_of_a_new_table(target: pw.Target) -> None:
         assert rows == [("1", None, "plain"), ("2", None, "other")], rows
         assert any("cannot look up" in m for m in notices), notices
         conn.rollback()
+
+
+def test_a_literal_of_a_type_of_the_open_transaction_is_the_clients_value(
+    target: pw.Target,
+) -> None:
+    """psycopg's ``test_literal_invalid_name``: a range type created in the open transaction
+    and a literal of it (``'[a,z]'::"a-b"``): the type's input function makes the value from
+    the literal alone, so it comes back as sent (it was NULL, of unknown origin)."""
+    n = "vg a-b " + secrets.token_hex(3)
+    with pw.connect(target.endpoint()) as c:
+        c.simple("begin")
+        assert pw.first_error(c.simple(f'create type "{n}" as range (subtype = text)')) is None
+        msgs = c.simple(f"""select '[a,z]'::"{n}", null::"{n}", '{{"[a,z]"}}'::"{n}"[]""")
+        assert pw.first_error(msgs) is None, msgs
+        assert _rows(msgs) == [[b"[a,z]", None, b'{"[a,z]"}']], msgs
+        c.simple("rollback")

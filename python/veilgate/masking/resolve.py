@@ -1400,7 +1400,14 @@ class _Resolver:
         return out | conds.derived() if not conds.constant else out
 
     def _type_cast(self, body: dict[str, Any], level: _Level) -> Lineage:
-        lin = self.expr(body.get("arg"), level)
+        arg = body.get("arg")
+        akind, abody = _kind(arg)
+        if akind == "A_Const" and ("sval" in abody or abody.get("isnull")):
+            # an untyped string literal (or NULL) is read by the type's input function, C code
+            # whatever the type (no cast function runs): a constant, even of a type the catalog
+            # cannot see yet (created in the client's open transaction)
+            return CONST
+        lin = self.expr(arg, level)
         tn = _bare(body.get("typeName"), "TypeName")
         names = _strings(tn.get("names"))
         tname = names[-1] if names else ""
