@@ -457,6 +457,12 @@ def test_recording_with_two_workers_verifies_and_reads_back(sd: ServeDir) -> Non
     rows = json.loads(listed.stdout)
     rows = rows if isinstance(rows, list) else rows.get("sessions", [])
     assert len(rows) >= CONNECTIONS, rows
+    # the session index (one SQLite file both workers wrote into) has every session too
+    indexed = vg("sessions", "list", "--config", str(config), "--json")
+    assert indexed.returncode == 0, indexed.stderr
+    irows = json.loads(indexed.stdout)
+    irows = irows if isinstance(irows, list) else irows.get("sessions", [])
+    assert {r["sid"] for r in irows} >= {r["sid"] for r in rows}, (irows, rows)
     # tamper with one statement in worker 1's chain: verify must fail
     segs = [s for _, s in SegmentDir(rec / "worker-1").segments()]
     assert segs, list((rec / "worker-1").iterdir())
