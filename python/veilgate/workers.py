@@ -114,6 +114,8 @@ _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{.*\})?( .*)$")
 
 
 def _family_of(sample: str, families: dict[str, Any]) -> str:
+    if sample in families:  # a family of its own (a counter named ..._count, say)
+        return sample
     for suffix in ("_bucket", "_sum", "_count", "_total", ""):
         if suffix and sample.endswith(suffix) and sample[: -len(suffix)] in families:
             return sample[: -len(suffix)]

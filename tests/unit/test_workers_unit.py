@@ -74,3 +74,17 @@ def test_one_worker_needs_no_bits_and_auto_counts_cores() -> None:
     assert worker_bits(1) == 0
     assert resolve_workers(3) == 3
     assert resolve_workers(0) >= 1
+
+
+def test_a_family_named_like_another_familys_series_stays_its_own() -> None:
+    text = (
+        "# TYPE veilgate_q gauge\nveilgate_q 1\n"
+        "# TYPE veilgate_q_count counter\nveilgate_q_count 5\n"
+    )
+    lines = merge_metrics({0: text}).splitlines()
+    assert lines == [
+        "# TYPE veilgate_q gauge",
+        'veilgate_q{worker="0"} 1',
+        "# TYPE veilgate_q_count counter",
+        'veilgate_q_count{worker="0"} 5',
+    ]
