@@ -1,7 +1,7 @@
 //! What goes into the record queue: statements the engine completed, and records the control
 //! plane built (session start and end, masking counts, ...).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use super::sql::StatementText;
@@ -29,6 +29,9 @@ pub struct Slot {
     /// The prepared statement's name, for one whose text is unknown (SQL PREPARE).
     pub name: Option<String>,
     decision: Mutex<Option<Arc<Decision>>>,
+    /// The record's members for this text (`,"sql":...`), serialised once by the writer for a
+    /// statement executed more than once (prepared statements).
+    json: OnceLock<Box<[u8]>>,
 }
 
 impl Slot {
@@ -37,6 +40,7 @@ impl Slot {
             text,
             name,
             decision: Mutex::new(None),
+            json: OnceLock::new(),
         })
     }
 
@@ -45,6 +49,23 @@ impl Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The members `members` writes for this text: cached when the slot is shared (a prepared
+    /// statement or portal the session still knows), written directly otherwise.
+    pub fn write_json(self: &Arc<Self>, out: &mut Vec<u8>, members: impl Fn(&Slot, &mut Vec<u8>)) {
+        if let Some(cached) = self.json.get() {
+            out.extend_from_slice(cached);
+            return;
+        }
+        if Arc::strong_count(self) <= 1 {
+            members(self, out);
+            return;
+        }
+        let mut own = Vec::with_capacity(128);
+        members(self, &mut own);
+        out.extend_from_slice(&own);
+        let _ = self.json.set(own.into_boxed_slice());
     }
 
     pub fn set_decision(&self, d: Arc<Decision>) {

@@ -18,13 +18,56 @@ const fn escape_table() -> [bool; 256] {
 static ESCAPE: [bool; 256] = escape_table();
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `w` is zero (exact: a borrow only ever flags bytes above a zero one).
+#[inline]
+fn has_zero(w: u64) -> bool {
+    w.wrapping_sub(ONES) & !w & HIGHS != 0
+}
+
+/// Whether any byte of `w` needs escaping (see [`escape_table`]).
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    // bytes below 0x20 (bytes >= 0x80 never match: `!w` clears their high bit)
+    w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0
+        || has_zero(w ^ (ONES * u64::from(b'"')))
+        || has_zero(w ^ (ONES * u64::from(b'\\')))
+        || has_zero(w ^ (ONES * 0x7f))
+}
+
+/// Length of the prefix of `bytes` that needs no escaping, eight bytes at a time (then the
+/// rest byte by byte from the first word that has one).
+fn plain_prefix(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    for c in bytes.chunks_exact(8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        if word_needs_escape(u64::from_le_bytes(w)) {
+            break;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| ESCAPE[usize::from(b)])
+        .unwrap_or(bytes.len() - i)
+}
+
 /// Appends `s` as a JSON string (quotes included): runs without escapes are copied whole.
 pub fn string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    let plain = plain_prefix(bytes);
+    if plain == bytes.len() {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(plain) {
         if !ESCAPE[usize::from(b)] {
             continue;
         }
@@ -97,12 +140,14 @@ pub fn hex(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Appends the lower-case hex of `bytes`.
+/// Appends the lower-case hex of `bytes` (two digits per byte written in place, no per-byte
+/// capacity check).
 pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
+    let at = out.len();
+    out.resize(at + bytes.len() * 2, 0);
+    for (pair, &b) in out[at..].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
 }
 
@@ -222,6 +267,29 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "\"a\\\"b\\\\c\\nd\\u0001é\""
+        );
+    }
+
+    #[test]
+    fn escaping_agrees_with_the_table_for_every_byte_at_every_position() {
+        for b in 0u8..=255 {
+            for pos in 0..17 {
+                let mut bytes = vec![b'a'; 17];
+                bytes[pos] = b;
+                let want = (0..17)
+                    .find(|&i| ESCAPE[usize::from(bytes[i])])
+                    .unwrap_or(17);
+                assert_eq!(plain_prefix(&bytes), want, "byte {b:#x} at {pos}");
+            }
+        }
+        let mut out = Vec::new();
+        string(
+            &mut out,
+            "plain text with no escapes, longer than a word: é",
+        );
+        assert_eq!(
+            out,
+            "\"plain text with no escapes, longer than a word: é\"".as_bytes()
         );
     }
 

@@ -247,19 +247,24 @@ fn lower_eq(word: &[u8], lower: &[u8]) -> bool {
             .all(|(a, b)| a.to_ascii_lowercase() == *b)
 }
 
-/// Whether a string literal's bytes look like they carry a credential.
+/// Whether a string literal's bytes look like they carry a credential.  No copy: the literal
+/// is searched case-insensitively where it is.
 fn credential_like(lit: &[u8]) -> bool {
-    let lower: Vec<u8> = lit.iter().map(u8::to_ascii_lowercase).collect();
-    if let Some(at) = find(&lower, b"password") {
-        let rest = &lower[at + 8..];
-        let rest = rest.iter().skip_while(|b| b.is_ascii_whitespace());
-        if rest.clone().next() == Some(&b'=') {
-            return true;
+    // `password` (any case) followed, after white space, by `=`: any occurrence
+    let mut from = 0;
+    while let Some(p) = memchr::memchr2(b'p', b'P', &lit[from..]) {
+        let at = from + p;
+        if lit.len() - at >= 8 && lower_eq(&lit[at..at + 8], b"password") {
+            let rest = lit[at + 8..].iter().skip_while(|b| b.is_ascii_whitespace());
+            if rest.clone().next() == Some(&b'=') {
+                return true;
+            }
         }
+        from = at + 1;
     }
     // scheme://user:secret@host
-    if let Some(at) = find(&lower, b"://") {
-        let auth = &lower[at + 3..];
+    if let Some(at) = find(lit, b"://") {
+        let auth = &lit[at + 3..];
         let end = auth
             .iter()
             .position(|b| matches!(b, b'/' | b'?' | b'#' | b' ' | b'\''))
@@ -289,9 +294,37 @@ fn max_param(text: &[u8]) -> u64 {
 }
 
 /// Builds the recorded form of `text`: an excerpt of at most `max_excerpt` bytes.
+///
+/// The fingerprint is SHA-256 over the normalised token stream, built in a reusable per-thread
+/// buffer and hashed once (the same bytes as hashing token by token: recordings of every
+/// version agree on it).
 pub fn statement_text(text: &[u8], max_excerpt: usize, redact_literals: bool) -> StatementText {
+    NORMALISED.with(|cell| {
+        let mut norm = cell.take();
+        norm.clear();
+        let t = statement_text_with(text, max_excerpt, redact_literals, &mut norm);
+        if norm.capacity() <= NORMALISED_KEPT {
+            cell.set(norm);
+        }
+        t
+    })
+}
+
+/// The per-thread buffer of [`statement_text`]'s normalised token stream is kept up to this
+/// capacity (a longer statement's is freed after use).
+const NORMALISED_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    static NORMALISED: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+fn statement_text_with(
+    text: &[u8],
+    max_excerpt: usize,
+    redact_literals: bool,
+    norm: &mut Vec<u8>,
+) -> StatementText {
     let mut out: Vec<u8> = Vec::with_capacity(text.len().min(max_excerpt) + 8);
-    let mut fp = Sha256::new();
     let scan = &text[..text.len().min(FINGERPRINT_SCAN_MAX)];
     let mut lx = Lexer { s: scan, i: 0 };
     let mut param = if redact_literals { max_param(scan) } else { 0 };
@@ -305,15 +338,14 @@ pub fn statement_text(text: &[u8], max_excerpt: usize, redact_literals: bool) ->
         // and comments between tokens do not count)
         match kind {
             Kind::Space | Kind::Comment => {}
-            Kind::Str | Kind::Number | Kind::Param => fp.update(b"?\x1f"),
+            Kind::Str | Kind::Number | Kind::Param => norm.extend_from_slice(b"?\x1f"),
             Kind::Ident => {
-                let lower: Vec<u8> = tok.iter().map(u8::to_ascii_lowercase).collect();
-                fp.update(&lower);
-                fp.update(b"\x1f");
+                norm.extend(tok.iter().map(u8::to_ascii_lowercase));
+                norm.push(0x1f);
             }
             _ => {
-                fp.update(tok);
-                fp.update(b"\x1f");
+                norm.extend_from_slice(tok);
+                norm.push(0x1f);
             }
         }
         if excerpt_done {
@@ -352,9 +384,9 @@ pub fn statement_text(text: &[u8], max_excerpt: usize, redact_literals: bool) ->
         truncated = true;
     }
     if scan.len() < text.len() {
-        fp.update((text.len() as u64).to_le_bytes());
+        norm.extend_from_slice(&(text.len() as u64).to_le_bytes());
     }
-    let digest = fp.finalize();
+    let digest = Sha256::digest(&norm[..]);
     let mut eight = [0u8; 8];
     eight.copy_from_slice(&digest[..8]);
     StatementText {
@@ -469,6 +501,65 @@ mod tests {
         assert_eq!(fp("select 'a'"), fp("select $1"));
     }
 
+    /// The fingerprint as the first version computed it (token by token into the hasher):
+    /// recordings of every version must agree.
+    fn fingerprint_v1(text: &[u8]) -> u64 {
+        let mut fp = Sha256::new();
+        let scan = &text[..text.len().min(FINGERPRINT_SCAN_MAX)];
+        let mut lx = Lexer { s: scan, i: 0 };
+        while let Some((kind, a, b)) = lx.next_token() {
+            let tok = &scan[a..b];
+            match kind {
+                Kind::Space | Kind::Comment => {}
+                Kind::Str | Kind::Number | Kind::Param => fp.update(b"?\x1f"),
+                Kind::Ident => {
+                    let lower: Vec<u8> = tok.iter().map(u8::to_ascii_lowercase).collect();
+                    fp.update(&lower);
+                    fp.update(b"\x1f");
+                }
+                _ => {
+                    fp.update(tok);
+                    fp.update(b"\x1f");
+                }
+            }
+        }
+        if scan.len() < text.len() {
+            fp.update((text.len() as u64).to_le_bytes());
+        }
+        let digest = fp.finalize();
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(eight)
+    }
+
+    #[test]
+    fn fingerprints_are_those_of_the_first_version() {
+        let long = format!("select '{}' || x from t", "y".repeat(FINGERPRINT_SCAN_MAX));
+        for s in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+            "",
+            "select $1, 'a''b', E'\\x', $$d$$ from \"T\" -- c",
+            long.as_str(),
+        ] {
+            assert_eq!(fp(s), fingerprint_v1(s.as_bytes()), "{:.80}", s);
+        }
+        // the per-thread buffer is reused: a short statement after a long one is unaffected
+        assert_eq!(fp("select 1"), fingerprint_v1(b"select 1"));
+    }
+
+    #[test]
+    fn credential_literals_in_any_case_and_position() {
+        for lit in [
+            "'PassWord = x'",
+            "'user=a passwordless=1 password=s'",
+            "'postgres://u:pw@h/db'",
+        ] {
+            assert_eq!(ex(&format!("select {lit}")), "select '***'", "{lit}");
+        }
+        assert_eq!(ex("select 'password'"), "select 'password'");
+        assert_eq!(ex("select 'http://host/x@y'"), "select 'http://host/x@y'");
+    }
+
     #[test]
     fn excerpt_is_bounded_on_a_char_boundary() {
         let t = statement_text("select 'ééééé'".as_bytes(), 10, false);
@@ -492,6 +583,14 @@ mod tests {
             let t = statement_text(&text, max, redact);
             proptest::prop_assert!(t.excerpt.len() <= max);
             proptest::prop_assert_eq!(t.len, text.len());
+        }
+
+        #[test]
+        fn fingerprints_agree_with_the_first_version(
+            text in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let t = statement_text(&text, 64, false);
+            proptest::prop_assert_eq!(t.fingerprint, fingerprint_v1(&text));
         }
 
         #[test]
