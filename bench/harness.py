@@ -224,6 +224,8 @@ class ProcessTarget(Target):
     """Exit statuses after SIGTERM that are not worth a warning."""
     hint: str = ""
     """Appended to startup errors: what to do about them."""
+    startup_timeout_s: float = 30.0
+    """How long the proxy may take to listen (longer under valgrind)."""
 
     def __init__(self, env: BenchEnv) -> None:
         self._env = env
@@ -250,7 +252,7 @@ class ProcessTarget(Target):
                 start_new_session=True,
                 **self.popen_kwargs(),
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.startup_timeout_s
         while True:
             if proc.poll() is not None:
                 self.proc = None
@@ -266,7 +268,8 @@ class ProcessTarget(Target):
             if time.monotonic() > deadline:
                 self.stop()
                 raise BenchError(
-                    f"{self.name} did not listen on 127.0.0.1:{self.port} within 30 s"
+                    f"{self.name} did not listen on 127.0.0.1:{self.port} within "
+                    f"{self.startup_timeout_s:g} s"
                     f"{self.hint}\n--- {self.name} log ---\n{self.log_tail()}"
                 )
             time.sleep(0.05)

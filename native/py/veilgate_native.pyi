@@ -36,6 +36,7 @@ __all__ = [
     "RowPlan",
     "SealedBatch",
     "SessionState",
+    "GrantHandle",
     "VerdictCache",
     "latency_histogram",
     "may_have_effects",
@@ -47,6 +48,7 @@ __all__ = [
     "TlsConnection",
     "TlsError",
     "TlsServerConfig",
+    "grant_hits",
     "verdict_hits",
 ]
 
@@ -256,6 +258,7 @@ class RecvBuffer:
         log_prefix: bytes = ...,
         max_sql_bytes: int = 4096,
         record_sql: bool = True,
+        grant_scope: int | None = None,
     ) -> None:
         """Client buffers: forward, without surfacing it, every Query that ``cache`` allows
         under decision scope ``scope`` (its decision goes to the statement log at once); None
@@ -266,13 +269,20 @@ class RecvBuffer:
         decision-log line to it natively (``{"ts":..., <log_prefix>, <the entry's event>,
         "sql":<excerpt of at most max_sql_bytes, credentials redacted>, "sql_len":...}``, the
         ``sql`` member only with ``record_sql``), the lines of a read in one write; entries
-        inserted without ``event`` then surface.  ``ValueError`` on a server buffer."""
+        inserted without ``event`` then surface.  ``grant_scope``: the principal's standing
+        grants (:meth:`VerdictCache.insert_grant`), looked up when ``scope`` has no entry; a
+        grant's entry answers only while its :class:`GrantHandle` is live, and counts the use
+        there (with a ``log`` it surfaces: it has no line).  ``ValueError`` on a server
+        buffer."""
     @property
     def verdicts_armed(self) -> bool:
         """A verdict cache is installed (:meth:`set_verdicts`)."""
     @property
     def verdict_events(self) -> int:
         """Answered Queries waiting with their verdicts (armed with ``events``)."""
+    def take_grant_hits(self) -> int:
+        """Of the Queries answered natively since the last call, those run on standing
+        grants."""
     def take_verdict_hits(self) -> tuple[int, list[tuple[Any, bytes]]]:
         """The Queries answered natively since the last call: their count, and (verdict, text)
         of each in order when armed with ``events``."""
@@ -803,9 +813,27 @@ class VerdictCache:
         key against ``max_bytes``; ``event``: the verdict's members of a decision-log line
         (buffers armed with a :class:`DecisionLog` answer only entries that have them).  False
         when the text cannot be keyed or the entry alone is over the budget."""
+    def insert_grant(
+        self,
+        grant_scope: int,
+        text: bytes,
+        shape: bool,
+        verdict: Any,
+        rule: str,
+        fingerprint: str,
+        approval: str,
+        grant: GrantHandle,
+        cost: int = 0,
+    ) -> bool:
+        """``text`` runs on the standing ``grant`` under ``grant_scope`` (a principal's own
+        scope): keyed as :meth:`insert` keys; ``verdict`` is what hit events carry; the
+        statement log records an ``approve`` decision of ``rule`` naming request ``approval``.
+        The entry answers while ``grant`` is live, counting each use in it."""
     def lookup(self, scope: int, text: bytes) -> Any | None:
         """The verdict an armed buffer would answer the Query ``text`` with (None: it would
-        surface it); the buffer's own path, without counting a hit."""
+        surface it); the buffer's own path, without counting a hit (never a grant's entry)."""
+    def purge_grants(self) -> int:
+        """Drop the entries of grants no longer live (they answer nothing already); how many."""
     def clear(self) -> None:
         """Drop every entry and bump :attr:`generation` (a policy reload)."""
     @property
@@ -849,6 +877,24 @@ class DecisionLog:
 
 def verdict_hits() -> int:
     """Queries answered by every verdict cache of the process so far."""
+
+def grant_hits() -> int:
+    """Of :func:`verdict_hits`, the Queries answered on a standing grant."""
+
+@final
+class GrantHandle:
+    """A grant without a use limit as the verdict cache answers from it: live for ``ttl_s``
+    seconds (monotonic) until :meth:`revoke`; counts the uses made natively."""
+
+    def __new__(cls, ttl_s: float) -> GrantHandle: ...
+    def revoke(self) -> None:
+        """No entry answers on this grant any more."""
+    @property
+    def live(self) -> bool: ...
+    def take_uses(self) -> int:
+        """Uses counted since the last call (reset)."""
+    @property
+    def total_uses(self) -> int: ...
 
 def may_have_effects(body: bytes) -> bool:
     """Whether a Query body (with its NUL) may change the server's statement / portal

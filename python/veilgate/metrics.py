@@ -438,18 +438,27 @@ COLLECTORS: list[Callable[[], None]] = []
 """Called before each exposition to refresh gauges kept elsewhere (the audit queue)."""
 
 _native_verdicts_counted = 0
+_native_grants_counted = 0
 
 
 def _count_native_verdicts() -> None:
     """Queries the client buffers allowed from the verdict cache (no Python call each) join
-    ``veilgate_policy_decisions_total{action="allow"}``."""
-    global _native_verdicts_counted
+    ``veilgate_policy_decisions_total{action="allow"}``; those run on standing grants join
+    ``{action="approve"}`` and ``veilgate_approval_checks_total{result="granted"}``."""
+    global _native_verdicts_counted, _native_grants_counted
     import veilgate_native
 
     hits = veilgate_native.verdict_hits()
+    granted = veilgate_native.grant_hits()
     if hits > _native_verdicts_counted:
-        policy_decisions_total.inc(hits - _native_verdicts_counted, action="allow")
+        new_grants = granted - _native_grants_counted
+        policy_decisions_total.inc(hits - _native_verdicts_counted - new_grants, action="allow")
+        if new_grants:
+            # Queries run on standing grants: approve decisions, granted checks
+            policy_decisions_total.inc(new_grants, action="approve")
+            approval_checks_total.inc(new_grants, result="granted")
         _native_verdicts_counted = hits
+        _native_grants_counted = granted
 
 
 COLLECTORS.append(_count_native_verdicts)

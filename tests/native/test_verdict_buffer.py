@@ -97,3 +97,62 @@ def test_exact_entries_need_the_exact_text() -> None:
     assert cache.lookup(1, b"set x = 5") == "v"
     assert cache.lookup(1, b"set x = 6") is None
     assert cache.lookup(1, b"set x =  5") is None
+
+
+# --- standing grants (issue 13): a principal's grant scope -------------------------------------
+
+
+def _granted(ttl: float = 60.0) -> tuple[vn.RecvBuffer, vn.VerdictCache, vn.GrantHandle, object]:
+    cache = vn.VerdictCache()
+    grant = vn.GrantHandle(ttl)
+    use = object()
+    assert cache.insert_grant(
+        1001, SELECT.encode(), True, use, "rule-jit", "fp", "ap-request", grant
+    )
+    rb = vn.RecvBuffer(vn.CLIENT, vn.SessionState())
+    rb.set_events(b"QP")
+    rb.set_verdicts(cache, 7, events=True, grant_scope=1001)
+    return rb, cache, grant, use
+
+
+def test_a_grant_answers_under_its_grant_scope_and_counts_each_use() -> None:
+    rb, cache, grant, use = _granted()
+    before = vn.grant_hits()
+    stream = query("select * from orders where id = 4") + query("select * from orders where id = 5")
+    _, out = read_cycle(rb, stream, 65536)
+    assert out == stream
+    assert vn.grant_hits() - before == 2
+    assert grant.take_uses() == 2 and grant.take_uses() == 0 and grant.total_uses == 2
+    count, hits = rb.take_verdict_hits()
+    assert count == 2 and [v is use for v, _ in hits] == [True, True]
+    # a buffer without the grant scope, or with another principal's, never answers from it
+    for scope in (None, 1002):
+        other = vn.RecvBuffer(vn.CLIENT, vn.SessionState())
+        other.set_events(b"QP")
+        other.set_verdicts(cache, 7, grant_scope=scope)
+        _, out = read_cycle(other, query("select * from orders where id = 4"), 65536)
+        assert len(events_of(out)) == 1
+    # nor does a lookup (it would count a use)
+    assert cache.lookup(1001, b"select * from orders where id = 4") is None
+    assert grant.take_uses() == 0
+
+
+def test_a_revoked_or_expired_grant_answers_nothing_and_is_purged() -> None:
+    rb, cache, grant, _ = _granted()
+    grant.revoke()
+    assert not grant.live
+    _, out = read_cycle(rb, query("select * from orders where id = 4"), 65536)
+    assert len(events_of(out)) == 1  # surfaces: the control plane asks the store
+    assert grant.take_uses() == 0
+    assert cache.purge_grants() == 1 and len(cache) == 0
+
+    import time
+
+    rb, cache, grant, _ = _granted(ttl=0.05)
+    _, out = read_cycle(rb, query("select * from orders where id = 4"), 65536)
+    assert type(out) is bytes
+    time.sleep(0.06)
+    _, out = read_cycle(rb, query("select * from orders where id = 4"), 65536)
+    assert len(events_of(out)) == 1
+    assert grant.take_uses() == 1 and not grant.live
+    assert not vn.GrantHandle(0.0).live and not vn.GrantHandle(float("nan")).live

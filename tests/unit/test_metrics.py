@@ -93,8 +93,14 @@ class FakeNative(types.ModuleType):
     def latency_histogram(self) -> tuple[list[float], list[int], float, int]:
         return [0.0001, 0.001, 0.01], [1, 5, 7], 0.0421, 8
 
+    hits = 7
+    grants = 2
+
     def verdict_hits(self) -> int:
-        return 7
+        return self.hits
+
+    def grant_hits(self) -> int:
+        return self.grants
 
 
 @pytest.fixture
@@ -126,6 +132,27 @@ def test_render_parses_as_prometheus_text(fake_native: FakeNative) -> None:
     assert families["veilgate_policy_native_verdicts_total"]["samples"] == [
         ("veilgate_policy_native_verdicts_total", {}, 7.0)
     ]
+
+
+def test_native_grant_hits_count_as_approve_decisions_not_allows(
+    fake_native: FakeNative, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "_native_verdicts_counted", 0)
+    monkeypatch.setattr(metrics, "_native_grants_counted", 0)
+    monkeypatch.setattr(metrics.policy_decisions_total, "values", {})
+    monkeypatch.setattr(metrics.approval_checks_total, "values", {})
+    metrics._count_native_verdicts()
+    decisions, checks = metrics.policy_decisions_total, metrics.approval_checks_total
+    assert decisions.get(action="allow") == 5.0  # 7 answered natively, 2 of them on grants
+    assert decisions.get(action="approve") == 2.0
+    assert checks.get(result="granted") == 2.0
+    fake_native.hits, fake_native.grants = 10, 3
+    metrics._count_native_verdicts()
+    assert decisions.get(action="allow") == 7.0
+    assert decisions.get(action="approve") == 3.0
+    assert checks.get(result="granted") == 3.0
+    metrics._count_native_verdicts()  # nothing new: nothing counted twice
+    assert (decisions.get(action="allow"), checks.get(result="granted")) == (7.0, 3.0)
 
 
 def test_unlabelled_metrics_render_zero_before_use(fake_native: FakeNative) -> None:

@@ -61,7 +61,9 @@ mod veilgate_native {
     #[pymodule_export]
     use crate::tls::{TlsClientConfig, TlsConnection, TlsServerConfig};
     #[pymodule_export]
-    use crate::verdict::{py_may_have_effects, verdict_hits, VerdictCache};
+    use crate::verdict::{
+        grant_hits, py_may_have_effects, verdict_hits, GrantHandle, VerdictCache,
+    };
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -792,14 +792,16 @@ impl RecvBuffer {
     /// Client side: answer Queries the verdict `cache` allows under decision `scope` without
     /// surfacing them (None: surface every Query again).  `max_frame`: larger Query messages
     /// surface (the statement size limit); `events`: keep each hit's verdict and text for
-    /// `take_verdict_hits` (else only their count).
+    /// `take_verdict_hits` (else only their count); `grant_scope`: the principal's standing
+    /// grants' scope (`VerdictCache.insert_grant`), looked up when `scope` has no entry.
     ///
     /// `log`: the decision log the lines of answered Queries are written to natively (each
     /// line carries `log_prefix`, the session's members, and a `sql` excerpt of at most
-    /// `max_sql_bytes` bytes when `record_sql`); entries without a rendered line then surface.
+    /// `max_sql_bytes` bytes when `record_sql`); entries without a rendered line then surface
+    /// (a grant's entry has none).
     #[pyo3(signature = (
         cache, scope=0, *, max_frame=usize::MAX, events=false, log=None, log_prefix=&b""[..],
-        max_sql_bytes=4096, record_sql=true
+        max_sql_bytes=4096, record_sql=true, grant_scope=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn set_verdicts(
@@ -812,6 +814,7 @@ impl RecvBuffer {
         log_prefix: &[u8],
         max_sql_bytes: usize,
         record_sql: bool,
+        grant_scope: Option<u64>,
     ) -> PyResult<()> {
         if self.direction != Direction::Client {
             return Err(PyValueError::new_err(
@@ -819,7 +822,7 @@ impl RecvBuffer {
             ));
         }
         self.verdicts = cache.map(|c| {
-            let armed = c.arm(scope, max_frame, events);
+            let armed = c.arm(scope, grant_scope, max_frame, events);
             match &log {
                 Some(l) => armed.with_log(l.hit_log(log_prefix, max_sql_bytes, record_sql)),
                 None => armed,
@@ -844,6 +847,12 @@ impl RecvBuffer {
     fn take_verdict_hits(&mut self, py: Python<'_>) -> (u64, HitEvents) {
         let count = std::mem::take(&mut self.hits.count);
         (count, drain_events(py, &mut self.hits))
+    }
+
+    /// Of the Queries answered natively since the last call, those run on standing grants
+    /// (`set_verdicts(grant_scope=...)`); call it with `take_verdict_hits`.
+    fn take_grant_hits(&mut self) -> u64 {
+        std::mem::take(&mut self.hits.grants)
     }
 
     fn set_all_events(&mut self, on: bool) {

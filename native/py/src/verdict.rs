@@ -9,14 +9,21 @@
 //! for the control plane's decision event (drained in one call per read, `take_verdict_hits`).
 //!
 //! Only `allow` verdicts are ever inserted (the engine's side decides which: never an approval,
-//! never one that changes the session, never one that depends on session state).  A miss, or
+//! never one that changes the session, never one that depends on session state) -- and
+//! *grants* (`insert_grant`, issue 13): an `approve` verdict a principal holds a standing grant
+//! for (a grant without a use limit), under a scope of that principal's own (the control plane
+//! allocates it; a client buffer is armed with it beside its decision scope).  A grant entry
+//! answers only while its [`GrantHandle`] is live and before its deadline (a monotonic instant),
+//! and counts each use in the handle, which the control plane holds and drains (the store's use
+//! count, the metrics); `GrantHandle.revoke` turns every entry of that grant into a miss at once.  A miss, or
 //! anything unusual about the message (too large, no terminator, not UTF-8, a NUL, text the
 //! namespace mirror would have to see), surfaces the Query as before: any doubt is a miss.
 //! `clear` (policy reload) drops every entry at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -28,6 +35,89 @@ use crate::decision_log::HitLog;
 
 /// Queries answered natively by every cache of the process (the metrics' count).
 static HITS: AtomicU64 = AtomicU64::new(0);
+/// Of those, the ones answered on a grant (not allows: the metrics count them apart).
+static GRANT_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// One grant as the native cache uses it: live until revoked or past its deadline; its uses
+/// counted here until the control plane takes them.
+struct GrantState {
+    live: AtomicBool,
+    deadline: Instant,
+    uses: AtomicU64,
+    total: AtomicU64,
+}
+
+impl GrantState {
+    /// Counts one use if the grant may be used now.
+    #[inline]
+    fn use_once(&self) -> bool {
+        if !self.live.load(Ordering::Acquire) || Instant::now() >= self.deadline {
+            return false;
+        }
+        self.uses.fetch_add(1, Ordering::AcqRel);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// A standing grant the verdict cache may answer from (made by the control plane for a grant
+/// without a use limit, `ttl_s` being what is left of its lifetime).
+#[pyclass(module = "veilgate_native", frozen)]
+pub struct GrantHandle {
+    state: Arc<GrantState>,
+}
+
+#[pymethods]
+impl GrantHandle {
+    #[new]
+    fn new(ttl_s: f64) -> Self {
+        let ttl = if ttl_s.is_finite() && ttl_s > 0.0 {
+            // bounded: a year (Instant + a huge Duration would overflow)
+            Duration::from_secs_f64(ttl_s.min(366.0 * 86400.0))
+        } else {
+            Duration::ZERO
+        };
+        GrantHandle {
+            state: Arc::new(GrantState {
+                live: AtomicBool::new(ttl > Duration::ZERO),
+                deadline: Instant::now() + ttl,
+                uses: AtomicU64::new(0),
+                total: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// No entry answers on this grant any more (revoked, ended, reloaded, forgotten).
+    fn revoke(&self) {
+        self.state.live.store(false, Ordering::Release);
+    }
+
+    /// Not revoked and before its deadline.
+    #[getter]
+    fn live(&self) -> bool {
+        self.state.live.load(Ordering::Acquire) && Instant::now() < self.state.deadline
+    }
+
+    /// The uses counted since the last call (and resets them).
+    fn take_uses(&self) -> u64 {
+        self.state.uses.swap(0, Ordering::AcqRel)
+    }
+
+    /// Every use counted natively.
+    #[getter]
+    fn total_uses(&self) -> u64 {
+        self.state.total.load(Ordering::Relaxed)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<GrantHandle live={} uses={} total={}>",
+            self.live(),
+            self.state.uses.load(Ordering::Relaxed),
+            self.state.total.load(Ordering::Relaxed)
+        )
+    }
+}
 
 const SHAPE: u8 = b'S';
 const EXACT: u8 = b'E';
@@ -45,6 +135,8 @@ struct Entry {
     event: Option<Box<[u8]>>,
     /// What the entry is charged (its key, the verdict it keeps alive, the overhead).
     cost: usize,
+    /// Set for a grant's entry: it answers while the grant may be used (each use counted).
+    grant: Option<Arc<GrantState>>,
 }
 
 struct Inner {
@@ -169,9 +261,16 @@ pub struct Keyer {
 }
 
 impl Keyer {
-    /// The entry for `text` under `scope`: its shape key first, then the exact text.
-    fn find<'a>(&mut self, inner: &'a Inner, scope: u64, text: &[u8]) -> Option<&'a Entry> {
-        if self.shaper.key(text, &mut self.shape) {
+    /// The entry for `text` under `scope`: its shape key first (computed by the caller into
+    /// `self.shape`; `shaped`: it has one), then the exact text.
+    fn find_keyed<'a>(
+        &mut self,
+        inner: &'a Inner,
+        scope: u64,
+        text: &[u8],
+        shaped: bool,
+    ) -> Option<&'a Entry> {
+        if shaped {
             self.key.clear();
             self.key.extend_from_slice(&scope.to_le_bytes());
             self.key.push(SHAPE);
@@ -196,6 +295,11 @@ pub struct Armed {
     cache: Arc<Mutex<Inner>>,
     generation: u64,
     scope: u64,
+    /// The principal's grant scope (its standing grants' entries), if it may have any.
+    grant_scope: Option<u64>,
+    /// A lookup for tests and tools, not the data path: a grant's entry is never answered
+    /// (that would count a use).
+    probe: bool,
     max_frame: usize,
     events: bool,
     keyer: Keyer,
@@ -209,6 +313,8 @@ pub struct Hits {
     pub events: Vec<(Py<PyAny>, Vec<u8>)>,
     /// Hits since the last drain.
     pub count: u64,
+    /// Of `count`, the hits answered on a standing grant.
+    pub grants: u64,
 }
 
 impl Hits {
@@ -216,6 +322,7 @@ impl Hits {
         Hits {
             events: Vec::new(),
             count: 0,
+            grants: 0,
         }
     }
 }
@@ -241,9 +348,27 @@ impl Armed {
         if inner.generation != self.generation {
             return None; // reloaded since the session was armed: the control plane re-arms
         }
-        let entry = self.keyer.find(&inner, self.scope, text)?;
+        let keyer = &mut self.keyer;
+        let shaped = keyer.shaper.key(text, &mut keyer.shape);
+        let mut entry = keyer.find_keyed(&inner, self.scope, text, shaped);
+        if entry.is_none() {
+            if let Some(gs) = self.grant_scope {
+                entry = keyer.find_keyed(&inner, gs, text, shaped);
+            }
+        }
+        let entry = entry?;
+        if self.log.is_some() && entry.event.is_none() {
+            // no line, no answer: the control plane logs it (a grant's entry has none: its
+            // use is counted and audited there)
+            return None;
+        }
+        // a grant's entry answers only while the grant may be used (that use counted)
+        let granted = match &entry.grant {
+            None => false,
+            Some(g) if !self.probe && g.use_once() => true,
+            Some(_) => return None,
+        };
         if let Some(log) = self.log.as_mut() {
-            // no line, no answer: the control plane logs it
             log.hit(entry.event.as_deref()?, text);
         }
         let decision = Arc::clone(&entry.decision);
@@ -254,6 +379,10 @@ impl Armed {
         drop(inner);
         hits.count += 1;
         HITS.fetch_add(1, Ordering::Relaxed);
+        if granted {
+            hits.grants += 1;
+            GRANT_HITS.fetch_add(1, Ordering::Relaxed);
+        }
         lock(&self.cache).hits += 1;
         Some(decision)
     }
@@ -280,17 +409,78 @@ pub struct VerdictCache {
 }
 
 impl VerdictCache {
-    pub fn arm(&self, scope: u64, max_frame: usize, events: bool) -> Armed {
+    pub fn arm(
+        &self,
+        scope: u64,
+        grant_scope: Option<u64>,
+        max_frame: usize,
+        events: bool,
+    ) -> Armed {
         let generation = lock(&self.inner).generation;
         Armed {
             cache: Arc::clone(&self.inner),
             generation,
             scope,
+            grant_scope,
+            probe: false,
             max_frame,
             events,
             keyer: Keyer::default(),
             log: None,
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        scope: u64,
+        text: &[u8],
+        shape: bool,
+        verdict: Py<PyAny>,
+        decision: Decision,
+        cost: usize,
+        event: Option<&[u8]>,
+        grant: Option<Arc<GrantState>>,
+    ) -> bool {
+        if std::str::from_utf8(text).is_err() || find_byte(0, text).is_some() {
+            return false;
+        }
+        let mut key = Vec::with_capacity(text.len() + 16);
+        key.extend_from_slice(&scope.to_le_bytes());
+        if shape {
+            let mut k = Vec::new();
+            if !Shaper::new().key(text, &mut k) {
+                return false;
+            }
+            key.push(SHAPE);
+            key.extend_from_slice(&k);
+        } else {
+            key.push(EXACT);
+            key.extend_from_slice(text);
+        }
+        let event: Option<Box<[u8]>> = event.map(Box::from);
+        let cost = key.len() + ENTRY_OVERHEAD + cost + event.as_ref().map_or(0, |e| e.len());
+        let mut inner = lock(&self.inner);
+        if cost > inner.max_bytes {
+            return false;
+        }
+        if let Some(old) = inner.map.remove(&key) {
+            inner.bytes = inner.bytes.saturating_sub(old.cost);
+        }
+        inner.evict_for(cost);
+        inner.map.insert(
+            key,
+            Entry {
+                verdict,
+                decision: Arc::new(decision),
+                event,
+                cost,
+                grant,
+            },
+        );
+        inner.bytes += cost;
+        inner.inserts += 1;
+        true
     }
 }
 
@@ -335,51 +525,53 @@ impl VerdictCache {
         cost: usize,
         event: Option<&[u8]>,
     ) -> bool {
-        if std::str::from_utf8(text).is_err() || find_byte(0, text).is_some() {
-            return false;
-        }
-        let mut key = Vec::with_capacity(text.len() + 16);
-        key.extend_from_slice(&scope.to_le_bytes());
-        if shape {
-            let mut k = Vec::new();
-            if !Shaper::new().key(text, &mut k) {
-                return false;
-            }
-            key.push(SHAPE);
-            key.extend_from_slice(&k);
-        } else {
-            key.push(EXACT);
-            key.extend_from_slice(text);
-        }
-        let event: Option<Box<[u8]>> = event.map(Box::from);
-        let cost = key.len() + ENTRY_OVERHEAD + cost + event.as_ref().map_or(0, |e| e.len());
-        let mut inner = lock(&self.inner);
-        if cost > inner.max_bytes {
-            return false;
-        }
-        let decision = Arc::new(Decision {
+        let decision = Decision {
             action: "allow".to_owned(),
             rule: rule.to_owned(),
             fingerprint: fingerprint.to_owned(),
             sqlstate: None,
             approval: None,
-        });
-        if let Some(old) = inner.map.remove(&key) {
-            inner.bytes = inner.bytes.saturating_sub(old.cost);
-        }
-        inner.evict_for(cost);
-        inner.map.insert(
-            key,
-            Entry {
-                verdict,
-                decision,
-                event,
-                cost,
-            },
-        );
-        inner.bytes += cost;
-        inner.inserts += 1;
-        true
+        };
+        self.put(scope, text, shape, verdict, decision, cost, event, None)
+    }
+
+    /// Remembers that `text` runs on `grant` under `grant_scope` (a principal's own scope, see
+    /// the module doc): `verdict` is what the hit events carry (the control plane's record of
+    /// the grant's use), `rule` / `fingerprint` / `approval` (the request id) go to the
+    /// statement log as an `approve` decision.  Keyed as `insert` keys.  The entry answers while
+    /// `grant` is live, counting each use in it.
+    #[pyo3(signature = (grant_scope, text, shape, verdict, rule, fingerprint, approval, grant, cost=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn insert_grant(
+        &self,
+        grant_scope: u64,
+        text: &[u8],
+        shape: bool,
+        verdict: Py<PyAny>,
+        rule: &str,
+        fingerprint: &str,
+        approval: &str,
+        grant: PyRef<'_, GrantHandle>,
+        cost: usize,
+    ) -> bool {
+        let decision = Decision {
+            action: "approve".to_owned(),
+            rule: rule.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            sqlstate: None,
+            approval: Some(approval.to_owned()),
+        };
+        let state = Arc::clone(&grant.state);
+        self.put(
+            grant_scope,
+            text,
+            shape,
+            verdict,
+            decision,
+            cost,
+            None,
+            Some(state),
+        )
     }
 
     /// The verdict a client buffer armed with `scope` would answer the Query text `text` with
@@ -390,13 +582,34 @@ impl VerdictCache {
         frame.extend_from_slice(&u32::try_from(text.len() + 5).ok()?.to_be_bytes());
         frame.extend_from_slice(text);
         frame.push(0);
-        let mut armed = self.arm(scope, usize::MAX, true);
+        let mut armed = self.arm(scope, None, usize::MAX, true);
+        armed.probe = true;
         let mut hits = Hits::new();
         armed.answer(py, &frame, &mut hits)?;
         // a lookup is not a hit of the data path
         HITS.fetch_sub(1, Ordering::Relaxed);
         lock(&self.inner).hits -= 1;
         hits.events.pop().map(|(v, _)| v)
+    }
+
+    /// Drops the entries of grants that are no longer live (revoked or past their deadline:
+    /// they answer nothing already; this frees them).  Returns how many were dropped.
+    fn purge_grants(&self) -> usize {
+        let mut inner = lock(&self.inner);
+        let before = inner.map.len();
+        let mut freed = 0;
+        inner.map.retain(|_, e| {
+            let keep = e
+                .grant
+                .as_ref()
+                .is_none_or(|g| g.live.load(Ordering::Acquire) && Instant::now() < g.deadline);
+            if !keep {
+                freed += e.cost;
+            }
+            keep
+        });
+        inner.bytes = inner.bytes.saturating_sub(freed);
+        before - inner.map.len()
     }
 
     /// Drops every entry (a policy reload): buffers armed before answer nothing until re-armed.
@@ -447,6 +660,12 @@ impl VerdictCache {
 #[pyfunction]
 pub fn verdict_hits() -> u64 {
     HITS.load(Ordering::Relaxed)
+}
+
+/// Of `verdict_hits`, the Queries answered on a standing grant (approve rules).
+#[pyfunction]
+pub fn grant_hits() -> u64 {
+    GRANT_HITS.load(Ordering::Relaxed)
 }
 
 /// The native `may_have_effects` (for the differential test against the mirror's).

@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
         v.add_argument("--comment", "-m", default="", help="a comment recorded with the vote")
         v.add_argument("--json", action="store_true")
 
+    rv = sub.add_parser(
+        "revoke",
+        parents=[where],
+        help="end the grant of an approved request now (every gateway stops using it)",
+    )
+    rv.add_argument("id")
+    rv.add_argument("--as", dest="approver", default=None, help="your name (default: login)")
+
     rt = sub.add_parser(
         "request-tier",
         parents=[where],
@@ -250,6 +258,14 @@ async def _run(args: argparse.Namespace) -> int:
                 print(json.dumps(r.to_json(), indent=2))
             else:
                 _print_request(r)
+            return EXIT_OK
+        if args.cmd == "revoke":
+            grant = await store.revoke(args.id)
+            if grant is None:
+                print(f"{args.id}: no live grant to revoke", file=sys.stderr)
+                return EXIT_FAILED
+            who = args.approver or getpass.getuser()
+            print(f"{args.id}: grant {grant.id} revoked by {who}")
             return EXIT_OK
         if args.cmd in ("approve", "deny"):
             token = _read_token(args)

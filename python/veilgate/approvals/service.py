@@ -11,7 +11,13 @@ cast it.
 Grant checks: a grant with a use limit is consumed in the store (one conditional ``UPDATE``: never
 more uses than allowed, however many gateways); a grant without one (``grant_uses: 0``) is cached
 on first use and later uses are counted in memory and added to the store by the sweeper, so the
-allowed path of such a rule costs two dictionary lookups.  Fingerprints of texts are cached.
+allowed path of such a rule costs two dictionary lookups -- or none: the session's Query texts
+that ran on it are answered by the native verdict cache (:meth:`handle`, a
+:class:`veilgate_native.GrantHandle` counting the uses, live until the grant's expiry).  A cached
+grant stops being used the moment this node learns that it ended: revoked here
+(:meth:`revoke`), a notification about its request from any node (it is dropped; its next use
+asks the store), the sweeper, or lost notifications (every cached grant is dropped).
+Fingerprints of texts are cached.
 
 Failures of the store never block the event loop and never let a statement through: callers get
 :class:`StateUnavailable` and refuse the statement (fail closed).
@@ -29,6 +35,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
+
+import veilgate_native
 
 from .. import log, metrics
 from ..config_model import ApprovalsConfig, StateConfig
@@ -87,6 +95,11 @@ class ApprovalService:
         """Grants without a use limit this node has used: (principal key, fingerprint)."""
         self._uses: dict[str, int] = {}
         """Uses of cached grants not yet added to the store."""
+        self._handles: dict[str, tuple[Grant, veilgate_native.GrantHandle]] = {}
+        """Grant id -> the native handle the verdict cache answers that grant's uses from."""
+        self.verdict_cache: veilgate_native.VerdictCache | None = None
+        """The policy engine's native verdict cache (set by the gateway): entries of grants
+        that ended are purged from it."""
         self._waiters: dict[str, set[asyncio.Future[Request]]] = {}
         self._elevations: dict[str, Grant] = {}
         self._elevation_timers: dict[str, asyncio.TimerHandle] = {}
@@ -203,10 +216,48 @@ class ApprovalService:
         if g is None:
             return None
         if g.expires_at <= self.clock():
-            del self._open_grants[(principal_key, fp)]
+            self._forget(g)
             return None
         self._uses[g.id] = self._uses.get(g.id, 0) + 1
         return g
+
+    def handle(self, grant: Grant) -> veilgate_native.GrantHandle | None:
+        """The native handle of a cached grant without a use limit (made on first call), for
+        the verdict cache to answer its uses; None when it is not cached here or has ended."""
+        if self._open_grants.get((grant.principal_key, grant.fingerprint)) is not grant:
+            return None
+        held = self._handles.get(grant.id)
+        if held is not None:
+            return held[1] if held[1].live else None
+        ttl = grant.expires_at - self.clock()
+        if ttl <= 0:
+            return None
+        h = veilgate_native.GrantHandle(ttl)
+        self._handles[grant.id] = (grant, h)
+        return h
+
+    def _forget(self, grant: Grant, *, purge: bool = True) -> None:
+        """Stop using a cached grant (ended, revoked, expired): its native entries answer
+        nothing from now on; the uses they counted are kept for the store."""
+        key = (grant.principal_key, grant.fingerprint)
+        if (cached := self._open_grants.get(key)) is not None and cached.id == grant.id:
+            del self._open_grants[key]
+        held = self._handles.pop(grant.id, None)
+        if held is not None:
+            held[1].revoke()
+            if n := held[1].take_uses():
+                self._uses[grant.id] = self._uses.get(grant.id, 0) + n
+            if purge and self.verdict_cache is not None:
+                self.verdict_cache.purge_grants()
+
+    def forget_all(self) -> None:
+        """Drop every cached grant (notifications may have been lost): uses go to the store."""
+        for g in list(self._open_grants.values()):
+            self._forget(g, purge=False)
+        for g, _h in list(self._handles.values()):
+            self._forget(g, purge=False)
+        if self.verdict_cache is not None:
+            self.verdict_cache.purge_grants()
 
     async def consume(self, principal_key: str, fp: str) -> Grant | None:
         """Use one run of a live grant (raises StateUnavailable)."""
@@ -216,7 +267,17 @@ class ApprovalService:
             self._open_grants[(principal_key, fp)] = g
         return g
 
+    def _take_native_uses(self) -> None:
+        for gid, (g, h) in list(self._handles.items()):
+            if n := h.take_uses():
+                self._uses[gid] = self._uses.get(gid, 0) + n
+            if not h.live:  # expired: its entries answer nothing
+                del self._handles[gid]
+                if self._open_grants.get((g.principal_key, g.fingerprint)) is g:
+                    del self._open_grants[(g.principal_key, g.fingerprint)]
+
     async def _flush_uses(self) -> None:
+        self._take_native_uses()
         uses, self._uses = self._uses, {}
         for gid, n in uses.items():
             try:
@@ -224,6 +285,23 @@ class ApprovalService:
             except StateUnavailable:
                 self._uses[gid] = self._uses.get(gid, 0) + n  # next sweep
                 raise
+
+    async def revoke(
+        self, request_id: str, *, by: str, via: str, comment: str = ""
+    ) -> Grant | None:
+        """End the grant of ``request_id`` now, on every node (the store notifies them); this
+        node stops using it at once.  Returns the grant ended (None: it had none live)."""
+        await self.ensure_started()
+        grant = await self.store.revoke(request_id)
+        if grant is not None:
+            self._forget(grant)
+            self.emit(
+                ApprovalEvent.of_grant(
+                    "grant_revoked", grant, principal_label=grant.principal_key, session_id=""
+                )
+            )
+            log.event(logger, "grant_revoked", request_id=request_id, by=by, via=via)
+        return grant
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -361,6 +439,7 @@ class ApprovalService:
         if self._closed:
             return
         if payload is None:  # notifications may have been lost: re-read what matters here
+            self.forget_all()  # fail closed: the next use of a cached grant asks the store
             for rid in list(self._waiters):
                 self._spawn(self._refresh(rid))
             self._spawn(self._reload_elevations())
@@ -378,6 +457,7 @@ class ApprovalService:
         except Exception:  # a bug: never crash the loop
             logger.exception("approvals refresh failed")
             return
+        self._check_cached(request_id)
         if req.status != "pending":
             for fut in list(self._waiters.get(request_id, ())):
                 if not fut.done():
@@ -391,6 +471,15 @@ class ApprovalService:
                 return
             if grant is not None and grant.expires_at > self.clock():
                 self._set_elevation(grant)
+
+    def _check_cached(self, request_id: str) -> None:
+        """A notification about ``request_id`` (a revoke, an expiry, a vote, on any node): a
+        grant of it cached here is dropped at once (fail closed); its next use asks the store,
+        which caches it again if it is still live."""
+        cached = [g for g in self._open_grants.values() if g.request_id == request_id]
+        cached += [g for g, _h in self._handles.values() if g.request_id == request_id]
+        for g in cached:
+            self._forget(g)
 
     def _audit_vote(self, req: Request, v: Vote) -> None:
         self.emit(ApprovalEvent.of_vote(req, v))
@@ -480,7 +569,7 @@ class ApprovalService:
                 metrics.approval_requests_total.inc(kind=req.kind, outcome="expired")
                 self.emit(ApprovalEvent.of_request("expired", req))
             for g in grants:
-                self._open_grants.pop((g.principal_key, g.fingerprint), None)
+                self._forget(g)
                 self.emit(
                     ApprovalEvent.of_grant(
                         "grant_ended", g, principal_label=g.principal_key, session_id=""

@@ -487,6 +487,23 @@ class ApprovalStore:
             )
         return _grant(row) if row is not None else None
 
+    async def revoke(self, request_id: str) -> Grant | None:
+        """End the live grant of ``request_id`` now (every gateway is notified: they stop
+        using it); None when it has none live (never approved, expired, used up, revoked)."""
+        await self.open()
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow(
+                "UPDATE approval_grants SET ended = 1 WHERE request_id = $1 AND ended = 0 "  # noqa: S608
+                "AND expires_at > $2 AND (uses_allowed = 0 OR uses < uses_allowed) "
+                f"RETURNING {_GRANT_COLS}",
+                request_id,
+                now,
+            )
+            if row is not None:
+                tx.notify(CHANNEL, request_id)
+        return _grant(row) if row is not None else None
+
     async def count_uses(self, grant_id: str, uses: int) -> None:
         """Add uses made from a gateway's memory (grants with unlimited uses)."""
         await self.db.execute(

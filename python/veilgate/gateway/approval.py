@@ -8,6 +8,13 @@ through: parsing runs nothing, and the fingerprint needs the parameters Bind car
   principal's identity key are looked up: a live grant runs it (one use counted) -- for grants
   without a use limit from memory, synchronously; otherwise the client side is *held* (nothing
   more of it is read or forwarded, the rest of the gateway goes on) while the store answers.
+  A Query that ran on a grant without a use limit is then remembered in the native verdict
+  cache under the principal's grant scope (:meth:`PolicyEngine.remember_grant`): its next runs
+  (the same text, or the same shape when the rule ignores constants) are answered without
+  Python, each use counted in the grant's native handle and recorded as an ``approve``
+  decision naming the request, until the grant expires or this node learns it ended
+  (:class:`~veilgate.approvals.service.ApprovalService`).  Grants with a use limit are never
+  cached: each use is one conditional update in the store.
 * **Fail-fast** (default): no grant means an approval request (the open one for this statement,
   or a new one) and ``ERROR 42Z01`` naming it and how to get it approved.  The agent retries the
   identical statement once it is approved.
@@ -52,6 +59,7 @@ from veilgate.approvals.model import (
 from veilgate.approvals.policy import needs_approvals
 from veilgate.approvals.store import display_params
 from veilgate.gateway.protocols import ApprovalSession
+from veilgate.gateway.sqleffects import may_have_effects
 from veilgate.pgwire import wire
 from veilgate.policy.analysis import MessageAnalysis
 from veilgate.policy.approval_spec import ApprovalSpec
@@ -69,6 +77,7 @@ __all__ = [
     "APPROVAL_UNAVAILABLE",
     "REASON_REQUIRED",
     "ApprovalGate",
+    "NativeGrantUse",
     "PendingApproval",
 ]
 
@@ -85,6 +94,17 @@ _SETTING_RX: Final = re.compile(r"\s*(?:set|reset)\s", re.IGNORECASE)
 _FAST_MAX: Final = 256
 """Verdicts / prepared statements whose approval spec and fingerprint a session remembers."""
 _count_check: Final = metrics.approval_checks_total.inc_one
+
+
+@dataclass(frozen=True, slots=True)
+class NativeGrantUse:
+    """What the native verdict cache hands back for each Query it ran on a standing grant (the
+    hit event, when the session audits): the verdict and the grant, for the decision event and
+    the ``grant_used`` event."""
+
+    verdict: Verdict
+    grant: Grant
+    action: str = "approve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +445,7 @@ class ApprovalGate:
                 )
         grant = self.service.cached_grant(self.principal_key, fp)
         if grant is not None:
-            self._run(d, grant, frame, query=True)
+            self._run(d, grant, frame, query=True, spec=spec)
             return
         self._start(self._check(d, spec, fp, frame, text, None, query=True))
 
@@ -487,7 +507,19 @@ class ApprovalGate:
             query=query,
         )
 
-    def _run(self, d: Decision, grant: Grant, frame: bytes, *, query: bool) -> None:
+    def _run(
+        self,
+        d: Decision,
+        grant: Grant,
+        frame: bytes,
+        *,
+        query: bool,
+        spec: ApprovalSpec | None = None,
+    ) -> None:
+        """Run the statement on ``grant``.  ``spec``: given on the synchronous path only, where
+        ``d`` was decided under the session's current scope just now (never after an await: an
+        elevation may have changed the scope meanwhile): the Query may then be remembered in
+        the native verdict cache."""
         _count_check("granted")
         if self.service.audit is not None:
             self.service.emit(
@@ -506,6 +538,61 @@ class ApprovalGate:
             recording.decision(self.session.current_stmt_id, d, approval=grant.request_id)
         # what it PREPAREs / DEALLOCATEs is the statement mirror's once the server has done it
         self.enforcer.forward(frame)
+        if query and grant.unlimited and spec is not None:
+            self._remember_native(d, grant, frame, spec)
+
+    def _remember_native(self, d: Decision, grant: Grant, frame: bytes, spec: ApprovalSpec) -> None:
+        """Let the native verdict cache run this Query's next uses of ``grant`` (see the module
+        docstring); nothing when it would not be sound (the engine's checks, the message's)."""
+        if self._exact() or frame[-1:] != b"\0" or frame.find(b"\0", 5) != len(frame) - 1:
+            return
+        body = frame[5:]
+        if may_have_effects(body):
+            return
+        handle = self.service.handle(grant)
+        if handle is None:
+            return
+        engine = self.enforcer.engine
+        ctx = self.enforcer.ctx
+        scope = engine.session_scope(self.principal, ctx)
+        engine.remember_grant(
+            d,
+            body[:-1],
+            ctx,
+            grant_scope=engine.grant_scope(scope, self.principal_key),
+            shape=not spec.match_constants,
+            event=NativeGrantUse(d._verdict, grant),
+            handle=handle,
+            request_id=grant.request_id,
+        )
+
+    def native_scope(self, scope: int) -> int | None:
+        """The grant scope a client buffer armed with decision ``scope`` looks up (None: the
+        policy has no approve rules)."""
+        if not self.active():
+            return None
+        return self.enforcer.engine.grant_scope(scope, self.principal_key)
+
+    def native_uses(self, uses: list[tuple[NativeGrantUse, str]]) -> None:
+        """Queries the native verdict cache ran on grants (audited sessions): their
+        ``grant_used`` events (their uses are counted in the grants' handles)."""
+        if self.service.audit is None:
+            return
+        label = self.principal.label()
+        sid = self.enforcer.ctx.session_id
+        for use, text in uses:
+            v = use.verdict
+            self.service.emit(
+                ApprovalEvent.of_grant(
+                    "grant_used",
+                    use.grant,
+                    principal_label=label,
+                    session_id=sid,
+                    rule_id=v.rule_id,
+                    tier=v.tier,
+                    sql=text,
+                )
+            )
 
     def _start(self, coro: Any) -> None:
         """Hold the client side while ``coro`` decides (the rest of the gateway goes on)."""

@@ -711,30 +711,39 @@ class PolicyEnforcer:
         record_sql = bool(getattr(audit, "record_sql", True))
         return log, self._log_prefix, self._audit_sql_bytes, record_sql
 
-    def native_hits(self, count: int, hits: list[tuple[Verdict, bytes]]) -> None:
-        """``count`` Queries the client buffer answered from the verdict cache (allows: only
-        allows are cached), with the verdict and text of each when the buffer keeps them: their
-        decision events (the statement record has their decisions already, the process-wide
-        metric counts them natively, a native decision log has their lines).  The per-target
-        counts read ``decisions``: the hits are in it too."""
-        if count:
-            self.decisions["allow"] = self.decisions.get("allow", 0) + count
+    def native_hits(self, count: int, hits: list[tuple[Any, bytes]], granted: int = 0) -> None:
+        """``count`` Queries the client buffer answered from the verdict cache (``granted`` of
+        them run on standing grants, the rest allowed), with the verdict and text of each when
+        the buffer keeps them: their decision events (the statement record has their decisions
+        already, the process-wide metric counts them natively, a native decision log has their
+        lines).  The per-target counts read ``decisions``: the hits are in it too.  A hit run on
+        a standing grant carries a :class:`~veilgate.gateway.approval.NativeGrantUse` (its
+        ``approve`` decision event, then the gate's ``grant_used`` event)."""
+        decisions = self.decisions
+        if count > granted:
+            decisions["allow"] = decisions.get("allow", 0) + count - granted
+        if granted:
+            decisions["approve"] = decisions.get("approve", 0) + granted
+        uses: list[tuple[Any, str]] | None = None
         audit = self.audit
         if audit is None:
             return
         principal, sid, limit = self.principal, self.ctx.session_id, self._audit_sql_bytes
         ts = time.time()
-        events = [
-            DecisionEvent.from_verdict(
-                verdict,
-                self._text(raw),
-                principal,
-                session_id=sid,
-                ts=ts,
-                max_sql_bytes=limit,
+        events = []
+        for item, raw in hits:
+            text = self._text(raw)
+            verdict = item
+            if type(item) is not Verdict:  # a Query run on a standing grant (NativeGrantUse)
+                verdict = item.verdict
+                if uses is None:
+                    uses = []
+                uses.append((item, text))
+            events.append(
+                DecisionEvent.from_verdict(
+                    verdict, text, principal, session_id=sid, ts=ts, max_sql_bytes=limit
+                )
             )
-            for verdict, raw in hits
-        ]
         many = getattr(audit, "emit_many", None)
         try:
             if many is not None:
@@ -744,6 +753,14 @@ class PolicyEnforcer:
                     audit.emit(event)
         except (OSError, ValueError) as exc:
             log.event(logger, "audit_failed", logging.ERROR, error=str(exc))
+        if uses is not None and self.approvals is not None:
+            self.approvals.native_uses(uses)
+
+    def native_grant_scope(self, scope: int) -> int | None:
+        """The principal's grant scope for a client buffer armed with ``scope`` (None: no
+        approvals)."""
+        gate = self.approvals
+        return gate.native_scope(scope) if gate is not None else None
 
     # --- for the approval gate ----------------------------------------------------------------
 

@@ -230,6 +230,7 @@ class Gateway:
             self.audit_sink = sinks[0]
         self.approvals = ApprovalService(config.state, config.approvals, audit=self.audit_sink)
         self.approvals.cancel_handler = self._relayed_cancel
+        self.approvals.verdict_cache = self.policy_engine.native_verdicts
 
     # --- lifecycle -------------------------------------------------------------------------------
 

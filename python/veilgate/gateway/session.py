@@ -243,7 +243,7 @@ class Session:
         self._pool_generation = 0
         """The configuration generation the session's login comes from."""
         self.upstream_reused = False
-        self._armed: tuple[int, int] | None = None
+        self._armed: tuple[int, int, int | None] | None = None
         """(scope, cache generation) the client buffer answers Queries under (None: it
         surfaces every Query; see :meth:`arm_verdicts`)."""
         self.id = new_session_id()
@@ -374,11 +374,13 @@ class Session:
             return
         assert enforcer is not None
         cache = enforcer.engine.native_verdicts
-        armed = (scope, cache.generation)
+        grants = enforcer.native_grant_scope(scope)
+        armed = (scope, cache.generation, grants)
         if armed != self._armed:
             native_log = enforcer.native_log()
             if native_log is not None:
                 # the buffer writes the hits' decision-log lines itself: no events, no drain
+                # (a standing grant's entry has no line: with a log, its uses surface)
                 log_, prefix, max_sql, record_sql = native_log
                 rb.set_verdicts(
                     cache,
@@ -388,19 +390,27 @@ class Session:
                     log_prefix=prefix,
                     max_sql_bytes=max_sql,
                     record_sql=record_sql,
+                    grant_scope=grants,
                 )
                 events = False
             else:
                 events = enforcer.audit is not None
-                rb.set_verdicts(cache, scope, max_frame=self._max_statement, events=events)
+                rb.set_verdicts(
+                    cache,
+                    scope,
+                    max_frame=self._max_statement,
+                    events=events,
+                    grant_scope=grants,
+                )
             self.client.set_verdict_drain(events)
             self._armed = armed
 
     def verdict_hits(self, side: RelayProtocol | None = None) -> None:
         """Queries the client buffer answered natively: their decision events."""
-        count, hits = self.client_rb.take_verdict_hits()
+        rb = self.client_rb
+        count, hits = rb.take_verdict_hits()
         if count and self.enforcer is not None:
-            self.enforcer.native_hits(count, hits)
+            self.enforcer.native_hits(count, hits, rb.take_grant_hits())
 
     def _mirror_message(self, from_client: bool, message: Any) -> bool:
         """Feed the statement / portal mirror (before anyone reads it for this message).

@@ -40,7 +40,7 @@ import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import veilgate_native
 
@@ -311,7 +311,15 @@ _Scope = tuple[str | None, SearchPath, frozenset[tuple[str, str]]]
 class _State:
     """Everything ``reload`` replaces at once."""
 
-    __slots__ = ("decisions", "generation", "policy", "scopes", "shapes", "tiers_by_principal")
+    __slots__ = (
+        "decisions",
+        "generation",
+        "grant_scopes",
+        "policy",
+        "scopes",
+        "shapes",
+        "tiers_by_principal",
+    )
 
     def __init__(
         self, policy: Policy, generation: int, decision_bytes: int, shape_bytes: int
@@ -326,6 +334,9 @@ class _State:
         self.tiers_by_principal: dict[Principal, tuple[Tier | None, int]] = {}
         self.scopes: dict[_Scope, int] = {}
         """(tier, search path, shadows) -> the small int decisions are cached under."""
+        self.grant_scopes: dict[tuple[int, str], int] = {}
+        """(decision scope, principal key) -> the scope of that principal's standing grants in
+        the native verdict cache (ids from the same counter: never equal to a decision scope)."""
 
 
 class PolicyEngine:
@@ -428,6 +439,72 @@ class PolicyEngine:
         return bool(
             self.native_verdicts.insert(
                 session.scope, text, v.shared, v, v.rule_id, v.fingerprint, cost, event
+            )
+        )
+
+    def grant_scope(self, scope: int, principal_key: str) -> int:
+        """The native verdict cache's scope for the standing grants of ``principal_key`` under
+        decision scope ``scope`` (a fresh id, never another principal's or a decision scope;
+        forgotten ids only cost their entries a miss)."""
+        scopes = self._state.grant_scopes
+        key = (scope, principal_key)
+        gid = scopes.get(key)
+        if gid is None:
+            if len(scopes) >= _MAX_SCOPES:
+                scopes.clear()
+            gid = next(self._scope_ids)
+            scopes[key] = gid
+        return gid
+
+    def remember_grant(
+        self,
+        decision: Decision,
+        text: bytes,
+        session: SessionContext,
+        *,
+        grant_scope: int,
+        shape: bool,
+        event: object,
+        handle: Any,
+        request_id: str,
+    ) -> bool:
+        """Let client buffers armed with ``grant_scope`` answer ``text`` (a Query the session
+        just ran on a standing grant, ``handle``) natively while the grant is live: only when
+        it is as sound as :meth:`remember_native` is for an allow (an ``approve`` verdict,
+        cacheable, changing nothing in the session, setting and executing nothing, decided
+        under the session's current scope and policy, the text lexed as the server will).
+        ``shape``: texts of the same shape run on the same grant (the rule ignores constants
+        and the engine shares the verdict between them); else the exact text only."""
+        v = decision._verdict
+        state = self._state
+        if (
+            v.action != "approve"
+            or not v.cacheable
+            or v.changes_session
+            or v.analysis.needs_session
+            or v.generation != state.generation
+            or session.tier_generation != state.generation
+            or not session.standard_conforming_strings
+            or not session.normalize_literals
+            or not v.statements
+            or any(
+                s.analysis.settings or s.analysis.executes or s.analysis.unresolved
+                for s in v.statements
+            )
+        ):
+            return False
+        cost = text_cost(v.analysis.text, copies=2)
+        return bool(
+            self.native_verdicts.insert_grant(
+                grant_scope,
+                text,
+                shape and v.shared,
+                event,
+                v.rule_id,
+                v.fingerprint,
+                request_id,
+                handle,
+                cost,
             )
         )
 
