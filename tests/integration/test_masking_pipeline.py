@@ -81,3 +81,37 @@ def test_wire_messages_after_the_error_are_skipped(target: pw.Target, table: str
         assert err is not None and "not prepared" in err["M"], err
         rows = c.rows(f"select ssn from {table} order by id")
         assert len(rows) == 2 and not leaked(repr(rows)), rows
+
+
+POLICY = """\
+version: 1
+tiers:
+  - name: rw
+    match: {roles: [db.readwrite]}
+    rules:
+      - {id: all, action: allow, message: "everything", classes: [read, write, ddl, transaction,
+         session, prepare, utility]}
+"""
+
+
+def test_unfollowed_execute_fails_then_parse_before_sync(policy_gateway: Any) -> None:
+    """A policy (unmasked) session, where the gateway follows Bind / Execute only when it
+    must: an Execute of a prepared statement fails, the client reads the error and sends a
+    Parse before its Sync (libpq pipeline mode with prepared statements).  The server skips
+    the Parse; the gateway, which did not see the error, takes the Sync's ReadyForQuery with
+    the Parse unanswered for what it is (skipped) instead of ending the session (08P01)."""
+    target = policy_gateway(POLICY, "db.readwrite").target
+    with pw.connect(target.endpoint()) as c:
+        c.send(pw.parse("s", "select 1 / $1::int") + pw.sync())
+        assert [m.tag for m in c.recv_until_ready()] == ["1", "Z"]
+        c.send(pw.bind("", "s", [b"0"]) + pw.execute() + pw.flush())
+        err = pw.first_error(c.recv_until("E"))
+        assert err is not None and err["C"] == "22012", err
+        c.send(pw.parse("t", "select 2") + pw.flush())
+        assert c.no_message_within(0.5)  # skipped
+        c.send(pw.sync())
+        assert [m.tag for m in c.recv_until_ready()] == ["Z"]
+        assert c.scalar("select count(*) from pg_prepared_statements where name = 't'") == "0"
+        c.send(pw.bind("", "s", [b"2"]) + pw.execute() + pw.sync())
+        rows = [pw.data_row(m.body) for m in c.recv_until_ready() if m.tag == "D"]
+        assert rows == [[b"0"]], rows

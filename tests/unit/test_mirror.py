@@ -184,7 +184,7 @@ def test_bind_in_flight_gives_one_candidate_in_its_segment() -> None:
 
 
 def test_a_reply_that_cannot_be_matched_desynchronises() -> None:
-    t = _M()
+    t = _M(track_portals=True)  # every reply is seen: nothing can have been skipped unseen
     t.parse("s", "select 1")
     t.sync()
     with pytest.raises(Desynchronised):
@@ -264,3 +264,37 @@ def test_messages_sent_after_an_error_before_its_sync_are_skipped(track: bool) -
     t.server("1")
     t.server("Z", b"I")
     assert set(t.names()[0]) == {"ok", "after"}
+
+
+def test_an_error_the_mirror_did_not_see_skips_what_follows_to_the_sync() -> None:
+    """Only surfaced messages reach the mirror: a Bind / Execute of a prepared statement it
+    does not follow fails, the client reads the error (Flush) and goes on with a Parse in the
+    same pipeline; the server skips that Parse up to the Sync.  Its ReadyForQuery with the
+    Parse unanswered means exactly that: the Parse never happened (no desync)."""
+    t = _M()
+    t.parse("s", "select 1")
+    t.sync()
+    t.server("1")
+    t.server("Z", b"I")
+    assert b"B" not in t.m.client_tags() and b"E" not in t.m.upstream_tags()
+    # Bind / Execute / the error are not surfaced (nothing is followed now)
+    t.parse("t", "select 2")
+    t.sync()
+    t.server("Z", b"I")  # skipped: no ParseComplete
+    assert t.m.desync is None
+    assert t.names()[0] == {"s": "select 1"}
+    t.parse("u", "select 3")
+    t.sync()
+    t.server("1")
+    t.server("Z", b"I")
+    assert set(t.names()[0]) == {"s", "u"}
+
+
+def test_ready_for_query_with_a_reply_owed_before_a_query_still_desyncs() -> None:
+    """A Query right behind a Parse (no Sync): a ReadyForQuery while the Parse is unanswered
+    cannot be matched (the Query would have been skipped too): the mirror gives up."""
+    t = _M()
+    t.parse("s", "select 1")
+    t.query("select 2")
+    with pytest.raises(Desynchronised):
+        t.server("Z", b"I")

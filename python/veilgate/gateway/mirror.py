@@ -147,6 +147,8 @@ def _executed_effects(query: str) -> tuple[Effect, ...] | None:
 
 # op kinds
 _SKIP, _PARSE, _BIND, _CLOSE, _EXECUTE, _QUERY, _SYNC, _FCALL = range(8)
+_ENDS: Final = frozenset({_SKIP, _QUERY, _SYNC, _FCALL})
+"""Requests a ReadyForQuery may answer (SKIP: ones sent before tracking)."""
 
 
 class _Op:
@@ -154,6 +156,7 @@ class _Op:
 
     __slots__ = (
         "after_execute",
+        "after_quiet",
         "count",
         "effects",
         "failed",
@@ -186,6 +189,9 @@ class _Op:
         self.uncertain = False
         """A Bind in a segment that may hold Binds the mirror did not see: its BindComplete
         may be theirs."""
+        self.after_quiet = False
+        """Followed from a moment when nothing was (no replies surfaced): an error to a Bind /
+        Execute the mirror did not see may have come before it (the server then skips it)."""
 
 
 class Desynchronised(Exception):
@@ -421,6 +427,7 @@ class ServerMirror:
                 skip = _Op(_SKIP)
                 skip.count = owed
                 self._ops.append(skip)
+            op.after_quiet = True
         if op.kind in (_BIND, _EXECUTE) and self._dirty and not self._has_sync():
             op.uncertain = True
         self._ops.append(op)
@@ -634,12 +641,28 @@ class ServerMirror:
                     self._start(head)
                 self._ops.popleft()
                 self._dirty = False
+            elif head.after_quiet:
+                self._skipped_to_sync(head)
             else:
                 raise Desynchronised(f"ReadyForQuery with {_NAMES[head.kind]} pending")
         if status == b"I":
             self._transaction_end(committed=not self._tx_failed)
         elif status == b"E" and self._tx_sensitive():
             self._tx_failed = True
+
+    def _skipped_to_sync(self, head: _Op) -> None:
+        """ReadyForQuery while requests before the Sync it answers are unanswered, the first
+        of them followed from a quiet moment (``after_quiet``): the server skipped them after
+        an error the mirror did not see (a Bind / Execute it does not follow failed, and the
+        client went on sending before its Sync); it answers every request otherwise.  They
+        never happened.  Anything else cannot be matched."""
+        end = next((i for i, o in enumerate(self._ops) if o.kind in _ENDS), None)
+        if end is None or self._ops[end].kind != _SYNC:
+            raise Desynchronised(f"ReadyForQuery with {_NAMES[head.kind]} pending")
+        for _ in range(end):
+            self._drop(self._ops.popleft())
+        self._ops.popleft()
+        self._dirty = False
 
     # --- applying confirmed changes --------------------------------------------------------------
 
