@@ -161,6 +161,36 @@ def test_list_show_approve_with_an_oidc_token(
     assert status == 200 and "/v1/approvals/{id}/approve" in yaml.safe_load(doc)["paths"]
 
 
+def test_revoke_through_the_api_ends_the_grant(
+    api_jit: tuple[JitGateway, Api, DevIdP], pg_cluster: Any
+) -> None:
+    jit, api, idp = api_jit
+    rid, table = _pending(jit, pg_cluster)
+    approver = idp.mint(roles=["Db.Approver"], client_id="approver-app")
+    status, body, _ = api.call("POST", f"/v1/approvals/{rid}/approve", approver)
+    assert status == 200 and body["status"] == "approved"
+    # no token, a stranger (not an approver, not the requester): nothing revoked
+    assert api.call("POST", f"/v1/approvals/{rid}/revoke")[0] == 401
+    reader = idp.mint(roles=["Db.Read"], client_id="reader-app")
+    assert api.call("POST", f"/v1/approvals/{rid}/revoke", reader)[0] == 404
+    bad = api.call("POST", f"/v1/approvals/{rid}/revoke", approver, b"[1]")
+    assert bad[0] == 400
+    status, body, _ = api.call(
+        "POST", f"/v1/approvals/{rid}/revoke", approver, json.dumps({"comment": "oops"}).encode()
+    )
+    assert status == 200 and body["revoked"] is True and body["grant_id"].startswith("gr-")
+    status, body, _ = api.call("POST", f"/v1/approvals/{rid}/revoke", approver)
+    assert status == 409 and body["error"] == "closed"
+    # the approved statement no longer runs: a new request
+    out = psql(jit.target(), f"DELETE FROM {table} WHERE id = 1")
+    assert "42Z01" in out.stderr and request_id(out.stderr) != rid
+    assert count(pg_cluster, table) == 3
+    revoked = jit.approval_events("grant_revoked")
+    assert [e["request_id"] for e in revoked] == [rid]
+    status, doc, _ = api.call("GET", "/v1/openapi/approvals.yaml")
+    assert "/v1/approvals/{id}/revoke" in yaml.safe_load(doc)["paths"]
+
+
 def test_bad_tokens_are_401_and_change_nothing(
     api_jit: tuple[JitGateway, Api, DevIdP], pg_cluster: Any
 ) -> None:

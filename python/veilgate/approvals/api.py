@@ -7,6 +7,8 @@ validated exactly like a client's by the gateway's authenticator.  What a caller
   (its roles or groups are among the request's approvers) or made itself; others are 404.
 * ``POST /v1/approvals/{id}/approve`` and ``.../deny`` with an optional JSON body
   ``{"comment": "..."}``: a vote (the requester never counts; a vote counts once per approver).
+* ``POST /v1/approvals/{id}/revoke`` (same optional body): end the request's live grant now, on
+  every gateway; an approver of the request or its requester (giving a grant up) may.
 * ``GET /v1/openapi/approvals.yaml``: this API's description (no token needed).
 
 Errors are JSON ``{"error": code, "message": text}``: 400 malformed, 401 no or bad token (the
@@ -59,6 +61,7 @@ class ApprovalsAPI:
         r.add("GET", "/v1/approvals/{id}", self.show_request)
         r.add("POST", "/v1/approvals/{id}/approve", self.approve)
         r.add("POST", "/v1/approvals/{id}/deny", self.deny)
+        r.add("POST", "/v1/approvals/{id}/revoke", self.revoke)
         return r
 
     # --- authentication ------------------------------------------------------------------------
@@ -142,6 +145,32 @@ class ApprovalsAPI:
 
     async def deny(self, req: Request) -> Response:
         return await self._vote(req, "deny")
+
+    async def revoke(self, req: Request) -> Response:
+        who = await self._principal(req)
+        if isinstance(who, Response):
+            return who
+        comment = _comment(req.body)
+        if isinstance(comment, Response):
+            return comment
+        rid = req.params["id"]
+        try:
+            r = await self.service.get(rid)
+        except ApprovalError:
+            return _error(404, "not_found", "no such approval request")
+        except StateUnavailable:
+            return _error(503, "unavailable", "the approval store is unavailable")
+        if not self._visible(who, r):
+            return _error(404, "not_found", "no such approval request")
+        try:
+            grant = await self.service.revoke(rid, by=who.label(), via="api", comment=comment)
+        except StateUnavailable:
+            return _error(503, "unavailable", "the approval store is unavailable")
+        if grant is None:
+            return _error(409, "closed", f"request {rid} has no live grant")
+        return Response.json(
+            200, {"request_id": rid, "grant_id": grant.id, "revoked": True, "by": who.label()}
+        )
 
     async def _vote(self, req: Request, vote: str) -> Response:
         who = await self._principal(req)

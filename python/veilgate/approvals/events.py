@@ -32,8 +32,8 @@ def _key_pair(principal_key: str) -> tuple[str | None, str]:
 class ApprovalEvent:
     ts: float
     event: str
-    """request, vote, approved, denied, expired, grant_used, grant_ended, wait_timeout,
-    wait_cancelled, elevation_applied, elevation_ended."""
+    """request, vote, approved, denied, expired, grant_used, grant_ended, grant_revoked,
+    wait_timeout, wait_cancelled, elevation_applied, elevation_ended."""
     request_id: str
     request_kind: str
     principal_key: tuple[str | None, str]

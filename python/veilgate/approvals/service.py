@@ -300,7 +300,9 @@ class ApprovalService:
                     "grant_revoked", grant, principal_label=grant.principal_key, session_id=""
                 )
             )
-            log.event(logger, "grant_revoked", request_id=request_id, by=by, via=via)
+            log.event(
+                logger, "grant_revoked", request_id=request_id, by=by, via=via, comment=comment
+            )
         return grant
 
     # --- requests --------------------------------------------------------------------------------
