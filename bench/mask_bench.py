@@ -772,6 +772,13 @@ def cmd_mask(args: argparse.Namespace) -> int:
     if args.part in ("engine", "all"):
         engine_rows = run_engine(parse_engine_targets(args.engines), args.quick)
         harness.write_results(output, engine_rows, meta)
+    if args.part == "cpu":
+        import mask_cpu  # bench/mask_cpu.py
+
+        check_policy_loads()
+        return mask_cpu.run_cpu(
+            args, make_mask_target, masking_check, parse_mask_targets(args.targets)
+        )
     if args.part in ("e2e", "all"):
         samples = run_e2e(args, output, engine_rows, meta)
     harness.write_results(output, [*engine_rows, *samples], meta)
@@ -807,9 +814,28 @@ def register_mask(sub: Any) -> None:
     harness.add_common_args(p, default_targets=DEFAULT_TARGETS, known_targets=MASK_TARGETS)
     p.add_argument(
         "--part",
-        choices=("engine", "e2e", "all"),
+        choices=("engine", "e2e", "all", "cpu"),
         default="all",
-        help="engine throughput, end-to-end pgbench, or both (default)",
+        help="engine throughput, end-to-end pgbench, or both (default); cpu: gateway CPU and "
+        "instructions per transaction over a fixed count of large transactions (no clock: "
+        "usable on a loaded machine; not part of all)",
+    )
+    p.add_argument(
+        "--transactions",
+        type=int,
+        default=300,
+        help="--part cpu: large transactions per target (300)",
+    )
+    p.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="--part cpu: count instructions with callgrind (gateway under valgrind; use "
+        "--transactions 50-100): deterministic where perf has no hardware counters",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="--part cpu: also record a perf profile per target and print its top symbols",
     )
     p.add_argument(
         "--engines",

@@ -308,3 +308,33 @@ def test_mask_subcommand_is_registered(mb: ModuleType) -> None:
         mb.parse_mask_targets("direct")
     with pytest.raises(mb.BenchError):
         mb.parse_engine_targets("native,spacy")
+
+
+# --- the CPU / instruction measure (mask --part cpu) -------------------------------------------
+
+
+def test_cpu_table_gives_extra_instructions_per_row(mb: ModuleType) -> None:
+    import mask_cpu
+
+    rows = [
+        mask_cpu.CpuRow("veilgate-nomask", 60, 300.0, 2_300_000.0),
+        mask_cpu.CpuRow("veilgate", 60, 1400.0, 18_100_000.0),
+        mask_cpu.CpuRow("veilgate-columns", 60, 900.0, None),
+    ]
+    table = mask_cpu.cpu_table(rows, "veilgate-nomask")
+    lines = table.splitlines()
+    assert re.search(r"veilgate\s+60\s+1400\.0\s+18,100,000\s+18,100\s+15,800$", lines[3])
+    assert re.search(r"veilgate-nomask .* 2,300\s+0$", lines[2])
+    assert lines[4].split()[3:] == ["-", "-"]  # no count: no ratio either
+    assert rows[1].as_json()["instructions_per_txn"] == 18_100_000
+
+
+def test_perf_stat_output_is_read(mb: ModuleType, tmp_path: Path) -> None:
+    import mask_cpu
+
+    out = tmp_path / "stat.txt"
+    out.write_text("# started on Mon\n\n123456789,,instructions:u,1000,100.00,,\n")
+    assert mask_cpu.read_instructions(out) == 123456789.0
+    out.write_text("<not supported>,,instructions,0,100.00,,\n")
+    assert mask_cpu.read_instructions(out) is None
+    assert mask_cpu.read_instructions(tmp_path / "missing") is None

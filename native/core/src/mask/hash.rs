@@ -99,8 +99,9 @@ thread_local! {
 }
 
 /// Recent results of [`HashKey::shape`] on one thread: a two-way set-associative table of
-/// [`ShapeCache::SLOTS`] entries of at most [`ShapeCache::MAX_VALUE`] bytes (at most about
-/// 450 KiB per thread), no allocation once each slot has held a value.
+/// [`ShapeCache::SLOTS`] entries of at most [`ShapeCache::MAX_VALUE`] bytes (about 400 KiB per
+/// thread, allocated on first use), no allocation after that.  Outputs are stored inline in
+/// their slot: a lookup touches one slot pair, not a heap buffer per entry.
 ///
 /// An entry holds the key's id, a 128-bit fingerprint of the value (two SipHash-1-3 passes
 /// under this thread's random keys) and the masked output; never the value itself, so the
@@ -112,15 +113,28 @@ struct ShapeCache {
     slots: Vec<Slot>,
 }
 
+#[derive(Clone, Copy)]
 struct Slot {
     key: u64,
     fingerprint: u128,
-    output: Vec<u8>,
+    len: u8,
+    output: [u8; ShapeCache::MAX_VALUE],
 }
 
 impl Slot {
+    const EMPTY: Slot = Slot {
+        key: 0, // no key has id 0
+        fingerprint: 0,
+        len: 0,
+        output: [0; ShapeCache::MAX_VALUE],
+    };
+
     fn holds(&self, key: u64, fingerprint: u128, len: usize) -> bool {
-        self.key == key && self.fingerprint == fingerprint && self.output.len() == len
+        self.key == key && self.fingerprint == fingerprint && usize::from(self.len) == len
+    }
+
+    fn output(&self) -> &[u8] {
+        &self.output[..usize::from(self.len)]
     }
 }
 
@@ -136,37 +150,44 @@ impl ShapeCache {
     }
 
     fn shape(&mut self, key: &HashKey, value: &[u8], out: &mut Vec<u8>) {
+        debug_assert!(value.len() <= Self::MAX_VALUE);
         let (a, b) = &self.fingerprint;
         let fingerprint = u128::from(a.hash_one(value)) << 64 | u128::from(b.hash_one(value));
         if self.slots.is_empty() {
-            self.slots.resize_with(Self::SLOTS, || Slot {
-                key: 0, // no key has id 0
-                fingerprint: 0,
-                output: Vec::new(),
-            });
+            self.slots = vec![Slot::EMPTY; Self::SLOTS];
         }
         // The low bits of a SipHash output are as good as any.
         #[allow(clippy::cast_possible_truncation)]
         let set = fingerprint as usize % (Self::SLOTS / 2) * 2;
         let ways = &mut self.slots[set..set + 2];
         if ways[0].holds(key.id, fingerprint, value.len()) {
-            out.extend_from_slice(&ways[0].output);
+            out.extend_from_slice(ways[0].output());
             return;
         }
         // The second way becomes the first: a hit there, or the slot a miss reuses (the
         // least recently used of the two).
         ways.swap(0, 1);
         if ways[0].holds(key.id, fingerprint, value.len()) {
-            out.extend_from_slice(&ways[0].output);
+            out.extend_from_slice(ways[0].output());
             return;
         }
         let at = out.len();
         key.shape_uncached(value, out);
+        let shaped = &out[at..];
         let slot = &mut ways[0];
+        // The output has the value's length (at most MAX_VALUE bytes): it fits inline.
+        let Ok(len) = u8::try_from(shaped.len()) else {
+            slot.key = 0;
+            return;
+        };
+        if shaped.len() > Self::MAX_VALUE {
+            slot.key = 0;
+            return;
+        }
         slot.key = key.id;
         slot.fingerprint = fingerprint;
-        slot.output.clear();
-        slot.output.extend_from_slice(&out[at..]);
+        slot.len = len;
+        slot.output[..shaped.len()].copy_from_slice(shaped);
     }
 }
 

@@ -81,19 +81,24 @@ fn partial(
     let total = span.iter().filter(|b| b.is_ascii_alphanumeric()).count();
     let tail_from = total.saturating_sub(keep_last);
     let mut k = 0;
-    out.reserve(span.len());
+    out.reserve(span.len() * mask.len());
+    // An ASCII mask character (the usual `*`, `#`, `X`) is one push, not a copy per byte.
+    let push_mask = |out: &mut Vec<u8>| match mask {
+        [one] => out.push(*one),
+        _ => out.extend_from_slice(mask),
+    };
     for &b in span {
         if b.is_ascii_alphanumeric() {
             if k < keep_first || k >= tail_from {
                 out.push(b);
             } else {
-                out.extend_from_slice(mask);
+                push_mask(out);
             }
             k += 1;
         } else if keep_separators || !b.is_ascii() {
             out.push(b);
         } else {
-            out.extend_from_slice(mask);
+            push_mask(out);
         }
     }
 }
@@ -132,5 +137,12 @@ mod tests {
             keep_separators: false,
         };
         assert_eq!(run(&p, "jo.é@x.io").as_deref(), Some("j##é#####"));
+        let p = Operator::Partial {
+            keep_first: 0,
+            keep_last: 2,
+            mask_char: '•',
+            keep_separators: true,
+        };
+        assert_eq!(run(&p, "1234-56").as_deref(), Some("••••-56"));
     }
 }

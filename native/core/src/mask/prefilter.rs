@@ -89,6 +89,51 @@ const fn classes() -> [u8; 256] {
 
 static CLASS: [u8; 256] = classes();
 
+/// A window of block masks: 128 bits (`cur` then `nxt`) or, when `nxt` is empty, 64.
+trait Window:
+    Copy
+    + Eq
+    + From<bool>
+    + std::ops::BitAnd<Output = Self>
+    + std::ops::BitOr<Output = Self>
+    + std::ops::BitOrAssign
+    + std::ops::Not<Output = Self>
+    + std::ops::Shl<u32, Output = Self>
+    + std::ops::Shr<u32, Output = Self>
+{
+    const ZERO: Self;
+    /// The window over `cur`'s mask and `nxt`'s (ignored, all zero, in a 64-bit window).
+    fn window(cur: u64, nxt: u64) -> Self;
+    /// The bits of `cur`.
+    fn low(self) -> u64;
+}
+
+impl Window for u64 {
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn window(cur: u64, nxt: u64) -> Self {
+        debug_assert_eq!(nxt, 0);
+        cur
+    }
+    #[inline(always)]
+    fn low(self) -> u64 {
+        self
+    }
+}
+
+impl Window for u128 {
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn window(cur: u64, nxt: u64) -> Self {
+        u128::from(cur) | u128::from(nxt) << 64
+    }
+    #[inline(always)]
+    #[allow(clippy::cast_possible_truncation)] // the low 64 bits of the window are `cur`'s
+    fn low(self) -> u64 {
+        self as u64
+    }
+}
+
 /// Which families the scanner's alternatives include (a masker may detect a subset).
 #[derive(Debug, Clone, Default)]
 pub struct Families {
@@ -128,27 +173,55 @@ impl Families {
     /// [`Starts::opens_at`]); `nxt` is the following block, `prev_word` tells whether the byte
     /// before `cur` is a word byte.
     ///
-    /// The masks are read as one 128-bit window (`cur` then `nxt`), so `m >> k` is "the byte
-    /// `k` positions on" for every byte of `cur` (no look-ahead here reaches past the window).
+    /// When `nxt` is empty (the value ends in `cur`: every short value, and the last block of
+    /// a long one) the window's high half is all zeros, and the same conditions evaluated on
+    /// 64-bit words give exactly its low half: a right shift brings in zeros either way, and
+    /// no negated mask is shifted again (see [`Families::window_candidates`]).  Half the work.
+    #[inline]
+    fn candidates(&self, cur: &Masks, nxt: &Masks, prev_word: bool) -> u64 {
+        if *nxt == Masks::default() {
+            self.window_candidates::<u64>(cur, nxt, prev_word)
+        } else {
+            self.window_candidates::<u128>(cur, nxt, prev_word)
+        }
+    }
+
+    /// [`Families::candidates`] computed on windows of `W` bits.
+    ///
+    /// The masks are read as one window (`cur` then `nxt`; 128 bits, or 64 when `nxt` is empty),
+    /// so `m >> k` is "the byte `k` positions on" for every byte of `cur` (no look-ahead here
+    /// reaches past the window).
     /// Bytes before `cur` shift in as zeros, so an exclusion that needs a byte before the
     /// block never applies there: the set stays a superset.  Each condition below is one that
     /// `opens_at` (or the shape check it calls) requires, read bit-parallel; clean text is full
     /// of dates, times, versions, amounts and ids, and every opening rejected here is one
-    /// `opens_at` call (a few hundred instructions) saved.
-    #[allow(clippy::cast_possible_truncation)] // the low 64 bits of the window are `cur`'s
-    fn candidates(&self, cur: &Masks, nxt: &Masks, prev_word: bool) -> u64 {
-        let w = |f: fn(&Masks) -> u64| u128::from(f(cur)) | u128::from(f(nxt)) << 64;
+    /// `opens_at` call (a few hundred instructions) saved.  Negated masks (`!x`) are only ever
+    /// ANDed, never shifted right afterwards: that is what makes the 64-bit window exact.
+    fn window_candidates<W: Window>(&self, cur: &Masks, nxt: &Masks, prev_word: bool) -> u64 {
+        let w = |f: fn(&Masks) -> u64| W::window(f(cur), f(nxt));
         let (word, digit, hex) = (w(|m| m.word), w(|m| m.digit), w(|m| m.hex));
         let (colon, dot, space, dash) =
             (w(|m| m.colon), w(|m| m.dot), w(|m| m.space), w(|m| m.dash));
-        let (paren, slash) = (w(|m| m.paren), w(|m| m.slash));
-        let prev_word = u128::from(prev_word);
+        let slash = w(|m| m.slash);
+        let prev_word = W::from(prev_word);
         let after_non_word = !(word << 1 | prev_word);
+        let paren = w(|m| m.paren);
+        // Prose (names, words): every alternative but the provider tokens opens on a digit,
+        // a `:` (IPv6), a `+` or `(` (phones) or a `-` (PEM), and each term below is ANDed
+        // with one of those masks.  Without any of them in the window only tokens can open.
+        if digit | colon | dash | paren | w(|m| m.plus) == W::ZERO {
+            let tokens = if self.tokens {
+                w(|m| m.token_first) & w(|m| m.token_second | m.aws_second) >> 1
+            } else {
+                W::ZERO
+            };
+            return (tokens & after_non_word).low();
+        }
         // `-`, `.` or `/` glued to a word on the left (`ORD-2024`, `v1.2`, `a/1`): nothing but
         // an IPv6 group starts a number there (`token_left_ok`).
         let glued = (dash | dot | slash) << 1 & (word << 2 | prev_word << 1);
         let d = digit & !glued;
-        let mut opens = 0;
+        let mut opens = W::ZERO;
         // Digit runs: `dN` has bit i when the N bytes from i are all digits.
         let d2 = digit & digit >> 1;
         let d4 = d2 & d2 >> 2;
@@ -207,10 +280,10 @@ impl Families {
             let h2 = hc & hc >> 1;
             let h4 = h2 & h2 >> 2;
             let h8 = h4 & h4 >> 4;
-            let dc = if colon & colon >> 1 == 0 {
-                0
+            let dc = if colon & colon >> 1 == W::ZERO {
+                W::ZERO
             } else {
-                u128::MAX
+                !W::ZERO
             };
             let long = h8 & h8 >> 6;
             // Not right after a `.` (inside a version), nor after a `:` that follows a hex
@@ -230,9 +303,9 @@ impl Families {
             let upper = w(|m| m.upper);
             opens |= upper & upper >> 1 & d2 >> 2 & !glued;
         }
-        let pem = if self.pem { dash & dash >> 1 } else { 0 };
+        let pem = if self.pem { dash & dash >> 1 } else { W::ZERO };
         // The low half is `cur`'s.
-        (opens & after_non_word | pem) as u64
+        (opens & after_non_word | pem).low()
     }
 }
 
@@ -304,6 +377,34 @@ impl<'a> Starts<'a> {
                 dead: false,
                 started: false,
             },
+        }
+    }
+
+    /// True if no candidate can start anywhere in the value, a value of at most 64 bytes (one
+    /// block): no opening in its block masks, no `@` when emails are detected, no `:` or `=`
+    /// when keyword secrets are.  Only when [`Starts::next`] from 0 finds nothing (a `:` with
+    /// no keyword before it is left to the streams), with one byte search instead of the
+    /// streams' set-up.  The block classified here is the one `next` starts from.
+    pub fn nothing_opens(&mut self) -> bool {
+        let text = self.text;
+        debug_assert!(text.len() <= 64);
+        let cur = classify(text);
+        let nxt = Masks::default();
+        let candidates = self.families.candidates(&cur, &nxt, false);
+        self.block = Some(Block {
+            base: 0,
+            candidates,
+            last_word: cur.word >> 63 != 0,
+            nxt,
+        });
+        if candidates != 0 {
+            return false;
+        }
+        match (self.families.email, self.families.keywords) {
+            (true, true) => memchr::memchr3(b'@', b':', b'=', text).is_none(),
+            (true, false) => memchr::memchr(b'@', text).is_none(),
+            (false, true) => memchr::memchr2(b':', b'=', text).is_none(),
+            (false, false) => true,
         }
     }
 
@@ -764,8 +865,75 @@ mod tests {
         proptest::collection::vec(frag, 0..40).prop_map(|v| v.concat())
     }
 
+    /// The 64-bit window used when the next block is empty gives exactly the low half of the
+    /// 128-bit window, for every family subset and any bytes (the whole value in one block).
+    fn narrow_window_is_exact(kinds: &[Kind], text: &[u8], prev_word: bool) {
+        let f = Families::new(kinds);
+        let cur = classify(&text[..text.len().min(64)]);
+        let nxt = Masks::default();
+        assert_eq!(
+            f.window_candidates::<u64>(&cur, &nxt, prev_word),
+            f.window_candidates::<u128>(&cur, &nxt, prev_word),
+            "{:?}",
+            String::from_utf8_lossy(text)
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn narrow_window_equals_wide(v in number_text(), prev_word in any::<bool>()) {
+            for kinds in [
+                &Kind::ALL[..],
+                &[Kind::Phone][..],
+                &[Kind::Ipv6, Kind::Ipv4][..],
+                &[Kind::Card, Kind::Ssn, Kind::Iban, Kind::Token][..],
+            ] {
+                narrow_window_is_exact(kinds, &v, prev_word);
+            }
+        }
+
+        /// The short-value reject never skips a value the position streams would propose a
+        /// start in (it may let through one they then dismiss: the masks are a superset).
+        #[test]
+        fn nothing_opens_only_without_starts(v in number_text(), kinds in 0usize..4) {
+            let sets: [&[Kind]; 4] = [
+                &Kind::ALL,
+                &[Kind::Email, Kind::Phone],
+                &[Kind::KeywordSecret, Kind::Ipv6],
+                &[Kind::Card, Kind::Token, Kind::PemBlock],
+            ];
+            let f = Families::new(sets[kinds]);
+            for end in [v.len().min(64), v.len().min(12), v.len().min(1)] {
+                let text = &v[..end];
+                let mut primed = Starts::new(&f, text);
+                if primed.nothing_opens() {
+                    prop_assert!(
+                        Starts::new(&f, text).next(0).is_none(),
+                        "{:?}", String::from_utf8_lossy(text)
+                    );
+                }
+                // the block it classified is the one a fresh stream starts from
+                let mut fresh = Starts::new(&f, text);
+                let mut at = 0;
+                while at <= text.len() {
+                    let (p, q) = (primed.next(at), fresh.next(at));
+                    prop_assert_eq!(p, q);
+                    match p {
+                        Some(p) => at = p + 1,
+                        None => break,
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn narrow_window_equals_wide_any_bytes(
+            v in proptest::collection::vec(any::<u8>(), 0..64), prev_word in any::<bool>()
+        ) {
+            narrow_window_is_exact(&Kind::ALL, &v, prev_word);
+        }
+
         #[test]
         fn block_masks_cover_every_opening(v in number_text()) {
             let all: Vec<Kind> = Kind::ALL.to_vec();

@@ -104,6 +104,11 @@ impl BuiltinScanner {
 
     fn scan_prefiltered(&self, text: &[u8], budget: usize, emit: impl FnMut(Span)) {
         let mut starts = Starts::new(&self.families, text);
+        // Short values (names, codes, statuses) where nothing can start: settled by one
+        // block's masks, before the other streams or a search cache are set up.
+        if text.len() <= SHORT_VALUE && starts.nothing_opens() {
+            return;
+        }
         let mut cache = self.opener_caches.get();
         self.scan_with(text, budget, emit, |at| {
             self.find_from(text, at, &mut starts, &mut cache)
@@ -291,6 +296,10 @@ impl BuiltinScanner {
 fn rescan_budget(text: &[u8]) -> usize {
     text.len().saturating_mul(RESCAN_BUDGET_FACTOR) + RESCAN_BUDGET_MIN
 }
+
+/// Values up to this many bytes (one classified block) are first checked by
+/// [`Starts::nothing_opens`].
+const SHORT_VALUE: usize = 64;
 
 /// Per-thread caches of a lazy DFA.
 type CachePool = Pool<hybrid::dfa::Cache, Box<dyn Fn() -> hybrid::dfa::Cache + Send + Sync>>;
