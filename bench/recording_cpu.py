@@ -101,11 +101,19 @@ def run_fixed(
 
 
 def make(
-    env: harness.BenchEnv, path: str, recording: bool, command: str | None = None
+    env: harness.BenchEnv,
+    path: str,
+    recording: bool,
+    command: str | None = None,
+    name: str | None = None,
 ) -> harness.Target:
-    name = "veilgate-recording" if recording else "veilgate"
+    name = name or ("veilgate-recording" if recording else "veilgate")
     if path == "relay":
-        cls = harness.VeilgateRecordingTarget if recording else harness.VeilgateTarget
+        cls: type[harness.VeilgateTarget] = (
+            harness.VeilgateRecordingTarget if recording else harness.VeilgateTarget
+        )
+        if name != cls.name:  # a second target of the class: its own directory
+            cls = type(cls.__name__, (cls,), {"name": name})
         return cls(env, command=command)
     return VeilgatePolicyTarget(
         env, name, policy_file=POLICY_FILE, recording=recording, command=command
@@ -185,6 +193,66 @@ def callgrind(args: argparse.Namespace, paths: list[str], workloads: list[Worklo
     return 0
 
 
+def _with_native(native: str, start: object) -> None:
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [native, old]))
+    try:
+        start()  # type: ignore[operator]
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def compare_natives(
+    args: argparse.Namespace, paths: list[str], workloads: list[Workload], natives: list[str]
+) -> int:
+    """Recording on with each native build (and off with the first), rounds interleaved."""
+    lines = []
+    with harness.bench_env(scale=1) as env:
+        for path in paths:
+            targets: dict[str, harness.Target] = {}
+            off = make(env, path, False)
+            _with_native(natives[0], off.start)
+            targets["off"] = off
+            for i, native in enumerate(natives):
+                t = make(env, path, True, name=f"veilgate-recording-{i}")
+                _with_native(native, t.start)
+                targets[f"on:{Path(native).name}"] = t
+            try:
+                for t in targets.values():
+                    harness.smoke_check(env, t)
+                for w in workloads:
+                    res: dict[str, list[float]] = {k: [] for k in targets}
+                    for t in targets.values():
+                        run_fixed(env, t, w, max(200, args.transactions // 10))
+                    for r in range(args.rounds):
+                        names = list(targets)
+                        names = names[r % len(names) :] + names[: r % len(names)]
+                        for name in names:
+                            loop_us, other_us, _ = run_fixed(
+                                env, targets[name], w, args.transactions
+                            )
+                            res[name].append(loop_us + other_us)
+                            say(f"  {path} {w.name} {name} round {r + 1}: {loop_us + other_us:.2f}")
+                    med = {k: statistics.median(v) for k, v in res.items()}
+                    lines.append(
+                        f"{path:6} {w.name:20} "
+                        + " | ".join(
+                            f"{k} {v:.2f} (+{v - med['off']:.2f})" if k != "off" else f"off {v:.2f}"
+                            for k, v in med.items()
+                        )
+                    )
+            finally:
+                for t in targets.values():
+                    t.stop()
+    say("gateway CPU µs per transaction (median of rounds), recording on per native build:")
+    for line in lines:
+        say(line)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transactions", type=int, default=4000, help="per client")
@@ -198,12 +266,20 @@ def main() -> int:
         "(files DIR/<path>-<workload>-<off|on>.data)",
     )
     ap.add_argument("--callgrind", metavar="DIR", help="instruction counts under callgrind")
+    ap.add_argument(
+        "--natives",
+        metavar="DIR,DIR",
+        help="compare builds of the native engine: directories that hold a veilgate_native "
+        "package each (put first on PYTHONPATH); recording on with each, and off with the first",
+    )
     args = ap.parse_args()
     paths = [p for p in args.paths.split(",") if p]
     wanted = set(args.workloads.split(","))
     workloads = [w for w in WORKLOADS if w.name in wanted]
     if args.callgrind:
         return callgrind(args, paths, workloads)
+    if args.natives:
+        return compare_natives(args, paths, workloads, args.natives.split(","))
     lines = []
     with harness.bench_env(scale=1) as env:
         for path in paths:

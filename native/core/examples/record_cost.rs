@@ -158,6 +158,14 @@ fn part_seal(n: usize, feed: &mut Feed) -> usize {
         let taken = feed.queue.take(4096, Duration::ZERO);
         if let Some(b) = chain.seal(taken, SystemTime::now()) {
             sealed += b.items;
+            if std::env::var_os("RECORD_COST_SHOW").is_some() {
+                let line = b.bytes.split(|&c| c == b'\n').next().unwrap_or_default();
+                eprintln!(
+                    "{} bytes per record; first: {}",
+                    b.bytes.len() / b.records,
+                    String::from_utf8_lossy(line)
+                );
+            }
             std::hint::black_box(&b.bytes);
         }
     }

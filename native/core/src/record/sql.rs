@@ -324,7 +324,10 @@ fn statement_text_with(
     redact_literals: bool,
     norm: &mut Vec<u8>,
 ) -> StatementText {
-    let mut out: Vec<u8> = Vec::with_capacity(text.len().min(max_excerpt) + 8);
+    // Until a token is replaced, the excerpt is the text itself up to `plain` (tokens are
+    // contiguous): nothing is copied token by token in the common case.
+    let mut out: Option<Vec<u8>> = None;
+    let mut plain = 0usize;
     let scan = &text[..text.len().min(FINGERPRINT_SCAN_MAX)];
     let mut lx = Lexer { s: scan, i: 0 };
     let mut param = if redact_literals { max_param(scan) } else { 0 };
@@ -363,15 +366,28 @@ fn statement_text_with(
             _ => None,
         };
         let piece: &[u8] = replacement.map_or(tok, str::as_bytes);
-        if out.len() + piece.len() > max_excerpt {
-            let room = max_excerpt - out.len();
+        let so_far = out.as_ref().map_or(plain, Vec::len);
+        if so_far + piece.len() > max_excerpt {
+            let room = max_excerpt - so_far;
             if replacement.is_none() {
-                out.extend_from_slice(&piece[..room]);
+                match out.as_mut() {
+                    Some(o) => o.extend_from_slice(&piece[..room]),
+                    None => plain += room,
+                }
             }
             excerpt_done = true;
             truncated = true;
         } else {
-            out.extend_from_slice(piece);
+            match (out.as_mut(), replacement) {
+                (Some(o), _) => o.extend_from_slice(piece),
+                (None, None) => plain += piece.len(),
+                (None, Some(_)) => {
+                    let mut o = Vec::with_capacity(text.len().min(max_excerpt) + 8);
+                    o.extend_from_slice(&scan[..plain]);
+                    o.extend_from_slice(piece);
+                    out = Some(o);
+                }
+            }
         }
         match kind {
             Kind::Space | Kind::Comment => {}
@@ -390,7 +406,7 @@ fn statement_text_with(
     let mut eight = [0u8; 8];
     eight.copy_from_slice(&digest[..8]);
     StatementText {
-        excerpt: utf8_prefix(&out, max_excerpt),
+        excerpt: utf8_prefix(out.as_deref().unwrap_or(&scan[..plain]), max_excerpt),
         truncated,
         len: text.len(),
         fingerprint: u64::from_be_bytes(eight),
@@ -532,6 +548,53 @@ mod tests {
         u64::from_be_bytes(eight)
     }
 
+    /// The excerpt as the first version built it (token by token into a buffer).
+    fn excerpt_v1(text: &[u8], max_excerpt: usize, redact_literals: bool) -> (String, bool) {
+        let mut out: Vec<u8> = Vec::new();
+        let scan = &text[..text.len().min(FINGERPRINT_SCAN_MAX)];
+        let mut lx = Lexer { s: scan, i: 0 };
+        let mut param = if redact_literals { max_param(scan) } else { 0 };
+        let mut after_password = false;
+        let mut excerpt_done = false;
+        let mut truncated = false;
+        while let Some((kind, a, b)) = lx.next_token() {
+            let tok = &scan[a..b];
+            if excerpt_done {
+                continue;
+            }
+            let owned;
+            let replacement: Option<&str> = match kind {
+                Kind::Str if after_password || credential_like(tok) => Some(REDACTED),
+                Kind::Str | Kind::Number if redact_literals => {
+                    param += 1;
+                    owned = format!("${param}");
+                    Some(owned.as_str())
+                }
+                _ => None,
+            };
+            let piece: &[u8] = replacement.map_or(tok, str::as_bytes);
+            if out.len() + piece.len() > max_excerpt {
+                let room = max_excerpt - out.len();
+                if replacement.is_none() {
+                    out.extend_from_slice(&piece[..room]);
+                }
+                excerpt_done = true;
+                truncated = true;
+            } else {
+                out.extend_from_slice(piece);
+            }
+            match kind {
+                Kind::Space | Kind::Comment => {}
+                Kind::Ident => after_password = lower_eq(tok, b"password"),
+                _ => after_password = false,
+            }
+        }
+        if !excerpt_done && scan.len() < text.len() {
+            truncated = true;
+        }
+        (utf8_prefix(&out, max_excerpt), truncated)
+    }
+
     #[test]
     fn fingerprints_are_those_of_the_first_version() {
         let long = format!("select '{}' || x from t", "y".repeat(FINGERPRINT_SCAN_MAX));
@@ -591,6 +654,35 @@ mod tests {
         ) {
             let t = statement_text(&text, 64, false);
             proptest::prop_assert_eq!(t.fingerprint, fingerprint_v1(&text));
+        }
+
+        #[test]
+        fn excerpts_are_those_of_the_first_version(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "select ", "password ", "PASSWORD", " 'x'", "'a''b'", "$$d$$", "E'\\''", "42",
+                "1.5e+3", "$1", " -- c\n", "/* c */", "\"Q\"", "'host=h password=p'",
+                "'pg://u:s@h'", "é", "\u{fffd}", ";", "\n", "$q$", "'",
+            ]), 0..24),
+            max in 0usize..120,
+            redact in proptest::bool::ANY,
+        ) {
+            let text = parts.concat();
+            let t = statement_text(text.as_bytes(), max, redact);
+            let (excerpt, truncated) = excerpt_v1(text.as_bytes(), max, redact);
+            proptest::prop_assert_eq!(&t.excerpt, &excerpt);
+            proptest::prop_assert_eq!(t.truncated, truncated);
+        }
+
+        #[test]
+        fn excerpts_of_any_bytes_are_those_of_the_first_version(
+            text in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            max in 0usize..200,
+            redact in proptest::bool::ANY,
+        ) {
+            let t = statement_text(&text, max, redact);
+            let (excerpt, truncated) = excerpt_v1(&text, max, redact);
+            proptest::prop_assert_eq!(&t.excerpt, &excerpt);
+            proptest::prop_assert_eq!(t.truncated, truncated);
         }
 
         #[test]
