@@ -259,6 +259,8 @@ class RecvBuffer:
         max_sql_bytes: int = 4096,
         record_sql: bool = True,
         grant_scope: int | None = None,
+        queries: bool = True,
+        parses: Sequence[tuple[bytes, bytes, Any, str, str, bytes | None]] | None = None,
     ) -> None:
         """Client buffers: forward, without surfacing it, every Query that ``cache`` allows
         under decision scope ``scope`` (its decision goes to the statement log at once); None
@@ -272,8 +274,12 @@ class RecvBuffer:
         inserted without ``event`` then surface.  ``grant_scope``: the principal's standing
         grants (:meth:`VerdictCache.insert_grant`), looked up when ``scope`` has no entry; a
         grant's entry answers only while its :class:`GrantHandle` is live, and counts the use
-        there (with a ``log`` it surfaces: it has no line).  ``ValueError`` on a server
-        buffer."""
+        there (with a ``log`` it surfaces: it has no line).  ``queries``: answer Queries (else
+        only ``parses``).  ``parses``: (name, text, verdict, rule, fingerprint, decision-log
+        members or None) of statements the server holds whose re-Parse (same name, same text,
+        any parameter types) is answered as a Query hit is (counted, logged, kept with
+        ``events``), while the cache's generation is the one armed.  ``ValueError`` on a
+        server buffer."""
     @property
     def verdicts_armed(self) -> bool:
         """A verdict cache is installed (:meth:`set_verdicts`)."""

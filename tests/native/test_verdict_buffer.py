@@ -156,3 +156,40 @@ def test_a_revoked_or_expired_grant_answers_nothing_and_is_purged() -> None:
     assert len(events_of(out)) == 1
     assert grant.take_uses() == 1 and not grant.live
     assert not vn.GrantHandle(0.0).live and not vn.GrantHandle(float("nan")).live
+
+
+def _parse(name: bytes, text: bytes, types: bytes = b"\0\0") -> bytes:
+    return msg(b"P", name + b"\0" + text + b"\0" + types)
+
+
+def test_a_reparse_of_the_held_statement_is_answered_and_nothing_else() -> None:
+    cache = vn.VerdictCache()
+    verdict = object()
+    held = b"select * from orders where id = $1"
+    rb = vn.RecvBuffer(vn.CLIENT, vn.SessionState())
+    rb.set_events(b"QP")
+    rb.set_barrier_events(b"QP")
+    rb.set_verdicts(
+        cache, 0, queries=False, parses=[(b"", held, verdict, "rule-a", "fp", None)], events=True
+    )
+    same = _parse(b"", held, b"\0\1\0\0\0\x17")  # parameter types aside: the same statement
+    bind = msg(b"B", b"\0\0\0\0\0\0\0\0")
+    _, out = read_cycle(rb, same + bind + same, 65536)
+    assert type(out) is bytes and out == same + bind + same
+    count, hits = rb.take_verdict_hits()
+    assert count == 2 and [(v is verdict, t) for v, t in hits] == [(True, held)] * 2
+    surfaced = (
+        _parse(b"", held + b" "),  # another text
+        _parse(b"s1", held),  # another name
+        _parse(b"", held[:-1]),  # a prefix of it
+        query(held.decode()),  # Queries are not armed
+        msg(b"P", b"\0" + held),  # malformed: no terminator
+    )
+    for m in surfaced:
+        _, out = read_cycle(rb, m, 65536)
+        assert [bytes(e.frame()) for e in events_of(out)] == [m], m
+    # a reload disarms at once, whatever the buffer was armed with
+    cache.clear()
+    _, out = read_cycle(rb, same, 65536)
+    assert len(events_of(out)) == 1
+    assert rb.take_verdict_hits()[0] == 0

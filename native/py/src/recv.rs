@@ -44,11 +44,13 @@ use crate::message::Message;
 use crate::plan::{install, Installed, MaskingError};
 use crate::session::{lock, SessionState};
 use crate::tls::{self as ptls, SharedTls, TlsConnection, TlsError};
-use crate::verdict::{drain_events, Armed, HitEvents, Hits, VerdictCache};
+use crate::verdict::{drain_events, Armed, HitEvents, Hits, ParseEntry, ParseSpec, VerdictCache};
 
 pub const CLIENT: u8 = 0;
 /// A simple Query (the message the verdict cache may answer).
 const QUERY_TAG: u8 = b'Q';
+/// A Parse (the verdict cache answers re-parses of statements the server holds).
+const PARSE_TAG: u8 = b'P';
 pub const SERVER: u8 = 1;
 
 /// The free tail `prepare` guarantees at least (when the capacity allows it).
@@ -191,11 +193,14 @@ impl RecvBuffer {
         let origin = unparsed.as_ptr() as usize;
         let outcome = match (&self.session, self.direction) {
             (None, Direction::Client) if verdicts.is_some() => {
-                framer.frame_answering(unparsed, actions, |tag, bytes| {
-                    tag == QUERY_TAG
-                        && verdicts
-                            .as_mut()
-                            .is_some_and(|v| v.answer(py, bytes, hits).is_some())
+                framer.frame_answering(unparsed, actions, |tag, bytes| match tag {
+                    QUERY_TAG => verdicts
+                        .as_mut()
+                        .is_some_and(|v| v.answer(py, bytes, hits).is_some()),
+                    PARSE_TAG => verdicts
+                        .as_mut()
+                        .is_some_and(|v| v.answer_parse(py, bytes, hits).is_some()),
+                    _ => false,
                 })
             }
             (None, _) => framer.frame(unparsed, actions, |_, _| {}),
@@ -218,13 +223,15 @@ impl RecvBuffer {
                                 ids.push((bytes.as_ptr() as usize - origin, id));
                             }
                         }
-                        if tag != QUERY_TAG {
-                            return false;
-                        }
                         let Some(v) = verdicts.as_mut() else {
                             return false;
                         };
-                        let Some(decision) = v.answer(py, bytes, hits) else {
+                        let answered = match tag {
+                            QUERY_TAG => v.answer(py, bytes, hits),
+                            PARSE_TAG => v.answer_parse(py, bytes, hits),
+                            _ => None,
+                        };
+                        let Some(decision) = answered else {
                             return false;
                         };
                         if id != 0 {
@@ -801,7 +808,7 @@ impl RecvBuffer {
     /// (a grant's entry has none).
     #[pyo3(signature = (
         cache, scope=0, *, max_frame=usize::MAX, events=false, log=None, log_prefix=&b""[..],
-        max_sql_bytes=4096, record_sql=true, grant_scope=None
+        max_sql_bytes=4096, record_sql=true, grant_scope=None, queries=true, parses=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn set_verdicts(
@@ -815,14 +822,23 @@ impl RecvBuffer {
         max_sql_bytes: usize,
         record_sql: bool,
         grant_scope: Option<u64>,
+        queries: bool,
+        parses: Option<Vec<ParseSpec>>,
     ) -> PyResult<()> {
         if self.direction != Direction::Client {
             return Err(PyValueError::new_err(
                 "set_verdicts is for a CLIENT buffer (Queries come from the client)",
             ));
         }
+        let parses: Vec<ParseEntry> = parses
+            .unwrap_or_default()
+            .into_iter()
+            .map(ParseEntry::new)
+            .collect();
         self.verdicts = cache.map(|c| {
-            let armed = c.arm(scope, grant_scope, max_frame, events);
+            let armed = c
+                .arm(scope, grant_scope, max_frame, events)
+                .with_parses(queries, parses);
             match &log {
                 Some(l) => armed.with_log(l.hit_log(log_prefix, max_sql_bytes, record_sql)),
                 None => armed,

@@ -290,6 +290,41 @@ impl Keyer {
     }
 }
 
+/// A Parse a client buffer answers natively: the control plane's statement `name` already
+/// holds exactly `text` on the server, allowed by the current policy.  Parsing it again
+/// changes nothing the gateway follows (a named one fails as a duplicate; the unnamed one holds
+/// the same text again, or none if that Parse fails: a later Bind is the server's to refuse).
+pub struct ParseEntry {
+    name: Vec<u8>,
+    text: Vec<u8>,
+    verdict: Py<PyAny>,
+    decision: Arc<Decision>,
+    event: Option<Box<[u8]>>,
+}
+
+/// What `RecvBuffer.set_verdicts(parses=...)` takes per statement: (name, text, verdict, rule,
+/// fingerprint, decision-log members or None).
+pub type ParseSpec = (Vec<u8>, Vec<u8>, Py<PyAny>, String, String, Option<Vec<u8>>);
+
+impl ParseEntry {
+    pub fn new(spec: ParseSpec) -> ParseEntry {
+        let (name, text, verdict, rule, fingerprint, event) = spec;
+        ParseEntry {
+            name,
+            text,
+            verdict,
+            decision: Arc::new(Decision {
+                action: "allow".to_owned(),
+                rule,
+                fingerprint,
+                sqlstate: None,
+                approval: None,
+            }),
+            event: event.map(Vec::into_boxed_slice),
+        }
+    }
+}
+
 /// A client buffer's arming: which cache, under which scope, with which limits.
 pub struct Armed {
     cache: Arc<Mutex<Inner>>,
@@ -305,6 +340,10 @@ pub struct Armed {
     keyer: Keyer,
     /// Where the lines of answered Queries go (the decision log), if anywhere natively.
     log: Option<HitLog>,
+    /// Queries are answered (else only the Parses of `parses`).
+    queries: bool,
+    /// Parses answered natively (see [`ParseEntry`]).
+    parses: Vec<ParseEntry>,
 }
 
 /// What the buffer keeps per answered Query until the control plane drains it.
@@ -336,7 +375,7 @@ impl Armed {
         frame: &[u8],
         hits: &mut Hits,
     ) -> Option<Arc<Decision>> {
-        if frame.len() > self.max_frame {
+        if !self.queries || frame.len() > self.max_frame {
             return None;
         }
         let body = frame.get(5..)?;
@@ -387,6 +426,58 @@ impl Armed {
         Some(decision)
     }
 
+    /// Answers the whole Parse message `frame` if it re-parses a statement of `parses` with
+    /// its exact name and text (parameter types aside: the policy judges the text): the
+    /// decision for the statement log, after noting the hit.  None: surface it.
+    pub fn answer_parse(
+        &mut self,
+        py: Python<'_>,
+        frame: &[u8],
+        hits: &mut Hits,
+    ) -> Option<Arc<Decision>> {
+        if self.parses.is_empty() || frame.len() > self.max_frame {
+            return None;
+        }
+        let declared = u32::from_be_bytes(frame.get(1..5)?.try_into().ok()?) as usize;
+        if declared + 1 != frame.len() {
+            return None; // not one whole message
+        }
+        let body = frame.get(5..)?;
+        let n = find_byte(0, body)?;
+        let name = &body[..n];
+        let rest = &body[n + 1..];
+        let t = find_byte(0, rest)?;
+        let text = &rest[..t];
+        let entry = self
+            .parses
+            .iter()
+            .find(|e| e.name == name && e.text == text)?;
+        {
+            let inner = lock(&self.cache);
+            if inner.generation != self.generation {
+                return None; // reloaded: the control plane judges it again
+            }
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.hit(entry.event.as_deref()?, text);
+        }
+        if self.events {
+            hits.events
+                .push((entry.verdict.clone_ref(py), text.to_vec()));
+        }
+        hits.count += 1;
+        HITS.fetch_add(1, Ordering::Relaxed);
+        lock(&self.cache).hits += 1;
+        Some(Arc::clone(&entry.decision))
+    }
+
+    /// Only the Parses of `parses` are answered (`queries`: Queries too).
+    pub fn with_parses(mut self, queries: bool, parses: Vec<ParseEntry>) -> Armed {
+        self.queries = queries;
+        self.parses = parses;
+        self
+    }
+
     /// The lines of answered Queries written to `log` (a decision log's handle for this
     /// session).
     pub fn with_log(mut self, log: HitLog) -> Armed {
@@ -427,6 +518,8 @@ impl VerdictCache {
             events,
             keyer: Keyer::default(),
             log: None,
+            queries: true,
+            parses: Vec::new(),
         }
     }
 

@@ -216,15 +216,25 @@ _UNDECODABLE: Final = "\ufffd"
 denied (the server would refuse the bytes too)."""
 
 
+NativeParse = tuple[bytes, bytes, Verdict, str, str, bytes | None]
+"""(name, text bytes, verdict, rule, fingerprint, decision-log members): what
+``RecvBuffer.set_verdicts(parses=...)`` takes per statement."""
+
+
 class _Stmt:
     """A protocol-level statement the client prepared (text and under which policy); also what
     a portal bound during a stale window came from."""
 
-    __slots__ = ("approval", "denied", "generation", "text")
+    __slots__ = ("approval", "denied", "generation", "native", "native_scope", "text")
 
     def __init__(self, text: str, generation: int) -> None:
         self.text = text
         self.generation = generation
+        self.native: NativeParse | None = None
+        """Set when the client buffer may answer a Parse of the same name and text natively
+        (see :meth:`PolicyEnforcer.native_parse`)."""
+        self.native_scope = 0
+        """The decision scope ``native`` was decided under."""
         self.denied: Decision | None = None
         self.approval: PendingApproval | None = None
         """An approve rule matched it: each Bind is checked for a grant (gateway.approval)."""
@@ -407,6 +417,7 @@ class PolicyEnforcer:
             self._sync_prepared()
         gate = self.approvals
         d = gate.setting(text) if gate is not None else None
+        native = d is None
         if d is None:
             d = self.engine.decide(self.principal, text, session=self.ctx)
         self._record(d)
@@ -414,6 +425,13 @@ class PolicyEnforcer:
         # the mirror has this Parse's statement (it becomes the server's if the Parse succeeds)
         parsed = self.mirror.last_parsed
         note = _Stmt(text, d.generation)
+        if native and not name and d.allowed and self.engine.native_ok(d, self.ctx):
+            # a Parse of the same text into the unnamed statement, once the server holds this
+            # one, is answered by the client buffer (see native_parse)
+            v = d.verdict
+            event = verdict_members(v) if self.audit is not None else None
+            note.native = (name, body[i + 1 : j], v, v.rule_id, v.fingerprint, event)
+            note.native_scope = self.engine.session_scope(self.principal, self.ctx)
         if approve:
             note.approval = self._pending_approval(d, body)
         elif not d.allowed:
@@ -697,6 +715,40 @@ class PolicyEnforcer:
         ):
             return None
         return self.engine.session_scope(self.principal, ctx)
+
+    def native_parse(self) -> NativeParse | None:
+        """The Parse the client buffer may answer natively now, or None: the unnamed statement
+        the server holds (confirmed, nothing in flight; see ``ServerMirror.quiet_for_parses``)
+        when the current policy allowed its text for this session's current scope in a way
+        that may be repeated without Python (``PolicyEngine.native_ok``).  Parsing that text
+        into the unnamed statement again leaves the server holding the same statement (or none,
+        should the Parse fail), so nothing the gateway follows changes; its decision is logged
+        natively.  Not while a stale window, a marker or probe, or approve rules need Parses."""
+        ctx = self.ctx
+        if (
+            self._window
+            or self._markers
+            or self._probes
+            or not ctx.standard_conforming_strings
+            or not ctx.normalize_literals
+            or (self.approvals is not None and self.approvals.active())
+            or not self.mirror.quiet_for_parses
+        ):
+            return None
+        stmt = self.mirror.statement(b"")
+        note = stmt.policy if stmt is not None else None
+        if (
+            not isinstance(note, _Stmt)
+            or note.native is None
+            or note.generation != self.engine.generation
+            or note.denied is not None
+            or note.approval is not None
+            or stmt is None
+            or stmt.source != "parse"
+            or note.native_scope != self.engine.session_scope(self.principal, ctx)
+        ):
+            return None
+        return note.native
 
     def native_log(self) -> tuple[native.DecisionLog, bytes, int, bool] | None:
         """Where the client buffer writes the decision-log lines of the Queries it answers

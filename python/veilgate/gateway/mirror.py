@@ -325,6 +325,23 @@ class ServerMirror:
         )
 
     @property
+    def quiet_for_parses(self) -> bool:
+        """A Parse of a statement name with exactly the text the server holds under it would
+        change nothing here (a named one fails as a duplicate; the unnamed one holds the same
+        text again, or none if it fails): nothing awaits a reply, requests are not all followed,
+        the server is not skipping to a Sync nor copying in, and no statement changes the
+        namespace when executed.  While this holds, such Parses need not be surfaced (the
+        client buffer answers them natively)."""
+        return not (
+            self._ops
+            or self._always
+            or self._skipping
+            or self._copy_in
+            or self._effectful
+            or self._window_portals
+        )
+
+    @property
     def settled(self) -> bool:
         """Nothing is waiting for the server's answer."""
         return not self._ops

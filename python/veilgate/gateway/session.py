@@ -24,7 +24,7 @@ import veilgate_native as native
 from veilgate import log, metrics
 from veilgate.config_model import TargetConfig
 from veilgate.gateway._relay import NativeTlsTransport, RelayProtocol, record_sized
-from veilgate.gateway.enforce import PolicyEnforcer
+from veilgate.gateway.enforce import NativeParse, PolicyEnforcer
 from veilgate.gateway.limits import STATEMENT_TAGS, ConnectionGrant
 from veilgate.gateway.masking import BARRIER_TAGS, CLIENT_TAGS, UPSTREAM_TAGS, MaskingRelay
 from veilgate.gateway.mirror import Desynchronised, ServerMirror
@@ -243,7 +243,7 @@ class Session:
         self._pool_generation = 0
         """The configuration generation the session's login comes from."""
         self.upstream_reused = False
-        self._armed: tuple[int, int, int | None] | None = None
+        self._armed: tuple[int | None, int, int | None, NativeParse | None] | None = None
         """(scope, cache generation) the client buffer answers Queries under (None: it
         surfaces every Query; see :meth:`arm_verdicts`)."""
         self.id = new_session_id()
@@ -348,14 +348,17 @@ class Session:
     # --- the verdict cache (allowed Queries answered natively) ---------------------------------
 
     def arm_verdicts(self) -> None:
-        """Let the client buffer answer the Queries the engine's verdict cache allows, without
-        surfacing them, while nothing about this session needs to see them: a policy session
-        without masking, relaying, its recording not refusing, and the enforcer's and the
-        mirror's state quiet (:meth:`PolicyEnforcer.native_scope`).  Otherwise every Query
-        surfaces, as before.  Called after every event handled here and whenever what the
-        buffers surface changes; a reload disarms by itself (the cache's generation)."""
+        """Let the client buffer answer the Queries the engine's verdict cache allows, and a
+        re-Parse of the unnamed statement the policy allowed, without surfacing them, while
+        nothing about this session needs to see them: a policy session without masking,
+        relaying, its recording not refusing, and the enforcer's and the mirror's state quiet
+        (:meth:`PolicyEnforcer.native_scope`, :meth:`PolicyEnforcer.native_parse`).  Otherwise
+        every Query and Parse surfaces, as before.  Called after every event handled here and
+        whenever what the buffers surface changes; a reload disarms by itself (the cache's
+        generation)."""
         enforcer = self.enforcer
         scope: int | None = None
+        parse: NativeParse | None = None
         if (
             enforcer is not None
             and self.masking is None
@@ -365,8 +368,9 @@ class Session:
             )
         ):
             scope = enforcer.native_scope()
+            parse = enforcer.native_parse()
         rb = self.client_rb
-        if scope is None:
+        if scope is None and parse is None:
             if self._armed is not None:
                 self._armed = None
                 rb.set_verdicts(None)
@@ -374,9 +378,11 @@ class Session:
             return
         assert enforcer is not None
         cache = enforcer.engine.native_verdicts
-        grants = enforcer.native_grant_scope(scope)
-        armed = (scope, cache.generation, grants)
+        grants = enforcer.native_grant_scope(scope) if scope is not None else None
+        armed = (scope, cache.generation, grants, parse)
         if armed != self._armed:
+            parses = [parse] if parse is not None else None
+            queries = scope is not None
             native_log = enforcer.native_log()
             if native_log is not None:
                 # the buffer writes the hits' decision-log lines itself: no events, no drain
@@ -384,23 +390,27 @@ class Session:
                 log_, prefix, max_sql, record_sql = native_log
                 rb.set_verdicts(
                     cache,
-                    scope,
+                    scope or 0,
                     max_frame=self._max_statement,
                     log=log_,
                     log_prefix=prefix,
                     max_sql_bytes=max_sql,
                     record_sql=record_sql,
                     grant_scope=grants,
+                    queries=queries,
+                    parses=parses,
                 )
                 events = False
             else:
                 events = enforcer.audit is not None
                 rb.set_verdicts(
                     cache,
-                    scope,
+                    scope or 0,
                     max_frame=self._max_statement,
                     events=events,
                     grant_scope=grants,
+                    queries=queries,
+                    parses=parses,
                 )
             self.client.set_verdict_drain(events)
             self._armed = armed

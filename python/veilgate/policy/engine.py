@@ -416,9 +416,25 @@ class PolicyEngine:
         that differ only in constants share the verdict, else by the exact text.  ``event``:
         the verdict's members of a decision-log line (``veilgate.policy.audit.verdict_members``;
         buffers that log natively answer only entries that have them)."""
+        if not self.native_ok(decision, session):
+            return False
+        v = decision._verdict
+        # the verdict it keeps alive holds the text and its statements' texts
+        cost = text_cost(v.analysis.text, copies=2)
+        return bool(
+            self.native_verdicts.insert(
+                session.scope, text, v.shared, v, v.rule_id, v.fingerprint, cost, event
+            )
+        )
+
+    def native_ok(self, decision: Decision, session: SessionContext) -> bool:
+        """Whether ``decision`` (just made by ``decide`` for ``session``) may be given again
+        without calling Python: an allow, cacheable, that changes nothing in the session, sets
+        and executes nothing, decided under the session's current scope and the current
+        policy, with the text lexed as the server will."""
         v = decision._verdict
         state = self._state
-        if (
+        return not (
             v.action != "allow"
             or not v.cacheable
             or v.changes_session
@@ -431,14 +447,6 @@ class PolicyEngine:
             or any(
                 s.analysis.settings or s.analysis.executes or s.analysis.unresolved
                 for s in v.statements
-            )
-        ):
-            return False
-        # the verdict it keeps alive holds the text and its statements' texts
-        cost = text_cost(v.analysis.text, copies=2)
-        return bool(
-            self.native_verdicts.insert(
-                session.scope, text, v.shared, v, v.rule_id, v.fingerprint, cost, event
             )
         )
 
