@@ -16,6 +16,7 @@ tier shows the same statements really return the values.
 # ruff: noqa: S608 (SQL built from table names the tests generate)
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.pg
 
 
 @pytest.fixture(scope="module")
-def fns(pg_cluster: Any, table: str) -> str:
+def fns(pg_cluster: Any, table: str) -> Iterator[str]:
     """SQL functions over the masked table (created by the gateway's upstream login)."""
     t = table
     with psycopg.connect(pg_cluster.gw_dsn(), autocommit=True) as conn:
@@ -63,7 +64,11 @@ def fns(pg_cluster: Any, table: str) -> str:
             f"create function {t}_s.lower(text) returns text language sql"
             f" as 'select ssn from public.{t} where id = 1'"
         )
-    return t
+    try:
+        yield t
+    finally:
+        # its lower(text) would make every other module's lower() a possible user function
+        pg_cluster.execute(f"drop schema {t}_s cascade", pg_cluster.app_db)
 
 
 LEAKING: dict[str, str] = {

@@ -426,16 +426,25 @@ def _tier_of(text: str) -> TierMasking:
 def test_unknown_lineage_settings(tier: TierMasking) -> None:
     derived = "SELECT upper(ssn) FROM customers"
     unknown = "SELECT app.f()"
-    for setting, want_derived, want_unknown in (
-        ("null", ("null", "null"), ("null", "null")),
+    unseen = "SELECT x FROM not_in_the_catalog"
+    for setting, want_derived, want_unknown, want_unseen in (
+        ("null", ("null", "null"), ("null", "null"), ("null", "null")),
         # a value computed from a masked column is masked as a whole even with "scan":
-        # content scanning cannot see through upper(), reverse(), encode()...
-        ("scan", ("text", "redact"), ("text", "scan")),
+        # content scanning cannot see through upper(), reverse(), encode()...; nor through a
+        # user function, which may read any column: only a value of unknown origin from a
+        # statement that reads no masked column and runs no such code is scanned
+        ("scan", ("text", "redact"), ("text", "redact"), ("text", "scan")),
     ):
         text = POLICY.replace("unknown_lineage: redact", f"unknown_lineage: {setting}")
         p = _planner(_tier_of(text))
         assert _how(p, [_f("x", 0, 0, TEXT)], derived) == [want_derived], setting
         assert _how(p, [_f("x", 0, 0, TEXT)], unknown) == [want_unknown], setting
+        assert _how(p, [_f("x", 0, 0, TEXT)], unseen) == [want_unseen], setting
+        # the same unseen relation beside a masked table: not scanned
+        both = "SELECT x, (SELECT count(*) FROM customers) FROM not_in_the_catalog"
+        assert _how(p, [_f("x", 0, 0, TEXT), _f("c", 0, 0, TEXT)], both)[0] == (
+            want_unseen if setting == "null" else ("text", "redact")
+        ), setting
     # scan_unknown decides for tiers whose rules mask no column (detectors only)
     detectors_only = POLICY.split("  columns:")[0] + "  scan_unknown: "
     for flag, want in (("true", ("text", "scan")), ("false", ("keep", "keep"))):
@@ -491,7 +500,9 @@ def test_binary_formats(tier: TierMasking) -> None:
         _f("d", 0, 0, DATE, 1),  # a scan finds nothing in a date: kept
         _f("born", CUSTOMERS, 5, DATE, 1),  # a null rule
     ]
-    got = [(d.action, d.how) for d in p.decide(fields, p.statement("SELECT * FROM app.f()"))]
+    # of unknown origin, from no masked table and no code: content-scanned (unknown_lineage)
+    unknown = p.statement("SELECT * FROM not_in_the_catalog")
+    got = [(d.action, d.how) for d in p.decide(fields, unknown)]
     assert got == [
         ("text", "rule"),
         ("text", "rule"),
@@ -504,16 +515,13 @@ def test_binary_formats(tier: TierMasking) -> None:
         ("keep", "keep"),
         ("null", "null"),
     ]
-    codecs = [
-        d.codec.kind if d.codec is not None else None
-        for d in p.decide(fields[:6], p.statement("SELECT * FROM app.f()"))
-    ]
+    codecs = [d.codec.kind if d.codec is not None else None for d in p.decide(fields[:6], unknown)]
     assert codecs == [None, None, "jsonb", "int4", "array", "array"]
 
 
 def test_profile_column_scanned_as_jsonb_binary(tier: TierMasking) -> None:
     p = _planner(_scanning())
-    d = p.decide([_f("profile", 0, 0, JSONB, 1)], p.statement("SELECT app.profile()"))
+    d = p.decide([_f("profile", 0, 0, JSONB, 1)], p.statement("SELECT profile FROM unseen"))
     assert (d[0].action, d[0].how, d[0].codec.kind, d[0].format) == ("typed", "scan", "jsonb", 1)
 
 

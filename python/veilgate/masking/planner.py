@@ -25,9 +25,12 @@ Decision per column (the first that applies):
      subquery over it): masked as a whole -- ``<MASKED>`` (NULL for types that cannot say it;
      NULL when ``unknown_lineage`` is ``null``), whatever ``unknown_lineage`` says otherwise:
      content scanning cannot see through ``reverse()`` or ``encode()``;
-   * a value of unknown origin (a user function, a name the catalog does not have, a statement
-     that does not parse): ``unknown_lineage`` (redact / null / scan) on a tier whose rules mask
-     some column; on a tier with detectors only, a content scan when ``scan_unknown``;
+   * a value of unknown origin (a PL/pgSQL or SECURITY DEFINER function, a name the catalog
+     does not have, a statement that does not parse): ``unknown_lineage`` (redact / null /
+     scan) on a tier whose rules mask some column -- ``scan`` only when the statement reads no
+     masked column and runs no code of unknown origin, else redacted whole (code may scramble
+     a masked value past the detectors); on a tier with detectors only, a content scan when
+     ``scan_unknown``;
    * a value computed only from unmasked columns and constants (``count(*)``, ``max(id)``):
      KEEP.
 
@@ -330,9 +333,15 @@ class SessionMasking:
         facts: Facts,
         index: int,
         count: int,
-    ) -> Callable[[], Lineage]:
-        """The lineage of result column ``index``, analysed only when a decision needs it."""
-        return lambda: self._analysis(stmt.text, found, facts).output(index, count)
+    ) -> Callable[[], tuple[Lineage, Resolution]]:
+        """The lineage of result column ``index`` (and the statement's resolution), analysed
+        only when a decision needs it."""
+
+        def get() -> tuple[Lineage, Resolution]:
+            res = self._analysis(stmt.text, found, facts)
+            return res.output(index, count), res
+
+        return get
 
     async def _decide_fetching(
         self, fields: list[Field], stmt: StatementInfo, facts: Facts
@@ -419,7 +428,7 @@ class SessionMasking:
     def _treatment(
         self,
         f: Field,
-        lineage: Callable[[], Lineage],
+        lineage: Callable[[], tuple[Lineage, Resolution]],
         facts: Facts,
         found: dict[str, Resolution],
     ) -> _Treatment:
@@ -436,14 +445,16 @@ class SessionMasking:
                 return _KEEP_T
             # a view's column: the lineage of that column of its definition
             view = self._analysis(view_select(col.schema, col.table), found, facts)
-            return self.lineage_treatment(view.output(f.attnum - 1, len(view.outputs or ())))
+            out = view.output(f.attnum - 1, len(view.outputs or ()))
+            return self.lineage_treatment(out, view)
         rule = tier.name_rule(f.name)
         if rule is not None:
             return _rule_treatment(rule)
-        return self.lineage_treatment(lineage())
+        return self.lineage_treatment(*lineage())
 
-    def lineage_treatment(self, lin: Lineage) -> _Treatment:
-        """What a value of this lineage gets (see the module docstring, point 3)."""
+    def lineage_treatment(self, lin: Lineage, res: Resolution | None = None) -> _Treatment:
+        """What a value of this lineage gets (see the module docstring, point 3); ``res``:
+        the resolution of the statement it comes from (None: not known)."""
         if lin.cols and lin.exact and not lin.opaque:
             rules = {self.base_rule(c) for c in lin.cols}
             if len(rules) == 1:
@@ -457,8 +468,14 @@ class SessionMasking:
             tier = self.tier
             if tier.masks_any:
                 how = tier.unknown_lineage
-                how = how if how in ("redact", "null") else "scan"
-                return _Treatment(how, None, "unknown lineage")
+                if how in ("redact", "null"):
+                    return _Treatment(how, None, "unknown lineage")
+                why = self._not_scannable(res)
+                if why:
+                    # code the resolver cannot follow may have computed it from a masked
+                    # column: content scanning cannot see through that (masked whole)
+                    return _Treatment("redact", None, f"unknown lineage; {why}")
+                return _Treatment("scan", None, "unknown lineage; content scan")
             if tier.scan_unknown:
                 return _Treatment("scan", None, "unknown lineage; content scan")
             return _Treatment("keep", None, "unknown lineage; scan_unknown is off")
@@ -514,6 +531,21 @@ class SessionMasking:
             return hits[0] if hits else self.tier.name_rule(c.column)
         rule = next((r for r in hits if r.masks), hits[0] if hits else None)
         return rule if rule is not None else self.tier.name_rule(c.column)
+
+    def _not_scannable(self, res: Resolution | None) -> str:
+        """Why a value of unknown origin of ``res`` may not be content-scanned
+        (``unknown_lineage: scan``) but must be masked whole; "" when it may: the statement
+        reads no column this tier masks and runs no code of unknown origin."""
+        if res is None:
+            return "statement not analysed"
+        if res.opaque_code:
+            return "runs code of unknown origin"
+        if not res.parsed:
+            return "statement not parsed"
+        masked = next((c for c in res.touched_columns() if self.masks(c)), None)
+        if masked is not None:
+            return f"reads masked {masked.label()}"
+        return ""
 
     def masks(self, c: Col) -> bool:
         """Whether this tier masks the base column (a rule other than ``keep``)."""

@@ -190,6 +190,19 @@ class Resolution:
     another connection may replace without changing any OID a RowDescription names (a plan
     made from it is checked against the catalog before each use, see
     :meth:`~veilgate.masking.catalog.Catalog.check`)."""
+    opaque_code: bool = False
+    """It runs code whose result the resolver cannot follow (a PL/pgSQL or SECURITY DEFINER
+    function, an operator or cast function of unknown origin, a data-reading built-in,
+    ``CALL``, ``EXECUTE``): such code may read any column, masked ones included."""
+    touched: tuple[RelationFacts, ...] = ()
+    """Every table it reads (through views and function bodies too)."""
+
+    def touched_columns(self) -> Iterator[Col]:
+        """Every base column of every table it reads."""
+        for r in self.touched:
+            for c in r.columns:
+                yield Col(r.schema, r.table, c, r.ancestors)
+
     creates: tuple[RelationFacts, ...] = ()
     """Tables it creates (CREATE TABLE, CREATE TABLE AS, SELECT INTO): the side connection
     does not see them before they commit (a temporary table never); see
@@ -518,6 +531,17 @@ class _Missing:
 # --- the resolver ----------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Shared:
+    """What one statement's resolution and its nested ones (views, function bodies) share."""
+
+    bodies_left: int = MAX_FUNCTION_BODIES
+    definitions: int = 0
+    """Views and function bodies it went through."""
+    opaque_code: bool = False
+    touched: dict[tuple[str, str], RelationFacts] = field(default_factory=dict)
+
+
 def resolve(stmts: list[dict[str, Any]] | None, facts: Facts) -> Resolution:
     """The resolution of a statement text's parse tree (every statement's uses and writes; the
     outputs of the last one).  Raises :class:`NeedFacts` when catalog facts are missing."""
@@ -535,7 +559,9 @@ def resolve(stmts: list[dict[str, Any]] | None, facts: Facts) -> Resolution:
     kw = {
         "creates": tuple(r.creates),
         "reads_literals": r.reads_literals,
-        "definitions": r.budget[1] > 0,
+        "definitions": r.shared.definitions > 0,
+        "opaque_code": r.shared.opaque_code,
+        "touched": tuple(r.shared.touched.values()),
     }
     if result is None:
         return Resolution(None, True, CONST, uses, writes, **kw)  # type: ignore[arg-type]
@@ -556,19 +582,18 @@ class _Resolver:
         params: tuple[Lineage, ...] | None = None,
         param_names: tuple[str, ...] = (),
         function: str = "",
-        budget: list[int] | None = None,
+        shared: _Shared | None = None,
     ) -> None:
         self.facts = facts
         self.params = params
         """Resolving a SQL function's body: the lineage of each of its parameters."""
         self.param_names = param_names
         self.function = function
-        self.budget = budget if budget is not None else [MAX_FUNCTION_BODIES, 0]
+        self.shared = shared if shared is not None else _Shared()
         self.last_call: tuple[Lineage, list[Lineage]] | None = None
         """(arguments, body outputs) of the last user SQL function call resolved (per-column
         lineage of a function in FROM)."""
-        """[SQL function bodies this statement may still expand, views and bodies expanded]
-        (shared with nested resolvers)."""
+        """What the statement's resolution shares with the nested ones (views, bodies)."""
         self.uses: list[Use] = []
         self.writes: list[Write] = []
         self.creates: list[RelationFacts] = []
@@ -683,6 +708,7 @@ class _Resolver:
         return self.statement(body.get("query")) or _Query([])
 
     def _opaque_rows(self, body: dict[str, Any]) -> _Query:
+        self.shared.opaque_code = True
         return _Query([], False)
 
     def _show(self, body: dict[str, Any]) -> _Query:
@@ -693,6 +719,7 @@ class _Resolver:
 
     def _call(self, body: dict[str, Any]) -> _Query:
         self.func(_bare(body.get("funccall"), "FuncCall"), _Level(None))
+        self.shared.opaque_code = True
         return _Query([], False)  # OUT parameters: of unknown origin
 
     # -- SELECT ---------------------------------------------------------------------------------
@@ -962,19 +989,20 @@ class _Resolver:
             return [
                 (c, outs[i].lineage if i < len(outs) else OPAQUE) for i, c in enumerate(r.columns)
             ]
+        self.shared.touched[(r.schema, r.table)] = r
         return [
             (c, Lineage(frozenset({Col(r.schema, r.table, c, r.ancestors)}))) for c in r.columns
         ]
 
     def view_outputs(self, r: RelationFacts) -> tuple[OutCol, ...] | None:
         """The output lineage of a view's definition (None: it cannot be resolved)."""
-        self.budget[1] += 1
+        self.shared.definitions += 1
         if r.definition is None or self.depth >= MAX_VIEW_DEPTH:
             return None
         stmts = _definition_tree(r.definition)
         if not stmts:
             return None
-        inner = _Resolver(self.facts, trusted=True, depth=self.depth + 1, budget=self.budget)
+        inner = _Resolver(self.facts, trusted=True, depth=self.depth + 1, shared=self.shared)
         result = None
         for s in stmts:
             result = inner.statement(s)
@@ -1299,7 +1327,10 @@ class _Resolver:
             if not (positions == ALL_ARGS or pos in positions):
                 self.use("compute", f"an operand of {name}", lin)
         out = (left | right).derived()
-        return out if builtin else out | OPAQUE
+        if builtin:
+            return out
+        self.shared.opaque_code = True
+        return out | OPAQUE
 
     def _exact_builtin(
         self, name: str, body: dict[str, Any], left: Lineage, right: Lineage, level: _Level
@@ -1418,6 +1449,7 @@ class _Resolver:
         out = lin.derived()
         if builtin or self._user_type_cast(names):
             return out
+        self.shared.opaque_code = True
         return out | OPAQUE
 
     def _user_type_cast(self, names: list[str]) -> bool:
@@ -1583,9 +1615,13 @@ class _Resolver:
             return CONST
         out = (Lineage.union(args) | ordered).derived()
         if builtin:
-            return out | OPAQUE if fname in DATA_READERS else out
+            if fname in DATA_READERS:
+                self.shared.opaque_code = True
+                return out | OPAQUE
+            return out
         body = self._user_function(names, list(fc.get("args") or ()), args)
         if body is None:
+            self.shared.opaque_code = True
             return out | OPAQUE
         self.last_call = (out, body)
         return out | Lineage.union(body).derived()
@@ -1631,10 +1667,11 @@ class _Resolver:
         self, info: FunctionInfo, raw_args: list[Any], args: list[Lineage]
     ) -> list[Lineage] | None:
         """The output lineage of one SQL function's body for these arguments (None: opaque)."""
-        self.budget[1] += 1
-        if info.body is None or self.depth >= MAX_VIEW_DEPTH or self.budget[0] <= 0:
+        shared = self.shared
+        shared.definitions += 1
+        if info.body is None or self.depth >= MAX_VIEW_DEPTH or shared.bodies_left <= 0:
             return None
-        self.budget[0] -= 1
+        shared.bodies_left -= 1
         stmts = _function_tree(info.body)
         if not stmts:
             return None
@@ -1646,7 +1683,7 @@ class _Resolver:
             params=params,
             param_names=info.argnames,
             function=info.name,
-            budget=self.budget,
+            shared=self.shared,
         )
         result = None
         for st in stmts:
