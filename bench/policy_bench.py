@@ -77,6 +77,10 @@ def policy_workloads() -> list[Any]:
         Workload("select-simple-c8", ("-S", "-M", "simple"), 8, 2),
         Workload("select-prepared-c1", ("-S", "-M", "prepared"), 1, 1),
         Workload("select-prepared-c8", ("-S", "-M", "prepared"), 8, 2),
+        # a Parse into the unnamed statement for every statement (psycopg / JDBC before their
+        # prepare thresholds): the re-Parse the client buffer answers natively
+        Workload("select-extended-c1", ("-S", "-M", "extended"), 1, 1),
+        Workload("select-extended-c8", ("-S", "-M", "extended"), 8, 2),
         Workload("tpcb-simple-c1", ("-b", "tpcb-like", "-M", "simple"), 1, 1),
         Workload("tpcb-simple-c8", ("-b", "tpcb-like", "-M", "simple"), 8, 2),
     ]
