@@ -835,3 +835,26 @@ def test_rules_of_a_table_whose_schema_is_not_certain(tier: TierMasking) -> None
     assert p.masks(Col("*", "customers", "ssn"))
     p.creation_schemas = lambda: ("*",)
     assert p.base_rules(Col("", "customers", "ssn")) == [None]
+
+
+def test_copy_of_a_table_the_session_created_is_described_only_when_it_matches(
+    tier: TierMasking,
+) -> None:
+    """The session created ``customers`` anew in its open transaction (dropped the committed
+    one first): the side connection describes the committed table.  When the columns it
+    describes are not the session's table's, the COPY is planned from the server's columns
+    (None: no plan ahead) instead of from another table's description; when they are, the
+    described plan (with its types) is used."""
+    from veilgate.masking.resolve import RelationFacts
+
+    cat = FakeCatalog()
+    cat.describe_result = [_f("id", CUSTOMERS, 1, INT4), _f("email", CUSTOMERS, 2, TEXT)]
+    p = _planner(tier, cat)
+    p.relations.add((RelationFacts(0, "public", "customers", "r", ("email", "id")),))
+    stmt = p.statement("COPY public.customers TO STDOUT")
+    assert asyncio.run(p.copy_plan(stmt, 0, [])) is None
+    p.relations.add((RelationFacts(0, "public", "customers", "r", ("id", "email")),))
+    assert asyncio.run(p.copy_plan(stmt, 0, [])) is not None
+    # a COPY of a query naming it: always from the server's columns
+    q = p.statement("COPY (SELECT id FROM public.customers) TO STDOUT")
+    assert asyncio.run(p.copy_plan(q, 0, [])) is None

@@ -589,11 +589,22 @@ class SessionMasking:
         sql = _copy_describe_sql(copy)
         if sql is None:
             raise MaskRefusal("0A000", "COPY output cannot be masked: its query cannot be analysed")
+        own = bool(self.relations) and not self.relations.names().isdisjoint(
+            n for _, n in stmt.relations
+        )
+        if own and copy.relation is None:
+            # its query names a table this session created: the side connection may describe
+            # another one of that name (or none); the server's CopyOutResponse says
+            return None
         try:
             fields = await self.catalog.describe(sql)
         except CatalogError as exc:
             if "connection" in str(exc):
                 raise
+            return None
+        if own and copy.relation is not None and not self._same_shape(copy, fields):
+            # the side connection sees another table of the name than the session's own (one
+            # the session dropped and created again in its open transaction)
             return None
         binary = copy.format == "binary" or overall_format == 1
         fmts = column_formats if len(column_formats) == len(fields) else None
@@ -613,6 +624,17 @@ class SessionMasking:
             len(fields) + 2,
         )
         return self._build_copy_plan(decisions, fields, copy, binary)
+
+    def _same_shape(self, copy: CopyInfo, fields: list[Field]) -> bool:
+        """Whether the columns described for ``COPY table`` are those of every table of that
+        name this session created (names, in order)."""
+        assert copy.relation is not None
+        names = [f.name for f in fields]
+        for rel in self.relations.matching(copy.relation):
+            cols = list(copy.columns) if copy.columns else list(rel.columns)
+            if cols != names or not set(cols) <= set(rel.columns):
+                return False
+        return True
 
     async def copy_plan_undescribed(
         self, stmt: StatementInfo, overall_format: int, column_formats: list[int]
