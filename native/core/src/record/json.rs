@@ -18,6 +18,33 @@ const fn escape_table() -> [bool; 256] {
 static ESCAPE: [bool; 256] = escape_table();
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The two hex digits of every byte.
+const fn hex_pairs() -> [[u8; 2]; 256] {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+}
+static HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
+
+/// The two decimal digits of 0..100.
+const fn dec_pairs() -> [[u8; 2]; 100] {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        // i < 100: both digits fit a byte
+        #[allow(clippy::cast_possible_truncation)]
+        let pair = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        t[i] = pair;
+        i += 1;
+    }
+    t
+}
+static DEC_PAIRS: [[u8; 2]; 100] = dec_pairs();
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
@@ -114,20 +141,28 @@ pub fn member_u64(out: &mut Vec<u8>, k: &str, v: u64) {
     uint(out, v);
 }
 
+/// Appends `v` in decimal (two digits per division).
 pub fn uint(out: &mut Vec<u8>, v: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut v = v;
-    loop {
-        i -= 1;
-        // v % 10 < 10: the cast cannot truncate
+    while v >= 100 {
+        // v % 100 < 100: the cast cannot truncate
         #[allow(clippy::cast_possible_truncation)]
-        let d = (v % 10) as u8;
-        buf[i] = b'0' + d;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        let d = (v % 100) as usize;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DEC_PAIRS[d]);
+    }
+    // v < 100
+    #[allow(clippy::cast_possible_truncation)]
+    let d = v as usize;
+    if d >= 10 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DEC_PAIRS[d]);
+    } else {
+        i -= 1;
+        buf[i] = DEC_PAIRS[d][1];
     }
     out.extend_from_slice(&buf[i..]);
 }
@@ -146,8 +181,7 @@ pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     let at = out.len();
     out.resize(at + bytes.len() * 2, 0);
     for (pair, &b) in out[at..].chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
 }
 
@@ -291,6 +325,24 @@ mod tests {
             out,
             "\"plain text with no escapes, longer than a word: é\"".as_bytes()
         );
+    }
+
+    #[test]
+    fn every_number_of_interest_in_decimal() {
+        let mut probes: Vec<u64> = (0..=1000).collect();
+        for k in 1..20u32 {
+            let p = 10u64.pow(k);
+            probes.extend([p - 1, p, p + 1]);
+        }
+        probes.extend([u64::MAX, u64::MAX - 1, 1 << 32, 12_345_678_901]);
+        for v in probes {
+            let mut out = Vec::new();
+            uint(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        let want: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), want);
     }
 
     #[test]
