@@ -397,15 +397,27 @@ impl<'a> Starts<'a> {
             last_word: cur.word >> 63 != 0,
             nxt,
         });
-        if candidates != 0 {
-            return false;
+        let (email, keywords) = (self.families.email, self.families.keywords);
+        let marked = match (email, keywords) {
+            (true, true) => memchr::memchr3(b'@', b':', b'=', text).is_some(),
+            (true, false) => memchr::memchr(b'@', text).is_some(),
+            (false, true) => memchr::memchr2(b':', b'=', text).is_some(),
+            (false, false) => false,
+        };
+        if !marked {
+            // Neither stream has anything in this value: settled now, not searched again.
+            self.keyword = Cached {
+                from: 0,
+                next: usize::MAX,
+            };
+            self.email = EmailStream {
+                at_sign: usize::MAX,
+                run_start: 0,
+                dead: false,
+                started: true,
+            };
         }
-        match (self.families.email, self.families.keywords) {
-            (true, true) => memchr::memchr3(b'@', b':', b'=', text).is_none(),
-            (true, false) => memchr::memchr(b'@', text).is_none(),
-            (false, true) => memchr::memchr2(b':', b'=', text).is_none(),
-            (false, false) => true,
-        }
+        candidates == 0 && !marked
     }
 
     /// The first position at or after `at` where a candidate may start.
