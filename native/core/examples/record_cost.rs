@@ -7,8 +7,8 @@
 //!
 //! PART: `text` (the recorded form of a simple Query's text: lexing, redaction, fingerprint),
 //! `simple` / `prepared` (the statement log on the event loop: the client's messages and the
-//! server's replies of one transaction, then the flush into the queue), `seal` (the writer:
-//! take + chain + seal per record), or `all` (default).  Prints the best of 5 runs in ns per
+//! server's replies of one transaction, then the flush into the queue), `seal` /
+//! `seal-prepared` (that, then the writer: take + chain + seal per record), or `all` (default).  Prints the best of 5 runs in ns per
 //! statement; under callgrind, divide the instructions by N (the setup is small).
 
 use std::sync::Arc;
@@ -149,9 +149,13 @@ fn part_prepared(n: usize, feed: &mut Feed) -> usize {
     n
 }
 
-fn part_seal(n: usize, feed: &mut Feed) -> usize {
-    // records as the event loop made them (simple Queries), then sealed in batches of 4096
-    part_simple(n, feed);
+fn part_seal(n: usize, feed: &mut Feed, prepared: bool) -> usize {
+    // records as the event loop made them, then sealed in batches of 4096
+    if prepared {
+        part_prepared(n, feed);
+    } else {
+        part_simple(n, feed);
+    }
     let mut chain = Chain::new("node", "k1", b"0123456789abcdef0123456789abcdef");
     let mut sealed = 0usize;
     while !feed.queue.is_empty() {
@@ -192,17 +196,18 @@ fn main() {
                 drop(f.queue.take(usize::MAX, Duration::ZERO));
                 k
             }
-            "seal" => part_seal(n, &mut Feed::new()),
+            "seal" => part_seal(n, &mut Feed::new(), false),
+            "seal-prepared" => part_seal(n, &mut Feed::new(), true),
             other => panic!("unknown part {other}"),
         }
     };
     if timed {
-        for name in ["text", "simple", "prepared", "seal"] {
+        for name in ["text", "simple", "prepared", "seal", "seal-prepared"] {
             let ns = best_of(|| run(name));
-            let what = if name == "seal" {
-                "(includes simple)"
-            } else {
-                ""
+            let what = match name {
+                "seal" => "(includes simple)",
+                "seal-prepared" => "(includes prepared)",
+                _ => "",
             };
             println!("{name:9} {ns:8.0} ns per statement {what}");
         }
