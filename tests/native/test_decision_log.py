@@ -129,6 +129,13 @@ def test_failed_writes_are_counted_not_raised(tmp_path: Path) -> None:
     before = metrics.audit_log_failures_total.values.get((), 0.0)
     sink.emit(DecisionEvent.from_verdict(_verdict(), SELECT, PRINCIPAL))  # type: ignore[arg-type]
     assert metrics.audit_log_failures_total.values.get((), 0.0) == before + 1
+    # a client buffer's failed write reaches the metric at the next scrape
+    rb = vn.RecvBuffer(vn.CLIENT, vn.SessionState())
+    rb.set_events(b"Q")
+    rb.set_verdicts(cache, 7, log=sink.native_log, log_prefix=b'"x":1')
+    read_cycle(rb, query("select * from orders where note = 'v'"), 65536)
+    metrics.render()
+    assert metrics.audit_log_failures_total.values.get((), 0.0) == before + 2
     sink.close()
     with pytest.raises(ValueError):
         sink.emit(DecisionEvent.from_verdict(_verdict(), SELECT, PRINCIPAL))  # type: ignore[arg-type]

@@ -19,9 +19,11 @@ is the session recording (:mod:`veilgate.audit`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -248,6 +250,21 @@ class JsonLinesAuditSink:
         self._failing = False
         self._failures_seen = 0
         self._native: veilgate_native.DecisionLog = veilgate_native.DecisionLog(str(self.path))
+        # failed writes of client buffers reach the metric at each scrape, not only with the
+        # next line written from here
+        ref = weakref.ref(self)
+
+        def collect() -> None:
+            sink = ref()
+            if sink is None:
+                with contextlib.suppress(ValueError):
+                    metrics.COLLECTORS.remove(collect)
+                return
+            with sink._lock:
+                sink._count_failures()
+
+        self._collector = collect
+        metrics.COLLECTORS.append(collect)
 
     @property
     def native_log(self) -> veilgate_native.DecisionLog | None:
@@ -272,15 +289,31 @@ class JsonLinesAuditSink:
             ok = self._native.write(text.encode("utf-8", "surrogatepass"))
             self._account(ok)
 
-    def _account(self, ok: bool) -> None:
-        """Count failed writes (also those of client buffers, seen here first); log once per
-        failure streak."""
+    def _count_failures(self) -> bool:
+        """Count failed writes not counted yet (client buffers' too); log the first of a
+        streak.  True if there were any."""
         failures = self._native.failures
         new = failures - self._failures_seen
         self._failures_seen = failures
-        if new > 0:
-            metrics.audit_log_failures_total.inc(new)
-        if not ok or new > 0:
+        if new <= 0:
+            return False
+        metrics.audit_log_failures_total.inc(new)
+        if not self._failing:
+            self._failing = True
+            log.event(
+                _logger,
+                "audit_log_write_failed",
+                40,
+                path=str(self.path),
+                error=self._native.last_error,
+            )
+        return True
+
+    def _account(self, ok: bool) -> None:
+        """After a write from here (``ok``: it succeeded): count failed writes (also those of
+        client buffers, seen here first); log once per failure streak."""
+        new = self._count_failures()
+        if not ok or new:
             if not self._failing:
                 self._failing = True
                 log.event(
@@ -307,7 +340,10 @@ class JsonLinesAuditSink:
 
     def close(self) -> None:
         with self._lock:
+            self._count_failures()
             self._native.close()
+        with contextlib.suppress(ValueError):
+            metrics.COLLECTORS.remove(self._collector)
 
     def __enter__(self) -> JsonLinesAuditSink:
         return self
