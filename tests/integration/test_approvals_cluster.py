@@ -65,19 +65,19 @@ class Node:
         return resp.status, out
 
 
-@pytest.fixture
-def nodes(
+def _start_nodes(
     tmp_path: Path,
     pg_cluster: Any,
     gateway_certs: Any,
-    gateway_base_config: Any,  # sets the upstream password variable
-    state_pg: StatePg,
     idp: DevIdP,
-) -> Iterator[tuple[list[Node], str, str]]:
+    policy: str,
+    *,
+    decision_log: bool = True,
+) -> tuple[list[ServeProcess], list[Node], str, str]:
     _, cert = gateway_certs
     ca, _ = gateway_certs
     token = "vg-node-agent-" + secrets.token_urlsafe(16)
-    (tmp_path / "policy.yaml").write_text(policy_text(mode="wait", wait_timeout=60))
+    (tmp_path / "policy.yaml").write_text(policy)
     oidc = {
         "providers": [idp.provider_mapping()],
         "tiers": [{"tier": "approvers", "login_role": "vg_no_login", "any_roles": ["Db.Approver"]}],
@@ -87,6 +87,9 @@ def nodes(
     out: list[Node] = []
     try:
         for i in range(2):
+            policy_section: dict[str, Any] = {"file": "policy.yaml"}
+            if decision_log:
+                policy_section["audit_log"] = f"audit-{i}.jsonl"
             cfg = {
                 "listen": {"host": "127.0.0.1", "port": 0},
                 "tls": {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)},
@@ -111,7 +114,7 @@ def nodes(
                         "tls": {"mode": "verify-full", "ca_file": str(pg_cluster.ca_file)},
                     }
                 },
-                "policy": {"file": "policy.yaml", "audit_log": f"audit-{i}.jsonl"},
+                "policy": policy_section,
                 "state": {"backend": "postgres", "dsn_env": STATE_DSN_ENV},
                 "approvals": {"sweep_interval_s": 1},
                 "logging": {"level": "info", "format": "json"},
@@ -128,7 +131,27 @@ def nodes(
             procs.append(proc)
             out.append(Node(proc, proc.wait_event("ready")))
             proc.wait_event("approvals_started")
-        yield out, token, str(ca.cert_file)
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+    return procs, out, token, str(ca.cert_file)
+
+
+@pytest.fixture
+def nodes(
+    tmp_path: Path,
+    pg_cluster: Any,
+    gateway_certs: Any,
+    gateway_base_config: Any,  # sets the upstream password variable
+    state_pg: StatePg,
+    idp: DevIdP,
+) -> Iterator[tuple[list[Node], str, str]]:
+    procs, out, token, ca = _start_nodes(
+        tmp_path, pg_cluster, gateway_certs, idp, policy_text(mode="wait", wait_timeout=60)
+    )
+    try:
+        yield out, token, ca
     finally:
         for p in procs:
             p.stop()
@@ -323,3 +346,75 @@ def test_cancel_request_sent_to_the_other_node_ends_the_wait(
 
     asyncio.run(go())
     assert count(pg_cluster, table) == 3  # nothing was deleted
+
+
+def _native_verdicts(node: Node) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", node.admin_port, timeout=15)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith("veilgate_policy_native_verdicts_total "):
+            return float(line.split()[1])
+    raise AssertionError("no veilgate_policy_native_verdicts_total")
+
+
+def test_revoke_on_one_node_stops_the_grant_cached_on_the_other(
+    tmp_path: Path,
+    pg_cluster: Any,
+    gateway_certs: Any,
+    gateway_base_config: Any,
+    state_pg: StatePg,
+    idp: DevIdP,
+) -> None:
+    """A standing grant (no use limit) answered natively on node A; an approver revokes it
+    through node B's API: A's next run of it is refused (NOTIFY through the shared store)."""
+    procs, (a, b), token, ca = _start_nodes(
+        tmp_path,
+        pg_cluster,
+        gateway_certs,
+        idp,
+        policy_text(grant_uses=0),
+        decision_log=False,  # with the decision log, grant uses are not answered natively
+    )
+    try:
+        table = make_table(pg_cluster, rows=1)
+        upd = f"UPDATE {table} SET v = v || '+' WHERE id = 1"
+        with psycopg.connect(_dsn(a, token, ca), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(upd, prepare=False)
+            assert info.value.sqlstate == "42Z01"
+            rid = request_id(str(info.value))
+        approver = idp.mint(roles=["Db.Approver"], client_id="approver-app")
+        status, body = b.post(f"/v1/approvals/{rid}/approve", approver, {})
+        assert status == 200 and body["status"] == "approved"
+        with psycopg.connect(_dsn(a, token, ca), autocommit=True) as conn:
+            cur = conn.cursor()
+            before = _native_verdicts(a)
+            for _ in range(4):  # psycopg without parameters: simple Queries
+                cur.execute(upd, prepare=False)
+            assert _native_verdicts(a) - before >= 2  # answered natively on A
+            status, body = b.post(f"/v1/approvals/{rid}/revoke", approver, {})
+            assert status == 200 and body["revoked"] is True, body
+            deadline = time.monotonic() + 15
+            refused = None
+            while refused is None and time.monotonic() < deadline:
+                try:
+                    cur.execute(upd, prepare=False)
+                except psycopg.Error as e:
+                    refused = e
+                else:
+                    time.sleep(0.01)  # A has not heard the notification yet
+            assert refused is not None and refused.sqlstate == "42Z01", refused
+        runs = pg_cluster.execute(f"SELECT v FROM {table} WHERE id = 1", "app").count("+")
+        assert runs >= 4
+        # once refused, never again on either node
+        for node in (a, b):
+            with psycopg.connect(_dsn(node, token, ca), autocommit=True) as conn:
+                with pytest.raises(psycopg.Error) as info:
+                    conn.execute(upd, prepare=False)
+                assert info.value.sqlstate == "42Z01"
+        assert pg_cluster.execute(f"SELECT v FROM {table} WHERE id = 1", "app").count("+") == runs
+    finally:
+        for p in procs:
+            p.stop()
