@@ -152,6 +152,8 @@ class FakeCatalog:
     def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
         if "names" not in self._cache:
             return None
+        if name.startswith("\x00op:"):
+            return ()  # the functions of user operators: none known
         infos = [
             FunctionInfo("app" if name in USER_FUNCTIONS else "pg_catalog", name, 1, 0, True, None)
         ]

@@ -84,6 +84,8 @@ class Facts:
     def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
         if self.missing:
             return None
+        if name.startswith("\x00op:"):
+            return ()  # the functions of user operators: none known
         if name in self.user_functions:
             return (FunctionInfo("app", name, 0, 0, False, self.user_functions[name]),)
         out = [FunctionInfo("pg_catalog", name, 1, 0, True, SRF.get(name))]

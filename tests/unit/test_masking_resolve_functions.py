@@ -49,6 +49,8 @@ class Facts:
     def functions_named(self, name: str) -> tuple[FunctionInfo, ...] | None:
         if name in self.funcs:
             return tuple(self.funcs[name])
+        if name.startswith("\x00op:"):
+            return ()
         return (FunctionInfo("pg_catalog", name, 1, 0, True, None),)
 
     def namesake(self, key: str) -> bool | None:
@@ -192,3 +194,22 @@ def test_operators_resolved_by_exact_operand_types() -> None:
     # an operator of exactly these types exists outside pg_catalog: not certain
     r = resolve(parse_tree("select ssn || 'a' from customers"), OperatorFacts(set()))
     assert r.outputs is not None and r.outputs[0].lineage.opaque
+
+
+def test_a_user_operator_is_judged_as_the_function_it_runs() -> None:
+    facts = OperatorFacts(set())  # a user text || text exists: the built-in is not certain
+    facts.funcs = {
+        "\x00op:||": [FunctionInfo("app", "leak", 2, 0, False, None)],
+        "leak": [sql_fn("leak", "select ssn from customers", 2)],
+    }
+    r = resolve(parse_tree("select label || 'x' from customers"), facts)
+    assert r.outputs is not None
+    assert out_of(r) == [({SSN, LABEL}, "derived")]
+    facts.funcs["leak"] = [sql_fn("leak", None, 2)]  # plpgsql: unknown
+    r = resolve(parse_tree("select label || 'x' from customers"), facts)
+    assert r.outputs is not None and r.outputs[0].lineage.opaque and r.opaque_code
+
+
+def out_of(r: object) -> list[tuple[set[str], str]]:
+    outs = getattr(r, "outputs", None) or ()
+    return [(_cols(o.lineage), _how(o.lineage)) for o in outs]

@@ -38,7 +38,7 @@ from veilgate.pgwire.upstream import UpstreamError
 from .builtins import opaque_extension_function
 from .fields import Field, parse_row_description
 from .invalidation import Scope
-from .resolve import FunctionInfo, RelationFacts
+from .resolve import OPERATOR_FUNCTIONS, FunctionInfo, RelationFacts
 from .sideconn import SideConnection, SideConnectionError, SideQueryError
 
 __all__ = [
@@ -358,6 +358,16 @@ UNION ALL SELECT 'c:' || w.name, NULL, NULL, NULL, NULL
                     AND NOT (l.lanname IN ('c', 'internal')
                              AND ({_EXTENSION_MEMBER} OR {_RANGE_CONSTRUCTOR}))
                     AND p.pronamespace <> 'pg_catalog'::regnamespace)));"""  # noqa: S608
+
+
+def _operator_functions_sql(operators: Iterable[str]) -> str:
+    # the function each operator of these names outside pg_catalog runs
+    return f"""
+SELECT o.oprname, fn.nspname, p.proname
+  FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode
+  JOIN pg_namespace fn ON fn.oid = p.pronamespace
+ WHERE o.oprname = ANY({_names_array(operators)})
+   AND o.oprnamespace <> 'pg_catalog'::regnamespace;"""  # noqa: S608
 
 
 def _exact_operators_sql(keys: Iterable[str]) -> str:
@@ -866,8 +876,12 @@ class Catalog:
             sql.append(_CATALOG_PATH)
         if want_names:
             sql.append(_relations_sql({n[1] for n in want_names}))
-        if wants.funcs:
-            sql.append(_functions_sql(wants.funcs))
+        op_keys = sorted(f for f in wants.funcs if f.startswith(OPERATOR_FUNCTIONS))
+        funcs = sorted(f for f in wants.funcs if not f.startswith(OPERATOR_FUNCTIONS))
+        if funcs:
+            sql.append(_functions_sql(funcs))
+        if op_keys:
+            sql.append(_operator_functions_sql(k[len(OPERATOR_FUNCTIONS) :] for k in op_keys))
         if keys:
             sql.append(_namesakes_sql(types, operators, casts))
         if exact:
@@ -885,8 +899,15 @@ class Catalog:
             next(results)  # set_config
         if want_names:
             out.names.rels.update(_parse_relations(want_names, next(results)))
-        if wants.funcs:
-            out.names.funcs.update(_parse_functions(wants.funcs, next(results)))
+        if funcs:
+            out.names.funcs.update(_parse_functions(funcs, next(results)))
+        if op_keys:
+            by_op: dict[str, list[FunctionInfo]] = {k: [] for k in op_keys}
+            for op, nsp, proname in next(results):
+                by_op.setdefault(OPERATOR_FUNCTIONS + str(op), []).append(
+                    FunctionInfo(nsp or "", proname or "", 2, 0, False, None)
+                )
+            out.names.funcs.update({k: tuple(v) for k, v in by_op.items()})
         if keys:
             plain = {k for k in wants.keys if not k.startswith("x:")}
             out.names.keys.update(_parse_namesakes(plain, next(results)))

@@ -52,6 +52,7 @@ from .builtins import (
 __all__ = [
     "CONST",
     "OPAQUE",
+    "OPERATOR_FUNCTIONS",
     "Col",
     "Facts",
     "FunctionInfo",
@@ -73,6 +74,9 @@ MAX_VIEW_DEPTH: Final = 16
 MAX_FUNCTION_BODIES: Final = 64
 """SQL function bodies one statement's resolution may expand (nested and repeated calls
 included); beyond, a call is of unknown origin."""
+OPERATOR_FUNCTIONS: Final = "\x00op:"
+"""Prefix of a :meth:`Facts.functions_named` key that asks for the functions the operators of
+a name outside ``pg_catalog`` run (schema and name only)."""
 SQL_BODY: Final = "\x01"
 """Prefix of a :attr:`FunctionInfo.body` that is a SQL-standard body (``BEGIN ATOMIC ... END``
 or ``RETURN expr``) rather than a ``prosrc`` string."""
@@ -1329,8 +1333,33 @@ class _Resolver:
         out = (left | right).derived()
         if builtin:
             return out
+        via = self._operator_functions(op, body, left, right) if len(op) == 1 else None
+        if via is not None:
+            return out | Lineage.union(via).derived()
         self.shared.opaque_code = True
         return out | OPAQUE
+
+    def _operator_functions(
+        self, op: list[str], body: dict[str, Any], left: Lineage, right: Lineage
+    ) -> list[Lineage] | None:
+        """A user operator is judged as the function it runs: the lineage of every operator
+        of the name outside ``pg_catalog`` the server may pick, through its function's SQL
+        body with the operands bound to its parameters (None: one of them is opaque)."""
+        fns = self.facts.functions_named(OPERATOR_FUNCTIONS + op[-1])
+        if fns is None:
+            self.missing.functions.add(OPERATOR_FUNCTIONS + op[-1])
+            return None
+        if not fns:
+            return None  # a namesake the facts name no function for: unknown
+        raw = [n for n in (body.get("lexpr"), body.get("rexpr")) if n]
+        args = [lin for n, lin in ((body.get("lexpr"), left), (body.get("rexpr"), right)) if n]
+        out: list[Lineage] = []
+        for fn in fns:
+            one = self._user_function([fn.schema, fn.name], raw, args)
+            if one is None:
+                return None
+            out.extend(one)
+        return out
 
     def _exact_builtin(
         self, name: str, body: dict[str, Any], left: Lineage, right: Lineage, level: _Level
