@@ -305,3 +305,50 @@ def test_sessions_racing_a_counted_grant_get_exactly_its_uses(
     assert veilgate_native.grant_hits() == before  # never answered natively
     assert _uses_in_store(jit, rid) == uses
     assert count(pg_cluster, table) == 1
+
+
+def test_prepared_statement_on_a_standing_grant_ignoring_constants(
+    gateway_factory: Factory, tmp_path: Path, pg_cluster: Any
+) -> None:
+    """Each Bind of a statement whose rule ignores constants runs on the grant held in memory
+    (its fingerprint from the parameter count only); every run counted; the same statement
+    with more parameters is another statement."""
+    jit = jit_gateway(
+        gateway_factory,
+        tmp_path,
+        policy_text(grant_uses=0, constants=False),
+        transform=_no_decision_log,
+    )
+    table = make_table(pg_cluster, rows=1)
+    upd = f"UPDATE {table} SET v = v || $1 WHERE id = $2"
+
+    async def run() -> tuple[str, int]:
+        conn = await _connect(jit)
+        try:
+            try:
+                await conn.execute(upd, "+", 1)
+            except asyncpg.PostgresError as e:
+                assert e.sqlstate == "42Z01"
+                rid = request_id(str(e))
+            else:
+                raise AssertionError("ran without approval")
+            await asyncio.to_thread(jit.cli, "approve", rid, "--as", "bob")
+            for i in range(12):
+                assert await conn.execute(upd, "+", 1 if i % 2 == 0 else 100 + i) in (
+                    "UPDATE 1",
+                    "UPDATE 0",
+                )
+            three = f"UPDATE {table} SET v = v || $1 || $3 WHERE id = $2"
+            try:
+                await conn.execute(three, "+", 1, "")
+            except asyncpg.PostgresError as e:
+                assert e.sqlstate == "42Z01" and request_id(str(e)) != rid
+            else:
+                raise AssertionError("another statement ran on the grant")
+            return rid, 12
+        finally:
+            await conn.close()
+
+    rid, n = asyncio.run(run())
+    assert pg_cluster.execute(f"SELECT v FROM {table} WHERE id = 1", "app") == "v1" + "+" * 6
+    wait_for(lambda: _uses_in_store(jit, rid) == n, what="uses in the store")

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from veilgate.approvals.fingerprint import bind_parameters, fingerprint, parse_param_types
+from veilgate.approvals.fingerprint import (
+    bind_param_count,
+    bind_parameters,
+    fingerprint,
+    fingerprint_base,
+    parse_param_types,
+)
 
 TABLES = st.sampled_from(["orders", "customers", "jit_a", "t1"])
 COLUMNS = st.sampled_from(["id", "v", "amount", "status"])
@@ -155,6 +162,30 @@ def test_bind_parameters_round_trip(params: list[bytes | None], data: st.DataObj
 def test_bind_parameters_never_crashes_on_garbage(body: bytes) -> None:
     bind_parameters(body)
     parse_param_types(body)
+    bind_param_count(body)
+
+
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=20)), max_size=5), st.data())
+def test_count_fingerprint_is_the_params_fingerprint_without_constants(
+    params: list[bytes | None], data: st.DataObject
+) -> None:
+    """The Bind fast path (a rule ignoring constants) reads only the parameter count: its
+    fingerprint must be the one the full path computes from the parameters."""
+    formats = data.draw(
+        st.sampled_from([[], [1], [i % 2 for i in range(len(params))]] if params else [[]])
+    )
+    body = _bind(params, formats)
+    parsed = bind_parameters(body)
+    assert parsed is not None
+    assert bind_param_count(body) == len(params)
+    sql = "delete from jobs where id = $1 and owner = $2"
+    base = fingerprint_base(sql, constants=False, param_types=[23, 25])
+    assert base.with_count(len(params)) == base.with_params(parsed[2])
+    assert base.with_count(len(params)) == base.with_count(len(params))  # cached
+    other = fingerprint_base(sql, constants=False, param_types=[23, 25])
+    assert other.with_count(len(params) + 1) != base.with_params(parsed[2])
+    with pytest.raises(ValueError):
+        fingerprint_base(sql, constants=True).with_count(1)
 
 
 def test_parse_param_types() -> None:

@@ -26,6 +26,7 @@ from pglast import parser as _pg
 __all__ = [
     "Fingerprint",
     "FingerprintBase",
+    "bind_param_count",
     "bind_parameters",
     "fingerprint",
     "fingerprint_base",
@@ -70,12 +71,13 @@ class FingerprintBase:
     """The part of a fingerprint fixed at Parse (text, prepared texts, parameter types); each
     Bind adds its parameters (:meth:`with_params`, a hash copy: cheap)."""
 
-    __slots__ = ("_h", "constants", "kind")
+    __slots__ = ("_counts", "_h", "constants", "kind")
 
     def __init__(self, kind: str, h: Any, constants: bool) -> None:
         self.kind = kind
         self._h = h
         self.constants = constants
+        self._counts: dict[int, Fingerprint] = {}
 
     def with_params(self, params: Sequence[tuple[int, bytes | None]] = ()) -> Fingerprint:
         h = self._h.copy()
@@ -88,6 +90,39 @@ class FingerprintBase:
         elif params:
             h.update(b"\0params\0%d" % len(params))
         return Fingerprint(f"{self.kind}:{h.hexdigest()[:40]}")
+
+    def with_count(self, n: int) -> Fingerprint:
+        """:meth:`with_params` of ``n`` parameters for a base that leaves constants out (only
+        their number counts then): no parameter is read; cached per ``n``."""
+        if self.constants:
+            raise ValueError("with_count is for a base without constants")
+        fp = self._counts.get(n)
+        if fp is None:
+            h = self._h.copy()
+            if n:
+                h.update(b"\0params\0%d" % n)
+            fp = Fingerprint(f"{self.kind}:{h.hexdigest()[:40]}")
+            if len(self._counts) >= 8:
+                self._counts.clear()
+            self._counts[n] = fp
+        return fp
+
+
+def bind_param_count(body: bytes) -> int | None:
+    """The number of parameters of a Bind body, read from its header (None when the header is
+    malformed)."""
+    i = body.find(b"\0")
+    j = body.find(b"\0", i + 1) if i >= 0 else -1
+    if j < 0:
+        return None
+    pos = j + 1
+    if pos + 2 > len(body):
+        return None
+    nfmt = int.from_bytes(body[pos : pos + 2], "big")
+    pos += 2 + 2 * nfmt
+    if pos + 2 > len(body):
+        return None
+    return int.from_bytes(body[pos : pos + 2], "big")
 
 
 def fingerprint_base(
