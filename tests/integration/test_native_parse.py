@@ -273,3 +273,50 @@ def test_natively_answered_parses_are_recorded_with_their_decision(
     for s in mine:
         assert s["status"] == "ok", s
         assert s["decision"]["action"] == "allow" and s["decision"]["rule"] == "rw-all", s
+
+
+def test_a_text_that_reads_differently_without_standard_conforming_strings_is_judged_both_ways(
+    policy_gateway: Callable[..., PolicyGateway],
+) -> None:
+    """``SET standard_conforming_strings = off`` executed in the same pipeline (a prepared SET
+    run by a Bind / Execute the gateway does not follow, or a Query), then a text whose string
+    literal hides SQL when a backslash escapes its quote: the server reads it with the setting
+    off, before the gateway sees the server's ParameterStatus.  Judged both ways, it is denied;
+    the secret table's values never reach the client (natively or through Python)."""
+    g, table, engine = _setup(policy_gateway)
+    _reload(g, engine, POLICY_V2)
+    hidden = "select 'a\\'' || v from " + table + " --'"
+    conn = pw.connect(g.target.endpoint())
+    try:
+        # warm the native paths with the harmless shape of the same text
+        for _ in range(3):
+            assert _data(_run(conn, "select $1::int4", b"1")) == [[b"1"]]
+        conn.send(pw.parse("s1", "set standard_conforming_strings = off") + pw.sync())
+        assert pw.frames(conn.recv_until_ready()) == "1Z"
+        conn.send(
+            pw.bind("", "s1")
+            + pw.execute()
+            + pw.parse("", hidden)
+            + pw.bind("", "")
+            + pw.execute()
+            + pw.sync()
+        )
+        msgs = conn.recv_until_ready()
+        assert not _data(msgs), msgs
+        assert (pw.first_error(msgs) or {}).get("C") == "42501"
+        conn.send(pw.query("set standard_conforming_strings = on"))
+        assert pw.first_error(conn.recv_until_ready()) is None
+        # the simple protocol, a shape the cache holds: SET and the text in one write
+        for i in range(3):
+            conn.send(pw.query(f"select 'x{i}' || 'y' as c"))
+            assert pw.first_error(conn.recv_until_ready()) is None
+        conn.send(
+            pw.query("set standard_conforming_strings = off")
+            + pw.query("select 'a\\'' || v from " + table + " --' as c")
+        )
+        conn.recv_until_ready()  # the SET
+        msgs = conn.recv_until_ready()
+        assert not _data(msgs), msgs
+        assert (pw.first_error(msgs) or {}).get("C") == "42501"
+    finally:
+        conn.terminate()

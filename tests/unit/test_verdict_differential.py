@@ -306,7 +306,13 @@ def test_new_literals_native_equals_python(
         first_d = PolicyEngine(policy).decide(
             principal, first, session=SessionContext(session_id="t")
         )
-        if first_d.action == "allow" and not may_have_effects(_query_body(first)):
+        # (a text with a backslash always misses: it may read differently with
+        # standard_conforming_strings off, so Python judges both readings)
+        if (
+            first_d.action == "allow"
+            and not may_have_effects(_query_body(first))
+            and "\\" not in second
+        ):
             assert native.shape_key(first.encode()) != native.shape_key(second.encode()) or (
                 fresh.rule_id != first_d.rule_id
             ), (first, second)

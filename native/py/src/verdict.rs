@@ -383,6 +383,11 @@ impl Armed {
             return None;
         }
         let text = query_text(body)?;
+        if find_byte(b'\\', text).is_some() {
+            // may read differently with standard_conforming_strings off, which a statement
+            // in flight may have set: the control plane judges both readings
+            return None;
+        }
         let inner = lock(&self.cache);
         if inner.generation != self.generation {
             return None; // reloaded since the session was armed: the control plane re-arms
@@ -448,6 +453,9 @@ impl Armed {
         let rest = &body[n + 1..];
         let t = find_byte(0, rest)?;
         let text = &rest[..t];
+        if find_byte(b'\\', text).is_some() {
+            return None; // as for a Query: both readings are judged in Python
+        }
         let entry = self
             .parses
             .iter()

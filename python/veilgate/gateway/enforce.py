@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from veilgate import log, metrics
 from veilgate.gateway.limits import SubstituteMessage
+from veilgate.gateway.masking import scs_dependent
 from veilgate.gateway.mirror import ServerMirror, Statement
 from veilgate.gateway.protocols import EnforcedSession
 from veilgate.gateway.sqleffects import may_have_effects
@@ -356,6 +357,27 @@ class PolicyEnforcer:
         else:
             self._write(m.frame())
 
+    def _decide(self, text: str) -> Decision:
+        """The policy's decision on ``text`` as the server may read it.  A text that reads
+        differently with ``standard_conforming_strings`` on and off (a backslash in an ordinary
+        string literal) is judged both ways and gets the stricter decision: the setting the
+        gateway knows is the server's last confirmed one, and a change may be in flight (a
+        prepared ``SET`` executed by a Bind / Execute the gateway does not see, a ``SET`` in the
+        same pipeline), so the server may read it either way."""
+        ctx = self.ctx
+        d = self.engine.decide(self.principal, text, session=ctx)
+        if d.action == "deny" or "\\" not in text or not scs_dependent(text):
+            return d
+        scs = ctx.standard_conforming_strings
+        ctx.standard_conforming_strings = not scs
+        try:
+            other = self.engine.decide(self.principal, text, session=ctx)
+        finally:
+            ctx.standard_conforming_strings = scs
+        if other.action == "deny" or (other.action == "approve" and d.allowed):
+            return other
+        return d
+
     def _text(self, raw: bytes) -> str:
         codec = self._codec
         if codec is None:
@@ -382,7 +404,7 @@ class PolicyEnforcer:
         d = gate.setting(text, query=True) if gate is not None else None
         native = d is None
         if d is None:
-            d = self.engine.decide(self.principal, text, session=self.ctx)
+            d = self._decide(text)
         self._record(d)
         if d.allowed:
             if native and end == len(frame) - 1 and not may_have_effects(frame[5:]):
@@ -419,7 +441,7 @@ class PolicyEnforcer:
         d = gate.setting(text) if gate is not None else None
         native = d is None
         if d is None:
-            d = self.engine.decide(self.principal, text, session=self.ctx)
+            d = self._decide(text)
         self._record(d)
         approve = gate is not None and d.action == "approve"
         # the mirror has this Parse's statement (it becomes the server's if the Parse succeeds)
@@ -499,7 +521,7 @@ class PolicyEnforcer:
 
     def _judge_again(self, stmt: _Stmt) -> Decision:
         """Judge a statement prepared under an older policy by the current one."""
-        d = self.engine.decide(self.principal, stmt.text, session=self.ctx)
+        d = self._decide(stmt.text)
         self._record(d)
         stmt.generation = d.generation
         approve = self.approvals is not None and d.action == "approve"
@@ -883,11 +905,7 @@ class PolicyEnforcer:
                 gen, "the gateway does not know which statement the portal was bound from"
             )
         texts = {s.query for s in self.mirror.possible_statements()} | self._retired
-        denied = [
-            d
-            for d in (self.engine.decide(self.principal, t, session=self.ctx) for t in texts)
-            if not d.allowed
-        ]
+        denied = [d for d in (self._decide(t) for t in texts) if not d.allowed]
         if not denied:
             return None
         first = denied[0]
