@@ -320,3 +320,27 @@ def test_a_text_that_reads_differently_without_standard_conforming_strings_is_ju
         assert (pw.first_error(msgs) or {}).get("C") == "42501"
     finally:
         conn.terminate()
+
+
+def test_a_backslash_after_a_non_ascii_byte_is_judged_in_every_encoding_reading(
+    policy_gateway: Callable[..., PolicyGateway],
+) -> None:
+    """``SET client_encoding = 'SJIS'`` run by a Bind / Execute in the same pipeline, then a
+    text (valid UTF-8) whose escape string ends early when SJIS reads the byte before its
+    backslash and the backslash as one character: the server reads it as SJIS, before the
+    gateway sees the ParameterStatus.  Judged in every reading, it is denied."""
+    g, table, engine = _setup(policy_gateway)
+    _reload(g, engine, POLICY_V2)
+    text = b"select E'\xc4\x81\\' || v from " + table.encode() + b" --'"
+    parse = b"P" + (4 + 1 + len(text) + 1 + 2).to_bytes(4, "big") + b"\0" + text + b"\0\0\0"
+    conn = pw.connect(g.target.endpoint())
+    try:
+        conn.send(pw.parse("s1", "set client_encoding = 'SJIS'") + pw.sync())
+        assert pw.frames(conn.recv_until_ready()) == "1Z"
+        conn.send(pw.bind("", "s1") + pw.execute() + parse + pw.bind("", "") + pw.execute())
+        conn.send(pw.sync())
+        msgs = conn.recv_until_ready()
+        assert not _data(msgs), msgs
+        assert (pw.first_error(msgs) or {}).get("C") == "42501"
+    finally:
+        conn.terminate()

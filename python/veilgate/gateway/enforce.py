@@ -213,6 +213,9 @@ _CLIENT_ONLY_CODECS: Final = {
     "JOHAB": "johab",
 }
 _UNDECODABLE: Final = "\ufffd"
+_HIGH_BACKSLASH: Final = re.compile(rb"[\x80-\xff]\\")
+"""A backslash right after a non-ASCII byte: a client-only encoding may read the two bytes as one
+character (see :meth:`PolicyEnforcer._decide`)."""
 """Stands for text that does not decode in the client encoding: it does not parse, so it is
 denied (the server would refuse the bytes too)."""
 
@@ -357,25 +360,50 @@ class PolicyEnforcer:
         else:
             self._write(m.frame())
 
-    def _decide(self, text: str) -> Decision:
-        """The policy's decision on ``text`` as the server may read it.  A text that reads
-        differently with ``standard_conforming_strings`` on and off (a backslash in an ordinary
-        string literal) is judged both ways and gets the stricter decision: the setting the
-        gateway knows is the server's last confirmed one, and a change may be in flight (a
-        prepared ``SET`` executed by a Bind / Execute the gateway does not see, a ``SET`` in the
-        same pipeline), so the server may read it either way."""
+    def _decide(self, text: str, raw: bytes | None = None) -> Decision:
+        """The policy's decision on ``text`` (``raw``: its bytes) as the server may read it.
+        The settings the gateway knows are the server's last confirmed ones, and a change may be
+        in flight (a prepared ``SET`` executed by a Bind / Execute the gateway does not see, a
+        ``SET`` in the same pipeline), so a text the server may read differently is judged in
+        every such reading and gets the stricter decision: one that reads differently with
+        ``standard_conforming_strings`` on and off (a backslash in an ordinary string literal),
+        and one whose backslash follows a non-ASCII byte (a client-only encoding such as SJIS
+        reads the pair as one character, UTF-8 and the others leave the backslash live).  A
+        reading that does not decode is denied (fail closed)."""
         ctx = self.ctx
         d = self.engine.decide(self.principal, text, session=ctx)
-        if d.action == "deny" or "\\" not in text or not scs_dependent(text):
+        if d.action == "deny":
             return d
+        if raw is None:
+            raw = text.encode(self._codec or "utf-8", "replace")
+        if b"\\" not in raw:
+            return d
+        readings = [text]
+        if _HIGH_BACKSLASH.search(raw) is not None:
+            for codec in ("utf-8", *_CLIENT_ONLY_CODECS.values()):
+                try:
+                    reading = raw.decode(codec)
+                except UnicodeDecodeError:
+                    reading = _UNDECODABLE
+                if reading not in readings:
+                    readings.append(reading)
         scs = ctx.standard_conforming_strings
-        ctx.standard_conforming_strings = not scs
-        try:
-            other = self.engine.decide(self.principal, text, session=ctx)
-        finally:
-            ctx.standard_conforming_strings = scs
-        if other.action == "deny" or (other.action == "approve" and d.allowed):
-            return other
+        for reading in readings:
+            for flipped in (False, True):
+                if flipped:
+                    if not scs_dependent(reading):
+                        continue
+                    ctx.standard_conforming_strings = not scs
+                elif reading == text:
+                    continue  # decided above
+                try:
+                    other = self.engine.decide(self.principal, reading, session=ctx)
+                finally:
+                    ctx.standard_conforming_strings = scs
+                if other.action == "deny":
+                    return other
+                if other.action == "approve" and d.allowed:
+                    d = other
         return d
 
     def _text(self, raw: bytes) -> str:
@@ -404,7 +432,7 @@ class PolicyEnforcer:
         d = gate.setting(text, query=True) if gate is not None else None
         native = d is None
         if d is None:
-            d = self._decide(text)
+            d = self._decide(text, raw)
         self._record(d)
         if d.allowed:
             if native and end == len(frame) - 1 and not may_have_effects(frame[5:]):
@@ -441,7 +469,7 @@ class PolicyEnforcer:
         d = gate.setting(text) if gate is not None else None
         native = d is None
         if d is None:
-            d = self._decide(text)
+            d = self._decide(text, body[i + 1 : j])
         self._record(d)
         approve = gate is not None and d.action == "approve"
         # the mirror has this Parse's statement (it becomes the server's if the Parse succeeds)
