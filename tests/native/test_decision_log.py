@@ -69,7 +69,8 @@ def test_answered_queries_get_the_python_sinks_line(tmp_path: Path) -> None:
     texts = [
         "select * from orders where note = 'x1'",
         "select * from orders where note = 'postgresql://bob:s3cr3t@db/app'",
-        "select * from orders where note = 'é\"\\\n\t'",
+        # (no backslash: such texts are judged in Python, see test_native_parse)
+        "select * from orders where note = 'é\"\n\t\x7f'",
     ]
     before = time.time()
     _, out = read_cycle(rb, b"".join(query(t) for t in texts), 65536)
