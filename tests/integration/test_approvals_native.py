@@ -9,6 +9,7 @@ sessions racing for a single-use grant get exactly one run."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -89,6 +90,20 @@ def _uses_in_store(jit: JitGateway, rid: str) -> int:
     return asyncio.run(go())
 
 
+def _target_decisions() -> dict[str, float]:
+    """``veilgate_statement_decisions_total`` summed over targets and tiers, by decision."""
+    from veilgate import metrics
+
+    out = {"allow": 0.0, "approve": 0.0}
+    for m in re.finditer(
+        r'^veilgate_statement_decisions_total\{[^}]*decision="(\w+)"[^}]*\} (\S+)$',
+        metrics.render(),
+        re.M,
+    ):
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
 def _no_decision_log(cfg: GatewayConfig) -> GatewayConfig:
     assert cfg.policy is not None
     return replace(cfg, policy=replace(cfg.policy, audit_log=None))
@@ -130,9 +145,14 @@ def test_standing_grant_runs_natively_each_use_counted(
     rid = asyncio.run(_ask(jit, upd))
     jit.cli("approve", rid, "--as", "alice")
     n = 25
+    before = _target_decisions()
     native = _uses(jit, table, upd, n)
+    after = _target_decisions()
     assert pg_cluster.execute(f"SELECT v FROM {table} WHERE id = 1", "app") == "v1" + "+" * n
     assert native == 2 * n - 2, native
+    # the per-target decision counts file the native runs as approve decisions, not allows
+    assert after["approve"] - before["approve"] == 2 * n
+    assert after["allow"] - before["allow"] < n
     # counted in the store (the sweeper adds the native counts)
     wait_for(lambda: _uses_in_store(jit, rid) == 2 * n, what="uses in the store")
     # another principal cannot ride on the cached entry
