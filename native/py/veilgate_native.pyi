@@ -197,10 +197,13 @@ class RecvBuffer:
         buffer counts requests into it and a server-side one answers them (ReadyForQuery).
         ``capacity`` is the initial size (the buffer grows to fit event messages and shrinks
         back when empty); ``max_message`` is the largest message body accepted."""
-    def prepare(self, sizehint: int) -> None:
+    def prepare(self, sizehint: int) -> bool:
         """Make room for the next read (compact, grow to fit a pending event message).
 
-        Raises ``BufferError`` if a view of the buffer is still exported.
+        Raises ``BufferError`` if a view of the buffer is still exported.  Returns whether TLS
+        is attached (:meth:`attach_tls`): the loop then reads ciphertext into a buffer that
+        never moves (nothing to do here, no error for live views), so one view of this buffer
+        may serve every read.
         """
     def __len__(self) -> int:
         """Length of the writable free tail (never 0 after :meth:`prepare`)."""

@@ -422,3 +422,41 @@ def test_recvbuffer_never_hands_out_plaintext_as_records(pki: dict[str, CertPair
         mv[: len(forged)] = forged
     with pytest.raises(native.FramingError):
         rb.advance(len(forged))
+
+
+def test_recvbuffer_with_tls_serves_every_read_from_one_view(pki: dict[str, CertPair]) -> None:
+    """With TLS attached, ``prepare`` says so (True) and never refuses for a live view: the
+    relay keeps one view of the cipher buffer for every read.  The framing buffer still grows
+    for a message larger than it and shrinks back to its base capacity once that message is
+    returned (memory per connection stays bounded); without TLS ``prepare`` says False."""
+    plain = native.RecvBuffer(native.CLIENT, capacity=4096)
+    assert plain.prepare(-1) is False
+    server, client = _native_pair(pki)
+    peer_server, _peer_client = _native_pair(pki)
+    rb = native.RecvBuffer(native.CLIENT, capacity=4096)
+    rb.attach_tls(server)
+    rb.set_output_tls(peer_server)
+    rb.set_events(b"Q")  # events are framed whole: the 200 kB one grows the framing buffer
+    base = rb.capacity
+    view = memoryview(rb)
+    stream = _query(b"y" * 200_000) + _query(b"select 1")
+    wire = client.encrypt(stream)
+    forwarded = bytearray()
+    grown = 0
+    at = 0
+    while at < len(wire):
+        assert rb.prepare(-1) is True  # a live view is no error: the cipher buffer never moves
+        n = min(len(view), len(wire) - at)
+        view[:n] = wire[at : at + n]
+        at += n
+        out = rb.advance(n, True)
+        grown = max(grown, rb.capacity)
+        for item in [] if out is None else out if isinstance(out, list) else [out]:
+            assert not isinstance(item, bytes)  # every message is an event here
+            forwarded += item.frame()
+    assert bytes(forwarded) == stream
+    assert grown > 200_000
+    assert rb.buffered == 0 and rb.capacity == base
+    assert rb.exports == 1
+    view.release()
+    assert rb.exports == 0

@@ -14,7 +14,9 @@
 //!
 //! TLS (`attach_tls`): the loop reads ciphertext into a second allocation (`cipher`, then the
 //! only part ever exported), and `advance` decrypts it into `[end, cap)` of the framing buffer,
-//! growing that buffer when needed (it is never exported while TLS is attached).  With the
+//! growing that buffer when needed and shrinking it back once it is drained (it is never
+//! exported while TLS is attached; `prepare` then does nothing, and the relay keeps one view of
+//! the cipher buffer for every read).  With the
 //! peer's connection set as the output (`set_output_tls`), `advance(n, encrypt=True)` returns
 //! the TLS records of a batch that has no event instead of its plaintext: what arrived in one
 //! read leaves in one write, with no Python call per record.
@@ -445,6 +447,23 @@ impl RecvBuffer {
         Ok(added)
     }
 
+    /// With TLS attached, what `prepare` does without it: once everything received was
+    /// returned, the framing buffer starts over at offset 0 and shrinks back to its base
+    /// capacity after a large message (memory per connection stays bounded).  Legal here:
+    /// with TLS attached the framing buffer is never exported (the cipher buffer is).
+    #[inline]
+    fn settle_tls_plain(&mut self) {
+        if self.tls_in.is_none() || self.start != self.end {
+            return;
+        }
+        self.start = 0;
+        self.end = 0;
+        if self.buf.capacity() > self.base_capacity {
+            // SAFETY: with TLS attached the framing buffer is never exported; nothing to keep.
+            unsafe { self.buf.reallocate(self.base_capacity, 0, 0) };
+        }
+    }
+
     /// `start <= end <= cap` (with the `debug-invariants` feature).
     #[inline]
     fn check_invariants(&self) {
@@ -526,7 +545,14 @@ impl RecvBuffer {
         })
     }
 
-    fn prepare(&mut self, sizehint: isize) -> PyResult<()> {
+    /// Makes room for the next read.  Returns whether TLS is attached: the loop then reads
+    /// ciphertext into a buffer that never moves or grows (the framing buffer is compacted and
+    /// shrunk by `advance`), so nothing is done here and a caller may keep one view of this
+    /// buffer for every read instead of calling this per read.
+    fn prepare(&mut self, sizehint: isize) -> PyResult<bool> {
+        if self.tls_in.is_some() {
+            return Ok(true);
+        }
         self.check_not_exported()?;
         if self.start == self.end {
             self.start = 0;
@@ -553,7 +579,7 @@ impl RecvBuffer {
             }
         };
         if roomy(self.start, self.end, want_free) {
-            return Ok(());
+            return Ok(false);
         }
         let unparsed = self.end - self.start;
         if self.start > 0 {
@@ -565,7 +591,7 @@ impl RecvBuffer {
             self.end = unparsed;
         }
         if roomy(0, unparsed, floor) {
-            return Ok(());
+            return Ok(false);
         }
         let required = need.max(unparsed + want_free);
         // Exactly the size of a pending message (shrunk back once it is consumed); otherwise
@@ -578,7 +604,7 @@ impl RecvBuffer {
         // SAFETY: no export is alive (checked above); `[0, unparsed)` is kept.
         unsafe { self.buf.reallocate(new_cap, 0, unparsed) };
         self.check_invariants();
-        Ok(())
+        Ok(false)
     }
 
     fn __len__(&self) -> usize {
@@ -691,11 +717,13 @@ impl RecvBuffer {
             }
             self.start += consumed;
             self.settle_plan();
+            self.settle_tls_plain();
             self.check_invariants();
             return out;
         }
         let out = self.build_result(py, encrypt);
         self.start += consumed;
+        self.settle_tls_plain();
         self.check_invariants();
         out
     }

@@ -9,6 +9,10 @@ cdef class RelaySide:
     cdef readonly object peer_side
     """The other RelaySide, when the session gave it (backpressure composes with holds)."""
     cdef object owner
+    cdef object _prepare
+    cdef object _advance
+    cdef object _tls_view
+    """With TLS attached: the one view of ``rb`` every read goes into (see get_buffer)."""
     cdef object _peer_write
     cdef object _peer_raw_write
     cdef bint _encrypt

@@ -142,6 +142,9 @@ cdef class RelaySide:
     def __init__(self, owner, rb, bint wrap_view=False):
         self.owner = owner
         self.rb = rb
+        self._prepare = rb.prepare
+        self._advance = rb.advance
+        self._tls_view = None
         self._wrap_view = wrap_view
         self.transport = None
         self.peer = None
@@ -310,7 +313,15 @@ cdef class RelaySide:
         self.owner.side_connected(self, transport)
 
     def get_buffer(self, Py_ssize_t sizehint):
-        self.rb.prepare(sizehint)
+        cdef object view = self._tls_view
+        if view is not None:
+            return view
+        if self._prepare(sizehint):
+            # TLS attached: the loop reads ciphertext into a native buffer that never moves
+            # (the engine decrypts it into the framing buffer, which it compacts itself), so
+            # one view serves every read: no prepare() and no buffer export per read
+            view = self._tls_view = memoryview(self.rb)
+            return view
         if self._wrap_view:
             # stdlib asyncio's SSL transport slices the returned buffer (``buf[offset:]``):
             # hand it a memoryview so the slice is a view, not an error or a copy
@@ -324,7 +335,7 @@ cdef class RelaySide:
         cdef bint encrypt = self._encrypt and self._relaying and not self._held
         self.received += nbytes
         try:
-            r = self.rb.advance(nbytes, encrypt)
+            r = self._advance(nbytes, encrypt)
         except _MaskingError as exc:
             self.owner.masking_error(self, exc)
             return
