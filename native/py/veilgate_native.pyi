@@ -108,6 +108,10 @@ class SessionState:
     def pending(self) -> int:
         """Requests forwarded upstream not yet answered by ReadyForQuery."""
     @property
+    def since_ready(self) -> int:
+        """Client messages framed since the server last answered everything (a ReadyForQuery
+        with nothing pending or unsynced); 1 while the message being judged is the only one."""
+    @property
     def busy(self) -> bool:
         """True while the server may be executing something for this client."""
     @property

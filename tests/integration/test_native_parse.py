@@ -322,6 +322,33 @@ def test_a_text_that_reads_differently_without_standard_conforming_strings_is_ju
         conn.terminate()
 
 
+def test_a_text_sent_once_the_server_confirmed_the_setting_is_read_that_way(
+    policy_gateway: Callable[..., PolicyGateway],
+) -> None:
+    """When a Query or Parse is the first message since the server answered everything, the
+    server's ParameterStatus came before that ReadyForQuery: the text is read with the setting
+    it reported, and only that way.  With standard_conforming_strings off confirmed, an escaped
+    quote in an ordinary literal is a quote (psycopg's escaping with the setting off works; its
+    reading with the setting on does not parse), and the literal that hides a read of the
+    secret table is still denied, in both protocols."""
+    g, table, engine = _setup(policy_gateway)
+    _reload(g, engine, POLICY_V2)
+    hidden = "select 'a\\'' || v from " + table + " --' as c"
+    conn = pw.connect(g.target.endpoint())
+    try:
+        assert pw.first_error(conn.simple("set standard_conforming_strings = off")) is None
+        msgs = conn.simple("select 'a\\'b', 'c\\\\d' as c")
+        assert pw.first_error(msgs) is None, msgs
+        assert _data(msgs) == [[b"a'b", b"c\\d"]], msgs
+        msgs = conn.simple(hidden)
+        assert not _data(msgs) and (pw.first_error(msgs) or {}).get("C") == "42501", msgs
+        conn.send(pw.parse("", hidden) + pw.bind("", "") + pw.execute() + pw.sync())
+        msgs = conn.recv_until_ready()
+        assert not _data(msgs) and (pw.first_error(msgs) or {}).get("C") == "42501", msgs
+    finally:
+        conn.terminate()
+
+
 def test_a_backslash_after_a_non_ascii_byte_is_judged_in_every_encoding_reading(
     policy_gateway: Callable[..., PolicyGateway],
 ) -> None:

@@ -119,3 +119,31 @@ def test_extended_copy_from_stdin_does_not_leak_a_request() -> None:
     assert s.pending == 1
     read_cycle(server, msg(b"C", b"COPY 1\0") + ready_for_query(), -1)
     assert (s.pending, s.busy) == (0, False)
+
+
+def test_since_ready_counts_messages_since_the_server_answered_everything() -> None:
+    """The enforcer judges a text by the settings the server last reported only when it is the
+    first message since a ReadyForQuery that left nothing pending or unsynced."""
+    s, client, server = pair()
+    read_cycle(server, ready_for_query(b"I"), -1)
+    assert s.since_ready == 0
+    read_cycle(client, query("set standard_conforming_strings = off"), -1)
+    assert s.since_ready == 1
+    read_cycle(client, query("select 1"), -1)  # sent before the first was answered
+    assert s.since_ready == 2
+    read_cycle(server, ready_for_query(b"I"), -1)
+    assert s.since_ready == 2  # one request still pending
+    read_cycle(server, ready_for_query(b"I"), -1)
+    assert s.since_ready == 0
+    # an unsynced Execute (a prepared SET) keeps what follows it uncertain
+    read_cycle(client, msg(b"B", b"\0" * 8) + msg(b"E", b"\0" * 5), -1)
+    read_cycle(client, query("select 2"), -1)
+    assert s.since_ready == 3
+    read_cycle(server, ready_for_query(b"I"), -1)
+    assert s.since_ready == 0
+    read_cycle(client, msg(b"B", b"\0" * 8) + msg(b"E", b"\0" * 5), -1)
+    read_cycle(server, msg(b"C", b"SET\0"), -1)
+    assert s.since_ready == 2  # answered, but not synced: no ReadyForQuery yet
+    read_cycle(client, msg(b"S"), -1)
+    read_cycle(server, ready_for_query(b"I"), -1)
+    assert s.since_ready == 0

@@ -78,6 +78,11 @@ pub struct SessionTracker {
     copy_in: bool,
     /// Status byte of the last ReadyForQuery; 0 before any.
     tx_status: u8,
+    /// Tracked client messages since the server last answered everything (a ReadyForQuery
+    /// with no request pending and nothing unsynced): while this is at most 1, the message
+    /// being judged is the only one, and the server reads it with the settings it last
+    /// reported (its ParameterStatus comes before that ReadyForQuery).
+    since_ready: u32,
     /// Requests the server answered (one per ReadyForQuery that popped one).
     statements: u64,
     /// Errors by SQLSTATE class (the server's ErrorResponses and the gateway's own refusals),
@@ -104,6 +109,7 @@ impl SessionTracker {
             sent: now,
             sync_after_execute,
         };
+        self.since_ready = self.since_ready.saturating_add(1);
         match tag {
             frontend::QUERY_TAG | frontend::FUNCTION_CALL_TAG => {
                 // Its ReadyForQuery also means every extended message sent before it was
@@ -159,6 +165,9 @@ impl SessionTracker {
                     let (i, ns) = stats::record_latency(now.saturating_duration_since(r.sent));
                     self.latency_buckets[i] += 1;
                     self.latency_sum_ns = self.latency_sum_ns.saturating_add(ns);
+                }
+                if self.pending.is_empty() && !self.unsynced {
+                    self.since_ready = 0;
                 }
             }
             backend::COPY_IN_RESPONSE_TAG => {
@@ -217,6 +226,14 @@ impl SessionTracker {
     #[inline]
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Tracked client messages framed since the server last answered everything: 1 while the
+    /// message being judged is the first since then (the server's reported settings apply to
+    /// it); more when anything sent before it may still change them.
+    #[inline]
+    pub fn since_ready(&self) -> u32 {
+        self.since_ready
     }
 
     /// Whether the server may be executing something for this client.

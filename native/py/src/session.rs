@@ -37,6 +37,11 @@ impl SessionState {
     }
 
     #[getter]
+    fn since_ready(&self) -> u32 {
+        lock(&self.inner).since_ready()
+    }
+
+    #[getter]
     fn busy(&self) -> bool {
         lock(&self.inner).busy()
     }

@@ -369,14 +369,23 @@ class PolicyEnforcer:
         ``standard_conforming_strings`` on and off (a backslash in an ordinary string literal),
         and one whose backslash follows a non-ASCII byte (a client-only encoding such as SJIS
         reads the pair as one character, UTF-8 and the others leave the backslash live).  A
-        reading that does not decode is denied (fail closed)."""
+        reading that does not decode is denied (fail closed).  Only when an arriving Query or
+        Parse is the first message since the server answered everything are the known settings
+        certain: then the one reading is judged."""
         ctx = self.ctx
+        arriving = raw is not None  # a Query / Parse judged as it arrives (not re-judged)
         d = self.engine.decide(self.principal, text, session=ctx)
         if d.action == "deny":
             return d
         if raw is None:
             raw = text.encode(self._codec or "utf-8", "replace")
         if b"\\" not in raw:
+            return d
+        if arriving and self.session.state.since_ready <= 1:
+            # The first message since the server answered everything: its ParameterStatus
+            # reports came before that ReadyForQuery, so it reads this text with the settings
+            # the gateway knows (a client that turned standard_conforming_strings off and
+            # waited is judged by that reading alone).
             return d
         readings = [text]
         if _HIGH_BACKSLASH.search(raw) is not None:
