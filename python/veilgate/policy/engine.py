@@ -432,10 +432,16 @@ class PolicyEngine:
         without calling Python: an allow, cacheable, that changes nothing in the session, sets
         and executes nothing, decided under the session's current scope and the current
         policy, with the text lexed as the server will."""
+        return self._repeatable(decision, session, "allow")
+
+    def _repeatable(self, decision: Decision, session: SessionContext, action: str) -> bool:
+        """``decision`` is ``action``, cacheable, changes nothing in the session, sets and
+        executes nothing, and was decided under the session's current scope and the current
+        policy with the text lexed as the server will: what lets the native cache repeat it."""
         v = decision._verdict
         state = self._state
         return not (
-            v.action != "allow"
+            v.action != action
             or not v.cacheable
             or v.changes_session
             or v.analysis.needs_session
@@ -483,24 +489,9 @@ class PolicyEngine:
         under the session's current scope and policy, the text lexed as the server will).
         ``shape``: texts of the same shape run on the same grant (the rule ignores constants
         and the engine shares the verdict between them); else the exact text only."""
-        v = decision._verdict
-        state = self._state
-        if (
-            v.action != "approve"
-            or not v.cacheable
-            or v.changes_session
-            or v.analysis.needs_session
-            or v.generation != state.generation
-            or session.tier_generation != state.generation
-            or not session.standard_conforming_strings
-            or not session.normalize_literals
-            or not v.statements
-            or any(
-                s.analysis.settings or s.analysis.executes or s.analysis.unresolved
-                for s in v.statements
-            )
-        ):
+        if not self._repeatable(decision, session, "approve"):
             return False
+        v = decision._verdict
         cost = text_cost(v.analysis.text, copies=2)
         return bool(
             self.native_verdicts.insert_grant(
